@@ -1,0 +1,101 @@
+"""Command line: `python -m gdig score ...` (DESIGN section 4)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from gdig.config import DEFAULT_MODULES, HESSIANS, NORMALIZATIONS, DataConfig, ScoreConfig
+
+
+def _add_score(sub) -> None:
+    p = sub.add_parser("score", help="influence of every candidate on every seed, and gradient sketches")
+    p.add_argument("--model", required=True, help="local model folder or hub id (already in the local cache)")
+    p.add_argument("--candidates", required=True, help="candidate pool: .jsonl/.json/.csv/.tsv/.parquet or SRC,TGT")
+    p.add_argument("--seeds", required=True, help="trusted seed set, same formats")
+    p.add_argument("--out", required=True, help="run directory to create (or to continue with --resume)")
+    p.add_argument("--hessian", choices=HESSIANS, default="ekfac")
+    damp = p.add_mutually_exclusive_group()
+    damp.add_argument("--damping", type=float, help="absolute damping lambda")
+    damp.add_argument("--damping-relative", type=float, help="lambda = R * mean eigenvalue, per module (default 0.1)")
+    p.add_argument(
+        "--normalize",
+        choices=NORMALIZATIONS,
+        default="none",
+        help="none: the paper's I(z,s); unit: cosine in the preconditioned metric; relatif: RelatIF",
+    )
+    p.add_argument("--seed-batch", type=int, default=1, help="average seed gradients in groups of k")
+    p.add_argument("--modules", default=DEFAULT_MODULES, help="regex (re.search) over module names to track")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--token-budget", type=int, help="max padded tokens per batch (overrides --batch-size)")
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--fit-examples", type=int, help="fit curvature on a random subset of this many candidates")
+    p.add_argument("--sketch-dim", type=int, default=1024)
+    p.add_argument("--seed-rank", type=int, help="keep preconditioned seed gradients at this rank (large layers)")
+    p.add_argument("--chunk-size", type=int, default=256, help="candidates per resumable chunk")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--prompt-template", help="format string with {src_text}, {src_lang}, {trg_lang}")
+    p.add_argument("--src-lang", help="source language when the data does not say")
+    p.add_argument("--trg-lang", help="target language when the data does not say")
+    p.add_argument("--random-state", type=int, default=0)
+    p.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own code")
+    p.add_argument("--resume", action="store_true", help="continue a killed run in --out")
+    p.add_argument("--quiet", action="store_true")
+
+
+def score_config_from_args(a: argparse.Namespace) -> ScoreConfig:
+    data = DataConfig(max_length=a.max_length, src_lang=a.src_lang, trg_lang=a.trg_lang)
+    if a.prompt_template:
+        data.prompt_template = a.prompt_template.encode().decode("unicode_escape")
+    relative = a.damping_relative if a.damping is None else None
+    if a.damping is None and relative is None:
+        relative = 0.1
+    return ScoreConfig(
+        model=a.model, candidates=a.candidates, seeds=a.seeds, out=a.out, hessian=a.hessian, damping=a.damping,
+        damping_relative=relative, normalize=a.normalize, seed_batch=a.seed_batch, modules=a.modules,
+        batch_size=a.batch_size, token_budget=a.token_budget, fit_examples=a.fit_examples,
+        sketch_dim=a.sketch_dim, seed_rank=a.seed_rank, chunk_size=a.chunk_size, device=a.device, dtype=a.dtype,
+        random_state=a.random_state, trust_remote_code=a.trust_remote_code, data=data,
+    )  # fmt: skip
+
+
+def _printer(quiet: bool):
+    last = {"stage": None, "pct": -1}
+
+    def show(state: dict) -> None:
+        if quiet:
+            return
+        total = max(state["total"], 1)
+        pct = int(100 * state["done"] / total)
+        if state["stage"] != last["stage"] or pct >= last["pct"] + 10:
+            print(f"[gdig] {state['stage']}: {state['done']}/{state['total']}", file=sys.stderr, flush=True)
+            last.update(stage=state["stage"], pct=pct)
+
+    return show
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gdig", description="G-DIG instruction data selection")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_score(sub)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "score":
+            from gdig.run import score
+
+            cfg = score_config_from_args(args)
+            run_dir = score(cfg, resume=args.resume, on_progress=_printer(args.quiet))
+            if not args.quiet:
+                print(f"[gdig] done: {run_dir}", file=sys.stderr)
+    except (ValueError, FileNotFoundError) as e:  # DataError, RunExistsError and bad settings
+        print(f"gdig: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gdig: interrupted; continue with --resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Typed settings for every G-DIG stage, saved as JSON beside the outputs so a run can be reproduced."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PROMPT = 'Translate the following text into {trg_lang}\n\nText:\n"{src_text}"\n\n'
+# MLP projections of every transformer block: `mlp.*` (Llama, Qwen2, Mistral, Gemma, GPT-2, BLOOM, GPT-NeoX),
+# `fc1`/`fc2` (OPT), `feed_forward.*` and `ffn.*` (other families).
+DEFAULT_MODULES = r"(^|\.)(mlp|feed_forward|ffn)\.[A-Za-z0-9_]+$|(^|\.)fc[12]$"
+
+HESSIANS = ("ekfac", "kfac", "identity")
+NORMALIZATIONS = ("none", "unit", "relatif")
+
+
+@dataclass
+class DataConfig:
+    """How input files become prompts and targets."""
+
+    prompt_template: str = DEFAULT_PROMPT
+    src_lang: str | None = None  # default when a record has no src_lang
+    trg_lang: str | None = None  # default when a record has no trg_lang
+    max_length: int = 512
+
+
+@dataclass
+class ScoreConfig:
+    """Settings of `gdig score` (DESIGN sections 1 and 4)."""
+
+    model: str
+    candidates: str
+    seeds: str
+    out: str
+    hessian: str = "ekfac"
+    damping: float | None = None  # absolute lambda; None means use damping_relative
+    damping_relative: float | None = 0.1
+    normalize: str = "none"
+    seed_batch: int = 1
+    modules: str = DEFAULT_MODULES
+    batch_size: int = 8
+    token_budget: int | None = None  # max tokens (padded) per batch; overrides batch_size when set
+    fit_examples: int | None = None
+    sketch_dim: int = 1024
+    seed_rank: int | None = None  # low-rank seed factorisation; None = dense
+    chunk_size: int = 256  # candidates per resumable chunk
+    padding_side: str = "right"  # results do not depend on it; left suits models trained that way
+    device: str = "auto"
+    dtype: str = "auto"
+    random_state: int = 0
+    trust_remote_code: bool = False
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, dict):
+            self.data = DataConfig(**self.data)
+        self.validate()
+
+    def validate(self) -> None:
+        if self.hessian not in HESSIANS:
+            raise ValueError(f"--hessian must be one of {', '.join(HESSIANS)}, got {self.hessian!r}")
+        if self.normalize not in NORMALIZATIONS:
+            raise ValueError(f"--normalize must be one of {', '.join(NORMALIZATIONS)}, got {self.normalize!r}")
+        if self.damping is not None and self.damping < 0:
+            raise ValueError(f"--damping must be >= 0, got {self.damping}")
+        if self.damping is None and (self.damping_relative is None or self.damping_relative <= 0):
+            raise ValueError("set --damping X (absolute) or --damping-relative R > 0")
+        for name in ("seed_batch", "batch_size", "sketch_dim", "chunk_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.padding_side not in ("left", "right"):
+            raise ValueError(f"padding side must be left or right, got {self.padding_side!r}")
+        if self.fit_examples is not None and self.fit_examples < 1:
+            raise ValueError(f"--fit-examples must be >= 1, got {self.fit_examples}")
+        if self.seed_rank is not None and self.seed_rank < 1:
+            raise ValueError(f"--seed-rank must be >= 1, got {self.seed_rank}")
+        if self.data.max_length < 2:
+            raise ValueError(f"--max-length must be >= 2, got {self.data.max_length}")
+
+    def curvature_settings(self) -> dict[str, Any]:
+        """Settings that the fitted factors depend on (used in their fingerprint)."""
+        return {
+            "hessian": self.hessian,
+            "modules": self.modules,
+            "max_length": self.data.max_length,
+            "prompt_template": self.data.prompt_template,
+            "fit_examples": self.fit_examples,
+            "random_state": self.random_state,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ScoreConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """Write JSON to a temporary file and rename it, so readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
+    tmp.replace(path)

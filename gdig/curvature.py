@@ -1,0 +1,171 @@
+"""K-FAC / EK-FAC / identity curvature of DESIGN section 1, fitted from streamed (a_t, g_t) captures.
+
+A = sum a a^T / n_tokens,  G = sum g g^T / N,  eigendecomposed;
+KFAC Lambda = e_G e_A^T;  EK-FAC Lambda = mean_z (Q_G^T grad_W L(z) Q_A)^2.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from gdig.hooks import Captured, per_example_gradient
+
+
+@dataclass
+class ModuleFactors:
+    q_a: torch.Tensor  # (d_in, d_in) eigenvectors of A
+    e_a: torch.Tensor  # (d_in,)
+    q_g: torch.Tensor  # (d_out, d_out) eigenvectors of G
+    e_g: torch.Tensor  # (d_out,)
+    lam: torch.Tensor  # (d_out, d_in) eigenvalues in the Kronecker eigenbasis
+
+
+@dataclass
+class Curvature:
+    kind: str  # ekfac | kfac | identity
+    modules: dict[str, ModuleFactors] = field(default_factory=dict)
+    n_examples: int = 0
+    n_tokens: int = 0
+
+    def damping(self, name: str, absolute: float | None, relative: float | None) -> float:
+        """lambda for a module: absolute, or relative * mean(Lambda)."""
+        if self.kind == "identity":
+            return 0.0
+        if absolute is not None:
+            return float(absolute)
+        return float(relative) * float(self.modules[name].lam.mean())
+
+    def precondition(self, name: str, v: torch.Tensor, damping: float) -> torch.Tensor:
+        """(F + lambda)^-1 v for gradients v of shape (..., d_out, d_in)."""
+        if self.kind == "identity":
+            return v
+        f = self.modules[name]
+        q_g, q_a = f.q_g.to(v.device), f.q_a.to(v.device)
+        rot = q_g.T @ v @ q_a
+        rot = rot / (f.lam.to(v.device) + damping)
+        return q_g @ rot @ q_a.T
+
+    def rotate(self, name: str, v: torch.Tensor) -> torch.Tensor:
+        f = self.modules[name]
+        return f.q_g.T.to(v.device) @ v @ f.q_a.to(v.device)
+
+    def self_influence(self, name: str, v: torch.Tensor, damping: float) -> torch.Tensor:
+        """<v, (F + lambda)^-1 v> for a batch of gradients (..., d_out, d_in)."""
+        if self.kind == "identity":
+            return (v * v).sum((-2, -1))
+        f = self.modules[name]
+        rot = self.rotate(name, v)
+        return (rot * rot / (f.lam.to(v.device) + damping)).sum((-2, -1))
+
+    # -- persistence (safetensors, never pickle) ---------------------------------------------------------------
+    def save(self, path: str | Path, fingerprint: str) -> None:
+        tensors = {}
+        for name, f in self.modules.items():
+            for key in ("q_a", "e_a", "q_g", "e_g", "lam"):
+                tensors[f"{name}::{key}"] = getattr(f, key).detach().float().contiguous().cpu()
+        meta = {"kind": self.kind, "fingerprint": fingerprint, "n_examples": str(self.n_examples),
+                "n_tokens": str(self.n_tokens), "modules": json.dumps(list(self.modules))}  # fmt: skip
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_file(tensors, str(tmp), metadata=meta)
+        tmp.replace(path)
+
+    @staticmethod
+    def read_fingerprint(path: str | Path) -> str | None:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return (f.metadata() or {}).get("fingerprint")
+        except Exception:  # a missing or corrupt file is simply not reusable
+            return None
+
+    @classmethod
+    def load(cls, path: str | Path, device: torch.device | str = "cpu") -> Curvature:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(str(path), device=str(device))
+        cur = cls(meta["kind"], n_examples=int(meta["n_examples"]), n_tokens=int(meta["n_tokens"]))
+        for name in json.loads(meta["modules"]):
+            cur.modules[name] = ModuleFactors(
+                **{k: tensors[f"{name}::{k}"] for k in ("q_a", "e_a", "q_g", "e_g", "lam")}
+            )
+        return cur
+
+
+class CovarianceFitter:
+    """Accumulates A and G over captured batches (first pass)."""
+
+    def __init__(self, dims: dict[str, tuple[int, int]], device: torch.device):
+        self.a = {n: torch.zeros(di, di, dtype=torch.float64, device=device) for n, (di, do) in dims.items()}
+        self.g = {n: torch.zeros(do, do, dtype=torch.float64, device=device) for n, (di, do) in dims.items()}
+        self.n_tokens = 0
+        self.n_examples = 0
+
+    def update(self, cap: Captured) -> None:
+        self.n_tokens += int(cap.mask.sum())
+        self.n_examples += len(cap.index)
+        for name in self.a:
+            a = cap.acts[name].reshape(-1, cap.acts[name].shape[-1])
+            g = cap.grads[name].reshape(-1, cap.grads[name].shape[-1])
+            self.a[name] += (a.T @ a).double()
+            self.g[name] += (g.T @ g).double()
+
+    def eigendecompose(self, kind: str) -> Curvature:
+        cur = Curvature(kind, n_examples=self.n_examples, n_tokens=self.n_tokens)
+        for name in self.a:
+            e_a, q_a = torch.linalg.eigh(self.a[name] / max(self.n_tokens, 1))
+            e_g, q_g = torch.linalg.eigh(self.g[name] / max(self.n_examples, 1))
+            e_a, e_g = e_a.clamp(min=0), e_g.clamp(min=0)
+            lam = torch.outer(e_g, e_a)  # K-FAC eigenvalues; EK-FAC replaces them in a second pass
+            cur.modules[name] = ModuleFactors(q_a.float(), e_a.float(), q_g.float(), e_g.float(), lam.float())
+        return cur
+
+
+class EigenCorrectionFitter:
+    """Second pass of EK-FAC: Lambda = mean over examples of the squared rotated per-example gradient."""
+
+    def __init__(self, curvature: Curvature):
+        self.cur = curvature
+        self.sums = {n: torch.zeros_like(f.lam, dtype=torch.float64) for n, f in curvature.modules.items()}
+        self.n_examples = 0
+
+    def update(self, cap: Captured) -> None:
+        self.n_examples += len(cap.index)
+        for name, f in self.cur.modules.items():
+            a, g = cap.acts[name], cap.grads[name]
+            tokens, d_out, d_in = a.shape[1], g.shape[-1], a.shape[-1]
+            if tokens * (d_out * d_out + d_in * d_in) < d_out * d_in * (d_out + d_in):
+                rot = per_example_gradient(a @ f.q_a.to(a.device), g @ f.q_g.to(g.device))  # rotate tokens first
+            else:
+                rot = self.cur.rotate(name, per_example_gradient(a, g))
+            self.sums[name] += (rot * rot).sum(0).double()
+
+    def finish(self) -> Curvature:
+        for name, f in self.cur.modules.items():
+            f.lam = (self.sums[name] / max(self.n_examples, 1)).float()
+        return self.cur
+
+
+def fit_curvature(kind: str, dims: dict[str, tuple[int, int]], passes: Iterable, device: torch.device) -> Curvature:
+    """Fit from a callable that yields Captured batches; `passes()` is called once per pass needed."""
+    if kind == "identity":
+        return Curvature("identity")
+    cov = CovarianceFitter(dims, device)
+    for cap in passes():
+        cov.update(cap)
+    cur = cov.eigendecompose(kind)
+    if kind == "ekfac":
+        corr = EigenCorrectionFitter(cur)
+        for cap in passes():
+            corr.update(cap)
+        cur = corr.finish()
+    return cur

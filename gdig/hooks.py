@@ -1,0 +1,161 @@
+"""Capture per-token input activations a_t and output gradients g_t of the tracked modules, batch by batch.
+
+All model parameters are frozen: autograd records the graph from the embedding output on, and
+`torch.autograd.grad` asks only for the gradients of the tracked modules' outputs, so no weight gradient is
+ever formed and backward stops at the earliest tracked module. The loss is the sum over the batch of each
+example's mean target-token loss, so d(loss)/d(output at a position of z) is exactly g_t of L(z).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from gdig.data import IGNORE_INDEX, TokenizedExample
+from gdig.model import TrackedModule, accepts_position_ids
+
+
+@dataclass
+class Batch:
+    index: list[int]  # positions of these examples in the dataset
+    input_ids: torch.Tensor  # (B, T)
+    attention_mask: torch.Tensor  # (B, T)
+    labels: torch.Tensor  # (B, T)
+
+
+@dataclass
+class Captured:
+    """What one batch yields: per-example loss and target-token count, per-module a and g (float32, masked)."""
+
+    index: list[int]
+    loss: torch.Tensor  # (B,)
+    n_target: torch.Tensor  # (B,)
+    mask: torch.Tensor  # (B, T) float, 1 at non-padding positions
+    acts: dict[str, torch.Tensor]  # name -> (B, T, d_in)
+    grads: dict[str, torch.Tensor]  # name -> (B, T, d_out)
+
+
+def collate(
+    examples: Sequence[TokenizedExample], index: Sequence[int], pad_id: int, padding_side: str = "right"
+) -> Batch:
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    for row, e in enumerate(examples):
+        n = len(e.input_ids)
+        sl = slice(width - n, width) if padding_side == "left" else slice(0, n)
+        ids[row, sl] = torch.tensor(e.input_ids)
+        mask[row, sl] = 1
+        labels[row, sl] = torch.tensor(e.labels)
+    return Batch(list(index), ids, mask, labels)
+
+
+def make_batches(
+    examples: Sequence[TokenizedExample],
+    order: Sequence[int],
+    pad_id: int,
+    batch_size: int,
+    token_budget: int | None = None,
+    padding_side: str = "right",
+) -> Iterator[Batch]:
+    """Batches over `order`; with a token budget, as many examples as fit in budget padded tokens."""
+    group: list[int] = []
+    width = 0
+    for i in order:
+        n = len(examples[i].input_ids)
+        new_width = max(width, n)
+        full = len(group) >= batch_size if token_budget is None else new_width * (len(group) + 1) > token_budget
+        if group and full:
+            yield collate([examples[j] for j in group], group, pad_id, padding_side)
+            group, new_width = [], n
+        group.append(i)
+        width = new_width
+    if group:
+        yield collate([examples[j] for j in group], group, pad_id, padding_side)
+
+
+def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean next-token cross-entropy over each example's labelled tokens (HF shift), and their count."""
+    shift_logits = logits[:, :-1].float()
+    shift_labels = labels[:, 1:]
+    tok_loss = nn.functional.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
+        ignore_index=IGNORE_INDEX, reduction="none",
+    ).view(shift_labels.shape)  # fmt: skip
+    valid = (shift_labels != IGNORE_INDEX).float()
+    n = valid.sum(1)
+    return (tok_loss * valid).sum(1) / n.clamp(min=1), n
+
+
+class GradientCapture:
+    """Context manager: hooks on the tracked modules; `run(batch)` returns their a_t and g_t."""
+
+    def __init__(self, model: nn.Module, tracked: Sequence[TrackedModule]):
+        self.model = model
+        self.tracked = list(tracked)
+        self.device = next(model.parameters()).device
+        self._position_ids = accepts_position_ids(model)
+        self._handles: list = []
+        self._acts: dict[str, torch.Tensor] = {}
+        self._outs: dict[str, torch.Tensor] = {}
+        self._frozen: list[tuple[nn.Parameter, bool]] = []
+
+    def __enter__(self) -> GradientCapture:
+        for p in self.model.parameters():
+            self._frozen.append((p, p.requires_grad))
+            p.requires_grad_(False)
+        emb = self.model.get_input_embeddings()
+        self._handles.append(emb.register_forward_hook(lambda m, i, o: o.requires_grad_(True)))
+        for t in self.tracked:
+            self._handles.append(t.module.register_forward_hook(self._make_hook(t.name)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        for p, flag in self._frozen:
+            p.requires_grad_(flag)
+        self._handles, self._frozen = [], []
+
+    def _make_hook(self, name: str):
+        def hook(module, inputs, output):
+            self._acts[name] = inputs[0].detach()
+            self._outs[name] = output
+
+        return hook
+
+    def forward(self, batch: Batch):
+        ids = batch.input_ids.to(self.device)
+        mask = batch.attention_mask.to(self.device)
+        kwargs = {"input_ids": ids, "attention_mask": mask, "use_cache": False}
+        if self._position_ids:  # left padding must not shift absolute positions (GPT-2, OPT...)
+            kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+        return self.model(**kwargs).logits
+
+    def run(self, batch: Batch, need_grads: bool = True) -> Captured:
+        self._acts, self._outs = {}, {}
+        labels = batch.labels.to(self.device)
+        with torch.enable_grad():
+            logits = self.forward(batch)
+            loss, n_target = per_example_loss(logits, labels)
+            mask = batch.attention_mask.to(self.device).float()
+            names = [t.name for t in self.tracked]
+            outs = [self._outs[n] for n in names]
+            grads: dict[str, torch.Tensor] = {}
+            if need_grads:
+                got = torch.autograd.grad(loss.sum(), outs, allow_unused=True)
+                for t, o, g in zip(self.tracked, outs, got, strict=True):
+                    g = torch.zeros_like(o) if g is None else g
+                    grads[t.name] = g.float() * mask[..., None]
+        acts = {n: self._acts[n].float() * mask[..., None] for n in names}
+        self._acts, self._outs = {}, {}
+        return Captured(batch.index, loss.detach().float(), n_target, mask, acts, grads)
+
+
+def per_example_gradient(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """grad_W L(z) = sum_t g_t a_t^T, batched: (B, T, d_out) x (B, T, d_in) -> (B, d_out, d_in)."""
+    return torch.bmm(g.transpose(1, 2), a)

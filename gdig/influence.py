@@ -1,0 +1,138 @@
+"""Influence of candidates on seeds (DESIGN section 1): I(z, s) = <grad L(s), (F + lambda)^-1 grad L(z)>.
+
+Seeds are preconditioned once and kept in memory, dense or as a low-rank factorisation; candidates are then
+scored batch by batch from their captured a_t and g_t.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from gdig.curvature import Curvature
+from gdig.hooks import Captured, per_example_gradient
+
+
+@dataclass
+class SeedGradients:
+    """Preconditioned seed gradients V_s per module: dense (S, d_out, d_in) or U (S, d_out, r), W (S, d_in, r)."""
+
+    dense: dict[str, torch.Tensor] = field(default_factory=dict)
+    left: dict[str, torch.Tensor] = field(default_factory=dict)
+    right: dict[str, torch.Tensor] = field(default_factory=dict)
+    self_influence: torch.Tensor | None = None  # (S,) <grad L(s), (F + lambda)^-1 grad L(s)>
+    lowrank_error: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.dense or self.left)
+
+    @property
+    def n_seeds(self) -> int:
+        t = next(iter((self.dense or self.left).values()))
+        return t.shape[0]
+
+    def matrix(self, name: str, seed: int | None = None) -> torch.Tensor:
+        """Dense V for one seed (column) or, with seed=None, the mean over seeds."""
+        if name in self.dense:
+            v = self.dense[name]
+            return v.mean(0) if seed is None else v[seed]
+        u, w = self.left[name], self.right[name]
+        if seed is None:
+            return torch.einsum("sor,sir->oi", u, w) / u.shape[0]
+        return u[seed] @ w[seed].T
+
+
+def group_seed_gradients(grads: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
+    """Average consecutive seeds in groups of k (the official G-DIG code's seed batches)."""
+    if k == 1:
+        return grads
+    out = {}
+    for name, g in grads.items():
+        out[name] = torch.stack([chunk.mean(0) for chunk in torch.split(g, k, dim=0)])
+    return out
+
+
+def precondition_seeds(
+    grads: dict[str, torch.Tensor], curvature: Curvature, dampings: dict[str, float], rank: int | None = None
+) -> SeedGradients:
+    """V_s = (F + lambda)^-1 grad L(s) per module; optionally truncated to rank r by SVD (error recorded)."""
+    out = SeedGradients()
+    self_inf = None
+    for name, g in grads.items():
+        v = curvature.precondition(name, g, dampings[name])
+        contrib = (g * v).sum((-2, -1))
+        self_inf = contrib if self_inf is None else self_inf + contrib
+        if rank is None or rank >= min(v.shape[-2:]):
+            out.dense[name] = v
+            continue
+        u_s, s, vh = torch.linalg.svd(v, full_matrices=False)
+        out.left[name] = u_s[..., :rank] * s[..., None, :rank]
+        out.right[name] = vh[..., :rank, :].transpose(-2, -1)
+        total = (s * s).sum(-1).clamp(min=1e-30)
+        rel = ((s[..., rank:] ** 2).sum(-1) / total).sqrt()
+        out.lowrank_error[name] = {"max": float(rel.max()), "mean": float(rel.mean())}
+    out.self_influence = self_inf
+    return out
+
+
+class Scorer:
+    """Scores captured candidate batches against preconditioned seeds, with optional normalisation."""
+
+    def __init__(self, seeds: SeedGradients, curvature: Curvature, dampings: dict[str, float], normalize: str = "none"):
+        self.seeds = seeds
+        self.curvature = curvature
+        self.dampings = dampings
+        self.normalize = normalize
+
+    def raw_scores(self, cap: Captured) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, S) raw influence and, when normalising, (B,) candidate self-influence."""
+        scores, self_inf = None, None
+        for name in self.seeds.names:
+            a, g = cap.acts[name], cap.grads[name]
+            need_grad = name in self.seeds.dense or self.normalize != "none"
+            grad = per_example_gradient(a, g) if need_grad else None
+            if name in self.seeds.dense:
+                v = self.seeds.dense[name]
+                s = grad.flatten(1) @ v.flatten(1).T
+            else:
+                u, w = self.seeds.left[name], self.seeds.right[name]  # (S, d_out, r), (S, d_in, r)
+                n_s, _, r = u.shape
+                gu = g @ u.permute(1, 0, 2).reshape(u.shape[1], n_s * r)  # (B, T, S*r)
+                aw = a @ w.permute(1, 0, 2).reshape(w.shape[1], n_s * r)
+                s = (gu * aw).sum(1).view(-1, n_s, r).sum(-1)
+            scores = s if scores is None else scores + s
+            if self.normalize != "none":
+                si = self.curvature.self_influence(name, grad, self.dampings[name])
+                self_inf = si if self_inf is None else self_inf + si
+        return scores, self_inf
+
+    def scale(self, self_inf: torch.Tensor | None) -> torch.Tensor | None:
+        """Per-(candidate, seed) divisor of the chosen normalisation, or None for raw scores."""
+        if self.normalize == "none":
+            return None
+        cand = self_inf.clamp(min=0).sqrt()[:, None]
+        if self.normalize == "relatif":
+            return cand
+        seed = self.seeds.self_influence.clamp(min=0).sqrt()[None, :].to(cand.device)
+        return cand * seed
+
+    def __call__(self, cap: Captured) -> tuple[torch.Tensor, torch.Tensor | None]:
+        scores, self_inf = self.raw_scores(cap)
+        div = self.scale(self_inf)
+        if div is not None:
+            scores = torch.where(div > 0, scores / div.clamp(min=1e-30), torch.zeros_like(scores))
+        return scores, self_inf
+
+
+def token_contributions(cap: Captured, seeds: SeedGradients, seed: int | None = None) -> torch.Tensor:
+    """c_t = sum_modules g_t^T V a_t for the first example of `cap`; sums to its raw influence on the seed
+    (or on the seed mean with seed=None). Returns (T,) over the example's positions (padding gives 0)."""
+    total = None
+    for name in seeds.names:
+        v = seeds.matrix(name, seed).to(cap.acts[name].device)
+        a, g = cap.acts[name][0], cap.grads[name][0]  # (T, d_in), (T, d_out)
+        c = ((g @ v) * a).sum(-1)
+        total = c if total is None else total + c
+    return total

@@ -1,0 +1,122 @@
+"""Load a causal LM and its tokenizer, choose device and dtype, and find the modules whose weights we track."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from gdig.config import DEFAULT_MODULES
+
+try:  # Hugging Face's transposed linear layer (GPT-2 family)
+    from transformers.pytorch_utils import Conv1D
+except ImportError:  # pragma: no cover - transformers always ships it today
+    Conv1D = None
+
+
+@dataclass
+class TrackedModule:
+    """A linear layer whose weight W (d_out x d_in) we take gradients of."""
+
+    name: str
+    module: nn.Module
+    d_in: int
+    d_out: int
+    transposed: bool  # Conv1D stores W^T
+
+    def weight_matrix(self) -> torch.Tensor:
+        """The weight in the canonical d_out x d_in orientation."""
+        w = self.module.weight
+        return w.t() if self.transposed else w
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but no CUDA GPU is available")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype not in table:
+        raise ValueError(f"--dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
+    return table[dtype]
+
+
+def load_model(name_or_path: str, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False):
+    """Load through `from_pretrained` (a local folder or a hub id already in the local cache)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            name_or_path, dtype=torch_dtype, trust_remote_code=trust_remote_code
+        )
+    except OSError as e:
+        raise ValueError(f"could not load model '{name_or_path}': {e}") from None
+    prepare_tokenizer(tokenizer)
+    model.to(dev)
+    model.eval()
+    return model, tokenizer
+
+
+def prepare_tokenizer(tokenizer) -> None:
+    """A tokenizer without a pad token pads with EOS (padding positions are masked everywhere anyway)."""
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer has neither a pad token nor an EOS token")
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def find_tracked_modules(model: nn.Module, pattern: str = DEFAULT_MODULES) -> list[TrackedModule]:
+    """Linear and Conv1D modules whose qualified name matches `pattern` (re.search)."""
+    regex = re.compile(pattern)
+    found, linear_names = [], []
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear):
+            linear_names.append(name)
+            if regex.search(name):
+                found.append(TrackedModule(name, mod, mod.in_features, mod.out_features, transposed=False))
+        elif Conv1D is not None and isinstance(mod, Conv1D):
+            linear_names.append(name)
+            if regex.search(name):
+                d_in, d_out = mod.weight.shape
+                found.append(TrackedModule(name, mod, d_in, d_out, transposed=True))
+    if not found:
+        sample = ", ".join(linear_names[:8]) or "none"
+        raise ValueError(f"--modules {pattern!r} matches no linear layer; some names: {sample}")
+    return found
+
+
+def accepts_position_ids(model: nn.Module) -> bool:
+    return "position_ids" in inspect.signature(model.forward).parameters
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """Cheap content hash: names, shapes, dtypes and a strided sample of every parameter."""
+    h = hashlib.sha256()
+    h.update(type(model).__name__.encode())
+    for name, p in model.named_parameters():
+        flat = p.detach().reshape(-1)
+        step = max(1, flat.numel() // 256)
+        sample = flat[::step][:256].float().cpu().numpy()
+        h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
+        h.update(sample.tobytes())
+        h.update(repr(float(flat.float().sum())).encode())
+    return h.hexdigest()[:16]

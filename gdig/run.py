@@ -1,0 +1,492 @@
+"""The `score` stages over a run directory (DESIGN section 3): fit curvature, precondition seeds, score
+candidates in resumable chunks, then write the final files atomically.
+
+A run is killed at any point without harm: chunks are written whole (temporary file + rename), `--resume`
+picks up after the last complete chunk, and the final files appear only when every chunk is in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gdig.config import ScoreConfig, write_json_atomic
+from gdig.curvature import Curvature, fit_curvature
+from gdig.data import Dataset, TokenizationReport, TokenizedExample, load_dataset, tokenize_dataset
+from gdig.hooks import Captured, GradientCapture, make_batches, per_example_gradient
+from gdig.influence import Scorer, SeedGradients, group_seed_gradients, precondition_seeds
+from gdig.model import TrackedModule, find_tracked_modules, load_model, model_fingerprint, prepare_tokenizer
+from gdig.sketch import Sketcher
+
+PARTIAL = "partial"
+DENSE_SEED_LIMIT_BYTES = 4 << 30  # above this, seeds are kept at low rank unless --seed-rank says otherwise
+AUTO_SEED_RANK = 64
+
+
+class Cancelled(RuntimeError):
+    """Raised between batches when a `cancel` file appears in the run directory."""
+
+
+class RunExistsError(ValueError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Status
+
+
+class Status:
+    """status.json: {stage, done, total, started, updated, pid, error}, replaced atomically."""
+
+    def __init__(self, run_dir: Path, on_progress: Callable[[dict], None] | None = None):
+        self.path = run_dir / "status.json"
+        self.cancel_path = run_dir / "cancel"
+        self.started = time.time()
+        self.on_progress = on_progress
+        self.state: dict[str, Any] = {}
+        self._last_write = 0.0
+
+    def update(self, stage: str, done: int, total: int, error: str | None = None, force: bool = False) -> None:
+        now = time.time()
+        self.state = {"stage": stage, "done": done, "total": total, "started": self.started, "updated": now,
+                      "pid": os.getpid(), "error": error}  # fmt: skip
+        if force or done in (0, total) or now - self._last_write > 0.5:
+            write_json_atomic(self.path, self.state)
+            self._last_write = now
+        if self.on_progress is not None:
+            self.on_progress(dict(self.state))
+        if self.cancel_path.exists():
+            raise Cancelled("cancelled by the user")
+
+
+def read_status(run_dir: str | Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((Path(run_dir) / "status.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Context: model, data, tracked modules
+
+
+@dataclass
+class ScoreContext:
+    cfg: ScoreConfig
+    model: Any
+    tokenizer: Any
+    tracked: list[TrackedModule]
+    device: torch.device
+    candidates: Dataset
+    seeds: Dataset
+    cand_tok: list[TokenizedExample]
+    seed_tok: list[TokenizedExample]
+    reports: dict[str, TokenizationReport]
+    fingerprints: dict[str, str]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def dims(self) -> dict[str, tuple[int, int]]:
+        return {t.name: (t.d_in, t.d_out) for t in self.tracked}
+
+    def batches(self, toks: list[TokenizedExample], order: list[int]):
+        cfg = self.cfg
+        return make_batches(
+            toks, order, self.tokenizer.pad_token_id, cfg.batch_size, cfg.token_budget, cfg.padding_side
+        )
+
+
+def by_length(toks: list[TokenizedExample], subset: list[int] | None = None) -> list[int]:
+    """Indices sorted by length (longest first, stable): less padding, and memory peaks show up at once."""
+    idx = list(range(len(toks))) if subset is None else list(subset)
+    return sorted(idx, key=lambda i: -len(toks[i].input_ids))
+
+
+def build_context(cfg: ScoreConfig, model=None, tokenizer=None) -> ScoreContext:
+    if model is None:
+        model, tokenizer = load_model(cfg.model, cfg.device, cfg.dtype, cfg.trust_remote_code)
+    else:
+        prepare_tokenizer(tokenizer)
+    model.eval()
+    tracked = find_tracked_modules(model, cfg.modules)
+    d = cfg.data
+    candidates = load_dataset(cfg.candidates, d.prompt_template, d.src_lang, d.trg_lang, role="candidate")
+    seeds = load_dataset(cfg.seeds, d.prompt_template, d.src_lang, d.trg_lang, role="seed")
+    cand_tok, cand_rep = tokenize_dataset(tokenizer, candidates, d.max_length)
+    seed_tok, seed_rep = tokenize_dataset(tokenizer, seeds, d.max_length)
+    fps = {"model": model_fingerprint(model), "candidates": candidates.fingerprint, "seeds": seeds.fingerprint}
+    device = next(model.parameters()).device
+    return ScoreContext(cfg, model, tokenizer, tracked, device, candidates, seeds, cand_tok, seed_tok,
+                        {"candidates": cand_rep, "seeds": seed_rep}, fps)  # fmt: skip
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def factors_fingerprint(ctx: ScoreContext) -> str:
+    return _hash([ctx.fingerprints["model"], ctx.fingerprints["candidates"], ctx.cfg.curvature_settings()])
+
+
+def settings_fingerprint(ctx: ScoreContext) -> str:
+    settings = ctx.cfg.to_dict()
+    for volatile in ("out", "device", "model", "candidates", "seeds"):
+        settings.pop(volatile)
+    return _hash([ctx.fingerprints, settings])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stages
+
+
+def fit_stage(ctx: ScoreContext, run_dir: Path, status: Status) -> Curvature:
+    path = run_dir / "factors.safetensors"
+    fp = factors_fingerprint(ctx)
+    if ctx.cfg.hessian == "identity":
+        return Curvature("identity")
+    if Curvature.read_fingerprint(path) != fp:
+        donor = _find_factors(run_dir.parent, fp, exclude=run_dir)
+        if donor is not None:
+            shutil.copyfile(donor, path)
+    if Curvature.read_fingerprint(path) == fp:
+        ctx.timings["factors_reused"] = 1.0
+        return Curvature.load(path, ctx.device)
+    fit_idx = list(range(len(ctx.cand_tok)))
+    if ctx.cfg.fit_examples is not None and ctx.cfg.fit_examples < len(fit_idx):
+        rng = np.random.default_rng(ctx.cfg.random_state)
+        fit_idx = sorted(rng.choice(len(fit_idx), ctx.cfg.fit_examples, replace=False).tolist())
+    order = by_length(ctx.cand_tok, fit_idx)
+    pass_names = iter(["fit_covariance", "fit_eigen"])
+
+    def passes():
+        stage = next(pass_names)
+        t0, done = time.time(), 0
+        status.update(stage, 0, len(order), force=True)
+        with GradientCapture(ctx.model, ctx.tracked) as cap:
+            for batch in ctx.batches(ctx.cand_tok, order):
+                yield cap.run(batch)
+                done += len(batch.index)
+                status.update(stage, done, len(order))
+        ctx.timings[stage] = time.time() - t0
+
+    cur = fit_curvature(ctx.cfg.hessian, ctx.dims, passes, ctx.device)
+    cur.save(path, fp)
+    return cur
+
+
+def _find_factors(runs_root: Path, fingerprint: str, exclude: Path) -> Path | None:
+    if not runs_root.is_dir():
+        return None
+    for cand in sorted(runs_root.glob("*/factors.safetensors")):
+        if cand.parent.resolve() != exclude.resolve() and Curvature.read_fingerprint(cand) == fingerprint:
+            return cand
+    return None
+
+
+def dampings_for(ctx: ScoreContext, cur: Curvature) -> dict[str, float]:
+    return {t.name: cur.damping(t.name, ctx.cfg.damping, ctx.cfg.damping_relative) for t in ctx.tracked}
+
+
+def seed_stage(ctx: ScoreContext, cur: Curvature, dampings: dict[str, float], status: Status):
+    """Seed gradients, grouped by --seed-batch and preconditioned; also each seed's loss and token count."""
+    t0 = time.time()
+    m = len(ctx.seed_tok)
+    grads = {t.name: torch.zeros(m, t.d_out, t.d_in, device=ctx.device) for t in ctx.tracked}
+    loss, n_tok = np.zeros(m, np.float32), np.zeros(m, np.int64)
+    status.update("seeds", 0, m, force=True)
+    done = 0
+    with GradientCapture(ctx.model, ctx.tracked) as capture:
+        for batch in ctx.batches(ctx.seed_tok, by_length(ctx.seed_tok)):
+            cap = capture.run(batch)
+            idx = torch.tensor(batch.index, device=ctx.device)
+            for name in grads:
+                grads[name][idx] = per_example_gradient(cap.acts[name], cap.grads[name])
+            loss[batch.index] = cap.loss.cpu().numpy()
+            n_tok[batch.index] = cap.n_target.cpu().numpy()
+            done += len(batch.index)
+            status.update("seeds", done, m)
+    grouped = group_seed_gradients(grads, ctx.cfg.seed_batch)
+    rank = ctx.cfg.seed_rank
+    dense_bytes = 4 * sum(g.numel() for g in grouped.values())
+    if rank is None and dense_bytes > DENSE_SEED_LIMIT_BYTES:
+        rank = AUTO_SEED_RANK
+    seeds = precondition_seeds(grouped, cur, dampings, rank)
+    ctx.timings["seeds"] = time.time() - t0
+    return seeds, loss, n_tok, rank
+
+
+def _chunk_path(run_dir: Path, i: int) -> Path:
+    return run_dir / PARTIAL / f"chunk_{i:05d}.npz"
+
+
+def _save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    tmp.replace(path)
+
+
+def score_stage(ctx: ScoreContext, scorer: Scorer, sketcher: Sketcher, run_dir: Path, status: Status) -> None:
+    """Stream candidates in chunks of --chunk-size; each complete chunk is one file, written atomically."""
+    t0 = time.time()
+    order = by_length(ctx.cand_tok)
+    chunks = [order[i : i + ctx.cfg.chunk_size] for i in range(0, len(order), ctx.cfg.chunk_size)]
+    (run_dir / PARTIAL).mkdir(exist_ok=True)
+    done = sum(len(c) for i, c in enumerate(chunks) if _chunk_path(run_dir, i).exists())
+    status.update("score", done, len(order), force=True)
+    with GradientCapture(ctx.model, ctx.tracked) as capture:
+        for i, chunk in enumerate(chunks):
+            if _chunk_path(run_dir, i).exists():
+                continue
+            parts: list[dict[str, np.ndarray]] = []
+            for batch in ctx.batches(ctx.cand_tok, chunk):
+                cap = capture.run(batch)
+                parts.append(_score_batch(cap, scorer, sketcher))
+                done += len(batch.index)
+                status.update("score", done, len(order))
+            arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+            _save_npz_atomic(_chunk_path(run_dir, i), **arrays)
+    ctx.timings["score"] = ctx.timings.get("score", 0.0) + time.time() - t0
+
+
+def _score_batch(cap: Captured, scorer: Scorer, sketcher: Sketcher) -> dict[str, np.ndarray]:
+    with torch.no_grad():
+        scores, self_inf = scorer(cap)
+        sketch = sketcher(cap)
+    out = {
+        "index": np.asarray(cap.index, np.int64),
+        "influence": scores.float().cpu().numpy(),
+        "sketch": sketch.float().cpu().numpy(),
+        "loss": cap.loss.cpu().numpy().astype(np.float32),
+        "n_tokens": cap.n_target.cpu().numpy().astype(np.int64),
+    }
+    if self_inf is not None:
+        out["self_influence"] = self_inf.float().cpu().numpy()
+    return out
+
+
+def collect_chunks(run_dir: Path, n: int) -> dict[str, np.ndarray]:
+    files = sorted((run_dir / PARTIAL).glob("chunk_*.npz"))
+    merged: dict[str, np.ndarray] = {}
+    seen = np.zeros(n, bool)
+    for f in files:
+        with np.load(f, allow_pickle=False) as z:
+            idx = z["index"]
+            for key in z.files:
+                if key == "index":
+                    continue
+                arr = z[key]
+                if key not in merged:
+                    merged[key] = np.zeros((n, *arr.shape[1:]), arr.dtype)
+                merged[key][idx] = arr
+            seen[idx] = True
+    if not seen.all():
+        raise RuntimeError(f"{int((~seen).sum())} candidates have no score; the run is incomplete")
+    return merged
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Seed gradients on disk (reused on resume, and for token-level explanations)
+
+
+def save_seed_gradients(path: Path, seeds: SeedGradients, fingerprint: str) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {f"dense::{k}": v.contiguous().cpu() for k, v in seeds.dense.items()}
+    tensors |= {f"left::{k}": v.contiguous().cpu() for k, v in seeds.left.items()}
+    tensors |= {f"right::{k}": v.contiguous().cpu() for k, v in seeds.right.items()}
+    tensors["self_influence"] = seeds.self_influence.contiguous().cpu()
+    meta = {"fingerprint": fingerprint, "lowrank_error": json.dumps(seeds.lowrank_error)}
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(path)
+
+
+def load_seed_gradients(path: Path, device: torch.device | str = "cpu") -> tuple[SeedGradients, str | None]:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    t = load_file(str(path), device=str(device))
+    seeds = SeedGradients(self_influence=t.pop("self_influence"), lowrank_error=json.loads(meta["lowrank_error"]))
+    for key, v in t.items():
+        kind, name = key.split("::", 1)
+        getattr(seeds, kind)[name] = v
+    return seeds, meta.get("fingerprint")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Run directory
+
+
+def prepare_run_dir(run_dir: Path, resume: bool) -> dict[str, Any] | None:
+    """Refuse to touch a finished or foreign run unless resuming; return the saved config when resuming."""
+    cfg_path = run_dir / "config.json"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunExistsError(f"{run_dir} exists and is not a folder")
+    if cfg_path.exists():
+        if not resume:
+            raise RunExistsError(
+                f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out"
+            )
+        return json.loads(cfg_path.read_text())
+    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
+        raise RunExistsError(f"{run_dir} is not empty; choose a new folder for --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("gdig-studio", "torch", "transformers", "numpy", "safetensors", "scikit-learn", "umap-learn"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            continue
+    return out
+
+
+def _config_record(ctx: ScoreContext, extra: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "settings": ctx.cfg.to_dict(),
+        "fingerprints": ctx.fingerprints | {"settings": settings_fingerprint(ctx)},
+        "versions": _versions(),
+        "device": str(ctx.device),
+        "dtype": str(next(ctx.model.parameters()).dtype),
+        "modules": [{"name": t.name, "d_in": t.d_in, "d_out": t.d_out, "conv1d": t.transposed} for t in ctx.tracked],
+        "n_candidates": len(ctx.candidates),
+        "n_seeds": len(ctx.seeds),
+        "tokenization": {k: vars(r) | {"summary": r.summary()} for k, r in ctx.reports.items()},
+        "timings": ctx.timings,
+    } | extra
+
+
+def _records_table(ds: Dataset, tok: list[TokenizedExample], columns: dict[str, np.ndarray]):
+    import pyarrow as pa
+
+    base = {"id": [e.id for e in ds.examples]} | {k: v for k, v in columns.items()}
+    base |= {
+        "n_input_tokens": np.array([len(t.input_ids) for t in tok], np.int64),
+        "truncated": np.array([t.truncated for t in tok]),
+        "prompt": [e.prompt for e in ds.examples],
+        "target": [e.target for e in ds.examples],
+        "record": [json.dumps(e.record, ensure_ascii=False, default=str) for e in ds.examples],
+    }
+    table = pa.table(base)
+    fields = [k for k in dict.fromkeys(k for e in ds.examples for k in e.record) if k not in base]
+    try:  # the input fields as columns, where Arrow can type them; `record` keeps every record exactly
+        extra = pa.Table.from_pylist([{k: e.record.get(k) for k in fields} for e in ds.examples])
+        for name in extra.column_names:
+            table = table.append_column(name, extra.column(name))
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+        pass
+    return table
+
+
+def _write_parquet_atomic(table, path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+
+
+def _save_npy_atomic(path: Path, arr: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, arr)
+    tmp.replace(path)
+
+
+def finalize(ctx: ScoreContext, run_dir: Path, seed_loss, seed_ntok, extra: dict[str, Any]) -> None:
+    t0 = time.time()
+    merged = collect_chunks(run_dir, len(ctx.candidates))
+    cand_cols = {"loss": merged["loss"], "n_tokens": merged["n_tokens"]}
+    if "self_influence" in merged:
+        cand_cols["self_influence"] = merged["self_influence"]
+    seed_cols = {"loss": seed_loss, "n_tokens": seed_ntok,
+                 "seed_batch": np.arange(len(ctx.seeds), dtype=np.int64) // ctx.cfg.seed_batch}  # fmt: skip
+    _write_parquet_atomic(_records_table(ctx.candidates, ctx.cand_tok, cand_cols), run_dir / "candidates.parquet")
+    _write_parquet_atomic(_records_table(ctx.seeds, ctx.seed_tok, seed_cols), run_dir / "seeds.parquet")
+    _save_npy_atomic(run_dir / "sketch.npy", merged["sketch"].astype(np.float32))
+    _save_npy_atomic(run_dir / "influence.npy", merged["influence"].astype(np.float32))
+    ctx.timings["finalize"] = time.time() - t0
+    write_json_atomic(run_dir / "config.json", _config_record(ctx, extra | {"finished": True}))
+    shutil.rmtree(run_dir / PARTIAL, ignore_errors=True)
+
+
+def score(cfg: ScoreConfig, resume: bool = False, model=None, tokenizer=None,
+          on_progress: Callable[[dict], None] | None = None) -> Path:  # fmt: skip
+    """Run every stage of `gdig score` into cfg.out; returns the run directory."""
+    run_dir = Path(cfg.out)
+    saved = prepare_run_dir(run_dir, resume)
+    status = Status(run_dir, on_progress)
+    try:
+        status.update("load", 0, 1, force=True)
+        t0 = time.time()
+        ctx = build_context(cfg, model, tokenizer)
+        ctx.timings["load"] = time.time() - t0
+        fp = settings_fingerprint(ctx)
+        if saved is not None:
+            if saved.get("fingerprints", {}).get("settings") != fp:
+                raise RunExistsError(f"{run_dir} was made with other settings, model or data; --resume needs the same")
+            if saved.get("finished"):
+                status.update("done", 1, 1, force=True)
+                return run_dir
+            ctx.timings = {k: v for k, v in saved.get("timings", {}).items() if k != "factors_reused"}
+        write_json_atomic(run_dir / "config.json", _config_record(ctx, {"finished": False}))
+        extra = _score_stages(ctx, run_dir, status, fp)
+        status.update("finalize", 0, 1, force=True)
+        seed_loss, seed_ntok = extra.pop("_seed_loss"), extra.pop("_seed_ntok")
+        finalize(ctx, run_dir, seed_loss, seed_ntok, extra)
+        status.update("done", 1, 1, force=True)
+        return run_dir
+    except BaseException as e:
+        msg = "cancelled" if isinstance(e, Cancelled | KeyboardInterrupt) else f"{type(e).__name__}: {e}"
+        state = status.state or {"stage": "load", "done": 0, "total": 1, "started": status.started}
+        write_json_atomic(status.path, state | {"error": msg, "updated": time.time(), "pid": os.getpid()})
+        raise
+
+
+def _score_stages(ctx: ScoreContext, run_dir: Path, status: Status, fp: str) -> dict[str, Any]:
+    cur = fit_stage(ctx, run_dir, status)
+    dampings = dampings_for(ctx, cur)
+    seed_path = run_dir / PARTIAL / "seeds.safetensors"
+    (run_dir / PARTIAL).mkdir(exist_ok=True)
+    seed_npz = run_dir / PARTIAL / "seeds_meta.npz"
+    rank = ctx.cfg.seed_rank
+    if seed_path.exists() and seed_npz.exists() and load_seed_gradients(seed_path)[1] == fp:
+        seeds, _ = load_seed_gradients(seed_path, ctx.device)
+        with np.load(seed_npz, allow_pickle=False) as z:
+            seed_loss, seed_ntok, rank = z["loss"], z["n_tokens"], int(z["rank"]) or None
+    else:
+        seeds, seed_loss, seed_ntok, rank = seed_stage(ctx, cur, dampings, status)
+        save_seed_gradients(seed_path, seeds, fp)
+        _save_npz_atomic(seed_npz, loss=seed_loss, n_tokens=seed_ntok, rank=np.int64(rank or 0))
+    scorer = Scorer(seeds, cur, dampings, ctx.cfg.normalize)
+    sketcher = Sketcher(ctx.dims, ctx.cfg.sketch_dim, ctx.cfg.random_state, ctx.device)
+    score_stage(ctx, scorer, sketcher, run_dir, status)
+    shutil.copyfile(seed_path, run_dir / "seed_grads.safetensors")
+    return {
+        "damping": dampings,
+        "seed_rank": rank,
+        "seed_lowrank_error": seeds.lowrank_error,
+        "n_seed_columns": seeds.n_seeds,
+        "sketch_dim": sketcher.dim,
+        "factors": {"n_examples": cur.n_examples, "n_tokens": cur.n_tokens, "kind": cur.kind},
+        "_seed_loss": seed_loss,
+        "_seed_ntok": seed_ntok,
+    }
