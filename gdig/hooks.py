@@ -150,10 +150,15 @@ class GradientCapture:
                 got = torch.autograd.grad(loss.sum(), outs, allow_unused=True)
                 for t, o, g in zip(self.tracked, outs, got, strict=True):
                     g = torch.zeros_like(o) if g is None else g
-                    grads[t.name] = g.float() * mask[..., None]
-        acts = {n: self._acts[n].float() * mask[..., None] for n in names}
+                    grads[t.name] = _per_position(g, mask).float() * mask[..., None]
+        acts = {n: _per_position(self._acts[n], mask).float() * mask[..., None] for n in names}
         self._acts, self._outs = {}, {}
         return Captured(batch.index, loss.detach().float(), n_target, mask, acts, grads)
+
+
+def _per_position(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, d) view of a module's input or output; some models (OPT) flatten the batch to (B*T, d)."""
+    return x if x.dim() == 3 else x.reshape(*mask.shape, x.shape[-1])
 
 
 def per_example_gradient(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

@@ -179,9 +179,8 @@ def fit_stage(ctx: ScoreContext, run_dir: Path, status: Status) -> Curvature:
                 status.update(stage, done, len(order))
         ctx.timings[stage] = time.time() - t0
 
-    cur = fit_curvature(ctx.cfg.hessian, ctx.dims, passes, ctx.device)
-    cur.save(path, fp)
-    return cur
+    fit_curvature(ctx.cfg.hessian, ctx.dims, passes, ctx.device).save(path, fp)
+    return Curvature.load(path, ctx.device)  # a fresh and a resumed run compute from the same bytes
 
 
 def _find_factors(runs_root: Path, fingerprint: str, exclude: Path) -> Path | None:
@@ -475,6 +474,7 @@ def _score_stages(ctx: ScoreContext, run_dir: Path, status: Status, fp: str) -> 
     else:
         seeds, seed_loss, seed_ntok, rank = seed_stage(ctx, cur, dampings, status)
         save_seed_gradients(seed_path, seeds, fp)
+        seeds, _ = load_seed_gradients(seed_path, ctx.device)  # same bytes as a resumed run
         _save_npz_atomic(seed_npz, loss=seed_loss, n_tokens=seed_ntok, rank=np.int64(rank or 0))
     scorer = Scorer(seeds, cur, dampings, ctx.cfg.normalize)
     sketcher = Sketcher(ctx.dims, ctx.cfg.sketch_dim, ctx.cfg.random_state, ctx.device)

@@ -1,0 +1,81 @@
+"""Run directory behaviour: chunked resume gives identical results, factors are reused, status is kept."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from gdig.config import ScoreConfig
+from gdig.run import PARTIAL, Cancelled, read_status, score
+
+
+def _cfg(tmp_path, files, name, **kw):
+    cands, seeds = files
+    return ScoreConfig(model="m", candidates=str(cands), seeds=str(seeds), out=str(tmp_path / name), **kw)
+
+
+def test_killed_run_resumes_from_its_last_chunk_with_identical_results(tmp_path, tokenizer, data_files):
+    from gdig.tiny import build_tiny_model
+
+    model = build_tiny_model("llama", tokenizer, hidden=16, ffn=32, heads=2)
+    full = score(_cfg(tmp_path, data_files, "full", chunk_size=5), model=model, tokenizer=tokenizer)
+
+    def kill_after_two_chunks(state):
+        if state["stage"] == "score" and state["done"] >= 12:
+            raise KeyboardInterrupt
+
+    cfg = _cfg(tmp_path, data_files, "killed", chunk_size=5)
+    with pytest.raises(KeyboardInterrupt):
+        score(cfg, model=model, tokenizer=tokenizer, on_progress=kill_after_two_chunks)
+    run = tmp_path / "killed"
+    chunks = sorted((run / PARTIAL).glob("chunk_*.npz"))
+    assert len(chunks) == 2 and not (run / "influence.npy").exists()
+    assert read_status(run)["error"] == "cancelled"
+    assert not json.loads((run / "config.json").read_text())["finished"]
+
+    seen = []
+    score(cfg, resume=True, model=model, tokenizer=tokenizer, on_progress=seen.append)
+    first_score = next(s for s in seen if s["stage"] == "score")
+    assert first_score["done"] == 10  # two chunks of 5 were kept, at most the third was lost
+    assert not any(s["stage"].startswith("fit") for s in seen)  # factors were reused
+    for name in ("influence.npy", "sketch.npy"):
+        np.testing.assert_array_equal(np.load(run / name), np.load(full / name))
+    assert not (run / PARTIAL).exists() and read_status(run)["stage"] == "done"
+
+
+def test_factors_are_reused_by_a_sibling_run_with_the_same_fingerprint(tmp_path, tokenizer, data_files):
+    from gdig.tiny import build_tiny_model
+
+    model = build_tiny_model("llama", tokenizer, hidden=16, ffn=32, heads=2)
+    score(_cfg(tmp_path, data_files, "a", damping=1e-3), model=model, tokenizer=tokenizer)
+    seen = []
+    b = score(_cfg(tmp_path, data_files, "b", damping=1e-2), model=model, tokenizer=tokenizer, on_progress=seen.append)
+    assert not any(s["stage"].startswith("fit") for s in seen)
+    assert json.loads((b / "config.json").read_text())["timings"]["factors_reused"] == 1.0
+    seen.clear()
+    score(_cfg(tmp_path, data_files, "c", fit_examples=10), model=model, tokenizer=tokenizer, on_progress=seen.append)
+    assert any(s["stage"] == "fit_covariance" and s["total"] == 10 for s in seen)  # other fit set: refitted
+
+
+def test_cancel_file_stops_the_run_and_is_recorded(tmp_path, tokenizer, data_files, llama_dir):
+    cfg = _cfg(tmp_path, data_files, "c")
+    cfg.model = str(llama_dir)
+
+    def cancel(state):
+        if state["stage"] == "seeds":
+            (tmp_path / "c" / "cancel").touch()
+
+    with pytest.raises(Cancelled):
+        score(cfg, on_progress=cancel)
+    assert read_status(tmp_path / "c")["error"] == "cancelled"
+
+
+def test_fit_subset_and_token_budget(tmp_path, tokenizer, data_files, llama_dir):
+    cfg = _cfg(tmp_path, data_files, "s", fit_examples=8, token_budget=200, hessian="kfac")
+    cfg.model = str(llama_dir)
+    out = score(cfg)
+    conf = json.loads((out / "config.json").read_text())
+    assert conf["factors"]["n_examples"] == 8
+    assert np.load(out / "influence.npy").shape == (24, 5)
