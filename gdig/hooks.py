@@ -17,6 +17,10 @@ from torch import nn
 from gdig.data import IGNORE_INDEX, TokenizedExample
 from gdig.model import TrackedModule, accepts_position_ids
 
+# Families whose logits are exactly lm_head(base(x).last_hidden_state) (after an optional final soft-cap): for
+# these the head runs only at the labelled positions, where the loss is taken. Others use the full forward.
+LABELLED_HEAD_FAMILIES = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gpt2", "bloom", "gpt_neox", "opt"}
+
 
 @dataclass
 class Batch:
@@ -99,6 +103,7 @@ class GradientCapture:
         self.tracked = list(tracked)
         self.device = next(model.parameters()).device
         self._position_ids = accepts_position_ids(model)
+        self.labelled_head = getattr(model.config, "model_type", None) in LABELLED_HEAD_FAMILIES
         self._handles: list = []
         self._acts: dict[str, torch.Tensor] = {}
         self._outs: dict[str, torch.Tensor] = {}
@@ -128,20 +133,39 @@ class GradientCapture:
 
         return hook
 
-    def forward(self, batch: Batch):
+    def _inputs(self, batch: Batch) -> dict:
         ids = batch.input_ids.to(self.device)
         mask = batch.attention_mask.to(self.device)
         kwargs = {"input_ids": ids, "attention_mask": mask, "use_cache": False}
         if self._position_ids:  # left padding must not shift absolute positions (GPT-2, OPT...)
             kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
-        return self.model(**kwargs).logits
+        return kwargs
+
+    def forward(self, batch: Batch):
+        return self.model(**self._inputs(batch)).logits
+
+    def loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-example mean target loss and target count; the head runs at labelled positions when it can."""
+        labels = batch.labels.to(self.device)
+        if not self.labelled_head:
+            return per_example_loss(self.forward(batch), labels)
+        hidden = self.model.base_model(**self._inputs(batch)).last_hidden_state[:, :-1]
+        targets = labels[:, 1:]
+        keep = targets != IGNORE_INDEX
+        logits = self.model.get_output_embeddings()(hidden[keep]).float()
+        cap = getattr(self.model.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        tok_loss = nn.functional.cross_entropy(logits, targets[keep], reduction="none")
+        rows = keep.nonzero()[:, 0]
+        n = keep.sum(1).float()
+        total = torch.zeros(len(n), device=self.device, dtype=tok_loss.dtype).index_add(0, rows, tok_loss)
+        return total / n.clamp(min=1), n
 
     def run(self, batch: Batch, need_grads: bool = True) -> Captured:
         self._acts, self._outs = {}, {}
-        labels = batch.labels.to(self.device)
         with torch.enable_grad():
-            logits = self.forward(batch)
-            loss, n_target = per_example_loss(logits, labels)
+            loss, n_target = self.loss(batch)
             mask = batch.attention_mask.to(self.device).float()
             names = [t.name for t in self.tracked]
             outs = [self._outs[n] for n in names]

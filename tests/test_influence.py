@@ -23,7 +23,9 @@ def model(tokenizer):
 
 def run(tmp_path, model, tokenizer, files, name="run", **settings):
     cands, seeds = files
-    cfg = ScoreConfig(model="in-memory", candidates=str(cands), seeds=str(seeds), out=str(tmp_path / name), **settings)
+    cfg = ScoreConfig(
+        model="in-memory", candidates=str(cands), seeds=str(seeds), out=str(tmp_path / name), umap=False, **settings
+    )
     out = score(cfg, model=model, tokenizer=tokenizer)
     return np.load(out / "influence.npy").astype(np.float64), out
 
@@ -159,3 +161,20 @@ def test_seed_batching(tmp_path, model, tokenizer, data_files):
     assert k5.shape == (24, 1) and rel_err(k5[:, 0], plain.mean(1)) < 1e-5  # linear in the seed gradient
     assert k2.shape == (24, 3) and rel_err(k2[:, 2], plain[:, 4]) < 1e-5
     assert rel_err(k2[:, 0], plain[:, :2].mean(1)) < 1e-5
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "opt", "bloom", "gpt_neox", "gemma"])
+def test_labelled_positions_head_equals_full_logits(tokenizer, data_files, arch):
+    """The head applied at labelled positions only gives the same losses and gradients as full logits."""
+    m = build_tiny_model(arch, tokenizer, hidden=16, ffn=32, heads=2)
+    toks, _ = tokenize_dataset(tokenizer, load_dataset(data_files[0]), 512)
+    batch = collate(toks[:5], range(5), tokenizer.pad_token_id, "left")
+    tracked = find_tracked_modules(m)
+    with GradientCapture(m, tracked) as cap:
+        assert cap.labelled_head
+        fast = cap.run(batch)
+        cap.labelled_head = False
+        full = cap.run(batch)
+    torch.testing.assert_close(fast.loss, full.loss, rtol=1e-5, atol=1e-6)
+    for name in full.grads:
+        torch.testing.assert_close(fast.grads[name], full.grads[name], rtol=1e-4, atol=1e-8)

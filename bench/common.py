@@ -1,0 +1,116 @@
+"""Shared benchmark inputs: real pairs from ../shared/data when present, a tiny Llama trained on nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("GDIG_SHARED_DATA", ROOT.parent / "shared" / "data"))
+CACHE = ROOT / "bench" / ".cache"
+REPORTS = ROOT / "bench" / "reports"
+
+
+def have_shared_data() -> bool:
+    return (SHARED_DATA / "tatoeba" / "deu-eng").is_dir() and (SHARED_DATA / "flores200" / "dev").is_dir()
+
+
+def read_lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").split("\n")[:-1]
+
+
+def tatoeba_pairs(n: int, offset: int = 0) -> list[dict]:
+    d = SHARED_DATA / "tatoeba" / "deu-eng"
+    en, de = read_lines(d / "tatoeba-test-v2021-08-07.eng"), read_lines(d / "tatoeba-test-v2021-08-07.deu")
+    pairs = [p for p in zip(en, de, strict=True) if p[0].strip() and p[1].strip()][offset : offset + n]
+    return [{"src_text": s, "trg_text": t, "src_lang": "en", "trg_lang": "de"} for s, t in pairs]
+
+
+def flores_pairs(n: int, split: str = "dev") -> list[dict]:
+    d = SHARED_DATA / "flores200" / split
+    en, de = read_lines(d / f"eng_Latn.{split}"), read_lines(d / f"deu_Latn.{split}")
+    return [{"src_text": s, "trg_text": t, "src_lang": "en", "trg_lang": "de"} for s, t in zip(en, de, strict=True)][:n]
+
+
+def synthetic_pairs(n: int, seed: int) -> list[dict]:
+    import random
+
+    en = [
+        "the",
+        "a",
+        "cat",
+        "dog",
+        "house",
+        "tree",
+        "sees",
+        "runs",
+        "big",
+        "small",
+        "red",
+        "green",
+        "river",
+        "sun",
+        "moon",
+        "eats",
+        "water",
+    ]
+    de = [
+        "der",
+        "ein",
+        "Katze",
+        "Hund",
+        "Haus",
+        "Baum",
+        "sieht",
+        "läuft",
+        "groß",
+        "klein",
+        "rot",
+        "grün",
+        "Fluss",
+        "Sonne",
+        "Mond",
+        "isst",
+        "Wasser",
+    ]
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        idx = [rng.randrange(len(en)) for _ in range(rng.randint(3, 20))]
+        out.append({"src_text": " ".join(en[i] for i in idx), "trg_text": " ".join(de[i] for i in idx),
+                    "src_lang": "en", "trg_lang": "de"})  # fmt: skip
+    return out
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def machine() -> dict:
+    import torch
+
+    info = {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine()}  # fmt: skip
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def run_child(args: list[str]) -> dict:
+    """Run this script's child mode in a fresh process; it prints one JSON line last."""
+    out = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"child {args} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
