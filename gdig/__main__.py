@@ -40,8 +40,48 @@ def _add_score(sub) -> None:
     p.add_argument("--trg-lang", help="target language when the data does not say")
     p.add_argument("--random-state", type=int, default=0)
     p.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own code")
+    p.add_argument("--no-umap", action="store_true", help="skip the 2-D map (the app computes it when first shown)")
     p.add_argument("--resume", action="store_true", help="continue a killed run in --out")
     p.add_argument("--quiet", action="store_true")
+
+
+def _add_select(sub) -> None:
+    from gdig.select import METHODS, STRATEGIES, WITHIN
+
+    p = sub.add_parser("select", help="quality rule, gradient clusters and resampling; writes JSONL + manifest")
+    p.add_argument("run_dir", help="a finished run directory")
+    p.add_argument("--out", required=True, help="FILE.jsonl to write (its manifest goes to FILE.json)")
+    rule = p.add_mutually_exclusive_group()
+    rule.add_argument("--tau", type=float, help="keep candidates helping at least this fraction of seeds (default 1)")
+    rule.add_argument("--min-mean", type=float, help="keep candidates with mean influence >= X")
+    p.add_argument("--clusters", type=int, default=10, help="K for K-means over gradient sketches")
+    p.add_argument("--budget", type=int, help="how many to select (default: every kept candidate)")
+    p.add_argument("--strategy", choices=STRATEGIES, default="uniform")
+    p.add_argument("--within", choices=WITHIN, default="quality", help="order inside a cluster")
+    p.add_argument("--method", choices=METHODS, default="gdig", help="gdig, or a baseline for comparison")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-metadata", action="store_true", help="write the original records only, no 'gdig' field")
+    p.add_argument("--ignore-overrides", action="store_true", help="ignore the run's saved include/exclude")
+
+
+def run_select(a: argparse.Namespace) -> None:
+    from gdig.export import export_selection
+    from gdig.results import load_overrides, load_run
+    from gdig.select import SelectionConfig, select_run
+
+    run = load_run(a.run_dir)
+    ov = load_overrides(run.path)
+    tau = a.tau if a.tau is not None or a.min_mean is not None else 1.0
+    cfg = SelectionConfig(method=a.method, tau=tau, min_mean=a.min_mean, clusters=a.clusters, budget=a.budget,
+                          strategy=a.strategy, within=a.within, seed=a.seed,
+                          include=[] if a.ignore_overrides else ov.include,
+                          exclude=[] if a.ignore_overrides else ov.exclude)  # fmt: skip
+    sel = select_run(run, cfg)
+    out, man = export_selection(run, sel, cfg, a.out, metadata=not a.no_metadata)
+    for m in sel.messages:
+        print(f"gdig: note: {m}", file=sys.stderr)
+    print(f"[gdig] kept {int(sel.kept.sum())} of {run.n} by the quality rule; selected {len(sel.indices)} -> {out}",
+          file=sys.stderr)  # fmt: skip
 
 
 def score_config_from_args(a: argparse.Namespace) -> ScoreConfig:
@@ -56,7 +96,7 @@ def score_config_from_args(a: argparse.Namespace) -> ScoreConfig:
         damping_relative=relative, normalize=a.normalize, seed_batch=a.seed_batch, modules=a.modules,
         batch_size=a.batch_size, token_budget=a.token_budget, fit_examples=a.fit_examples,
         sketch_dim=a.sketch_dim, seed_rank=a.seed_rank, chunk_size=a.chunk_size, device=a.device, dtype=a.dtype,
-        random_state=a.random_state, trust_remote_code=a.trust_remote_code, data=data,
+        random_state=a.random_state, trust_remote_code=a.trust_remote_code, umap=not a.no_umap, data=data,
     )  # fmt: skip
 
 
@@ -79,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gdig", description="G-DIG instruction data selection")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_score(sub)
+    _add_select(sub)
     args = parser.parse_args(argv)
     try:
         if args.command == "score":
@@ -88,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = score(cfg, resume=args.resume, on_progress=_printer(args.quiet))
             if not args.quiet:
                 print(f"[gdig] done: {run_dir}", file=sys.stderr)
+        elif args.command == "select":
+            run_select(args)
     except (ValueError, FileNotFoundError) as e:  # DataError, RunExistsError and bad settings
         print(f"gdig: error: {e}", file=sys.stderr)
         return 2

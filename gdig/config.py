@@ -47,6 +47,7 @@ class ScoreConfig:
     sketch_dim: int = 1024
     seed_rank: int | None = None  # low-rank seed factorisation; None = dense
     chunk_size: int = 256  # candidates per resumable chunk
+    umap: bool = True  # compute the 2-D map of the sketches at the end of the run
     padding_side: str = "right"  # results do not depend on it; left suits models trained that way
     device: str = "auto"
     dtype: str = "auto"

@@ -140,7 +140,7 @@ def factors_fingerprint(ctx: ScoreContext) -> str:
 
 def settings_fingerprint(ctx: ScoreContext) -> str:
     settings = ctx.cfg.to_dict()
-    for volatile in ("out", "device", "model", "candidates", "seeds"):
+    for volatile in ("out", "device", "model", "candidates", "seeds", "umap"):
         settings.pop(volatile)
     return _hash([ctx.fingerprints, settings])
 
@@ -427,6 +427,17 @@ def finalize(ctx: ScoreContext, run_dir: Path, seed_loss, seed_ntok, extra: dict
     shutil.rmtree(run_dir / PARTIAL, ignore_errors=True)
 
 
+def umap_stage(run_dir: Path, random_state: int, status: Status) -> None:
+    from gdig.umap_map import ensure_umap
+
+    status.update("umap", 0, 1, force=True)
+    t0 = time.time()
+    ensure_umap(run_dir, random_state)
+    cfg = json.loads((run_dir / "config.json").read_text())
+    cfg["timings"]["umap"] = time.time() - t0
+    write_json_atomic(run_dir / "config.json", cfg)
+
+
 def score(cfg: ScoreConfig, resume: bool = False, model=None, tokenizer=None,
           on_progress: Callable[[dict], None] | None = None) -> Path:  # fmt: skip
     """Run every stage of `gdig score` into cfg.out; returns the run directory."""
@@ -443,6 +454,8 @@ def score(cfg: ScoreConfig, resume: bool = False, model=None, tokenizer=None,
             if saved.get("fingerprints", {}).get("settings") != fp:
                 raise RunExistsError(f"{run_dir} was made with other settings, model or data; --resume needs the same")
             if saved.get("finished"):
+                if cfg.umap and not (run_dir / "umap.npy").exists():
+                    umap_stage(run_dir, cfg.random_state, status)
                 status.update("done", 1, 1, force=True)
                 return run_dir
             ctx.timings = {k: v for k, v in saved.get("timings", {}).items() if k != "factors_reused"}
@@ -451,6 +464,8 @@ def score(cfg: ScoreConfig, resume: bool = False, model=None, tokenizer=None,
         status.update("finalize", 0, 1, force=True)
         seed_loss, seed_ntok = extra.pop("_seed_loss"), extra.pop("_seed_ntok")
         finalize(ctx, run_dir, seed_loss, seed_ntok, extra)
+        if cfg.umap:
+            umap_stage(run_dir, cfg.random_state, status)
         status.update("done", 1, 1, force=True)
         return run_dir
     except BaseException as e:

@@ -24,7 +24,7 @@ def test_every_architecture_scores_through_the_cli(tmp_path, tokenizer, data_fil
     cands, seeds = data_files
     out = tmp_path / "run"
     argv = ["score", "--model", str(model_dir), "--candidates", str(cands), "--seeds", str(seeds), "--out", str(out),
-            "--batch-size", "4", "--sketch-dim", "64", "--quiet"]  # fmt: skip
+            "--batch-size", "4", "--sketch-dim", "64", "--quiet", "--no-umap"]  # fmt: skip
     assert main(argv) == 0
     infl = np.load(out / "influence.npy")
     assert infl.shape == (24, 5) and infl.dtype == np.float32 and np.isfinite(infl).all() and np.abs(infl).sum() > 0
@@ -52,7 +52,7 @@ def test_module_subprocess_entry_point_and_bad_input(tmp_path, llama_dir, data_f
 
 def test_missing_model_and_bad_regex_are_clear(tmp_path, llama_dir, data_files, capsys):
     cands, seeds = data_files
-    base = ["score", "--candidates", str(cands), "--seeds", str(seeds), "--quiet"]
+    base = ["score", "--candidates", str(cands), "--seeds", str(seeds), "--quiet", "--no-umap"]
     assert main([*base, "--model", str(tmp_path / "no-model"), "--out", str(tmp_path / "a")]) == 2
     assert "could not load model" in capsys.readouterr().err
     assert main([*base, "--model", str(llama_dir), "--out", str(tmp_path / "b"), "--modules", "nothing_here"]) == 2
@@ -62,7 +62,7 @@ def test_missing_model_and_bad_regex_are_clear(tmp_path, llama_dir, data_files, 
 def test_finished_run_is_never_overwritten(tmp_path, llama_dir, data_files, capsys):
     cands, seeds = data_files
     argv = ["score", "--model", str(llama_dir), "--candidates", str(cands), "--seeds", str(seeds),
-            "--out", str(tmp_path / "r"), "--quiet", "--hessian", "kfac"]  # fmt: skip
+            "--out", str(tmp_path / "r"), "--quiet", "--no-umap", "--hessian", "kfac"]  # fmt: skip
     assert main(argv) == 0
     before = (tmp_path / "r" / "influence.npy").read_bytes()
     assert main(argv) == 2
@@ -71,4 +71,9 @@ def test_finished_run_is_never_overwritten(tmp_path, llama_dir, data_files, caps
     assert "other settings" in capsys.readouterr().err
     assert (tmp_path / "r" / "influence.npy").read_bytes() == before
     assert main([*argv, "--resume"]) == 0  # same settings: nothing to do
+    assert (tmp_path / "r" / "influence.npy").read_bytes() == before
+    assert not (tmp_path / "r" / "umap.npy").exists()
+    assert main([*(a for a in argv if a != "--no-umap"), "--resume"]) == 0  # with the map: only the map is added
+    umap = np.load(tmp_path / "r" / "umap.npy")
+    assert umap.shape == (24, 2) and np.isfinite(umap).all()
     assert (tmp_path / "r" / "influence.npy").read_bytes() == before

@@ -13,7 +13,9 @@ from gdig.run import PARTIAL, Cancelled, read_status, score
 
 def _cfg(tmp_path, files, name, **kw):
     cands, seeds = files
-    return ScoreConfig(model="m", candidates=str(cands), seeds=str(seeds), out=str(tmp_path / name), **kw)
+    return ScoreConfig(
+        model="m", candidates=str(cands), seeds=str(seeds), out=str(tmp_path / name), **({"umap": False} | kw)
+    )
 
 
 def test_killed_run_resumes_from_its_last_chunk_with_identical_results(tmp_path, tokenizer, data_files):

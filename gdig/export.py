@@ -1,0 +1,99 @@
+"""Write a selection as JSONL (each example's original fields, unchanged) plus a manifest with the settings,
+counts and a checksum. Both files are written to temporary names and renamed: a crash never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gdig.results import RunResults
+from gdig.select import Selection, SelectionConfig
+
+META_FIELD = "gdig"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+def selection_lines(run: RunResults, sel: Selection, metadata: bool = True) -> list[str]:
+    """One JSON line per selected example: its original record, and optionally a `gdig` field."""
+    records = run.candidates["record"].tolist()
+    lines = []
+    for i in sel.indices.tolist():
+        rec: dict[str, Any] = json.loads(records[i])
+        if metadata:
+            rec[META_FIELD] = {
+                "id": run.ids[i],
+                "mean_influence": round(float(run.mean_influence[i]), 8),
+                "frac_helped": round(float(run.frac_helped[i]), 6),
+                "cluster": int(sel.labels[i]),
+            }
+        lines.append(json.dumps(rec, ensure_ascii=False) + "\n")
+    return lines
+
+
+def manifest(run: RunResults, sel: Selection, cfg: SelectionConfig, jsonl_bytes: bytes, metadata: bool) -> dict:
+    return {
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "run": str(run.path),
+        "run_fingerprints": run.fingerprint,
+        "run_settings": run.config.get("settings", {}),
+        "selection": cfg.to_dict(),
+        "metadata_field": META_FIELD if metadata else None,
+        "counts": {
+            "candidates": run.n,
+            "kept_by_quality_rule": int(sel.kept.sum()),
+            "selected": len(sel.indices),
+            "per_cluster": {str(k): v for k, v in sel.cluster_counts().items()},
+        },
+        "messages": sel.messages,
+        "sha256": hashlib.sha256(jsonl_bytes).hexdigest(),
+    }
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def export_selection(run: RunResults, sel: Selection, cfg: SelectionConfig, out: str | Path,
+                     metadata: bool = True) -> tuple[Path, Path]:  # fmt: skip
+    """Write OUT.jsonl and its manifest OUT.json; returns both paths."""
+    out = Path(out)
+    if out.suffix != ".jsonl":
+        raise ValueError(f"{out}: the export must end in .jsonl")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    data = "".join(selection_lines(run, sel, metadata)).encode("utf-8")
+    man = manifest(run, sel, cfg, data, metadata)
+    man_path = out.with_suffix(".json")
+    _write_atomic(out, data)
+    _write_atomic(man_path, (json.dumps(man, indent=2, ensure_ascii=False) + "\n").encode())
+    return out, man_path
+
+
+def save_into_run(run: RunResults, sel: Selection, cfg: SelectionConfig, name: str, metadata: bool = True):
+    """Save as selections/<name>.jsonl and .json inside the run."""
+    if not NAME_RE.match(name) or name.endswith((".jsonl", ".json")):
+        raise ValueError(f"selection name {name!r}: use letters, digits, '-', '_' or '.', without an extension")
+    return export_selection(run, sel, cfg, run.path / "selections" / f"{name}.jsonl", metadata)
+
+
+def verify_export(path: str | Path) -> bool:
+    """True when the JSONL matches the checksum in its manifest."""
+    path = Path(path)
+    man = json.loads(path.with_suffix(".json").read_text())
+    return hashlib.sha256(path.read_bytes()).hexdigest() == man["sha256"]
+
+
+def selected_ids(run: RunResults, sel: Selection) -> list[str]:
+    return [run.ids[i] for i in np.asarray(sel.indices).tolist()]

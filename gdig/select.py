@@ -1,0 +1,240 @@
+"""The curator's decision layer: the G-DIG quality rule, K-means over gradient sketches, resampling to a budget,
+and baseline selectors on the same interface. Pure functions of the stored matrices: fast enough to re-run on
+every slider move.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+STRATEGIES = ("uniform", "proportional")
+WITHIN = ("quality", "random")
+METHODS = ("gdig", "random", "loss", "mean-influence", "length-ratio")
+
+
+@dataclass
+class SelectionConfig:
+    """Settings of one selection; saved beside every export."""
+
+    method: str = "gdig"
+    tau: float | None = 1.0  # keep when the fraction of seeds helped >= tau (G-DIG eq. 4 at tau = 1)
+    min_mean: float | None = None  # or: keep when mean influence >= this
+    clusters: int = 10
+    budget: int | None = None  # None: every kept candidate
+    strategy: str = "uniform"
+    within: str = "quality"  # order inside a cluster: best quality first, or random
+    seed: int = 0
+    include: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.within not in WITHIN:
+            raise ValueError(f"within must be one of {', '.join(WITHIN)}, got {self.within!r}")
+        if self.tau is not None and not 0 <= self.tau <= 1:
+            raise ValueError(f"tau must be between 0 and 1, got {self.tau}")
+        if self.tau is not None and self.min_mean is not None:
+            raise ValueError("give tau or min_mean, not both")
+        if self.clusters < 1:
+            raise ValueError(f"clusters must be >= 1, got {self.clusters}")
+        if self.budget is not None and self.budget < 0:
+            raise ValueError(f"budget must be >= 0, got {self.budget}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Selection:
+    indices: np.ndarray  # selected rows, in selection order
+    kept: np.ndarray  # (N,) bool: passed the quality rule (after overrides)
+    labels: np.ndarray  # (N,) int cluster of each kept row, -1 elsewhere
+    quality: np.ndarray  # (N,) the ordering score used (higher is better)
+    messages: list[str] = field(default_factory=list)
+
+    def cluster_counts(self) -> dict[int, int]:
+        lab = self.labels[self.indices]
+        return {int(k): int(v) for k, v in zip(*np.unique(lab, return_counts=True), strict=True)}
+
+
+# -- quality rule ----------------------------------------------------------------------------------------------
+
+
+def quality_mask(frac_helped: np.ndarray, mean_influence: np.ndarray, tau: float | None, min_mean: float | None,
+                 ids: list[str] | None = None, include=(), exclude=()) -> np.ndarray:  # fmt: skip
+    """G-DIG quality rule: frac_helped >= tau (or mean >= min_mean); manual overrides always win."""
+    if min_mean is not None:
+        keep = mean_influence >= min_mean
+    elif tau is not None:
+        keep = frac_helped >= tau - 1e-9  # frac is k/M in float32: tau = k/M must keep it
+    else:
+        keep = np.ones(len(frac_helped), bool)
+    if include or exclude:
+        pos = {v: i for i, v in enumerate(ids)}
+        unknown = [i for i in [*include, *exclude] if i not in pos]
+        if unknown:
+            raise ValueError(f"override ids not in the run: {', '.join(map(str, unknown[:5]))}")
+        keep = keep.copy()
+        keep[[pos[i] for i in include]] = True
+        keep[[pos[i] for i in exclude]] = False
+    return keep
+
+
+# -- clustering ------------------------------------------------------------------------------------------------
+
+
+class GradientClusterer:
+    """K-means (k-means++, fixed random_state) on L2-normalised gradient sketches; scikit-learn style."""
+
+    def __init__(self, n_clusters: int, random_state: int = 0, max_iter: int = 100):
+        self.n_clusters, self.random_state, self.max_iter = n_clusters, random_state, max_iter
+
+    def fit(self, sketches: np.ndarray) -> GradientClusterer:
+        from sklearn.cluster import KMeans
+
+        x = normalise_rows(sketches)
+        if self.n_clusters > len(x):
+            raise ValueError(f"K = {self.n_clusters} clusters is more than the {len(x)} kept candidates; "
+                             "lower K or loosen the quality threshold")  # fmt: skip
+        self.kmeans_ = KMeans(self.n_clusters, init="k-means++", n_init=1, max_iter=self.max_iter,
+                              random_state=self.random_state).fit(x)  # fmt: skip
+        self.labels_ = self.kmeans_.labels_.astype(np.int64)
+        return self
+
+    def fit_predict(self, sketches: np.ndarray) -> np.ndarray:
+        return self.fit(sketches).labels_
+
+
+def normalise_rows(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+# -- resampling ------------------------------------------------------------------------------------------------
+
+
+def cluster_quotas(sizes: np.ndarray, budget: int, strategy: str) -> np.ndarray:
+    """How many to take from each cluster. uniform: about budget/K each, what small clusters cannot give goes
+    to the others (largest first); proportional: follows the sizes (largest remainders)."""
+    sizes = np.asarray(sizes, np.int64)
+    budget = min(budget, int(sizes.sum()))
+    if strategy == "proportional":
+        exact = budget * sizes / max(sizes.sum(), 1)
+        quota = np.floor(exact).astype(np.int64)
+        order = np.argsort(-(exact - quota), kind="stable")
+        quota[order[: budget - quota.sum()]] += 1
+        return quota
+    quota = np.zeros_like(sizes)
+    remaining = budget
+    open_ = sizes > 0
+    while remaining > 0 and open_.any():  # water-filling: equal shares, capped by cluster size
+        share = max(remaining // int(open_.sum()), 1)
+        for k in np.argsort(-sizes, kind="stable"):
+            if remaining == 0:
+                break
+            if open_[k]:
+                take = min(share, sizes[k] - quota[k], remaining)
+                quota[k] += take
+                remaining -= take
+                open_[k] = quota[k] < sizes[k]
+    return quota
+
+
+def resample(labels: np.ndarray, rows: np.ndarray, quality: np.ndarray, budget: int, strategy: str, within: str,
+             seed: int) -> np.ndarray:  # fmt: skip
+    """Take each cluster's quota, best quality first (or at random), from `rows` with cluster `labels`."""
+    rng = np.random.default_rng(seed)
+    if len(labels) == 0 or budget <= 0:
+        return np.zeros(0, np.int64)
+    sizes = np.bincount(labels)
+    k = len(sizes)
+    quota = cluster_quotas(sizes, budget, strategy)
+    picked = []
+    for c in range(k):
+        members = rows[labels == c]
+        if within == "quality":
+            members = members[np.argsort(-quality[members], kind="stable")]
+        else:
+            members = rng.permutation(members)
+        picked.append(members[: quota[c]])
+    out = np.concatenate(picked) if picked else np.zeros(0, np.int64)
+    return out[np.argsort(-quality[out], kind="stable")] if within == "quality" else out
+
+
+# -- selectors -------------------------------------------------------------------------------------------------
+
+
+def length_ratio_score(src: list[str], tgt: list[str]) -> np.ndarray:
+    """Higher when a pair's character-length ratio is close to the pool's typical ratio (a classic filter)."""
+    ls = np.array([max(len(s), 1) for s in src], np.float64)
+    lt = np.array([max(len(t), 1) for t in tgt], np.float64)
+    r = np.log(lt / ls)
+    return (-np.abs(r - np.median(r))).astype(np.float32)
+
+
+def select(frac_helped, mean_influence, sketch, ids, cfg: SelectionConfig, loss=None, length_score=None,
+           labels: np.ndarray | None = None) -> Selection:  # fmt: skip
+    """One selection. `labels` (cluster of each kept row) may be passed to skip re-clustering."""
+    n = len(frac_helped)
+    msgs: list[str] = []
+    quality = frac_helped.astype(np.float64) + 1e-3 * _rank01(mean_influence)  # ties broken by mean influence
+    if cfg.method == "gdig":
+        kept = quality_mask(frac_helped, mean_influence, cfg.tau, cfg.min_mean, ids, cfg.include, cfg.exclude)
+    else:
+        kept = quality_mask(frac_helped, mean_influence, None, None, ids, cfg.include, cfg.exclude)
+        quality = _baseline_score(cfg.method, n, cfg.seed, mean_influence, loss, length_score)
+    rows = np.flatnonzero(kept)
+    budget = len(rows) if cfg.budget is None else cfg.budget
+    if budget > len(rows):
+        msgs.append(f"budget {budget} is more than the {len(rows)} candidates kept; returning all {len(rows)}")
+        budget = len(rows)
+    pos = {v: i for i, v in enumerate(ids)}
+    forced = np.array([pos[i] for i in dict.fromkeys(cfg.include)], np.int64)  # included by hand: taken first
+    if len(forced) > budget:
+        msgs.append(f"{len(forced)} candidates are included by hand, more than the budget {budget}; all are kept")
+    free = np.setdiff1d(rows, forced)
+    n_free = max(budget - len(forced), 0)
+    full_labels = np.full(n, -1, np.int64)
+    if cfg.method == "gdig" and len(rows):
+        if labels is None:
+            labels = GradientClusterer(cfg.clusters, cfg.seed).fit_predict(sketch[rows])
+        full_labels[rows] = labels
+        chosen = resample(full_labels[free], free, quality, n_free, cfg.strategy, cfg.within, cfg.seed)
+    else:
+        chosen = free[np.argsort(-quality[free], kind="stable")][:n_free]
+    chosen = np.concatenate([forced, chosen])
+    return Selection(chosen.astype(np.int64), kept, full_labels, quality.astype(np.float32), msgs)
+
+
+def _rank01(x: np.ndarray) -> np.ndarray:
+    r = np.argsort(np.argsort(x, kind="stable"), kind="stable")
+    return r / max(len(x) - 1, 1)
+
+
+def _baseline_score(method, n, seed, mean_influence, loss, length_score) -> np.ndarray:
+    if method == "random":
+        return np.random.default_rng(seed).random(n)
+    if method == "loss":
+        if loss is None:
+            raise ValueError("the loss baseline needs candidate losses")
+        return -np.asarray(loss, np.float64)
+    if method == "mean-influence":
+        return np.asarray(mean_influence, np.float64)
+    if length_score is None:
+        raise ValueError("the length-ratio baseline needs source and target texts")
+    return np.asarray(length_score, np.float64)
+
+
+def select_run(run, cfg: SelectionConfig, labels: np.ndarray | None = None) -> Selection:
+    """`select` on a loaded run (gdig.results.RunResults), with its losses and length ratios for baselines."""
+    df = run.candidates
+    src = df["src_text"] if "src_text" in df else df["prompt"]
+    tgt = df["trg_text"] if "trg_text" in df else df["target"]
+    length = length_ratio_score(src.astype(str).tolist(), tgt.astype(str).tolist())
+    return select(run.frac_helped, run.mean_influence, run.sketch, run.ids, cfg, loss=df["loss"].to_numpy(),
+                  length_score=length, labels=labels)  # fmt: skip

@@ -1,0 +1,45 @@
+"""2-D UMAP of the gradient sketches (cosine), computed once per run and cached in umap.npy."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+FIT_SAMPLE = 20_000  # larger runs: fit on a random sample of this size, transform the rest
+
+
+def compute_umap(sketch: np.ndarray, random_state: int = 0, fit_sample: int = FIT_SAMPLE) -> np.ndarray:
+    import umap
+
+    x = np.asarray(sketch, np.float32)
+    n = len(x)
+    if n < 4:  # UMAP needs a few neighbours; a tiny run gets a trivial layout
+        return np.column_stack([np.arange(n, dtype=np.float32), np.zeros(n, np.float32)])
+    reducer = umap.UMAP(n_components=2, metric="cosine", n_neighbors=min(15, n - 1), random_state=random_state,
+                        init="random" if n < 50 else "spectral", n_jobs=1)  # fmt: skip
+    if n <= fit_sample:
+        return reducer.fit_transform(x).astype(np.float32)
+    rng = np.random.default_rng(random_state)
+    sample = np.sort(rng.choice(n, fit_sample, replace=False))
+    emb = np.zeros((n, 2), np.float32)
+    emb[sample] = reducer.fit_transform(x[sample])
+    rest = np.setdiff1d(np.arange(n), sample)
+    for start in range(0, len(rest), 20_000):
+        part = rest[start : start + 20_000]
+        emb[part] = reducer.transform(x[part])
+    return emb
+
+
+def ensure_umap(run_dir: str | Path, random_state: int = 0) -> np.ndarray:
+    """umap.npy of the run, computing and caching it (atomically) the first time."""
+    path = Path(run_dir) / "umap.npy"
+    if path.exists():
+        return np.load(path, allow_pickle=False)
+    emb = compute_umap(np.load(Path(run_dir) / "sketch.npy", allow_pickle=False), random_state)
+    tmp = path.with_name(f".umap.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, emb)
+    tmp.replace(path)
+    return emb

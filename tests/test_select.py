@@ -1,0 +1,133 @@
+"""Quality rule, overrides, clustering, resampling, baselines: on hand-made matrices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gdig.select import (
+    GradientClusterer,
+    SelectionConfig,
+    cluster_quotas,
+    length_ratio_score,
+    quality_mask,
+    resample,
+    select,
+)  # fmt: skip
+
+
+def frac_mean(infl):
+    return (infl > 0).mean(1), infl.mean(1)
+
+
+INFL = np.array([[1.0, 2.0, 0.5], [1.0, -0.1, 3.0], [-1.0, -2.0, -3.0], [0.1, 0.1, 0.1], [5.0, 0.0, 1.0]], np.float32)
+IDS = ["a", "b", "c", "d", "e"]
+
+
+def test_tau_one_keeps_exactly_the_all_positive_rows():
+    f, m = frac_mean(INFL)
+    assert quality_mask(f, m, 1.0, None).tolist() == [True, False, False, True, False]  # 0 is not beneficial
+    assert quality_mask(f, m, 2 / 3, None).tolist() == [True, True, False, True, True]
+    assert quality_mask(f, m, None, 1.0).tolist() == [True, True, False, False, True]
+
+
+def test_overrides_always_win():
+    f, m = frac_mean(INFL)
+    keep = quality_mask(f, m, 1.0, None, IDS, include=["c"], exclude=["a"])
+    assert keep.tolist() == [False, False, True, True, False]
+    with pytest.raises(ValueError, match="override ids not in the run: zz"):
+        quality_mask(f, m, 1.0, None, IDS, include=["zz"])
+
+
+def test_included_rows_are_selected_first_and_excluded_never():
+    rng = np.random.default_rng(0)
+    infl = np.abs(rng.normal(size=(60, 4))).astype(np.float32)
+    sketch = rng.normal(size=(60, 8)).astype(np.float32)
+    ids = [str(i) for i in range(60)]
+    infl[7] = -1  # rejected by the rule, included by hand
+    cfg = SelectionConfig(tau=1.0, clusters=3, budget=10, include=["7"], exclude=["0", "1"])
+    sel = select(*frac_mean(infl), sketch, ids, cfg)
+    assert len(sel.indices) == 10 and 7 in sel.indices and 0 not in sel.indices and 1 not in sel.indices
+
+
+def test_uniform_resampling_is_balanced_when_clusters_are_large_enough():
+    labels = np.repeat(np.arange(4), [50, 30, 20, 12])
+    rows = np.arange(len(labels))
+    quality = np.random.default_rng(1).random(len(labels))
+    chosen = resample(labels, rows, quality, budget=40, strategy="uniform", within="quality", seed=0)
+    counts = np.bincount(labels[chosen], minlength=4)
+    assert counts.sum() == 40 and counts.max() - counts.min() <= 1
+    for c in range(4):  # best quality first inside each cluster
+        members = rows[labels == c]
+        best = set(members[np.argsort(-quality[members])][: counts[c]].tolist())
+        assert set(chosen[labels[chosen] == c].tolist()) == best
+
+
+def test_uniform_gives_small_clusters_everything_and_the_rest_to_others():
+    quota = cluster_quotas(np.array([100, 3, 50]), 30, "uniform")
+    assert quota.tolist()[1] == 3 and quota.sum() == 30 and abs(quota[0] - quota[2]) <= 1
+
+
+def test_proportional_follows_sizes():
+    quota = cluster_quotas(np.array([60, 30, 10]), 10, "proportional")
+    assert quota.tolist() == [6, 3, 1]
+
+
+def test_selection_is_deterministic_and_seed_dependent():
+    rng = np.random.default_rng(2)
+    infl = rng.normal(size=(300, 8)).astype(np.float32) + 0.3
+    sketch = rng.normal(size=(300, 16)).astype(np.float32)
+    ids = [str(i) for i in range(300)]
+    cfg = SelectionConfig(tau=0.5, clusters=5, budget=50, within="random", seed=3)
+    a, b = select(*frac_mean(infl), sketch, ids, cfg), select(*frac_mean(infl), sketch, ids, cfg)
+    np.testing.assert_array_equal(a.indices, b.indices)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    other = select(*frac_mean(infl), sketch, ids, SelectionConfig(tau=0.5, clusters=5, budget=50, within="random",
+                                                                  seed=4))  # fmt: skip
+    assert set(other.indices.tolist()) != set(a.indices.tolist())
+
+
+def test_budget_larger_than_kept_set_returns_kept_with_a_message():
+    f, m = frac_mean(INFL)
+    sel = select(f, m, np.eye(5, dtype=np.float32), IDS, SelectionConfig(tau=1.0, clusters=1, budget=100))
+    assert sorted(sel.indices.tolist()) == [0, 3]
+    assert "budget 100 is more than the 2 candidates kept" in sel.messages[0]
+
+
+def test_more_clusters_than_kept_candidates_is_a_clear_error():
+    f, m = frac_mean(INFL)
+    with pytest.raises(ValueError, match="K = 3 clusters is more than the 2 kept candidates"):
+        select(f, m, np.eye(5, dtype=np.float32), IDS, SelectionConfig(tau=1.0, clusters=3, budget=2))
+
+
+def test_clusterer_finds_planted_clusters():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 32))
+    x = np.concatenate([c + 0.05 * rng.normal(size=(40, 32)) for c in centres])
+    labels = GradientClusterer(3, random_state=0).fit_predict(x)
+    for k in range(3):
+        assert len(set(labels[k * 40 : (k + 1) * 40].tolist())) == 1
+    assert len(set(labels.tolist())) == 3
+
+
+def test_baselines_rank_by_their_own_signal():
+    f, m = frac_mean(INFL)
+    sk = np.eye(5, dtype=np.float32)
+    loss = np.array([3.0, 1.0, 2.0, 5.0, 4.0])
+    sel = select(f, m, sk, IDS, SelectionConfig(method="loss", budget=2), loss=loss)
+    assert sel.indices.tolist() == [1, 2]
+    sel = select(f, m, sk, IDS, SelectionConfig(method="mean-influence", budget=1))
+    assert sel.indices.tolist() == [4]
+    lr = length_ratio_score(["aaaa", "bbbb", "cccc"], ["aaaa", "bbbbbbbbbbbbbbbbbbbbbbbbb", "ccc"])
+    assert lr.argmin() == 1
+    sel = select(f[:3], m[:3], sk[:3], IDS[:3], SelectionConfig(method="length-ratio", budget=2), length_score=lr)
+    assert sorted(sel.indices.tolist()) == [0, 2]
+    r1 = select(f, m, sk, IDS, SelectionConfig(method="random", budget=3, seed=1))
+    assert len(r1.indices) == 3
+
+
+def test_bad_settings():
+    with pytest.raises(ValueError, match="strategy must be"):
+        SelectionConfig(strategy="nope")
+    with pytest.raises(ValueError, match="tau must be between 0 and 1"):
+        SelectionConfig(tau=1.5)
