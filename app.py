@@ -1,10 +1,20 @@
-"""G-DIG Studio entry point: `streamlit run app.py`."""
+"""G-DIG Studio: `streamlit run app.py`. Navigation and the run picker; the pages do the rest."""
 
 import streamlit as st
 
-st.set_page_config(page_title="G-DIG Studio", layout="wide")
-st.title("G-DIG Studio")
-st.write(
-    "Choose instruction-tuning data by its measured influence on a model. The scoring engine is ready "
-    "(`python -m gdig score`); the interactive pages arrive with the app milestone."
-)
+from pages.common import sidebar_run_picker
+
+st.set_page_config(page_title="G-DIG Studio", page_icon=":material/filter_alt:", layout="wide")
+
+pages = [
+    st.Page("pages/home.py", title="Runs", icon=":material/folder_open:", default=True),
+    st.Page("pages/run.py", title="New run", icon=":material/play_arrow:"),
+    st.Page("pages/influence.py", title="Influence", icon=":material/bar_chart:"),
+    st.Page("pages/clusters.py", title="Clusters", icon=":material/bubble_chart:"),
+    st.Page("pages/explore.py", title="Explore", icon=":material/search:"),
+    st.Page("pages/export.py", title="Export", icon=":material/download:"),
+]
+page = st.navigation(pages)
+st.sidebar.title("G-DIG Studio")
+sidebar_run_picker()
+page.run()

@@ -120,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_score(sub)
     _add_select(sub)
+    w = sub.add_parser("worker", help=argparse.SUPPRESS)  # the app's background process
+    w.add_argument("settings")
+    w.add_argument("--resume", action="store_true")
     args = parser.parse_args(argv)
     try:
         if args.command == "score":
@@ -131,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[gdig] done: {run_dir}", file=sys.stderr)
         elif args.command == "select":
             run_select(args)
+        elif args.command == "worker":
+            from gdig.jobs import run_worker
+
+            return run_worker(args.settings, args.resume)
     except (ValueError, FileNotFoundError) as e:  # DataError, RunExistsError and bad settings
         print(f"gdig: error: {e}", file=sys.stderr)
         return 2

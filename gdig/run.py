@@ -55,11 +55,14 @@ class Status:
         self.on_progress = on_progress
         self.state: dict[str, Any] = {}
         self._last_write = 0.0
+        self._stage_started = self.started
 
     def update(self, stage: str, done: int, total: int, error: str | None = None, force: bool = False) -> None:
         now = time.time()
+        if stage != self.state.get("stage"):
+            self._stage_started = now
         self.state = {"stage": stage, "done": done, "total": total, "started": self.started, "updated": now,
-                      "pid": os.getpid(), "error": error}  # fmt: skip
+                      "stage_started": self._stage_started, "pid": os.getpid(), "error": error}  # fmt: skip
         if force or done in (0, total) or now - self._last_write > 0.5:
             write_json_atomic(self.path, self.state)
             self._last_write = now

@@ -7,8 +7,8 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_pairs, write_jsonl
 
+from conftest import make_pairs, write_jsonl
 from gdig.config import DEFAULT_PROMPT
 from gdig.data import IGNORE_INDEX, DataError, load_dataset, tokenize_dataset, tokenize_example
 

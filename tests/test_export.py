@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-from conftest import make_pairs, write_jsonl
 
+from conftest import make_pairs, write_jsonl
 from gdig.__main__ import main
 from gdig.config import ScoreConfig
 from gdig.export import META_FIELD, export_selection, save_into_run, verify_export

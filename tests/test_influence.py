@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from reference import autograd_gradients, dense_inverse, token_statistics
 
 from gdig.config import ScoreConfig
 from gdig.data import load_dataset, tokenize_dataset
@@ -14,6 +13,7 @@ from gdig.influence import token_contributions
 from gdig.model import find_tracked_modules
 from gdig.run import load_seed_gradients, score
 from gdig.tiny import build_tiny_model
+from reference import autograd_gradients, dense_inverse, token_statistics
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,99 @@
+"""Explore: search, filter and sort candidates; one candidate's explanation with its token heatmap; include or
+exclude it by hand (saved in the run, wins over every rule)."""
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from gdig.explain import explain, heatmap_html, token_influence
+from gdig.results import load_overrides, save_overrides
+from pages.common import clamp_clusters, current_run, current_selection, guard, selection_config, setting
+
+st.header("Explore")
+run = current_run()
+
+
+@st.cache_resource(max_entries=1, show_spinner="Loading the run's model…")
+def _model(path: str, device: str, trust: bool):
+    from gdig.model import load_model
+
+    return load_model(path, device, "float32", trust)
+
+
+with guard():
+    cfg = selection_config(run, budget=int(setting("budget")) or None)
+    clamp_clusters(run, cfg)
+    sel = current_selection(run, cfg)
+    cand = run.candidates
+    ov = load_overrides(run.path)
+    status = np.where(sel.kept, "kept", "rejected")
+    status = np.where(np.isin(cand["id"].astype(str), ov.include), "included by hand", status)
+    status = np.where(np.isin(cand["id"].astype(str), ov.exclude), "excluded by hand", status)
+    f1, f2, f3 = st.columns([3, 2, 2])
+    query = f1.text_input("Search source or target text", key="ex_query")
+    show = f2.selectbox("Show", ["all", "kept", "rejected", "included by hand", "excluded by hand"], key="ex_show")
+    sort = f3.selectbox("Sort by", ["mean influence", "fraction helped", "loss", "id"], key="ex_sort")
+    table = pd.DataFrame({"id": cand["id"].astype(str), "decision": status, "mean influence": run.mean_influence,
+                          "fraction helped": run.frac_helped, "loss": cand["loss"], "cluster": sel.labels,
+                          "prompt": cand["prompt"].astype(str), "target": cand["target"].astype(str)})  # fmt: skip
+    mask = np.ones(len(table), bool)
+    if query:
+        q = query.lower()
+        mask &= (table["prompt"].str.lower().str.contains(q, regex=False)
+                 | table["target"].str.lower().str.contains(q, regex=False)).to_numpy()  # fmt: skip
+    if show != "all":
+        mask &= table["decision"].to_numpy() == show
+    view = table[mask].sort_values(sort, ascending=sort in ("loss", "id"), kind="stable")
+    st.caption(f"{len(view):,} of {len(table):,} candidates")
+    event = st.dataframe(view, hide_index=True, height=300, on_select="rerun", selection_mode="single-row",
+                         key="ex_table")  # fmt: skip
+    picked_rows = event.selection.rows if event else []
+    ids = view["id"].tolist()
+    if picked_rows:
+        st.session_state["ex_id"] = ids[picked_rows[0]]
+    if not ids:
+        st.info("No candidate matches.")
+        st.stop()
+    if st.session_state.get("ex_id") not in ids:
+        st.session_state["ex_id"] = ids[0]
+    chosen = st.selectbox("Candidate", ids, key="ex_id")
+    index = int(np.flatnonzero(table["id"].to_numpy() == chosen)[0])
+    e = explain(run, index, kept=sel.kept, labels=sel.labels)
+
+    st.subheader(f"Candidate {e.id}")
+    m1, m2, m3, m4, m5 = st.columns(5)
+    m1.metric("Decision", status[index])
+    m2.metric("Rank (mean influence)", f"{e.rank:,} / {e.n:,}")
+    m3.metric("Seeds helped", f"{e.frac_helped:.0%}")
+    m4.metric("Loss", f"{e.loss:.3f}")
+    m5.metric("Cluster", "-" if e.cluster is None else e.cluster)
+    st.text("Prompt:\n" + str(cand["prompt"].iloc[index]))
+    st.text("Target:\n" + str(cand["target"].iloc[index]))
+    b1, b2, b3 = st.columns(3)
+    for col, label, decision in (
+        (b1, "Include", "include"),
+        (b2, "Exclude", "exclude"),
+        (b3, "Back to the rule", None),
+    ):
+        if col.button(label, key=f"ov_{decision}"):
+            ov.set(e.id, decision)
+            save_overrides(run.path, ov)
+            st.rerun()
+    h, u = st.columns(2)
+    h.markdown("**Seeds it helps most**")
+    h.dataframe(e.helps, hide_index=True)
+    u.markdown("**Seeds it hurts most**")
+    u.dataframe(e.hurts, hide_index=True)
+    st.markdown("**Nearest neighbours by gradient sketch**")
+    st.dataframe(e.neighbours, hide_index=True)
+
+    st.markdown("**Token-level influence**")
+    m = run.influence.shape[1]
+    target = st.selectbox("On", [-1, *range(m)], key="ex_seed",
+                          format_func=lambda j: "the mean over seeds" if j < 0 else f"seed column {j}")  # fmt: skip
+    if st.button("Show token influence", key="ex_tokens"):
+        s = run.config["settings"]
+        model, tok = _model(s["model"], s.get("device", "auto"), bool(s.get("trust_remote_code")))
+        ti = token_influence(run, index, model, tok, None if target < 0 else int(target))
+        st.html(heatmap_html(ti))
+        st.caption(f"Green helps, red hurts; the prompt is faded. Contributions sum to {ti.total:+.4g}.")
