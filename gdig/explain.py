@@ -128,6 +128,6 @@ def heatmap_html(ti: TokenInfluence) -> str:
         style = f"background: rgba({rgb},{a:.3f}); padding: 1px 0; border-radius: 2px;"
         if i < ti.n_prompt:
             style += " opacity: 0.75;"
-        text = html.escape(t).replace("\n", "&#8629;<br>")
+        text = html.escape(t).replace("\n", "&#8629;\n")  # pre-wrap keeps the line break
         spans.append(f'<span title="{c:+.4g}" style="{style}">{text}</span>')
     return '<div style="font-family: monospace; line-height: 1.8; white-space: pre-wrap;">' + "".join(spans) + "</div>"

@@ -109,7 +109,8 @@ def job_state(run_dir: str | Path) -> JobState:
     alive = pid_alive(_job_pid(run_dir)) or (pid_alive(st.get("pid")) and st.get("pid") != os.getpid())
     running = alive and not finished and not st.get("error")
     error = st.get("error")
-    if not finished and not running and not error and st:
+    started_job = (run_dir / JOB_FILE).exists()
+    if not finished and not running and not error and (st or started_job):
         error = "the worker stopped without finishing" + _log_tail(run_dir)
     done, total = int(st.get("done", 0)), int(st.get("total", 0))
     rate = eta = None

@@ -1,0 +1,43 @@
+"""The app's background worker: a real `python -m gdig worker` process, followed through status.json."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from gdig.config import ScoreConfig
+from gdig.jobs import cancel_job, job_state, list_runs, start_job
+
+
+def _wait(run_dir, until, timeout=180.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        state = job_state(run_dir)
+        if until(state):
+            return state
+        time.sleep(0.2)
+    raise AssertionError(f"timed out; last state {job_state(run_dir)}")
+
+
+def test_worker_runs_in_the_background_and_finishes(tmp_path, llama_dir, data_files):
+    cands, seeds = data_files
+    cfg = ScoreConfig(model=str(llama_dir), candidates=str(cands), seeds=str(seeds), out=str(tmp_path / "runs" / "a"),
+                      sketch_dim=32, umap=False)  # fmt: skip
+    run_dir = start_job(cfg)
+    assert job_state(run_dir).running or job_state(run_dir).finished
+    state = _wait(run_dir, lambda s: s.finished or s.error)
+    assert state.finished and state.error is None and state.fraction == 1.0
+    assert np.load(run_dir / "influence.npy").shape == (24, 5)
+    assert [r["state"] for r in list_runs(tmp_path / "runs")] == ["finished"]
+
+
+def test_cancel_stops_the_worker_and_says_so(tmp_path, llama_dir, data_files):
+    cands, seeds = data_files
+    cfg = ScoreConfig(model=str(llama_dir), candidates=str(cands), seeds=str(seeds), out=str(tmp_path / "b"),
+                      umap=False)  # fmt: skip
+    run_dir = start_job(cfg)
+    cancel_job(run_dir, grace_seconds=60)
+    state = _wait(run_dir, lambda s: not s.running)
+    assert not state.finished and state.error == "cancelled"
+    assert not (run_dir / "influence.npy").exists()
