@@ -103,7 +103,9 @@ class GradientCapture:
         self.tracked = list(tracked)
         self.device = next(model.parameters()).device
         self._position_ids = accepts_position_ids(model)
-        self.labelled_head = getattr(model.config, "model_type", None) in LABELLED_HEAD_FAMILIES
+        head = model.get_output_embeddings()
+        head_tracked = any(t.module is head for t in self.tracked)  # its inputs must then be per position
+        self.labelled_head = getattr(model.config, "model_type", None) in LABELLED_HEAD_FAMILIES and not head_tracked
         self._handles: list = []
         self._acts: dict[str, torch.Tensor] = {}
         self._outs: dict[str, torch.Tensor] = {}

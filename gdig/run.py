@@ -343,7 +343,7 @@ def prepare_run_dir(run_dir: Path, resume: bool) -> dict[str, Any] | None:
                 f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out"
             )
         return json.loads(cfg_path.read_text())
-    bookkeeping = {"job.json", "job-settings.json", "worker.log", "cancel"}  # written by gdig.jobs before we start
+    bookkeeping = {"job.json", "job-settings.json", "worker.log", "cancel", "status.json"}  # written before we start
     if run_dir.exists() and any(p.name not in bookkeeping for p in run_dir.iterdir()) and not resume:
         raise RunExistsError(f"{run_dir} is not empty; choose a new folder for --out")
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,190 @@
+"""`gdig demo`: the built-in demo, offline. Builds the corpus, a tokenizer trained on it, a small Llama trained
+by `gdig finetune` on the pool, and a finished G-DIG run; evaluates the model (held-out chrF, greedy decoding)
+and the G-DIG score (AUROC for corrupted vs clean pool pairs). Everything is cached and reused next time."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from gdig.config import DataConfig, ScoreConfig, write_json_atomic
+
+REPORT = "demo_report.json"
+
+
+@dataclass
+class DemoConfig:
+    out: str = "runs/demo"  # the finished run
+    cache: str | None = None  # corpus and model; default $GDIG_CACHE or ~/.cache/gdig-studio/demo
+    n_pool: int = 3000
+    n_seeds: int = 64
+    n_test: int = 200
+    noise: float = 0.2
+    seed: int = 0
+    vocab: int = 2000
+    hidden: int = 128
+    layers: int = 4
+    heads: int = 4
+    ffn: int = 352
+    epochs: float = 6.0
+    lr: float = 3e-3
+    batch_size: int = 32
+    hessian: str = "ekfac"
+    normalize: str = "none"
+    damping_relative: float = 0.1
+    seed_batch: int = 1
+
+    def cache_dir(self) -> Path:
+        root = self.cache or os.environ.get("GDIG_CACHE") or Path.home() / ".cache" / "gdig-studio"
+        key = f"demo-{self.n_pool}-{self.n_seeds}-{self.n_test}-{self.noise}-{self.seed}-{self.vocab}-" \
+              f"{self.hidden}x{self.layers}x{self.ffn}-{self.epochs}-{self.lr}-{self.batch_size}"  # fmt: skip
+        return Path(root) / key
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    tmp.replace(path)
+
+
+def build_corpus(cfg: DemoConfig, cache: Path) -> dict[str, Path]:
+    from gdig.demo_corpus import make_corpus
+
+    files = {name: cache / f"{name}.jsonl" for name in ("pool", "seeds", "test")}
+    if all(p.exists() for p in files.values()):
+        return files
+    cache.mkdir(parents=True, exist_ok=True)
+    pool, seeds, test = make_corpus(cfg.n_pool, cfg.n_seeds, cfg.n_test, cfg.noise, cfg.seed)
+    for name, recs in zip(("pool", "seeds", "test"), (pool, seeds, test), strict=True):
+        _write_jsonl(files[name], recs)
+    return files
+
+
+def build_model(cfg: DemoConfig, cache: Path, files: dict[str, Path], status) -> Path:
+    """Tokenizer trained on the corpus, a Llama from a config, trained by `gdig finetune` on the pool."""
+    from gdig.finetune import FinetuneConfig, finetune
+    from gdig.tiny import build_tiny_model, train_tokenizer
+
+    model_dir = cache / "model"
+    if (model_dir / "finetune.json").exists():
+        return model_dir
+    init_dir = cache / "init"
+    if not (init_dir / "config.json").exists():
+        texts = []
+        for p in (files["pool"], files["seeds"]):
+            for line in p.read_text(encoding="utf-8").splitlines():
+                r = json.loads(line)
+                texts.append(r["src_text"] + "\n" + r["trg_text"])
+        texts.append(DataConfig().prompt_template.format(trg_lang="German", src_text=""))
+        tok = train_tokenizer(texts, vocab_size=cfg.vocab)
+        build_tiny_model("llama", tok, init_dir, seed=cfg.seed, hidden=cfg.hidden, layers=cfg.layers,
+                         heads=cfg.heads, ffn=cfg.ffn, max_positions=512)  # fmt: skip
+    ft = FinetuneConfig(model=str(init_dir), data=str(files["pool"]), out=str(model_dir), epochs=cfg.epochs,
+                        lr=cfg.lr, batch_size=cfg.batch_size, warmup_ratio=0.05, seed=cfg.seed, device="cpu",
+                        log_every=10)  # fmt: skip
+    resume = (model_dir / "checkpoint" / "state.json").exists()
+    finetune(ft, resume=resume, on_log=lambda r: status.update("finetune", r["step"], r["total"]))
+    return model_dir
+
+
+def evaluate(cfg: DemoConfig, run_dir: Path, model_dir: Path, test_file: Path, status) -> dict:
+    """Held-out chrF of the demo model (greedy) and AUROC of the G-DIG scores for corrupted vs clean pairs."""
+    from sklearn.metrics import roc_auc_score
+
+    from gdig.results import load_run
+
+    run = load_run(run_dir)
+    corrupted = run.candidates["corruption"].notna().to_numpy()
+    aurocs = {name: float(roc_auc_score(~corrupted, score)) for name, score in
+              (("fraction_helped", run.frac_helped + 1e-6 * _rank(run.mean_influence)),
+               ("mean_influence", run.mean_influence), ("low_loss", -run.candidates["loss"].to_numpy()))}  # fmt: skip
+    per_kind = {}
+    for kind in sorted(run.candidates["corruption"].dropna().unique()):
+        rows = (run.candidates["corruption"] == kind).to_numpy() | ~corrupted
+        per_kind[kind] = float(roc_auc_score(~corrupted[rows], run.mean_influence[rows]))
+    status.update("evaluate", 0, 1, force=True)
+    chrf, samples = translate_and_score(model_dir, test_file)
+    return {"chrf": chrf, "auroc": aurocs, "auroc_mean_influence_per_kind": per_kind, "samples": samples,
+            "kept_at_tau_1": int((run.frac_helped >= 1).sum()), "n_pool": run.n,
+            "n_corrupted": int(corrupted.sum())}  # fmt: skip
+
+
+def _rank(x: np.ndarray) -> np.ndarray:
+    return np.argsort(np.argsort(x, kind="stable"), kind="stable") / max(len(x) - 1, 1)
+
+
+def translate_and_score(model_dir: Path, test_file: Path, batch_size: int = 32, max_new_tokens: int = 64):
+    """Greedy translations of the test sources and their corpus chrF (sacrebleu)."""
+    import sacrebleu
+    import torch
+
+    from gdig.data import load_dataset
+    from gdig.model import load_model
+
+    model, tok = load_model(str(model_dir), "auto", "float32")
+    tok.padding_side = "left"
+    ds = load_dataset(test_file)
+    hyps = []
+    for i in range(0, len(ds), batch_size):
+        prompts = [e.prompt for e in ds.examples[i : i + batch_size]]
+        enc = tok(prompts, return_tensors="pt", padding=True).to(model.device)
+        with torch.no_grad():
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)  # fmt: skip
+        hyps += [t.strip() for t in tok.batch_decode(out[:, enc.input_ids.shape[1] :], skip_special_tokens=True)]
+    refs = [e.target for e in ds.examples]
+    chrf = sacrebleu.corpus_chrf(hyps, [refs]).score
+    samples = [{"source": e.record["src_text"], "reference": r, "output": h}
+               for e, r, h in list(zip(ds.examples, refs, hyps, strict=True))[:5]]  # fmt: skip
+    return float(chrf), samples
+
+
+def build_demo(cfg: DemoConfig | None = None, on_progress=None) -> tuple[Path, dict]:
+    """Build (or reuse) the demo run; returns the run folder and the report."""
+    from gdig.run import Status, score, umap_stage
+
+    cfg = cfg or DemoConfig()
+    run_dir = Path(cfg.out)
+    if (run_dir / REPORT).exists() and (run_dir / "umap.npy").exists():
+        return run_dir, json.loads((run_dir / REPORT).read_text())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    status = Status(run_dir, on_progress)
+    timings: dict[str, float] = {}
+    t0 = time.time()
+    try:
+        status.update("corpus", 0, 1, force=True)
+        cache = cfg.cache_dir()
+        files = build_corpus(cfg, cache)
+        timings["corpus"] = time.time() - t0
+        t = time.time()
+        model_dir = build_model(cfg, cache, files, status)
+        timings["model"] = time.time() - t
+        t = time.time()
+        if not (run_dir / "config.json").exists() or not json.loads((run_dir / "config.json").read_text()).get(
+            "finished"
+        ):
+            sc = ScoreConfig(model=str(model_dir), candidates=str(files["pool"]), seeds=str(files["seeds"]),
+                             out=str(run_dir), hessian=cfg.hessian, normalize=cfg.normalize,
+                             damping_relative=cfg.damping_relative, seed_batch=cfg.seed_batch, batch_size=32,
+                             sketch_dim=256, device="cpu", umap=False)  # fmt: skip
+            score(sc, resume=(run_dir / "config.json").exists(), on_progress=on_progress)
+        timings["score"] = time.time() - t
+        t = time.time()
+        umap_stage(run_dir, 0, status)
+        timings["umap"] = time.time() - t
+        t = time.time()
+        report = evaluate(cfg, run_dir, model_dir, files["test"], status)
+        timings["evaluate"] = time.time() - t
+        report |= {"timings": timings, "total_seconds": time.time() - t0, "cache": str(cache)}
+        write_json_atomic(run_dir / REPORT, report)
+        status.update("done", 1, 1, force=True)
+        return run_dir, report
+    except BaseException as e:
+        state = status.state or {"stage": "corpus", "done": 0, "total": 1}
+        write_json_atomic(status.path, state | {"error": f"{type(e).__name__}: {e}", "updated": time.time()})
+        raise

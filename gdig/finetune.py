@@ -1,0 +1,191 @@
+"""`gdig finetune`: step 1 of G-DIG, training a causal LM on the candidate pool with the same prompt masking and
+loss as scoring (each example's mean target-token loss). Full fine-tuning or LoRA (peft); AdamW with linear
+warm-up and decay; gradient accumulation; bf16 autocast on GPU; resumable checkpoints; the result is a standard
+Hugging Face folder (safetensors) that `gdig score` loads like any model."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gdig.config import DataConfig, write_json_atomic
+from gdig.data import load_dataset, tokenize_dataset
+from gdig.hooks import collate, per_example_loss
+from gdig.model import load_model, resolve_device
+
+CHECKPOINT = "checkpoint"
+
+
+@dataclass
+class FinetuneConfig:
+    model: str
+    data: str
+    out: str
+    lora: bool = False
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_targets: str | None = None  # regex over module names; None = every linear layer of the blocks
+    epochs: float = 1.0
+    max_steps: int | None = None  # optimizer steps; overrides epochs when set
+    lr: float = 2e-5
+    batch_size: int = 8
+    grad_accum: int = 1
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    log_every: int = 10
+    checkpoint_every: int = 200  # optimizer steps between resumable checkpoints
+    trust_remote_code: bool = False
+    data_config: DataConfig = field(default_factory=DataConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data_config, dict):
+            self.data_config = DataConfig(**self.data_config)
+        for name in ("batch_size", "grad_accum", "lora_r", "log_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.lr <= 0 or self.epochs <= 0:
+            raise ValueError("--lr and --epochs must be > 0")
+
+
+def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(warmup, 1)
+        return max(0.0, (total - step) / max(total - warmup, 1))
+
+    return f
+
+
+def _wrap_lora(model, cfg: FinetuneConfig):
+    from peft import LoraConfig, get_peft_model
+
+    targets = cfg.lora_targets or r".*\.(layers|h|blocks)\.\d+\..*"
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    import re
+
+    chosen = sorted({n.split(".")[-1] for n in names if re.fullmatch(targets, n) or re.search(targets, n)})
+    if not chosen:
+        raise ValueError(f"--lora-targets {targets!r} matches no linear layer")
+    lc = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=chosen, lora_dropout=0.0,
+                    task_type="CAUSAL_LM")  # fmt: skip
+    return get_peft_model(model, lc)
+
+
+def finetune(cfg: FinetuneConfig, resume: bool = False, on_log: Callable[[dict], None] | None = None) -> Path:
+    """Train and save to cfg.out; returns the model folder."""
+    out = Path(cfg.out)
+    ckpt = out / CHECKPOINT
+    if out.exists() and (out / "config.json").exists() and not resume:
+        raise ValueError(f"{out} already holds a model; choose another --out (or --resume an interrupted run)")
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    start_from = str(ckpt / "model") if resume and (ckpt / "state.json").exists() else cfg.model
+    model, tok = load_model(cfg.model if cfg.lora else start_from, cfg.device, "float32", cfg.trust_remote_code)
+    dev = resolve_device(cfg.device)
+    d = cfg.data_config
+    ds = load_dataset(cfg.data, d.prompt_template, d.src_lang, d.trg_lang, role="training")
+    toks, report = tokenize_dataset(tok, ds, d.max_length)
+    if cfg.lora:
+        model = _wrap_lora(model, cfg)
+        if start_from != cfg.model:
+            from peft import set_peft_model_state_dict
+            from safetensors.torch import load_file
+
+            set_peft_model_state_dict(model, load_file(str(ckpt / "adapter.safetensors"), device=str(dev)))
+    model.to(dev)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(toks) / (cfg.batch_size * cfg.grad_accum))
+    total = cfg.max_steps or max(1, int(round(cfg.epochs * steps_per_epoch)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(int(cfg.warmup_ratio * total), total))
+    step = 0
+    if start_from != cfg.model:
+        state = torch.load(ckpt / "optimizer.pt", map_location=dev, weights_only=True)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        step = json.loads((ckpt / "state.json").read_text())["step"]
+    use_bf16 = dev.type == "cuda" and cfg.dtype in ("auto", "bfloat16") and torch.cuda.is_bf16_supported()
+    log_path = out / "train_log.jsonl"
+    t0 = time.time()
+    losses: list[float] = []
+    micro = cfg.batch_size
+    while step < total:
+        epoch, in_epoch = divmod(step, steps_per_epoch)
+        order = np.random.default_rng(cfg.seed + epoch).permutation(len(toks))
+        for s in range(in_epoch, steps_per_epoch):
+            if step >= total:
+                break
+            opt.zero_grad(set_to_none=True)
+            chunk = order[s * micro * cfg.grad_accum : (s + 1) * micro * cfg.grad_accum]
+            n_micro = math.ceil(len(chunk) / micro)
+            for j in range(n_micro):
+                idx = chunk[j * micro : (j + 1) * micro].tolist()
+                b = collate([toks[i] for i in idx], idx, tok.pad_token_id)
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
+                    logits = model(input_ids=b.input_ids.to(dev), attention_mask=b.attention_mask.to(dev),
+                                   use_cache=False).logits  # fmt: skip
+                loss = per_example_loss(logits, b.labels.to(dev))[0].mean() / n_micro
+                loss.backward()
+                losses.append(float(loss.detach()) * n_micro)
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            opt.step()
+            sched.step()
+            step += 1
+            if step % cfg.log_every == 0 or step == total:
+                rec = {"step": step, "total": total, "epoch": step / steps_per_epoch, "loss": float(np.mean(losses)),
+                       "lr": sched.get_last_lr()[0], "seconds": time.time() - t0}  # fmt: skip
+                losses.clear()
+                with open(log_path, "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                if on_log:
+                    on_log(rec)
+            if step % cfg.checkpoint_every == 0 and step < total:
+                _save_checkpoint(model, tok, opt, sched, step, ckpt, cfg.lora)
+    _save_final(model, tok, out, cfg)
+    summary = {"settings": dataclasses.asdict(cfg), "steps": total, "seconds": time.time() - t0,
+               "tokenization": report.summary()}  # fmt: skip
+    write_json_atomic(out / "finetune.json", summary)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return out
+
+
+def _save_checkpoint(model, tok, opt, sched, step: int, ckpt: Path, lora: bool) -> None:
+    tmp = ckpt.with_name(CHECKPOINT + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    if lora:
+        from peft import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in get_peft_model_state_dict(model).items()},
+                  str(tmp / "adapter.safetensors"))  # fmt: skip
+    else:
+        model.save_pretrained(tmp / "model")
+        tok.save_pretrained(tmp / "model")
+    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step}))
+    shutil.rmtree(ckpt, ignore_errors=True)
+    tmp.rename(ckpt)
+
+
+def _save_final(model, tok, out: Path, cfg: FinetuneConfig) -> None:
+    model.eval()
+    if cfg.lora:
+        model.save_pretrained(out / "adapter")  # the adapter alone, for peft users
+        model = model.merge_and_unload()
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
