@@ -64,6 +64,21 @@ def start_job(cfg: ScoreConfig, resume: bool = False) -> Path:
     settings = run_dir / "job-settings.json"
     write_json_atomic(settings, cfg.to_dict())
     cmd = [sys.executable, "-m", "gdig", "worker", str(settings)] + (["--resume"] if resume else [])
+    return _spawn(run_dir, cmd)
+
+
+def start_demo_job(run_dir: str | Path, cache: str | None = None) -> Path:
+    """Build the built-in demo (`gdig demo`) in the background into run_dir."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if job_state(run_dir).running:
+        return run_dir
+    (run_dir / "cancel").unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "gdig", "demo", "--out", str(run_dir)] + (["--cache", cache] if cache else [])
+    return _spawn(run_dir, cmd)
+
+
+def _spawn(run_dir: Path, cmd: list[str]) -> Path:
     log = open(run_dir / LOG_FILE, "ab")  # noqa: SIM115 - handed to the child
     env = os.environ | {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
     root = Path(__file__).resolve().parents[1]

@@ -164,3 +164,28 @@ def test_bad_input_file_is_reported_and_nothing_starts(app, runs, tmp_path):
     assert any("bad.jsonl:1: field 'trg_text': empty target" in e.value for e in at.error)
     assert not (runs / "never").exists()
     assert os.environ["GDIG_RUNS_DIR"] == str(runs)
+
+
+def test_first_screen_offers_the_demo_and_shows_its_progress(monkeypatch, tmp_path):
+    monkeypatch.setenv("GDIG_RUNS_DIR", str(tmp_path))
+    monkeypatch.chdir(ROOT)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    at.run()
+    assert not at.exception
+    assert at.button(key="build_demo").label == "Build the demo"
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    (demo / "status.json").write_text(json.dumps({"stage": "finetune", "done": 40, "total": 564, "started": 0,
+                                                  "updated": 1, "pid": os.getpid(), "error": None}))  # fmt: skip
+    at.run()
+    assert not at.exception
+    assert "Building the demo · finetune: 40/564" in at.get("progress")[0].proto.text
+
+
+def test_demo_report_is_shown(app, runs):
+    (runs / "demo" / "demo_report.json").write_text(json.dumps(
+        {"chrf": 61.5, "auroc": {"fraction_helped": 0.71, "mean_influence": 0.82, "low_loss": 0.8}}))  # fmt: skip
+    at = _page(app, "home")
+    assert _metric(at, "Held-out chrF of the demo model") == "61.5"
+    assert _metric(at, "AUROC, mean influence") == "0.820"
+    (runs / "demo" / "demo_report.json").unlink()
