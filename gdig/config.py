@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
+
+from gdig.atomic import write_json_atomic  # noqa: F401 - re-exported for callers
 
 DEFAULT_PROMPT = 'Translate the following text into {trg_lang}\n\nText:\n"{src_text}"\n\n'
 # MLP projections of every transformer block: `mlp.*` (Llama, Qwen2, Mistral, Gemma, GPT-2, BLOOM, GPT-NeoX),
@@ -99,11 +99,3 @@ class ScoreConfig:
     def from_dict(cls, d: dict[str, Any]) -> ScoreConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write JSON to a temporary file and rename it, so readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
-    tmp.replace(path)

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from gdig.atomic import atomic_path
 from gdig.hooks import Captured, per_example_gradient
 
 
@@ -71,10 +72,8 @@ class Curvature:
                 tensors[f"{name}::{key}"] = getattr(f, key).detach().float().contiguous().cpu()
         meta = {"kind": self.kind, "fingerprint": fingerprint, "n_examples": str(self.n_examples),
                 "n_tokens": str(self.n_tokens), "modules": json.dumps(list(self.modules))}  # fmt: skip
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file(tensors, str(tmp), metadata=meta)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
 
     @staticmethod
     def read_fingerprint(path: str | Path) -> str | None:

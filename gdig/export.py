@@ -7,13 +7,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from gdig.atomic import write_bytes_atomic
 from gdig.results import RunResults
 from gdig.select import Selection, SelectionConfig
 
@@ -57,15 +57,6 @@ def manifest(run: RunResults, sel: Selection, cfg: SelectionConfig, jsonl_bytes:
     }
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-
-
 def export_selection(run: RunResults, sel: Selection, cfg: SelectionConfig, out: str | Path,
                      metadata: bool = True) -> tuple[Path, Path]:  # fmt: skip
     """Write OUT.jsonl and its manifest OUT.json; returns both paths."""
@@ -76,8 +67,8 @@ def export_selection(run: RunResults, sel: Selection, cfg: SelectionConfig, out:
     data = "".join(selection_lines(run, sel, metadata)).encode("utf-8")
     man = manifest(run, sel, cfg, data, metadata)
     man_path = out.with_suffix(".json")
-    _write_atomic(out, data)
-    _write_atomic(man_path, (json.dumps(man, indent=2, ensure_ascii=False) + "\n").encode())
+    write_bytes_atomic(out, data)
+    write_bytes_atomic(man_path, (json.dumps(man, indent=2, ensure_ascii=False) + "\n").encode())
     return out, man_path
 
 

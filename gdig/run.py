@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from gdig.config import ScoreConfig, write_json_atomic
+from gdig.atomic import atomic_path, save_npy_atomic, save_npz_atomic, write_json_atomic
+from gdig.config import ScoreConfig
 from gdig.curvature import Curvature, fit_curvature
 from gdig.data import Dataset, TokenizationReport, TokenizedExample, load_dataset, tokenize_dataset
 from gdig.hooks import Captured, GradientCapture, make_batches, per_example_gradient
@@ -231,13 +232,6 @@ def _chunk_path(run_dir: Path, i: int) -> Path:
     return run_dir / PARTIAL / f"chunk_{i:05d}.npz"
 
 
-def _save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    tmp.replace(path)
-
-
 def score_stage(ctx: ScoreContext, scorer: Scorer, sketcher: Sketcher, run_dir: Path, status: Status) -> None:
     """Stream candidates in chunks of --chunk-size; each complete chunk is one file, written atomically."""
     t0 = time.time()
@@ -257,7 +251,7 @@ def score_stage(ctx: ScoreContext, scorer: Scorer, sketcher: Sketcher, run_dir: 
                 done += len(batch.index)
                 status.update("score", done, len(order))
             arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-            _save_npz_atomic(_chunk_path(run_dir, i), **arrays)
+            save_npz_atomic(_chunk_path(run_dir, i), **arrays)
     ctx.timings["score"] = ctx.timings.get("score", 0.0) + time.time() - t0
 
 
@@ -309,9 +303,8 @@ def save_seed_gradients(path: Path, seeds: SeedGradients, fingerprint: str) -> N
     tensors |= {f"right::{k}": v.contiguous().cpu() for k, v in seeds.right.items()}
     tensors["self_influence"] = seeds.self_influence.contiguous().cpu()
     meta = {"fingerprint": fingerprint, "lowrank_error": json.dumps(seeds.lowrank_error)}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
 
 
 def load_seed_gradients(path: Path, device: torch.device | str = "cpu") -> tuple[SeedGradients, str | None]:
@@ -399,21 +392,6 @@ def _records_table(ds: Dataset, tok: list[TokenizedExample], columns: dict[str, 
     return table
 
 
-def _write_parquet_atomic(table, path: Path) -> None:
-    import pyarrow.parquet as pq
-
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
-
-
-def _save_npy_atomic(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, arr)
-    tmp.replace(path)
-
-
 def finalize(ctx: ScoreContext, run_dir: Path, seed_loss, seed_ntok, extra: dict[str, Any]) -> None:
     t0 = time.time()
     merged = collect_chunks(run_dir, len(ctx.candidates))
@@ -422,10 +400,14 @@ def finalize(ctx: ScoreContext, run_dir: Path, seed_loss, seed_ntok, extra: dict
         cand_cols["self_influence"] = merged["self_influence"]
     seed_cols = {"loss": seed_loss, "n_tokens": seed_ntok,
                  "seed_batch": np.arange(len(ctx.seeds), dtype=np.int64) // ctx.cfg.seed_batch}  # fmt: skip
-    _write_parquet_atomic(_records_table(ctx.candidates, ctx.cand_tok, cand_cols), run_dir / "candidates.parquet")
-    _write_parquet_atomic(_records_table(ctx.seeds, ctx.seed_tok, seed_cols), run_dir / "seeds.parquet")
-    _save_npy_atomic(run_dir / "sketch.npy", merged["sketch"].astype(np.float32))
-    _save_npy_atomic(run_dir / "influence.npy", merged["influence"].astype(np.float32))
+    import pyarrow.parquet as pq
+
+    for name, table in (("candidates", _records_table(ctx.candidates, ctx.cand_tok, cand_cols)),
+                        ("seeds", _records_table(ctx.seeds, ctx.seed_tok, seed_cols))):  # fmt: skip
+        with atomic_path(run_dir / f"{name}.parquet") as tmp:
+            pq.write_table(table, tmp)
+    save_npy_atomic(run_dir / "sketch.npy", merged["sketch"].astype(np.float32))
+    save_npy_atomic(run_dir / "influence.npy", merged["influence"].astype(np.float32))
     ctx.timings["finalize"] = time.time() - t0
     write_json_atomic(run_dir / "config.json", _config_record(ctx, extra | {"finished": True}))
     shutil.rmtree(run_dir / PARTIAL, ignore_errors=True)
@@ -494,7 +476,7 @@ def _score_stages(ctx: ScoreContext, run_dir: Path, status: Status, fp: str) -> 
         seeds, seed_loss, seed_ntok, rank = seed_stage(ctx, cur, dampings, status)
         save_seed_gradients(seed_path, seeds, fp)
         seeds, _ = load_seed_gradients(seed_path, ctx.device)  # same bytes as a resumed run
-        _save_npz_atomic(seed_npz, loss=seed_loss, n_tokens=seed_ntok, rank=np.int64(rank or 0))
+        save_npz_atomic(seed_npz, loss=seed_loss, n_tokens=seed_ntok, rank=np.int64(rank or 0))
     scorer = Scorer(seeds, cur, dampings, ctx.cfg.normalize)
     sketcher = Sketcher(ctx.dims, ctx.cfg.sketch_dim, ctx.cfg.random_state, ctx.device)
     score_stage(ctx, scorer, sketcher, run_dir, status)

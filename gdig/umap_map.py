@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
+
+from gdig.atomic import save_npy_atomic
 
 FIT_SAMPLE = 20_000  # larger runs: fit on a random sample of this size, transform the rest
 
@@ -38,8 +39,5 @@ def ensure_umap(run_dir: str | Path, random_state: int = 0) -> np.ndarray:
     if path.exists():
         return np.load(path, allow_pickle=False)
     emb = compute_umap(np.load(Path(run_dir) / "sketch.npy", allow_pickle=False), random_state)
-    tmp = path.with_name(f".umap.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, emb)
-    tmp.replace(path)
+    save_npy_atomic(path, emb)
     return emb
