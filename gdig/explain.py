@@ -91,7 +91,7 @@ def token_influence(run: RunResults, index: int, model, tokenizer, seed: int | N
     from gdig.run import load_seed_gradients
 
     settings = run.config["settings"]
-    prepare_tokenizer(tokenizer)
+    prepare_tokenizer(tokenizer, model.get_input_embeddings().num_embeddings)
     c = run.candidates.iloc[index]
     ex = Example(str(c["id"]), str(c["prompt"]), str(c["target"]), {}, "")
     tok = tokenize_example(tokenizer, ex, settings["data"]["max_length"])

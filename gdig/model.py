@@ -70,15 +70,17 @@ def load_model(name_or_path: str, device: str = "auto", dtype: str = "auto", tru
         )
     except OSError as e:
         raise ValueError(f"could not load model '{name_or_path}': {e}") from None
-    prepare_tokenizer(tokenizer)
+    prepare_tokenizer(tokenizer, model.get_input_embeddings().num_embeddings)
     model.to(dev)
     model.eval()
     return model, tokenizer
 
 
-def prepare_tokenizer(tokenizer) -> None:
-    """A tokenizer without a pad token pads with EOS (padding positions are masked everywhere anyway)."""
-    if tokenizer.pad_token_id is None:
+def prepare_tokenizer(tokenizer, vocab_size: int | None = None) -> None:
+    """A tokenizer without a usable pad token pads with EOS (padding positions are masked everywhere anyway).
+    A pad token the tokenizer class added beyond the model's embeddings is not usable either."""
+    outside = vocab_size is not None and tokenizer.pad_token_id is not None and tokenizer.pad_token_id >= vocab_size
+    if tokenizer.pad_token_id is None or outside:
         if tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has neither a pad token nor an EOS token")
         tokenizer.pad_token = tokenizer.eos_token

@@ -120,7 +120,7 @@ def build_context(cfg: ScoreConfig, model=None, tokenizer=None) -> ScoreContext:
     if model is None:
         model, tokenizer = load_model(cfg.model, cfg.device, cfg.dtype, cfg.trust_remote_code)
     else:
-        prepare_tokenizer(tokenizer)
+        prepare_tokenizer(tokenizer, model.get_input_embeddings().num_embeddings)
     model.eval()
     tracked = find_tracked_modules(model, cfg.modules)
     d = cfg.data

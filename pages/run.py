@@ -4,6 +4,7 @@ follows through status.json (a reload or another tab re-attaches)."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from pathlib import Path
 
@@ -95,7 +96,12 @@ def progress(run_dir: str) -> None:
         return
     if state.error:
         st.error(f"The run stopped: {state.error}")
-        st.caption("What was computed is kept; start again with the same settings to resume.")
+        settings = Path(run_dir) / "job-settings.json"
+        if settings.exists():
+            st.caption("What was computed is kept: resuming continues after the last complete chunk.")
+            if st.button("Resume", key="resume"):
+                start_job(ScoreConfig.from_dict(json.loads(settings.read_text())), resume=True)
+                st.rerun()
         return
     label = f"{state.stage}: {state.done}/{state.total}"
     if state.rate:

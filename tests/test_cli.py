@@ -77,3 +77,18 @@ def test_finished_run_is_never_overwritten(tmp_path, llama_dir, data_files, caps
     umap = np.load(tmp_path / "r" / "umap.npy")
     assert umap.shape == (24, 2) and np.isfinite(umap).all()
     assert (tmp_path / "r" / "influence.npy").read_bytes() == before
+
+
+def test_tokenizer_without_a_pad_token_is_handled(tmp_path, data_files):
+    from conftest import make_pairs
+    from gdig.tiny import train_tokenizer
+
+    tok = train_tokenizer([r["src_text"] + " " + r["trg_text"] for r in make_pairs(100, seed=1)], 300, with_pad=False)
+    assert tok.pad_token_id is None
+    build_tiny_model("qwen2", tok, tmp_path / "m")
+    cands, seeds = data_files
+    out = tmp_path / "run"
+    argv = ["score", "--model", str(tmp_path / "m"), "--candidates", str(cands), "--seeds", str(seeds),
+            "--out", str(out), "--batch-size", "5", "--quiet", "--no-umap"]  # fmt: skip
+    assert main(argv) == 0
+    assert np.isfinite(np.load(out / "influence.npy")).all()
