@@ -24,12 +24,13 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 def selection_lines(run: RunResults, sel: Selection, metadata: bool = True) -> list[str]:
     """One JSON line per selected example: its original record, and optionally a `gdig` field."""
     records = run.candidates["record"].tolist()
+    ids = run.ids
     lines = []
     for i in sel.indices.tolist():
         rec: dict[str, Any] = json.loads(records[i])
         if metadata:
             rec[META_FIELD] = {
-                "id": run.ids[i],
+                "id": ids[i],
                 "mean_influence": round(float(run.mean_influence[i]), 8),
                 "frac_helped": round(float(run.frac_helped[i]), 6),
                 "cluster": int(sel.labels[i]),

@@ -35,7 +35,7 @@ class RunResults:
     def n(self) -> int:
         return self.influence.shape[0]
 
-    @property
+    @cached_property
     def ids(self) -> list[str]:
         return self.candidates["id"].astype(str).tolist()
 
