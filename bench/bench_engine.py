@@ -81,7 +81,9 @@ def child_floor(folder: Path, batch_size: int, max_length: int) -> dict:
             "n_params": sum(p.numel() for p in model.parameters())}  # fmt: skip
 
 
-def child_gdig(folder: Path, batch_size: int, max_length: int, hessian: str, out: Path) -> dict:
+def child_gdig(
+    folder: Path, batch_size: int, max_length: int, hessian: str, out: Path, keep: Path | None = None
+) -> dict:
     from gdig.config import DataConfig, ScoreConfig
     from gdig.run import score
 
@@ -93,6 +95,8 @@ def child_gdig(folder: Path, batch_size: int, max_length: int, hessian: str, out
     score(cfg)
     total = time.perf_counter() - t0
     timings = json.loads((out / "config.json").read_text())["timings"]
+    if keep is not None:  # the influence matrix, for a comparison against another implementation
+        shutil.copyfile(out / "influence.npy", keep)
     shutil.rmtree(out, ignore_errors=True)
     return {"seconds": total, "timings": timings, "peak_rss_mb": peak_rss_mb()}
 
