@@ -7,7 +7,7 @@ KFAC Lambda = e_G e_A^T;  EK-FAC Lambda = mean_z (Q_G^T grad_W L(z) Q_A)^2.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,7 +154,9 @@ class EigenCorrectionFitter:
         return self.cur
 
 
-def fit_curvature(kind: str, dims: dict[str, tuple[int, int]], passes: Iterable, device: torch.device) -> Curvature:
+def fit_curvature(
+    kind: str, dims: dict[str, tuple[int, int]], passes: Callable[[], Iterable[Captured]], device: torch.device
+) -> Curvature:
     """Fit from a callable that yields Captured batches; `passes()` is called once per pass needed."""
     if kind == "identity":
         return Curvature("identity")

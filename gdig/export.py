@@ -11,8 +11,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from gdig.atomic import write_bytes_atomic
 from gdig.results import RunResults
 from gdig.select import Selection, SelectionConfig
@@ -85,7 +83,3 @@ def verify_export(path: str | Path) -> bool:
     path = Path(path)
     man = json.loads(path.with_suffix(".json").read_text())
     return hashlib.sha256(path.read_bytes()).hexdigest() == man["sha256"]
-
-
-def selected_ids(run: RunResults, sel: Selection) -> list[str]:
-    return [run.ids[i] for i in np.asarray(sel.indices).tolist()]

@@ -164,7 +164,7 @@ class GradientCapture:
         total = torch.zeros(len(n), device=self.device, dtype=tok_loss.dtype).index_add(0, rows, tok_loss)
         return total / n.clamp(min=1), n
 
-    def run(self, batch: Batch, need_grads: bool = True) -> Captured:
+    def run(self, batch: Batch) -> Captured:
         self._acts, self._outs = {}, {}
         with torch.enable_grad():
             loss, n_target = self.loss(batch)
@@ -172,11 +172,10 @@ class GradientCapture:
             names = [t.name for t in self.tracked]
             outs = [self._outs[n] for n in names]
             grads: dict[str, torch.Tensor] = {}
-            if need_grads:
-                got = torch.autograd.grad(loss.sum(), outs, allow_unused=True)
-                for t, o, g in zip(self.tracked, outs, got, strict=True):
-                    g = torch.zeros_like(o) if g is None else g
-                    grads[t.name] = _per_position(g, mask).float() * mask[..., None]
+            got = torch.autograd.grad(loss.sum(), outs, allow_unused=True)
+            for t, o, g in zip(self.tracked, outs, got, strict=True):
+                g = torch.zeros_like(o) if g is None else g
+                grads[t.name] = _per_position(g, mask).float() * mask[..., None]
         acts = {n: _per_position(self._acts[n], mask).float() * mask[..., None] for n in names}
         self._acts, self._outs = {}, {}
         return Captured(batch.index, loss.detach().float(), n_target, mask, acts, grads)

@@ -28,11 +28,6 @@ class TrackedModule:
     d_out: int
     transposed: bool  # Conv1D stores W^T
 
-    def weight_matrix(self) -> torch.Tensor:
-        """The weight in the canonical d_out x d_in orientation."""
-        w = self.module.weight
-        return w.t() if self.transposed else w
-
 
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
