@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import (  # noqa: E402
     CACHE,
     REPORTS,
+    add_workload_args,
     flores_pairs,
     have_shared_data,
     machine,
@@ -110,12 +111,7 @@ def _sync() -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--candidates", type=int, default=2000)
-    ap.add_argument("--seeds", type=int, default=64)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--max-length", type=int, default=128)
-    ap.add_argument("--vocab", type=int, default=8000)
-    ap.add_argument("--repeats", type=int, default=2)
+    add_workload_args(ap, repeats=2)
     ap.add_argument("--hessian", default="ekfac")
     ap.add_argument("--child", choices=["floor", "gdig"])
     ap.add_argument("--folder")

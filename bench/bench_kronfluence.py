@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_engine import MODEL_SIZES, child_gdig, prepare  # noqa: E402
-from bench.common import REPORTS, machine, peak_rss_mb, run_child  # noqa: E402
+from bench.common import REPORTS, add_workload_args, machine, peak_rss_mb, run_child  # noqa: E402
 
 
 def child_kronfluence(folder: Path, batch_size: int, max_length: int, out: Path) -> dict:
@@ -110,12 +110,7 @@ def compare(folder: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--candidates", type=int, default=2000)
-    ap.add_argument("--seeds", type=int, default=64)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--max-length", type=int, default=128)
-    ap.add_argument("--vocab", type=int, default=8000)
-    ap.add_argument("--repeats", type=int, default=1)
+    add_workload_args(ap, repeats=1)
     ap.add_argument("--child", choices=["kronfluence", "gdig"])
     ap.add_argument("--folder")
     a = ap.parse_args()

@@ -92,6 +92,16 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
     return path
 
 
+def add_workload_args(ap, repeats: int) -> None:
+    """The engine workload shared by the engine and kronfluence benchmarks."""
+    ap.add_argument("--candidates", type=int, default=2000)
+    ap.add_argument("--seeds", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--vocab", type=int, default=8000)
+    ap.add_argument("--repeats", type=int, default=repeats)
+
+
 def machine() -> dict:
     import torch
 

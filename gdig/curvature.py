@@ -77,6 +77,7 @@ class Curvature:
 
     @staticmethod
     def read_fingerprint(path: str | Path) -> str | None:
+        """The `fingerprint` metadata of a safetensors file we wrote; None when missing or unreadable."""
         from safetensors import safe_open
 
         try:

@@ -468,7 +468,7 @@ def _score_stages(ctx: ScoreContext, run_dir: Path, status: Status, fp: str) -> 
     (run_dir / PARTIAL).mkdir(exist_ok=True)
     seed_npz = run_dir / PARTIAL / "seeds_meta.npz"
     rank = ctx.cfg.seed_rank
-    if seed_path.exists() and seed_npz.exists() and load_seed_gradients(seed_path)[1] == fp:
+    if seed_npz.exists() and Curvature.read_fingerprint(seed_path) == fp:  # metadata only, not the tensors
         seeds, _ = load_seed_gradients(seed_path, ctx.device)
         with np.load(seed_npz, allow_pickle=False) as z:
             seed_loss, seed_ntok, rank = z["loss"], z["n_tokens"], int(z["rank"]) or None
