@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_select import synthetic  # noqa: E402
-from bench.common import CACHE, REPORTS, machine  # noqa: E402
+from bench.common import CACHE, machine, save_report  # noqa: E402
 
 
 def make_run(folder: Path, n: int, m: int, d: int) -> Path:
@@ -90,12 +90,9 @@ def main() -> None:
     res["export: new budget"] = timed(at, lambda: at.number_input(key="w_budget").set_value(5000))
     r = {"date": dt.date.today().isoformat(), "machine": machine(),
          "settings": {"n": args.n, "seeds": args.seeds, "dim": args.dim}, "seconds": res}  # fmt: skip
-    REPORTS.mkdir(parents=True, exist_ok=True)
-    stem = REPORTS / f"app-{r['date']}"
-    stem.with_suffix(".json").write_text(json.dumps(r, indent=2) + "\n")
     lines = [f"# App responsiveness, {r['date']}", "", f"Machine: {r['machine']}. Run: {r['settings']}.", "",
              "| control | seconds |", "|---|---:|"] + [f"| {k} | {v:.2f} |" for k, v in res.items()]  # fmt: skip
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    save_report("app", r, "\n".join(lines))
     print("\n".join(lines))
 
 

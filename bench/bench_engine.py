@@ -22,13 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (  # noqa: E402
     CACHE,
-    REPORTS,
     add_workload_args,
     flores_pairs,
     have_shared_data,
     machine,
     peak_rss_mb,
     run_child,
+    save_report,
     synthetic_pairs,
     tatoeba_pairs,
     write_jsonl,
@@ -155,9 +155,6 @@ def run(args) -> dict:
 
 
 def write_report(r: dict) -> None:
-    REPORTS.mkdir(parents=True, exist_ok=True)
-    stem = REPORTS / f"engine-{r['date']}"
-    stem.with_suffix(".json").write_text(json.dumps(r, indent=2) + "\n")
     s, q = r["seconds"], r["ratios"]
     lines = [
         f"# Engine benchmark, {r['date']}", "",
@@ -171,7 +168,7 @@ def write_report(r: dict) -> None:
         "",
         f"Peak RSS: floor {r['peak_rss_mb']['floor']:.0f} MB, G-DIG {r['peak_rss_mb']['gdig']:.0f} MB.",
     ]  # fmt: skip
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    save_report("engine", r, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_engine import MODEL_SIZES, child_gdig, prepare  # noqa: E402
-from bench.common import REPORTS, add_workload_args, machine, peak_rss_mb, run_child  # noqa: E402
+from bench.common import add_workload_args, machine, peak_rss_mb, run_child, save_report  # noqa: E402
 
 
 def child_kronfluence(folder: Path, batch_size: int, max_length: int, out: Path) -> dict:
@@ -141,9 +141,6 @@ def main() -> None:
          "ratio_gdig_over_kronfluence": t_ours / t_kf,
          "peak_rss_mb": {"gdig": max(o["peak_rss_mb"] for o in ours), "kronfluence": max(k["peak_rss_mb"] for k in kf)},
          "fidelity": fid}  # fmt: skip
-    REPORTS.mkdir(parents=True, exist_ok=True)
-    stem = REPORTS / f"kronfluence-{r['date']}"
-    stem.with_suffix(".json").write_text(json.dumps(r, indent=2) + "\n")
     rss = r["peak_rss_mb"]
     lines = [
         f"# G-DIG Studio vs kronfluence, {r['date']}", "",
@@ -156,7 +153,7 @@ def main() -> None:
         f"{fid['spearman_per_seed_mean']:.4f}, min {fid['spearman_per_seed_min']:.4f}; of the mean influence: "
         f"{fid['spearman_mean_influence']:.4f}; relative difference {fid['relative_difference']:.2e}.",
     ]  # fmt: skip
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    save_report("kronfluence", r, "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import sys
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_engine import prepare  # noqa: E402
-from bench.common import REPORTS, machine, run_child  # noqa: E402
+from bench.common import machine, run_child, save_report  # noqa: E402
 
 ENGINE = str(Path(__file__).with_name("bench_engine.py"))
 
@@ -48,15 +47,12 @@ def main() -> None:
                     "total_vs_seeds": slope(a.seeds, [p["seconds"] for p in by_m]),
                     "score_vs_seeds": slope(a.seeds, [p["score_seconds"] for p in by_m]),
                     "memory_vs_seeds": slope(a.seeds, [p["peak_rss_mb"] for p in by_m])}}  # fmt: skip
-    REPORTS.mkdir(parents=True, exist_ok=True)
-    stem = REPORTS / f"scaling-{r['date']}"
-    stem.with_suffix(".json").write_text(json.dumps(r, indent=2) + "\n")
     rows = [f"| {p['candidates']:,} | {p['seeds']} | {p['seconds']:.1f} | {p['score_seconds']:.1f} | "
             f"{p['peak_rss_mb']:.0f} |" for p in by_n + by_m]  # fmt: skip
     lines = [f"# Scaling, {r['date']}", "", f"Machine: {r['machine']}.", "",
              "| candidates | seeds | total s | scoring s | peak RSS MB |", "|---:|---:|---:|---:|---:|", *rows, "",
              "Fitted log-log slopes: " + ", ".join(f"{k} {v:.2f}" for k, v in r["slopes"].items()) + "."]  # fmt: skip
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    save_report("scaling", r, "\n".join(lines))
     print("\n".join(lines))
 
 

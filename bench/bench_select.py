@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import statistics
 import sys
 import time
@@ -20,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import REPORTS, machine  # noqa: E402
+from bench.common import machine, save_report  # noqa: E402
 from gdig.select import GradientClusterer, SelectionConfig, quality_mask, select  # noqa: E402
 
 
@@ -80,9 +79,6 @@ def main() -> None:
         "seconds": {"per_run_stats": stats_s, "reapply_tau": tau_s, "recluster_kept": cluster_kept_s,
                     "recluster_all": cluster_all_s, "select_cluster_resample": select_s, "umap_once": umap_s},
     }  # fmt: skip
-    REPORTS.mkdir(parents=True, exist_ok=True)
-    stem = REPORTS / f"select-{r['date']}"
-    stem.with_suffix(".json").write_text(json.dumps(r, indent=2) + "\n")
     s = r["seconds"]
     lines = [
         f"# Selection benchmark, {r['date']}", "", f"Machine: {r['machine']}. Settings: {r['settings']}.", "",
@@ -94,7 +90,7 @@ def main() -> None:
         f"| full select: rule + K-means + resample to 10,000 | {s['select_cluster_resample']:.2f} | |",
         f"| UMAP once (fit on 20,000, transform the rest) | {'skipped' if umap_s is None else f'{umap_s:.1f}'} | |",
     ]  # fmt: skip
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    save_report("select", r, "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -124,3 +124,14 @@ def peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def save_report(name: str, report: dict, text: str) -> Path:
+    """bench/reports/NAME-DATE.{json,md}; `run_all.py --quick` sets GDIG_BENCH_TAG=quick so that quick reports
+    never overwrite full ones."""
+    tag = os.environ.get("GDIG_BENCH_TAG")
+    stem = REPORTS / f"{name}{'-' + tag if tag else ''}-{report['date']}"
+    REPORTS.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    stem.with_suffix(".md").write_text(text if text.endswith("\n") else text + "\n")
+    return stem

@@ -67,7 +67,7 @@ def build_corpus(cfg: DemoConfig, cache: Path) -> dict[str, Path]:
 def build_model(cfg: DemoConfig, cache: Path, files: dict[str, Path], status) -> Path:
     """Tokenizer trained on the corpus, a Llama from a config, trained by `gdig finetune` on the pool."""
     from gdig.finetune import FinetuneConfig, finetune
-    from gdig.tiny import build_tiny_model, train_tokenizer
+    from gdig.tiny import init_scratch_model
 
     model_dir = cache / "model"
     if (model_dir / "finetune.json").exists():
@@ -80,9 +80,8 @@ def build_model(cfg: DemoConfig, cache: Path, files: dict[str, Path], status) ->
                 r = json.loads(line)
                 texts.append(r["src_text"] + "\n" + r["trg_text"])
         texts.append(DataConfig().prompt_template.format(trg_lang="German", src_text=""))
-        tok = train_tokenizer(texts, vocab_size=cfg.vocab)
-        build_tiny_model("llama", tok, init_dir, seed=cfg.seed, hidden=cfg.hidden, layers=cfg.layers,
-                         heads=cfg.heads, ffn=cfg.ffn, max_positions=512)  # fmt: skip
+        init_scratch_model(texts, init_dir, cfg.vocab, seed=cfg.seed, hidden=cfg.hidden, layers=cfg.layers,
+                           heads=cfg.heads, ffn=cfg.ffn, max_positions=512)  # fmt: skip
     ft = FinetuneConfig(model=str(init_dir), data=str(files["pool"]), out=str(model_dir), epochs=cfg.epochs,
                         lr=cfg.lr, batch_size=cfg.batch_size, warmup_ratio=0.05, seed=cfg.seed, device="cpu",
                         log_every=10)  # fmt: skip
@@ -93,54 +92,26 @@ def build_model(cfg: DemoConfig, cache: Path, files: dict[str, Path], status) ->
 
 def evaluate(cfg: DemoConfig, run_dir: Path, model_dir: Path, test_file: Path, status) -> dict:
     """Held-out chrF of the demo model (greedy) and AUROC of the G-DIG scores for corrupted vs clean pairs."""
-    from sklearn.metrics import roc_auc_score
-
+    from gdig.evaluate import detection_auroc, evaluate_model
     from gdig.results import load_run
 
     run = load_run(run_dir)
+    kinds = run.candidates["corruption"].to_numpy()
     corrupted = run.candidates["corruption"].notna().to_numpy()
-    aurocs = {name: float(roc_auc_score(~corrupted, score)) for name, score in
+    aurocs = {name: detection_auroc(score, corrupted)["auroc"] for name, score in
               (("fraction_helped", run.frac_helped + 1e-6 * _rank(run.mean_influence)),
                ("mean_influence", run.mean_influence), ("low_loss", -run.candidates["loss"].to_numpy()))}  # fmt: skip
-    per_kind = {}
-    for kind in sorted(run.candidates["corruption"].dropna().unique()):
-        rows = (run.candidates["corruption"] == kind).to_numpy() | ~corrupted
-        per_kind[kind] = float(roc_auc_score(~corrupted[rows], run.mean_influence[rows]))
+    per_kind = detection_auroc(run.mean_influence, corrupted, kinds)["per_kind"]
     status.update("evaluate", 0, 1, force=True)
-    chrf, samples = translate_and_score(model_dir, test_file)
-    return {"chrf": chrf, "auroc": aurocs, "auroc_mean_influence_per_kind": per_kind, "samples": samples,
+    quality = evaluate_model(model_dir, test_file)
+    return {"chrf": quality["chrf"], "bleu": quality["bleu"], "heldout_loss": quality["loss"],
+            "samples": quality["samples"], "auroc": aurocs, "auroc_mean_influence_per_kind": per_kind,
             "kept_at_tau_1": int((run.frac_helped >= 1).sum()), "n_pool": run.n,
             "n_corrupted": int(corrupted.sum())}  # fmt: skip
 
 
 def _rank(x: np.ndarray) -> np.ndarray:
     return np.argsort(np.argsort(x, kind="stable"), kind="stable") / max(len(x) - 1, 1)
-
-
-def translate_and_score(model_dir: Path, test_file: Path, batch_size: int = 32, max_new_tokens: int = 64):
-    """Greedy translations of the test sources and their corpus chrF (sacrebleu)."""
-    import sacrebleu
-    import torch
-
-    from gdig.data import load_dataset
-    from gdig.model import load_model
-
-    model, tok = load_model(str(model_dir), "auto", "float32")
-    tok.padding_side = "left"
-    ds = load_dataset(test_file)
-    hyps = []
-    for i in range(0, len(ds), batch_size):
-        prompts = [e.prompt for e in ds.examples[i : i + batch_size]]
-        enc = tok(prompts, return_tensors="pt", padding=True).to(model.device)
-        with torch.no_grad():
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)  # fmt: skip
-        hyps += [t.strip() for t in tok.batch_decode(out[:, enc.input_ids.shape[1] :], skip_special_tokens=True)]
-    refs = [e.target for e in ds.examples]
-    chrf = sacrebleu.corpus_chrf(hyps, [refs]).score
-    samples = [{"source": e.record["src_text"], "reference": r, "output": h}
-               for e, r, h in list(zip(ds.examples, refs, hyps, strict=True))[:5]]  # fmt: skip
-    return float(chrf), samples
 
 
 def build_demo(cfg: DemoConfig | None = None, on_progress=None) -> tuple[Path, dict]:

@@ -128,18 +128,21 @@ def _sentence(maker: SlotMaker, rng: random.Random) -> dict[str, str]:
     return {lang: frame[lang].format(**{k: v[lang] for k, v in values.items()}) for lang in LANGS}
 
 
-def _corrupt(kind: str, pair: dict[str, str], other: dict[str, str], rng: random.Random) -> str:
-    de = pair["de"]
+def corrupt_target(kind: str, src: str, tgt: str, other_tgt: str, wrong_lang_tgt: str, rng: random.Random) -> str:
+    """The corrupted target of one pair: `other_tgt` is another pair's target (misaligned), `wrong_lang_tgt` a
+    text in a third language (wrong_language). Shared by the demo and the real-data benchmark."""
     if kind == "misaligned":
-        return other["de"]
+        return other_tgt
     if kind == "untranslated":
-        return pair["en"]
+        return src
     if kind == "wrong_language":
-        return pair["fr"]
-    words = de.split()
+        return wrong_lang_tgt
+    words = tgt.split()
     if kind == "truncated":
         return " ".join(words[: max(1, int(len(words) * rng.uniform(0.3, 0.6)))])
-    i = rng.randrange(len(words))  # repeated: a word stutters, or a phrase is hallucinated twice
+    if kind != "repeated":
+        raise ValueError(f"unknown corruption {kind!r}; expected one of {', '.join(CORRUPTIONS)}")
+    i = rng.randrange(len(words))  # a word stutters, or a phrase is hallucinated twice
     return " ".join(words[: i + 1] + [words[i]] * rng.randint(3, 6) + words[i + 1 :])
 
 
@@ -164,8 +167,11 @@ def make_corpus(n_pool: int = 3000, n_seeds: int = 64, n_test: int = 300, noise:
     pool = []
     for i, s in enumerate(pool_s):
         kind = kind_of.get(i)
-        target = s["de"] if kind is None else _corrupt(kind, s, pool_s[(i + 1 + rng.randrange(n_pool - 1)) % n_pool],
-                                                       rng)  # fmt: skip
+        if kind is None:
+            target = s["de"]
+        else:
+            other = pool_s[(i + 1 + rng.randrange(n_pool - 1)) % n_pool]
+            target = corrupt_target(kind, s["en"], s["de"], other["de"], s["fr"], rng)
         pool.append(_record(f"pool-{i:05d}", s["en"], target) | {"corruption": kind, "clean_target": s["de"]})
     seeds = [_record(f"seed-{i:03d}", s["en"], s["de"]) for i, s in enumerate(seed_s)]
     test = [_record(f"test-{i:04d}", s["en"], s["de"]) for i, s in enumerate(test_s)]

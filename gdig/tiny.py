@@ -69,3 +69,12 @@ def build_tiny_model(arch: str, tokenizer, out: str | Path | None = None, seed: 
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
     return model
+
+
+def init_scratch_model(texts: Iterable[str], out: str | Path, vocab_size: int, seed: int = 0, arch: str = "llama",
+                       **sizes) -> Path:  # fmt: skip
+    """A tokenizer trained on `texts` and a randomly initialised model for it, saved as one model folder: the
+    starting point of the demo and benchmark models (trained afterwards by `gdig finetune`)."""
+    tok = train_tokenizer(texts, vocab_size=vocab_size)
+    build_tiny_model(arch, tok, out, seed=seed, **sizes)
+    return Path(out)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+import pytest
 from transformers import AutoModelForCausalLM
 
 from gdig.demo import DemoConfig, build_demo
@@ -53,3 +54,20 @@ def test_demo_builds_a_run_and_a_loadable_model(tmp_path):
     assert model.config.model_type == "llama"
     again, _ = build_demo(cfg)  # cached: nothing rebuilt
     assert again == run_dir
+
+
+def test_corrupt_target_each_kind():
+    import random
+
+    from gdig.demo_corpus import corrupt_target
+
+    src, tgt, other, wrong = "The red house.", "Das rote Haus steht dort.", "Ein Hund.", "La maison rouge."
+    rng = random.Random(0)
+    assert corrupt_target("misaligned", src, tgt, other, wrong, rng) == other
+    assert corrupt_target("untranslated", src, tgt, other, wrong, rng) == src
+    assert corrupt_target("wrong_language", src, tgt, other, wrong, rng) == wrong
+    cut = corrupt_target("truncated", src, tgt, other, wrong, rng)
+    assert tgt.startswith(cut) and 0 < len(cut.split()) < len(tgt.split())
+    assert len(corrupt_target("repeated", src, tgt, other, wrong, rng).split()) >= len(tgt.split()) + 3
+    with pytest.raises(ValueError, match="unknown corruption 'typo'"):
+        corrupt_target("typo", src, tgt, other, wrong, rng)

@@ -1,0 +1,494 @@
+"""Selection quality on real translation data from ../shared/data: noise detection and downstream quality.
+
+Pool: Tatoeba en->de pairs with a share of injected, labelled corruptions of the demo's five kinds, plus
+genuinely noisy OpenNMT WMT-style pairs. Seeds: FLORES-200 dev. Model: a small Llama trained from scratch on the
+pool by `gdig finetune` (G-DIG's step 1).
+(1) Noise detection: AUROC (clean vs corrupted Tatoeba pairs) and precision at the tau = 1 rule for every score
+    variant (K-FAC / EK-FAC x none / unit / RelatIF x fraction helped / mean influence), per corruption kind,
+    beside the loss, length-ratio and random heuristics.
+(2) Downstream: fresh models fine-tuned on equal budgets chosen by G-DIG (best variant, and the paper's raw
+    setting), random and the best heuristic; chrF / BLEU (sacrebleu, greedy) on FLORES devtest and on held-out
+    Tatoeba pairs, over several seeds.
+
+    python bench/bench_quality.py            # full (about 45 min on 2 CPU cores)
+    python bench/bench_quality.py --quick    # smaller pool, 64 seeds, one downstream seed (a few minutes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import CACHE, SHARED_DATA, have_shared_data, machine, read_lines, save_report, write_jsonl  # noqa: E402
+
+VARIANTS = ("none", "unit", "relatif")
+
+
+@dataclass
+class QualityConfig:
+    n_tatoeba: int = 3000
+    n_opennmt: int = 500
+    noise: float = 0.2
+    n_seeds: int = 256
+    n_test: int = 300  # FLORES devtest pairs for downstream chrF / BLEU
+    n_tatoeba_test: int = 300
+    vocab: int = 4000
+    hidden: int = 128
+    layers: int = 4
+    heads: int = 4
+    ffn: int = 352
+    epochs: float = 6.0
+    lr: float = 3e-3
+    batch_size: int = 32
+    max_length: int = 160
+    hessians: tuple[str, ...] = ("kfac", "ekfac")
+    dampings: tuple[float, ...] = (0.1,)  # relative damping; more values = the damping sweep
+    budget: int = 1500
+    clusters: int = 10
+    downstream_seeds: int = 3
+    downstream_epochs: float = 6.0
+    seed: int = 0
+
+    def key(self) -> str:
+        return f"q-{self.n_tatoeba}-{self.n_opennmt}-{self.noise}-{self.n_seeds}-{self.seed}"
+
+    def model_key(self) -> str:
+        return f"m-{self.vocab}-{self.hidden}x{self.layers}x{self.ffn}-{self.epochs}-{self.lr}-{self.batch_size}"
+
+
+QUICK = {"n_tatoeba": 1000, "n_opennmt": 150, "n_seeds": 64, "n_test": 100, "n_tatoeba_test": 100, "vocab": 2000,
+         "epochs": 6.0, "budget": 500, "downstream_seeds": 1, "hessians": ("ekfac",)}  # fmt: skip
+
+
+# -- data --------------------------------------------------------------------------------------------------------
+
+
+def make_pool(cfg: QualityConfig, folder: Path) -> dict[str, Path]:
+    """pool.jsonl (with `origin` and `corruption`), seeds.jsonl, test-flores.jsonl, test-tatoeba.jsonl."""
+    from gdig.demo_corpus import CORRUPTIONS, corrupt_target
+
+    files = {n: folder / f"{n}.jsonl" for n in ("pool", "seeds", "test-flores", "test-tatoeba")}
+    if all(p.exists() for p in files.values()):
+        return files
+    rng = random.Random(cfg.seed)
+    d = SHARED_DATA / "tatoeba" / "deu-eng"
+    en, de = read_lines(d / "tatoeba-test-v2021-08-07.eng"), read_lines(d / "tatoeba-test-v2021-08-07.deu")
+    by_src: dict[str, str] = {}
+    for s, t in zip(en, de, strict=True):
+        if s.strip() and t.strip():
+            by_src.setdefault(s.strip(), t.strip())  # one translation per English sentence: pool/test disjoint
+    pairs = sorted(by_src.items())
+    rng.shuffle(pairs)
+    pool_pairs, test_pairs = pairs[: cfg.n_tatoeba], pairs[cfg.n_tatoeba : cfg.n_tatoeba + cfg.n_tatoeba_test]
+    fl = SHARED_DATA / "flores200" / "dev"
+    fl_en, fl_de = read_lines(fl / "eng_Latn.dev"), read_lines(fl / "deu_Latn.dev")
+    wrong_lang = read_lines(fl / "zho_Hans.dev")[cfg.n_seeds :]  # Chinese lines of non-seed sentences
+    n_bad = int(round(cfg.noise * cfg.n_tatoeba))
+    bad = rng.sample(range(cfg.n_tatoeba), n_bad)
+    kind_of = {i: CORRUPTIONS[j % len(CORRUPTIONS)] for j, i in enumerate(bad)}
+    pool = []
+    for i, (s, t) in enumerate(pool_pairs):
+        kind = kind_of.get(i)
+        if kind is not None:
+            other = pool_pairs[(i + 1 + rng.randrange(cfg.n_tatoeba - 1)) % cfg.n_tatoeba][1]
+            wrong = rng.choice(wrong_lang)[: max(4, round(0.35 * len(t)))]  # Chinese of a plausible length
+            t = corrupt_target(kind, s, t, other, wrong, rng)
+        pool.append(_record(f"tatoeba-{i:05d}", s, t) | {"origin": "tatoeba", "corruption": kind})
+    o = SHARED_DATA / "opennmt-ende"
+    o_pairs = [(s, t) for s, t in zip(read_lines(o / "src-train.txt"), read_lines(o / "tgt-train.txt"), strict=True)
+               if s.strip() and t.strip() and len(s.split()) <= 40]  # the loader refuses empty sides  # fmt: skip
+    for i, (s, t) in enumerate(o_pairs[: cfg.n_opennmt]):
+        pool.append(_record(f"opennmt-{i:05d}", s, t) | {"origin": "opennmt", "corruption": None})
+    rng.shuffle(pool)
+    seeds = [_record(f"flores-dev-{i:04d}", s, t) for i, (s, t) in enumerate(zip(fl_en, fl_de, strict=True))]
+    dt = SHARED_DATA / "flores200" / "devtest"
+    test = zip(read_lines(dt / "eng_Latn.devtest"), read_lines(dt / "deu_Latn.devtest"), strict=True)
+    write_jsonl(files["pool"], pool)
+    write_jsonl(files["seeds"], seeds[: cfg.n_seeds])
+    write_jsonl(files["test-flores"], [_record(f"flores-devtest-{i:04d}", s, t) for i, (s, t) in enumerate(test)][
+        : cfg.n_test])  # fmt: skip
+    write_jsonl(files["test-tatoeba"], [_record(f"tatoeba-test-{i:04d}", s, t) for i, (s, t) in enumerate(test_pairs)])
+    return files
+
+
+def _record(id_: str, src: str, tgt: str) -> dict:
+    return {"id": id_, "src_text": src, "trg_text": tgt, "src_lang": "en", "trg_lang": "de"}
+
+
+def _texts(*files: Path) -> list[str]:
+    from gdig.config import DataConfig
+
+    out = [DataConfig().prompt_template.format(trg_lang="German", src_text="")]
+    for p in files:
+        out += [r["src_text"] + "\n" + r["trg_text"] for r in map(json.loads, p.read_text().splitlines())]
+    return out
+
+
+# -- models ------------------------------------------------------------------------------------------------------
+
+
+def train_model(cfg: QualityConfig, data: Path, out: Path, init: Path, seed: int, epochs: float) -> tuple[Path, float]:
+    """`gdig finetune` from the initial weights in `init`; cached. Returns the folder and training seconds."""
+    from gdig.config import DataConfig
+    from gdig.finetune import FinetuneConfig, finetune
+
+    if not (out / "finetune.json").exists():
+        ft = FinetuneConfig(model=str(init), data=str(data), out=str(out), epochs=epochs, lr=cfg.lr,
+                            batch_size=cfg.batch_size, warmup_ratio=0.05, seed=seed, device="auto", log_every=50,
+                            data_config=DataConfig(max_length=cfg.max_length))  # fmt: skip
+        finetune(ft, resume=(out / "checkpoint" / "state.json").exists())
+    return out, json.loads((out / "finetune.json").read_text())["seconds"]
+
+
+def init_model(cfg: QualityConfig, files: dict[str, Path], folder: Path, seed: int) -> Path:
+    """Random initial weights with the pool's tokenizer (trained once, on pool + seeds)."""
+    from transformers import AutoTokenizer
+
+    from gdig.tiny import build_tiny_model, init_scratch_model
+
+    first = folder / "init-0"
+    sizes = {"hidden": cfg.hidden, "layers": cfg.layers, "heads": cfg.heads, "ffn": cfg.ffn, "max_positions": 512}
+    if not (first / "config.json").exists():
+        init_scratch_model(_texts(files["pool"], files["seeds"]), first, cfg.vocab, seed=0, **sizes)
+    if seed == 0:
+        return first
+    out = folder / f"init-{seed}"
+    if not (out / "config.json").exists():
+        build_tiny_model("llama", AutoTokenizer.from_pretrained(first), out, seed=seed, **sizes)
+    return out
+
+
+# -- scores ------------------------------------------------------------------------------------------------------
+
+
+def score_pool(cfg: QualityConfig, model: Path, files: dict[str, Path], runs: Path, hessian: str, damping: float):
+    """One G-DIG run with unit normalisation (it also stores the self-influences that give the other variants)."""
+    from gdig.config import DataConfig, ScoreConfig
+    from gdig.run import score
+
+    out = runs / f"{hessian}-d{damping}"
+    cfg_file = out / "config.json"
+    if not (cfg_file.exists() and json.loads(cfg_file.read_text()).get("finished")):
+        sc = ScoreConfig(model=str(model), candidates=str(files["pool"]), seeds=str(files["seeds"]), out=str(out),
+                         hessian=hessian, normalize="unit", damping_relative=damping, batch_size=16, sketch_dim=256,
+                         device="auto", umap=False, data=DataConfig(max_length=cfg.max_length))  # fmt: skip
+        score(sc, resume=cfg_file.exists())
+    return out
+
+
+def variant_matrices(run_dir: Path) -> dict[str, np.ndarray]:
+    """none / unit / relatif (N, S) influence from one unit-normalised run: raw = unit * |c| * |s|,
+    RelatIF = raw / |c|, where |x| is the square root of the self-influence in the preconditioned metric."""
+    import pandas as pd
+    from safetensors import safe_open
+
+    unit = np.load(run_dir / "influence.npy").astype(np.float64)
+    cand = np.sqrt(np.clip(pd.read_parquet(run_dir / "candidates.parquet")["self_influence"].to_numpy(), 0, None))
+    with safe_open(str(run_dir / "seed_grads.safetensors"), framework="pt") as f:
+        seed = np.sqrt(np.clip(f.get_tensor("self_influence").double().numpy(), 0, None))
+    return {"none": unit * cand[:, None] * seed[None, :], "unit": unit, "relatif": unit * seed[None, :]}
+
+
+def aggregates(m: np.ndarray) -> dict[str, np.ndarray]:
+    """The per-candidate scores a curator ranks by (higher = better)."""
+    mean = m.mean(1)
+    frac = (m > 0).mean(1)
+    return {"fraction helped": frac + 1e-6 * _rank01(mean), "mean influence": mean}
+
+
+def _rank01(x: np.ndarray) -> np.ndarray:
+    return np.argsort(np.argsort(x, kind="stable"), kind="stable") / max(len(x) - 1, 1)
+
+
+def heuristics(pool: list[dict], loss: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    from gdig.select import length_ratio_score
+
+    return {"low loss": -loss, "length ratio": length_ratio_score([r["src_text"] for r in pool],
+            [r["trg_text"] for r in pool]), "random": np.random.default_rng(seed).random(len(pool))}  # fmt: skip
+
+
+def detection_row(name: str, good: np.ndarray, pool: list[dict], frac: np.ndarray | None = None) -> dict:
+    """AUROC on the Tatoeba pairs (labelled), per kind; precision at tau = 1 (G-DIG) and at the clean share."""
+    from gdig.evaluate import detection_auroc
+
+    tat = np.array([r["origin"] == "tatoeba" for r in pool])
+    kinds = np.array([r["corruption"] or "" for r in pool])[tat]
+    corrupted = kinds != ""
+    g = good[tat]
+    row = {"score": name} | detection_auroc(g, corrupted, kinds)
+    n_clean = int((~corrupted).sum())
+    top = np.argsort(-g, kind="stable")[:n_clean]
+    row["precision_at_clean_share"] = float((~corrupted[top]).mean())
+    if frac is not None:
+        kept = frac[tat] >= 1
+        row["kept_tau_1"] = int(kept.sum())
+        row["precision_tau_1"] = float((~corrupted[kept]).mean()) if kept.any() else None
+    onmt = ~tat
+    if onmt.any():  # where the genuinely noisy OpenNMT pairs land: mean percentile (0 worst, 1 best)
+        row["opennmt_percentile"] = float(_rank01(good)[onmt].mean())
+    return row
+
+
+def detection(cfg: QualityConfig, runs: dict[str, Path], pool: list[dict]) -> tuple[list[dict], dict]:
+    import pandas as pd
+
+    rows, scores = [], {}
+    first = next(iter(runs.values()))
+    loss = pd.read_parquet(first / "candidates.parquet")["loss"].to_numpy()
+    for name, good in heuristics(pool, loss, cfg.seed).items():
+        rows.append(detection_row(name, good, pool) | {"kind": "heuristic"})
+        scores[name] = good
+    for label, run in runs.items():
+        for variant, m in variant_matrices(run).items():
+            frac = (m > 0).mean(1)
+            for agg, good in aggregates(m).items():
+                name = f"{label} {variant} {agg}"
+                rows.append(detection_row(name, good, pool, frac) | {"kind": "gdig", "run": label,
+                            "normalize": variant, "aggregate": agg})  # fmt: skip
+                scores[name] = good
+    return rows, scores
+
+
+# -- downstream --------------------------------------------------------------------------------------------------
+
+
+def gdig_selection(frac: np.ndarray, mean: np.ndarray, sketch: np.ndarray, ids: list[str], cfg: QualityConfig,
+                   seed: int) -> np.ndarray:  # fmt: skip
+    """The quality rule at the highest tau that keeps 1.25 x budget, then K-means diversity resampling."""
+    from gdig.select import SelectionConfig, select
+
+    taus = np.unique(frac)[::-1]
+    tau = next((float(t) for t in taus if (frac >= t).sum() >= 1.25 * cfg.budget), float(taus[-1]))
+    sel = SelectionConfig(method="gdig", tau=tau, clusters=cfg.clusters, budget=cfg.budget, seed=seed)
+    return select(frac, mean, sketch, ids, sel).indices
+
+
+def downstream(cfg: QualityConfig, files, folder: Path, methods: dict[str, dict], pool: list[dict]) -> list[dict]:
+    """Fresh models trained on each method's selection; chrF / BLEU on FLORES devtest and held-out Tatoeba."""
+    from gdig.evaluate import evaluate_model
+
+    rows = []
+    for seed in range(cfg.downstream_seeds):
+        init = init_model(cfg, files, folder, seed)
+        for name, m in methods.items():
+            idx = m["select"](seed)
+            sub = folder / "downstream" / f"{_slug(name)}-s{seed}"
+            data = write_jsonl(sub / "train.jsonl", [pool[i] for i in idx])
+            model, secs = train_model(cfg, data, sub / "model", init, seed, cfg.downstream_epochs)
+            rec = {"method": name, "seed": seed, "n_train": len(idx), "train_seconds": secs,
+                   "corrupted_share": float(np.mean([pool[i]["corruption"] is not None for i in idx])),
+                   "opennmt_share": float(np.mean([pool[i]["origin"] == "opennmt" for i in idx]))}  # fmt: skip
+            for test in ("test-flores", "test-tatoeba"):
+                q = evaluate_model(model, files[test], max_new_tokens=96)
+                rec |= {f"{test}-{k}": q[k] for k in ("chrf", "bleu", "loss")}
+            print(json.dumps(rec), flush=True)
+            rows.append(rec)
+    return rows
+
+
+def _slug(s: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in s.lower()).strip("-")
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    out = []
+    for name in dict.fromkeys(r["method"] for r in rows):
+        rs = [r for r in rows if r["method"] == name]
+        agg = {"method": name, "seeds": len(rs), "corrupted_share": rs[0]["corrupted_share"]}
+        for k in ("test-flores-chrf", "test-flores-bleu", "test-tatoeba-chrf", "test-tatoeba-bleu"):
+            v = np.array([r[k] for r in rs])
+            agg[k] = [float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0]
+        out.append(agg)
+    return out
+
+
+# -- report ------------------------------------------------------------------------------------------------------
+
+
+def markdown(report: dict) -> str:
+    c = report["config"]
+    kinds = sorted({k for r in report["detection"] for k in r["per_kind"]})
+    lines = [f"# Selection quality on real data ({report['date']})", "",
+             f"Command: `{report['command']}`  ", f"Machine: {report['machine']}", "",
+             f"Pool: {c['n_tatoeba']} Tatoeba en-de pairs ({c['noise']:.0%} injected corruptions, labelled) + "
+             f"{c['n_opennmt']} OpenNMT WMT-style pairs; seeds: {c['n_seeds']} FLORES-200 dev pairs. Model: Llama "
+             f"{c['hidden']}x{c['layers']} (MLP {c['ffn']}, vocab {c['vocab']}) trained from scratch on the pool for "
+             f"{c['epochs']} epochs ({report['model']['train_seconds']:.0f} s): held-out Tatoeba loss "
+             f"{report['model']['tatoeba_loss']:.2f}, chrF {report['model']['tatoeba_chrf']:.1f}; FLORES devtest "
+             f"chrF {report['model']['flores_chrf']:.1f}.", "",
+             "## Noise detection (AUROC clean vs corrupted Tatoeba pairs; higher is better)", "",
+             "| score | AUROC | " + " | ".join(kinds) + " | precision at clean share | kept at tau=1 | precision at "
+             "tau=1 | OpenNMT percentile |", "|---|---:|" + "---:|" * (len(kinds) + 4)]  # fmt: skip
+    for r in sorted(report["detection"], key=lambda r: -r["auroc"]):
+        prec = "" if r.get("precision_tau_1") is None else f"{r['precision_tau_1']:.3f}"
+        lines.append(f"| {r['score']} | **{r['auroc']:.3f}** | " + " | ".join(f"{r['per_kind'][k]:.3f}" for k in kinds)
+                     + f" | {r['precision_at_clean_share']:.3f} | {r.get('kept_tau_1', '')} | {prec} | "
+                     f"{r.get('opennmt_percentile', float('nan')):.2f} |")  # fmt: skip
+    if report.get("downstream"):
+        lines += ["", f"## Downstream (budget {c['budget']} of {c['n_tatoeba'] + c['n_opennmt']}; fresh models, "
+                  f"{c['downstream_epochs']} epochs; mean ± sd over {c['downstream_seeds']} seeds)", "",
+                  "| selection | corrupted share | FLORES chrF | FLORES BLEU | Tatoeba chrF | Tatoeba BLEU |",
+                  "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+        for r in report["downstream"]:
+            cells = " | ".join(f"{r[k][0]:.2f} ± {r[k][1]:.2f}" for k in ("test-flores-chrf", "test-flores-bleu",
+                               "test-tatoeba-chrf", "test-tatoeba-bleu"))  # fmt: skip
+            lines.append(f"| {r['method']} | {r['corrupted_share']:.3f} | {cells} |")
+    lines += ["", "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in report["timings"].items())]
+    return "\n".join(lines) + "\n"
+
+
+def run(cfg: QualityConfig, command: str) -> dict:
+    from gdig.evaluate import evaluate_model
+
+    t0 = time.time()
+    timings: dict[str, float] = {}
+    folder = CACHE / "quality" / cfg.key()
+    files = make_pool(cfg, folder)
+    pool = [json.loads(x) for x in files["pool"].read_text().splitlines()]
+    t = time.time()
+    init = init_model(cfg, files, folder / cfg.model_key(), 0)
+    model, train_s = train_model(
+        cfg, files["pool"], folder / cfg.model_key() / "pool-model", init, cfg.seed, cfg.epochs
+    )
+    timings["pool model"] = time.time() - t
+    t = time.time()
+    q_t, q_f = evaluate_model(model, files["test-tatoeba"]), evaluate_model(model, files["test-flores"], 96)
+    timings["pool model eval"] = time.time() - t
+    runs = {}
+    for hessian in cfg.hessians:
+        for damping in cfg.dampings:
+            t = time.time()
+            label = hessian if len(cfg.dampings) == 1 else f"{hessian} d={damping}"
+            runs[label] = score_pool(cfg, model, files, folder / cfg.model_key() / "runs", hessian, damping)
+            timings[f"score {label}"] = time.time() - t
+    rows, scores = detection(cfg, runs, pool)
+    report = {"date": date.today().isoformat(), "command": command, "machine": machine(),
+              "config": dataclasses.asdict(cfg), "detection": rows,
+              "model": {"train_seconds": train_s, "tatoeba_loss": q_t["loss"], "tatoeba_chrf": q_t["chrf"],
+                        "flores_chrf": q_f["chrf"], "flores_bleu": q_f["bleu"], "samples": q_t["samples"]}}  # fmt: skip
+    if cfg.downstream_seeds:
+        t = time.time()
+        report["downstream_raw"] = downstream(cfg, files, folder / cfg.model_key(), _methods(cfg, rows, scores, runs,
+                                              pool), pool)  # fmt: skip
+        report["downstream"] = summarise(report["downstream_raw"])
+        timings["downstream"] = time.time() - t
+    report["timings"] = timings | {"total": time.time() - t0}
+    save_report("quality", report, markdown(report))
+    print(markdown(report))
+    return report
+
+
+def _methods(cfg: QualityConfig, rows: list[dict], scores: dict, runs: dict[str, Path], pool: list[dict]) -> dict:
+    """G-DIG with its best variant and with the paper's raw setting, random, and the best heuristic."""
+    from gdig.results import load_run
+
+    ids = [r["id"] for r in pool]
+    gd = [r for r in rows if r["kind"] == "gdig"]
+    best = max(gd, key=lambda r: r["auroc"])
+    paper = next(r for r in gd if r["normalize"] == "none" and r["aggregate"] == "fraction helped"
+                 and r["run"] == list(runs)[-1])  # fmt: skip
+    heur = max((r for r in rows if r["kind"] == "heuristic" and r["score"] != "random"), key=lambda r: r["auroc"])
+    out = {}
+    for label, r in ((f"G-DIG best: {best['score']}", best), (f"G-DIG paper: {paper['score']}", paper)):
+        m = variant_matrices(runs[r["run"]])[r["normalize"]]
+        sketch = load_run(runs[r["run"]]).sketch
+        out[label] = {"select": lambda s, m=m, sketch=sketch: gdig_selection((m > 0).mean(1), m.mean(1), sketch, ids,
+                                                                             cfg, s)}  # fmt: skip
+    top = lambda good: lambda s: np.argsort(-good, kind="stable")[: cfg.budget]  # noqa: E731
+    out[f"heuristic: {heur['score']}"] = {"select": top(scores[heur["score"]])}
+    out["random"] = {"select": lambda s: np.random.default_rng(1000 + s).permutation(len(pool))[: cfg.budget]}
+    return out
+
+
+SWEEP = ({"hidden": 64, "layers": 2, "heads": 4, "ffn": 176, "epochs": 6.0},
+         {"hidden": 128, "layers": 4, "heads": 4, "ffn": 352, "epochs": 6.0},
+         {"hidden": 128, "layers": 4, "heads": 4, "ffn": 352, "epochs": 12.0},
+         {"hidden": 256, "layers": 4, "heads": 4, "ffn": 704, "epochs": 6.0})  # fmt: skip
+
+
+def sweep_models(base: QualityConfig, command: str) -> dict:
+    """Model size and training length against held-out loss / chrF / training time and the detection AUROC of
+    the scores taken with that model (EK-FAC), to pick the setting the demo and benchmarks use."""
+    from gdig.evaluate import evaluate_model
+
+    rows = []
+    for sizes in SWEEP:
+        cfg = dataclasses.replace(base, hessians=("ekfac",), downstream_seeds=0, **sizes)
+        folder = CACHE / "quality" / cfg.key()
+        files = make_pool(cfg, folder)
+        pool = [json.loads(x) for x in files["pool"].read_text().splitlines()]
+        init = init_model(cfg, files, folder / cfg.model_key(), 0)
+        model, train_s = train_model(cfg, files["pool"], folder / cfg.model_key() / "pool-model", init, cfg.seed,
+                                     cfg.epochs)  # fmt: skip
+        q_t, q_f = evaluate_model(model, files["test-tatoeba"]), evaluate_model(model, files["test-flores"], 96)
+        t = time.time()
+        run_dir = score_pool(cfg, model, files, folder / cfg.model_key() / "runs", "ekfac", cfg.dampings[0])
+        det, _ = detection(cfg, {"ekfac": run_dir}, pool)
+        best = max((r for r in det if r["kind"] == "gdig"), key=lambda r: r["auroc"])
+        row = sizes | {"train_seconds": train_s, "score_seconds": time.time() - t, "tatoeba_loss": q_t["loss"],
+                       "tatoeba_chrf": q_t["chrf"], "flores_chrf": q_f["chrf"], "best_variant": best["score"],
+                       "best_auroc": best["auroc"], "aurocs": {r["score"]: r["auroc"] for r in det}}  # fmt: skip
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    report = {"date": date.today().isoformat(), "command": command, "machine": machine(),
+              "config": dataclasses.asdict(base), "models": rows}  # fmt: skip
+    lines = [f"# Model size and training length ({report['date']})", "", f"Command: `{command}`  ",
+             f"Machine: {report['machine']}", "", "| model | epochs | train s | Tatoeba loss | Tatoeba chrF | "
+             "FLORES chrF | EK-FAC none mean | EK-FAC unit mean | low loss | length ratio |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for r in rows:
+        a = r["aurocs"]
+        lines.append(f"| {r['hidden']}x{r['layers']} (MLP {r['ffn']}) | {r['epochs']:g} | {r['train_seconds']:.0f} | "
+                     f"{r['tatoeba_loss']:.2f} | {r['tatoeba_chrf']:.1f} | {r['flores_chrf']:.1f} | "
+                     f"{a['ekfac none mean influence']:.3f} | {a['ekfac unit mean influence']:.3f} | "
+                     f"{a['low loss']:.3f} | {a['length ratio']:.3f} |")  # fmt: skip
+    save_report("models", report, "\n".join(lines))
+    print("\n".join(lines))
+    return report
+
+
+def main() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small pool, 64 seeds, one downstream seed")
+    ap.add_argument("--no-downstream", action="store_true")
+    ap.add_argument("--sweep-models", action="store_true", help="model size / epochs sweep instead of the report")
+    ap.add_argument("--dampings", type=float, nargs="+", help="relative dampings to sweep (default 0.1)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override a QualityConfig field")
+    args = ap.parse_args()
+    if not have_shared_data():
+        print(f"skipped: no real data at {SHARED_DATA} (see ../shared/data/SOURCES.md)")
+        return
+    cfg = QualityConfig(**(QUICK if args.quick else {}))
+    if args.quick:
+        os.environ.setdefault("GDIG_BENCH_TAG", "quick")  # never overwrite the full report
+    if args.no_downstream:
+        cfg.downstream_seeds = 0
+    if args.dampings:
+        cfg.dampings = tuple(args.dampings)
+    for kv in args.set:
+        k, v = kv.split("=", 1)
+        setattr(cfg, k, type(getattr(cfg, k))(json.loads(v)))
+    command = "python bench/bench_quality.py " + " ".join(sys.argv[1:])
+    if args.sweep_models:
+        sweep_models(cfg, command)
+        return
+    run(cfg, command)
+
+
+if __name__ == "__main__":
+    main()
