@@ -53,8 +53,8 @@ class QualityConfig:
     lr: float = 3e-3
     batch_size: int = 32
     max_length: int = 160
-    hessians: tuple[str, ...] = ("kfac", "ekfac")
-    dampings: tuple[float, ...] = (0.1,)  # relative damping; more values = the damping sweep
+    # G-DIG runs on the pool: "HESSIAN [d=RELATIVE_DAMPING] [+head]" (+head: the LM head tracked too)
+    runs: tuple[str, ...] = ("ekfac", "kfac", "identity", "ekfac d=0.01", "ekfac d=1.0", "ekfac +head")
     budget: int = 1500
     clusters: int = 10
     downstream_seeds: int = 3
@@ -69,7 +69,7 @@ class QualityConfig:
 
 
 QUICK = {"n_tatoeba": 1000, "n_opennmt": 150, "n_seeds": 64, "n_test": 100, "n_tatoeba_test": 100, "vocab": 2000,
-         "epochs": 6.0, "budget": 500, "downstream_seeds": 1, "hessians": ("ekfac",)}  # fmt: skip
+         "epochs": 6.0, "budget": 500, "downstream_seeds": 1, "runs": ("ekfac", "identity")}  # fmt: skip
 
 
 # -- data --------------------------------------------------------------------------------------------------------
@@ -173,17 +173,31 @@ def init_model(cfg: QualityConfig, files: dict[str, Path], folder: Path, seed: i
 # -- scores ------------------------------------------------------------------------------------------------------
 
 
-def score_pool(cfg: QualityConfig, model: Path, files: dict[str, Path], runs: Path, hessian: str, damping: float):
+def parse_run(spec: str) -> dict:
+    """ "ekfac d=0.01 +head" -> hessian, relative damping, tracked modules, cache folder name."""
+    from gdig.config import DEFAULT_MODULES
+
+    words = spec.split()
+    damping = next((float(w[2:]) for w in words if w.startswith("d=")), 0.1)
+    head = "+head" in words
+    modules = DEFAULT_MODULES + ("|^lm_head$" if head else "")
+    return {"hessian": words[0], "damping": damping, "modules": modules,
+            "folder": f"{words[0]}-d{damping}" + ("-head" if head else "")}  # fmt: skip
+
+
+def score_pool(cfg: QualityConfig, model: Path, files: dict[str, Path], runs: Path, spec: str) -> Path:
     """One G-DIG run with unit normalisation (it also stores the self-influences that give the other variants)."""
     from gdig.config import DataConfig, ScoreConfig
     from gdig.run import score
 
-    out = runs / f"{hessian}-d{damping}"
+    p = parse_run(spec)
+    out = runs / p["folder"]
     cfg_file = out / "config.json"
     if not (cfg_file.exists() and json.loads(cfg_file.read_text()).get("finished")):
         sc = ScoreConfig(model=str(model), candidates=str(files["pool"]), seeds=str(files["seeds"]), out=str(out),
-                         hessian=hessian, normalize="unit", damping_relative=damping, batch_size=16, sketch_dim=256,
-                         device="auto", umap=False, data=DataConfig(max_length=cfg.max_length))  # fmt: skip
+                         hessian=p["hessian"], normalize="unit", damping_relative=p["damping"], modules=p["modules"],
+                         batch_size=16, sketch_dim=256, device="auto", umap=False,
+                         data=DataConfig(max_length=cfg.max_length))  # fmt: skip
         score(sc, resume=cfg_file.exists())
     return out
 
@@ -264,14 +278,21 @@ def detection(cfg: QualityConfig, runs: dict[str, Path], pool: list[dict]) -> tu
 # -- downstream --------------------------------------------------------------------------------------------------
 
 
-def gdig_selection(frac: np.ndarray, mean: np.ndarray, sketch: np.ndarray, ids: list[str], cfg: QualityConfig,
+def gdig_selection(m: np.ndarray, aggregate: str, sketch: np.ndarray, ids: list[str], cfg: QualityConfig,
                    seed: int) -> np.ndarray:  # fmt: skip
-    """The quality rule at the highest tau that keeps 1.25 x budget, then K-means diversity resampling."""
+    """The quality rule (tau on the fraction of seeds helped, or a floor on the mean influence, whichever the
+    variant ranks by) set to keep 1.25 x budget, then K-means diversity resampling to the budget."""
     from gdig.select import SelectionConfig, select
 
-    taus = np.unique(frac)[::-1]
-    tau = next((float(t) for t in taus if (frac >= t).sum() >= 1.25 * cfg.budget), float(taus[-1]))
-    sel = SelectionConfig(method="gdig", tau=tau, clusters=cfg.clusters, budget=cfg.budget, seed=seed)
+    frac, mean = (m > 0).mean(1), m.mean(1)
+    keep = int(min(len(m), 1.25 * cfg.budget))
+    if aggregate == "fraction helped":
+        taus = np.unique(frac)[::-1]
+        tau = next((float(t) for t in taus if (frac >= t).sum() >= keep), float(taus[-1]))
+        rule = {"tau": tau}
+    else:
+        rule = {"tau": None, "min_mean": float(np.sort(mean)[::-1][keep - 1])}
+    sel = SelectionConfig(method="gdig", clusters=cfg.clusters, budget=cfg.budget, seed=seed, **rule)
     return select(frac, mean, sketch, ids, sel).indices
 
 
@@ -367,12 +388,10 @@ def run(cfg: QualityConfig, command: str) -> dict:
     q_t, q_f = evaluate_model(model, files["test-tatoeba"]), evaluate_model(model, files["test-flores"], 96)
     timings["pool model eval"] = time.time() - t
     runs = {}
-    for hessian in cfg.hessians:
-        for damping in cfg.dampings:
-            t = time.time()
-            label = hessian if len(cfg.dampings) == 1 else f"{hessian} d={damping}"
-            runs[label] = score_pool(cfg, model, files, folder / cfg.model_key() / "runs", hessian, damping)
-            timings[f"score {label}"] = time.time() - t
+    for spec in cfg.runs:
+        t = time.time()
+        runs[spec] = score_pool(cfg, model, files, folder / cfg.model_key() / "runs", spec)
+        timings[f"score {spec}"] = time.time() - t
     rows, scores = detection(cfg, runs, pool)
     report = {"date": date.today().isoformat(), "command": command, "machine": machine(),
               "config": dataclasses.asdict(cfg), "detection": rows,
@@ -398,14 +417,13 @@ def _methods(cfg: QualityConfig, rows: list[dict], scores: dict, runs: dict[str,
     gd = [r for r in rows if r["kind"] == "gdig"]
     best = max(gd, key=lambda r: r["auroc"])
     paper = next(r for r in gd if r["normalize"] == "none" and r["aggregate"] == "fraction helped"
-                 and r["run"] == list(runs)[-1])  # fmt: skip
+                 and r["run"] == "ekfac")  # fmt: skip
     heur = max((r for r in rows if r["kind"] == "heuristic" and r["score"] != "random"), key=lambda r: r["auroc"])
     out = {}
     for label, r in ((f"G-DIG best: {best['score']}", best), (f"G-DIG paper: {paper['score']}", paper)):
         m = variant_matrices(runs[r["run"]])[r["normalize"]]
         sketch = load_run(runs[r["run"]]).sketch
-        out[label] = {"select": lambda s, m=m, sketch=sketch: gdig_selection((m > 0).mean(1), m.mean(1), sketch, ids,
-                                                                             cfg, s)}  # fmt: skip
+        out[label] = {"select": lambda s, m=m, a=r["aggregate"], sk=sketch: gdig_selection(m, a, sk, ids, cfg, s)}
     top = lambda good: lambda s: np.argsort(-good, kind="stable")[: cfg.budget]  # noqa: E731
     out[f"heuristic: {heur['score']}"] = {"select": top(scores[heur["score"]])}
     out["random"] = {"select": lambda s: np.random.default_rng(1000 + s).permutation(len(pool))[: cfg.budget]}
@@ -425,7 +443,7 @@ def sweep_models(base: QualityConfig, command: str) -> dict:
 
     rows = []
     for sizes in SWEEP:
-        cfg = dataclasses.replace(base, hessians=("ekfac",), downstream_seeds=0, **sizes)
+        cfg = dataclasses.replace(base, runs=("ekfac",), downstream_seeds=0, **sizes)
         folder = CACHE / "quality" / cfg.key()
         files = make_pool(cfg, folder)
         pool = [json.loads(x) for x in files["pool"].read_text().splitlines()]
@@ -434,7 +452,7 @@ def sweep_models(base: QualityConfig, command: str) -> dict:
                                      cfg.epochs)  # fmt: skip
         q_t, q_f = evaluate_model(model, files["test-tatoeba"]), evaluate_model(model, files["test-flores"], 96)
         t = time.time()
-        run_dir = score_pool(cfg, model, files, folder / cfg.model_key() / "runs", "ekfac", cfg.dampings[0])
+        run_dir = score_pool(cfg, model, files, folder / cfg.model_key() / "runs", "ekfac")
         det, _ = detection(cfg, {"ekfac": run_dir}, pool)
         best = max((r for r in det if r["kind"] == "gdig"), key=lambda r: r["auroc"])
         row = sizes | {"train_seconds": train_s, "score_seconds": time.time() - t, "tatoeba_loss": q_t["loss"],
@@ -467,7 +485,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small pool, 64 seeds, one downstream seed")
     ap.add_argument("--no-downstream", action="store_true")
     ap.add_argument("--sweep-models", action="store_true", help="model size / epochs sweep instead of the report")
-    ap.add_argument("--dampings", type=float, nargs="+", help="relative dampings to sweep (default 0.1)")
+    ap.add_argument("--runs", nargs="+", help='G-DIG runs, e.g. "ekfac" "kfac d=0.01" "ekfac +head"')
     ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override a QualityConfig field")
     args = ap.parse_args()
     if not have_shared_data():
@@ -478,8 +496,8 @@ def main() -> None:
         os.environ.setdefault("GDIG_BENCH_TAG", "quick")  # never overwrite the full report
     if args.no_downstream:
         cfg.downstream_seeds = 0
-    if args.dampings:
-        cfg.dampings = tuple(args.dampings)
+    if args.runs:
+        cfg.runs = tuple(args.runs)
     for kv in args.set:
         k, v = kv.split("=", 1)
         setattr(cfg, k, type(getattr(cfg, k))(json.loads(v)))

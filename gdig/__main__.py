@@ -30,6 +30,8 @@ def _add_score(sub) -> None:
     p.add_argument("--token-budget", type=int, help="max padded tokens per batch (overrides --batch-size)")
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--fit-examples", type=int, help="fit curvature on a random subset of this many candidates")
+    p.add_argument("--fit-cache-mb", type=int, help="memory for reusing EK-FAC's first pass in its second "
+                   "(default: a quarter of free memory, at most 4096; 0 = recompute)")  # fmt: skip
     p.add_argument("--sketch-dim", type=int, default=1024)
     p.add_argument("--seed-rank", type=int, help="keep preconditioned seed gradients at this rank (large layers)")
     p.add_argument("--chunk-size", type=int, default=256, help="candidates per resumable chunk")
@@ -155,7 +157,7 @@ def score_config_from_args(a: argparse.Namespace) -> ScoreConfig:
     return ScoreConfig(
         model=a.model, candidates=a.candidates, seeds=a.seeds, out=a.out, hessian=a.hessian, damping=a.damping,
         damping_relative=relative, normalize=a.normalize, seed_batch=a.seed_batch, modules=a.modules,
-        batch_size=a.batch_size, token_budget=a.token_budget, fit_examples=a.fit_examples,
+        batch_size=a.batch_size, token_budget=a.token_budget, fit_examples=a.fit_examples, fit_cache_mb=a.fit_cache_mb,
         sketch_dim=a.sketch_dim, seed_rank=a.seed_rank, chunk_size=a.chunk_size, device=a.device, dtype=a.dtype,
         random_state=a.random_state, trust_remote_code=a.trust_remote_code, umap=not a.no_umap, data=data,
     )  # fmt: skip

@@ -44,6 +44,9 @@ class ScoreConfig:
     batch_size: int = 8
     token_budget: int | None = None  # max tokens (padded) per batch; overrides batch_size when set
     fit_examples: int | None = None
+    # EK-FAC's second pass reuses the first pass's captured a and g when they fit in this many MiB (None = auto:
+    # a quarter of the free memory, at most 4 GiB; 0 = always recompute). Exact either way: only time changes.
+    fit_cache_mb: int | None = None
     sketch_dim: int = 1024
     seed_rank: int | None = None  # low-rank seed factorisation; None = dense
     chunk_size: int = 256  # candidates per resumable chunk
@@ -74,6 +77,8 @@ class ScoreConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.padding_side not in ("left", "right"):
             raise ValueError(f"padding side must be left or right, got {self.padding_side!r}")
+        if self.fit_cache_mb is not None and self.fit_cache_mb < 0:
+            raise ValueError(f"--fit-cache-mb must be >= 0, got {self.fit_cache_mb}")
         if self.fit_examples is not None and self.fit_examples < 1:
             raise ValueError(f"--fit-examples must be >= 1, got {self.fit_examples}")
         if self.seed_rank is not None and self.seed_rank < 1:

@@ -171,20 +171,59 @@ def fit_stage(ctx: ScoreContext, run_dir: Path, status: Status) -> Curvature:
         fit_idx = sorted(rng.choice(len(fit_idx), ctx.cfg.fit_examples, replace=False).tolist())
     order = by_length(ctx.cand_tok, fit_idx)
     pass_names = iter(["fit_covariance", "fit_eigen"])
+    cache: list[Captured] | None = [] if _fits_in_cache(ctx, order) else None
 
     def passes():
         stage = next(pass_names)
         t0, done = time.time(), 0
         status.update(stage, 0, len(order), force=True)
-        with GradientCapture(ctx.model, ctx.tracked) as cap:
-            for batch in ctx.batches(ctx.cand_tok, order):
-                yield cap.run(batch)
-                done += len(batch.index)
+        if stage == "fit_eigen" and cache:  # the same batches as the first pass: reuse its captures
+            for cap in cache:
+                yield cap
+                done += len(cap.index)
                 status.update(stage, done, len(order))
+        else:
+            with GradientCapture(ctx.model, ctx.tracked) as capture:
+                for batch in ctx.batches(ctx.cand_tok, order):
+                    cap = capture.run(batch)
+                    if cache is not None and ctx.cfg.hessian == "ekfac":
+                        cache.append(_detached(cap))
+                    yield cap
+                    done += len(batch.index)
+                    status.update(stage, done, len(order))
         ctx.timings[stage] = time.time() - t0
 
     fit_curvature(ctx.cfg.hessian, ctx.dims, passes, ctx.device).save(path, fp)
     return Curvature.load(path, ctx.device)  # a fresh and a resumed run compute from the same bytes
+
+
+def _fits_in_cache(ctx: ScoreContext, order: list[int]) -> bool:
+    """Whether every fit batch's captured a and g fit in the fit cache (estimated from the padded lengths)."""
+    if ctx.cfg.hessian != "ekfac":
+        return False
+    budget_mb = ctx.cfg.fit_cache_mb
+    if budget_mb is None:
+        budget_mb = min(4096, free_memory_mb(ctx.device) // 4)
+    per_token = 4 * sum(t.d_in + t.d_out for t in ctx.tracked)
+    lengths = [len(ctx.cand_tok[i].input_ids) for i in order]
+    step = ctx.cfg.batch_size if ctx.cfg.token_budget is None else 1
+    padded = sum(max(lengths[i : i + step]) * len(lengths[i : i + step]) for i in range(0, len(lengths), step))
+    return 1.1 * padded * per_token <= budget_mb * 2**20
+
+
+def free_memory_mb(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0] // 2**20)
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2**20)
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def _detached(cap: Captured) -> Captured:
+    acts = {k: v.detach() for k, v in cap.acts.items()}
+    grads = {k: v.detach() for k, v in cap.grads.items()}
+    return Captured(cap.index, cap.loss.detach(), cap.n_target.detach(), cap.mask, acts, grads)
 
 
 def _find_factors(runs_root: Path, fingerprint: str, exclude: Path) -> Path | None:

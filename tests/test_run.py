@@ -81,3 +81,30 @@ def test_fit_subset_and_token_budget(tmp_path, tokenizer, data_files, llama_dir)
     conf = json.loads((out / "config.json").read_text())
     assert conf["factors"]["n_examples"] == 8
     assert np.load(out / "influence.npy").shape == (24, 5)
+
+
+def test_ekfac_second_pass_reuses_the_first_exactly(tmp_path, tokenizer, data_files):
+    """The fit cache changes time only: same factors and scores, one model pass fewer (separate folders, so
+    that factors are not simply reused from a sibling run)."""
+    from safetensors.numpy import load_file
+
+    from gdig.tiny import build_tiny_model
+
+    model = build_tiny_model("llama", tokenizer, hidden=16, ffn=32, heads=2)
+    calls = []
+    model.model.layers[0].register_forward_hook(lambda *_: calls.append(1))
+    runs, n_forward = {}, {}
+    for name, mb in (("recompute", 0), ("cached", 64)):
+        calls.clear()
+        runs[name] = score(_cfg(tmp_path / name, data_files, "run", fit_cache_mb=mb, batch_size=4), model=model,
+                           tokenizer=tokenizer)  # fmt: skip
+        n_forward[name] = len(calls)
+    n_candidates = len(data_files[0].read_text().splitlines())
+    assert n_forward["recompute"] - n_forward["cached"] == -(-n_candidates // 4)  # one fit pass of batches of 4
+    a, b = (load_file(str(runs[n] / "factors.safetensors")) for n in ("recompute", "cached"))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    np.testing.assert_array_equal(
+        np.load(runs["recompute"] / "influence.npy"), np.load(runs["cached"] / "influence.npy")
+    )
+    with pytest.raises(ValueError, match="fit-cache-mb"):
+        _cfg(tmp_path, data_files, "bad", fit_cache_mb=-1)
