@@ -91,7 +91,7 @@ def child_gdig(
     shutil.rmtree(out, ignore_errors=True)
     cfg = ScoreConfig(model=str(folder / "model"), candidates=str(folder / "candidates.jsonl"),
                       seeds=str(folder / "seeds.jsonl"), out=str(out), hessian=hessian, batch_size=batch_size,
-                      umap=False, data=DataConfig(max_length=max_length))  # fmt: skip
+                      normalize="none", umap=False, data=DataConfig(max_length=max_length))  # fmt: skip
     t0 = time.perf_counter()
     score(cfg)
     total = time.perf_counter() - t0

@@ -152,6 +152,16 @@ def train_model(cfg: QualityConfig, data: Path, out: Path, init: Path, seed: int
     return out, json.loads((out / "finetune.json").read_text())["seconds"]
 
 
+def evaluate_cached(model: Path, test: Path, max_new_tokens: int = 64) -> dict:
+    """gdig.evaluate.evaluate_model, remembered in the model folder."""
+    from gdig.evaluate import evaluate_model
+
+    path = model / f"eval-{test.stem}-{max_new_tokens}.json"
+    if not path.exists():
+        path.write_text(json.dumps(evaluate_model(model, test, max_new_tokens=max_new_tokens)))
+    return json.loads(path.read_text())
+
+
 def init_model(cfg: QualityConfig, files: dict[str, Path], folder: Path, seed: int) -> Path:
     """Random initial weights with the pool's tokenizer (trained once, on pool + seeds)."""
     from transformers import AutoTokenizer
@@ -298,7 +308,6 @@ def gdig_selection(m: np.ndarray, aggregate: str, sketch: np.ndarray, ids: list[
 
 def downstream(cfg: QualityConfig, files, folder: Path, methods: dict[str, dict], pool: list[dict]) -> list[dict]:
     """Fresh models trained on each method's selection; chrF / BLEU on FLORES devtest and held-out Tatoeba."""
-    from gdig.evaluate import evaluate_model
 
     rows = []
     for seed in range(cfg.downstream_seeds):
@@ -312,7 +321,7 @@ def downstream(cfg: QualityConfig, files, folder: Path, methods: dict[str, dict]
                    "corrupted_share": float(np.mean([pool[i]["corruption"] is not None for i in idx])),
                    "opennmt_share": float(np.mean([pool[i]["origin"] == "opennmt" for i in idx]))}  # fmt: skip
             for test in ("test-flores", "test-tatoeba"):
-                q = evaluate_model(model, files[test], max_new_tokens=96)
+                q = evaluate_cached(model, files[test], max_new_tokens=96)
                 rec |= {f"{test}-{k}": q[k] for k in ("chrf", "bleu", "loss")}
             print(json.dumps(rec), flush=True)
             rows.append(rec)
@@ -371,7 +380,6 @@ def markdown(report: dict) -> str:
 
 
 def run(cfg: QualityConfig, command: str) -> dict:
-    from gdig.evaluate import evaluate_model
 
     t0 = time.time()
     timings: dict[str, float] = {}
@@ -385,7 +393,7 @@ def run(cfg: QualityConfig, command: str) -> dict:
     )
     timings["pool model"] = time.time() - t
     t = time.time()
-    q_t, q_f = evaluate_model(model, files["test-tatoeba"]), evaluate_model(model, files["test-flores"], 96)
+    q_t, q_f = evaluate_cached(model, files["test-tatoeba"]), evaluate_cached(model, files["test-flores"], 96)
     timings["pool model eval"] = time.time() - t
     runs = {}
     for spec in cfg.runs:
@@ -431,6 +439,8 @@ def _methods(cfg: QualityConfig, rows: list[dict], scores: dict, runs: dict[str,
 
 
 SWEEP = ({"hidden": 64, "layers": 2, "heads": 4, "ffn": 176, "epochs": 6.0},
+         {"hidden": 128, "layers": 4, "heads": 4, "ffn": 352, "epochs": 1.5},
+         {"hidden": 128, "layers": 4, "heads": 4, "ffn": 352, "epochs": 3.0},
          {"hidden": 128, "layers": 4, "heads": 4, "ffn": 352, "epochs": 6.0},
          {"hidden": 128, "layers": 4, "heads": 4, "ffn": 352, "epochs": 12.0},
          {"hidden": 256, "layers": 4, "heads": 4, "ffn": 704, "epochs": 6.0})  # fmt: skip
@@ -439,7 +449,6 @@ SWEEP = ({"hidden": 64, "layers": 2, "heads": 4, "ffn": 176, "epochs": 6.0},
 def sweep_models(base: QualityConfig, command: str) -> dict:
     """Model size and training length against held-out loss / chrF / training time and the detection AUROC of
     the scores taken with that model (EK-FAC), to pick the setting the demo and benchmarks use."""
-    from gdig.evaluate import evaluate_model
 
     rows = []
     for sizes in SWEEP:
@@ -450,12 +459,13 @@ def sweep_models(base: QualityConfig, command: str) -> dict:
         init = init_model(cfg, files, folder / cfg.model_key(), 0)
         model, train_s = train_model(cfg, files["pool"], folder / cfg.model_key() / "pool-model", init, cfg.seed,
                                      cfg.epochs)  # fmt: skip
-        q_t, q_f = evaluate_model(model, files["test-tatoeba"]), evaluate_model(model, files["test-flores"], 96)
-        t = time.time()
+        q_t, q_f = evaluate_cached(model, files["test-tatoeba"]), evaluate_cached(model, files["test-flores"], 96)
         run_dir = score_pool(cfg, model, files, folder / cfg.model_key() / "runs", "ekfac")
+        timings = json.loads((run_dir / "config.json").read_text())["timings"]
+        score_s = sum(v for k, v in timings.items() if k != "factors_reused")
         det, _ = detection(cfg, {"ekfac": run_dir}, pool)
         best = max((r for r in det if r["kind"] == "gdig"), key=lambda r: r["auroc"])
-        row = sizes | {"train_seconds": train_s, "score_seconds": time.time() - t, "tatoeba_loss": q_t["loss"],
+        row = sizes | {"train_seconds": train_s, "score_seconds": score_s, "tatoeba_loss": q_t["loss"],
                        "tatoeba_chrf": q_t["chrf"], "flores_chrf": q_f["chrf"], "best_variant": best["score"],
                        "best_auroc": best["auroc"], "aurocs": {r["score"]: r["auroc"] for r in det}}  # fmt: skip
         print(json.dumps(row), flush=True)

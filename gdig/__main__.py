@@ -21,8 +21,8 @@ def _add_score(sub) -> None:
     p.add_argument(
         "--normalize",
         choices=NORMALIZATIONS,
-        default="none",
-        help="none: the paper's I(z,s); unit: cosine in the preconditioned metric; relatif: RelatIF",
+        default="unit",
+        help="unit (default): cosine in the preconditioned metric; none: the paper's raw I(z,s); relatif: RelatIF",
     )
     p.add_argument("--seed-batch", type=int, default=1, help="average seed gradients in groups of k")
     p.add_argument("--modules", default=DEFAULT_MODULES, help="regex (re.search) over module names to track")
@@ -30,8 +30,8 @@ def _add_score(sub) -> None:
     p.add_argument("--token-budget", type=int, help="max padded tokens per batch (overrides --batch-size)")
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--fit-examples", type=int, help="fit curvature on a random subset of this many candidates")
-    p.add_argument("--fit-cache-mb", type=int, help="memory for reusing EK-FAC's first pass in its second "
-                   "(default: a quarter of free memory, at most 4096; 0 = recompute)")  # fmt: skip
+    p.add_argument("--fit-cache-mb", type=int, help="memory for reusing the curvature pass's captures later "
+                   "(default: a third of available memory, at most 8192; 0 = recompute)")  # fmt: skip
     p.add_argument("--sketch-dim", type=int, default=1024)
     p.add_argument("--seed-rank", type=int, help="keep preconditioned seed gradients at this rank (large layers)")
     p.add_argument("--chunk-size", type=int, default=256, help="candidates per resumable chunk")

@@ -38,14 +38,16 @@ class ScoreConfig:
     hessian: str = "ekfac"
     damping: float | None = None  # absolute lambda; None means use damping_relative
     damping_relative: float | None = 0.1
-    normalize: str = "none"
+    # unit (cosine in the preconditioned metric) by measurement: bench/README.md; "none" is the paper's I(z, s)
+    normalize: str = "unit"
     seed_batch: int = 1
     modules: str = DEFAULT_MODULES
     batch_size: int = 8
     token_budget: int | None = None  # max tokens (padded) per batch; overrides batch_size when set
     fit_examples: int | None = None
-    # EK-FAC's second pass reuses the first pass's captured a and g when they fit in this many MiB (None = auto:
-    # a quarter of the free memory, at most 4 GiB; 0 = always recompute). Exact either way: only time changes.
+    # The curvature fit's captured a and g are kept and reused by EK-FAC's second pass and by scoring when they
+    # fit in this many MiB (None = auto: a third of the available memory, at most 8 GiB; 0 = always recompute).
+    # Exact either way: only time and memory change.
     fit_cache_mb: int | None = None
     sketch_dim: int = 1024
     seed_rank: int | None = None  # low-rank seed factorisation; None = dense

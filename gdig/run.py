@@ -98,6 +98,7 @@ class ScoreContext:
     reports: dict[str, TokenizationReport]
     fingerprints: dict[str, str]
     timings: dict[str, float] = field(default_factory=dict)
+    captures: dict[tuple[int, ...], Captured] = field(default_factory=dict)  # the fit pass's, kept for scoring
 
     @property
     def dims(self) -> dict[str, tuple[int, int]]:
@@ -186,7 +187,7 @@ def fit_stage(ctx: ScoreContext, run_dir: Path, status: Status) -> Curvature:
             with GradientCapture(ctx.model, ctx.tracked) as capture:
                 for batch in ctx.batches(ctx.cand_tok, order):
                     cap = capture.run(batch)
-                    if cache is not None and ctx.cfg.hessian == "ekfac":
+                    if cache is not None and stage == "fit_covariance":
                         cache.append(_detached(cap))
                     yield cap
                     done += len(batch.index)
@@ -194,16 +195,16 @@ def fit_stage(ctx: ScoreContext, run_dir: Path, status: Status) -> Curvature:
         ctx.timings[stage] = time.time() - t0
 
     fit_curvature(ctx.cfg.hessian, ctx.dims, passes, ctx.device).save(path, fp)
+    if cache and len(fit_idx) == len(ctx.cand_tok):  # scoring meets the same batches: reuse, don't recompute
+        ctx.captures = {tuple(c.index): c for c in cache}
     return Curvature.load(path, ctx.device)  # a fresh and a resumed run compute from the same bytes
 
 
 def _fits_in_cache(ctx: ScoreContext, order: list[int]) -> bool:
-    """Whether every fit batch's captured a and g fit in the fit cache (estimated from the padded lengths)."""
-    if ctx.cfg.hessian != "ekfac":
-        return False
+    """Whether every fit batch's captured a and g fit in --fit-cache-mb (estimated from the padded lengths)."""
     budget_mb = ctx.cfg.fit_cache_mb
     if budget_mb is None:
-        budget_mb = min(4096, free_memory_mb(ctx.device) // 4)
+        budget_mb = min(8192, free_memory_mb(ctx.device) // 3)
     per_token = 4 * sum(t.d_in + t.d_out for t in ctx.tracked)
     lengths = [len(ctx.cand_tok[i].input_ids) for i in order]
     step = ctx.cfg.batch_size if ctx.cfg.token_budget is None else 1
@@ -212,8 +213,14 @@ def _fits_in_cache(ctx: ScoreContext, order: list[int]) -> bool:
 
 
 def free_memory_mb(device: torch.device) -> int:
+    """Memory that can be used without swapping (MemAvailable on Linux), in MiB."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0] // 2**20)
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) // 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        pass
     try:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2**20)
     except (ValueError, OSError, AttributeError):
@@ -285,12 +292,13 @@ def score_stage(ctx: ScoreContext, scorer: Scorer, sketcher: Sketcher, run_dir: 
                 continue
             parts: list[dict[str, np.ndarray]] = []
             for batch in ctx.batches(ctx.cand_tok, chunk):
-                cap = capture.run(batch)
+                cap = ctx.captures.pop(tuple(batch.index), None) or capture.run(batch)
                 parts.append(_score_batch(cap, scorer, sketcher))
                 done += len(batch.index)
                 status.update("score", done, len(order))
             arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
             save_npz_atomic(_chunk_path(run_dir, i), **arrays)
+    ctx.captures.clear()
     ctx.timings["score"] = ctx.timings.get("score", 0.0) + time.time() - t0
 
 

@@ -49,8 +49,9 @@ def _form() -> None:
         hessian = a.selectbox("Hessian", HESSIANS, help="EK-FAC (default), K-FAC, or identity (gradient dot products).")
         damping = b.number_input("Relative damping", value=0.1, min_value=1e-6, format="%.4f",
                                  help="lambda = this x mean eigenvalue, per module.")  # fmt: skip
-        normalize = c.selectbox("Normalisation", NORMALIZATIONS,
-                                help="none: the paper's I(z,s); unit: cosine; relatif: RelatIF.")  # fmt: skip
+        normalize = c.selectbox("Normalisation", NORMALIZATIONS, index=NORMALIZATIONS.index("unit"),
+                                help="unit (default): cosine in the preconditioned metric; none: the paper's "
+                                "raw I(z,s); relatif: RelatIF.")  # fmt: skip
         seed_batch = a.number_input("Seed batch", value=1, min_value=1, help="Average seeds in groups of k.")
         batch_size = b.number_input("Batch size", value=8, min_value=1)
         max_length = c.number_input("Max length (tokens)", value=512, min_value=8)

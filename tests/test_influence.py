@@ -24,7 +24,12 @@ def model(tokenizer):
 def run(tmp_path, model, tokenizer, files, name="run", **settings):
     cands, seeds = files
     cfg = ScoreConfig(
-        model="in-memory", candidates=str(cands), seeds=str(seeds), out=str(tmp_path / name), umap=False, **settings
+        model="in-memory",
+        candidates=str(cands),
+        seeds=str(seeds),
+        out=str(tmp_path / name),
+        umap=False,
+        **({"normalize": "none"} | settings),  # raw I(z, s) unless a test asks for a normalisation
     )
     out = score(cfg, model=model, tokenizer=tokenizer)
     return np.load(out / "influence.npy").astype(np.float64), out

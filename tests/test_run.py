@@ -83,9 +83,9 @@ def test_fit_subset_and_token_budget(tmp_path, tokenizer, data_files, llama_dir)
     assert np.load(out / "influence.npy").shape == (24, 5)
 
 
-def test_ekfac_second_pass_reuses_the_first_exactly(tmp_path, tokenizer, data_files):
-    """The fit cache changes time only: same factors and scores, one model pass fewer (separate folders, so
-    that factors are not simply reused from a sibling run)."""
+def test_fit_captures_are_reused_exactly(tmp_path, tokenizer, data_files):
+    """The fit cache changes time only: same factors and scores, two model passes fewer (EK-FAC's second pass
+    and scoring reuse the first pass's captures; separate folders, so that factors are not reused from a sibling)."""
     from safetensors.numpy import load_file
 
     from gdig.tiny import build_tiny_model
@@ -100,7 +100,7 @@ def test_ekfac_second_pass_reuses_the_first_exactly(tmp_path, tokenizer, data_fi
                            tokenizer=tokenizer)  # fmt: skip
         n_forward[name] = len(calls)
     n_candidates = len(data_files[0].read_text().splitlines())
-    assert n_forward["recompute"] - n_forward["cached"] == -(-n_candidates // 4)  # one fit pass of batches of 4
+    assert n_forward["recompute"] - n_forward["cached"] == 2 * -(-n_candidates // 4)  # two passes, batches of 4
     a, b = (load_file(str(runs[n] / "factors.safetensors")) for n in ("recompute", "cached"))
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     np.testing.assert_array_equal(
