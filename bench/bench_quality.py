@@ -55,7 +55,7 @@ class QualityConfig:
     max_length: int = 160
     # G-DIG runs on the pool: "HESSIAN [d=RELATIVE_DAMPING] [+head]" (+head: the LM head tracked too)
     runs: tuple[str, ...] = ("ekfac", "kfac", "identity", "ekfac d=0.01", "ekfac d=1.0", "ekfac +head")
-    budget: int = 1500
+    budget: int = 1000
     clusters: int = 10
     downstream_seeds: int = 3
     downstream_epochs: float = 6.0

@@ -48,12 +48,17 @@ def skip_reason(name: str) -> str | None:
     return None
 
 
-def run_one(name: str, args: list[str], tag: str | None) -> dict:
+def run_one(name: str, args: list[str], tag: str | None, resume: bool = False) -> dict:
     reason = skip_reason(name)
     if reason:
         print(f"[{name}] skipped: {reason}", flush=True)
         return {"name": name, "status": "skipped", "reason": reason}
     cmd = [sys.executable, f"bench/bench_{name}.py", *args]
+    report = REPORTS / f"{name}{'-' + tag if tag else ''}-{date.today().isoformat()}.md"
+    if resume and report.exists():
+        print(f"[{name}] reusing today's report {report.name}", flush=True)
+        return {"name": name, "status": "ok", "reused": True, "command": " ".join(cmd[1:]),
+                "report": str(report.relative_to(ROOT))}  # fmt: skip
     print(f"[{name}] {' '.join(cmd[1:])}", flush=True)
     t0 = time.time()
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
@@ -62,7 +67,6 @@ def run_one(name: str, args: list[str], tag: str | None) -> dict:
         print(f"[{name}] FAILED after {secs:.0f} s:\n{out.stderr[-2000:]}", flush=True)
         return {"name": name, "status": "failed", "seconds": secs, "stderr": out.stderr[-4000:]}
     print(f"[{name}] done in {secs:.0f} s", flush=True)
-    report = REPORTS / f"{name}{'-' + tag if tag else ''}-{date.today().isoformat()}.md"
     return {"name": name, "status": "ok", "seconds": secs, "command": " ".join(cmd[1:]),
             "report": str(report.relative_to(ROOT)) if report.exists() else None}  # fmt: skip
 
@@ -71,20 +75,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", nargs="+", help="run only these benchmarks")
+    ap.add_argument("--resume", action="store_true", help="keep the benchmarks that already have today's report")
     args = ap.parse_args()
     plan = QUICK if args.quick else FULL
     tag = "quick" if args.quick else None
     if tag:
         os.environ["GDIG_BENCH_TAG"] = tag  # children inherit it: quick reports never overwrite full ones
     t0 = time.time()
-    results = [run_one(name, a, tag) for name, a in plan.items() if not args.only or name in args.only]
+    results = [run_one(name, a, tag, args.resume) for name, a in plan.items() if not args.only or name in args.only]
     report = {"date": date.today().isoformat(), "machine": machine(), "quick": args.quick,
               "seconds": time.time() - t0, "benchmarks": results}  # fmt: skip
     lines = [f"# All benchmarks{' (quick)' if args.quick else ''}, {report['date']}", "",
              f"Command: `python bench/run_all.py{' --quick' if args.quick else ''}`  ",
              f"Machine: {report['machine']}; total {report['seconds'] / 60:.1f} min", ""]  # fmt: skip
     for r in results:
-        lines.append(f"## {r['name']}: {r['status']}" + (f" ({r['seconds']:.0f} s)" if "seconds" in r else ""))
+        took = f" ({r['seconds']:.0f} s)" if "seconds" in r else " (today's report, reused)" if r.get("reused") else ""
+        lines.append(f"## {r['name']}: {r['status']}{took}")
         if r["status"] == "skipped":
             lines.append(r["reason"])
         elif r.get("report"):
