@@ -84,7 +84,8 @@ def main() -> None:
     res["clusters: new K"] = timed(at, lambda: at.slider(key="w_clusters").set_value(20))
     res["clusters: colour by score"] = timed(at, lambda: at.selectbox(key="w_color_by").set_value("mean influence"))
     res["explore: open page"] = timed(at, lambda: at.switch_page("pages/explore.py"))
-    res["explore: pick a candidate"] = timed(at, lambda: at.selectbox(key="ex_id").set_value("12345"))
+    pick = str(min(12345, args.n // 2))  # an id that exists at any --n
+    res["explore: pick a candidate"] = timed(at, lambda: at.selectbox(key="ex_id").set_value(pick))
     res["explore: search text"] = timed(at, lambda: at.text_input(key="ex_query").set_value("river sun"))
     res["export: open page"] = timed(at, lambda: at.switch_page("pages/export.py"))
     res["export: new budget"] = timed(at, lambda: at.number_input(key="w_budget").set_value(5000))
