@@ -172,7 +172,8 @@ def fit_stage(ctx: ScoreContext, run_dir: Path, status: Status) -> Curvature:
         fit_idx = sorted(rng.choice(len(fit_idx), ctx.cfg.fit_examples, replace=False).tolist())
     order = by_length(ctx.cand_tok, fit_idx)
     pass_names = iter(["fit_covariance", "fit_eigen"])
-    cache: list[Captured] | None = [] if _fits_in_cache(ctx, order) else None
+    useful = ctx.cfg.hessian == "ekfac" or len(fit_idx) == len(ctx.cand_tok)  # a second pass, or scoring, reuses it
+    cache: list[Captured] | None = [] if useful and _fits_in_cache(ctx, order) else None
 
     def passes():
         stage = next(pass_names)
