@@ -32,8 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import CACHE, SHARED_DATA, have_shared_data, machine, read_lines, save_report, write_jsonl  # noqa: E402
-
-VARIANTS = ("none", "unit", "relatif")
+from gdig.select import rank01  # noqa: E402
 
 
 @dataclass
@@ -77,7 +76,7 @@ QUICK = {"n_tatoeba": 1000, "n_opennmt": 150, "n_seeds": 64, "n_test": 100, "n_t
 
 def make_pool(cfg: QualityConfig, folder: Path) -> dict[str, Path]:
     """pool.jsonl (with `origin` and `corruption`), seeds.jsonl, test-flores.jsonl, test-tatoeba.jsonl."""
-    from gdig.demo_corpus import CORRUPTIONS, corrupt_target
+    from gdig.demo_corpus import CORRUPTIONS, corrupt_target, translation_record
 
     files = {n: folder / f"{n}.jsonl" for n in ("pool", "seeds", "test-flores", "test-tatoeba")}
     if all(p.exists() for p in files.values()):
@@ -105,26 +104,23 @@ def make_pool(cfg: QualityConfig, folder: Path) -> dict[str, Path]:
             other = pool_pairs[(i + 1 + rng.randrange(cfg.n_tatoeba - 1)) % cfg.n_tatoeba][1]
             wrong = rng.choice(wrong_lang)[: max(4, round(0.35 * len(t)))]  # Chinese of a plausible length
             t = corrupt_target(kind, s, t, other, wrong, rng)
-        pool.append(_record(f"tatoeba-{i:05d}", s, t) | {"origin": "tatoeba", "corruption": kind})
+        pool.append(translation_record(f"tatoeba-{i:05d}", s, t) | {"origin": "tatoeba", "corruption": kind})
     o = SHARED_DATA / "opennmt-ende"
     o_pairs = [(s, t) for s, t in zip(read_lines(o / "src-train.txt"), read_lines(o / "tgt-train.txt"), strict=True)
                if s.strip() and t.strip() and len(s.split()) <= 40]  # the loader refuses empty sides  # fmt: skip
     for i, (s, t) in enumerate(o_pairs[: cfg.n_opennmt]):
-        pool.append(_record(f"opennmt-{i:05d}", s, t) | {"origin": "opennmt", "corruption": None})
+        pool.append(translation_record(f"opennmt-{i:05d}", s, t) | {"origin": "opennmt", "corruption": None})
     rng.shuffle(pool)
-    seeds = [_record(f"flores-dev-{i:04d}", s, t) for i, (s, t) in enumerate(zip(fl_en, fl_de, strict=True))]
+    seeds = [translation_record(f"flores-dev-{i:04d}", s, t) for i, (s, t) in enumerate(zip(fl_en, fl_de, strict=True))]
     dt = SHARED_DATA / "flores200" / "devtest"
     test = zip(read_lines(dt / "eng_Latn.devtest"), read_lines(dt / "deu_Latn.devtest"), strict=True)
     write_jsonl(files["pool"], pool)
     write_jsonl(files["seeds"], seeds[: cfg.n_seeds])
-    write_jsonl(files["test-flores"], [_record(f"flores-devtest-{i:04d}", s, t) for i, (s, t) in enumerate(test)][
-        : cfg.n_test])  # fmt: skip
-    write_jsonl(files["test-tatoeba"], [_record(f"tatoeba-test-{i:04d}", s, t) for i, (s, t) in enumerate(test_pairs)])
+    flores_test = [translation_record(f"flores-devtest-{i:04d}", s, t) for i, (s, t) in enumerate(test)]
+    write_jsonl(files["test-flores"], flores_test[: cfg.n_test])
+    tatoeba_test = [translation_record(f"tatoeba-test-{i:04d}", s, t) for i, (s, t) in enumerate(test_pairs)]
+    write_jsonl(files["test-tatoeba"], tatoeba_test)
     return files
-
-
-def _record(id_: str, src: str, tgt: str) -> dict:
-    return {"id": id_, "src_text": src, "trg_text": tgt, "src_lang": "en", "trg_lang": "de"}
 
 
 def _texts(*files: Path) -> list[str]:
@@ -229,11 +225,7 @@ def aggregates(m: np.ndarray) -> dict[str, np.ndarray]:
     """The per-candidate scores a curator ranks by (higher = better)."""
     mean = m.mean(1)
     frac = (m > 0).mean(1)
-    return {"fraction helped": frac + 1e-6 * _rank01(mean), "mean influence": mean}
-
-
-def _rank01(x: np.ndarray) -> np.ndarray:
-    return np.argsort(np.argsort(x, kind="stable"), kind="stable") / max(len(x) - 1, 1)
+    return {"fraction helped": frac + 1e-6 * rank01(mean), "mean influence": mean}
 
 
 def heuristics(pool: list[dict], loss: np.ndarray, seed: int) -> dict[str, np.ndarray]:
@@ -261,7 +253,7 @@ def detection_row(name: str, good: np.ndarray, pool: list[dict], frac: np.ndarra
         row["precision_tau_1"] = float((~corrupted[kept]).mean()) if kept.any() else None
     onmt = ~tat
     if onmt.any():  # where the genuinely noisy OpenNMT pairs land: mean percentile (0 worst, 1 best)
-        row["opennmt_percentile"] = float(_rank01(good)[onmt].mean())
+        row["opennmt_percentile"] = float(rank01(good)[onmt].mean())
     return row
 
 

@@ -126,11 +126,16 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def save_report(name: str, report: dict, text: str) -> Path:
-    """bench/reports/NAME-DATE.{json,md}; `run_all.py --quick` sets GDIG_BENCH_TAG=quick so that quick reports
-    never overwrite full ones."""
+def report_stem(name: str, day: str) -> Path:
+    """bench/reports/NAME[-TAG]-DATE: `run_all.py --quick` sets GDIG_BENCH_TAG=quick so that quick reports never
+    overwrite full ones."""
     tag = os.environ.get("GDIG_BENCH_TAG")
-    stem = REPORTS / f"{name}{'-' + tag if tag else ''}-{report['date']}"
+    return REPORTS / f"{name}{'-' + tag if tag else ''}-{day}"
+
+
+def save_report(name: str, report: dict, text: str) -> Path:
+    """report_stem(NAME, report's date).{json,md}."""
+    stem = report_stem(name, report["date"])
     REPORTS.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
     stem.with_suffix(".md").write_text(text if text.endswith("\n") else text + "\n")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import REPORTS, ROOT, have_shared_data, machine, save_report  # noqa: E402
+from bench.common import ROOT, have_shared_data, machine, report_stem, save_report  # noqa: E402
 
 QUICK = {
     "engine": ["--candidates", "300", "--seeds", "16", "--repeats", "1", "--vocab", "2000"],
@@ -48,13 +48,13 @@ def skip_reason(name: str) -> str | None:
     return None
 
 
-def run_one(name: str, args: list[str], tag: str | None, resume: bool = False) -> dict:
+def run_one(name: str, args: list[str], resume: bool = False) -> dict:
     reason = skip_reason(name)
     if reason:
         print(f"[{name}] skipped: {reason}", flush=True)
         return {"name": name, "status": "skipped", "reason": reason}
     cmd = [sys.executable, f"bench/bench_{name}.py", *args]
-    report = REPORTS / f"{name}{'-' + tag if tag else ''}-{date.today().isoformat()}.md"
+    report = report_stem(name, date.today().isoformat()).with_suffix(".md")
     if resume and report.exists():
         print(f"[{name}] reusing today's report {report.name}", flush=True)
         return {"name": name, "status": "ok", "reused": True, "command": " ".join(cmd[1:]),
@@ -78,11 +78,10 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true", help="keep the benchmarks that already have today's report")
     args = ap.parse_args()
     plan = QUICK if args.quick else FULL
-    tag = "quick" if args.quick else None
-    if tag:
-        os.environ["GDIG_BENCH_TAG"] = tag  # children inherit it: quick reports never overwrite full ones
+    if args.quick:
+        os.environ["GDIG_BENCH_TAG"] = "quick"  # children inherit it: quick reports never overwrite full ones
     t0 = time.time()
-    results = [run_one(name, a, tag, args.resume) for name, a in plan.items() if not args.only or name in args.only]
+    results = [run_one(name, a, args.resume) for name, a in plan.items() if not args.only or name in args.only]
     report = {"date": date.today().isoformat(), "machine": machine(), "quick": args.quick,
               "seconds": time.time() - t0, "benchmarks": results}  # fmt: skip
     lines = [f"# All benchmarks{' (quick)' if args.quick else ''}, {report['date']}", "",

@@ -10,8 +10,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from gdig.atomic import write_bytes_atomic, write_json_atomic
 from gdig.config import DataConfig, ScoreConfig
 
@@ -97,12 +95,13 @@ def evaluate(cfg: DemoConfig, run_dir: Path, model_dir: Path, test_file: Path, s
     """Held-out chrF of the demo model (greedy) and AUROC of the G-DIG scores for corrupted vs clean pairs."""
     from gdig.evaluate import detection_auroc, evaluate_model
     from gdig.results import load_run
+    from gdig.select import rank01
 
     run = load_run(run_dir)
     kinds = run.candidates["corruption"].to_numpy()
     corrupted = run.candidates["corruption"].notna().to_numpy()
     aurocs = {name: detection_auroc(score, corrupted)["auroc"] for name, score in
-              (("fraction_helped", run.frac_helped + 1e-6 * _rank(run.mean_influence)),
+              (("fraction_helped", run.frac_helped + 1e-6 * rank01(run.mean_influence)),
                ("mean_influence", run.mean_influence), ("low_loss", -run.candidates["loss"].to_numpy()))}  # fmt: skip
     per_kind = detection_auroc(run.mean_influence, corrupted, kinds)["per_kind"]
     status.update("evaluate", 0, 1, force=True)
@@ -111,10 +110,6 @@ def evaluate(cfg: DemoConfig, run_dir: Path, model_dir: Path, test_file: Path, s
             "samples": quality["samples"], "auroc": aurocs, "auroc_mean_influence_per_kind": per_kind,
             "kept_at_tau_1": int((run.frac_helped >= 1).sum()), "n_pool": run.n,
             "n_corrupted": int(corrupted.sum())}  # fmt: skip
-
-
-def _rank(x: np.ndarray) -> np.ndarray:
-    return np.argsort(np.argsort(x, kind="stable"), kind="stable") / max(len(x) - 1, 1)
 
 
 def build_demo(cfg: DemoConfig | None = None, on_progress=None) -> tuple[Path, dict]:

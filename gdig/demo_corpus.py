@@ -172,11 +172,13 @@ def make_corpus(n_pool: int = 3000, n_seeds: int = 64, n_test: int = 300, noise:
         else:
             other = pool_s[(i + 1 + rng.randrange(n_pool - 1)) % n_pool]
             target = corrupt_target(kind, s["en"], s["de"], other["de"], s["fr"], rng)
-        pool.append(_record(f"pool-{i:05d}", s["en"], target) | {"corruption": kind, "clean_target": s["de"]})
-    seeds = [_record(f"seed-{i:03d}", s["en"], s["de"]) for i, s in enumerate(seed_s)]
-    test = [_record(f"test-{i:04d}", s["en"], s["de"]) for i, s in enumerate(test_s)]
+        extra = {"corruption": kind, "clean_target": s["de"]}
+        pool.append(translation_record(f"pool-{i:05d}", s["en"], target) | extra)
+    seeds = [translation_record(f"seed-{i:03d}", s["en"], s["de"]) for i, s in enumerate(seed_s)]
+    test = [translation_record(f"test-{i:04d}", s["en"], s["de"]) for i, s in enumerate(test_s)]
     return pool, seeds, test
 
 
-def _record(id_: str, src: str, tgt: str) -> dict:
+def translation_record(id_: str, src: str, tgt: str) -> dict:
+    """One en->de pair in the official G-DIG translation schema."""
     return {"id": id_, "src_text": src, "trg_text": tgt, "src_lang": "en", "trg_lang": "de"}

@@ -191,7 +191,7 @@ def select(frac_helped, mean_influence, sketch, ids, cfg: SelectionConfig, loss=
     """One selection. `labels` (cluster of each kept row) may be passed to skip re-clustering."""
     n = len(frac_helped)
     msgs: list[str] = []
-    quality = frac_helped.astype(np.float64) + 1e-3 * _rank01(mean_influence)  # ties broken by mean influence
+    quality = frac_helped.astype(np.float64) + 1e-3 * rank01(mean_influence)  # ties broken by mean influence
     if cfg.method == "gdig":
         kept = quality_mask(frac_helped, mean_influence, cfg.tau, cfg.min_mean, ids, cfg.include, cfg.exclude)
     else:
@@ -220,7 +220,8 @@ def select(frac_helped, mean_influence, sketch, ids, cfg: SelectionConfig, loss=
     return Selection(chosen.astype(np.int64), kept, full_labels, quality.astype(np.float32), msgs)
 
 
-def _rank01(x: np.ndarray) -> np.ndarray:
+def rank01(x: np.ndarray) -> np.ndarray:
+    """Ranks scaled to [0, 1] (stable ties): a tie-breaker that never outweighs the score it is added to."""
     r = np.argsort(np.argsort(x, kind="stable"), kind="stable")
     return r / max(len(x) - 1, 1)
 
