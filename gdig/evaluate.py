@@ -13,12 +13,8 @@ from gdig.hooks import collate, per_example_loss
 from gdig.model import load_model
 
 
-def translate(model_dir: str | Path, test_file: str | Path, batch_size: int = 32, max_new_tokens: int = 64,
-              device: str = "auto") -> tuple[list[str], list[str], list[dict]]:  # fmt: skip
-    """Greedy translations of the test sources: (hypotheses, references, records)."""
-    model, tok = load_model(str(model_dir), device, "float32")
-    tok.padding_side = "left"
-    ds = load_dataset(test_file)
+def _translate(model, tok, ds, batch_size: int, max_new_tokens: int) -> list[str]:
+    side, tok.padding_side = tok.padding_side, "left"  # generation continues after the prompt
     hyps: list[str] = []
     for i in range(0, len(ds), batch_size):
         prompts = [e.prompt for e in ds.examples[i : i + batch_size]]
@@ -27,7 +23,8 @@ def translate(model_dir: str | Path, test_file: str | Path, batch_size: int = 32
             out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)  # fmt: skip
         hyps += [t.strip() for t in tok.batch_decode(out[:, enc.input_ids.shape[1] :], skip_special_tokens=True)]
-    return hyps, [e.target for e in ds.examples], [e.record for e in ds.examples]
+    tok.padding_side = side
+    return hyps
 
 
 def translation_metrics(hyps: list[str], refs: list[str]) -> dict[str, float]:
@@ -42,7 +39,10 @@ def heldout_loss(model_dir: str | Path, data_file: str | Path, batch_size: int =
                  device: str = "auto") -> float:  # fmt: skip
     """Mean over examples of each example's mean target-token loss (the loss that fine-tuning minimises)."""
     model, tok = load_model(str(model_dir), device, "float32")
-    ds = load_dataset(data_file)
+    return _mean_loss(model, tok, load_dataset(data_file), batch_size, max_length)
+
+
+def _mean_loss(model, tok, ds, batch_size: int, max_length: int) -> float:
     toks, _ = tokenize_dataset(tok, ds, max_length)
     losses = []
     for i in range(0, len(toks), batch_size):
@@ -56,11 +56,14 @@ def heldout_loss(model_dir: str | Path, data_file: str | Path, batch_size: int =
 
 
 def evaluate_model(model_dir: str | Path, test_file: str | Path, max_new_tokens: int = 64) -> dict:
-    """chrF, BLEU, held-out loss and a few sample translations."""
-    hyps, refs, records = translate(model_dir, test_file, max_new_tokens=max_new_tokens)
-    samples = [{"source": r.get("src_text", ""), "reference": ref, "output": h}
-               for r, ref, h in list(zip(records, refs, hyps, strict=True))[:5]]  # fmt: skip
-    return translation_metrics(hyps, refs) | {"loss": heldout_loss(model_dir, test_file), "samples": samples}
+    """chrF, BLEU, held-out loss and a few sample translations (the model and the file are read once)."""
+    model, tok = load_model(str(model_dir), "auto", "float32")
+    ds = load_dataset(test_file)
+    hyps = _translate(model, tok, ds, 32, max_new_tokens)
+    refs = [e.target for e in ds.examples]
+    samples = [{"source": e.record.get("src_text", ""), "reference": ref, "output": h}
+               for e, ref, h in list(zip(ds.examples, refs, hyps, strict=True))[:5]]  # fmt: skip
+    return translation_metrics(hyps, refs) | {"loss": _mean_loss(model, tok, ds, 32, 512), "samples": samples}
 
 
 def detection_auroc(good: np.ndarray, corrupted: np.ndarray, kinds: np.ndarray | None = None) -> dict:
