@@ -38,7 +38,7 @@ with guard():
         st.markdown(
             "**New here? Try the built-in demo.** It makes an English-to-German corpus offline from CLDR data, with "
             "20% of the pool deliberately corrupted (misaligned, untranslated, wrong language, truncated, repeated "
-            "words), trains a small Llama on it, and scores the pool against a clean seed set. Under 4 minutes on "
+            "words), trains a small Llama on it, and scores the pool against a clean seed set. About 2 minutes on "
             "2 CPU cores; built once and cached."
         )
         if demo_dir.is_dir():
