@@ -62,8 +62,21 @@ with guard():
         if report.exists():
             rep = json.loads(report.read_text())
             st.subheader("The demo, measured")
-            a, b, c = st.columns(3)
-            a.metric("Held-out chrF of the demo model", f"{rep['chrf']:.1f}", help="greedy decoding, sacrebleu")
-            b.metric("AUROC, fraction of seeds helped", f"{rep['auroc']['fraction_helped']:.3f}",
-                     help="How well the G-DIG score separates corrupted from clean pool pairs")  # fmt: skip
-            c.metric("AUROC, mean influence", f"{rep['auroc']['mean_influence']:.3f}")
+            auroc = rep["auroc"]
+            a, b, c, d = st.columns(4)
+            a.metric("Held-out chrF of the demo model", f"{rep['chrf']:.1f}",
+                     help=f"greedy decoding, sacrebleu; BLEU {rep.get('bleu', float('nan')):.1f}")  # fmt: skip
+            b.metric("AUROC, mean influence", f"{auroc['mean_influence']:.3f}",
+                     delta=f"{auroc['mean_influence'] - auroc['low_loss']:+.3f} vs low loss",
+                     help="How well the G-DIG score tells corrupted from clean pool pairs (1 = perfect)")  # fmt: skip
+            c.metric("AUROC, fraction of seeds helped", f"{auroc['fraction_helped']:.3f}",
+                     help="The paper's rule counts the seeds a pair helps")  # fmt: skip
+            d.metric("AUROC, low loss (baseline)", f"{auroc['low_loss']:.3f}",
+                     help="Ranking pairs by the fine-tuned model's own loss, the usual heuristic")  # fmt: skip
+            per_kind = rep.get("auroc_mean_influence_per_kind")
+            if per_kind:
+                with st.expander("AUROC of the mean influence, by kind of corruption"):
+                    kinds = pd.DataFrame({"corruption": [k.replace("_", " ") for k in per_kind],
+                                          "AUROC": list(per_kind.values())})  # fmt: skip
+                    bar = st.column_config.ProgressColumn("AUROC", min_value=0.0, max_value=1.0, format="%.3f")
+                    st.dataframe(kinds, hide_index=True, column_config={"AUROC": bar})

@@ -188,4 +188,13 @@ def test_demo_report_is_shown(app, runs):
     at = _page(app, "home")
     assert _metric(at, "Held-out chrF of the demo model") == "61.5"
     assert _metric(at, "AUROC, mean influence") == "0.820"
+    assert _metric(at, "AUROC, low loss (baseline)") == "0.800"
+    assert next(m.delta for m in at.metric if m.label == "AUROC, mean influence") == "+0.020 vs low loss"
+    assert not at.expander  # an older report without per-kind figures: no table, no error
+    (runs / "demo" / "demo_report.json").write_text(json.dumps(
+        {"chrf": 61.5, "bleu": 20.0, "auroc": {"fraction_helped": 0.71, "mean_influence": 0.82, "low_loss": 0.8},
+         "auroc_mean_influence_per_kind": {"misaligned": 0.7, "truncated": 0.9}}))  # fmt: skip
+    at = _page(app, "home")
+    table = at.expander[0].dataframe[0].value
+    assert table["corruption"].tolist() == ["misaligned", "truncated"] and table["AUROC"].tolist() == [0.7, 0.9]
     (runs / "demo" / "demo_report.json").unlink()
