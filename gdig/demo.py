@@ -50,6 +50,13 @@ class DemoConfig:
               f"{self.hidden}x{self.layers}x{self.ffn}-{self.epochs}-{self.lr}-{self.batch_size}"  # fmt: skip
         return Path(root) / key
 
+    def score_config(self, model_dir: Path, pool: Path, seeds: Path, out: Path) -> ScoreConfig:
+        """The demo's scoring settings (also used by bench/bench_demo.py, so its figures are the demo's)."""
+        return ScoreConfig(model=str(model_dir), candidates=str(pool), seeds=str(seeds), out=str(out),
+                           hessian=self.hessian, normalize=self.normalize, damping_relative=self.damping_relative,
+                           seed_batch=self.seed_batch, batch_size=32, sketch_dim=256, device="cpu",
+                           umap=False)  # fmt: skip
+
 
 def _write_jsonl(path: Path, records: list[dict]) -> None:
     write_bytes_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8"))
@@ -139,10 +146,7 @@ def build_demo(cfg: DemoConfig | None = None, on_progress=None) -> tuple[Path, d
         if not (run_dir / "config.json").exists() or not json.loads((run_dir / "config.json").read_text()).get(
             "finished"
         ):
-            sc = ScoreConfig(model=str(model_dir), candidates=str(files["pool"]), seeds=str(files["seeds"]),
-                             out=str(run_dir), hessian=cfg.hessian, normalize=cfg.normalize,
-                             damping_relative=cfg.damping_relative, seed_batch=cfg.seed_batch, batch_size=32,
-                             sketch_dim=256, device="cpu", umap=False)  # fmt: skip
+            sc = cfg.score_config(model_dir, files["pool"], files["seeds"], run_dir)
             score(sc, resume=(run_dir / "config.json").exists(), on_progress=on_progress)
         timings["score"] = time.time() - t
         t = time.time()
