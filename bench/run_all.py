@@ -1,7 +1,7 @@
 """Every benchmark in one command; writes each script's dated report and a combined one.
 
     python bench/run_all.py --quick   # small sizes, under 10 minutes on 2 CPU cores
-    python bench/run_all.py           # the sizes quoted in bench/README.md, under 60 minutes on 2 CPU cores
+    python bench/run_all.py           # the sizes quoted in bench/README.md, about 65 minutes on 2 CPU cores
 
 Each benchmark runs in its own process (so peak memory and timings are its own). kronfluence is optional
 (requirements-bench.txt); without it that comparison is reported as skipped, as is the real-data benchmark
@@ -29,6 +29,7 @@ QUICK = {
     "app": ["--n", "10000", "--seeds", "64", "--dim", "256"],
     "kronfluence": ["--candidates", "300", "--seeds", "16", "--repeats", "1", "--vocab", "2000"],
     "quality": ["--quick"],
+    "demo": ["--quick"],
 }
 FULL = {
     "engine": ["--repeats", "1"],
@@ -37,6 +38,7 @@ FULL = {
     "kronfluence": ["--repeats", "1"],
     "scaling": ["--candidates", "1000", "2000", "4000", "--seeds", "16", "64", "256"],
     "quality": [],
+    "demo": [],
 }
 
 
