@@ -64,8 +64,8 @@ with guard():
             st.subheader("The demo, measured")
             auroc = rep["auroc"]
             a, b, c, d = st.columns(4)
-            a.metric("Held-out chrF of the demo model", f"{rep['chrf']:.1f}",
-                     help=f"greedy decoding, sacrebleu; BLEU {rep.get('bleu', float('nan')):.1f}")  # fmt: skip
+            bleu = f"; BLEU {rep['bleu']:.1f}" if "bleu" in rep else ""
+            a.metric("Held-out chrF of the demo model", f"{rep['chrf']:.1f}", help=f"greedy decoding, sacrebleu{bleu}")
             b.metric("AUROC, mean influence", f"{auroc['mean_influence']:.3f}",
                      delta=f"{auroc['mean_influence'] - auroc['low_loss']:+.3f} vs low loss",
                      help="How well the G-DIG score tells corrupted from clean pool pairs (1 = perfect)")  # fmt: skip
