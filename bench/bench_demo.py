@@ -29,13 +29,13 @@ from gdig.demo import REPORT, DemoConfig, build_demo  # noqa: E402
 from gdig.evaluate import detection_auroc  # noqa: E402
 
 ROOT_CACHE = CACHE / "demo"
-VARIANTS = {
-    "identity Hessian": {"hessian": "identity"},
-    "K-FAC": {"hessian": "kfac"},
-    "raw scores (--normalize none)": {"normalize": "none"},
-    "relative damping 0.01": {"damping_relative": 0.01},
-    "relative damping 1.0": {"damping_relative": 1.0},
-    "MLP + attention projections": {"modules": DEFAULT_MODULES + r"|(^|\.)self_attn\.[a-z_]+_proj$"},
+VARIANTS = {  # cache folder name: (label, changes to the demo's ScoreConfig)
+    "identity": ("identity Hessian", {"hessian": "identity"}),
+    "kfac": ("K-FAC", {"hessian": "kfac"}),
+    "raw": ("raw scores (--normalize none)", {"normalize": "none"}),
+    "damping0.01": ("relative damping 0.01", {"damping_relative": 0.01}),
+    "damping1": ("relative damping 1.0", {"damping_relative": 1.0}),
+    "attention": ("MLP + attention projections", {"modules": DEFAULT_MODULES + r"|(^|\.)self_attn\.[a-z_]+_proj$"}),
 }
 
 
@@ -43,10 +43,12 @@ def demo_cfg(seed: int) -> DemoConfig:
     return DemoConfig(out=str(ROOT_CACHE / f"run-{seed}"), cache=str(ROOT_CACHE), seed=seed)
 
 
-def _corrupted(run_dir: Path) -> np.ndarray:
-    import pandas as pd
+def influence_and_labels(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A finished run's influence matrix and which pool rows are corrupted (read by gdig.results.load_run)."""
+    from gdig.results import load_run
 
-    return pd.read_parquet(run_dir / "candidates.parquet")["corruption"].notna().to_numpy()
+    run = load_run(run_dir)
+    return run.influence.astype(np.float64), run.candidates["corruption"].notna().to_numpy()
 
 
 def auroc(influence: np.ndarray, corrupted: np.ndarray) -> float:
@@ -98,7 +100,7 @@ def seed_counts(cfg: DemoConfig, counts: list[int], draws: int) -> list[dict]:
     n_own = cfg.n_seeds
     run = Path(cfg.out) if max(counts) <= n_own else scored(cfg, f"seeds{max(counts)}",
                                                              extra_seeds(cfg, max(counts) - n_own))  # fmt: skip
-    m, bad = np.load(run / "influence.npy").astype(np.float64), _corrupted(run)
+    m, bad = influence_and_labels(run)
     rng = np.random.default_rng(0)
     rows = []
     for n in counts:
@@ -111,12 +113,10 @@ def seed_counts(cfg: DemoConfig, counts: list[int], draws: int) -> list[dict]:
 
 
 def variants(cfg: DemoConfig) -> list[dict]:
-    base = Path(cfg.out)
-    rows = [{"variant": "the demo (EK-FAC, unit, damping 0.1, MLP)", "auroc": auroc(np.load(base / "influence.npy"),
-                                                                                     _corrupted(base))}]  # fmt: skip
-    for label, changes in VARIANTS.items():
-        run = scored(cfg, label.split(" (")[0].replace(" ", "-").replace("+", "plus"), **changes)
-        rows.append({"variant": label, "auroc": auroc(np.load(run / "influence.npy"), _corrupted(run))})
+    rows = [{"variant": "the demo (EK-FAC, unit, damping 0.1, MLP)",
+             "auroc": auroc(*influence_and_labels(Path(cfg.out)))}]  # fmt: skip
+    for name, (label, changes) in VARIANTS.items():
+        rows.append({"variant": label, "auroc": auroc(*influence_and_labels(scored(cfg, name, **changes)))})
         print(f"{label}: AUROC {rows[-1]['auroc']:.3f}", flush=True)
     return rows
 
