@@ -291,9 +291,9 @@ def gdig_selection(m: np.ndarray, aggregate: str, sketch: np.ndarray, ids: list[
     if aggregate == "fraction helped":
         taus = np.unique(frac)[::-1]
         tau = next((float(t) for t in taus if (frac >= t).sum() >= keep), float(taus[-1]))
-        rule = {"tau": tau}
+        rule = {"rule": "fraction", "tau": tau}
     else:
-        rule = {"tau": None, "min_mean": float(np.sort(mean)[::-1][keep - 1])}
+        rule = {"rule": "mean", "min_mean": float(np.sort(mean)[::-1][keep - 1])}
     sel = SelectionConfig(method="gdig", clusters=cfg.clusters, budget=cfg.budget, seed=seed, **rule)
     return select(frac, mean, sketch, ids, sel).indices
 

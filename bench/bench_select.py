@@ -63,7 +63,7 @@ def main() -> None:
     cluster_kept_s = timed(lambda: GradientClusterer(next(ks), 0).fit(sketch[kept_rows]))
     ks_all = iter([args.k, args.k + 5, args.k - 5])
     cluster_all_s = timed(lambda: GradientClusterer(next(ks_all), 0).fit(sketch))
-    cfg = SelectionConfig(tau=0.6, clusters=args.k, budget=10_000)
+    cfg = SelectionConfig(rule="fraction", tau=0.6, clusters=args.k, budget=10_000)
     select_s = timed(lambda: select(frac, mean, sketch, ids, cfg), repeats=1)
     umap_s = None
     if not args.no_umap:

@@ -54,10 +54,19 @@ def _add_select(sub) -> None:
     p.add_argument("run_dir", help="a finished run directory")
     p.add_argument("--out", required=True, help="FILE.jsonl to write (its manifest goes to FILE.json)")
     rule = p.add_mutually_exclusive_group()
-    rule.add_argument("--tau", type=float, help="keep candidates helping at least this fraction of seeds (default 1)")
-    rule.add_argument("--min-mean", type=float, help="keep candidates with mean influence >= X")
+    rule.add_argument(
+        "--tau",
+        type=float,
+        help="keep candidates helping at least this fraction of seeds (--tau 1 is the paper's rule)",
+    )
+    rule.add_argument(
+        "--min-mean",
+        type=float,
+        help="keep candidates with mean influence >= X "
+        "(the default rule, with X = 0: candidates that help the seeds on average)",
+    )
     p.add_argument("--clusters", type=int, default=10, help="K for K-means over gradient sketches")
-    p.add_argument("--budget", type=int, help="how many to select (default: every kept candidate)")
+    p.add_argument("--budget", type=int, help="how many to select (default, or 0: every kept candidate)")
     p.add_argument("--strategy", choices=STRATEGIES, default="uniform")
     p.add_argument("--within", choices=WITHIN, default="quality", help="order inside a cluster")
     p.add_argument("--method", choices=METHODS, default="gdig", help="gdig, or a baseline for comparison")
@@ -73,17 +82,28 @@ def run_select(a: argparse.Namespace) -> None:
 
     run = load_run(a.run_dir)
     ov = load_overrides(run.path)
-    tau = a.tau if a.tau is not None or a.min_mean is not None else 1.0
-    cfg = SelectionConfig(method=a.method, tau=tau, min_mean=a.min_mean, clusters=a.clusters, budget=a.budget,
+    rule = {"rule": "fraction", "tau": a.tau} if a.tau is not None else {}
+    rule = rule or ({"rule": "mean", "min_mean": a.min_mean} if a.min_mean is not None else {})
+    cfg = SelectionConfig(method=a.method, **rule, clusters=a.clusters, budget=a.budget,
                           strategy=a.strategy, within=a.within, seed=a.seed,
                           include=[] if a.ignore_overrides else ov.include,
                           exclude=[] if a.ignore_overrides else ov.exclude)  # fmt: skip
     sel = select_run(run, cfg)
+    if len(sel.indices) == 0:
+        raise ValueError(f"nothing selected: {_why_empty(run, cfg)}; no file was written")
     out, man = export_selection(run, sel, cfg, a.out, metadata=not a.no_metadata)
     for m in sel.messages:
         print(f"gdig: note: {m}", file=sys.stderr)
     print(f"[gdig] kept {int(sel.kept.sum())} of {run.n} by the quality rule; selected {len(sel.indices)} -> {out}",
           file=sys.stderr)  # fmt: skip
+
+
+def _why_empty(run, cfg) -> str:
+    if cfg.rule == "fraction":
+        best = float(run.frac_helped.max()) if run.n else 0.0
+        return f"no candidate helps at least {cfg.tau:.0%} of the seeds (the best helps {best:.0%}); lower --tau"
+    best = float(run.mean_influence.max()) if run.n else 0.0
+    return f"no candidate has mean influence >= {cfg.min_mean:g} (the highest is {best:.4g}); lower --min-mean"
 
 
 def _add_finetune(sub) -> None:
@@ -112,6 +132,9 @@ def _add_finetune(sub) -> None:
 
 def run_finetune(a: argparse.Namespace) -> None:
     from gdig.finetune import FinetuneConfig, finetune
+    from gdig.model_source import check_model_source
+
+    check_model_source(a.model)
 
     cfg = FinetuneConfig(model=a.model, data=a.data, out=a.out, lora=a.lora, lora_r=a.lora_r, lora_alpha=a.lora_alpha,
                          epochs=a.epochs, max_steps=a.max_steps, lr=a.lr, batch_size=a.batch_size,
@@ -185,9 +208,6 @@ def main(argv: list[str] | None = None) -> int:
     _add_select(sub)
     _add_finetune(sub)
     _add_demo(sub)
-    w = sub.add_parser("worker", help=argparse.SUPPRESS)  # the app's background process
-    w.add_argument("settings")
-    w.add_argument("--resume", action="store_true")
     args = parser.parse_args(argv)
     try:
         if args.command == "score":
@@ -203,10 +223,6 @@ def main(argv: list[str] | None = None) -> int:
             run_finetune(args)
         elif args.command == "demo":
             run_demo(args)
-        elif args.command == "worker":
-            from gdig.jobs import run_worker
-
-            return run_worker(args.settings, args.resume)
     except (ValueError, FileNotFoundError) as e:  # DataError, RunExistsError and bad settings
         print(f"gdig: error: {e}", file=sys.stderr)
         return 2

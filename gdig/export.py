@@ -7,16 +7,15 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 from gdig.atomic import write_bytes_atomic
+from gdig.names import check_name
 from gdig.results import RunResults
 from gdig.select import Selection, SelectionConfig
 
 META_FIELD = "gdig"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
 def selection_lines(run: RunResults, sel: Selection, metadata: bool = True) -> list[str]:
@@ -73,8 +72,9 @@ def export_selection(run: RunResults, sel: Selection, cfg: SelectionConfig, out:
 
 def save_into_run(run: RunResults, sel: Selection, cfg: SelectionConfig, name: str, metadata: bool = True):
     """Save as selections/<name>.jsonl and .json inside the run."""
-    if not NAME_RE.match(name) or name.endswith((".jsonl", ".json")):
-        raise ValueError(f"selection name {name!r}: use letters, digits, '-', '_' or '.', without an extension")
+    name = check_name(name, "selection name")
+    if name.endswith((".jsonl", ".json")):
+        raise ValueError(f"selection name {name!r}: give it without an extension")
     return export_selection(run, sel, cfg, run.path / "selections" / f"{name}.jsonl", metadata)
 
 

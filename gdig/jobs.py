@@ -63,7 +63,7 @@ def start_job(cfg: ScoreConfig, resume: bool = False) -> Path:
     (run_dir / "cancel").unlink(missing_ok=True)
     settings = run_dir / "job-settings.json"
     write_json_atomic(settings, cfg.to_dict())
-    cmd = [sys.executable, "-m", "gdig", "worker", str(settings)] + (["--resume"] if resume else [])
+    cmd = [sys.executable, "-m", "gdig.jobs", str(settings)] + (["--resume"] if resume else [])
     return _spawn(run_dir, cmd)
 
 
@@ -89,7 +89,7 @@ def _spawn(run_dir: Path, cmd: list[str]) -> Path:
 
 
 def run_worker(settings_path: str | Path, resume: bool = False) -> int:
-    """Entry point of the worker process: `python -m gdig worker SETTINGS.json`."""
+    """Entry point of the worker process: `python -m gdig.jobs SETTINGS.json [--resume]`."""
     from gdig.run import score
 
     cfg = ScoreConfig.from_dict(json.loads(Path(settings_path).read_text()))
@@ -156,3 +156,7 @@ def list_runs(root: str | Path) -> list[dict[str, Any]]:
             label = "finished" if state.finished else "running" if state.running else "failed" if state.error else "?"
             out.append({"name": d.name, "path": d, "state": label, "mtime": d.stat().st_mtime, "job": state})
     return sorted(out, key=lambda r: -r["mtime"])
+
+
+if __name__ == "__main__":
+    sys.exit(run_worker(sys.argv[1], resume="--resume" in sys.argv[2:]))

@@ -27,6 +27,7 @@ from gdig.data import Dataset, TokenizationReport, TokenizedExample, load_datase
 from gdig.hooks import Captured, GradientCapture, make_batches, per_example_gradient
 from gdig.influence import Scorer, SeedGradients, group_seed_gradients, precondition_seeds
 from gdig.model import TrackedModule, find_tracked_modules, load_model, model_fingerprint, prepare_tokenizer
+from gdig.model_source import check_model_source
 from gdig.sketch import Sketcher
 
 PARTIAL = "partial"
@@ -475,6 +476,8 @@ def umap_stage(run_dir: Path, random_state: int, status: Status) -> None:
 def score(cfg: ScoreConfig, resume: bool = False, model=None, tokenizer=None,
           on_progress: Callable[[dict], None] | None = None) -> Path:  # fmt: skip
     """Run every stage of `gdig score` into cfg.out; returns the run directory."""
+    if model is None:
+        check_model_source(cfg.model)  # before anything is written: a wrong path is not a failed run
     run_dir = Path(cfg.out)
     saved = prepare_run_dir(run_dir, resume)
     status = Status(run_dir, on_progress)

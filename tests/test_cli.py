@@ -54,7 +54,9 @@ def test_missing_model_and_bad_regex_are_clear(tmp_path, llama_dir, data_files, 
     cands, seeds = data_files
     base = ["score", "--candidates", str(cands), "--seeds", str(seeds), "--quiet", "--no-umap"]
     assert main([*base, "--model", str(tmp_path / "no-model"), "--out", str(tmp_path / "a")]) == 2
-    assert "could not load model" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "was not found. Looked for (1) a local folder with config.json" in err and "(2) the hub id" in err
+    assert "huggingface.co" not in err and not (tmp_path / "a").exists()  # checked before anything is written
     assert main([*base, "--model", str(llama_dir), "--out", str(tmp_path / "b"), "--modules", "nothing_here"]) == 2
     assert "matches no linear layer" in capsys.readouterr().err
 
@@ -92,3 +94,56 @@ def test_tokenizer_without_a_pad_token_is_handled(tmp_path, data_files):
             "--out", str(out), "--batch-size", "5", "--quiet", "--no-umap"]  # fmt: skip
     assert main(argv) == 0
     assert np.isfinite(np.load(out / "influence.npy")).all()
+
+
+def test_help_lists_only_the_public_commands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "{score,select,finetune,demo}" in out and "SUPPRESS" not in out and "worker" not in out
+
+
+def test_model_source_names_each_place_it_looked(tmp_path):
+    from gdig.model_source import ModelSourceError, check_model_source
+
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(ModelSourceError, match="has no config.json"):
+        check_model_source(str(tmp_path / "folder"))
+    (tmp_path / "weights.bin").write_bytes(b"")
+    with pytest.raises(ModelSourceError, match="is a file"):
+        check_model_source(str(tmp_path / "weights.bin"))
+    cache = tmp_path / "hub"
+    with pytest.raises(ModelSourceError, match=f"the hub id 'org/tiny' in the local Hugging Face cache \\({cache}\\)"):
+        check_model_source("org/tiny", cache_dir=str(cache))
+    snap = cache / "models--org--tiny" / "snapshots" / "abc123"  # the hub cache's own layout
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text("{}")
+    (cache / "models--org--tiny" / "refs").mkdir()
+    (cache / "models--org--tiny" / "refs" / "main").write_text("abc123")
+    assert check_model_source("org/tiny", cache_dir=str(cache)).startswith("hub id org/tiny in the local cache")
+
+
+def test_finetune_checks_the_model_before_starting(tmp_path, data_files, capsys):
+    out = tmp_path / "ft"
+    assert main(["finetune", "--model", str(tmp_path / "nope"), "--data", str(data_files[0]), "--out", str(out)]) == 2
+    assert "was not found" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.slow
+def test_pip_install_gives_a_gdig_console_script(tmp_path):
+    """`pip install .` gives a `gdig` command (dependencies come from requirements.txt)."""
+    pytest.importorskip("setuptools")
+    import shutil
+
+    src, target = tmp_path / "src", tmp_path / "site"  # built from a copy: no build/ left in the checkout
+    shutil.copytree(ROOT / "gdig", src / "gdig", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "requirements.txt", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(target),
+           str(src)]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    script = target / "bin" / "gdig"
+    assert script.exists()
+    res = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120,
+                         env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"})  # fmt: skip
+    assert res.returncode == 0 and "{score,select,finetune,demo}" in res.stdout

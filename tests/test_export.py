@@ -33,7 +33,7 @@ def finished_run(tmp_path_factory, tokenizer, llama_dir):
 def test_exported_jsonl_round_trips_the_input_records(finished_run, tmp_path):
     run_dir, recs = finished_run
     run = load_run(run_dir)
-    cfg = SelectionConfig(tau=0.0, clusters=3, budget=12)
+    cfg = SelectionConfig(rule="fraction", tau=0.0, clusters=3, budget=12)
     sel = select_run(run, cfg)
     out, man = export_selection(run, sel, cfg, tmp_path / "sel.jsonl", metadata=False)
     lines = out.read_text(encoding="utf-8").splitlines()
@@ -50,7 +50,7 @@ def test_exported_jsonl_round_trips_the_input_records(finished_run, tmp_path):
 
 def test_metadata_field_and_checksum_detects_tampering(finished_run, tmp_path):
     run = load_run(finished_run[0])
-    cfg = SelectionConfig(tau=0.0, clusters=2, budget=5)
+    cfg = SelectionConfig(rule="fraction", tau=0.0, clusters=2, budget=5)
     out, _ = save_into_run(run, select_run(run, cfg), cfg, "first")
     assert out == run.path / "selections" / "first.jsonl"
     rec = json.loads(out.read_text().splitlines()[0])
@@ -93,3 +93,29 @@ def test_missing_run_file_is_a_clear_error(finished_run, tmp_path, capsys):
     np.save(broken / "influence.npy", np.zeros((3, 2), np.float32))
     with pytest.raises(RunError, match="do not agree"):
         load_run(broken)
+
+
+def test_select_defaults_keep_something_and_an_empty_rule_says_why(finished_run, tmp_path, capsys):
+    """`gdig select RUN` with no rule flags keeps the candidates that help on average (never an empty file
+    with exit 0); a rule that keeps nothing exits non-zero, says why, and writes nothing."""
+    run_dir = finished_run[0]
+    run = load_run(run_dir)
+    out = tmp_path / "default.jsonl"
+    assert main(["select", str(run_dir), "--out", str(out), "--clusters", "2"]) == 0
+    assert len(out.read_text().splitlines()) == int((run.mean_influence >= 0).sum()) > 0
+    empty = tmp_path / "empty.jsonl"
+    assert main(["select", str(run_dir), "--out", str(empty), "--min-mean", "1e9"]) == 2
+    err = capsys.readouterr().err
+    assert "nothing selected: no candidate has mean influence >= 1e+09" in err and "lower --min-mean" in err
+    assert not empty.exists() and not empty.with_suffix(".json").exists()
+
+
+def test_budget_zero_means_every_kept_candidate_and_nan_is_refused(finished_run, tmp_path, capsys):
+    run_dir = finished_run[0]
+    all_kept, zero = tmp_path / "all.jsonl", tmp_path / "zero.jsonl"
+    assert main(["select", str(run_dir), "--out", str(all_kept), "--tau", "0", "--clusters", "2"]) == 0
+    assert main(["select", str(run_dir), "--out", str(zero), "--tau", "0", "--clusters", "2", "--budget", "0"]) == 0
+    assert len(zero.read_text().splitlines()) == len(all_kept.read_text().splitlines()) == 30
+    assert main(["select", str(run_dir), "--out", str(tmp_path / "n.jsonl"), "--min-mean", "nan"]) == 2
+    assert "must be a finite number" in capsys.readouterr().err
+    assert not (tmp_path / "n.jsonl").exists()

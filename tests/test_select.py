@@ -45,7 +45,7 @@ def test_included_rows_are_selected_first_and_excluded_never():
     sketch = rng.normal(size=(60, 8)).astype(np.float32)
     ids = [str(i) for i in range(60)]
     infl[7] = -1  # rejected by the rule, included by hand
-    cfg = SelectionConfig(tau=1.0, clusters=3, budget=10, include=["7"], exclude=["0", "1"])
+    cfg = SelectionConfig(rule="fraction", tau=1.0, clusters=3, budget=10, include=["7"], exclude=["0", "1"])
     sel = select(*frac_mean(infl), sketch, ids, cfg)
     assert len(sel.indices) == 10 and 7 in sel.indices and 0 not in sel.indices and 1 not in sel.indices
 
@@ -78,18 +78,20 @@ def test_selection_is_deterministic_and_seed_dependent():
     infl = rng.normal(size=(300, 8)).astype(np.float32) + 0.3
     sketch = rng.normal(size=(300, 16)).astype(np.float32)
     ids = [str(i) for i in range(300)]
-    cfg = SelectionConfig(tau=0.5, clusters=5, budget=50, within="random", seed=3)
+    cfg = SelectionConfig(rule="fraction", tau=0.5, clusters=5, budget=50, within="random", seed=3)
     a, b = select(*frac_mean(infl), sketch, ids, cfg), select(*frac_mean(infl), sketch, ids, cfg)
     np.testing.assert_array_equal(a.indices, b.indices)
     np.testing.assert_array_equal(a.labels, b.labels)
-    other = select(*frac_mean(infl), sketch, ids, SelectionConfig(tau=0.5, clusters=5, budget=50, within="random",
-                                                                  seed=4))  # fmt: skip
+    other_cfg = SelectionConfig(rule="fraction", tau=0.5, clusters=5, budget=50, within="random", seed=4)
+    other = select(*frac_mean(infl), sketch, ids, other_cfg)
     assert set(other.indices.tolist()) != set(a.indices.tolist())
 
 
 def test_budget_larger_than_kept_set_returns_kept_with_a_message():
     f, m = frac_mean(INFL)
-    sel = select(f, m, np.eye(5, dtype=np.float32), IDS, SelectionConfig(tau=1.0, clusters=1, budget=100))
+    sel = select(
+        f, m, np.eye(5, dtype=np.float32), IDS, SelectionConfig(rule="fraction", tau=1.0, clusters=1, budget=100)
+    )
     assert sorted(sel.indices.tolist()) == [0, 3]
     assert "budget 100 is more than the 2 candidates kept" in sel.messages[0]
 
@@ -97,7 +99,7 @@ def test_budget_larger_than_kept_set_returns_kept_with_a_message():
 def test_more_clusters_than_kept_candidates_is_a_clear_error():
     f, m = frac_mean(INFL)
     with pytest.raises(ValueError, match="K = 3 clusters is more than the 2 kept candidates"):
-        select(f, m, np.eye(5, dtype=np.float32), IDS, SelectionConfig(tau=1.0, clusters=3, budget=2))
+        select(f, m, np.eye(5, dtype=np.float32), IDS, SelectionConfig(rule="fraction", tau=1.0, clusters=3, budget=2))
 
 
 def test_clusterer_finds_planted_clusters():
@@ -129,5 +131,30 @@ def test_baselines_rank_by_their_own_signal():
 def test_bad_settings():
     with pytest.raises(ValueError, match="strategy must be"):
         SelectionConfig(strategy="nope")
-    with pytest.raises(ValueError, match="tau must be between 0 and 1"):
-        SelectionConfig(tau=1.5)
+    with pytest.raises(ValueError, match="tau must be a number between 0 and 1"):
+        SelectionConfig(rule="fraction", tau=1.5)
+    with pytest.raises(ValueError, match="tau must be a number"):
+        SelectionConfig(rule="fraction", tau=float("nan"))
+    with pytest.raises(ValueError, match="must be a finite number"):
+        SelectionConfig(min_mean=float("nan"))
+    with pytest.raises(ValueError, match="rule must be one of mean, fraction"):
+        SelectionConfig(rule="all")
+
+
+def test_default_rule_keeps_the_candidates_that_help_on_average():
+    """The default rule (mean influence >= 0) keeps a useful share where the paper's tau = 1 keeps none."""
+    rng = np.random.default_rng(5)
+    infl = rng.normal(loc=0.2, size=(200, 64)).astype(np.float32)  # every row hurts some of 64 seeds
+    f, m = frac_mean(infl)
+    default = select(f, m, rng.normal(size=(200, 8)), [str(i) for i in range(200)], SelectionConfig(clusters=4))
+    assert default.kept.sum() == (m >= 0).sum() > 100
+    paper = SelectionConfig(rule="fraction", tau=1.0)
+    assert select(f, m, rng.normal(size=(200, 8)), [str(i) for i in range(200)], paper).kept.sum() == 0
+
+
+def test_budget_zero_or_none_means_every_kept_candidate():
+    assert SelectionConfig(budget=0).budget is None
+    f, m = frac_mean(np.abs(np.random.default_rng(2).normal(size=(30, 4))).astype(np.float32))
+    ids = [str(i) for i in range(30)]
+    sk = np.random.default_rng(3).normal(size=(30, 6))
+    assert len(select(f, m, sk, ids, SelectionConfig(clusters=3, budget=0)).indices) == 30
