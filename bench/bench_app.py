@@ -77,17 +77,17 @@ def main() -> None:
     at.session_state["_tau"] = 0.9
     res: dict[str, float] = {}
     at.run()
-    res["first load of the run (cached afterwards)"] = timed(at, lambda: at.switch_page("pages/influence.py"))
+    res["first load of the run (cached afterwards)"] = timed(at, lambda: at.switch_page("app_pages/influence.py"))
     res["influence: move tau"] = timed(at, lambda: at.slider(key="w_tau").set_value(0.8))
     res["influence: move tau again"] = timed(at, lambda: at.slider(key="w_tau").set_value(0.85))
-    res["clusters: open page (clusters kept set, K=10)"] = timed(at, lambda: at.switch_page("pages/clusters.py"))
+    res["clusters: open page (clusters kept set, K=10)"] = timed(at, lambda: at.switch_page("app_pages/clusters.py"))
     res["clusters: new K"] = timed(at, lambda: at.slider(key="w_clusters").set_value(20))
     res["clusters: colour by score"] = timed(at, lambda: at.selectbox(key="w_color_by").set_value("mean influence"))
-    res["explore: open page"] = timed(at, lambda: at.switch_page("pages/explore.py"))
+    res["explore: open page"] = timed(at, lambda: at.switch_page("app_pages/explore.py"))
     pick = str(min(12345, args.n // 2))  # an id that exists at any --n
     res["explore: pick a candidate"] = timed(at, lambda: at.selectbox(key="ex_id").set_value(pick))
     res["explore: search text"] = timed(at, lambda: at.text_input(key="ex_query").set_value("river sun"))
-    res["export: open page"] = timed(at, lambda: at.switch_page("pages/export.py"))
+    res["export: open page"] = timed(at, lambda: at.switch_page("app_pages/export.py"))
     res["export: new budget"] = timed(at, lambda: at.number_input(key="w_budget").set_value(5000))
     r = {"date": dt.date.today().isoformat(), "machine": machine(),
          "settings": {"n": args.n, "seeds": args.seeds, "dim": args.dim}, "seconds": res}  # fmt: skip

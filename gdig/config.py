@@ -52,6 +52,9 @@ class ScoreConfig:
     sketch_dim: int = 1024
     seed_rank: int | None = None  # low-rank seed factorisation; None = dense
     chunk_size: int = 256  # candidates per resumable chunk
+    # The curvature fit saves its partial sums this often (and when cancelled), so --resume continues the fit
+    # where it stopped. Each save writes the factors' size in float64 (about 2x factors.safetensors).
+    checkpoint_seconds: float = 60.0
     umap: bool = True  # compute the 2-D map of the sketches at the end of the run
     padding_side: str = "right"  # results do not depend on it; left suits models trained that way
     device: str = "auto"
@@ -79,6 +82,8 @@ class ScoreConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.padding_side not in ("left", "right"):
             raise ValueError(f"padding side must be left or right, got {self.padding_side!r}")
+        if self.checkpoint_seconds < 0:
+            raise ValueError(f"--checkpoint-seconds must be >= 0, got {self.checkpoint_seconds}")
         if self.fit_cache_mb is not None and self.fit_cache_mb < 0:
             raise ValueError(f"--fit-cache-mb must be >= 0, got {self.fit_cache_mb}")
         if self.fit_examples is not None and self.fit_examples < 1:

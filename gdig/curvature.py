@@ -7,6 +7,7 @@ KFAC Lambda = e_G e_A^T;  EK-FAC Lambda = mean_z (Q_G^T grad_W L(z) Q_A)^2.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from gdig.atomic import atomic_path
 from gdig.hooks import Captured, per_example_gradient
+from gdig.status import Cancelled
 
 
 @dataclass
@@ -119,6 +121,17 @@ class CovarianceFitter:
             self.a[name] += (a.T @ a).double()
             self.g[name] += (g.T @ g).double()
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """The partial sums and counts, for a checkpoint (exact: float64 as accumulated)."""
+        return ({f"a::{n}": v for n, v in self.a.items()} | {f"g::{n}": v for n, v in self.g.items()}
+                | {"counts": torch.tensor([self.n_tokens, self.n_examples], dtype=torch.int64)})  # fmt: skip
+
+    def restore(self, state: dict[str, torch.Tensor]) -> None:
+        for n in self.a:
+            self.a[n].copy_(state[f"a::{n}"])
+            self.g[n].copy_(state[f"g::{n}"])
+        self.n_tokens, self.n_examples = (int(x) for x in state["counts"].tolist())
+
     def eigendecompose(self, kind: str) -> Curvature:
         cur = Curvature(kind, n_examples=self.n_examples, n_tokens=self.n_tokens)
         for name in self.a:
@@ -149,25 +162,88 @@ class EigenCorrectionFitter:
                 rot = self.cur.rotate(name, per_example_gradient(a, g))
             self.sums[name] += (rot * rot).sum(0).double()
 
+    def state(self) -> dict[str, torch.Tensor]:
+        return {f"lam::{n}": v for n, v in self.sums.items()} | {"counts": torch.tensor([self.n_examples])}
+
+    def restore(self, state: dict[str, torch.Tensor]) -> None:
+        for n in self.sums:
+            self.sums[n].copy_(state[f"lam::{n}"])
+        self.n_examples = int(state["counts"][0])
+
     def finish(self) -> Curvature:
         for name, f in self.cur.modules.items():
             f.lam = (self.sums[name] / max(self.n_examples, 1)).float()
         return self.cur
 
 
+class FitCheckpoint:
+    """A fit pass's partial sums saved with the number of batches they cover (safetensors, written atomically):
+    every `every_seconds`, when the pass is cancelled, and when it completes. A resumed pass restores them and
+    skips those batches, and ends with the same sums bit for bit as an uninterrupted one."""
+
+    def __init__(self, folder: str | Path, fingerprint: str, every_seconds: float = 60.0):
+        self.folder, self.fingerprint, self.every = Path(folder), fingerprint, every_seconds
+        self._last = time.time()
+
+    def path(self, stage: str) -> Path:
+        return self.folder / f"{stage}.safetensors"
+
+    def restore(self, stage: str, fitter) -> int:
+        """Load the saved sums into `fitter`; returns how many batches they cover (0 when none match)."""
+        from safetensors import safe_open
+
+        path = self.path(stage)
+        if Curvature.read_fingerprint(path) != self.fingerprint:
+            return 0
+        with safe_open(str(path), framework="pt") as f:
+            batches = int((f.metadata() or {})["batches"])
+        fitter.restore(load_file(str(path)))
+        return batches
+
+    def save(self, stage: str, fitter, batches: int) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().contiguous().cpu() for k, v in fitter.state().items()}
+        with atomic_path(self.path(stage)) as tmp:
+            save_file(tensors, str(tmp), metadata={"fingerprint": self.fingerprint, "batches": str(batches)})
+        self._last = time.time()
+
+    def maybe_save(self, stage: str, fitter, batches: int) -> None:
+        if time.time() - self._last >= self.every:
+            self.save(stage, fitter, batches)
+
+
+def _run_pass(stage: str, fitter, passes: Callable, checkpoint: FitCheckpoint | None) -> None:
+    done = checkpoint.restore(stage, fitter) if checkpoint else 0
+    try:
+        for cap in passes(stage, done):
+            fitter.update(cap)
+            done += 1
+            if checkpoint:
+                checkpoint.maybe_save(stage, fitter, done)
+    except Cancelled:  # raised between batches: the sums are whole, keep them for --resume
+        if checkpoint:
+            checkpoint.save(stage, fitter, done)
+        raise
+    if checkpoint:
+        checkpoint.save(stage, fitter, done)
+
+
 def fit_curvature(
-    kind: str, dims: dict[str, tuple[int, int]], passes: Callable[[], Iterable[Captured]], device: torch.device
+    kind: str,
+    dims: dict[str, tuple[int, int]],
+    passes: Callable[[str, int], Iterable[Captured]],
+    device: torch.device,
+    checkpoint: FitCheckpoint | None = None,
 ) -> Curvature:
-    """Fit from a callable that yields Captured batches; `passes()` is called once per pass needed."""
+    """Fit from `passes(stage, skip)`, which yields the Captured batches of one pass after the first `skip`;
+    it is called once per pass needed ("fit_covariance", then "fit_eigen" for EK-FAC)."""
     if kind == "identity":
         return Curvature("identity")
     cov = CovarianceFitter(dims, device)
-    for cap in passes():
-        cov.update(cap)
+    _run_pass("fit_covariance", cov, passes, checkpoint)
     cur = cov.eigendecompose(kind)
     if kind == "ekfac":
         corr = EigenCorrectionFitter(cur)
-        for cap in passes():
-            corr.update(cap)
+        _run_pass("fit_eigen", corr, passes, checkpoint)
         cur = corr.finish()
     return cur

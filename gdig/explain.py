@@ -80,41 +80,97 @@ class TokenInfluence:
 
 
 def token_influence(run: RunResults, index: int, model, tokenizer, seed: int | None = None) -> TokenInfluence:
-    """Contribution of each position of candidate `index` to its score on one seed column (or the seed mean),
-    in the run's normalisation. Needs the run's model (same weights)."""
+    """Contribution of each position of candidate `index` to its score on one seed column (or to its mean score
+    over seeds), in the run's normalisation; the contributions sum to that score. Needs the run's model."""
     import torch
 
-    from gdig.data import Example, tokenize_example
-    from gdig.hooks import GradientCapture, collate
+    from gdig.hooks import GradientCapture
     from gdig.influence import token_contributions
     from gdig.model import find_tracked_modules, prepare_tokenizer
-    from gdig.run import load_seed_gradients
 
     settings = run.config["settings"]
     prepare_tokenizer(tokenizer, model.get_input_embeddings().num_embeddings)
+    tracked = find_tracked_modules(model, settings["modules"])
     c = run.candidates.iloc[index]
-    ex = Example(str(c["id"]), str(c["prompt"]), str(c["target"]), {}, "")
-    tok = tokenize_example(tokenizer, ex, settings["data"]["max_length"])
+    tok = _tokenize(tokenizer, str(c["id"]), str(c["prompt"]), str(c["target"]), settings["data"]["max_length"])
     device = next(model.parameters()).device
-    seeds, _ = load_seed_gradients(Path(run.path) / "seed_grads.safetensors", device)
-    with GradientCapture(model, find_tracked_modules(model, settings["modules"])) as cap:
-        got = cap.run(collate([tok], [index], tokenizer.pad_token_id))
+    stored = _load_mean_direction(Path(run.path) / "seed_grads.safetensors", device)
+    with GradientCapture(model, tracked) as cap:
+        got = cap.run(_collate([tok], index, tokenizer))
+        column = None if seed is None else _seed_column_direction(run, int(seed), tokenizer, cap, device)
+    direction = stored["mean"] if column is None else column
     with torch.no_grad():
-        contrib = token_contributions(got, seeds, seed).double().cpu().numpy()
-    contrib /= _normaliser(run, index, seeds.self_influence.cpu().numpy(), seed, settings["normalize"])
+        contrib = token_contributions(got, direction).double().cpu().numpy()
+    contrib /= _normaliser(run, index, stored["self_influence"], seed, settings["normalize"])
     tokens = [tokenizer.decode([t]) for t in tok.input_ids]
     n_prompt = next((i for i, lab in enumerate(tok.labels) if lab != -100), len(tok.labels))
     return TokenInfluence(tokens, contrib, n_prompt, float(contrib.sum()))
 
 
+def _tokenize(tokenizer, id_: str, prompt: str, target: str, max_length: int):
+    from gdig.data import Example, tokenize_example
+
+    return tokenize_example(tokenizer, Example(id_, prompt, target, {}, ""), max_length)
+
+
+def _collate(toks, first_index: int, tokenizer):
+    from gdig.hooks import collate
+
+    return collate(toks, list(range(first_index, first_index + len(toks))), tokenizer.pad_token_id)
+
+
+def _load_mean_direction(path: Path, device) -> dict:
+    """{"mean": {module: V}, "self_influence": (S,) array} from seed_grads.safetensors (older runs stored every
+    seed's V; their mean is taken here)."""
+    from safetensors.torch import load_file
+
+    t = load_file(str(path), device=str(device))
+    self_inf = t.pop("self_influence").double().cpu().numpy()
+    mean = {k.split("::", 1)[1]: v for k, v in t.items() if k.startswith("mean::")}
+    if not mean:  # a run written before the mean was stored: every seed's V, dense or low rank
+        from gdig.run import load_seed_gradients
+
+        seeds, _ = load_seed_gradients(path, device)
+        mean = {name: seeds.matrix(name) for name in seeds.names}
+    return {"mean": mean, "self_influence": self_inf}
+
+
+def _seed_column_direction(run: RunResults, column: int, tokenizer, cap, device) -> dict:
+    """(F + lambda)^-1 grad L(s) of one seed column (the mean gradient of its --seed-batch group), recomputed from
+    the seed texts, the run's factors and damping: exact, where scoring may have used a low-rank copy."""
+    import torch
+
+    from gdig.curvature import Curvature
+    from gdig.hooks import per_example_gradient
+
+    settings = run.config["settings"]
+    batch = int(settings.get("seed_batch", 1))
+    members = run.seeds.iloc[column * batch : (column + 1) * batch]
+    if members.empty:
+        raise ValueError(f"seed column {column} is not in this run ({run.influence.shape[1]} columns)")
+    max_length = settings["data"]["max_length"]
+    toks = [_tokenize(tokenizer, str(r["id"]), str(r["prompt"]), str(r["target"]), max_length) for _, r in
+            members.iterrows()]  # fmt: skip
+    got = cap.run(_collate(toks, 0, tokenizer))
+    factors = Path(run.path) / "factors.safetensors"
+    cur = Curvature.load(factors, device) if settings["hessian"] != "identity" else Curvature("identity")
+    dampings = run.config.get("damping", {})
+    out = {}
+    with torch.no_grad():
+        for name in got.acts:
+            grad = per_example_gradient(got.acts[name], got.grads[name]).mean(0)
+            out[name] = cur.precondition(name, grad, float(dampings.get(name, 0.0)))
+    return out
+
+
 def _normaliser(run: RunResults, index: int, seed_self: np.ndarray, seed: int | None, normalize: str) -> float:
+    """Divisor that turns raw contributions into the run's normalisation. For the seed mean the stored direction
+    already carries each seed's 1/norm (unit), so only the candidate's norm remains."""
     if normalize == "none":
         return 1.0
     cand = float(np.sqrt(max(run.candidates["self_influence"].iloc[index], 0.0))) or 1.0
-    if normalize == "relatif":
+    if normalize == "relatif" or seed is None:
         return cand
-    if seed is None:  # the mean of per-seed cosines is not one contraction; show the raw shape, scaled
-        return cand * float(np.sqrt(np.clip(seed_self, 0, None)).mean() or 1.0)
     return cand * float(np.sqrt(max(seed_self[seed], 0.0)) or 1.0)
 
 

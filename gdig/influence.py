@@ -126,13 +126,12 @@ class Scorer:
         return scores, self_inf
 
 
-def token_contributions(cap: Captured, seeds: SeedGradients, seed: int | None = None) -> torch.Tensor:
-    """c_t = sum_modules g_t^T V a_t for the first example of `cap`; sums to its raw influence on the seed
-    (or on the seed mean with seed=None). Returns (T,) over the example's positions (padding gives 0)."""
+def token_contributions(cap: Captured, directions: dict[str, torch.Tensor]) -> torch.Tensor:
+    """c_t = sum_modules g_t^T V a_t for the first example of `cap`, with V the preconditioned direction per
+    module (one seed's, or a mean over seeds); sums to that example's raw score. Returns (T,) (padding gives 0)."""
     total = None
-    for name in seeds.names:
-        v = seeds.matrix(name, seed).to(cap.acts[name].device)
+    for name, v in directions.items():
         a, g = cap.acts[name][0], cap.grads[name][0]  # (T, d_in), (T, d_out)
-        c = ((g @ v) * a).sum(-1)
+        c = ((g @ v.to(a.device)) * a).sum(-1)
         total = c if total is None else total + c
     return total

@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gdig.config import ScoreConfig, write_json_atomic
-from gdig.run import read_status
+from gdig.atomic import write_json_atomic
+from gdig.config import ScoreConfig
+from gdig.names import check_name
+from gdig.status import estimate, read_status
 
 JOB_FILE = "job.json"
 LOG_FILE = "worker.log"
-STALE_SECONDS = 30.0  # a status not updated for this long, with a dead pid, is a crashed worker
+SETTINGS_FILE = "job-settings.json"
 
 
 @dataclass
@@ -31,7 +33,9 @@ class JobState:
     running: bool
     finished: bool
     rate: float | None  # items per second in the current stage
-    eta_seconds: float | None
+    eta_seconds: float | None  # left in the current stage
+    job_fraction: float = 0.0  # of the whole job (all stages), by its plan
+    job_eta_seconds: float | None = None  # left in the whole job
 
     @property
     def fraction(self) -> float:
@@ -61,7 +65,7 @@ def start_job(cfg: ScoreConfig, resume: bool = False) -> Path:
     if job_state(run_dir).running:
         raise ValueError(f"{run_dir} already has a running job")
     (run_dir / "cancel").unlink(missing_ok=True)
-    settings = run_dir / "job-settings.json"
+    settings = run_dir / SETTINGS_FILE
     write_json_atomic(settings, cfg.to_dict())
     cmd = [sys.executable, "-m", "gdig.jobs", str(settings)] + (["--resume"] if resume else [])
     return _spawn(run_dir, cmd)
@@ -128,12 +132,11 @@ def job_state(run_dir: str | Path) -> JobState:
     if not finished and not running and not error and (st or started_job):
         error = "the worker stopped without finishing" + _log_tail(run_dir)
     done, total = int(st.get("done", 0)), int(st.get("total", 0))
-    rate = eta = None
-    started, updated = st.get("stage_started") or st.get("started"), st.get("updated")
-    if running and started and updated and done > 0 and updated > started:
-        rate = done / (updated - started)
-        eta = (total - done) / rate if rate > 0 else None
-    return JobState(run_dir, st.get("stage", "not started"), done, total, error, running, finished, rate, eta)
+    eta = estimate(st)
+    live = running and eta.rate is not None
+    return JobState(run_dir, st.get("stage", "not started"), done, total, error, running, finished,
+                    eta.rate if live else None, eta.stage_seconds if live else None,
+                    1.0 if finished else eta.job_fraction, eta.job_seconds if running else None)  # fmt: skip
 
 
 def _log_tail(run_dir: Path, lines: int = 3) -> str:
@@ -145,17 +148,51 @@ def _log_tail(run_dir: Path, lines: int = 3) -> str:
 
 
 def list_runs(root: str | Path) -> list[dict[str, Any]]:
-    """Run folders under root, newest first, with their state."""
+    """Run folders under root, newest first, with their state, a one-line settings summary and size on disk."""
     root = Path(root)
     if not root.is_dir():
         return []
     out = []
     for d in root.iterdir():
-        if d.is_dir() and ((d / "status.json").exists() or (d / "config.json").exists()):
+        if d.is_dir() and not d.name.startswith(".") and ((d / "status.json").exists() or (d / "config.json").exists()):
             state = job_state(d)
             label = "finished" if state.finished else "running" if state.running else "failed" if state.error else "?"
-            out.append({"name": d.name, "path": d, "state": label, "mtime": d.stat().st_mtime, "job": state})
+            out.append({"name": d.name, "path": d, "state": label, "mtime": d.stat().st_mtime, "job": state,
+                        "settings": settings_summary(d), "bytes": folder_bytes(d)})  # fmt: skip
     return sorted(out, key=lambda r: -r["mtime"])
+
+
+def settings_summary(run_dir: Path) -> str:
+    """The settings a curator tells runs apart by: sizes, curvature, normalisation, damping, model."""
+    try:
+        cfg = json.loads((run_dir / "config.json").read_text())
+        s, n, m = cfg["settings"], cfg.get("n_candidates"), cfg.get("n_seeds")
+    except (OSError, ValueError, KeyError):
+        try:
+            s, n, m = json.loads((run_dir / SETTINGS_FILE).read_text()), None, None
+        except (OSError, ValueError):
+            return ""
+    damping = f"λ={s['damping']:g}" if s.get("damping") is not None else f"λ={s.get('damping_relative')}×mean"
+    sizes = f"{n:,} x {m:,} · " if n is not None and m is not None else ""
+    return f"{sizes}{s.get('hessian')} · {s.get('normalize')} · {damping} · {Path(str(s.get('model'))).name}"
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def delete_run(root: str | Path, name: str) -> None:
+    """Remove run `name` from the runs folder (and its uploaded inputs); refused while its job runs."""
+    import shutil
+
+    root = Path(root)
+    run_dir = root / check_name(name, "run name")
+    if not run_dir.is_dir():
+        raise ValueError(f"no run named '{name}' in {root}")
+    if job_state(run_dir).running:
+        raise ValueError(f"run '{name}' is still running: cancel it first")
+    shutil.rmtree(run_dir)
+    shutil.rmtree(root / ".inputs" / name, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from gdig.config import write_json_atomic
 
 REQUIRED = ("config.json", "candidates.parquet", "seeds.parquet", "influence.npy", "sketch.npy")
 OVERRIDES = "overrides.json"
+CURATION = "curation.json"  # the curator's rule and selection settings from the app, kept across reloads
 
 
 class RunError(ValueError):
@@ -120,3 +121,16 @@ def load_overrides(run: str | Path) -> Overrides:
 
 def save_overrides(run: str | Path, overrides: Overrides) -> None:
     write_json_atomic(Path(run) / OVERRIDES, {"include": overrides.include, "exclude": overrides.exclude})
+
+
+def load_curation(run: str | Path) -> dict:
+    """The selection settings last used on this run in the app (rule, thresholds, K, budget...), or {}."""
+    try:
+        d = json.loads((Path(run) / CURATION).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return d if isinstance(d, dict) else {}
+
+
+def save_curation(run: str | Path, settings: dict) -> None:
+    write_json_atomic(Path(run) / CURATION, settings)

@@ -8,6 +8,7 @@ picks up after the last complete chunk, and the final files appear only when eve
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -22,63 +23,22 @@ import torch
 
 from gdig.atomic import atomic_path, save_npy_atomic, save_npz_atomic, write_json_atomic
 from gdig.config import ScoreConfig
-from gdig.curvature import Curvature, fit_curvature
+from gdig.curvature import Curvature, FitCheckpoint, fit_curvature
 from gdig.data import Dataset, TokenizationReport, TokenizedExample, load_dataset, tokenize_dataset
 from gdig.hooks import Captured, GradientCapture, make_batches, per_example_gradient
 from gdig.influence import Scorer, SeedGradients, group_seed_gradients, precondition_seeds
 from gdig.model import TrackedModule, find_tracked_modules, load_model, model_fingerprint, prepare_tokenizer
 from gdig.model_source import check_model_source
 from gdig.sketch import Sketcher
+from gdig.status import Cancelled, Status, read_status  # noqa: F401 - read_status re-exported
 
 PARTIAL = "partial"
 DENSE_SEED_LIMIT_BYTES = 4 << 30  # above this, seeds are kept at low rank unless --seed-rank says otherwise
 AUTO_SEED_RANK = 64
 
 
-class Cancelled(RuntimeError):
-    """Raised between batches when a `cancel` file appears in the run directory."""
-
-
 class RunExistsError(ValueError):
     pass
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Status
-
-
-class Status:
-    """status.json: {stage, done, total, started, updated, pid, error}, replaced atomically."""
-
-    def __init__(self, run_dir: Path, on_progress: Callable[[dict], None] | None = None):
-        self.path = run_dir / "status.json"
-        self.cancel_path = run_dir / "cancel"
-        self.started = time.time()
-        self.on_progress = on_progress
-        self.state: dict[str, Any] = {}
-        self._last_write = 0.0
-        self._stage_started = self.started
-
-    def update(self, stage: str, done: int, total: int, error: str | None = None, force: bool = False) -> None:
-        now = time.time()
-        if stage != self.state.get("stage"):
-            self._stage_started = now
-        self.state = {"stage": stage, "done": done, "total": total, "started": self.started, "updated": now,
-                      "stage_started": self._stage_started, "pid": os.getpid(), "error": error}  # fmt: skip
-        if force or done in (0, total) or now - self._last_write > 0.5:
-            write_json_atomic(self.path, self.state)
-            self._last_write = now
-        if self.on_progress is not None:
-            self.on_progress(dict(self.state))
-        if self.cancel_path.exists():
-            raise Cancelled("cancelled by the user")
-
-
-def read_status(run_dir: str | Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((Path(run_dir) / "status.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -146,7 +106,7 @@ def factors_fingerprint(ctx: ScoreContext) -> str:
 
 def settings_fingerprint(ctx: ScoreContext) -> str:
     settings = ctx.cfg.to_dict()
-    for volatile in ("out", "device", "model", "candidates", "seeds", "umap"):
+    for volatile in ("out", "device", "model", "candidates", "seeds", "umap", "checkpoint_seconds"):
         settings.pop(volatile)
     return _hash([ctx.fingerprints, settings])
 
@@ -172,31 +132,36 @@ def fit_stage(ctx: ScoreContext, run_dir: Path, status: Status) -> Curvature:
         rng = np.random.default_rng(ctx.cfg.random_state)
         fit_idx = sorted(rng.choice(len(fit_idx), ctx.cfg.fit_examples, replace=False).tolist())
     order = by_length(ctx.cand_tok, fit_idx)
-    pass_names = iter(["fit_covariance", "fit_eigen"])
     useful = ctx.cfg.hessian == "ekfac" or len(fit_idx) == len(ctx.cand_tok)  # a second pass, or scoring, reuses it
     cache: list[Captured] | None = [] if useful and _fits_in_cache(ctx, order) else None
 
-    def passes():
-        stage = next(pass_names)
-        t0, done = time.time(), 0
-        status.update(stage, 0, len(order), force=True)
+    def passes(stage: str, skip: int):
+        nonlocal cache
+        t0 = time.time()
+        batches = iter(ctx.batches(ctx.cand_tok, order))
+        done = sum(len(b.index) for b in itertools.islice(batches, skip))  # covered by the checkpoint
+        if skip and stage == "fit_covariance":
+            cache = None  # resumed: the skipped batches were never captured here
+        status.update(stage, done, len(order), force=True)
         if stage == "fit_eigen" and cache:  # the same batches as the first pass: reuse its captures
-            for cap in cache:
+            for cap in cache[skip:]:
                 yield cap
                 done += len(cap.index)
                 status.update(stage, done, len(order))
         else:
             with GradientCapture(ctx.model, ctx.tracked) as capture:
-                for batch in ctx.batches(ctx.cand_tok, order):
+                for batch in batches:
                     cap = capture.run(batch)
                     if cache is not None and stage == "fit_covariance":
                         cache.append(_detached(cap))
                     yield cap
                     done += len(batch.index)
                     status.update(stage, done, len(order))
-        ctx.timings[stage] = time.time() - t0
+        ctx.timings[stage] = ctx.timings.get(stage, 0.0) + time.time() - t0
 
-    fit_curvature(ctx.cfg.hessian, ctx.dims, passes, ctx.device).save(path, fp)
+    batching = [ctx.cfg.batch_size, ctx.cfg.token_budget]
+    checkpoint = FitCheckpoint(run_dir / PARTIAL, _hash([fp, batching]), ctx.cfg.checkpoint_seconds)
+    fit_curvature(ctx.cfg.hessian, ctx.dims, passes, ctx.device, checkpoint).save(path, fp)
     if cache and len(fit_idx) == len(ctx.cand_tok):  # scoring meets the same batches: reuse, don't recompute
         ctx.captures = {tuple(c.index): c for c in cache}
     return Curvature.load(path, ctx.device)  # a fresh and a resumed run compute from the same bytes
@@ -356,6 +321,29 @@ def save_seed_gradients(path: Path, seeds: SeedGradients, fingerprint: str) -> N
         save_file(tensors, str(tmp), metadata=meta)
 
 
+def save_mean_seed_direction(path: Path, seeds: SeedGradients, normalize: str, fingerprint: str) -> None:
+    """What token explanations keep of the seeds: per module the mean over seed columns of V_s (divided by the
+    seed's norm under unit normalisation, so its contraction is the mean score), and each column's
+    self-influence. One seed's worth of bytes instead of all seeds: a single column is recomputed on demand."""
+    from safetensors.torch import save_file
+
+    self_inf = seeds.self_influence.double()
+    weight = self_inf.clamp(min=0).sqrt().reciprocal() if normalize == "unit" else torch.ones_like(self_inf)
+    weight = torch.where(torch.isfinite(weight), weight, torch.zeros_like(weight)) / seeds.n_seeds
+    tensors = {}
+    for name in seeds.names:
+        w = weight.to(device=seeds.self_influence.device, dtype=torch.float32)
+        if name in seeds.dense:
+            mean = torch.einsum("soi,s->oi", seeds.dense[name], w)
+        else:
+            mean = torch.einsum("sor,sir,s->oi", seeds.left[name], seeds.right[name], w)
+        tensors[f"mean::{name}"] = mean.contiguous().cpu()
+    tensors["self_influence"] = seeds.self_influence.contiguous().cpu()
+    meta = {"fingerprint": fingerprint, "normalize": normalize, "lowrank_error": json.dumps(seeds.lowrank_error)}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
 def load_seed_gradients(path: Path, device: torch.device | str = "cpu") -> tuple[SeedGradients, str | None]:
     from safetensors import safe_open
     from safetensors.torch import load_file
@@ -473,19 +461,43 @@ def umap_stage(run_dir: Path, random_state: int, status: Status) -> None:
     write_json_atomic(run_dir / "config.json", cfg)
 
 
-def score(cfg: ScoreConfig, resume: bool = False, model=None, tokenizer=None,
-          on_progress: Callable[[dict], None] | None = None) -> Path:  # fmt: skip
-    """Run every stage of `gdig score` into cfg.out; returns the run directory."""
+def job_plan(cfg: ScoreConfig, n_candidates: int, n_seeds: int) -> dict[str, float]:
+    """Expected relative cost of each stage, in candidate forward+backward passes (for the overall ETA)."""
+    n_fit = min(cfg.fit_examples or n_candidates, n_candidates)
+    plan = {"load": 0.05 * n_candidates}
+    if cfg.hessian != "identity":
+        plan["fit_covariance"] = n_fit
+    if cfg.hessian == "ekfac":
+        plan["fit_eigen"] = n_fit
+    plan |= {"seeds": 1.5 * n_seeds, "score": n_candidates, "finalize": 0.02 * n_candidates}
+    if cfg.umap:
+        plan["umap"] = 600 + 0.3 * n_candidates
+    return plan
+
+
+def score(
+    cfg: ScoreConfig,
+    resume: bool = False,
+    model=None,
+    tokenizer=None,
+    on_progress: Callable[[dict], None] | None = None,
+    status: Status | None = None,
+) -> Path:
+    """Run every stage of `gdig score` into cfg.out; returns the run directory. A caller with a longer job (the
+    demo) passes its own `status`, whose plan already holds these stages."""
     if model is None:
         check_model_source(cfg.model)  # before anything is written: a wrong path is not a failed run
     run_dir = Path(cfg.out)
     saved = prepare_run_dir(run_dir, resume)
-    status = Status(run_dir, on_progress)
+    own_status = status is None
+    status = status or Status(run_dir, on_progress)
     try:
         status.update("load", 0, 1, force=True)
         t0 = time.time()
         ctx = build_context(cfg, model, tokenizer)
         ctx.timings["load"] = time.time() - t0
+        if own_status:
+            status.set_plan(job_plan(cfg, len(ctx.candidates), len(ctx.seeds)))
         fp = settings_fingerprint(ctx)
         if saved is not None:
             if saved.get("fingerprints", {}).get("settings") != fp:
@@ -493,7 +505,8 @@ def score(cfg: ScoreConfig, resume: bool = False, model=None, tokenizer=None,
             if saved.get("finished"):
                 if cfg.umap and not (run_dir / "umap.npy").exists():
                     umap_stage(run_dir, cfg.random_state, status)
-                status.update("done", 1, 1, force=True)
+                if own_status:
+                    status.update("done", 1, 1, force=True)
                 return run_dir
             ctx.timings = {k: v for k, v in saved.get("timings", {}).items() if k != "factors_reused"}
         write_json_atomic(run_dir / "config.json", _config_record(ctx, {"finished": False}))
@@ -503,12 +516,12 @@ def score(cfg: ScoreConfig, resume: bool = False, model=None, tokenizer=None,
         finalize(ctx, run_dir, seed_loss, seed_ntok, extra)
         if cfg.umap:
             umap_stage(run_dir, cfg.random_state, status)
-        status.update("done", 1, 1, force=True)
+        if own_status:
+            status.update("done", 1, 1, force=True)
         return run_dir
     except BaseException as e:
-        msg = "cancelled" if isinstance(e, Cancelled | KeyboardInterrupt) else f"{type(e).__name__}: {e}"
-        state = status.state or {"stage": "load", "done": 0, "total": 1, "started": status.started}
-        write_json_atomic(status.path, state | {"error": msg, "updated": time.time(), "pid": os.getpid()})
+        if own_status:
+            status.fail("cancelled" if isinstance(e, Cancelled | KeyboardInterrupt) else f"{type(e).__name__}: {e}")
         raise
 
 
@@ -531,7 +544,7 @@ def _score_stages(ctx: ScoreContext, run_dir: Path, status: Status, fp: str) -> 
     scorer = Scorer(seeds, cur, dampings, ctx.cfg.normalize)
     sketcher = Sketcher(ctx.dims, ctx.cfg.sketch_dim, ctx.cfg.random_state, ctx.device)
     score_stage(ctx, scorer, sketcher, run_dir, status)
-    shutil.copyfile(seed_path, run_dir / "seed_grads.safetensors")
+    save_mean_seed_direction(run_dir / "seed_grads.safetensors", seeds, ctx.cfg.normalize, fp)
     return {
         "damping": dampings,
         "seed_rank": rank,

@@ -39,7 +39,7 @@ def app(runs, monkeypatch):
 
 def _page(at: AppTest, page: str) -> AppTest:
     at.run()
-    at.switch_page(f"pages/{page}.py")
+    at.switch_page(f"app_pages/{page}.py")
     at.run()
     assert not at.exception, at.exception
     return at

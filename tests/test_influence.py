@@ -8,10 +8,11 @@ import torch
 
 from gdig.config import ScoreConfig
 from gdig.data import load_dataset, tokenize_dataset
+from gdig.explain import token_influence
 from gdig.hooks import GradientCapture, collate
-from gdig.influence import token_contributions
 from gdig.model import find_tracked_modules
-from gdig.run import load_seed_gradients, score
+from gdig.results import load_run
+from gdig.run import score
 from gdig.tiny import build_tiny_model
 from reference import autograd_gradients, dense_inverse, token_statistics
 
@@ -92,20 +93,45 @@ def test_left_and_right_padding_give_same_per_token_statistics(model, tokenizer,
             torch.testing.assert_close(left.acts[name][i, -n:], right.acts[name][i, :n], rtol=1e-4, atol=1e-6)
 
 
-def test_token_contributions_sum_to_the_score(tmp_path, model, tokenizer, data_files):
-    infl, out = run(tmp_path, model, tokenizer, data_files, hessian="ekfac", damping=1e-3)
-    seeds, _ = load_seed_gradients(out / "seed_grads.safetensors")
-    toks, _ = tokenize_dataset(tokenizer, load_dataset(data_files[0]), 512)
-    tracked = find_tracked_modules(model)
-    with GradientCapture(model, tracked) as cap:
-        for i in (0, 7):
-            got = cap.run(collate([toks[i]], [i], tokenizer.pad_token_id))
-            for seed in (0, 3):
-                c = token_contributions(got, seeds, seed)
-                assert c.shape == (len(toks[i].input_ids),)
-                assert float(c.sum()) == pytest.approx(infl[i, seed], rel=1e-4, abs=1e-9)
-            mean = token_contributions(got, seeds, None)
-            assert float(mean.sum()) == pytest.approx(infl[i].mean(), rel=1e-4, abs=1e-9)
+@pytest.mark.parametrize(
+    ("normalize", "hessian", "seed_batch"),
+    [("none", "ekfac", 1), ("unit", "ekfac", 1), ("relatif", "kfac", 2), ("unit", "identity", 1)],
+)
+def test_token_contributions_sum_to_the_score(tmp_path, model, tokenizer, data_files, normalize, hessian, seed_batch):
+    """Token explanations (one seed column recomputed from its text, or the stored seed mean) sum to the stored
+    score in the run's normalisation; the run keeps one seed's worth of bytes, not every seed's gradient."""
+    infl, out = run(tmp_path, model, tokenizer, data_files, hessian=hessian, damping=1e-3, normalize=normalize,
+                    seed_batch=seed_batch)  # fmt: skip
+    results = load_run(out)
+    for i in (0, 7):
+        for column in (0, infl.shape[1] - 1):
+            ti = token_influence(results, i, model, tokenizer, column)
+            assert len(ti.contributions) == len(ti.tokens) and ti.n_prompt > 0
+            assert ti.total == pytest.approx(infl[i, column], rel=1e-4, abs=1e-7)
+        assert token_influence(results, i, model, tokenizer, None).total == pytest.approx(infl[i].mean(), rel=1e-4,
+                                                                                           abs=1e-7)  # fmt: skip
+    one_seed = sum(t.d_in * t.d_out for t in find_tracked_modules(model)) * 4
+    assert (out / "seed_grads.safetensors").stat().st_size < 2 * one_seed + 4096
+
+
+def test_token_contributions_of_an_older_run_with_every_seed_stored(tmp_path, model, tokenizer, data_files):
+    """Runs written before the mean direction was stored keep working: their per-seed file is averaged."""
+    from gdig.run import save_seed_gradients
+
+    infl, out = run(tmp_path, model, tokenizer, data_files, damping=1e-3, normalize="none")
+    cands, seeds = (load_dataset(f) for f in data_files)
+    s_tok, _ = tokenize_dataset(tokenizer, seeds, 512)
+    from gdig.curvature import Curvature
+    from gdig.hooks import per_example_gradient
+    from gdig.influence import precondition_seeds
+
+    cur = Curvature.load(out / "factors.safetensors")
+    with GradientCapture(model, find_tracked_modules(model)) as cap:
+        got = cap.run(collate(s_tok, range(len(s_tok)), tokenizer.pad_token_id))
+    grads = {n: per_example_gradient(got.acts[n], got.grads[n]) for n in got.acts}
+    save_seed_gradients(out / "seed_grads.safetensors", precondition_seeds(grads, cur, {n: 1e-3 for n in grads}), "x")
+    ti = token_influence(load_run(out), 3, model, tokenizer, None)
+    assert ti.total == pytest.approx(infl[3].mean(), rel=1e-4, abs=1e-7)
 
 
 def test_conv1d_and_linear_give_the_same_influence(tmp_path, tokenizer, data_files):

@@ -6,8 +6,8 @@ import json
 import pandas as pd
 import streamlit as st
 
+from app_pages.common import RUN_KEY, guard, runs_dir
 from gdig.jobs import job_state, list_runs, start_demo_job
-from pages.common import RUN_KEY, guard, runs_dir
 
 st.header("Runs")
 
@@ -19,7 +19,7 @@ def demo_progress(run_dir: str) -> None:
         st.success("The demo is ready.")
         if st.button("Open the demo", type="primary", key="open_demo"):
             st.session_state[RUN_KEY] = run_dir
-            st.switch_page("pages/influence.py")
+            st.switch_page("app_pages/influence.py")
         return
     if state.error:
         st.error(f"Building the demo stopped: {state.error}")
@@ -57,7 +57,7 @@ with guard():
         chosen = st.selectbox("Open run", names, key="home_open")
         if st.button("Open", type="primary"):
             st.session_state[RUN_KEY] = str(runs_dir() / chosen)
-            st.switch_page("pages/influence.py")
+            st.switch_page("app_pages/influence.py")
         report = demo_dir / "demo_report.json"
         if report.exists():
             rep = json.loads(report.read_text())

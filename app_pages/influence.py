@@ -5,7 +5,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages.common import current_run, guard, kept_mask, selection_config, widget_kwargs
+from app_pages.common import current_run, guard, kept_mask, selection_config, widget_kwargs
 
 st.header("Influence")
 run = current_run()

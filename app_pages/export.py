@@ -6,9 +6,17 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from app_pages.common import (
+    clamp_clusters,
+    current_run,
+    current_selection,
+    guard,
+    selection_config,
+    setting,
+    widget_kwargs,
+)
 from gdig.export import save_into_run, selection_lines
 from gdig.select import STRATEGIES, WITHIN, SelectionConfig, select_run
-from pages.common import clamp_clusters, current_run, current_selection, guard, selection_config, setting, widget_kwargs
 
 st.header("Export")
 run = current_run()

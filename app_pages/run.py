@@ -10,10 +10,10 @@ from pathlib import Path
 
 import streamlit as st
 
+from app_pages.common import RUN_KEY, guard, runs_dir
 from gdig.config import DEFAULT_MODULES, HESSIANS, NORMALIZATIONS, DataConfig, ScoreConfig
 from gdig.data import DataError, load_dataset
 from gdig.jobs import cancel_job, job_state, start_job
-from pages.common import RUN_KEY, guard, runs_dir
 
 st.header("New run")
 
@@ -93,7 +93,7 @@ def progress(run_dir: str) -> None:
     st.subheader(f"Run `{Path(run_dir).name}`")
     if state.finished:
         st.success("Finished. Open the Influence page to inspect it.")
-        st.page_link("pages/influence.py", label="Influence", icon=":material/bar_chart:")
+        st.page_link("app_pages/influence.py", label="Influence", icon=":material/bar_chart:")
         return
     if state.error:
         st.error(f"The run stopped: {state.error}")

@@ -5,9 +5,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from app_pages.common import clamp_clusters, current_run, current_selection, guard, selection_config, setting
 from gdig.explain import explain, heatmap_html, token_influence
 from gdig.results import load_overrides, save_overrides
-from pages.common import clamp_clusters, current_run, current_selection, guard, selection_config, setting
 
 st.header("Explore")
 run = current_run()

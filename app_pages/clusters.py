@@ -6,8 +6,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from gdig.umap_map import ensure_umap
-from pages.common import (
+from app_pages.common import (
     MAP_POINTS,
     clamp_clusters,
     current_run,
@@ -17,6 +16,7 @@ from pages.common import (
     setting,
     widget_kwargs,
 )  # fmt: skip
+from gdig.umap_map import ensure_umap
 
 st.header("Clusters")
 run = current_run()

@@ -1,0 +1,191 @@
+"""UI helpers shared by the pages: the run picker (confined to the runs folder), settings that persist in the
+run, cached loading, the error guard. Layout only; everything computed comes from `gdig`."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from gdig.jobs import list_runs
+from gdig.names import check_name
+from gdig.results import RunError, RunResults, load_curation, load_overrides, load_run, save_curation
+from gdig.select import GradientClusterer, Selection, SelectionConfig, quality_mask, select_run
+
+RUN_KEY = "run_name"  # the chosen run: a folder name under runs_dir(), never a path
+# The selection settings a page can change: their defaults are SelectionConfig's; colour_by is the map's.
+SETTINGS = ("rule", "tau", "min_mean", "clusters", "budget", "strategy", "within", "seed")
+UI_DEFAULTS = {"color_by": "cluster"}
+MAP_POINTS = 20_000  # the map shows at most this many points (a fixed random sample), and says so
+
+
+def runs_dir() -> Path:
+    return Path(os.environ.get("GDIG_RUNS_DIR", "runs"))
+
+
+def run_dir(name: str) -> Path:
+    """The folder of run `name` inside the runs folder; a name that could point elsewhere is refused."""
+    return runs_dir() / check_name(name, "run name")
+
+
+@contextlib.contextmanager
+def guard():
+    """Show any failure as a plain message, never a traceback."""
+    try:
+        yield
+    except RunError as e:
+        st.error(f"This run cannot be shown: {e}")
+    except (ValueError, FileNotFoundError) as e:
+        st.error(str(e))
+    except Exception as e:  # noqa: BLE001 - the UI must not show a traceback
+        st.error(f"Something went wrong: {type(e).__name__}: {e}")
+
+
+# -- settings: session state while the app is open, saved in the run (curation.json) across reloads -----------
+
+
+def _defaults() -> dict:
+    d = SelectionConfig()
+    return {name: getattr(d, name) for name in SETTINGS} | UI_DEFAULTS
+
+
+def _load_run_settings() -> None:
+    """When the chosen run changes, its saved settings (or the defaults) become the widgets' values."""
+    name = st.session_state.get(RUN_KEY)
+    if st.session_state.get("_settings_of") == name:
+        return
+    saved = load_curation(run_dir(name)) if name else {}
+    for key, default in _defaults().items():
+        value = saved.get(key, default)
+        value = 0 if key == "budget" and value is None else value
+        st.session_state[f"_{key}"] = value
+        st.session_state[f"w_{key}"] = value
+    st.session_state["_settings_of"] = name
+
+
+def setting(name: str):
+    _load_run_settings()
+    return st.session_state.get(f"_{name}", _defaults().get(name))
+
+
+def widget_kwargs(name: str) -> dict:
+    """Key, current value and a callback that keeps the value (and saves it in the run) when it changes."""
+    _load_run_settings()
+    key = f"w_{name}"
+    if key not in st.session_state:
+        st.session_state[key] = setting(name)
+
+    def keep() -> None:
+        st.session_state[f"_{name}"] = st.session_state[key]
+        run = st.session_state.get(RUN_KEY)
+        if run and run_dir(run).is_dir():
+            save_curation(run_dir(run), {k: st.session_state.get(f"_{k}") for k in _defaults()})
+
+    st.session_state[f"_{name}"] = st.session_state[key]
+    return {"key": key, "on_change": keep}
+
+
+# -- run picker ------------------------------------------------------------------------------------------------
+
+
+def _picked() -> None:
+    st.session_state[RUN_KEY] = st.session_state["run_pick"]
+
+
+def choose_run(name: str) -> None:
+    """Make `name` the run every page shows (sidebar, URL and pages follow on the next rerun)."""
+    st.session_state[RUN_KEY] = name
+    st.query_params["run"] = name
+
+
+def sidebar_run_picker() -> None:
+    """The sidebar's run choice, kept in step with the session and the `?run=` URL parameter. Only folders in
+    the runs folder can be chosen; an unknown name is an error, never silently another run."""
+    runs = list_runs(runs_dir())
+    names = [r["name"] for r in runs]
+    wanted = st.session_state.get(RUN_KEY) or st.query_params.get("run")
+    if wanted and wanted not in names:
+        st.sidebar.error(f"No run named '{wanted}' in the runs folder `{runs_dir()}`.")
+        wanted = None
+    elif not wanted and names:
+        wanted = names[0]
+    st.session_state[RUN_KEY] = wanted
+    if not names:
+        st.sidebar.caption(f"No runs yet in `{runs_dir()}`.")
+        return
+    labels = {r["name"]: f"{r['name']} · {r['state']}" for r in runs}
+    st.session_state["run_pick"] = wanted
+    st.sidebar.selectbox("Run", names, key="run_pick", format_func=lambda n: labels.get(n, n), on_change=_picked,
+                         index=None, placeholder="Choose a run")  # fmt: skip
+    if wanted:
+        st.query_params["run"] = wanted
+
+
+def run_stamp(path: str) -> float:
+    p = Path(path) / "influence.npy"
+    return p.stat().st_mtime if p.exists() else 0.0
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the run…")
+def _cached_run(path: str, stamp: float) -> RunResults:
+    run = load_run(path)
+    _ = run.frac_helped, run.mean_influence  # computed once per run, reused on every slider move
+    return run
+
+
+def current_run() -> RunResults:
+    """The chosen finished run, or a hint and a stop."""
+    name = st.session_state.get(RUN_KEY)
+    if not name:
+        st.info("Choose a run in the sidebar, or start one on the **New run** page.")
+        st.stop()
+    try:
+        path = str(run_dir(name))
+        return _cached_run(path, run_stamp(path))
+    except RunError as e:
+        st.warning(f"{e}")
+        st.stop()
+
+
+def selection_config(run: RunResults, budget: int | None = None) -> SelectionConfig:
+    ov = load_overrides(run.path)
+    values = {k: setting(k) for k in SETTINGS} | {"budget": budget, "include": ov.include, "exclude": ov.exclude}
+    return SelectionConfig(**values)
+
+
+def kept_mask(run: RunResults, cfg: SelectionConfig) -> np.ndarray:
+    return quality_mask(run.frac_helped, run.mean_influence, *cfg.thresholds, run.ids, cfg.include, cfg.exclude)
+
+
+@st.cache_data(max_entries=32, show_spinner="Clustering gradients…")
+def _cached_labels(path: str, stamp: float, kept_bytes: bytes, k: int, seed: int) -> np.ndarray:
+    run = _cached_run(path, stamp)
+    rows = np.flatnonzero(np.frombuffer(kept_bytes, dtype=bool))
+    return GradientClusterer(k, seed).fit_predict(run.sketch[rows])
+
+
+def current_selection(run: RunResults, cfg: SelectionConfig) -> Selection:
+    """Quality rule + clusters (cached per rule and K) + resampling to the budget."""
+    kept = kept_mask(run, cfg)
+    if not kept.any():
+        return select_run(run, dataclasses.replace(cfg, clusters=1), labels=np.zeros(0, np.int64))
+    labels = _cached_labels(str(run.path), run_stamp(str(run.path)), kept.tobytes(), cfg.clusters, cfg.seed)
+    return select_run(run, cfg, labels=labels)
+
+
+def clamp_clusters(run: RunResults, cfg: SelectionConfig, stop_when_empty: bool = True) -> int:
+    """K cannot exceed the kept set; say so instead of failing."""
+    n_kept = int(kept_mask(run, cfg).sum())
+    if n_kept == 0:
+        st.warning("No candidate passes the quality rule: loosen the threshold on the Influence page.")
+        if stop_when_empty:
+            st.stop()
+        return cfg.clusters
+    if cfg.clusters > n_kept:
+        st.caption(f"K lowered to {n_kept}: only {n_kept} candidates are kept.")
+        cfg.clusters = n_kept
+    return cfg.clusters

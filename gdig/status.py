@@ -1,0 +1,149 @@
+"""Progress of a job, shared through status.json (DESIGN section 3): the stage, its counter, and the whole job's
+fraction and ETA. A job declares a plan, the expected relative cost of each stage in order; the overall fraction
+is the planned cost done, and the ETA extrapolates this process's own pace over what is left (so a resumed job
+is not credited with the work an earlier process did). Torch-free: the app reads it on every poll."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gdig.atomic import write_json_atomic
+
+STATUS_FILE = "status.json"
+CANCEL_FILE = "cancel"
+
+
+class Cancelled(RuntimeError):
+    """Raised between batches when a `cancel` file appears in the run directory."""
+
+
+class Status:
+    """status.json: {stage, done, total, started, updated, pid, error, plan, job_fraction, stage_seconds},
+    replaced atomically (at most twice a second, and at every stage boundary)."""
+
+    def __init__(self, run_dir: Path, on_progress: Callable[[dict], None] | None = None):
+        self.path = Path(run_dir) / STATUS_FILE
+        self.cancel_path = Path(run_dir) / CANCEL_FILE
+        self.started = time.time()
+        self.on_progress = on_progress
+        self.state: dict[str, Any] = {}
+        self.plan: dict[str, float] = {}
+        self.stage_seconds: dict[str, float] = {}
+        self._last_write = 0.0
+        self._stage_started = self.started
+        self._fraction_at_start: float | None = None
+
+    def set_plan(self, plan: dict[str, float]) -> None:
+        """Expected relative cost of each stage, in the order they run (stages not named count as free)."""
+        self.plan = {k: max(float(v), 0.0) for k, v in plan.items()}
+
+    def job_fraction(self, stage: str, done: int, total: int) -> float:
+        if stage == "done":
+            return 1.0
+        if stage not in self.plan or not sum(self.plan.values()):
+            return float(self.state.get("job_fraction", 0.0))
+        names = list(self.plan)
+        before = sum(self.plan[s] for s in names[: names.index(stage)])
+        current = self.plan[stage] * (min(done, total) / total if total > 0 else 0.0)
+        return min((before + current) / sum(self.plan.values()), 1.0)
+
+    def update(self, stage: str, done: int, total: int, error: str | None = None, force: bool = False) -> None:
+        now = time.time()
+        previous = self.state.get("stage")
+        if stage != previous:
+            if previous is not None:
+                self.stage_seconds[previous] = self.stage_seconds.get(previous, 0.0) + now - self._stage_started
+            self._stage_started = now
+        fraction = self.job_fraction(stage, done, total)
+        if self._fraction_at_start is None and self.plan:
+            self._fraction_at_start = fraction
+        self.state = {
+            "stage": stage,
+            "done": done,
+            "total": total,
+            "started": self.started,
+            "updated": now,
+            "stage_started": self._stage_started,
+            "pid": os.getpid(),
+            "error": error,
+            "plan": self.plan,
+            "job_fraction": fraction,
+            "job_fraction_at_start": self._fraction_at_start or 0.0,
+            "stage_seconds": self.stage_seconds,
+        }
+        if force or done in (0, total) or now - self._last_write > 0.5:
+            write_json_atomic(self.path, self.state)
+            self._last_write = now
+        if self.on_progress is not None:
+            self.on_progress(dict(self.state))
+        if self.cancel_path.exists():
+            raise Cancelled("cancelled by the user")
+
+    def fail(self, error: str) -> None:
+        """Record why the job stopped (keeping where it stopped)."""
+        state = self.state or {"stage": "load", "done": 0, "total": 1, "started": self.started}
+        write_json_atomic(self.path, state | {"error": error, "updated": time.time(), "pid": os.getpid()})
+
+
+def read_status(run_dir: str | Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((Path(run_dir) / STATUS_FILE).read_text())
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+        return None
+
+
+@dataclass
+class Eta:
+    """Rate and time left, for the stage in progress and for the whole job (None until measurable)."""
+
+    rate: float | None  # items per second in the current stage
+    stage_seconds: float | None
+    job_fraction: float
+    job_seconds: float | None
+
+
+def estimate(state: dict[str, Any]) -> Eta:
+    """ETAs from one status.json snapshot."""
+    done, total = int(state.get("done", 0)), int(state.get("total", 0))
+    started, updated = state.get("stage_started") or state.get("started"), state.get("updated")
+    rate = stage_eta = job_eta = None
+    if started and updated and done > 0 and updated > started:
+        rate = done / (updated - started)
+        stage_eta = (total - done) / rate if rate > 0 else None
+    fraction = float(state.get("job_fraction", 0.0))
+    gained = fraction - float(state.get("job_fraction_at_start", 0.0))
+    if state.get("started") and updated and gained > 0.005 and fraction < 1.0:
+        job_eta = (updated - state["started"]) * (1.0 - fraction) / gained
+    return Eta(rate, stage_eta, fraction, job_eta)
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 90:
+        return f"{seconds} s"
+    if seconds < 5400:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def summary_line(state: dict[str, Any], run_dir: str | Path) -> str:
+    """One line for the end of a job: time per stage and the files written, with sizes."""
+    stages = " · ".join(f"{k} {format_seconds(v)}" for k, v in state.get("stage_seconds", {}).items() if v >= 0.5)
+    total = float(state.get("updated", 0) - state.get("started", 0))
+    files = sorted(p for p in Path(run_dir).iterdir() if p.is_file() and not p.name.startswith("."))
+    listed = ", ".join(f"{p.name} ({_size(p.stat().st_size)})" for p in files if p.suffix != ".log")
+    return f"done in {format_seconds(total)} ({stages}); wrote {listed}"
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
