@@ -15,11 +15,24 @@ from app_pages.common import (
     selection_config,
     setting,
     widget_kwargs,
-)  # fmt: skip
+)
+from gdig.select import cluster_names, decision_labels
 from gdig.umap_map import ensure_umap
+
+
+def _keep_lasso() -> None:
+    """Keep the lasso/box selection as candidate rows, so a new colouring or K does not drop it."""
+    event = st.session_state.get("umap") or {}
+    points = (event.get("selection") or {}).get("points") or []
+    rows = sorted({int(p["customdata"]) for p in points if "customdata" in p})
+    if rows:
+        st.session_state["lasso_rows"] = rows
+
 
 st.header("Clusters")
 run = current_run()
+if st.session_state.get("_lasso_run") != str(run.path):  # a lasso belongs to one run
+    st.session_state["lasso_rows"], st.session_state["_lasso_run"] = [], str(run.path)
 with guard():
     c1, c2, c3 = st.columns(3)
     c1.slider("K (clusters)", 2, 100, **widget_kwargs("clusters"))
@@ -38,28 +51,44 @@ with guard():
         shown = np.sort(np.random.default_rng(0).choice(n, MAP_POINTS, replace=False))
         st.caption(f"The map shows a fixed random sample of {MAP_POINTS:,} of {n:,} candidates; the table and "
                    "counts use all of them.")  # fmt: skip
-    selected = np.zeros(n, bool)
-    selected[sel.indices] = True
-    decision = np.where(selected, "selected", np.where(sel.kept, "kept", "rejected"))
+    decision = decision_labels(sel, run.ids, cfg.include, cfg.exclude)
     colour = setting("color_by")
-    cand = run.candidates
-    hover = cand["target"].astype(str).str.slice(0, 80).to_numpy()
-    if colour == "cluster":
-        marker = dict(color=sel.labels[shown], colorscale="Turbo", size=5, showscale=False)
-    elif colour == "decision":
-        palette = {"selected": "#16a34a", "kept": "#93c5fd", "rejected": "#d1d5db"}
-        marker = dict(color=[palette[d] for d in decision[shown]], size=5)
+    hover = run.candidates["target"].astype(str).str.slice(0, 80).to_numpy()
+    lasso = st.session_state.get("lasso_rows") or []
+    fig = go.Figure()
+    if colour in ("cluster", "decision"):
+        groups = cluster_names(sel.labels) if colour == "cluster" else decision
+        order = sorted(set(groups[shown]), key=lambda g: (not g.isdigit(), int(g) if g.isdigit() else 0, g))
+        palette = {"selected": "#16a34a", "kept": "#93c5fd", "rejected": "#d1d5db", "included by hand": "#7c3aed",
+                   "excluded by hand": "#dc2626", "not clustered (rejected)": "#d1d5db"}  # fmt: skip
+        for g in order:
+            rows = shown[groups[shown] == g]
+            name = f"cluster {g}" if g.isdigit() else g
+            fig.add_trace(go.Scattergl(x=emb[rows, 0], y=emb[rows, 1], mode="markers", name=name, customdata=rows,
+                                       marker=dict(size=5, color=palette.get(g)), hovertext=hover[rows],
+                                       hoverinfo="text"))  # fmt: skip
     else:
         values = run.mean_influence if colour == "mean influence" else run.frac_helped
-        marker = dict(color=values[shown], colorscale="RdYlGn", size=5, showscale=True)
-    fig = go.Figure(go.Scattergl(x=emb[shown, 0], y=emb[shown, 1], mode="markers", marker=marker,
-                                 customdata=shown, hovertext=hover, hoverinfo="text"))  # fmt: skip
-    fig.update_layout(height=520, margin=dict(l=10, r=10, t=10, b=10), dragmode="lasso")
-    event = st.plotly_chart(fig, key="umap", on_select="rerun", selection_mode=("lasso", "box"))
-    picked = [p.get("customdata", shown[p["point_index"]]) for p in (event.selection.points if event else [])]
-    rows = np.array(sorted({int(i) for i in picked}), dtype=np.int64) if picked else shown
-    if picked:
-        st.caption(f"{len(rows):,} candidates in the lasso/box selection (double-click the map to clear it).")
+        marker = dict(color=values[shown], colorscale="RdYlGn", size=5, showscale=True,
+                      colorbar=dict(title=dict(text=colour)))  # fmt: skip
+        fig.add_trace(go.Scattergl(x=emb[shown, 0], y=emb[shown, 1], mode="markers", marker=marker, name=colour,
+                                   customdata=shown, hovertext=hover[shown], hoverinfo="text"))  # fmt: skip
+    if lasso:  # the curator's lasso stays drawn whatever the colouring
+        picked = set(lasso)
+        for trace in fig.data:
+            trace.selectedpoints = [i for i, r in enumerate(trace.customdata) if int(r) in picked]
+    fig.update_layout(height=520, margin=dict(l=10, r=10, t=10, b=10), dragmode="lasso", showlegend=True,
+                      legend=dict(title=dict(text=colour), itemsizing="constant"))  # fmt: skip
+    st.plotly_chart(fig, key="umap", on_select=_keep_lasso, selection_mode=("lasso", "box"))
+    rows = np.array(sorted(lasso), dtype=np.int64) if lasso else shown
+    if lasso:
+        c1, c2 = st.columns([4, 1])
+        c1.caption(f"{len(rows):,} candidates in the lasso/box selection; it stays when you change the colouring.")
+        if c2.button("Clear the selection", key="clear_lasso"):
+            st.session_state["lasso_rows"] = []
+            st.rerun()
+    selected = decision == "selected"
+    cand = run.candidates
 
     st.subheader("Cluster summary")
     kept_rows = np.flatnonzero(sel.kept)
@@ -82,7 +111,7 @@ with guard():
 
     st.subheader("Candidates")
     table = pd.DataFrame({"id": cand["id"].astype(str).to_numpy()[rows], "decision": decision[rows],
-                          "cluster": sel.labels[rows], "mean influence": run.mean_influence[rows],
+                          "cluster": cluster_names(sel.labels)[rows], "mean influence": run.mean_influence[rows],
                           "fraction helped": run.frac_helped[rows],
                           "target": cand["target"].astype(str).to_numpy()[rows]})  # fmt: skip
     st.dataframe(table, hide_index=True, height=320)

@@ -125,6 +125,23 @@ def sidebar_run_picker() -> None:
         st.query_params["run"] = wanted
 
 
+def live(body, key: str, running: bool, *args) -> None:
+    """Run `body(*args)` as a fragment that re-runs every second while a job is running, and not at all when
+    none is (an open tab with no job costs the server nothing). When the job stops, the whole page re-runs once,
+    so that everything on it (tables, buttons, the sidebar) shows the new state."""
+    was = st.session_state.get(f"_live_{key}", False)
+    st.session_state[f"_live_{key}"] = running
+
+    def wrapped() -> None:
+        still = body(*args)
+        if was or running:
+            st.session_state[f"_live_{key}"] = bool(still)
+            if not still:
+                st.rerun(scope="app")
+
+    st.fragment(wrapped, run_every=1.0 if running else None)()
+
+
 def run_stamp(path: str) -> float:
     p = Path(path) / "influence.npy"
     return p.stat().st_mtime if p.exists() else 0.0

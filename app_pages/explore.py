@@ -8,6 +8,7 @@ import streamlit as st
 from app_pages.common import clamp_clusters, current_run, current_selection, guard, selection_config, setting
 from gdig.explain import explain, heatmap_html, token_influence
 from gdig.results import load_overrides, save_overrides
+from gdig.select import DECISIONS, cluster_names, decision_labels
 
 st.header("Explore")
 run = current_run()
@@ -22,19 +23,17 @@ def _model(path: str, device: str, trust: bool):
 
 with guard():
     cfg = selection_config(run, budget=int(setting("budget")) or None)
-    clamp_clusters(run, cfg)
+    clamp_clusters(run, cfg, stop_when_empty=False)  # every candidate can be browsed, kept or not
     sel = current_selection(run, cfg)
     cand = run.candidates
     ov = load_overrides(run.path)
-    status = np.where(sel.kept, "kept", "rejected")
-    status = np.where(np.isin(cand["id"].astype(str), ov.include), "included by hand", status)
-    status = np.where(np.isin(cand["id"].astype(str), ov.exclude), "excluded by hand", status)
+    status = decision_labels(sel, run.ids, ov.include, ov.exclude)
     f1, f2, f3 = st.columns([3, 2, 2])
     query = f1.text_input("Search source or target text", key="ex_query")
-    show = f2.selectbox("Show", ["all", "kept", "rejected", "included by hand", "excluded by hand"], key="ex_show")
+    show = f2.selectbox("Show", ["all", *DECISIONS], key="ex_show")
     sort = f3.selectbox("Sort by", ["mean influence", "fraction helped", "loss", "id"], key="ex_sort")
     table = pd.DataFrame({"id": cand["id"].astype(str), "decision": status, "mean influence": run.mean_influence,
-                          "fraction helped": run.frac_helped, "loss": cand["loss"], "cluster": sel.labels,
+                          "fraction helped": run.frac_helped, "loss": cand["loss"], "cluster": cluster_names(sel.labels),
                           "prompt": cand["prompt"].astype(str), "target": cand["target"].astype(str)})  # fmt: skip
     mask = np.ones(len(table), bool)
     if query:

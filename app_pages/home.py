@@ -1,4 +1,5 @@
-"""Runs: every run under the runs folder, newest first, with its state; pick one to inspect."""
+"""Runs: every run under the runs folder, newest first, with its state, settings and size; open or delete one;
+the built-in demo on first start."""
 
 import datetime as dt
 import json
@@ -6,33 +7,94 @@ import json
 import pandas as pd
 import streamlit as st
 
-from app_pages.common import RUN_KEY, guard, runs_dir
-from gdig.jobs import job_state, list_runs, start_demo_job
+from app_pages.common import RUN_KEY, choose_run, guard, live, run_dir, runs_dir
+from gdig.jobs import delete_run, job_state, list_runs, start_demo_job
+from gdig.status import format_seconds
 
 st.header("Runs")
+DEMO = "demo"
 
 
-@st.fragment(run_every=1.0)
-def demo_progress(run_dir: str) -> None:
-    state = job_state(run_dir)
+def demo_progress(folder: str) -> bool:
+    state = job_state(folder)
     if state.finished:
         st.success("The demo is ready.")
         if st.button("Open the demo", type="primary", key="open_demo"):
-            st.session_state[RUN_KEY] = run_dir
-            st.switch_page("app_pages/influence.py")
-        return
+            choose_run(DEMO)
+            st.switch_page("app_pages/clusters.py")
+        return False
     if state.error:
         st.error(f"Building the demo stopped: {state.error}")
         if st.button("Try again", key="retry_demo"):
-            start_demo_job(run_dir)
-            st.rerun()
+            start_demo_job(folder)
+            st.rerun(scope="app")
+        return False
+    left = f" · about {format_seconds(state.job_eta_seconds)} left" if state.job_eta_seconds is not None else ""
+    text = f"Building the demo: {state.job_fraction:.0%}{left} · {state.stage} {state.done:,}/{state.total:,}"
+    st.progress(state.job_fraction, text=text)
+    return state.running
+
+
+def runs_table() -> bool:
+    runs = list_runs(runs_dir())
+    if not runs:
+        return False
+    rows = [{"run": r["name"], "state": r["state"],
+             "progress": f"{r['job'].stage} {r['job'].done:,}/{r['job'].total:,}" if r["state"] != "finished" else "",
+             "settings": r["settings"], "size": f"{r['bytes'] / 1e6:,.1f} MB",
+             "modified": dt.datetime.fromtimestamp(r["mtime"]).strftime("%Y-%m-%d %H:%M"),
+             "error": r["job"].error or ""} for r in runs]  # fmt: skip
+    st.dataframe(pd.DataFrame(rows), hide_index=True, key="runs_table")
+    return any(r["state"] == "running" for r in runs)
+
+
+def demo_report() -> None:
+    report = runs_dir() / DEMO / "demo_report.json"
+    if not report.exists():
         return
-    st.progress(state.fraction, text=f"Building the demo · {state.stage}: {state.done}/{state.total}")
+    rep = json.loads(report.read_text())
+    st.subheader("The demo, measured")
+    auroc = rep["auroc"]
+    a, b, c, d = st.columns(4)
+    bleu = f"; BLEU {rep['bleu']:.1f}" if "bleu" in rep else ""
+    a.metric("Held-out chrF of the demo model", f"{rep['chrf']:.1f}", help=f"greedy decoding, sacrebleu{bleu}")
+    b.metric("AUROC, mean influence", f"{auroc['mean_influence']:.3f}",
+             delta=f"{auroc['mean_influence'] - auroc['low_loss']:+.3f} vs low loss",
+             help="How well the G-DIG score tells corrupted from clean pool pairs (1 = perfect)")  # fmt: skip
+    c.metric("AUROC, fraction of seeds helped", f"{auroc['fraction_helped']:.3f}",
+             help="The paper's rule counts the seeds a pair helps")  # fmt: skip
+    d.metric("AUROC, low loss (baseline)", f"{auroc['low_loss']:.3f}",
+             help="Ranking pairs by the fine-tuned model's own loss, the usual heuristic")  # fmt: skip
+    per_kind = rep.get("auroc_mean_influence_per_kind")
+    if per_kind:
+        with st.expander("AUROC of the mean influence, by kind of corruption"):
+            kinds = pd.DataFrame({"corruption": [k.replace("_", " ") for k in per_kind],
+                                  "AUROC": list(per_kind.values())})  # fmt: skip
+            bar = st.column_config.ProgressColumn("AUROC", min_value=0.0, max_value=1.0, format="%.3f")
+            st.dataframe(kinds, hide_index=True, column_config={"AUROC": bar})
+
+
+def manage(names: list[str]) -> None:
+    a, b = st.columns([3, 2])
+    chosen = a.selectbox("Run", names, key="home_open", index=names.index(st.session_state[RUN_KEY])
+                         if st.session_state.get(RUN_KEY) in names else 0)  # fmt: skip
+    if a.button("Open", type="primary", key="home_open_btn"):
+        choose_run(chosen)
+        st.switch_page("app_pages/influence.py")
+    with b.popover("Delete…"):
+        st.write(f"Delete run **{chosen}** and everything in its folder?")
+        if st.button(f"Delete {chosen}", type="primary", key="home_delete"):
+            delete_run(runs_dir(), chosen)
+            if st.session_state.get(RUN_KEY) == chosen:
+                st.session_state[RUN_KEY] = None
+                st.query_params.pop("run", None)
+            st.toast(f"Deleted {chosen}")
+            st.rerun()
 
 
 with guard():
     runs = list_runs(runs_dir())
-    demo_dir = runs_dir() / "demo"
+    demo_dir = run_dir(DEMO)
     building = demo_dir.is_dir() and not job_state(demo_dir).finished
     if not runs or building:
         st.markdown(
@@ -42,41 +104,12 @@ with guard():
             "2 CPU cores; built once and cached."
         )
         if demo_dir.is_dir():
-            demo_progress(str(demo_dir))
+            live(demo_progress, "demo", job_state(demo_dir).running, str(demo_dir))
         elif st.button("Build the demo", type="primary", key="build_demo"):
             start_demo_job(demo_dir)
             st.rerun()
         st.caption("Or start your own on the **New run** page.")
     if runs:
-        rows = [{"run": r["name"], "state": r["state"], "stage": r["job"].stage,
-                 "progress": f"{r['job'].done}/{r['job'].total}",
-                 "modified": dt.datetime.fromtimestamp(r["mtime"]).strftime("%Y-%m-%d %H:%M"),
-                 "error": r["job"].error or ""} for r in runs]  # fmt: skip
-        st.dataframe(pd.DataFrame(rows), hide_index=True)
-        names = [r["name"] for r in runs]
-        chosen = st.selectbox("Open run", names, key="home_open")
-        if st.button("Open", type="primary"):
-            st.session_state[RUN_KEY] = str(runs_dir() / chosen)
-            st.switch_page("app_pages/influence.py")
-        report = demo_dir / "demo_report.json"
-        if report.exists():
-            rep = json.loads(report.read_text())
-            st.subheader("The demo, measured")
-            auroc = rep["auroc"]
-            a, b, c, d = st.columns(4)
-            bleu = f"; BLEU {rep['bleu']:.1f}" if "bleu" in rep else ""
-            a.metric("Held-out chrF of the demo model", f"{rep['chrf']:.1f}", help=f"greedy decoding, sacrebleu{bleu}")
-            b.metric("AUROC, mean influence", f"{auroc['mean_influence']:.3f}",
-                     delta=f"{auroc['mean_influence'] - auroc['low_loss']:+.3f} vs low loss",
-                     help="How well the G-DIG score tells corrupted from clean pool pairs (1 = perfect)")  # fmt: skip
-            c.metric("AUROC, fraction of seeds helped", f"{auroc['fraction_helped']:.3f}",
-                     help="The paper's rule counts the seeds a pair helps")  # fmt: skip
-            d.metric("AUROC, low loss (baseline)", f"{auroc['low_loss']:.3f}",
-                     help="Ranking pairs by the fine-tuned model's own loss, the usual heuristic")  # fmt: skip
-            per_kind = rep.get("auroc_mean_influence_per_kind")
-            if per_kind:
-                with st.expander("AUROC of the mean influence, by kind of corruption"):
-                    kinds = pd.DataFrame({"corruption": [k.replace("_", " ") for k in per_kind],
-                                          "AUROC": list(per_kind.values())})  # fmt: skip
-                    bar = st.column_config.ProgressColumn("AUROC", min_value=0.0, max_value=1.0, format="%.3f")
-                    st.dataframe(kinds, hide_index=True, column_config={"AUROC": bar})
+        live(runs_table, "runs", any(r["state"] == "running" for r in runs))
+        manage([r["name"] for r in runs])
+        demo_report()

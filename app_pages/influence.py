@@ -13,15 +13,19 @@ with guard():
     m = run.influence.shape[1]
     st.caption(f"{run.n:,} candidates x {m} seed columns · positive influence = training on the candidate is "
                "predicted to lower the seed's loss")  # fmt: skip
-    rule = st.radio("Quality rule", ["fraction of seeds helped", "mean influence"], horizontal=True,
-                    **widget_kwargs("rule"))  # fmt: skip
-    if rule == "fraction of seeds helped":
+    labels = {"mean": "mean influence", "fraction": "fraction of seeds helped"}
+    rule = st.radio("Quality rule", list(labels), format_func=labels.get, horizontal=True, **widget_kwargs("rule"),
+                    help="Mean influence >= 0 (the default) keeps what helps the seeds on average. The paper's "
+                    "rule keeps a candidate only when it helps every seed (fraction, tau = 1); with many seeds "
+                    "that often keeps nothing.")  # fmt: skip
+    if rule == "fraction":
         st.slider("tau: keep candidates that help at least this fraction of seeds (1 = the paper's rule)", 0.0, 1.0,
                   step=1.0 / max(m, 1), **widget_kwargs("tau"))  # fmt: skip
     else:
         lo, hi = float(run.mean_influence.min()), float(run.mean_influence.max())
         st.number_input(f"Keep candidates with mean influence at least (range {lo:.3g} to {hi:.3g})",
                         format="%.6g", **widget_kwargs("min_mean"))  # fmt: skip
+    st.caption("The rule is saved with the run: a reload, another tab and the other pages use it.")
     cfg = selection_config(run)
     kept = kept_mask(run, cfg)
     a, b, c = st.columns(3)

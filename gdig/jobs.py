@@ -71,6 +71,46 @@ def start_job(cfg: ScoreConfig, resume: bool = False) -> Path:
     return _spawn(run_dir, cmd)
 
 
+def start_new_run(root: str | Path, name: str, model: str, inputs: list, settings: dict) -> Path:
+    """Check a new run's name, model and files, then start its worker; nothing is started or left behind when a
+    check fails (ValueError with the reason). `inputs` are the candidate and seed files: a path, or an upload as
+    (file name, bytes), saved under root/.inputs/NAME."""
+    from gdig.config import DataConfig
+    from gdig.data import DataError, load_dataset
+    from gdig.model_source import check_model_source
+    from gdig.names import safe_file_name
+
+    root = Path(root)
+    run_dir = root / check_name(name, "run name")
+    if run_dir.exists():
+        raise ValueError(f"A run named '{run_dir.name}' exists already; choose another name.")
+    if not model.strip() or not all(inputs):
+        raise ValueError("Give a model, a candidate file and a seed file.")
+    check_model_source(model)
+    folder = root / ".inputs" / run_dir.name
+    paths = []
+    for item in inputs:
+        if isinstance(item, str | Path):
+            paths.append(str(item))
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / safe_file_name(item[0])).write_bytes(item[1])
+        paths.append(str(folder / safe_file_name(item[0])))
+    settings = dict(settings)
+    data = DataConfig(max_length=int(settings.pop("max_length", 512)), trg_lang=settings.pop("trg_lang", None) or None)
+    try:  # a bad file is reported here, before anything runs
+        for p, role in zip(paths, ("candidate", "seed"), strict=True):
+            load_dataset(p, data.prompt_template, data.src_lang, data.trg_lang, role=role)
+        cfg = ScoreConfig(model=model.strip(), candidates=paths[0], seeds=paths[1], out=str(run_dir), data=data,
+                          **settings)  # fmt: skip
+    except (DataError, ValueError) as e:
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+        raise ValueError(f"Bad input file: {e}" if isinstance(e, DataError) else str(e)) from None
+    return start_job(cfg)
+
+
 def start_demo_job(run_dir: str | Path, cache: str | None = None) -> Path:
     """Build the built-in demo (`gdig demo`) in the background into run_dir."""
     run_dir = Path(run_dir)

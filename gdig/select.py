@@ -269,3 +269,22 @@ def select_run(run, cfg: SelectionConfig, labels: np.ndarray | None = None) -> S
     length = length_ratio_score(src.astype(str).tolist(), tgt.astype(str).tolist())
     return select(run.frac_helped, run.mean_influence, run.sketch, run.ids, cfg, loss=df["loss"].to_numpy(),
                   length_score=length, labels=labels)  # fmt: skip
+
+
+DECISIONS = ("selected", "kept", "rejected", "included by hand", "excluded by hand")
+
+
+def decision_labels(sel: Selection, ids: list[str], include=(), exclude=()) -> np.ndarray:
+    """One word per candidate, the same on every page: selected (in the budget), kept (passed the rule, not in
+    the budget), rejected, or included / excluded by hand (overrides win over the rule)."""
+    out = np.where(sel.kept, "kept", "rejected").astype(object)
+    out[sel.indices] = "selected"
+    pos = {v: i for i, v in enumerate(ids)}
+    out[[pos[i] for i in include if i in pos]] = "included by hand"
+    out[[pos[i] for i in exclude if i in pos]] = "excluded by hand"
+    return out.astype(str)
+
+
+def cluster_names(labels: np.ndarray) -> np.ndarray:
+    """Cluster labels as text, with the rows that were not clustered (rejected by the rule) named as such."""
+    return np.where(labels < 0, "not clustered (rejected)", labels.astype(str))
