@@ -32,9 +32,18 @@ with guard():
     query = f1.text_input("Search source or target text", key="ex_query")
     show = f2.selectbox("Show", ["all", *DECISIONS], key="ex_show")
     sort = f3.selectbox("Sort by", ["mean influence", "fraction helped", "loss", "id"], key="ex_sort")
-    table = pd.DataFrame({"id": cand["id"].astype(str), "decision": status, "mean influence": run.mean_influence,
-                          "fraction helped": run.frac_helped, "loss": cand["loss"], "cluster": cluster_names(sel.labels),
-                          "prompt": cand["prompt"].astype(str), "target": cand["target"].astype(str)})  # fmt: skip
+    table = pd.DataFrame(
+        {
+            "id": cand["id"].astype(str),
+            "decision": status,
+            "mean influence": run.mean_influence,
+            "fraction helped": run.frac_helped,
+            "loss": cand["loss"],
+            "cluster": cluster_names(sel.labels),
+            "prompt": cand["prompt"].astype(str),
+            "target": cand["target"].astype(str),
+        }
+    )
     mask = np.ones(len(table), bool)
     if query:
         q = query.lower()

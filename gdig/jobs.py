@@ -194,7 +194,8 @@ def list_runs(root: str | Path) -> list[dict[str, Any]]:
         return []
     out = []
     for d in root.iterdir():
-        if d.is_dir() and not d.name.startswith(".") and ((d / "status.json").exists() or (d / "config.json").exists()):
+        marks = ("status.json", "config.json", JOB_FILE)  # JOB_FILE: started, before the worker writes its status
+        if d.is_dir() and not d.name.startswith(".") and any((d / m).exists() for m in marks):
             state = job_state(d)
             label = "finished" if state.finished else "running" if state.running else "failed" if state.error else "?"
             out.append({"name": d.name, "path": d, "state": label, "mtime": d.stat().st_mtime, "job": state,

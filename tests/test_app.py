@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import make_pairs, write_jsonl
 from gdig.config import ScoreConfig
+from gdig.results import CURATION, load_run
 from gdig.run import score
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,9 +35,16 @@ def runs(tmp_path_factory, llama_dir):
 def app(runs, monkeypatch):
     monkeypatch.setenv("GDIG_RUNS_DIR", str(runs))
     monkeypatch.chdir(ROOT)
+    (runs / "demo" / CURATION).unlink(missing_ok=True)
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
-    at.session_state["run_path"] = str(runs / "demo")
-    return at
+    at.session_state["run_name"] = "demo"
+    yield at
+    (runs / "demo" / CURATION).unlink(missing_ok=True)
+
+
+def _rule(runs: Path, **settings) -> None:
+    """The curator's saved rule for the demo run (what the Influence page writes)."""
+    (runs / "demo" / CURATION).write_text(json.dumps(settings))
 
 
 def _page(at: AppTest, page: str) -> AppTest:
@@ -49,35 +59,71 @@ def _metric(at: AppTest, label: str) -> str:
     return next(m.value for m in at.metric if m.label == label)
 
 
-def test_runs_page_lists_the_run(app):
+def test_runs_page_lists_the_run_with_its_settings_and_size(app):
     at = _page(app, "home")
-    assert "demo" in at.dataframe[0].value["run"].tolist()
-    assert at.dataframe[0].value["state"].tolist() == ["finished"]
+    table = at.dataframe[0].value
+    assert table["run"].tolist() == ["demo"] and table["state"].tolist() == ["finished"]
+    assert table["settings"].iloc[0].startswith("40 x 6 · kfac · unit · λ=0.1×mean")
+    assert table["size"].iloc[0].endswith(" MB")
 
 
-def test_influence_tau_changes_the_counts(app):
+def test_the_default_rule_keeps_the_candidates_that_help_on_average(app, runs):
     at = _page(app, "influence")
+    run = load_run(runs / "demo")
+    assert int(_metric(at, "Kept").replace(",", "")) == int((run.mean_influence >= 0).sum()) > 0
+    assert at.radio(key="w_rule").value == "mean"
+
+
+def test_influence_rule_changes_the_counts_and_is_kept_across_reloads(app, runs):
+    at = _page(app, "influence")
+    at.radio(key="w_rule").set_value("fraction").run()
     strict = int(_metric(at, "Kept").replace(",", ""))
     at.slider(key="w_tau").set_value(0.0).run()
     assert not at.exception
-    assert int(_metric(at, "Kept").replace(",", "")) == 40 > strict
-    at.radio(key="w_rule").set_value("mean influence").run()
-    at.number_input(key="w_min_mean").set_value(1e9).run()
-    assert _metric(at, "Kept") == "0"
+    assert int(_metric(at, "Kept").replace(",", "")) == 40 >= strict
+    saved = json.loads((runs / "demo" / CURATION).read_text())
+    assert saved["rule"] == "fraction" and saved["tau"] == 0.0
+    reloaded = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)  # a reload: a new session
+    reloaded.query_params["run"] = "demo"
+    reloaded = _page(reloaded, "influence")
+    assert reloaded.slider(key="w_tau").value == 0.0 and _metric(reloaded, "Kept") == "40"
+    reloaded.radio(key="w_rule").set_value("mean").run()
+    reloaded.number_input(key="w_min_mean").set_value(1e9).run()
+    assert _metric(reloaded, "Kept") == "0"
 
 
-def test_clusters_k_reclusters(app):
-    app.session_state["_tau"] = 0.0
+def test_clusters_k_reclusters_and_the_map_has_a_legend(app, runs):
+    _rule(runs, rule="fraction", tau=0.0)
     at = _page(app, "clusters")
     first = len(at.dataframe[0].value)
     at.slider(key="w_clusters").set_value(3).run()
     assert not at.exception
     assert len(at.dataframe[0].value) == 3 != first
     assert at.dataframe[1].value["cluster"].nunique() == 3
+    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert fig["layout"]["showlegend"] and {t["name"] for t in fig["data"]} == {"cluster 0", "cluster 1", "cluster 2"}
+
+
+def test_rejected_rows_are_named_not_clustered(app, runs):
+    _rule(runs, rule="mean", min_mean=float(np.median(load_run(runs / "demo").mean_influence)))
+    at = _page(app, "clusters")
+    table = at.dataframe[1].value
+    rejected = table[table["decision"] == "rejected"]
+    assert len(rejected) and set(rejected["cluster"]) == {"not clustered (rejected)"}
+    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert "not clustered (rejected)" in {t["name"] for t in fig["data"]}
+
+
+def test_explore_shows_every_candidate_even_when_the_rule_keeps_none(app, runs):
+    _rule(runs, rule="mean", min_mean=1e9)
+    at = _page(app, "explore")
+    assert at.caption[0].value.startswith("40 of 40 candidates")
+    assert set(at.dataframe[0].value["decision"]) == {"rejected"}
+    assert _metric(at, "Decision") == "rejected"
 
 
 def test_explore_include_exclude_persist(app, runs):
-    app.session_state["_tau"] = 1.0
+    _rule(runs, rule="fraction", tau=1.0)
     at = _page(app, "explore")
     target = at.selectbox(key="ex_id").options[-1]
     at.selectbox(key="ex_id").set_value(target).run()
@@ -92,8 +138,8 @@ def test_explore_include_exclude_persist(app, runs):
     assert json.loads((runs / "demo" / "overrides.json").read_text())["include"] == []
 
 
-def test_explore_token_heatmap_renders_escaped_text(app):
-    app.session_state["_tau"] = 0.0
+def test_explore_token_heatmap_renders_escaped_text(app, runs):
+    _rule(runs, rule="fraction", tau=0.0)
     at = _page(app, "explore")
     at.button(key="ex_tokens").click().run()
     assert not at.exception
@@ -101,7 +147,7 @@ def test_explore_token_heatmap_renders_escaped_text(app):
 
 
 def test_export_writes_the_expected_jsonl(app, runs):
-    app.session_state["_tau"] = 0.0
+    _rule(runs, rule="fraction", tau=0.0)
     at = _page(app, "export")
     at.number_input(key="w_budget").set_value(7).run()
     at.text_input(key="exp_name").set_value("picked").run()
@@ -123,13 +169,24 @@ def test_pages_without_a_run_show_a_hint(runs, monkeypatch, page, tmp_path):
     assert any("Choose a run" in i.value for i in at.info)
 
 
-def test_missing_run_file_is_a_clear_message(app, runs, tmp_path):
-    import shutil
+@pytest.mark.parametrize("outside", ["/etc", "..", "../demo", "nope"])
+def test_run_parameter_is_confined_to_the_runs_folder(runs, monkeypatch, outside):
+    """?run= names a run in the runs folder; anything else is an error and no page reads or writes there."""
+    monkeypatch.setenv("GDIG_RUNS_DIR", str(runs))
+    monkeypatch.chdir(ROOT)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    at.query_params["run"] = outside
+    at = _page(at, "explore")
+    assert any(f"No run named '{outside}'" in e.value for e in at.sidebar.error)
+    assert any("Choose a run" in i.value for i in at.info)
+    assert at.session_state["run_name"] is None
 
+
+def test_missing_run_file_is_a_clear_message(app, runs):
     broken = runs / "broken"
     shutil.copytree(runs / "demo", broken)
     (broken / "sketch.npy").unlink()
-    app.session_state["run_path"] = str(broken)
+    app.session_state["run_name"] = "broken"
     at = _page(app, "influence")
     assert any("missing sketch.npy" in w.value for w in at.warning)
     shutil.rmtree(broken)
@@ -141,32 +198,89 @@ def test_failed_worker_is_shown_in_plain_words(app, runs):
     (failed / "status.json").write_text(json.dumps({"stage": "fit_covariance", "done": 3, "total": 40,
                                                     "started": 0, "updated": 0, "pid": 999999,
                                                     "error": "OutOfMemoryError: CUDA out of memory"}))  # fmt: skip
-    app.session_state["run_path"] = str(failed)
+    app.session_state["run_name"] = "failed"
     at = _page(app, "run")
     assert any("The run stopped: OutOfMemoryError: CUDA out of memory" in e.value for e in at.error)
-    import shutil
-
     shutil.rmtree(failed)
 
 
-def test_bad_input_file_is_reported_and_nothing_starts(app, runs, tmp_path):
+def _fill_new_run(at: AppTest, name: str, model: str, cands: str, seeds: str) -> AppTest:
+    at.text_input(key="new_name").set_value(name)
+    at.text_input(key="new_model").set_value(model)
+    at.text_input(key="cands_path").set_value(cands)
+    at.text_input(key="seeds_path").set_value(seeds)
+    return at
+
+
+def test_bad_input_file_is_reported_and_nothing_starts(app, runs, tmp_path, llama_dir):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"src_text": "a", "trg_text": "", "trg_lang": "de"}\n')
-    app.session_state["run_path"] = None
+    app.session_state["run_name"] = None
     at = _page(app, "run")
-    at.text_input(key="cands_path").set_value(str(bad))
-    at.text_input(key="seeds_path").set_value(str(bad))
-    inputs = [t for t in at.text_input if t.label == "Model"]
-    inputs[0].set_value("some/model")
-    run_name = [t for t in at.text_input if t.label == "Run name"][0]
-    run_name.set_value("never")
-    at.button[-1].click().run()
+    _fill_new_run(at, "never", str(llama_dir), str(bad), str(bad)).button(key="start").click().run()
     assert any("bad.jsonl:1: field 'trg_text': empty target" in e.value for e in at.error)
-    assert not (runs / "never").exists()
+    assert not (runs / "never").exists() and not (runs / ".inputs" / "never").exists()
     assert os.environ["GDIG_RUNS_DIR"] == str(runs)
 
 
-def test_first_screen_offers_the_demo_and_shows_its_progress(monkeypatch, tmp_path):
+@pytest.mark.parametrize(("name", "model", "message"), [
+    ("ok-name", "no/such-model", "was not found. Looked for (1) a local folder with config.json"),
+    ("...", None, "run name '...': use 1-100 letters"),
+    ("../escape", None, "run name '../escape'"),
+])  # fmt: skip
+def test_new_run_checks_the_name_and_the_model_before_starting(app, runs, name, model, message, llama_dir):
+    app.session_state["run_name"] = None
+    at = _page(app, "run")
+    good = str(runs / "demo" / "candidates.parquet")
+    _fill_new_run(at, name, model or str(llama_dir), good, good).button(key="start").click().run()
+    assert any(message in e.value for e in at.error), [e.value for e in at.error]
+    assert sorted(p.name for p in runs.iterdir()) == ["demo"]
+
+
+def test_new_run_keeps_its_name_then_switches_to_the_started_run(app, runs, tmp_path, llama_dir):
+    from gdig.jobs import cancel_job, delete_run
+
+    cands = write_jsonl(tmp_path / "c.jsonl", make_pairs(30, seed=3))
+    seeds = write_jsonl(tmp_path / "s.jsonl", make_pairs(4, seed=4))
+    app.session_state["run_name"] = None
+    at = _page(app, "run")
+    default = at.text_input(key="new_name").value
+    assert default.startswith("run-")
+    _fill_new_run(at, "my-named-run", str(llama_dir), str(cands), str(seeds)).run()
+    at.radio(key="cands_src").set_value("path on this machine").run()  # other reruns keep the typed name
+    assert at.text_input(key="new_name").value == "my-named-run"
+    at.button(key="start").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    try:
+        assert at.session_state["run_name"] == "my-named-run" and at.query_params["run"] in ("my-named-run", ["my-named-run"])
+        assert at.sidebar.selectbox(key="run_pick").value == "my-named-run"
+        assert any(s.value == "Run `my-named-run`" for s in at.subheader)  # its progress, not the form
+        assert at.expander[0].label == "Start another run"
+        assert at.text_input(key="new_name").value != "my-named-run"  # a second click cannot reuse the name
+    finally:
+        cancel_job(runs / "my-named-run", grace_seconds=30)
+        delete_run(runs, "my-named-run")
+
+
+def test_uploaded_inputs_of_a_refused_run_are_removed(runs, tmp_path, llama_dir):
+    from gdig.jobs import start_new_run
+
+    bad = b'{"src_text": "a", "trg_text": "", "trg_lang": "de"}\n'
+    with pytest.raises(ValueError, match="upload.jsonl:1: field 'trg_text': empty target"):
+        start_new_run(runs, "refused", str(llama_dir), [("upload.jsonl", bad), ("s.jsonl", bad)], {})
+    assert not (runs / ".inputs" / "refused").exists() and not (runs / "refused").exists()
+
+
+def test_delete_a_run_from_the_runs_page(app, runs):
+    shutil.copytree(runs / "demo", runs / "old-try")
+    at = _page(app, "home")
+    at.selectbox(key="home_open").set_value("old-try").run()
+    at.button(key="home_delete").click().run()
+    assert not at.exception and not (runs / "old-try").exists() and (runs / "demo").exists()
+    assert at.dataframe[0].value["run"].tolist() == ["demo"]
+
+
+def test_first_screen_offers_the_demo_and_shows_its_overall_progress(monkeypatch, tmp_path):
     monkeypatch.setenv("GDIG_RUNS_DIR", str(tmp_path))
     monkeypatch.chdir(ROOT)
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
@@ -175,11 +289,14 @@ def test_first_screen_offers_the_demo_and_shows_its_progress(monkeypatch, tmp_pa
     assert at.button(key="build_demo").label == "Build the demo"
     demo = tmp_path / "demo"
     demo.mkdir()
-    (demo / "status.json").write_text(json.dumps({"stage": "finetune", "done": 40, "total": 564, "started": 0,
-                                                  "updated": 1, "pid": os.getpid(), "error": None}))  # fmt: skip
+    plan = {"corpus": 1.0, "finetune": 3.0, "score": 6.0}
+    (demo / "status.json").write_text(json.dumps({"stage": "finetune", "done": 47, "total": 94, "started": 100,
+                                                  "updated": 130, "pid": os.getpid(), "error": None, "plan": plan,
+                                                  "job_fraction": 0.25, "job_fraction_at_start": 0.0}))  # fmt: skip
     at.run()
     assert not at.exception
-    assert "Building the demo · finetune: 40/564" in at.get("progress")[0].proto.text
+    text = at.get("progress")[0].proto.text
+    assert text.startswith("Building the demo: 25% · about 1 min 30 s left · finetune 47/94"), text
 
 
 def test_demo_report_is_shown(app, runs):
@@ -198,3 +315,15 @@ def test_demo_report_is_shown(app, runs):
     table = at.expander[0].dataframe[0].value
     assert table["corruption"].tolist() == ["misaligned", "truncated"] and table["AUROC"].tolist() == [0.7, 0.9]
     (runs / "demo" / "demo_report.json").unlink()
+
+
+def test_no_auto_discovered_pages_folder_and_no_file_watcher():
+    """Streamlit lists a `pages/` folder beside the entry script before st.navigation runs (the raw module
+    names flash in the sidebar), and its file watcher re-scans the whole tree (.venv included) while a tab is
+    open: the app has neither."""
+    import tomllib
+
+    assert not (ROOT / "pages").exists()
+    server = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())["server"]
+    assert server["fileWatcherType"] == "none" and server["runOnSave"] is False
+    assert server["address"] == "localhost"
