@@ -76,7 +76,7 @@ def demo_report() -> None:
 
 def manage(names: list[str]) -> None:
     a, b = st.columns([3, 2])
-    chosen = a.selectbox("Run", names, key="home_open", index=names.index(st.session_state[RUN_KEY])
+    chosen = a.selectbox("Run to open or delete", names, key="home_open", index=names.index(st.session_state[RUN_KEY])
                          if st.session_state.get(RUN_KEY) in names else 0)  # fmt: skip
     if a.button("Open", type="primary", key="home_open_btn"):
         choose_run(chosen)

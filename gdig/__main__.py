@@ -162,7 +162,11 @@ def run_demo(a: argparse.Namespace) -> None:
 
     out = a.out or str(os.path.join(os.environ.get("GDIG_RUNS_DIR", "runs"), "demo"))
     t0 = time.time()
-    run_dir, rep = build_demo(DemoConfig(out=out, cache=a.cache), on_progress=_printer(False))
+    progress = _Progress(False)
+    try:
+        run_dir, rep = build_demo(DemoConfig(out=out, cache=a.cache), on_progress=progress)
+    finally:
+        progress.close()
     print(f"[gdig] demo run: {run_dir} ({time.time() - t0:.0f} s; built in {rep['total_seconds']:.0f} s)",
           file=sys.stderr)  # fmt: skip
     print(f"held-out chrF of the demo model (greedy): {rep['chrf']:.1f}")
@@ -186,19 +190,41 @@ def score_config_from_args(a: argparse.Namespace) -> ScoreConfig:
     )  # fmt: skip
 
 
-def _printer(quiet: bool):
-    last = {"stage": None, "pct": -1}
+class _Progress:
+    """Two tqdm bars on stderr: the whole job (by its plan, with its ETA) and the stage in progress (with its
+    rate and ETA); the stage bar restarts at each stage, the job bar does not."""
 
-    def show(state: dict) -> None:
-        if quiet:
+    def __init__(self, quiet: bool):
+        self.quiet, self.job, self.stage, self.last = quiet, None, None, None
+
+    def __call__(self, state: dict) -> None:
+        if self.quiet:
             return
-        total = max(state["total"], 1)
-        pct = int(100 * state["done"] / total)
-        if state["stage"] != last["stage"] or pct >= last["pct"] + 10:
-            print(f"[gdig] {state['stage']}: {state['done']}/{state['total']}", file=sys.stderr, flush=True)
-            last.update(stage=state["stage"], pct=pct)
+        from tqdm import tqdm
 
-    return show
+        if self.job is None:
+            self.job = tqdm(total=1000, desc="job", position=0, unit="‰", bar_format=_JOB_FORMAT, file=sys.stderr)
+        if state["stage"] == "done":
+            self.job.update(self.job.total - self.job.n)
+            return
+        if state["stage"] != self.last:
+            if self.stage is not None:
+                self.stage.close()
+            self.stage = tqdm(total=max(state["total"], 1), desc=state["stage"], position=1, leave=False,
+                              file=sys.stderr, dynamic_ncols=True)  # fmt: skip
+            self.last = state["stage"]
+        self.stage.total = max(state["total"], 1)
+        self.stage.update(max(state["done"] - self.stage.n, 0))
+        self.job.update(max(int(1000 * state.get("job_fraction", 0.0)) - self.job.n, 0))
+        self.state = state
+
+    def close(self) -> None:
+        for bar in (self.stage, self.job):
+            if bar is not None:
+                bar.close()
+
+
+_JOB_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,11 +238,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "score":
             from gdig.run import score
+            from gdig.status import read_status, summary_line
 
             cfg = score_config_from_args(args)
-            run_dir = score(cfg, resume=args.resume, on_progress=_printer(args.quiet))
+            progress = _Progress(args.quiet)
+            try:
+                run_dir = score(cfg, resume=args.resume, on_progress=progress)
+            finally:
+                progress.close()
             if not args.quiet:
-                print(f"[gdig] done: {run_dir}", file=sys.stderr)
+                print(f"[gdig] {run_dir}: {summary_line(read_status(run_dir) or {}, run_dir)}", file=sys.stderr)
         elif args.command == "select":
             run_select(args)
         elif args.command == "finetune":

@@ -124,6 +124,8 @@ def estimate(state: dict[str, Any]) -> Eta:
 
 
 def format_seconds(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.1f} s"
     seconds = int(round(seconds))
     if seconds < 90:
         return f"{seconds} s"
@@ -134,7 +136,7 @@ def format_seconds(seconds: float) -> str:
 
 def summary_line(state: dict[str, Any], run_dir: str | Path) -> str:
     """One line for the end of a job: time per stage and the files written, with sizes."""
-    stages = " · ".join(f"{k} {format_seconds(v)}" for k, v in state.get("stage_seconds", {}).items() if v >= 0.5)
+    stages = " · ".join(f"{k} {format_seconds(v)}" for k, v in state.get("stage_seconds", {}).items())
     total = float(state.get("updated", 0) - state.get("started", 0))
     files = sorted(p for p in Path(run_dir).iterdir() if p.is_file() and not p.name.startswith("."))
     listed = ", ".join(f"{p.name} ({_size(p.stat().st_size)})" for p in files if p.suffix != ".log")

@@ -252,7 +252,10 @@ def test_new_run_keeps_its_name_then_switches_to_the_started_run(app, runs, tmp_
     at.button(key="start").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     try:
-        assert at.session_state["run_name"] == "my-named-run" and at.query_params["run"] in ("my-named-run", ["my-named-run"])
+        assert at.session_state["run_name"] == "my-named-run" and at.query_params["run"] in (
+            "my-named-run",
+            ["my-named-run"],
+        )
         assert at.sidebar.selectbox(key="run_pick").value == "my-named-run"
         assert any(s.value == "Run `my-named-run`" for s in at.subheader)  # its progress, not the form
         assert at.expander[0].label == "Start another run"

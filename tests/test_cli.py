@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -147,3 +148,25 @@ def test_pip_install_gives_a_gdig_console_script(tmp_path):
     res = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120,
                          env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"})  # fmt: skip
     assert res.returncode == 0 and "{score,select,finetune,demo}" in res.stdout
+
+
+def test_score_shows_overall_and_stage_progress_and_ends_with_a_summary(tmp_path, llama_dir, data_files):
+    cands, seeds = data_files
+    cmd = [sys.executable, "-m", "gdig", "score", "--model", str(llama_dir), "--candidates", str(cands), "--seeds",
+           str(seeds), "--out", str(tmp_path / "r"), "--no-umap", "--batch-size", "4"]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    err = res.stderr.replace("\r", "\n")
+    assert "job: 100%" in err and "<" in err  # the whole job's bar with elapsed<remaining
+    assert "fit_covariance: " in err and "score: " in err and "it/s" in err  # per-stage bars with a rate
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"[gdig] {tmp_path / 'r'}: done in ") and "fit_covariance" in last
+    assert "influence.npy (" in last and "sketch.npy (" in last
+
+
+def test_the_test_command_says_why_the_browser_test_is_skipped(tmp_path):
+    """On a machine without Chromium the README's test command names the skip and its reason in its summary."""
+    env = os.environ | {"GDIG_CHROMIUM": str(tmp_path / "no-chromium")}
+    cmd = [sys.executable, "-m", "pytest", "tests/test_e2e_browser.py"]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
+    assert "SKIPPED" in res.stdout and "no Chromium at" in res.stdout and "apt-get install chromium" in res.stdout

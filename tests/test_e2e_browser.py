@@ -7,33 +7,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from browser import CHROMIUM, CHROMIUM_ARGS, ROOT, require_browser, start_server, stop_server
+from browser import metric as _metric
+from browser import settle as _settle
 from conftest import make_pairs, write_jsonl
 from gdig.config import ScoreConfig
 from gdig.run import score
 
-ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = os.environ.get("GDIG_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
-                 "--disable-background-networking", "--disable-component-update"]  # fmt: skip
-
-playwright = pytest.importorskip("playwright.sync_api", reason="Python Playwright is not installed")
-if not Path(CHROMIUM).exists():
-    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+playwright = require_browser()
 
 
 @pytest.fixture(scope="module")
@@ -44,44 +29,16 @@ def server(tmp_path_factory, llama_dir):
     seeds = write_jsonl(data / "s.jsonl", make_pairs(8, seed=22))
     score(ScoreConfig(model=str(llama_dir), candidates=str(cands), seeds=str(seeds), out=str(runs / "demo"),
                       sketch_dim=64, hessian="kfac"))  # fmt: skip
-    port = _free_port()
-    env = os.environ | {"GDIG_RUNS_DIR": str(runs), "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-           "--server.address", "127.0.0.1", "--server.headless", "true"]  # fmt: skip
-    log = open(runs / "server.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url + "/_stcore/health", timeout=2)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("streamlit did not start:\n" + (runs / "server.log").read_text()[-2000:])
+    (runs / "demo" / "curation.json").write_text('{"rule": "fraction", "tau": 1.0}')  # a strict rule to loosen
+    proc, url = start_server(runs, runs / "server.log")
     yield url, runs
-    proc.terminate()
-    proc.wait(timeout=20)
-    log.close()
+    stop_server(proc)
 
 
 def _shots_dir(tmp_path: Path) -> Path:
     if os.environ.get("GDIG_UPDATE_SCREENSHOTS"):
         return ROOT / "docs" / "screenshots"
     return tmp_path / "screenshots"
-
-
-def _settle(page) -> None:
-    page.wait_for_timeout(500)
-    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=60_000)
-    page.wait_for_timeout(800)
-
-
-def _metric(page, label: str) -> str:
-    box = page.locator('[data-testid="stMetric"]', has_text=label).first
-    return box.locator('[data-testid="stMetricValue"]').inner_text()
 
 
 def test_browser_session_threshold_explore_and_export(server, tmp_path):
