@@ -117,10 +117,10 @@ def sidebar_run_picker() -> None:
     if not names:
         st.sidebar.caption(f"No runs yet in `{runs_dir()}`.")
         return
-    labels = {r["name"]: f"{r['name']} · {r['state']}" for r in runs}
     st.session_state["run_pick"] = wanted
-    st.sidebar.selectbox("Run", names, key="run_pick", format_func=lambda n: labels.get(n, n), on_change=_picked,
-                         index=None, placeholder="Choose a run")  # fmt: skip
+    # Plain names as labels: a label that changed with the run's state (running -> failed) while the list was
+    # open would come back from the browser as a value that names no run.
+    st.sidebar.selectbox("Run", names, key="run_pick", on_change=_picked, index=None, placeholder="Choose a run")
     if wanted:
         st.query_params["run"] = wanted
 

@@ -96,7 +96,8 @@ with guard():
     runs = list_runs(runs_dir())
     demo_dir = run_dir(DEMO)
     building = demo_dir.is_dir() and not job_state(demo_dir).finished
-    if not runs or building:
+    st.session_state["_demo_watch"] = st.session_state.get("_demo_watch") or building  # followed here: say "ready"
+    if not runs or building or st.session_state["_demo_watch"]:
         st.markdown(
             "**New here? Try the built-in demo.** It makes an English-to-German corpus offline from CLDR data, with "
             "20% of the pool deliberately corrupted (misaligned, untranslated, wrong language, truncated, repeated "

@@ -126,6 +126,9 @@ def _spawn(run_dir: Path, cmd: list[str]) -> Path:
     log = open(run_dir / LOG_FILE, "ab")  # noqa: SIM115 - handed to the child
     env = os.environ | {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
     root = Path(__file__).resolve().parents[1]
+    now = time.time()  # a fresh status first: a resumed job must not look like the failure it resumes
+    write_json_atomic(run_dir / "status.json", {"stage": "starting", "done": 0, "total": 1, "started": now,
+                                                "updated": now, "pid": None, "error": None})  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=root, env=env,
                             start_new_session=True)  # fmt: skip
     write_json_atomic(run_dir / JOB_FILE, {"pid": proc.pid, "started": time.time(), "cmd": cmd})

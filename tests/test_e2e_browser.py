@@ -55,7 +55,7 @@ def test_browser_session_threshold_explore_and_export(server, tmp_path):
         page.get_by_text("Runs", exact=True).first.wait_for(timeout=60_000)
         _settle(page)
         page.screenshot(path=str(shots / "runs.png"), full_page=True)
-        assert page.get_by_role("combobox", name="Run", exact=True).input_value() == "demo · finished"
+        assert page.get_by_role("combobox", name="Run", exact=True).input_value() == "demo"
 
         page.goto(f"{url}/influence?run=demo")
         page.get_by_text("Kept share").wait_for(timeout=60_000)
