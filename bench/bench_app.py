@@ -73,8 +73,8 @@ def main() -> None:
     os.environ["GDIG_RUNS_DIR"] = str(run.parent)
     os.chdir(ROOT)
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=600)
-    at.session_state["run_path"] = str(run)
-    at.session_state["_tau"] = 0.9
+    at.session_state["run_name"] = run.name
+    (run / "curation.json").write_text(json.dumps({"rule": "fraction", "tau": 0.9}))  # the rule the curator set
     res: dict[str, float] = {}
     at.run()
     res["first load of the run (cached afterwards)"] = timed(at, lambda: at.switch_page("app_pages/influence.py"))

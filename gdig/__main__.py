@@ -35,6 +35,12 @@ def _add_score(sub) -> None:
     p.add_argument("--sketch-dim", type=int, default=1024)
     p.add_argument("--seed-rank", type=int, help="keep preconditioned seed gradients at this rank (large layers)")
     p.add_argument("--chunk-size", type=int, default=256, help="candidates per resumable chunk")
+    p.add_argument(
+        "--checkpoint-seconds",
+        type=float,
+        default=60.0,
+        help="save the curvature fit's partial sums this often (and on cancel) for --resume",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--prompt-template", help="format string with {src_text}, {src_lang}, {trg_lang}")
@@ -187,6 +193,7 @@ def score_config_from_args(a: argparse.Namespace) -> ScoreConfig:
         batch_size=a.batch_size, token_budget=a.token_budget, fit_examples=a.fit_examples, fit_cache_mb=a.fit_cache_mb,
         sketch_dim=a.sketch_dim, seed_rank=a.seed_rank, chunk_size=a.chunk_size, device=a.device, dtype=a.dtype,
         random_state=a.random_state, trust_remote_code=a.trust_remote_code, umap=not a.no_umap, data=data,
+        checkpoint_seconds=a.checkpoint_seconds,
     )  # fmt: skip
 
 
