@@ -42,9 +42,10 @@ with guard():
         return fig
 
     left, right = st.columns(2)
-    tau_x = cfg.tau if cfg.tau is not None else float((run.frac_helped[kept]).min() if kept.any() else 1.0)
+    tau, min_mean = cfg.thresholds  # the rule in force draws its own threshold; the other shows where it falls
+    tau_x = tau if tau is not None else float((run.frac_helped[kept]).min() if kept.any() else 1.0)
     left.plotly_chart(histogram(run.frac_helped, tau_x, "Fraction of seeds helped", m + 1), key="h_frac")
-    mean_x = cfg.min_mean if cfg.min_mean is not None else float(run.mean_influence[kept].min() if kept.any() else 0)
+    mean_x = min_mean if min_mean is not None else float(run.mean_influence[kept].min() if kept.any() else 0)
     right.plotly_chart(histogram(run.mean_influence, mean_x, "Mean influence", 60), key="h_mean")
 
     st.subheader("Seeds")

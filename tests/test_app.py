@@ -70,8 +70,11 @@ def test_runs_page_lists_the_run_with_its_settings_and_size(app):
 def test_the_default_rule_keeps_the_candidates_that_help_on_average(app, runs):
     at = _page(app, "influence")
     run = load_run(runs / "demo")
-    assert int(_metric(at, "Kept").replace(",", "")) == int((run.mean_influence >= 0).sum()) > 0
+    kept = run.mean_influence >= 0
+    assert int(_metric(at, "Kept").replace(",", "")) == int(kept.sum()) > 0
     assert at.radio(key="w_rule").value == "mean"
+    lines = [json.loads(c.proto.spec)["layout"]["shapes"][0]["x0"] for c in at.get("plotly_chart")[:2]]
+    assert lines == [pytest.approx(float(run.frac_helped[kept].min())), 0.0]  # where the kept set starts
 
 
 def test_influence_rule_changes_the_counts_and_is_kept_across_reloads(app, runs):
