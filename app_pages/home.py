@@ -36,7 +36,7 @@ def demo_progress(folder: str) -> bool:
 
 
 def runs_table() -> bool:
-    runs = list_runs(runs_dir())
+    runs = list_runs(runs_dir(), details=True)
     if not runs:
         return False
     rows = [{"run": r["name"], "state": r["state"],

@@ -16,7 +16,7 @@ from typing import Any
 from gdig.atomic import write_json_atomic
 from gdig.config import ScoreConfig
 from gdig.names import check_name
-from gdig.status import estimate, read_status
+from gdig.status import STATUS_FILE, estimate, read_status
 
 JOB_FILE = "job.json"
 LOG_FILE = "worker.log"
@@ -127,7 +127,7 @@ def _spawn(run_dir: Path, cmd: list[str]) -> Path:
     env = os.environ | {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
     root = Path(__file__).resolve().parents[1]
     now = time.time()  # a fresh status first: a resumed job must not look like the failure it resumes
-    write_json_atomic(run_dir / "status.json", {"stage": "starting", "done": 0, "total": 1, "started": now,
+    write_json_atomic(run_dir / STATUS_FILE, {"stage": "starting", "done": 0, "total": 1, "started": now,
                                                 "updated": now, "pid": None, "error": None})  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=root, env=env,
                             start_new_session=True)  # fmt: skip
@@ -190,19 +190,22 @@ def _log_tail(run_dir: Path, lines: int = 3) -> str:
     return (": " + " | ".join(tail)) if tail else ""
 
 
-def list_runs(root: str | Path) -> list[dict[str, Any]]:
-    """Run folders under root, newest first, with their state, a one-line settings summary and size on disk."""
+def list_runs(root: str | Path, details: bool = False) -> list[dict[str, Any]]:
+    """Run folders under root, newest first, with their state; with `details`, also a one-line settings summary
+    and the size on disk (a walk of every file: for the Runs table, not for every page's run picker)."""
     root = Path(root)
     if not root.is_dir():
         return []
     out = []
     for d in root.iterdir():
-        marks = ("status.json", "config.json", JOB_FILE)  # JOB_FILE: started, before the worker writes its status
+        marks = (STATUS_FILE, "config.json", JOB_FILE)  # JOB_FILE: started, before the worker writes its status
         if d.is_dir() and not d.name.startswith(".") and any((d / m).exists() for m in marks):
             state = job_state(d)
             label = "finished" if state.finished else "running" if state.running else "failed" if state.error else "?"
-            out.append({"name": d.name, "path": d, "state": label, "mtime": d.stat().st_mtime, "job": state,
-                        "settings": settings_summary(d), "bytes": folder_bytes(d)})  # fmt: skip
+            row = {"name": d.name, "path": d, "state": label, "mtime": d.stat().st_mtime, "job": state}
+            if details:
+                row |= {"settings": settings_summary(d), "bytes": folder_bytes(d)}
+            out.append(row)
     return sorted(out, key=lambda r: -r["mtime"])
 
 
