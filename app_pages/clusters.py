@@ -38,7 +38,7 @@ with guard():
     c1.slider("K (clusters)", 2, 100, **widget_kwargs("clusters"))
     c2.number_input("Budget (0 = every kept candidate)", min_value=0, step=100, **widget_kwargs("budget"))
     c3.selectbox("Colour by", ["cluster", "mean influence", "fraction helped", "decision"], **widget_kwargs("color_by"))
-    cfg = selection_config(run, budget=int(setting("budget")) or None)
+    cfg = selection_config(run)
     clamp_clusters(run, cfg)
     sel = current_selection(run, cfg)
     for msg in sel.messages:
@@ -52,12 +52,13 @@ with guard():
         st.caption(f"The map shows a fixed random sample of {MAP_POINTS:,} of {n:,} candidates; the table and "
                    "counts use all of them.")  # fmt: skip
     decision = decision_labels(sel, run.ids, cfg.include, cfg.exclude)
+    clusters = cluster_names(sel.labels)
     colour = setting("color_by")
     hover = run.candidates["target"].astype(str).str.slice(0, 80).to_numpy()
     lasso = st.session_state.get("lasso_rows") or []
     fig = go.Figure()
     if colour in ("cluster", "decision"):
-        groups = cluster_names(sel.labels) if colour == "cluster" else decision
+        groups = clusters if colour == "cluster" else decision
         order = sorted(set(groups[shown]), key=lambda g: (not g.isdigit(), int(g) if g.isdigit() else 0, g))
         palette = {"selected": "#16a34a", "kept": "#93c5fd", "rejected": "#d1d5db", "included by hand": "#7c3aed",
                    "excluded by hand": "#dc2626", "not clustered (rejected)": "#d1d5db"}  # fmt: skip
@@ -111,7 +112,7 @@ with guard():
 
     st.subheader("Candidates")
     table = pd.DataFrame({"id": cand["id"].astype(str).to_numpy()[rows], "decision": decision[rows],
-                          "cluster": cluster_names(sel.labels)[rows], "mean influence": run.mean_influence[rows],
+                          "cluster": clusters[rows], "mean influence": run.mean_influence[rows],
                           "fraction helped": run.frac_helped[rows],
                           "target": cand["target"].astype(str).to_numpy()[rows]})  # fmt: skip
     st.dataframe(table, hide_index=True, height=320)

@@ -168,10 +168,10 @@ def current_run() -> RunResults:
         st.stop()
 
 
-def selection_config(run: RunResults, budget: int | None = None) -> SelectionConfig:
+def selection_config(run: RunResults) -> SelectionConfig:
+    """The selection the pages show: the run's saved settings (budget 0: every kept candidate) and overrides."""
     ov = load_overrides(run.path)
-    values = {k: setting(k) for k in SETTINGS} | {"budget": budget, "include": ov.include, "exclude": ov.exclude}
-    return SelectionConfig(**values)
+    return SelectionConfig(**{k: setting(k) for k in SETTINGS}, include=ov.include, exclude=ov.exclude)
 
 
 def kept_mask(run: RunResults, cfg: SelectionConfig) -> np.ndarray:

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app_pages.common import clamp_clusters, current_run, current_selection, guard, selection_config, setting
+from app_pages.common import clamp_clusters, current_run, current_selection, guard, selection_config
 from gdig.explain import explain, heatmap_html, token_influence
 from gdig.results import load_overrides, save_overrides
 from gdig.select import DECISIONS, cluster_names, decision_labels
@@ -22,7 +22,7 @@ def _model(path: str, device: str, trust: bool):
 
 
 with guard():
-    cfg = selection_config(run, budget=int(setting("budget")) or None)
+    cfg = selection_config(run)
     clamp_clusters(run, cfg, stop_when_empty=False)  # every candidate can be browsed, kept or not
     sel = current_selection(run, cfg)
     cand = run.candidates

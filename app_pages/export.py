@@ -12,7 +12,6 @@ from app_pages.common import (
     current_selection,
     guard,
     selection_config,
-    setting,
     widget_kwargs,
 )
 from gdig.export import save_into_run, selection_lines
@@ -26,7 +25,7 @@ with guard():
     b.selectbox("Strategy", STRATEGIES, **widget_kwargs("strategy"))
     c.selectbox("Within a cluster", WITHIN, **widget_kwargs("within"))
     d.number_input("Random seed", min_value=0, **widget_kwargs("seed"))
-    cfg = selection_config(run, budget=int(setting("budget")) or None)
+    cfg = selection_config(run)
     clamp_clusters(run, cfg)
     sel = current_selection(run, cfg)
     for msg in sel.messages:

@@ -223,7 +223,6 @@ class _Progress:
         self.stage.total = max(state["total"], 1)
         self.stage.update(max(state["done"] - self.stage.n, 0))
         self.job.update(max(int(1000 * state.get("job_fraction", 0.0)) - self.job.n, 0))
-        self.state = state
 
     def close(self) -> None:
         for bar in (self.stage, self.job):

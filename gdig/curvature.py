@@ -80,13 +80,7 @@ class Curvature:
     @staticmethod
     def read_fingerprint(path: str | Path) -> str | None:
         """The `fingerprint` metadata of a safetensors file we wrote; None when missing or unreadable."""
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                return (f.metadata() or {}).get("fingerprint")
-        except Exception:  # a missing or corrupt file is simply not reusable
-            return None
+        return read_metadata(path).get("fingerprint")
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> Curvature:
@@ -101,6 +95,17 @@ class Curvature:
                 **{k: tensors[f"{name}::{k}"] for k in ("q_a", "e_a", "q_g", "e_g", "lam")}
             )
         return cur
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata of a safetensors file we wrote; {} when missing or unreadable (then it is not reusable)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except Exception:  # a missing or corrupt file is simply not reusable
+        return {}
 
 
 class CovarianceFitter:
@@ -178,8 +183,9 @@ class EigenCorrectionFitter:
 
 class FitCheckpoint:
     """A fit pass's partial sums saved with the number of batches they cover (safetensors, written atomically):
-    every `every_seconds`, when the pass is cancelled, and when it completes. A resumed pass restores them and
-    skips those batches, and ends with the same sums bit for bit as an uninterrupted one."""
+    every `every_seconds`, when the pass is cancelled, and when a pass that another builds on completes. A
+    resumed pass restores them, skips those batches, and ends with the same sums bit for bit as an uninterrupted
+    one."""
 
     def __init__(self, folder: str | Path, fingerprint: str, every_seconds: float = 60.0):
         self.folder, self.fingerprint, self.every = Path(folder), fingerprint, every_seconds
@@ -190,15 +196,12 @@ class FitCheckpoint:
 
     def restore(self, stage: str, fitter) -> int:
         """Load the saved sums into `fitter`; returns how many batches they cover (0 when none match)."""
-        from safetensors import safe_open
-
         path = self.path(stage)
-        if Curvature.read_fingerprint(path) != self.fingerprint:
+        meta = read_metadata(path)
+        if meta.get("fingerprint") != self.fingerprint:
             return 0
-        with safe_open(str(path), framework="pt") as f:
-            batches = int((f.metadata() or {})["batches"])
         fitter.restore(load_file(str(path)))
-        return batches
+        return int(meta["batches"])
 
     def save(self, stage: str, fitter, batches: int) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -212,7 +215,10 @@ class FitCheckpoint:
             self.save(stage, fitter, batches)
 
 
-def _run_pass(stage: str, fitter, passes: Callable, checkpoint: FitCheckpoint | None) -> None:
+def _run_pass(stage: str, fitter, passes: Callable, checkpoint: FitCheckpoint | None, last: bool) -> None:
+    """One pass over the fit set into `fitter`, resumable through `checkpoint`. A completed pass is saved only
+    when a later pass needs it (EK-FAC's covariance, for a cancel during the second pass): after the last pass
+    the factors themselves are saved, and a copy of the sums would only cost time and disk."""
     done = checkpoint.restore(stage, fitter) if checkpoint else 0
     try:
         for cap in passes(stage, done):
@@ -224,7 +230,7 @@ def _run_pass(stage: str, fitter, passes: Callable, checkpoint: FitCheckpoint | 
         if checkpoint:
             checkpoint.save(stage, fitter, done)
         raise
-    if checkpoint:
+    if checkpoint and not last:
         checkpoint.save(stage, fitter, done)
 
 
@@ -240,10 +246,10 @@ def fit_curvature(
     if kind == "identity":
         return Curvature("identity")
     cov = CovarianceFitter(dims, device)
-    _run_pass("fit_covariance", cov, passes, checkpoint)
+    _run_pass("fit_covariance", cov, passes, checkpoint, last=kind != "ekfac")
     cur = cov.eigendecompose(kind)
     if kind == "ekfac":
         corr = EigenCorrectionFitter(cur)
-        _run_pass("fit_eigen", corr, passes, checkpoint)
+        _run_pass("fit_eigen", corr, passes, checkpoint, last=True)
         cur = corr.finish()
     return cur

@@ -94,8 +94,9 @@ def start_new_run(root: str | Path, name: str, model: str, inputs: list, setting
             paths.append(str(item))
             continue
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / safe_file_name(item[0])).write_bytes(item[1])
-        paths.append(str(folder / safe_file_name(item[0])))
+        saved = folder / safe_file_name(item[0])
+        saved.write_bytes(item[1])
+        paths.append(str(saved))
     settings = dict(settings)
     data = DataConfig(max_length=int(settings.pop("max_length", 512)), trg_lang=settings.pop("trg_lang", None) or None)
     try:  # a bad file is reported here, before anything runs
