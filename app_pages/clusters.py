@@ -2,7 +2,6 @@
 or box selection filters the table below."""
 
 import numpy as np
-import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
@@ -12,11 +11,14 @@ from app_pages.common import (
     current_run,
     current_selection,
     guard,
+    help_for,
+    label_for,
     selection_config,
     setting,
     widget_kwargs,
 )
 from gdig.select import cluster_names, decision_labels
+from gdig.studio.views import candidate_table, cluster_summary, legend_order, map_sample
 from gdig.umap_map import ensure_umap
 
 
@@ -35,8 +37,8 @@ if st.session_state.get("_lasso_run") != str(run.path):  # a lasso belongs to on
     st.session_state["lasso_rows"], st.session_state["_lasso_run"] = [], str(run.path)
 with guard():
     c1, c2, c3 = st.columns(3)
-    c1.slider("K (clusters)", 2, 100, **widget_kwargs("clusters"))
-    c2.number_input("Budget (0 = every kept candidate)", min_value=0, step=100, **widget_kwargs("budget"))
+    c1.slider(label_for("clusters"), 2, 100, help=help_for("clusters"), **widget_kwargs("clusters"))
+    c2.number_input(label_for("budget"), min_value=0, step=100, help=help_for("budget"), **widget_kwargs("budget"))
     c3.selectbox("Colour by", ["cluster", "mean influence", "fraction helped", "decision"], **widget_kwargs("color_by"))
     cfg = selection_config(run)
     clamp_clusters(run, cfg)
@@ -46,11 +48,12 @@ with guard():
     with st.spinner("Computing the 2-D map (once per run)…"):
         emb = ensure_umap(run.path)
     n = run.n
-    shown = np.arange(n)
-    if n > MAP_POINTS:
-        shown = np.sort(np.random.default_rng(0).choice(n, MAP_POINTS, replace=False))
-        st.caption(f"The map shows a fixed random sample of {MAP_POINTS:,} of {n:,} candidates; the table and "
-                   "counts use all of them.")  # fmt: skip
+    shown = map_sample(n, MAP_POINTS)
+    if len(shown) < n:
+        st.caption(
+            f"The map shows a fixed random sample of {MAP_POINTS:,} of {n:,} candidates; the table and "
+            "counts use all of them."
+        )
     decision = decision_labels(sel, run.ids, cfg.include, cfg.exclude)
     clusters = cluster_names(sel.labels)
     colour = setting("color_by")
@@ -59,27 +62,58 @@ with guard():
     fig = go.Figure()
     if colour in ("cluster", "decision"):
         groups = clusters if colour == "cluster" else decision
-        order = sorted(set(groups[shown]), key=lambda g: (not g.isdigit(), int(g) if g.isdigit() else 0, g))
-        palette = {"selected": "#16a34a", "kept": "#93c5fd", "rejected": "#d1d5db", "included by hand": "#7c3aed",
-                   "excluded by hand": "#dc2626", "not clustered (rejected)": "#d1d5db"}  # fmt: skip
+        order = legend_order(groups[shown])
+        palette = {
+            "selected": "#16a34a",
+            "kept": "#93c5fd",
+            "rejected": "#d1d5db",
+            "included by hand": "#7c3aed",
+            "excluded by hand": "#dc2626",
+            "not clustered (rejected)": "#d1d5db",
+        }
         for g in order:
             rows = shown[groups[shown] == g]
             name = f"cluster {g}" if g.isdigit() else g
-            fig.add_trace(go.Scattergl(x=emb[rows, 0], y=emb[rows, 1], mode="markers", name=name, customdata=rows,
-                                       marker=dict(size=5, color=palette.get(g)), hovertext=hover[rows],
-                                       hoverinfo="text"))  # fmt: skip
+            fig.add_trace(
+                go.Scattergl(
+                    x=emb[rows, 0],
+                    y=emb[rows, 1],
+                    mode="markers",
+                    name=name,
+                    customdata=rows,
+                    marker=dict(size=5, color=palette.get(g)),
+                    hovertext=hover[rows],
+                    hoverinfo="text",
+                )
+            )
     else:
         values = run.mean_influence if colour == "mean influence" else run.frac_helped
-        marker = dict(color=values[shown], colorscale="RdYlGn", size=5, showscale=True,
-                      colorbar=dict(title=dict(text=colour)))  # fmt: skip
-        fig.add_trace(go.Scattergl(x=emb[shown, 0], y=emb[shown, 1], mode="markers", marker=marker, name=colour,
-                                   customdata=shown, hovertext=hover[shown], hoverinfo="text"))  # fmt: skip
+        marker = dict(
+            color=values[shown], colorscale="RdYlGn", size=5, showscale=True, colorbar=dict(title=dict(text=colour))
+        )
+        fig.add_trace(
+            go.Scattergl(
+                x=emb[shown, 0],
+                y=emb[shown, 1],
+                mode="markers",
+                marker=marker,
+                name=colour,
+                customdata=shown,
+                hovertext=hover[shown],
+                hoverinfo="text",
+            )
+        )
     if lasso:  # the curator's lasso stays drawn whatever the colouring
         picked = set(lasso)
         for trace in fig.data:
             trace.selectedpoints = [i for i, r in enumerate(trace.customdata) if int(r) in picked]
-    fig.update_layout(height=520, margin=dict(l=10, r=10, t=10, b=10), dragmode="lasso", showlegend=True,
-                      legend=dict(title=dict(text=colour), itemsizing="constant"))  # fmt: skip
+    fig.update_layout(
+        height=520,
+        margin=dict(l=10, r=10, t=10, b=10),
+        dragmode="lasso",
+        showlegend=True,
+        legend=dict(title=dict(text=colour), itemsizing="constant"),
+    )
     st.plotly_chart(fig, key="umap", on_select=_keep_lasso, selection_mode=("lasso", "box"))
     rows = np.array(sorted(lasso), dtype=np.int64) if lasso else shown
     if lasso:
@@ -88,31 +122,12 @@ with guard():
         if c2.button("Clear the selection", key="clear_lasso"):
             st.session_state["lasso_rows"] = []
             st.rerun()
-    selected = decision == "selected"
-    cand = run.candidates
 
     st.subheader("Cluster summary")
-    kept_rows = np.flatnonzero(sel.kept)
-    labels = sel.labels[kept_rows]
-    summary = []
-    for k in np.unique(labels):
-        members = kept_rows[labels == k]
-        summary.append(
-            {
-                "cluster": int(k),
-                "size": len(members),
-                "selected": int(selected[members].sum()),
-                "mean influence": float(run.mean_influence[members].mean()),
-                "fraction helped": float(run.frac_helped[members].mean()),
-                "example": str(cand["target"].iloc[members[np.argmax(run.mean_influence[members])]])[:120],
-            }
-        )
-    st.dataframe(pd.DataFrame(summary), hide_index=True, height=240)
+    st.dataframe(cluster_summary(run, sel), hide_index=True, height=240)
     st.metric("Kept share of the whole pool", f"{sel.kept.mean():.1%}")
 
     st.subheader("Candidates")
-    table = pd.DataFrame({"id": cand["id"].astype(str).to_numpy()[rows], "decision": decision[rows],
-                          "cluster": clusters[rows], "mean influence": run.mean_influence[rows],
-                          "fraction helped": run.frac_helped[rows],
-                          "target": cand["target"].astype(str).to_numpy()[rows]})  # fmt: skip
+    columns = ["id", "decision", "cluster", "mean influence", "fraction helped", "target"]
+    table = candidate_table(run, decision, clusters).iloc[rows][columns]
     st.dataframe(table, hide_index=True, height=320)

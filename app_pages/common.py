@@ -11,10 +11,14 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from gdig.jobs import list_runs
 from gdig.names import check_name
-from gdig.results import RunError, RunResults, load_curation, load_overrides, load_run, save_curation
-from gdig.select import GradientClusterer, Selection, SelectionConfig, quality_mask, select_run
+from gdig.options import specs
+from gdig.rundir.curation import load_curation, load_overrides, save_curation
+from gdig.rundir.layout import INFLUENCE
+from gdig.rundir.results import RunError, RunResults, load_run
+from gdig.select import GradientClusterer, Selection, SelectionConfig, select_run
+from gdig.studio.jobs import list_runs
+from gdig.studio.views import kept_mask
 
 RUN_KEY = "run_name"  # the chosen run: a folder name under runs_dir(), never a path
 # The selection settings a page can change: their defaults are SelectionConfig's; colour_by is the map's.
@@ -143,7 +147,7 @@ def live(body, key: str, running: bool, *args) -> None:
 
 
 def run_stamp(path: str) -> float:
-    p = Path(path) / "influence.npy"
+    p = Path(path) / INFLUENCE
     return p.stat().st_mtime if p.exists() else 0.0
 
 
@@ -174,8 +178,14 @@ def selection_config(run: RunResults) -> SelectionConfig:
     return SelectionConfig(**{k: setting(k) for k in SETTINGS}, include=ov.include, exclude=ov.exclude)
 
 
-def kept_mask(run: RunResults, cfg: SelectionConfig) -> np.ndarray:
-    return quality_mask(run.frac_helped, run.mean_influence, *cfg.thresholds, run.ids, cfg.include, cfg.exclude)
+def help_for(name: str) -> str:
+    """The help text of a selection setting, from SelectionConfig (the one source of it)."""
+    return specs(SelectionConfig)[name].help
+
+
+def label_for(name: str) -> str:
+    """The label of a selection setting's widget, from SelectionConfig."""
+    return specs(SelectionConfig)[name].label
 
 
 @st.cache_data(max_entries=32, show_spinner="Clustering gradients…")

@@ -2,13 +2,14 @@
 exclude it by hand (saved in the run, wins over every rule)."""
 
 import numpy as np
-import pandas as pd
 import streamlit as st
 
 from app_pages.common import clamp_clusters, current_run, current_selection, guard, selection_config
-from gdig.explain import explain, heatmap_html, token_influence
-from gdig.results import load_overrides, save_overrides
+from app_pages.heatmap import heatmap_html
+from gdig.rundir.curation import load_overrides, save_overrides
 from gdig.select import DECISIONS, cluster_names, decision_labels
+from gdig.studio.explain import explain, token_influence
+from gdig.studio.views import candidate_table, filter_candidates
 
 st.header("Explore")
 run = current_run()
@@ -32,29 +33,12 @@ with guard():
     query = f1.text_input("Search source or target text", key="ex_query")
     show = f2.selectbox("Show", ["all", *DECISIONS], key="ex_show")
     sort = f3.selectbox("Sort by", ["mean influence", "fraction helped", "loss", "id"], key="ex_sort")
-    table = pd.DataFrame(
-        {
-            "id": cand["id"].astype(str),
-            "decision": status,
-            "mean influence": run.mean_influence,
-            "fraction helped": run.frac_helped,
-            "loss": cand["loss"],
-            "cluster": cluster_names(sel.labels),
-            "prompt": cand["prompt"].astype(str),
-            "target": cand["target"].astype(str),
-        }
-    )
-    mask = np.ones(len(table), bool)
-    if query:
-        q = query.lower()
-        mask &= (table["prompt"].str.lower().str.contains(q, regex=False)
-                 | table["target"].str.lower().str.contains(q, regex=False)).to_numpy()  # fmt: skip
-    if show != "all":
-        mask &= table["decision"].to_numpy() == show
-    view = table[mask].sort_values(sort, ascending=sort in ("loss", "id"), kind="stable")
+    table = candidate_table(run, status, cluster_names(sel.labels))
+    view = filter_candidates(table, query, show, sort)
     st.caption(f"{len(view):,} of {len(table):,} candidates")
-    event = st.dataframe(view, hide_index=True, height=300, on_select="rerun", selection_mode="single-row",
-                         key="ex_table")  # fmt: skip
+    event = st.dataframe(
+        view, hide_index=True, height=300, on_select="rerun", selection_mode="single-row", key="ex_table"
+    )
     picked_rows = event.selection.rows if event else []
     ids = view["id"].tolist()
     if picked_rows:
@@ -97,8 +81,12 @@ with guard():
 
     st.markdown("**Token-level influence**")
     m = run.influence.shape[1]
-    target = st.selectbox("On", [-1, *range(m)], key="ex_seed",
-                          format_func=lambda j: "the mean over seeds" if j < 0 else f"seed column {j}")  # fmt: skip
+    target = st.selectbox(
+        "On",
+        [-1, *range(m)],
+        key="ex_seed",
+        format_func=lambda j: "the mean over seeds" if j < 0 else f"seed column {j}",
+    )
     if st.button("Show token influence", key="ex_tokens"):
         s = run.config["settings"]
         model, tok = _model(s["model"], s.get("device", "auto"), bool(s.get("trust_remote_code")))

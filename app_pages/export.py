@@ -1,8 +1,6 @@
 """Export: budget and strategy, a preview with counts per cluster and a comparison against a random selection
 of the same size; download the JSONL or save it into the run with its manifest."""
 
-import numpy as np
-import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
@@ -11,20 +9,23 @@ from app_pages.common import (
     current_run,
     current_selection,
     guard,
+    help_for,
+    label_for,
     selection_config,
     widget_kwargs,
 )
 from gdig.export import save_into_run, selection_lines
-from gdig.select import STRATEGIES, WITHIN, SelectionConfig, select_run
+from gdig.select import STRATEGIES, WITHIN
+from gdig.studio.views import compare_with_random
 
 st.header("Export")
 run = current_run()
 with guard():
     a, b, c, d = st.columns(4)
-    a.number_input("Budget (0 = every kept candidate)", min_value=0, step=100, **widget_kwargs("budget"))
-    b.selectbox("Strategy", STRATEGIES, **widget_kwargs("strategy"))
-    c.selectbox("Within a cluster", WITHIN, **widget_kwargs("within"))
-    d.number_input("Random seed", min_value=0, **widget_kwargs("seed"))
+    a.number_input(label_for("budget"), min_value=0, step=100, help=help_for("budget"), **widget_kwargs("budget"))
+    b.selectbox(label_for("strategy"), STRATEGIES, help=help_for("strategy"), **widget_kwargs("strategy"))
+    c.selectbox(label_for("within"), WITHIN, help=help_for("within"), **widget_kwargs("within"))
+    d.number_input(label_for("seed"), min_value=0, help=help_for("seed"), **widget_kwargs("seed"))
     cfg = selection_config(run)
     clamp_clusters(run, cfg)
     sel = current_selection(run, cfg)
@@ -37,34 +38,31 @@ with guard():
     fig.update_layout(title="Selected per cluster", height=260, margin=dict(l=10, r=10, t=40, b=10))
     st.plotly_chart(fig, key="per_cluster")
 
-    rnd = select_run(run, SelectionConfig(method="random", budget=n_sel, seed=cfg.seed))
-    overlap = len(np.intersect1d(sel.indices, rnd.indices))
+    compare, rnd, overlap = compare_with_random(run, sel, cfg.seed)
     st.subheader("Against a random selection of the same size")
-    lengths = run.candidates["target"].astype(str).str.len().to_numpy()
-    compare = pd.DataFrame({
-        "": ["G-DIG", "random"],
-        "mean influence (mean)": [run.mean_influence[sel.indices].mean(), run.mean_influence[rnd.indices].mean()],
-        "fraction helped (mean)": [run.frac_helped[sel.indices].mean(), run.frac_helped[rnd.indices].mean()],
-        "target length (mean chars)": [lengths[sel.indices].mean(), lengths[rnd.indices].mean()],
-        "loss (mean)": [run.candidates["loss"].to_numpy()[sel.indices].mean(),
-                        run.candidates["loss"].to_numpy()[rnd.indices].mean()],
-    })  # fmt: skip
     st.dataframe(compare, hide_index=True)
     st.caption(f"Overlap with the random selection: {overlap:,} of {n_sel:,}.")
     dist = go.Figure()
     dist.add_trace(go.Histogram(x=run.mean_influence[sel.indices], name="G-DIG", opacity=0.6, nbinsx=50))
-    dist.add_trace(go.Histogram(x=run.mean_influence[rnd.indices], name="random", opacity=0.6, nbinsx=50))
+    dist.add_trace(go.Histogram(x=run.mean_influence[rnd], name="random", opacity=0.6, nbinsx=50))
     dist.update_layout(barmode="overlay", title="Mean influence", height=260, margin=dict(l=10, r=10, t=40, b=10))
     st.plotly_chart(dist, key="dist")
 
     st.subheader("Preview")
     preview = run.candidates.iloc[sel.indices[:20]][["id", "prompt", "target"]]
     st.dataframe(preview, hide_index=True, height=240)
-    metadata = st.checkbox("Add a `gdig` field (score, fraction helped, cluster) to each line", value=True,
-                           key="exp_meta")  # fmt: skip
+    metadata = st.checkbox(
+        "Add a `gdig` field (score, fraction helped, cluster) to each line", value=True, key="exp_meta"
+    )
     data = "".join(selection_lines(run, sel, metadata)).encode("utf-8")
-    st.download_button("Download JSONL", data, file_name=f"{run.path.name}-selection.jsonl",
-                       mime="application/jsonl", type="primary", key="exp_download")  # fmt: skip
+    st.download_button(
+        "Download JSONL",
+        data,
+        file_name=f"{run.path.name}-selection.jsonl",
+        mime="application/jsonl",
+        type="primary",
+        key="exp_download",
+    )
     name = st.text_input("Save into the run as", value="selection", key="exp_name")
     if st.button("Save", key="exp_save"):
         out, man = save_into_run(run, sel, cfg, name, metadata)

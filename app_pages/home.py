@@ -8,8 +8,8 @@ import pandas as pd
 import streamlit as st
 
 from app_pages.common import RUN_KEY, choose_run, guard, live, run_dir, runs_dir
-from gdig.jobs import delete_run, job_state, list_runs, start_demo_job
-from gdig.status import format_seconds
+from gdig.rundir.status import format_seconds
+from gdig.studio.jobs import delete_run, job_state, list_runs, start_demo_job
 
 st.header("Runs")
 DEMO = "demo"
@@ -39,11 +39,18 @@ def runs_table() -> bool:
     runs = list_runs(runs_dir(), details=True)
     if not runs:
         return False
-    rows = [{"run": r["name"], "state": r["state"],
-             "progress": f"{r['job'].stage} {r['job'].done:,}/{r['job'].total:,}" if r["state"] != "finished" else "",
-             "settings": r["settings"], "size": f"{r['bytes'] / 1e6:,.1f} MB",
-             "modified": dt.datetime.fromtimestamp(r["mtime"]).strftime("%Y-%m-%d %H:%M"),
-             "error": r["job"].error or ""} for r in runs]  # fmt: skip
+    rows = [
+        {
+            "run": r["name"],
+            "state": r["state"],
+            "progress": f"{r['job'].stage} {r['job'].done:,}/{r['job'].total:,}" if r["state"] != "finished" else "",
+            "settings": r["settings"],
+            "size": f"{r['bytes'] / 1e6:,.1f} MB",
+            "modified": dt.datetime.fromtimestamp(r["mtime"]).strftime("%Y-%m-%d %H:%M"),
+            "error": r["job"].error or "",
+        }
+        for r in runs
+    ]
     st.dataframe(pd.DataFrame(rows), hide_index=True, key="runs_table")
     return any(r["state"] == "running" for r in runs)
 
@@ -58,26 +65,40 @@ def demo_report() -> None:
     a, b, c, d = st.columns(4)
     bleu = f"; BLEU {rep['bleu']:.1f}" if "bleu" in rep else ""
     a.metric("Held-out chrF of the demo model", f"{rep['chrf']:.1f}", help=f"greedy decoding, sacrebleu{bleu}")
-    b.metric("AUROC, mean influence", f"{auroc['mean_influence']:.3f}",
-             delta=f"{auroc['mean_influence'] - auroc['low_loss']:+.3f} vs low loss",
-             help="How well the G-DIG score tells corrupted from clean pool pairs (1 = perfect)")  # fmt: skip
-    c.metric("AUROC, fraction of seeds helped", f"{auroc['fraction_helped']:.3f}",
-             help="The paper's rule counts the seeds a pair helps")  # fmt: skip
-    d.metric("AUROC, low loss (baseline)", f"{auroc['low_loss']:.3f}",
-             help="Ranking pairs by the fine-tuned model's own loss, the usual heuristic")  # fmt: skip
+    b.metric(
+        "AUROC, mean influence",
+        f"{auroc['mean_influence']:.3f}",
+        delta=f"{auroc['mean_influence'] - auroc['low_loss']:+.3f} vs low loss",
+        help="How well the G-DIG score tells corrupted from clean pool pairs (1 = perfect)",
+    )
+    c.metric(
+        "AUROC, fraction of seeds helped",
+        f"{auroc['fraction_helped']:.3f}",
+        help="The paper's rule counts the seeds a pair helps",
+    )
+    d.metric(
+        "AUROC, low loss (baseline)",
+        f"{auroc['low_loss']:.3f}",
+        help="Ranking pairs by the fine-tuned model's own loss, the usual heuristic",
+    )
     per_kind = rep.get("auroc_mean_influence_per_kind")
     if per_kind:
         with st.expander("AUROC of the mean influence, by kind of corruption"):
-            kinds = pd.DataFrame({"corruption": [k.replace("_", " ") for k in per_kind],
-                                  "AUROC": list(per_kind.values())})  # fmt: skip
+            kinds = pd.DataFrame(
+                {"corruption": [k.replace("_", " ") for k in per_kind], "AUROC": list(per_kind.values())}
+            )
             bar = st.column_config.ProgressColumn("AUROC", min_value=0.0, max_value=1.0, format="%.3f")
             st.dataframe(kinds, hide_index=True, column_config={"AUROC": bar})
 
 
 def manage(names: list[str]) -> None:
     a, b = st.columns([3, 2])
-    chosen = a.selectbox("Run to open or delete", names, key="home_open", index=names.index(st.session_state[RUN_KEY])
-                         if st.session_state.get(RUN_KEY) in names else 0)  # fmt: skip
+    chosen = a.selectbox(
+        "Run to open or delete",
+        names,
+        key="home_open",
+        index=names.index(st.session_state[RUN_KEY]) if st.session_state.get(RUN_KEY) in names else 0,
+    )
     if a.button("Open", type="primary", key="home_open_btn"):
         choose_run(chosen)
         st.switch_page("app_pages/influence.py")

@@ -1,30 +1,44 @@
 """Influence: how many seeds each candidate helps, the quality threshold on it, and which seeds are hard."""
 
 import numpy as np
-import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from app_pages.common import current_run, guard, kept_mask, selection_config, widget_kwargs
+from app_pages.common import current_run, guard, help_for, kept_mask, selection_config, widget_kwargs
+from gdig.studio.views import seed_table, threshold_lines
 
 st.header("Influence")
 run = current_run()
 with guard():
     m = run.influence.shape[1]
-    st.caption(f"{run.n:,} candidates x {m} seed columns · positive influence = training on the candidate is "
-               "predicted to lower the seed's loss")  # fmt: skip
+    st.caption(
+        f"{run.n:,} candidates x {m} seed columns · positive influence = training on the candidate is "
+        "predicted to lower the seed's loss"
+    )
     labels = {"mean": "mean influence", "fraction": "fraction of seeds helped"}
-    rule = st.radio("Quality rule", list(labels), format_func=labels.get, horizontal=True, **widget_kwargs("rule"),
-                    help="Mean influence >= 0 (the default) keeps what helps the seeds on average. The paper's "
-                    "rule keeps a candidate only when it helps every seed (fraction, tau = 1); with many seeds "
-                    "that often keeps nothing.")  # fmt: skip
+    rule = st.radio(
+        "Quality rule",
+        list(labels),
+        format_func=labels.get,
+        horizontal=True,
+        **widget_kwargs("rule"),
+        help=help_for("rule"),
+    )
     if rule == "fraction":
-        st.slider("tau: keep candidates that help at least this fraction of seeds (1 = the paper's rule)", 0.0, 1.0,
-                  step=1.0 / max(m, 1), **widget_kwargs("tau"))  # fmt: skip
+        st.slider(
+            "tau: keep candidates that help at least this fraction of seeds (1 = the paper's rule)",
+            0.0,
+            1.0,
+            step=1.0 / max(m, 1),
+            **widget_kwargs("tau"),
+        )
     else:
         lo, hi = float(run.mean_influence.min()), float(run.mean_influence.max())
-        st.number_input(f"Keep candidates with mean influence at least (range {lo:.3g} to {hi:.3g})",
-                        format="%.6g", **widget_kwargs("min_mean"))  # fmt: skip
+        st.number_input(
+            f"Keep candidates with mean influence at least (range {lo:.3g} to {hi:.3g})",
+            format="%.6g",
+            **widget_kwargs("min_mean"),
+        )
     st.caption("The rule is saved with the run: a reload, another tab and the other pages use it.")
     cfg = selection_config(run)
     kept = kept_mask(run, cfg)
@@ -42,26 +56,17 @@ with guard():
         return fig
 
     left, right = st.columns(2)
-    tau, min_mean = cfg.thresholds  # the rule in force draws its own threshold; the other shows where it falls
-    tau_x = tau if tau is not None else float((run.frac_helped[kept]).min() if kept.any() else 1.0)
+    tau_x, mean_x = threshold_lines(run, cfg, kept)
     left.plotly_chart(histogram(run.frac_helped, tau_x, "Fraction of seeds helped", m + 1), key="h_frac")
-    mean_x = min_mean if min_mean is not None else float(run.mean_influence[kept].min() if kept.any() else 0)
     right.plotly_chart(histogram(run.mean_influence, mean_x, "Mean influence", 60), key="h_mean")
 
     st.subheader("Seeds")
-    helped_by = (run.influence > 0).mean(axis=0)
-    batch = run.config.get("settings", {}).get("seed_batch", 1)
-    seeds = run.seeds
-    table = pd.DataFrame({
-        "seed": [", ".join(seeds["id"].astype(str).iloc[j * batch:(j + 1) * batch]) for j in range(m)],
-        "helped by (share of candidates)": helped_by,
-        "mean influence on it": run.influence.mean(axis=0),
-        "target": [" / ".join(seeds["target"].astype(str).iloc[j * batch:(j + 1) * batch]) for j in range(m)],
-    }).sort_values("helped by (share of candidates)")  # fmt: skip
+    table = seed_table(run)
     st.caption("Seeds that few candidates help are the hard ones: the tau = 1 rule is decided by them.")
     st.dataframe(table, hide_index=True, height=260)
-    j = st.selectbox("Distribution of influence on one seed", range(m), format_func=lambda i: table["seed"].loc[i],
-                     key="seed_pick")  # fmt: skip
+    j = st.selectbox(
+        "Distribution of influence on one seed", range(m), format_func=lambda i: table["seed"].loc[i], key="seed_pick"
+    )
     fig = go.Figure(go.Histogram(x=run.influence[:, j], nbinsx=60, marker_color="#7c3aed"))
     fig.add_vline(x=0, line_color="#111827")
     fig.update_layout(height=280, margin=dict(l=10, r=10, t=10, b=10))

@@ -10,12 +10,47 @@ from pathlib import Path
 import streamlit as st
 
 from app_pages.common import RUN_KEY, choose_run, guard, live, run_dir, runs_dir
-from gdig.config import DEFAULT_MODULES, HESSIANS, NORMALIZATIONS, DataConfig, ScoreConfig
-from gdig.jobs import SETTINGS_FILE, cancel_job, job_state, start_job, start_new_run
-from gdig.status import format_seconds
+from gdig.config import DataConfig, ScoreConfig
+from gdig.options import OptionSpec, specs
+from gdig.rundir.layout import JOB_SETTINGS
+from gdig.rundir.status import format_seconds
+from gdig.studio.jobs import cancel_job, job_state, start_job, start_new_run
 
 st.header("New run")
-DEFAULT = ScoreConfig(model="", candidates="", seeds="", out="")
+# The settings the form offers, in this order; defaults, help, labels and choices come from the dataclasses.
+GRID = (
+    "hessian",
+    "damping_relative",
+    "normalize",
+    "seed_batch",
+    "batch_size",
+    "max_length",
+    "fit_examples",
+    "sketch_dim",
+    "device",
+    "checkpoint_seconds",
+)
+WIDE = ("modules", "trg_lang", "trust_remote_code")
+FORM_SPECS = specs(ScoreConfig) | specs(DataConfig)
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def option_widget(where, spec: OptionSpec):
+    """The widget of one setting, with its default, label and help; None-able numbers show None as 0."""
+    key = f"new_{spec.name}"
+    kwargs = {"help": spec.help, "key": key}
+    if spec.kind is bool:
+        return where.checkbox(spec.label, value=spec.default, **kwargs)
+    if spec.choices or spec.name == "device":
+        choices = spec.choices or DEVICES
+        return where.selectbox(spec.label, choices, index=choices.index(spec.default), **kwargs)
+    if spec.kind in (int, float):
+        low = spec.kind(spec.minimum) if spec.minimum is not None else None
+        value = spec.kind(spec.default if spec.default is not None else 0)
+        fmt = "%.4f" if spec.kind is float and value < 1 else None
+        got = where.number_input(spec.label, value=value, min_value=low, format=fmt, **kwargs)
+        return (spec.kind(got) or None) if spec.optional else spec.kind(got)
+    return where.text_input(spec.label, value=spec.default or "", **kwargs) or (None if spec.optional else "")
 
 
 def _data_input(label: str, key: str, help_: str):
@@ -42,48 +77,12 @@ def _form() -> None:
     with c2:
         seeds = _data_input("Seeds", "seeds", "A small trusted set of high-quality examples.")
     with st.expander("Settings", expanded=False):
-        a, b, c = st.columns(3)
+        columns = st.columns(3)
         s = {}
-        s["hessian"] = a.selectbox(
-            "Hessian",
-            HESSIANS,
-            index=HESSIANS.index(DEFAULT.hessian),
-            help="EK-FAC (default), K-FAC, or identity (gradient dot products).",
-        )
-        s["damping_relative"] = b.number_input(
-            "Relative damping",
-            value=DEFAULT.damping_relative,
-            min_value=1e-6,
-            format="%.4f",
-            help="lambda = this x mean eigenvalue, per module.",
-        )
-        s["normalize"] = c.selectbox(
-            "Normalisation",
-            NORMALIZATIONS,
-            index=NORMALIZATIONS.index(DEFAULT.normalize),
-            help="unit (default): cosine in the preconditioned metric; none: the paper's raw I(z,s); relatif: RelatIF.",
-        )
-        s["seed_batch"] = int(
-            a.number_input("Seed batch", value=DEFAULT.seed_batch, min_value=1, help="Average seeds in groups of k.")
-        )
-        s["batch_size"] = int(b.number_input("Batch size", value=DEFAULT.batch_size, min_value=1))
-        s["max_length"] = c.number_input("Max length (tokens)", value=DataConfig().max_length, min_value=8)
-        s["fit_examples"] = int(a.number_input("Fit curvature on (0 = all)", value=0, min_value=0)) or None
-        s["sketch_dim"] = int(b.number_input("Sketch dimension", value=DEFAULT.sketch_dim, min_value=16))
-        s["device"] = c.selectbox("Device", ["auto", "cpu", "cuda"])
-        s["checkpoint_seconds"] = float(
-            a.number_input(
-                "Save the fit's progress every (s)",
-                min_value=1.0,
-                value=DEFAULT.checkpoint_seconds,
-                help="And whenever you cancel: Resume continues from there.",
-            )
-        )
-        s["modules"] = st.text_input("Tracked modules (regex)", value=DEFAULT_MODULES)
-        s["trg_lang"] = st.text_input("Default target language", value="", help="When a record has no trg_lang.")
-        s["trust_remote_code"] = st.checkbox(
-            "Trust remote code", value=False, help="Runs the model repository's own Python code."
-        )
+        for i, setting in enumerate(GRID):
+            s[setting] = option_widget(columns[i % 3], FORM_SPECS[setting])
+        for setting in WIDE:
+            s[setting] = option_widget(st, FORM_SPECS[setting])
     if st.button("Start", type="primary", key="start"):
         files = [f if isinstance(f, str) or f is None else (f.name, f.getvalue()) for f in (cands, seeds)]
         try:
@@ -118,7 +117,7 @@ def progress(folder: str) -> bool:
         return False
     if state.error:
         st.error(f"The run stopped: {state.error}")
-        settings = Path(folder) / SETTINGS_FILE
+        settings = Path(folder) / JOB_SETTINGS
         if settings.exists():
             st.caption(
                 "Resume keeps every complete chunk of scores and the curvature fit's saved partial sums "

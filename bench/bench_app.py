@@ -40,15 +40,32 @@ def make_run(folder: Path, n: int, m: int, d: int) -> Path:
     )
     src = [" ".join(rng.choice(words, 8)) for _ in range(n)]
     recs = [json.dumps({"src_text": s, "trg_text": s.upper(), "trg_lang": "de"}) for s in src]
-    cands = pd.DataFrame({"id": [str(i) for i in range(n)], "loss": rng.random(n).astype(np.float32),
-                          "n_tokens": np.full(n, 10), "prompt": src, "target": [s.upper() for s in src],
-                          "record": recs, "src_text": src, "trg_text": [s.upper() for s in src]})  # fmt: skip
+    cands = pd.DataFrame(
+        {
+            "id": [str(i) for i in range(n)],
+            "loss": rng.random(n).astype(np.float32),
+            "n_tokens": np.full(n, 10),
+            "prompt": src,
+            "target": [s.upper() for s in src],
+            "record": recs,
+            "src_text": src,
+            "trg_text": [s.upper() for s in src],
+        }
+    )
     cands.to_parquet(run / "candidates.parquet")
-    seeds = pd.DataFrame({"id": [f"s{i}" for i in range(m)], "loss": np.ones(m, np.float32),
-                          "n_tokens": np.full(m, 10), "prompt": ["p"] * m, "target": ["t"] * m})  # fmt: skip
+    seeds = pd.DataFrame(
+        {
+            "id": [f"s{i}" for i in range(m)],
+            "loss": np.ones(m, np.float32),
+            "n_tokens": np.full(m, 10),
+            "prompt": ["p"] * m,
+            "target": ["t"] * m,
+        }
+    )
     seeds.to_parquet(run / "seeds.parquet")
-    (run / "config.json").write_text(json.dumps({"settings": {"seed_batch": 1, "normalize": "none"}, "finished": True,
-                                                 "fingerprints": {}}))  # fmt: skip
+    (run / "config.json").write_text(
+        json.dumps({"settings": {"seed_batch": 1, "normalize": "none"}, "finished": True, "fingerprints": {}})
+    )
     (run / "status.json").write_text(json.dumps({"stage": "done", "done": 1, "total": 1, "error": None}))
     return run
 
@@ -89,10 +106,20 @@ def main() -> None:
     res["explore: search text"] = timed(at, lambda: at.text_input(key="ex_query").set_value("river sun"))
     res["export: open page"] = timed(at, lambda: at.switch_page("app_pages/export.py"))
     res["export: new budget"] = timed(at, lambda: at.number_input(key="w_budget").set_value(5000))
-    r = {"date": dt.date.today().isoformat(), "machine": machine(),
-         "settings": {"n": args.n, "seeds": args.seeds, "dim": args.dim}, "seconds": res}  # fmt: skip
-    lines = [f"# App responsiveness, {r['date']}", "", f"Machine: {r['machine']}. Run: {r['settings']}.", "",
-             "| control | seconds |", "|---|---:|"] + [f"| {k} | {v:.2f} |" for k, v in res.items()]  # fmt: skip
+    r = {
+        "date": dt.date.today().isoformat(),
+        "machine": machine(),
+        "settings": {"n": args.n, "seeds": args.seeds, "dim": args.dim},
+        "seconds": res,
+    }
+    lines = [
+        f"# App responsiveness, {r['date']}",
+        "",
+        f"Machine: {r['machine']}. Run: {r['settings']}.",
+        "",
+        "| control | seconds |",
+        "|---|---:|",
+    ] + [f"| {k} | {v:.2f} |" for k, v in res.items()]
     save_report("app", r, "\n".join(lines))
     print("\n".join(lines))
 

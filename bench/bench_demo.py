@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import CACHE, machine, save_report  # noqa: E402
 from gdig.config import DEFAULT_MODULES  # noqa: E402
 from gdig.demo import REPORT, DemoConfig, build_demo  # noqa: E402
-from gdig.evaluate import detection_auroc  # noqa: E402
+from gdig.demo.evaluate import detection_auroc  # noqa: E402
 
 ROOT_CACHE = CACHE / "demo"
 VARIANTS = {  # cache folder name: (label, changes to the demo's ScoreConfig)
@@ -45,7 +45,7 @@ def demo_cfg(seed: int) -> DemoConfig:
 
 def influence_and_labels(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """A finished run's influence matrix and which pool rows are corrupted (read by gdig.results.load_run)."""
-    from gdig.results import load_run
+    from gdig.rundir.results import load_run
 
     run = load_run(run_dir)
     return run.influence.astype(np.float64), run.candidates["corruption"].notna().to_numpy()
@@ -61,9 +61,17 @@ def corpus_seeds(seeds: list[int]) -> list[dict]:
     for s in seeds:
         cached = (Path(demo_cfg(s).out) / REPORT).exists()
         _, rep = build_demo(demo_cfg(s))
-        rows.append({"seed": s, "chrf": rep["chrf"], "bleu": rep["bleu"], **rep["auroc"],
-                     "per_kind": rep["auroc_mean_influence_per_kind"], "build_seconds": rep["total_seconds"],
-                     "fresh": not cached})  # fmt: skip
+        rows.append(
+            {
+                "seed": s,
+                "chrf": rep["chrf"],
+                "bleu": rep["bleu"],
+                **rep["auroc"],
+                "per_kind": rep["auroc_mean_influence_per_kind"],
+                "build_seconds": rep["total_seconds"],
+                "fresh": not cached,
+            }
+        )
         print(f"corpus seed {s}: AUROC {rep['auroc']['mean_influence']:.3f}", flush=True)
     return rows
 
@@ -71,12 +79,15 @@ def corpus_seeds(seeds: list[int]) -> list[dict]:
 def extra_seeds(cfg: DemoConfig, n_extra: int) -> Path:
     """The demo's seeds followed by n_extra more clean pairs from the generator (another seed), disjoint from the
     pool, the test set and each other."""
-    from gdig.demo_corpus import make_corpus
+    from gdig.demo.corpus import make_corpus
 
     cache = cfg.cache_dir()
     own = [json.loads(line) for line in (cache / "seeds.jsonl").read_text(encoding="utf-8").splitlines()]
-    taken = {json.loads(line)["src_text"] for name in ("pool", "test", "seeds")
-             for line in (cache / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()}  # fmt: skip
+    taken = {
+        json.loads(line)["src_text"]
+        for name in ("pool", "test", "seeds")
+        for line in (cache / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()
+    }
     _, more, _ = make_corpus(0, 2 * n_extra + 100, 0, 0.0, seed=1000 + cfg.seed)
     more = [r | {"id": f"extra-{i:04d}"} for i, r in enumerate(x for x in more if x["src_text"] not in taken)]
     path = ROOT_CACHE / f"seeds-{cfg.seed}-{len(own)}+{n_extra}.jsonl"
@@ -98,23 +109,33 @@ def scored(cfg: DemoConfig, name: str, seeds: Path | None = None, **changes) -> 
 
 def seed_counts(cfg: DemoConfig, counts: list[int], draws: int) -> list[dict]:
     n_own = cfg.n_seeds
-    run = Path(cfg.out) if max(counts) <= n_own else scored(cfg, f"seeds{max(counts)}",
-                                                             extra_seeds(cfg, max(counts) - n_own))  # fmt: skip
+    run = (
+        Path(cfg.out)
+        if max(counts) <= n_own
+        else scored(cfg, f"seeds{max(counts)}", extra_seeds(cfg, max(counts) - n_own))
+    )
     m, bad = influence_and_labels(run)
     rng = np.random.default_rng(0)
     rows = []
     for n in counts:
         subsets = [auroc(m[:, rng.choice(m.shape[1], n, replace=False)], bad) for _ in range(draws)]
-        rows.append({"seeds": n, "demo_first_n": auroc(m[:, :n], bad) if n <= n_own else None,
-                     "random_mean": float(np.mean(subsets)), "random_sd": float(np.std(subsets)),
-                     "pool": m.shape[1]})  # fmt: skip
+        rows.append(
+            {
+                "seeds": n,
+                "demo_first_n": auroc(m[:, :n], bad) if n <= n_own else None,
+                "random_mean": float(np.mean(subsets)),
+                "random_sd": float(np.std(subsets)),
+                "pool": m.shape[1],
+            }
+        )
         print(f"{n} seeds: AUROC {rows[-1]['random_mean']:.3f} ± {rows[-1]['random_sd']:.3f}", flush=True)
     return rows
 
 
 def variants(cfg: DemoConfig) -> list[dict]:
-    rows = [{"variant": "the demo (EK-FAC, unit, damping 0.1, MLP)",
-             "auroc": auroc(*influence_and_labels(Path(cfg.out)))}]  # fmt: skip
+    rows = [
+        {"variant": "the demo (EK-FAC, unit, damping 0.1, MLP)", "auroc": auroc(*influence_and_labels(Path(cfg.out)))}
+    ]
     for name, (label, changes) in VARIANTS.items():
         rows.append({"variant": label, "auroc": auroc(*influence_and_labels(scored(cfg, name, **changes)))})
         print(f"{label}: AUROC {rows[-1]['auroc']:.3f}", flush=True)
@@ -122,26 +143,46 @@ def variants(cfg: DemoConfig) -> list[dict]:
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# Demo figures, {report['date']}", "", f"Command: `{report['command']}`  ",
-             f"Machine: {report['machine']}; {report['seconds']:.0f} s", "",
-             "## Over corpus and model seeds (`DemoConfig.seed`)", "",
-             "| seed | chrF | BLEU | AUROC mean influence | fraction helped | low loss | misaligned | repeated | "
-             "truncated | untranslated | wrong language | build s |", "|---|" + "---:|" * 11]  # fmt: skip
+    lines = [
+        f"# Demo figures, {report['date']}",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"Machine: {report['machine']}; {report['seconds']:.0f} s",
+        "",
+        "## Over corpus and model seeds (`DemoConfig.seed`)",
+        "",
+        "| seed | chrF | BLEU | AUROC mean influence | fraction helped | low loss | misaligned | repeated | "
+        "truncated | untranslated | wrong language | build s |",
+        "|---|" + "---:|" * 11,
+    ]
     for r in report["corpus_seeds"]:
         k = r["per_kind"]
         build = f"{r['build_seconds']:.0f}" + ("" if r["fresh"] else " (cached)")
-        kinds = " | ".join(f"{k[c]:.3f}" for c in ("misaligned", "repeated", "truncated", "untranslated",
-                                                    "wrong_language"))  # fmt: skip
-        lines.append(f"| {r['seed']} | {r['chrf']:.1f} | {r['bleu']:.1f} | **{r['mean_influence']:.3f}** | "
-                     f"{r['fraction_helped']:.3f} | {r['low_loss']:.3f} | {kinds} | {build} |")  # fmt: skip
-    lines += ["", "## Number of seeds (corpus seed 0's model)", "",
-              "| seeds | the demo's first n | random subsets, mean ± sd |", "|---:|---:|---:|"]  # fmt: skip
+        kinds = " | ".join(
+            f"{k[c]:.3f}" for c in ("misaligned", "repeated", "truncated", "untranslated", "wrong_language")
+        )
+        lines.append(
+            f"| {r['seed']} | {r['chrf']:.1f} | {r['bleu']:.1f} | **{r['mean_influence']:.3f}** | "
+            f"{r['fraction_helped']:.3f} | {r['low_loss']:.3f} | {kinds} | {build} |"
+        )
+    lines += [
+        "",
+        "## Number of seeds (corpus seed 0's model)",
+        "",
+        "| seeds | the demo's first n | random subsets, mean ± sd |",
+        "|---:|---:|---:|",
+    ]
     for r in report["seed_counts"]:
         first = "" if r["demo_first_n"] is None else f"{r['demo_first_n']:.3f}"
         lines.append(f"| {r['seeds']} | {first} | {r['random_mean']:.3f} ± {r['random_sd']:.3f} |")
     if report["variants"]:
-        lines += ["", "## Scoring variants (corpus seed 0's model, the demo's seeds)", "", "| variant | AUROC |",
-                  "|---|---:|"] + [f"| {r['variant']} | {r['auroc']:.3f} |" for r in report["variants"]]  # fmt: skip
+        lines += [
+            "",
+            "## Scoring variants (corpus seed 0's model, the demo's seeds)",
+            "",
+            "| variant | AUROC |",
+            "|---|---:|",
+        ] + [f"| {r['variant']} | {r['auroc']:.3f} |" for r in report["variants"]]
     return "\n".join(lines) + "\n"
 
 
@@ -156,9 +197,14 @@ def main() -> None:
     seeds = a.corpus_seeds or ([0] if a.quick else [0, 1, 2, 3])
     counts = a.seed_counts or ([16, 32, 64, 128, 256] if a.quick else [16, 32, 64, 128, 256, 512, 1024])
     rows = corpus_seeds(sorted(set(seeds) | {0}))
-    report = {"date": date.today().isoformat(), "machine": machine(), "command": " ".join(["python", *sys.argv]),
-              "corpus_seeds": rows, "seed_counts": seed_counts(demo_cfg(0), counts, a.draws),
-              "variants": [] if a.quick else variants(demo_cfg(0))}  # fmt: skip
+    report = {
+        "date": date.today().isoformat(),
+        "machine": machine(),
+        "command": " ".join(["python", *sys.argv]),
+        "corpus_seeds": rows,
+        "seed_counts": seed_counts(demo_cfg(0), counts, a.draws),
+        "variants": [] if a.quick else variants(demo_cfg(0)),
+    }
     report["seconds"] = time.time() - t0
     stem = save_report("demo", report, markdown(report))
     print(f"wrote {stem}.md")

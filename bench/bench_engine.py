@@ -32,14 +32,14 @@ from bench.common import (  # noqa: E402
     synthetic_pairs,
     tatoeba_pairs,
     write_jsonl,
-)  # fmt: skip
+)
 
 MODEL_SIZES = {"hidden": 256, "ffn": 704, "layers": 4, "heads": 4}
 
 
 def prepare(n_cand: int, n_seeds: int, vocab: int) -> dict:
     """Data files and a tiny Llama (random weights, tokenizer trained on the data) in bench/.cache."""
-    from gdig.tiny import build_tiny_model, train_tokenizer
+    from gdig.demo.tiny import build_tiny_model, train_tokenizer
 
     key = f"engine-{n_cand}-{n_seeds}-{vocab}"
     folder = CACHE / key
@@ -61,10 +61,10 @@ def prepare(n_cand: int, n_seeds: int, vocab: int) -> dict:
 def child_floor(folder: Path, batch_size: int, max_length: int) -> dict:
     """A plain training epoch's compute: forward + backward with every weight gradient, no optimizer step."""
 
+    from gdig.context import by_length
     from gdig.data import load_dataset, tokenize_dataset
     from gdig.hooks import make_batches, per_example_loss
     from gdig.model import load_model
-    from gdig.run import by_length
 
     model, tok = load_model(str(folder / "model"), "auto", "auto")
     toks, _ = tokenize_dataset(tok, load_dataset(folder / "candidates.jsonl"), max_length)
@@ -78,8 +78,12 @@ def child_floor(folder: Path, batch_size: int, max_length: int) -> dict:
         loss, _ = per_example_loss(logits, b.labels)
         loss.sum().backward()
     _sync()
-    return {"seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb(), "n_batches": len(batches),
-            "n_params": sum(p.numel() for p in model.parameters())}  # fmt: skip
+    return {
+        "seconds": time.perf_counter() - t0,
+        "peak_rss_mb": peak_rss_mb(),
+        "n_batches": len(batches),
+        "n_params": sum(p.numel() for p in model.parameters()),
+    }
 
 
 def child_gdig(
@@ -89,9 +93,17 @@ def child_gdig(
     from gdig.run import score
 
     shutil.rmtree(out, ignore_errors=True)
-    cfg = ScoreConfig(model=str(folder / "model"), candidates=str(folder / "candidates.jsonl"),
-                      seeds=str(folder / "seeds.jsonl"), out=str(out), hessian=hessian, batch_size=batch_size,
-                      normalize="none", umap=False, data=DataConfig(max_length=max_length))  # fmt: skip
+    cfg = ScoreConfig(
+        model=str(folder / "model"),
+        candidates=str(folder / "candidates.jsonl"),
+        seeds=str(folder / "seeds.jsonl"),
+        out=str(out),
+        hessian=hessian,
+        batch_size=batch_size,
+        normalize="none",
+        umap=False,
+        data=DataConfig(max_length=max_length),
+    )
     t0 = time.perf_counter()
     score(cfg)
     total = time.perf_counter() - t0
@@ -128,8 +140,16 @@ def main() -> None:
 
 def run(args) -> dict:
     info = prepare(args.candidates, args.seeds, args.vocab)
-    common = ["--folder", info["folder"], "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
-              "--hessian", args.hessian]  # fmt: skip
+    common = [
+        "--folder",
+        info["folder"],
+        "--batch-size",
+        str(args.batch_size),
+        "--max-length",
+        str(args.max_length),
+        "--hessian",
+        args.hessian,
+    ]
     floors, ours = [], []
     for _ in range(args.repeats):  # alternate, so drift hits both alike
         floors.append(run_child([__file__, "--child", "floor", *common]))
@@ -140,16 +160,32 @@ def run(args) -> dict:
     scoring = med("score")
     total = statistics.median(o["seconds"] for o in ours)
     result = {
-        "date": dt.date.today().isoformat(), "machine": machine(), "data": info["source"],
+        "date": dt.date.today().isoformat(),
+        "machine": machine(),
+        "data": info["source"],
         "model": f"llama {MODEL_SIZES}, vocab {args.vocab}, {floors[0]['n_params']:,} params",
-        "settings": {"candidates": info["n_candidates"], "seeds": info["n_seeds"], "batch_size": args.batch_size,
-                     "max_length": args.max_length, "hessian": args.hessian, "repeats": args.repeats},
-        "seconds": {"floor": floor, "fit": fit, "fit_covariance": med("fit_covariance"), "fit_eigen": med("fit_eigen"),
-                    "seeds": med("seeds"), "score": scoring, "load": med("load"), "finalize": med("finalize"),
-                    "total": total},
+        "settings": {
+            "candidates": info["n_candidates"],
+            "seeds": info["n_seeds"],
+            "batch_size": args.batch_size,
+            "max_length": args.max_length,
+            "hessian": args.hessian,
+            "repeats": args.repeats,
+        },
+        "seconds": {
+            "floor": floor,
+            "fit": fit,
+            "fit_covariance": med("fit_covariance"),
+            "fit_eigen": med("fit_eigen"),
+            "seeds": med("seeds"),
+            "score": scoring,
+            "load": med("load"),
+            "finalize": med("finalize"),
+            "total": total,
+        },
         "ratios": {"score/floor": scoring / floor, "fit/floor": fit / floor, "total/floor": total / floor},
         "peak_rss_mb": {"floor": max(f["peak_rss_mb"] for f in floors), "gdig": max(o["peak_rss_mb"] for o in ours)},
-    }  # fmt: skip
+    }
     write_report(result)
     return result
 
@@ -157,9 +193,13 @@ def run(args) -> dict:
 def write_report(r: dict) -> None:
     s, q = r["seconds"], r["ratios"]
     lines = [
-        f"# Engine benchmark, {r['date']}", "",
-        f"Machine: {r['machine']}. Data: {r['data']}. Model: {r['model']}.", f"Settings: {r['settings']}.", "",
-        "| stage | seconds | / floor |", "|---|---:|---:|",
+        f"# Engine benchmark, {r['date']}",
+        "",
+        f"Machine: {r['machine']}. Data: {r['data']}. Model: {r['model']}.",
+        f"Settings: {r['settings']}.",
+        "",
+        "| stage | seconds | / floor |",
+        "|---|---:|---:|",
         f"| floor: forward+backward epoch, all weight grads | {s['floor']:.2f} | 1.00 |",
         f"| curvature fit (covariances + eigen-correction) | {s['fit']:.2f} | {q['fit/floor']:.2f} |",
         f"| seed gradients | {s['seeds']:.2f} | {s['seeds'] / s['floor']:.2f} |",
@@ -167,7 +207,7 @@ def write_report(r: dict) -> None:
         f"| total, end to end (load and write included; UMAP off) | {s['total']:.2f} | {q['total/floor']:.2f} |",
         "",
         f"Peak RSS: floor {r['peak_rss_mb']['floor']:.0f} MB, G-DIG {r['peak_rss_mb']['gdig']:.0f} MB.",
-    ]  # fmt: skip
+    ]
     save_report("engine", r, "\n".join(lines))
 
 

@@ -33,10 +33,10 @@ def child_kronfluence(folder: Path, batch_size: int, max_length: int, out: Path)
     from kronfluence.task import Task
     from kronfluence.utils.dataset import DataLoaderKwargs
 
+    from gdig.context import by_length
     from gdig.data import load_dataset, tokenize_dataset
     from gdig.hooks import collate, per_example_loss
     from gdig.model import find_tracked_modules, load_model
-    from gdig.run import by_length
 
     t0 = time.perf_counter()
     model, tok = load_model(str(folder / "model"), "cpu", "float32")
@@ -79,14 +79,24 @@ def child_kronfluence(folder: Path, batch_size: int, max_length: int, out: Path)
     analyzer = Analyzer("bench", model=model, task=task, cpu=True, disable_tqdm=True, output_dir=str(out))
     analyzer.set_dataloader_kwargs(DataLoaderKwargs(num_workers=0, collate_fn=collate_fn))
     train, query = Examples(cands, order_c), Examples(seeds, order_s)
-    analyzer.fit_all_factors("f", dataset=train, per_device_batch_size=batch_size, overwrite_output_dir=True,
-                             factor_args=FactorArguments(strategy="ekfac", use_empirical_fisher=True))  # fmt: skip
+    analyzer.fit_all_factors(
+        "f",
+        dataset=train,
+        per_device_batch_size=batch_size,
+        overwrite_output_dir=True,
+        factor_args=FactorArguments(strategy="ekfac", use_empirical_fisher=True),
+    )
     t_fit = time.perf_counter()
     analyzer.compute_pairwise_scores(
-        "s", factors_name="f", query_dataset=query, train_dataset=train, per_device_query_batch_size=len(seeds),
-        per_device_train_batch_size=batch_size, score_args=ScoreArguments(damping_factor=None),
+        "s",
+        factors_name="f",
+        query_dataset=query,
+        train_dataset=train,
+        per_device_query_batch_size=len(seeds),
+        per_device_train_batch_size=batch_size,
+        score_args=ScoreArguments(damping_factor=None),
         overwrite_output_dir=True,
-    )  # fmt: skip
+    )
     scores = analyzer.load_pairwise_scores("s")["all_modules"].float().numpy()  # (seeds, candidates), sorted order
     total = time.perf_counter() - t0
     infl = np.zeros((len(cands), len(seeds)), np.float32)
@@ -102,10 +112,13 @@ def compare(folder: Path) -> dict:
     ours = np.load(folder / "gdig_influence.npy").astype(np.float64)
     kf = np.load(folder / "kronfluence_influence.npy").astype(np.float64)
     per_seed = [spearmanr(ours[:, j], kf[:, j])[0] for j in range(ours.shape[1])]
-    return {"spearman_all": float(spearmanr(ours.ravel(), kf.ravel())[0]),
-            "spearman_per_seed_mean": float(np.mean(per_seed)), "spearman_per_seed_min": float(np.min(per_seed)),
-            "spearman_mean_influence": float(spearmanr(ours.mean(1), kf.mean(1))[0]),
-            "relative_difference": float(np.linalg.norm(ours - kf) / np.linalg.norm(kf))}  # fmt: skip
+    return {
+        "spearman_all": float(spearmanr(ours.ravel(), kf.ravel())[0]),
+        "spearman_per_seed_mean": float(np.mean(per_seed)),
+        "spearman_per_seed_min": float(np.min(per_seed)),
+        "spearman_mean_influence": float(spearmanr(ours.mean(1), kf.mean(1))[0]),
+        "relative_difference": float(np.linalg.norm(ours - kf) / np.linalg.norm(kf)),
+    }
 
 
 def main() -> None:
@@ -132,27 +145,43 @@ def main() -> None:
         kf.append(run_child([__file__, "--child", "kronfluence", *common]))
     fid = compare(Path(info["folder"]))
     t_ours, t_kf = statistics.median(o["seconds"] for o in ours), statistics.median(k["seconds"] for k in kf)
-    r = {"date": dt.date.today().isoformat(), "machine": machine(), "data": info["source"],
-         "model": f"llama {MODEL_SIZES}, vocab {a.vocab}",
-         "settings": {"candidates": info["n_candidates"], "seeds": info["n_seeds"], "batch_size": a.batch_size,
-                      "max_length": a.max_length, "repeats": a.repeats},
-         "seconds": {"gdig": t_ours, "kronfluence": t_kf, "kronfluence_fit": statistics.median(k["fit_seconds"]
-                                                                                               for k in kf)},
-         "ratio_gdig_over_kronfluence": t_ours / t_kf,
-         "peak_rss_mb": {"gdig": max(o["peak_rss_mb"] for o in ours), "kronfluence": max(k["peak_rss_mb"] for k in kf)},
-         "fidelity": fid}  # fmt: skip
+    r = {
+        "date": dt.date.today().isoformat(),
+        "machine": machine(),
+        "data": info["source"],
+        "model": f"llama {MODEL_SIZES}, vocab {a.vocab}",
+        "settings": {
+            "candidates": info["n_candidates"],
+            "seeds": info["n_seeds"],
+            "batch_size": a.batch_size,
+            "max_length": a.max_length,
+            "repeats": a.repeats,
+        },
+        "seconds": {
+            "gdig": t_ours,
+            "kronfluence": t_kf,
+            "kronfluence_fit": statistics.median(k["fit_seconds"] for k in kf),
+        },
+        "ratio_gdig_over_kronfluence": t_ours / t_kf,
+        "peak_rss_mb": {"gdig": max(o["peak_rss_mb"] for o in ours), "kronfluence": max(k["peak_rss_mb"] for k in kf)},
+        "fidelity": fid,
+    }
     rss = r["peak_rss_mb"]
     lines = [
-        f"# G-DIG Studio vs kronfluence, {r['date']}", "",
-        f"Machine: {r['machine']}. Data: {r['data']}. Model: {r['model']}. Settings: {r['settings']}.", "",
-        "| | seconds | peak RSS (MB) |", "|---|---:|---:|",
+        f"# G-DIG Studio vs kronfluence, {r['date']}",
+        "",
+        f"Machine: {r['machine']}. Data: {r['data']}. Model: {r['model']}. Settings: {r['settings']}.",
+        "",
+        "| | seconds | peak RSS (MB) |",
+        "|---|---:|---:|",
         f"| G-DIG Studio (EK-FAC fit + seeds + scores + sketches) | {t_ours:.1f} | {rss['gdig']:.0f} |",
-        f"| kronfluence 1.0.1 (EK-FAC fit + pairwise scores) | {t_kf:.1f} | {rss['kronfluence']:.0f} |", "",
+        f"| kronfluence 1.0.1 (EK-FAC fit + pairwise scores) | {t_kf:.1f} | {rss['kronfluence']:.0f} |",
+        "",
         f"Time ratio G-DIG / kronfluence: **{r['ratio_gdig_over_kronfluence']:.2f}** (target <= 0.5).",
         f"Spearman of the two N x M matrices: **{fid['spearman_all']:.4f}** (target >= 0.95); per seed: mean "
         f"{fid['spearman_per_seed_mean']:.4f}, min {fid['spearman_per_seed_min']:.4f}; of the mean influence: "
         f"{fid['spearman_mean_influence']:.4f}; relative difference {fid['relative_difference']:.2e}.",
-    ]  # fmt: skip
+    ]
     save_report("kronfluence", r, "\n".join(lines))
     print("\n".join(lines))
 

@@ -32,7 +32,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import CACHE, SHARED_DATA, have_shared_data, machine, read_lines, save_report, write_jsonl  # noqa: E402
-from gdig.select import rank01  # noqa: E402
+from gdig.influence import normalisation_divisor  # noqa: E402
+from gdig.select import quality_score, rank01  # noqa: E402
 
 
 @dataclass
@@ -67,8 +68,18 @@ class QualityConfig:
         return f"m-{self.vocab}-{self.hidden}x{self.layers}x{self.ffn}-{self.epochs}-{self.lr}-{self.batch_size}"
 
 
-QUICK = {"n_tatoeba": 1000, "n_opennmt": 150, "n_seeds": 64, "n_test": 100, "n_tatoeba_test": 100, "vocab": 2000,
-         "epochs": 6.0, "budget": 500, "downstream_seeds": 1, "runs": ("ekfac", "identity")}  # fmt: skip
+QUICK = {
+    "n_tatoeba": 1000,
+    "n_opennmt": 150,
+    "n_seeds": 64,
+    "n_test": 100,
+    "n_tatoeba_test": 100,
+    "vocab": 2000,
+    "epochs": 6.0,
+    "budget": 500,
+    "downstream_seeds": 1,
+    "runs": ("ekfac", "identity"),
+}
 
 
 # -- data --------------------------------------------------------------------------------------------------------
@@ -76,7 +87,7 @@ QUICK = {"n_tatoeba": 1000, "n_opennmt": 150, "n_seeds": 64, "n_test": 100, "n_t
 
 def make_pool(cfg: QualityConfig, folder: Path) -> dict[str, Path]:
     """pool.jsonl (with `origin` and `corruption`), seeds.jsonl, test-flores.jsonl, test-tatoeba.jsonl."""
-    from gdig.demo_corpus import CORRUPTIONS, corrupt_target, translation_record
+    from gdig.demo.corpus import CORRUPTIONS, corrupt_target, translation_record
 
     files = {n: folder / f"{n}.jsonl" for n in ("pool", "seeds", "test-flores", "test-tatoeba")}
     if all(p.exists() for p in files.values()):
@@ -106,8 +117,11 @@ def make_pool(cfg: QualityConfig, folder: Path) -> dict[str, Path]:
             t = corrupt_target(kind, s, t, other, wrong, rng)
         pool.append(translation_record(f"tatoeba-{i:05d}", s, t) | {"origin": "tatoeba", "corruption": kind})
     o = SHARED_DATA / "opennmt-ende"
-    o_pairs = [(s, t) for s, t in zip(read_lines(o / "src-train.txt"), read_lines(o / "tgt-train.txt"), strict=True)
-               if s.strip() and t.strip() and len(s.split()) <= 40]  # the loader refuses empty sides  # fmt: skip
+    o_pairs = [
+        (s, t)
+        for s, t in zip(read_lines(o / "src-train.txt"), read_lines(o / "tgt-train.txt"), strict=True)
+        if s.strip() and t.strip() and len(s.split()) <= 40
+    ]  # the loader refuses empty sides
     for i, (s, t) in enumerate(o_pairs[: cfg.n_opennmt]):
         pool.append(translation_record(f"opennmt-{i:05d}", s, t) | {"origin": "opennmt", "corruption": None})
     rng.shuffle(pool)
@@ -141,16 +155,26 @@ def train_model(cfg: QualityConfig, data: Path, out: Path, init: Path, seed: int
     from gdig.finetune import FinetuneConfig, finetune
 
     if not (out / "finetune.json").exists():
-        ft = FinetuneConfig(model=str(init), data=str(data), out=str(out), epochs=epochs, lr=cfg.lr,
-                            batch_size=cfg.batch_size, warmup_ratio=0.05, seed=seed, device="auto", log_every=50,
-                            data_config=DataConfig(max_length=cfg.max_length))  # fmt: skip
+        ft = FinetuneConfig(
+            model=str(init),
+            data=str(data),
+            out=str(out),
+            epochs=epochs,
+            lr=cfg.lr,
+            batch_size=cfg.batch_size,
+            warmup_ratio=0.05,
+            seed=seed,
+            device="auto",
+            log_every=50,
+            data_config=DataConfig(max_length=cfg.max_length),
+        )
         finetune(ft, resume=(out / "checkpoint" / "state.json").exists())
     return out, json.loads((out / "finetune.json").read_text())["seconds"]
 
 
 def evaluate_cached(model: Path, test: Path, max_new_tokens: int = 64) -> dict:
-    """gdig.evaluate.evaluate_model, remembered in the model folder."""
-    from gdig.evaluate import evaluate_model
+    """gdig.demo.evaluate.evaluate_model, remembered in the model folder."""
+    from gdig.demo.evaluate import evaluate_model
 
     path = model / f"eval-{test.stem}-{max_new_tokens}.json"
     if not path.exists():
@@ -162,7 +186,7 @@ def init_model(cfg: QualityConfig, files: dict[str, Path], folder: Path, seed: i
     """Random initial weights with the pool's tokenizer (trained once, on pool + seeds)."""
     from transformers import AutoTokenizer
 
-    from gdig.tiny import build_tiny_model, init_scratch_model
+    from gdig.demo.tiny import build_tiny_model, init_scratch_model
 
     first = folder / "init-0"
     sizes = {"hidden": cfg.hidden, "layers": cfg.layers, "heads": cfg.heads, "ffn": cfg.ffn, "max_positions": 512}
@@ -187,8 +211,12 @@ def parse_run(spec: str) -> dict:
     damping = next((float(w[2:]) for w in words if w.startswith("d=")), 0.1)
     head = "+head" in words
     modules = DEFAULT_MODULES + ("|^lm_head$" if head else "")
-    return {"hessian": words[0], "damping": damping, "modules": modules,
-            "folder": f"{words[0]}-d{damping}" + ("-head" if head else "")}  # fmt: skip
+    return {
+        "hessian": words[0],
+        "damping": damping,
+        "modules": modules,
+        "folder": f"{words[0]}-d{damping}" + ("-head" if head else ""),
+    }
 
 
 def score_pool(cfg: QualityConfig, model: Path, files: dict[str, Path], runs: Path, spec: str) -> Path:
@@ -200,10 +228,21 @@ def score_pool(cfg: QualityConfig, model: Path, files: dict[str, Path], runs: Pa
     out = runs / p["folder"]
     cfg_file = out / "config.json"
     if not (cfg_file.exists() and json.loads(cfg_file.read_text()).get("finished")):
-        sc = ScoreConfig(model=str(model), candidates=str(files["pool"]), seeds=str(files["seeds"]), out=str(out),
-                         hessian=p["hessian"], normalize="unit", damping_relative=p["damping"], modules=p["modules"],
-                         batch_size=16, sketch_dim=256, device="auto", umap=False,
-                         data=DataConfig(max_length=cfg.max_length))  # fmt: skip
+        sc = ScoreConfig(
+            model=str(model),
+            candidates=str(files["pool"]),
+            seeds=str(files["seeds"]),
+            out=str(out),
+            hessian=p["hessian"],
+            normalize="unit",
+            damping_relative=p["damping"],
+            modules=p["modules"],
+            batch_size=16,
+            sketch_dim=256,
+            device="auto",
+            umap=False,
+            data=DataConfig(max_length=cfg.max_length),
+        )
         score(sc, resume=cfg_file.exists())
     return out
 
@@ -215,29 +254,34 @@ def variant_matrices(run_dir: Path) -> dict[str, np.ndarray]:
     from safetensors import safe_open
 
     unit = np.load(run_dir / "influence.npy").astype(np.float64)
-    cand = np.sqrt(np.clip(pd.read_parquet(run_dir / "candidates.parquet")["self_influence"].to_numpy(), 0, None))
+    cand = pd.read_parquet(run_dir / "candidates.parquet")["self_influence"].to_numpy()
     with safe_open(str(run_dir / "seed_grads.safetensors"), framework="pt") as f:
-        seed = np.sqrt(np.clip(f.get_tensor("self_influence").double().numpy(), 0, None))
-    return {"none": unit * cand[:, None] * seed[None, :], "unit": unit, "relatif": unit * seed[None, :]}
+        seed = f.get_tensor("self_influence").double().numpy()
+    raw = unit * normalisation_divisor(cand, seed, "unit")
+    relatif = normalisation_divisor(cand, seed, "relatif")
+    return {"none": raw, "unit": unit, "relatif": np.divide(raw, relatif, out=np.zeros_like(raw), where=relatif > 0)}
 
 
 def aggregates(m: np.ndarray) -> dict[str, np.ndarray]:
     """The per-candidate scores a curator ranks by (higher = better)."""
     mean = m.mean(1)
     frac = (m > 0).mean(1)
-    return {"fraction helped": frac + 1e-6 * rank01(mean), "mean influence": mean}
+    return {"fraction helped": quality_score(frac, mean), "mean influence": mean}
 
 
 def heuristics(pool: list[dict], loss: np.ndarray, seed: int) -> dict[str, np.ndarray]:
     from gdig.select import length_ratio_score
 
-    return {"low loss": -loss, "length ratio": length_ratio_score([r["src_text"] for r in pool],
-            [r["trg_text"] for r in pool]), "random": np.random.default_rng(seed).random(len(pool))}  # fmt: skip
+    return {
+        "low loss": -loss,
+        "length ratio": length_ratio_score([r["src_text"] for r in pool], [r["trg_text"] for r in pool]),
+        "random": np.random.default_rng(seed).random(len(pool)),
+    }
 
 
 def detection_row(name: str, good: np.ndarray, pool: list[dict], frac: np.ndarray | None = None) -> dict:
     """AUROC on the Tatoeba pairs (labelled), per kind; precision at tau = 1 (G-DIG) and at the clean share."""
-    from gdig.evaluate import detection_auroc
+    from gdig.demo.evaluate import detection_auroc
 
     tat = np.array([r["origin"] == "tatoeba" for r in pool])
     kinds = np.array([r["corruption"] or "" for r in pool])[tat]
@@ -271,8 +315,10 @@ def detection(cfg: QualityConfig, runs: dict[str, Path], pool: list[dict]) -> tu
             frac = (m > 0).mean(1)
             for agg, good in aggregates(m).items():
                 name = f"{label} {variant} {agg}"
-                rows.append(detection_row(name, good, pool, frac) | {"kind": "gdig", "run": label,
-                            "normalize": variant, "aggregate": agg})  # fmt: skip
+                rows.append(
+                    detection_row(name, good, pool, frac)
+                    | {"kind": "gdig", "run": label, "normalize": variant, "aggregate": agg}
+                )
                 scores[name] = good
     return rows, scores
 
@@ -280,8 +326,9 @@ def detection(cfg: QualityConfig, runs: dict[str, Path], pool: list[dict]) -> tu
 # -- downstream --------------------------------------------------------------------------------------------------
 
 
-def gdig_selection(m: np.ndarray, aggregate: str, sketch: np.ndarray, ids: list[str], cfg: QualityConfig,
-                   seed: int) -> np.ndarray:  # fmt: skip
+def gdig_selection(
+    m: np.ndarray, aggregate: str, sketch: np.ndarray, ids: list[str], cfg: QualityConfig, seed: int
+) -> np.ndarray:
     """The quality rule (tau on the fraction of seeds helped, or a floor on the mean influence, whichever the
     variant ranks by) set to keep 1.25 x budget, then K-means diversity resampling to the budget."""
     from gdig.select import SelectionConfig, select
@@ -309,9 +356,14 @@ def downstream(cfg: QualityConfig, files, folder: Path, methods: dict[str, dict]
             sub = folder / "downstream" / f"{_slug(name)}-s{seed}"
             data = write_jsonl(sub / "train.jsonl", [pool[i] for i in idx])
             model, secs = train_model(cfg, data, sub / "model", init, seed, cfg.downstream_epochs)
-            rec = {"method": name, "seed": seed, "n_train": len(idx), "train_seconds": secs,
-                   "corrupted_share": float(np.mean([pool[i]["corruption"] is not None for i in idx])),
-                   "opennmt_share": float(np.mean([pool[i]["origin"] == "opennmt" for i in idx]))}  # fmt: skip
+            rec = {
+                "method": name,
+                "seed": seed,
+                "n_train": len(idx),
+                "train_seconds": secs,
+                "corrupted_share": float(np.mean([pool[i]["corruption"] is not None for i in idx])),
+                "opennmt_share": float(np.mean([pool[i]["origin"] == "opennmt" for i in idx])),
+            }
             for test in ("test-flores", "test-tatoeba"):
                 q = evaluate_cached(model, files[test], max_new_tokens=96)
                 rec |= {f"{test}-{k}": q[k] for k in ("chrf", "bleu", "loss")}
@@ -342,30 +394,47 @@ def summarise(rows: list[dict]) -> list[dict]:
 def markdown(report: dict) -> str:
     c = report["config"]
     kinds = sorted({k for r in report["detection"] for k in r["per_kind"]})
-    lines = [f"# Selection quality on real data ({report['date']})", "",
-             f"Command: `{report['command']}`  ", f"Machine: {report['machine']}", "",
-             f"Pool: {c['n_tatoeba']} Tatoeba en-de pairs ({c['noise']:.0%} injected corruptions, labelled) + "
-             f"{c['n_opennmt']} OpenNMT WMT-style pairs; seeds: {c['n_seeds']} FLORES-200 dev pairs. Model: Llama "
-             f"{c['hidden']}x{c['layers']} (MLP {c['ffn']}, vocab {c['vocab']}) trained from scratch on the pool for "
-             f"{c['epochs']} epochs ({report['model']['train_seconds']:.0f} s): held-out Tatoeba loss "
-             f"{report['model']['tatoeba_loss']:.2f}, chrF {report['model']['tatoeba_chrf']:.1f}; FLORES devtest "
-             f"chrF {report['model']['flores_chrf']:.1f}.", "",
-             "## Noise detection (AUROC clean vs corrupted Tatoeba pairs; higher is better)", "",
-             "| score | AUROC | " + " | ".join(kinds) + " | precision at clean share | kept at tau=1 | precision at "
-             "tau=1 | OpenNMT percentile |", "|---|---:|" + "---:|" * (len(kinds) + 4)]  # fmt: skip
+    lines = [
+        f"# Selection quality on real data ({report['date']})",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"Machine: {report['machine']}",
+        "",
+        f"Pool: {c['n_tatoeba']} Tatoeba en-de pairs ({c['noise']:.0%} injected corruptions, labelled) + "
+        f"{c['n_opennmt']} OpenNMT WMT-style pairs; seeds: {c['n_seeds']} FLORES-200 dev pairs. Model: Llama "
+        f"{c['hidden']}x{c['layers']} (MLP {c['ffn']}, vocab {c['vocab']}) trained from scratch on the pool for "
+        f"{c['epochs']} epochs ({report['model']['train_seconds']:.0f} s): held-out Tatoeba loss "
+        f"{report['model']['tatoeba_loss']:.2f}, chrF {report['model']['tatoeba_chrf']:.1f}; FLORES devtest "
+        f"chrF {report['model']['flores_chrf']:.1f}.",
+        "",
+        "## Noise detection (AUROC clean vs corrupted Tatoeba pairs; higher is better)",
+        "",
+        "| score | AUROC | " + " | ".join(kinds) + " | precision at clean share | kept at tau=1 | precision at "
+        "tau=1 | OpenNMT percentile |",
+        "|---|---:|" + "---:|" * (len(kinds) + 4),
+    ]
     for r in sorted(report["detection"], key=lambda r: -r["auroc"]):
         prec = "" if r.get("precision_tau_1") is None else f"{r['precision_tau_1']:.3f}"
-        lines.append(f"| {r['score']} | **{r['auroc']:.3f}** | " + " | ".join(f"{r['per_kind'][k]:.3f}" for k in kinds)
-                     + f" | {r['precision_at_clean_share']:.3f} | {r.get('kept_tau_1', '')} | {prec} | "
-                     f"{r.get('opennmt_percentile', float('nan')):.2f} |")  # fmt: skip
+        lines.append(
+            f"| {r['score']} | **{r['auroc']:.3f}** | "
+            + " | ".join(f"{r['per_kind'][k]:.3f}" for k in kinds)
+            + f" | {r['precision_at_clean_share']:.3f} | {r.get('kept_tau_1', '')} | {prec} | "
+            f"{r.get('opennmt_percentile', float('nan')):.2f} |"
+        )
     if report.get("downstream"):
-        lines += ["", f"## Downstream (budget {c['budget']} of {c['n_tatoeba'] + c['n_opennmt']}; fresh models, "
-                  f"{c['downstream_epochs']} epochs; mean ± sd over {c['downstream_seeds']} seeds)", "",
-                  "| selection | corrupted share | FLORES chrF | FLORES BLEU | Tatoeba chrF | Tatoeba BLEU |",
-                  "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+        lines += [
+            "",
+            f"## Downstream (budget {c['budget']} of {c['n_tatoeba'] + c['n_opennmt']}; fresh models, "
+            f"{c['downstream_epochs']} epochs; mean ± sd over {c['downstream_seeds']} seeds)",
+            "",
+            "| selection | corrupted share | FLORES chrF | FLORES BLEU | Tatoeba chrF | Tatoeba BLEU |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
         for r in report["downstream"]:
-            cells = " | ".join(f"{r[k][0]:.2f} ± {r[k][1]:.2f}" for k in ("test-flores-chrf", "test-flores-bleu",
-                               "test-tatoeba-chrf", "test-tatoeba-bleu"))  # fmt: skip
+            cells = " | ".join(
+                f"{r[k][0]:.2f} ± {r[k][1]:.2f}"
+                for k in ("test-flores-chrf", "test-flores-bleu", "test-tatoeba-chrf", "test-tatoeba-bleu")
+            )
             lines.append(f"| {r['method']} | {r['corrupted_share']:.3f} | {cells} |")
     lines += ["", "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in report["timings"].items())]
     return "\n".join(lines) + "\n"
@@ -393,14 +462,26 @@ def run(cfg: QualityConfig, command: str) -> dict:
         runs[spec] = score_pool(cfg, model, files, folder / cfg.model_key() / "runs", spec)
         timings[f"score {spec}"] = time.time() - t
     rows, scores = detection(cfg, runs, pool)
-    report = {"date": date.today().isoformat(), "command": command, "machine": machine(),
-              "config": dataclasses.asdict(cfg), "detection": rows,
-              "model": {"train_seconds": train_s, "tatoeba_loss": q_t["loss"], "tatoeba_chrf": q_t["chrf"],
-                        "flores_chrf": q_f["chrf"], "flores_bleu": q_f["bleu"], "samples": q_t["samples"]}}  # fmt: skip
+    report = {
+        "date": date.today().isoformat(),
+        "command": command,
+        "machine": machine(),
+        "config": dataclasses.asdict(cfg),
+        "detection": rows,
+        "model": {
+            "train_seconds": train_s,
+            "tatoeba_loss": q_t["loss"],
+            "tatoeba_chrf": q_t["chrf"],
+            "flores_chrf": q_f["chrf"],
+            "flores_bleu": q_f["bleu"],
+            "samples": q_t["samples"],
+        },
+    }
     if cfg.downstream_seeds:
         t = time.time()
-        report["downstream_raw"] = downstream(cfg, files, folder / cfg.model_key(), _methods(cfg, rows, scores, runs,
-                                              pool), pool)  # fmt: skip
+        report["downstream_raw"] = downstream(
+            cfg, files, folder / cfg.model_key(), _methods(cfg, rows, scores, runs, pool), pool
+        )
         report["downstream"] = summarise(report["downstream_raw"])
         timings["downstream"] = time.time() - t
     report["timings"] = timings | {"total": time.time() - t0}
@@ -411,13 +492,14 @@ def run(cfg: QualityConfig, command: str) -> dict:
 
 def _methods(cfg: QualityConfig, rows: list[dict], scores: dict, runs: dict[str, Path], pool: list[dict]) -> dict:
     """G-DIG with its best variant and with the paper's raw setting, random, and the best heuristic."""
-    from gdig.results import load_run
+    from gdig.rundir.results import load_run
 
     ids = [r["id"] for r in pool]
     gd = [r for r in rows if r["kind"] == "gdig"]
     best = max(gd, key=lambda r: r["auroc"])
-    paper = next(r for r in gd if r["normalize"] == "none" and r["aggregate"] == "fraction helped"
-                 and r["run"] == "ekfac")  # fmt: skip
+    paper = next(
+        r for r in gd if r["normalize"] == "none" and r["aggregate"] == "fraction helped" and r["run"] == "ekfac"
+    )
     heur = max((r for r in rows if r["kind"] == "heuristic" and r["score"] != "random"), key=lambda r: r["auroc"])
     out = {}
     for label, r in ((f"G-DIG best: {best['score']}", best), (f"G-DIG paper: {paper['score']}", paper)):
@@ -430,12 +512,14 @@ def _methods(cfg: QualityConfig, rows: list[dict], scores: dict, runs: dict[str,
     return out
 
 
-SWEEP = ({"hidden": 64, "layers": 2, "heads": 4, "ffn": 176, "epochs": 6.0},
-         {"hidden": 128, "layers": 4, "heads": 4, "ffn": 352, "epochs": 1.5},
-         {"hidden": 128, "layers": 4, "heads": 4, "ffn": 352, "epochs": 3.0},
-         {"hidden": 128, "layers": 4, "heads": 4, "ffn": 352, "epochs": 6.0},
-         {"hidden": 128, "layers": 4, "heads": 4, "ffn": 352, "epochs": 12.0},
-         {"hidden": 256, "layers": 4, "heads": 4, "ffn": 704, "epochs": 6.0})  # fmt: skip
+SWEEP = (
+    {"hidden": 64, "layers": 2, "heads": 4, "ffn": 176, "epochs": 6.0},
+    {"hidden": 128, "layers": 4, "heads": 4, "ffn": 352, "epochs": 1.5},
+    {"hidden": 128, "layers": 4, "heads": 4, "ffn": 352, "epochs": 3.0},
+    {"hidden": 128, "layers": 4, "heads": 4, "ffn": 352, "epochs": 6.0},
+    {"hidden": 128, "layers": 4, "heads": 4, "ffn": 352, "epochs": 12.0},
+    {"hidden": 256, "layers": 4, "heads": 4, "ffn": 704, "epochs": 6.0},
+)
 
 
 def sweep_models(base: QualityConfig, command: str) -> dict:
@@ -449,31 +533,52 @@ def sweep_models(base: QualityConfig, command: str) -> dict:
         files = make_pool(cfg, folder)
         pool = [json.loads(x) for x in files["pool"].read_text().splitlines()]
         init = init_model(cfg, files, folder / cfg.model_key(), 0)
-        model, train_s = train_model(cfg, files["pool"], folder / cfg.model_key() / "pool-model", init, cfg.seed,
-                                     cfg.epochs)  # fmt: skip
+        model, train_s = train_model(
+            cfg, files["pool"], folder / cfg.model_key() / "pool-model", init, cfg.seed, cfg.epochs
+        )
         q_t, q_f = evaluate_cached(model, files["test-tatoeba"]), evaluate_cached(model, files["test-flores"], 96)
         run_dir = score_pool(cfg, model, files, folder / cfg.model_key() / "runs", "ekfac")
         timings = json.loads((run_dir / "config.json").read_text())["timings"]
         score_s = sum(v for k, v in timings.items() if k != "factors_reused")
         det, _ = detection(cfg, {"ekfac": run_dir}, pool)
         best = max((r for r in det if r["kind"] == "gdig"), key=lambda r: r["auroc"])
-        row = sizes | {"train_seconds": train_s, "score_seconds": score_s, "tatoeba_loss": q_t["loss"],
-                       "tatoeba_chrf": q_t["chrf"], "flores_chrf": q_f["chrf"], "best_variant": best["score"],
-                       "best_auroc": best["auroc"], "aurocs": {r["score"]: r["auroc"] for r in det}}  # fmt: skip
+        row = sizes | {
+            "train_seconds": train_s,
+            "score_seconds": score_s,
+            "tatoeba_loss": q_t["loss"],
+            "tatoeba_chrf": q_t["chrf"],
+            "flores_chrf": q_f["chrf"],
+            "best_variant": best["score"],
+            "best_auroc": best["auroc"],
+            "aurocs": {r["score"]: r["auroc"] for r in det},
+        }
         print(json.dumps(row), flush=True)
         rows.append(row)
-    report = {"date": date.today().isoformat(), "command": command, "machine": machine(),
-              "config": dataclasses.asdict(base), "models": rows}  # fmt: skip
-    lines = [f"# Model size and training length ({report['date']})", "", f"Command: `{command}`  ",
-             f"Machine: {report['machine']}", "", "| model | epochs | train s | Tatoeba loss | Tatoeba chrF | "
-             "FLORES chrF | EK-FAC none mean | EK-FAC unit mean | low loss | length ratio |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    report = {
+        "date": date.today().isoformat(),
+        "command": command,
+        "machine": machine(),
+        "config": dataclasses.asdict(base),
+        "models": rows,
+    }
+    lines = [
+        f"# Model size and training length ({report['date']})",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {report['machine']}",
+        "",
+        "| model | epochs | train s | Tatoeba loss | Tatoeba chrF | "
+        "FLORES chrF | EK-FAC none mean | EK-FAC unit mean | low loss | length ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         a = r["aurocs"]
-        lines.append(f"| {r['hidden']}x{r['layers']} (MLP {r['ffn']}) | {r['epochs']:g} | {r['train_seconds']:.0f} | "
-                     f"{r['tatoeba_loss']:.2f} | {r['tatoeba_chrf']:.1f} | {r['flores_chrf']:.1f} | "
-                     f"{a['ekfac none mean influence']:.3f} | {a['ekfac unit mean influence']:.3f} | "
-                     f"{a['low loss']:.3f} | {a['length ratio']:.3f} |")  # fmt: skip
+        lines.append(
+            f"| {r['hidden']}x{r['layers']} (MLP {r['ffn']}) | {r['epochs']:g} | {r['train_seconds']:.0f} | "
+            f"{r['tatoeba_loss']:.2f} | {r['tatoeba_chrf']:.1f} | {r['flores_chrf']:.1f} | "
+            f"{a['ekfac none mean influence']:.3f} | {a['ekfac unit mean influence']:.3f} | "
+            f"{a['low loss']:.3f} | {a['length ratio']:.3f} |"
+        )
     save_report("models", report, "\n".join(lines))
     print("\n".join(lines))
     return report

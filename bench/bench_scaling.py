@@ -23,10 +23,28 @@ ENGINE = str(Path(__file__).with_name("bench_engine.py"))
 
 def point(n: int, m: int, vocab: int) -> dict:
     info = prepare(n, m, vocab)
-    res = run_child([ENGINE, "--child", "gdig", "--folder", info["folder"], "--batch-size", "16",
-                     "--max-length", "128", "--hessian", "ekfac"])  # fmt: skip
-    return {"candidates": n, "seeds": m, "seconds": res["seconds"], "score_seconds": res["timings"]["score"],
-            "peak_rss_mb": res["peak_rss_mb"]}  # fmt: skip
+    res = run_child(
+        [
+            ENGINE,
+            "--child",
+            "gdig",
+            "--folder",
+            info["folder"],
+            "--batch-size",
+            "16",
+            "--max-length",
+            "128",
+            "--hessian",
+            "ekfac",
+        ]
+    )
+    return {
+        "candidates": n,
+        "seeds": m,
+        "seconds": res["seconds"],
+        "score_seconds": res["timings"]["score"],
+        "peak_rss_mb": res["peak_rss_mb"],
+    }
 
 
 def slope(xs, ys) -> float:
@@ -41,17 +59,35 @@ def main() -> None:
     a = ap.parse_args()
     by_n = [point(n, 64, a.vocab) for n in a.candidates]
     by_m = [point(2000, m, a.vocab) for m in a.seeds]
-    r = {"date": dt.date.today().isoformat(), "machine": machine(), "by_candidates": by_n, "by_seeds": by_m,
-         "slopes": {"total_vs_candidates": slope(a.candidates, [p["seconds"] for p in by_n]),
-                    "memory_vs_candidates": slope(a.candidates, [p["peak_rss_mb"] for p in by_n]),
-                    "total_vs_seeds": slope(a.seeds, [p["seconds"] for p in by_m]),
-                    "score_vs_seeds": slope(a.seeds, [p["score_seconds"] for p in by_m]),
-                    "memory_vs_seeds": slope(a.seeds, [p["peak_rss_mb"] for p in by_m])}}  # fmt: skip
-    rows = [f"| {p['candidates']:,} | {p['seeds']} | {p['seconds']:.1f} | {p['score_seconds']:.1f} | "
-            f"{p['peak_rss_mb']:.0f} |" for p in by_n + by_m]  # fmt: skip
-    lines = [f"# Scaling, {r['date']}", "", f"Machine: {r['machine']}.", "",
-             "| candidates | seeds | total s | scoring s | peak RSS MB |", "|---:|---:|---:|---:|---:|", *rows, "",
-             "Fitted log-log slopes: " + ", ".join(f"{k} {v:.2f}" for k, v in r["slopes"].items()) + "."]  # fmt: skip
+    r = {
+        "date": dt.date.today().isoformat(),
+        "machine": machine(),
+        "by_candidates": by_n,
+        "by_seeds": by_m,
+        "slopes": {
+            "total_vs_candidates": slope(a.candidates, [p["seconds"] for p in by_n]),
+            "memory_vs_candidates": slope(a.candidates, [p["peak_rss_mb"] for p in by_n]),
+            "total_vs_seeds": slope(a.seeds, [p["seconds"] for p in by_m]),
+            "score_vs_seeds": slope(a.seeds, [p["score_seconds"] for p in by_m]),
+            "memory_vs_seeds": slope(a.seeds, [p["peak_rss_mb"] for p in by_m]),
+        },
+    }
+    rows = [
+        f"| {p['candidates']:,} | {p['seeds']} | {p['seconds']:.1f} | {p['score_seconds']:.1f} | "
+        f"{p['peak_rss_mb']:.0f} |"
+        for p in by_n + by_m
+    ]
+    lines = [
+        f"# Scaling, {r['date']}",
+        "",
+        f"Machine: {r['machine']}.",
+        "",
+        "| candidates | seeds | total s | scoring s | peak RSS MB |",
+        "|---:|---:|---:|---:|---:|",
+        *rows,
+        "",
+        "Fitted log-log slopes: " + ", ".join(f"{k} {v:.2f}" for k, v in r["slopes"].items()) + ".",
+    ]
     save_report("scaling", r, "\n".join(lines))
     print("\n".join(lines))
 

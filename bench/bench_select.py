@@ -74,22 +74,33 @@ def main() -> None:
         compute_umap(sketch)
         umap_s = time.perf_counter() - t0
     r = {
-        "date": dt.date.today().isoformat(), "machine": machine(),
+        "date": dt.date.today().isoformat(),
+        "machine": machine(),
         "settings": {"n": args.n, "seeds": args.seeds, "dim": args.dim, "k": args.k, "kept_at_tau_0.6": len(kept_rows)},
-        "seconds": {"per_run_stats": stats_s, "reapply_tau": tau_s, "recluster_kept": cluster_kept_s,
-                    "recluster_all": cluster_all_s, "select_cluster_resample": select_s, "umap_once": umap_s},
-    }  # fmt: skip
+        "seconds": {
+            "per_run_stats": stats_s,
+            "reapply_tau": tau_s,
+            "recluster_kept": cluster_kept_s,
+            "recluster_all": cluster_all_s,
+            "select_cluster_resample": select_s,
+            "umap_once": umap_s,
+        },
+    }
     s = r["seconds"]
     lines = [
-        f"# Selection benchmark, {r['date']}", "", f"Machine: {r['machine']}. Settings: {r['settings']}.", "",
-        "| operation | seconds | target |", "|---|---:|---:|",
+        f"# Selection benchmark, {r['date']}",
+        "",
+        f"Machine: {r['machine']}. Settings: {r['settings']}.",
+        "",
+        "| operation | seconds | target |",
+        "|---|---:|---:|",
         f"| fraction helped + mean influence, once per run | {s['per_run_stats']:.3f} | |",
         f"| re-apply a new tau | {s['reapply_tau']:.6f} | < 0.2 |",
         f"| re-cluster with a new K, kept set ({len(kept_rows):,}) | {s['recluster_kept']:.2f} | < 5 |",
         f"| re-cluster with a new K, all {args.n:,} | {s['recluster_all']:.2f} | < 5 |",
         f"| full select: rule + K-means + resample to 10,000 | {s['select_cluster_resample']:.2f} | |",
         f"| UMAP once (fit on 20,000, transform the rest) | {'skipped' if umap_s is None else f'{umap_s:.1f}'} | |",
-    ]  # fmt: skip
+    ]
     save_report("select", r, "\n".join(lines))
     print("\n".join(lines))
 

@@ -9,6 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gdig.atomic import write_jsonl  # noqa: E402,F401 - the benchmarks write their data with it
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("GDIG_SHARED_DATA", ROOT.parent / "shared" / "data"))
 CACHE = ROOT / "bench" / ".cache"
@@ -81,15 +85,15 @@ def synthetic_pairs(n: int, seed: int) -> list[dict]:
     out = []
     for _ in range(n):
         idx = [rng.randrange(len(en)) for _ in range(rng.randint(3, 20))]
-        out.append({"src_text": " ".join(en[i] for i in idx), "trg_text": " ".join(de[i] for i in idx),
-                    "src_lang": "en", "trg_lang": "de"})  # fmt: skip
+        out.append(
+            {
+                "src_text": " ".join(en[i] for i in idx),
+                "trg_text": " ".join(de[i] for i in idx),
+                "src_lang": "en",
+                "trg_lang": "de",
+            }
+        )
     return out
-
-
-def write_jsonl(path: Path, records: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    return path
 
 
 def add_workload_args(ap, repeats: int) -> None:
@@ -105,8 +109,12 @@ def add_workload_args(ap, repeats: int) -> None:
 def machine() -> dict:
     import torch
 
-    info = {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
-            "processor": platform.processor() or platform.machine()}  # fmt: skip
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+    }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info

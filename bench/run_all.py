@@ -59,8 +59,13 @@ def run_one(name: str, args: list[str], resume: bool = False) -> dict:
     report = report_stem(name, date.today().isoformat()).with_suffix(".md")
     if resume and report.exists():
         print(f"[{name}] reusing today's report {report.name}", flush=True)
-        return {"name": name, "status": "ok", "reused": True, "command": " ".join(cmd[1:]),
-                "report": str(report.relative_to(ROOT))}  # fmt: skip
+        return {
+            "name": name,
+            "status": "ok",
+            "reused": True,
+            "command": " ".join(cmd[1:]),
+            "report": str(report.relative_to(ROOT)),
+        }
     print(f"[{name}] {' '.join(cmd[1:])}", flush=True)
     t0 = time.time()
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
@@ -69,8 +74,13 @@ def run_one(name: str, args: list[str], resume: bool = False) -> dict:
         print(f"[{name}] FAILED after {secs:.0f} s:\n{out.stderr[-2000:]}", flush=True)
         return {"name": name, "status": "failed", "seconds": secs, "stderr": out.stderr[-4000:]}
     print(f"[{name}] done in {secs:.0f} s", flush=True)
-    return {"name": name, "status": "ok", "seconds": secs, "command": " ".join(cmd[1:]),
-            "report": str(report.relative_to(ROOT)) if report.exists() else None}  # fmt: skip
+    return {
+        "name": name,
+        "status": "ok",
+        "seconds": secs,
+        "command": " ".join(cmd[1:]),
+        "report": str(report.relative_to(ROOT)) if report.exists() else None,
+    }
 
 
 def main() -> None:
@@ -84,11 +94,20 @@ def main() -> None:
         os.environ["GDIG_BENCH_TAG"] = "quick"  # children inherit it: quick reports never overwrite full ones
     t0 = time.time()
     results = [run_one(name, a, args.resume) for name, a in plan.items() if not args.only or name in args.only]
-    report = {"date": date.today().isoformat(), "machine": machine(), "quick": args.quick,
-              "seconds": time.time() - t0, "benchmarks": results}  # fmt: skip
-    lines = [f"# All benchmarks{' (quick)' if args.quick else ''}, {report['date']}", "",
-             f"Command: `python bench/run_all.py{' --quick' if args.quick else ''}`  ",
-             f"Machine: {report['machine']}; total {report['seconds'] / 60:.1f} min", ""]  # fmt: skip
+    report = {
+        "date": date.today().isoformat(),
+        "machine": machine(),
+        "quick": args.quick,
+        "seconds": time.time() - t0,
+        "benchmarks": results,
+    }
+    lines = [
+        f"# All benchmarks{' (quick)' if args.quick else ''}, {report['date']}",
+        "",
+        f"Command: `python bench/run_all.py{' --quick' if args.quick else ''}`  ",
+        f"Machine: {report['machine']}; total {report['seconds'] / 60:.1f} min",
+        "",
+    ]
     for r in results:
         took = f" ({r['seconds']:.0f} s)" if "seconds" in r else " (today's report, reused)" if r.get("reused") else ""
         lines.append(f"## {r['name']}: {r['status']}{took}")

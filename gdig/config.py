@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from gdig.atomic import write_json_atomic  # noqa: F401 - re-exported for callers
+from gdig.options import option
 
 DEFAULT_PROMPT = 'Translate the following text into {trg_lang}\n\nText:\n"{src_text}"\n\n'
 # MLP projections of every transformer block: `mlp.*` (Llama, Qwen2, Mistral, Gemma, GPT-2, BLOOM, GPT-NeoX),
@@ -21,46 +21,87 @@ NORMALIZATIONS = ("none", "unit", "relatif")
 class DataConfig:
     """How input files become prompts and targets."""
 
-    prompt_template: str = DEFAULT_PROMPT
-    src_lang: str | None = None  # default when a record has no src_lang
-    trg_lang: str | None = None  # default when a record has no trg_lang
-    max_length: int = 512
+    prompt_template: str = option(
+        DEFAULT_PROMPT,
+        "format string of the prompt, with {src_text}, {src_lang}, {trg_lang} (\\n for a line break)",
+        label="Prompt template",
+    )
+    src_lang: str | None = option(None, "source language when a record does not say", label="Default source language")
+    trg_lang: str | None = option(None, "target language when a record does not say", label="Default target language")
+    max_length: int = option(
+        512, "longest tokenized example; longer ones are truncated", label="Max length (tokens)", minimum=2
+    )
 
 
 @dataclass
 class ScoreConfig:
     """Settings of `gdig score` (DESIGN sections 1 and 4)."""
 
-    model: str
-    candidates: str
-    seeds: str
-    out: str
-    hessian: str = "ekfac"
-    damping: float | None = None  # absolute lambda; None means use damping_relative
-    damping_relative: float | None = 0.1
+    model: str = option(help="local model folder or hub id (already in the local cache)")
+    candidates: str = option(help="candidate pool: .jsonl/.json/.csv/.tsv/.parquet or SRC,TGT")
+    seeds: str = option(help="trusted seed set, same formats")
+    out: str = option(help="run directory to create (or to continue with --resume)")
+    hessian: str = option(
+        "ekfac", "EK-FAC (default), K-FAC, or identity (plain gradient dot products)", choices=HESSIANS, label="Hessian"
+    )
+    damping: float | None = option(None, "absolute damping lambda (instead of --damping-relative)")
+    damping_relative: float | None = option(
+        0.1, "lambda = R x the mean eigenvalue, per module", label="Relative damping", minimum=1e-6
+    )
     # unit (cosine in the preconditioned metric) by measurement: bench/README.md; "none" is the paper's I(z, s)
-    normalize: str = "unit"
-    seed_batch: int = 1
-    modules: str = DEFAULT_MODULES
-    batch_size: int = 8
-    token_budget: int | None = None  # max tokens (padded) per batch; overrides batch_size when set
-    fit_examples: int | None = None
+    normalize: str = option(
+        "unit",
+        "unit: cosine in the preconditioned metric; none: the paper's raw I(z,s); relatif: RelatIF",
+        choices=NORMALIZATIONS,
+        label="Normalisation",
+    )
+    seed_batch: int = option(1, "average seed gradients in groups of k", minimum=1)
+    modules: str = option(
+        DEFAULT_MODULES, "regex (re.search) over module names to track", label="Tracked modules (regex)"
+    )
+    batch_size: int = option(8, "examples per batch", minimum=1)
+    token_budget: int | None = option(None, "max padded tokens per batch (overrides --batch-size)")
+    fit_examples: int | None = option(
+        None,
+        "fit the curvature on a random subset of this many candidates (none: all)",
+        label="Fit curvature on (0 = all)",
+        minimum=0,
+    )
     # The curvature fit's captured a and g are kept and reused by EK-FAC's second pass and by scoring when they
-    # fit in this many MiB (None = auto: a third of the available memory, at most 8 GiB; 0 = always recompute).
-    # Exact either way: only time and memory change.
-    fit_cache_mb: int | None = None
-    sketch_dim: int = 1024
-    seed_rank: int | None = None  # low-rank seed factorisation; None = dense
-    chunk_size: int = 256  # candidates per resumable chunk
-    # The curvature fit saves its partial sums this often (and when cancelled), so --resume continues the fit
-    # where it stopped. Each save writes the factors' size in float64 (about 2x factors.safetensors).
-    checkpoint_seconds: float = 60.0
-    umap: bool = True  # compute the 2-D map of the sketches at the end of the run
-    padding_side: str = "right"  # results do not depend on it; left suits models trained that way
-    device: str = "auto"
-    dtype: str = "auto"
-    random_state: int = 0
-    trust_remote_code: bool = False
+    # fit in this many MiB. Exact either way: only time and memory change.
+    fit_cache_mb: int | None = option(
+        None,
+        "memory for reusing the curvature pass's captures later (default: a "
+        "third of available memory, at most 8192; 0 = recompute)",
+    )
+    sketch_dim: int = option(
+        1024, "dimension of the gradient sketches clustered for diversity", label="Sketch dimension", minimum=16
+    )
+    seed_rank: int | None = option(None, "keep preconditioned seed gradients at this rank (large layers); none: dense")
+    chunk_size: int = option(256, "candidates per resumable chunk", minimum=1)
+    # Each save writes the factors' size in float64 (about 2x factors.safetensors).
+    checkpoint_seconds: float = option(
+        60.0,
+        "save the curvature fit's partial sums this often (and on cancel) for --resume",
+        label="Save the fit's progress every (s)",
+        minimum=1.0,
+    )
+    umap: bool = option(
+        True,
+        "compute the 2-D map of the sketches at the end (the app computes it when first shown otherwise)",
+        flag="--no-umap",
+    )
+    padding_side: str = option(
+        "right", "results do not depend on it; left suits models trained that way", choices=("left", "right")
+    )
+    device: str = option("auto", "auto, cpu, cuda, cuda:1, mps", label="Device")
+    dtype: str = option(
+        "auto",
+        "auto: bfloat16 on GPUs that support it, else float32",
+        choices=("auto", "float32", "bfloat16", "float16"),
+    )
+    random_state: int = option(0, "seed of the fit subset and the sketch projection")
+    trust_remote_code: bool = option(False, "run the model repository's own Python code", label="Trust remote code")
     data: DataConfig = field(default_factory=DataConfig)
 
     def __post_init__(self) -> None:
@@ -69,6 +110,7 @@ class ScoreConfig:
         self.validate()
 
     def validate(self) -> None:
+        """Refuse impossible settings with the flag to change, before any work starts."""
         if self.hessian not in HESSIANS:
             raise ValueError(f"--hessian must be one of {', '.join(HESSIANS)}, got {self.hessian!r}")
         if self.normalize not in NORMALIZATIONS:
@@ -105,9 +147,11 @@ class ScoreConfig:
         }
 
     def to_dict(self) -> dict[str, Any]:
+        """Every setting as JSON-able values (saved beside every output)."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ScoreConfig:
+        """Settings saved by to_dict (unknown keys from other versions are ignored)."""
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})

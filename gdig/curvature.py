@@ -7,7 +7,6 @@ KFAC Lambda = e_G e_A^T;  EK-FAC Lambda = mean_z (Q_G^T grad_W L(z) Q_A)^2.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,8 @@ from safetensors.torch import load_file, save_file
 
 from gdig.atomic import atomic_path
 from gdig.hooks import Captured, per_example_gradient
-from gdig.status import Cancelled
+from gdig.rundir.checkpoint import FitCheckpoint
+from gdig.rundir.status import Cancelled
 
 
 @dataclass
@@ -72,15 +72,15 @@ class Curvature:
         for name, f in self.modules.items():
             for key in ("q_a", "e_a", "q_g", "e_g", "lam"):
                 tensors[f"{name}::{key}"] = getattr(f, key).detach().float().contiguous().cpu()
-        meta = {"kind": self.kind, "fingerprint": fingerprint, "n_examples": str(self.n_examples),
-                "n_tokens": str(self.n_tokens), "modules": json.dumps(list(self.modules))}  # fmt: skip
+        meta = {
+            "kind": self.kind,
+            "fingerprint": fingerprint,
+            "n_examples": str(self.n_examples),
+            "n_tokens": str(self.n_tokens),
+            "modules": json.dumps(list(self.modules)),
+        }
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
-
-    @staticmethod
-    def read_fingerprint(path: str | Path) -> str | None:
-        """The `fingerprint` metadata of a safetensors file we wrote; None when missing or unreadable."""
-        return read_metadata(path).get("fingerprint")
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> Curvature:
@@ -95,17 +95,6 @@ class Curvature:
                 **{k: tensors[f"{name}::{k}"] for k in ("q_a", "e_a", "q_g", "e_g", "lam")}
             )
         return cur
-
-
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """The metadata of a safetensors file we wrote; {} when missing or unreadable (then it is not reusable)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return f.metadata() or {}
-    except Exception:  # a missing or corrupt file is simply not reusable
-        return {}
 
 
 class CovarianceFitter:
@@ -128,8 +117,11 @@ class CovarianceFitter:
 
     def state(self) -> dict[str, torch.Tensor]:
         """The partial sums and counts, for a checkpoint (exact: float64 as accumulated)."""
-        return ({f"a::{n}": v for n, v in self.a.items()} | {f"g::{n}": v for n, v in self.g.items()}
-                | {"counts": torch.tensor([self.n_tokens, self.n_examples], dtype=torch.int64)})  # fmt: skip
+        return (
+            {f"a::{n}": v for n, v in self.a.items()}
+            | {f"g::{n}": v for n, v in self.g.items()}
+            | {"counts": torch.tensor([self.n_tokens, self.n_examples], dtype=torch.int64)}
+        )
 
     def restore(self, state: dict[str, torch.Tensor]) -> None:
         for n in self.a:
@@ -179,40 +171,6 @@ class EigenCorrectionFitter:
         for name, f in self.cur.modules.items():
             f.lam = (self.sums[name] / max(self.n_examples, 1)).float()
         return self.cur
-
-
-class FitCheckpoint:
-    """A fit pass's partial sums saved with the number of batches they cover (safetensors, written atomically):
-    every `every_seconds`, when the pass is cancelled, and when a pass that another builds on completes. A
-    resumed pass restores them, skips those batches, and ends with the same sums bit for bit as an uninterrupted
-    one."""
-
-    def __init__(self, folder: str | Path, fingerprint: str, every_seconds: float = 60.0):
-        self.folder, self.fingerprint, self.every = Path(folder), fingerprint, every_seconds
-        self._last = time.time()
-
-    def path(self, stage: str) -> Path:
-        return self.folder / f"{stage}.safetensors"
-
-    def restore(self, stage: str, fitter) -> int:
-        """Load the saved sums into `fitter`; returns how many batches they cover (0 when none match)."""
-        path = self.path(stage)
-        meta = read_metadata(path)
-        if meta.get("fingerprint") != self.fingerprint:
-            return 0
-        fitter.restore(load_file(str(path)))
-        return int(meta["batches"])
-
-    def save(self, stage: str, fitter, batches: int) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().contiguous().cpu() for k, v in fitter.state().items()}
-        with atomic_path(self.path(stage)) as tmp:
-            save_file(tensors, str(tmp), metadata={"fingerprint": self.fingerprint, "batches": str(batches)})
-        self._last = time.time()
-
-    def maybe_save(self, stage: str, fitter, batches: int) -> None:
-        if time.time() - self._last >= self.every:
-            self.save(stage, fitter, batches)
 
 
 def _run_pass(stage: str, fitter, passes: Callable, checkpoint: FitCheckpoint | None, last: bool) -> None:

@@ -20,15 +20,34 @@ TEXT_PAIR_SEPARATOR = ","  # "src.txt,tgt.txt" names two line-aligned plain-text
 
 # Language codes found in file names and fields, mapped to the names the prompt uses.
 LANGUAGE_NAMES = {
-    "en": "English", "eng": "English", "eng_latn": "English",
-    "de": "German", "deu": "German", "ger": "German", "deu_latn": "German",
-    "zh": "Chinese", "zho": "Chinese", "cmn": "Chinese", "zho_hans": "Chinese", "cmn_hans": "Chinese",
-    "fr": "French", "fra": "French", "fra_latn": "French",
-    "es": "Spanish", "spa": "Spanish", "spa_latn": "Spanish",
-    "ja": "Japanese", "jpn": "Japanese", "jpn_jpan": "Japanese",
-    "ru": "Russian", "rus": "Russian", "rus_cyrl": "Russian",
-    "cs": "Czech", "ces": "Czech", "ces_latn": "Czech",
-}  # fmt: skip
+    "en": "English",
+    "eng": "English",
+    "eng_latn": "English",
+    "de": "German",
+    "deu": "German",
+    "ger": "German",
+    "deu_latn": "German",
+    "zh": "Chinese",
+    "zho": "Chinese",
+    "cmn": "Chinese",
+    "zho_hans": "Chinese",
+    "cmn_hans": "Chinese",
+    "fr": "French",
+    "fra": "French",
+    "fra_latn": "French",
+    "es": "Spanish",
+    "spa": "Spanish",
+    "spa_latn": "Spanish",
+    "ja": "Japanese",
+    "jpn": "Japanese",
+    "jpn_jpan": "Japanese",
+    "ru": "Russian",
+    "rus": "Russian",
+    "rus_cyrl": "Russian",
+    "cs": "Czech",
+    "ces": "Czech",
+    "ces_latn": "Czech",
+}
 
 
 class DataError(ValueError):
@@ -148,8 +167,11 @@ def _read_delimited(path: Path, delimiter: str) -> Iterator[tuple[int, Any]]:
     for row in reader:
         line = reader.line_num  # 1-based line in the file, header is line 1
         if None in row:
-            raise DataError(path, f"{len(row[None]) + len(reader.fieldnames)} columns, header has "
-                            f"{len(reader.fieldnames)}", line=line)  # fmt: skip
+            raise DataError(
+                path,
+                f"{len(row[None]) + len(reader.fieldnames)} columns, header has {len(reader.fieldnames)}",
+                line=line,
+            )
         yield line, {k: (v if v != "" else None) for k, v in row.items()}
 
 
@@ -201,13 +223,20 @@ def iter_records(path: str | Path, src_lang: str | None = None, trg_lang: str | 
         raise DataError(p, "file not found")
     suffix = p.suffix.lower()
     readers = {
-        ".jsonl": _read_jsonl, ".ndjson": _read_jsonl, ".json": _read_json,
-        ".csv": lambda q: _read_delimited(q, ","), ".tsv": lambda q: _read_delimited(q, "\t"),
-        ".parquet": _read_parquet, ".pq": _read_parquet,
-    }  # fmt: skip
+        ".jsonl": _read_jsonl,
+        ".ndjson": _read_jsonl,
+        ".json": _read_json,
+        ".csv": lambda q: _read_delimited(q, ","),
+        ".tsv": lambda q: _read_delimited(q, "\t"),
+        ".parquet": _read_parquet,
+        ".pq": _read_parquet,
+    }
     if suffix not in readers:
-        raise DataError(p, f"unknown file type '{suffix}'; use .jsonl, .json, .csv, .tsv, .parquet, or "
-                        "two line-aligned text files given as SRC,TGT")  # fmt: skip
+        raise DataError(
+            p,
+            f"unknown file type '{suffix}'; use .jsonl, .json, .csv, .tsv, .parquet, or "
+            "two line-aligned text files given as SRC,TGT",
+        )
     return readers[suffix](p)
 
 
@@ -241,8 +270,9 @@ def _build_translation(path, line, rec, cfg_template, src_lang, trg_lang) -> tup
     if not tgt.strip():
         raise DataError(path, "empty target", line=line, field_name="trg_text")
     if lang is None and "{trg_lang}" in cfg_template:
-        raise DataError(path, "missing, and no default target language was given (--trg-lang)", line=line,
-                        field_name="trg_lang")  # fmt: skip
+        raise DataError(
+            path, "missing, and no default target language was given (--trg-lang)", line=line, field_name="trg_lang"
+        )
     slang = language_name(_text_field(path, line, rec, "src_lang", required=False) or src_lang)
     fields = {"src_text": src, "trg_lang": lang or "", "src_lang": slang or ""}
     try:
@@ -272,8 +302,7 @@ def _build_chat(path, line, rec) -> tuple[str, str]:
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
             raise DataError(path, f"item {j} must have text 'role' and 'content'", line=line, field_name="messages")
     if msgs[-1]["role"] != "assistant":
-        raise DataError(path, "the last message must be the assistant's (the target)", line=line,
-                        field_name="messages")  # fmt: skip
+        raise DataError(path, "the last message must be the assistant's (the target)", line=line, field_name="messages")
     if not msgs[-1]["content"].strip():
         raise DataError(path, "empty target (last assistant message)", line=line, field_name="messages")
     prompt = "".join(f"{m['role']}: {m['content']}\n" for m in msgs[:-1]) + "assistant: "
@@ -305,8 +334,12 @@ def load_dataset(
             raise DataError(first_path, f"each record must be an object, got {type(rec).__name__}", line=line)
         rec_schema = detect_schema(rec)
         if rec_schema is None:
-            raise DataError(first_path, f"unknown schema (fields: {', '.join(sorted(rec)) or 'none'}); expected "
-                            "src_text/trg_text, instruction/input/output, or messages", line=line)  # fmt: skip
+            raise DataError(
+                first_path,
+                f"unknown schema (fields: {', '.join(sorted(rec)) or 'none'}); expected "
+                "src_text/trg_text, instruction/input/output, or messages",
+                line=line,
+            )
         if schema is None:
             schema = rec_schema
         elif rec_schema != schema:
@@ -331,8 +364,7 @@ def _assign_ids(path, examples: Sequence[Example]) -> None:
         return
     if any(v is None for v in own):
         missing = next(i for i, v in enumerate(own) if v is None)
-        raise DataError(path, "missing on some records (all or none must have one)", line=missing,
-                        field_name="id")  # fmt: skip
+        raise DataError(path, "missing on some records (all or none must have one)", line=missing, field_name="id")
     seen: dict[str, int] = {}
     for i, v in enumerate(own):
         key = str(v)

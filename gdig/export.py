@@ -12,7 +12,7 @@ from typing import Any
 
 from gdig.atomic import write_bytes_atomic
 from gdig.names import check_name
-from gdig.results import RunResults
+from gdig.rundir.results import RunResults
 from gdig.select import Selection, SelectionConfig
 
 META_FIELD = "gdig"
@@ -55,8 +55,9 @@ def manifest(run: RunResults, sel: Selection, cfg: SelectionConfig, jsonl_bytes:
     }
 
 
-def export_selection(run: RunResults, sel: Selection, cfg: SelectionConfig, out: str | Path,
-                     metadata: bool = True) -> tuple[Path, Path]:  # fmt: skip
+def export_selection(
+    run: RunResults, sel: Selection, cfg: SelectionConfig, out: str | Path, metadata: bool = True
+) -> tuple[Path, Path]:
     """Write OUT.jsonl and its manifest OUT.json; returns both paths."""
     out = Path(out)
     if out.suffix != ".jsonl":

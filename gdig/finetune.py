@@ -17,37 +17,45 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gdig.config import DataConfig, write_json_atomic
+from gdig.atomic import write_json_atomic
+from gdig.config import DataConfig
 from gdig.data import load_dataset, tokenize_dataset
 from gdig.hooks import collate, per_example_loss
 from gdig.model import load_model, resolve_device
+from gdig.options import option
 
 CHECKPOINT = "checkpoint"
 
 
 @dataclass
 class FinetuneConfig:
-    model: str
-    data: str
-    out: str
-    lora: bool = False
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_targets: str | None = None  # regex over module names; None = every linear layer of the blocks
-    epochs: float = 1.0
-    max_steps: int | None = None  # optimizer steps; overrides epochs when set
-    lr: float = 2e-5
-    batch_size: int = 8
-    grad_accum: int = 1
-    warmup_ratio: float = 0.05
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "auto"
-    log_every: int = 10
-    checkpoint_every: int = 200  # optimizer steps between resumable checkpoints
-    trust_remote_code: bool = False
+    """Settings of `gdig finetune`, saved as finetune.json beside the trained model."""
+
+    model: str = option(help="local model folder or hub id (already in the local cache)")
+    data: str = option(help="training file, same formats as scoring")
+    out: str = option(help="folder for the trained model (a standard Hugging Face folder)")
+    lora: bool = option(False, "train LoRA adapters (peft) and save the merged model")
+    lora_r: int = option(8, "LoRA rank")
+    lora_alpha: int = option(16, "LoRA alpha (the update is scaled by alpha / r)")
+    lora_targets: str | None = option(
+        None, "regex over module names for LoRA; none: every linear layer of the blocks", cli=False
+    )
+    epochs: float = option(1.0, "passes over the data")
+    max_steps: int | None = option(None, "optimizer steps (overrides --epochs)")
+    lr: float = option(2e-5, "peak learning rate (AdamW, linear warm-up and decay)")
+    batch_size: int = option(8, "examples per micro-batch")
+    grad_accum: int = option(1, "micro-batches per optimizer step")
+    warmup_ratio: float = option(0.05, "share of the steps spent warming up")
+    weight_decay: float = option(0.0, "AdamW weight decay", cli=False)
+    max_grad_norm: float = option(1.0, "gradient clipping norm", cli=False)
+    seed: int = option(0, "seed of the data order and LoRA initialisation")
+    device: str = option("auto", "auto, cpu, cuda, cuda:1, mps")
+    dtype: str = option(
+        "auto", "auto: bfloat16 autocast on GPUs that support it", choices=("auto", "float32", "bfloat16")
+    )
+    log_every: int = option(10, "optimizer steps between log lines", cli=False)
+    checkpoint_every: int = option(200, "optimizer steps between resumable checkpoints")
+    trust_remote_code: bool = option(False, "run the model repository's own Python code")
     data_config: DataConfig = field(default_factory=DataConfig)
 
     def __post_init__(self) -> None:
@@ -79,8 +87,9 @@ def _wrap_lora(model, cfg: FinetuneConfig):
     chosen = sorted({n.split(".")[-1] for n in names if re.fullmatch(targets, n) or re.search(targets, n)})
     if not chosen:
         raise ValueError(f"--lora-targets {targets!r} matches no linear layer")
-    lc = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=chosen, lora_dropout=0.0,
-                    task_type="CAUSAL_LM")  # fmt: skip
+    lc = LoraConfig(
+        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=chosen, lora_dropout=0.0, task_type="CAUSAL_LM"
+    )
     return get_peft_model(model, lc)
 
 
@@ -136,8 +145,9 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, on_log: Callable[[dict],
                 idx = chunk[j * micro : (j + 1) * micro].tolist()
                 b = collate([toks[i] for i in idx], idx, tok.pad_token_id)
                 with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    logits = model(input_ids=b.input_ids.to(dev), attention_mask=b.attention_mask.to(dev),
-                                   use_cache=False).logits  # fmt: skip
+                    logits = model(
+                        input_ids=b.input_ids.to(dev), attention_mask=b.attention_mask.to(dev), use_cache=False
+                    ).logits
                 loss = per_example_loss(logits, b.labels.to(dev))[0].mean() / n_micro
                 loss.backward()
                 losses.append(float(loss.detach()) * n_micro)
@@ -146,8 +156,14 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, on_log: Callable[[dict],
             sched.step()
             step += 1
             if step % cfg.log_every == 0 or step == total:
-                rec = {"step": step, "total": total, "epoch": step / steps_per_epoch, "loss": float(np.mean(losses)),
-                       "lr": sched.get_last_lr()[0], "seconds": time.time() - t0}  # fmt: skip
+                rec = {
+                    "step": step,
+                    "total": total,
+                    "epoch": step / steps_per_epoch,
+                    "loss": float(np.mean(losses)),
+                    "lr": sched.get_last_lr()[0],
+                    "seconds": time.time() - t0,
+                }
                 losses.clear()
                 with open(log_path, "a") as f:
                     f.write(json.dumps(rec) + "\n")
@@ -156,8 +172,12 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, on_log: Callable[[dict],
             if step % cfg.checkpoint_every == 0 and step < total:
                 _save_checkpoint(model, tok, opt, sched, step, ckpt, cfg.lora)
     _save_final(model, tok, out, cfg)
-    summary = {"settings": dataclasses.asdict(cfg), "steps": total, "seconds": time.time() - t0,
-               "tokenization": report.summary()}  # fmt: skip
+    summary = {
+        "settings": dataclasses.asdict(cfg),
+        "steps": total,
+        "seconds": time.time() - t0,
+        "tokenization": report.summary(),
+    }
     write_json_atomic(out / "finetune.json", summary)
     shutil.rmtree(ckpt, ignore_errors=True)
     return out
@@ -171,8 +191,9 @@ def _save_checkpoint(model, tok, opt, sched, step: int, ckpt: Path, lora: bool) 
         from peft import get_peft_model_state_dict
         from safetensors.torch import save_file
 
-        save_file({k: v.contiguous() for k, v in get_peft_model_state_dict(model).items()},
-                  str(tmp / "adapter.safetensors"))  # fmt: skip
+        save_file(
+            {k: v.contiguous() for k, v in get_peft_model_state_dict(model).items()}, str(tmp / "adapter.safetensors")
+        )
     else:
         model.save_pretrained(tmp / "model")
         tok.save_pretrained(tmp / "model")

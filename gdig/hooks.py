@@ -87,9 +87,11 @@ def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.
     shift_logits = logits[:, :-1].float()
     shift_labels = labels[:, 1:]
     tok_loss = nn.functional.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
-        ignore_index=IGNORE_INDEX, reduction="none",
-    ).view(shift_labels.shape)  # fmt: skip
+        shift_logits.reshape(-1, shift_logits.shape[-1]),
+        shift_labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    ).view(shift_labels.shape)
     valid = (shift_labels != IGNORE_INDEX).float()
     n = valid.sum(1)
     return (tok_loss * valid).sum(1) / n.clamp(min=1), n

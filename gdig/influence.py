@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from gdig.curvature import Curvature
@@ -112,11 +113,7 @@ class Scorer:
         """Per-(candidate, seed) divisor of the chosen normalisation, or None for raw scores."""
         if self.normalize == "none":
             return None
-        cand = self_inf.clamp(min=0).sqrt()[:, None]
-        if self.normalize == "relatif":
-            return cand
-        seed = self.seeds.self_influence.clamp(min=0).sqrt()[None, :].to(cand.device)
-        return cand * seed
+        return normalisation_divisor(self_inf, self.seeds.self_influence.to(self_inf.device), self.normalize)
 
     def __call__(self, cap: Captured) -> tuple[torch.Tensor, torch.Tensor | None]:
         scores, self_inf = self.raw_scores(cap)
@@ -124,6 +121,41 @@ class Scorer:
         if div is not None:
             scores = torch.where(div > 0, scores / div.clamp(min=1e-30), torch.zeros_like(scores))
         return scores, self_inf
+
+
+def mean_seed_direction(seeds: SeedGradients, normalize: str) -> dict[str, torch.Tensor]:
+    """Per module the mean over seed columns of V_s (each divided by its seed's norm under unit normalisation, so
+    that its contraction with a candidate is the candidate's mean score): what token explanations keep of the
+    seeds, one seed's worth of bytes; a single column is recomputed on demand."""
+    self_inf = seeds.self_influence.double()
+    weight = self_inf.clamp(min=0).sqrt().reciprocal() if normalize == "unit" else torch.ones_like(self_inf)
+    weight = torch.where(torch.isfinite(weight), weight, torch.zeros_like(weight)) / seeds.n_seeds
+    out = {}
+    for name in seeds.names:
+        w = weight.to(device=seeds.self_influence.device, dtype=torch.float32)
+        if name in seeds.dense:
+            out[name] = torch.einsum("soi,s->oi", seeds.dense[name], w)
+        else:
+            out[name] = torch.einsum("sor,sir,s->oi", seeds.left[name], seeds.right[name], w)
+    return out
+
+
+def normalisation_divisor(cand_self, seed_self, normalize: str):
+    """What raw influence is divided by, per (candidate, seed), from the self-influences <g, (F + lambda)^-1 g>
+    (torch tensors or numpy arrays): unit, both norms (a cosine in the preconditioned metric); relatif, the
+    candidate's norm (RelatIF); none, nothing (None). A zero divisor means a zero gradient: its score is 0."""
+    if normalize == "none":
+        return None
+    cand = _norm(cand_self)[:, None]
+    if normalize == "relatif":
+        return cand
+    return cand * _norm(seed_self)[None, :]
+
+
+def _norm(self_influence):
+    if isinstance(self_influence, torch.Tensor):
+        return self_influence.clamp(min=0).sqrt()
+    return np.sqrt(np.clip(self_influence, 0, None))
 
 
 def token_contributions(cap: Captured, directions: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from gdig.options import option
+
 STRATEGIES = ("uniform", "proportional")
 WITHIN = ("quality", "random")
 METHODS = ("gdig", "random", "loss", "mean-influence", "length-ratio")
@@ -22,20 +24,50 @@ RULES = ("mean", "fraction")
 class SelectionConfig:
     """Settings of one selection; saved beside every export. The single source of the selection defaults."""
 
-    method: str = "gdig"
-    # mean: keep when the mean influence over seeds >= min_mean (0 = helps the seeds on average; the default,
-    # because it keeps a useful share and ranks best in bench/README.md); fraction: keep when the fraction of
-    # seeds helped >= tau (G-DIG eq. 4 at tau = 1, which with many seeds often keeps nothing)
-    rule: str = "mean"
-    tau: float = 1.0
-    min_mean: float = 0.0
-    clusters: int = 10
-    budget: int | None = None  # None or 0: every kept candidate
-    strategy: str = "uniform"
-    within: str = "quality"  # order inside a cluster: best quality first, or random
-    seed: int = 0
-    include: list[str] = field(default_factory=list)
-    exclude: list[str] = field(default_factory=list)
+    method: str = option("gdig", "gdig, or a baseline for comparison", choices=METHODS)
+    # mean by measurement: it keeps a useful share and ranks best (bench/README.md); the paper's tau = 1 rule
+    # (fraction) often keeps nothing with many seeds
+    rule: str = option(
+        "mean",
+        "mean: keep candidates whose mean influence over the seeds is at least min_mean "
+        "(0: they help the seeds on average); fraction: keep those that help at least tau of the "
+        "seeds (tau = 1 is the paper's rule, which with many seeds often keeps nothing)",
+        choices=RULES,
+        label="Quality rule",
+        cli=False,
+    )
+    tau: float = option(
+        1.0,
+        "keep candidates helping at least this fraction of seeds (--tau 1 is the paper's rule)",
+        minimum=0.0,
+        cli=False,
+    )
+    min_mean: float = option(
+        0.0,
+        "keep candidates with mean influence >= X (the default rule, with X = 0: "
+        "candidates that help the seeds on average)",
+        cli=False,
+    )
+    clusters: int = option(10, "K for K-means over gradient sketches", label="K (clusters)", minimum=1)
+    budget: int | None = option(
+        None,
+        "how many to select (none or 0: every kept candidate)",
+        label="Budget (0 = every kept candidate)",
+        minimum=0,
+    )
+    strategy: str = option(
+        "uniform", "uniform: about budget/K from each cluster; proportional: by cluster size", choices=STRATEGIES
+    )
+    within: str = option(
+        "quality", "order inside a cluster: best quality first, or random", choices=WITHIN, label="Within a cluster"
+    )
+    seed: int = option(0, "seed of the clustering and random choices", label="Random seed")
+    include: list[str] = option(
+        help="ids kept whatever the rule (the run's overrides)", cli=False, default_factory=list
+    )
+    exclude: list[str] = option(
+        help="ids dropped whatever the rule (the run's overrides)", cli=False, default_factory=list
+    )
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
@@ -81,8 +113,15 @@ class Selection:
 # -- quality rule ----------------------------------------------------------------------------------------------
 
 
-def quality_mask(frac_helped: np.ndarray, mean_influence: np.ndarray, tau: float | None, min_mean: float | None,
-                 ids: list[str] | None = None, include=(), exclude=()) -> np.ndarray:  # fmt: skip
+def quality_mask(
+    frac_helped: np.ndarray,
+    mean_influence: np.ndarray,
+    tau: float | None,
+    min_mean: float | None,
+    ids: list[str] | None = None,
+    include=(),
+    exclude=(),
+) -> np.ndarray:
     """G-DIG quality rule: frac_helped >= tau (or mean >= min_mean); manual overrides always win."""
     if min_mean is not None:
         keep = mean_influence >= min_mean
@@ -119,15 +158,18 @@ class GradientClusterer:
 
         x = normalise_rows(sketches)
         if self.n_clusters > len(x):
-            raise ValueError(f"K = {self.n_clusters} clusters is more than the {len(x)} kept candidates; "
-                             "lower K or loosen the quality threshold")  # fmt: skip
+            raise ValueError(
+                f"K = {self.n_clusters} clusters is more than the {len(x)} kept candidates; "
+                "lower K or loosen the quality threshold"
+            )
         init = "k-means++"
         if len(x) > self.init_sample:
             rng = np.random.default_rng(self.random_state)
             sample = x[np.sort(rng.choice(len(x), self.init_sample, replace=False))]
             init, _ = kmeans_plusplus(sample, self.n_clusters, random_state=self.random_state)
-        self.kmeans_ = KMeans(self.n_clusters, init=init, n_init=1, max_iter=self.max_iter, copy_x=False,
-                              random_state=self.random_state).fit(x)  # fmt: skip
+        self.kmeans_ = KMeans(
+            self.n_clusters, init=init, n_init=1, max_iter=self.max_iter, copy_x=False, random_state=self.random_state
+        ).fit(x)
         self.labels_ = self.kmeans_.labels_.astype(np.int64)
         return self
 
@@ -170,8 +212,9 @@ def cluster_quotas(sizes: np.ndarray, budget: int, strategy: str) -> np.ndarray:
     return quota
 
 
-def resample(labels: np.ndarray, rows: np.ndarray, quality: np.ndarray, budget: int, strategy: str, within: str,
-             seed: int) -> np.ndarray:  # fmt: skip
+def resample(
+    labels: np.ndarray, rows: np.ndarray, quality: np.ndarray, budget: int, strategy: str, within: str, seed: int
+) -> np.ndarray:
     """Take each cluster's quota, best quality first (or at random), from `rows` with cluster `labels`."""
     rng = np.random.default_rng(seed)
     if len(labels) == 0 or budget <= 0:
@@ -202,12 +245,20 @@ def length_ratio_score(src: list[str], tgt: list[str]) -> np.ndarray:
     return (-np.abs(r - np.median(r))).astype(np.float32)
 
 
-def select(frac_helped, mean_influence, sketch, ids, cfg: SelectionConfig, loss=None, length_score=None,
-           labels: np.ndarray | None = None) -> Selection:  # fmt: skip
+def select(
+    frac_helped,
+    mean_influence,
+    sketch,
+    ids,
+    cfg: SelectionConfig,
+    loss=None,
+    length_score=None,
+    labels: np.ndarray | None = None,
+) -> Selection:
     """One selection. `labels` (cluster of each kept row) may be passed to skip re-clustering."""
     n = len(frac_helped)
     msgs: list[str] = []
-    quality = frac_helped.astype(np.float64) + 1e-3 * rank01(mean_influence)  # ties broken by mean influence
+    quality = quality_score(frac_helped, mean_influence)
     if cfg.method == "gdig":
         kept = quality_mask(frac_helped, mean_influence, *cfg.thresholds, ids, cfg.include, cfg.exclude)
     else:
@@ -236,6 +287,15 @@ def select(frac_helped, mean_influence, sketch, ids, cfg: SelectionConfig, loss=
     return Selection(chosen.astype(np.int64), kept, full_labels, quality.astype(np.float32), msgs)
 
 
+TIE_BREAK = 1e-6  # below the gap 1/M between two fractions of M seeds, for any M < 1,000,000
+
+
+def quality_score(frac_helped: np.ndarray, mean_influence: np.ndarray) -> np.ndarray:
+    """The fraction of seeds helped, ties broken by mean influence: one order for the rule, the selection and
+    the figures, which never puts a lower fraction above a higher one."""
+    return frac_helped.astype(np.float64) + TIE_BREAK * rank01(mean_influence)
+
+
 def rank01(x: np.ndarray) -> np.ndarray:
     """Ranks scaled to [0, 1] (stable ties): a tie-breaker that never outweighs the score it is added to."""
     r = np.argsort(np.argsort(x, kind="stable"), kind="stable")
@@ -262,8 +322,16 @@ def select_run(run, cfg: SelectionConfig, labels: np.ndarray | None = None) -> S
     src = df["src_text"] if "src_text" in df else df["prompt"]
     tgt = df["trg_text"] if "trg_text" in df else df["target"]
     length = length_ratio_score(src.astype(str).tolist(), tgt.astype(str).tolist())
-    return select(run.frac_helped, run.mean_influence, run.sketch, run.ids, cfg, loss=df["loss"].to_numpy(),
-                  length_score=length, labels=labels)  # fmt: skip
+    return select(
+        run.frac_helped,
+        run.mean_influence,
+        run.sketch,
+        run.ids,
+        cfg,
+        loss=df["loss"].to_numpy(),
+        length_score=length,
+        labels=labels,
+    )
 
 
 DECISIONS = ("selected", "kept", "rejected", "included by hand", "excluded by hand")

@@ -7,19 +7,28 @@ from pathlib import Path
 import numpy as np
 
 from gdig.atomic import save_npy_atomic
+from gdig.rundir.layout import SKETCH, UMAP
 
 FIT_SAMPLE = 20_000  # larger runs: fit on a random sample of this size, transform the rest
 
 
 def compute_umap(sketch: np.ndarray, random_state: int = 0, fit_sample: int = FIT_SAMPLE) -> np.ndarray:
+    """(N, 2) cosine UMAP of the sketches; above `fit_sample` rows, fitted on a fixed sample and the rest
+    transformed, so a large pool takes minutes rather than hours."""
     import umap
 
     x = np.asarray(sketch, np.float32)
     n = len(x)
     if n < 4:  # UMAP needs a few neighbours; a tiny run gets a trivial layout
         return np.column_stack([np.arange(n, dtype=np.float32), np.zeros(n, np.float32)])
-    reducer = umap.UMAP(n_components=2, metric="cosine", n_neighbors=min(15, n - 1), random_state=random_state,
-                        init="random" if n < 50 else "spectral", n_jobs=1)  # fmt: skip
+    reducer = umap.UMAP(
+        n_components=2,
+        metric="cosine",
+        n_neighbors=min(15, n - 1),
+        random_state=random_state,
+        init="random" if n < 50 else "spectral",
+        n_jobs=1,
+    )
     if n <= fit_sample:
         return reducer.fit_transform(x).astype(np.float32)
     rng = np.random.default_rng(random_state)
@@ -35,9 +44,9 @@ def compute_umap(sketch: np.ndarray, random_state: int = 0, fit_sample: int = FI
 
 def ensure_umap(run_dir: str | Path, random_state: int = 0) -> np.ndarray:
     """umap.npy of the run, computing and caching it (atomically) the first time."""
-    path = Path(run_dir) / "umap.npy"
+    path = Path(run_dir) / UMAP
     if path.exists():
         return np.load(path, allow_pickle=False)
-    emb = compute_umap(np.load(Path(run_dir) / "sketch.npy", allow_pickle=False), random_state)
+    emb = compute_umap(np.load(Path(run_dir) / SKETCH, allow_pickle=False), random_state)
     save_npy_atomic(path, emb)
     return emb

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
 import pytest
 import torch
 
-from gdig.tiny import build_tiny_model, train_tokenizer
+from gdig.atomic import write_jsonl  # noqa: F401 - the tests write their data files with it
+from gdig.demo.tiny import build_tiny_model, train_tokenizer
 
 torch.set_num_threads(2)
 
@@ -57,14 +57,15 @@ def make_pairs(n: int, seed: int = 0, min_words: int = 2, max_words: int = 7) ->
     for _ in range(n):
         k = rng.randint(min_words, max_words)
         idx = [rng.randrange(len(WORDS_EN)) for _ in range(k)]
-        out.append({"src_text": " ".join(WORDS_EN[i] for i in idx), "trg_text": " ".join(WORDS_DE[i] for i in idx),
-                    "src_lang": "en", "trg_lang": "de"})  # fmt: skip
+        out.append(
+            {
+                "src_text": " ".join(WORDS_EN[i] for i in idx),
+                "trg_text": " ".join(WORDS_DE[i] for i in idx),
+                "src_lang": "en",
+                "trg_lang": "de",
+            }
+        )
     return out
-
-
-def write_jsonl(path: Path, records: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -13,8 +13,9 @@ from streamlit.testing.v1 import AppTest
 
 from conftest import make_pairs, write_jsonl
 from gdig.config import ScoreConfig
-from gdig.results import CURATION, load_run
 from gdig.run import score
+from gdig.rundir.layout import CURATION
+from gdig.rundir.results import load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -241,7 +242,7 @@ def test_new_run_checks_the_name_and_the_model_before_starting(app, runs, name, 
 
 
 def test_new_run_keeps_its_name_then_switches_to_the_started_run(app, runs, tmp_path, llama_dir):
-    from gdig.jobs import cancel_job, delete_run
+    from gdig.studio.jobs import cancel_job, delete_run
 
     cands = write_jsonl(tmp_path / "c.jsonl", make_pairs(30, seed=3))
     seeds = write_jsonl(tmp_path / "s.jsonl", make_pairs(4, seed=4))
@@ -269,7 +270,7 @@ def test_new_run_keeps_its_name_then_switches_to_the_started_run(app, runs, tmp_
 
 
 def test_uploaded_inputs_of_a_refused_run_are_removed(runs, tmp_path, llama_dir):
-    from gdig.jobs import start_new_run
+    from gdig.studio.jobs import start_new_run
 
     bad = b'{"src_text": "a", "trg_text": "", "trg_lang": "de"}\n'
     with pytest.raises(ValueError, match="upload.jsonl:1: field 'trg_text': empty target"):

@@ -11,14 +11,22 @@ from gdig.run import score
 
 
 def test_variants_from_a_unit_run_equal_direct_runs(tmp_path, tokenizer, data_files):
-    from gdig.tiny import build_tiny_model
+    from gdig.demo.tiny import build_tiny_model
 
     model = build_tiny_model("llama", tokenizer, hidden=16, ffn=32, heads=2)
     cands, seeds = data_files
     runs = {}
     for norm in ("unit", "none", "relatif"):
-        cfg = ScoreConfig(model="m", candidates=str(cands), seeds=str(seeds), out=str(tmp_path / norm), umap=False,
-                          normalize=norm, hessian="kfac", damping=1e-3)  # fmt: skip
+        cfg = ScoreConfig(
+            model="m",
+            candidates=str(cands),
+            seeds=str(seeds),
+            out=str(tmp_path / norm),
+            umap=False,
+            normalize=norm,
+            hessian="kfac",
+            damping=1e-3,
+        )
         runs[norm] = np.load(score(cfg, model=model, tokenizer=tokenizer) / "influence.npy").astype(np.float64)
     derived = variant_matrices(tmp_path / "unit")
     for norm in ("none", "relatif", "unit"):

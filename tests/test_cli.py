@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from gdig.__main__ import main
-from gdig.tiny import ARCHITECTURES, build_tiny_model
+from gdig.demo.tiny import ARCHITECTURES, build_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,8 +24,23 @@ def test_every_architecture_scores_through_the_cli(tmp_path, tokenizer, data_fil
     build_tiny_model(arch, tokenizer, model_dir)
     cands, seeds = data_files
     out = tmp_path / "run"
-    argv = ["score", "--model", str(model_dir), "--candidates", str(cands), "--seeds", str(seeds), "--out", str(out),
-            "--batch-size", "4", "--sketch-dim", "64", "--quiet", "--no-umap"]  # fmt: skip
+    argv = [
+        "score",
+        "--model",
+        str(model_dir),
+        "--candidates",
+        str(cands),
+        "--seeds",
+        str(seeds),
+        "--out",
+        str(out),
+        "--batch-size",
+        "4",
+        "--sketch-dim",
+        "64",
+        "--quiet",
+        "--no-umap",
+    ]
     assert main(argv) == 0
     infl = np.load(out / "influence.npy")
     assert infl.shape == (24, 5) and infl.dtype == np.float32 and np.isfinite(infl).all() and np.abs(infl).sum() > 0
@@ -42,8 +57,20 @@ def test_every_architecture_scores_through_the_cli(tmp_path, tokenizer, data_fil
 def test_module_subprocess_entry_point_and_bad_input(tmp_path, llama_dir, data_files):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"src_text": "a", "trg_text": "b", "trg_lang": "de"}\n{oops\n')
-    cmd = [sys.executable, "-m", "gdig", "score", "--model", str(llama_dir), "--candidates", str(bad),
-           "--seeds", str(data_files[1]), "--out", str(tmp_path / "r")]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "gdig",
+        "score",
+        "--model",
+        str(llama_dir),
+        "--candidates",
+        str(bad),
+        "--seeds",
+        str(data_files[1]),
+        "--out",
+        str(tmp_path / "r"),
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert res.returncode == 2
     assert "bad.jsonl:2: malformed JSON" in res.stderr and "Traceback" not in res.stderr
@@ -64,8 +91,21 @@ def test_missing_model_and_bad_regex_are_clear(tmp_path, llama_dir, data_files, 
 
 def test_finished_run_is_never_overwritten(tmp_path, llama_dir, data_files, capsys):
     cands, seeds = data_files
-    argv = ["score", "--model", str(llama_dir), "--candidates", str(cands), "--seeds", str(seeds),
-            "--out", str(tmp_path / "r"), "--quiet", "--no-umap", "--hessian", "kfac"]  # fmt: skip
+    argv = [
+        "score",
+        "--model",
+        str(llama_dir),
+        "--candidates",
+        str(cands),
+        "--seeds",
+        str(seeds),
+        "--out",
+        str(tmp_path / "r"),
+        "--quiet",
+        "--no-umap",
+        "--hessian",
+        "kfac",
+    ]
     assert main(argv) == 0
     before = (tmp_path / "r" / "influence.npy").read_bytes()
     assert main(argv) == 2
@@ -84,15 +124,28 @@ def test_finished_run_is_never_overwritten(tmp_path, llama_dir, data_files, caps
 
 def test_tokenizer_without_a_pad_token_is_handled(tmp_path, data_files):
     from conftest import make_pairs
-    from gdig.tiny import train_tokenizer
+    from gdig.demo.tiny import train_tokenizer
 
     tok = train_tokenizer([r["src_text"] + " " + r["trg_text"] for r in make_pairs(100, seed=1)], 300, with_pad=False)
     assert tok.pad_token_id is None
     build_tiny_model("qwen2", tok, tmp_path / "m")
     cands, seeds = data_files
     out = tmp_path / "run"
-    argv = ["score", "--model", str(tmp_path / "m"), "--candidates", str(cands), "--seeds", str(seeds),
-            "--out", str(out), "--batch-size", "5", "--quiet", "--no-umap"]  # fmt: skip
+    argv = [
+        "score",
+        "--model",
+        str(tmp_path / "m"),
+        "--candidates",
+        str(cands),
+        "--seeds",
+        str(seeds),
+        "--out",
+        str(out),
+        "--batch-size",
+        "5",
+        "--quiet",
+        "--no-umap",
+    ]
     assert main(argv) == 0
     assert np.isfinite(np.load(out / "influence.npy")).all()
 
@@ -140,20 +193,50 @@ def test_pip_install_gives_a_gdig_console_script(tmp_path):
     shutil.copytree(ROOT / "gdig", src / "gdig", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "requirements.txt", "README.md"):
         shutil.copy(ROOT / name, src / name)
-    cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(target),
-           str(src)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--no-deps",
+        "--no-build-isolation",
+        "--target",
+        str(target),
+        str(src),
+    ]
     subprocess.run(cmd, check=True, capture_output=True, timeout=300)
     script = target / "bin" / "gdig"
     assert script.exists()
-    res = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120,
-                         env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"})  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, str(script), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"},
+    )
     assert res.returncode == 0 and "{score,select,finetune,demo}" in res.stdout
 
 
 def test_score_shows_overall_and_stage_progress_and_ends_with_a_summary(tmp_path, llama_dir, data_files):
     cands, seeds = data_files
-    cmd = [sys.executable, "-m", "gdig", "score", "--model", str(llama_dir), "--candidates", str(cands), "--seeds",
-           str(seeds), "--out", str(tmp_path / "r"), "--no-umap", "--batch-size", "4"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "gdig",
+        "score",
+        "--model",
+        str(llama_dir),
+        "--candidates",
+        str(cands),
+        "--seeds",
+        str(seeds),
+        "--out",
+        str(tmp_path / "r"),
+        "--no-umap",
+        "--batch-size",
+        "4",
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     err = res.stderr.replace("\r", "\n")

@@ -67,8 +67,12 @@ def test_instruction_and_chat_schemas(tmp_path):
     inst = load_dataset(write_jsonl(tmp_path / "i.jsonl", recs))
     assert inst.schema == "instruction"
     assert inst.examples[0].prompt == "Say hi\n\n" and inst.examples[1].prompt == "Echo\n\nx\n\n"
-    chat = load_dataset(write_jsonl(tmp_path / "c.jsonl", [{"messages": [
-        {"role": "user", "content": "Translate: Hund"}, {"role": "assistant", "content": "dog"}]}]))  # fmt: skip
+    chat = load_dataset(
+        write_jsonl(
+            tmp_path / "c.jsonl",
+            [{"messages": [{"role": "user", "content": "Translate: Hund"}, {"role": "assistant", "content": "dog"}]}],
+        )
+    )
     assert chat.schema == "chat"
     assert chat.examples[0].target == "dog" and chat.examples[0].prompt.endswith("assistant: ")
 
@@ -116,22 +120,31 @@ GOOD = json.dumps(PAIRS[0])
     [
         ("a.jsonl", GOOD + "\n{not json\n", r"a\.jsonl:2: malformed JSON"),
         ("a.jsonl", GOOD + '\n{"src_text": "x", "trg_lang": "de"}\n', r"a\.jsonl:2: field 'trg_text': missing"),
-        ("a.jsonl", GOOD + '\n{"src_text": "x", "trg_text": "  ", "trg_lang": "de"}\n',
-         r"a\.jsonl:2: field 'trg_text': empty target"),
+        (
+            "a.jsonl",
+            GOOD + '\n{"src_text": "x", "trg_text": "  ", "trg_lang": "de"}\n',
+            r"a\.jsonl:2: field 'trg_text': empty target",
+        ),
         ("a.jsonl", '{"text": "hello"}\n', r"a\.jsonl:1: unknown schema \(fields: text\)"),
         ("a.jsonl", GOOD.encode() + b'\n{"src_text": "\xff\xfe", "trg_text": "x"}\n', r"a\.jsonl:2: not valid UTF-8"),
-        ("a.jsonl", json.dumps(dict(PAIRS[0], id=1)) + "\n" + json.dumps(dict(PAIRS[1], id=1)) + "\n",
-         r"a\.jsonl: field 'id': duplicate id '1'"),
+        (
+            "a.jsonl",
+            json.dumps(dict(PAIRS[0], id=1)) + "\n" + json.dumps(dict(PAIRS[1], id=1)) + "\n",
+            r"a\.jsonl: field 'id': duplicate id '1'",
+        ),
         ("a.jsonl", "\n\n", r"a\.jsonl: the data set is empty"),
         ("a.jsonl", '{"src_text": "x", "trg_text": "y"}\n', r"a\.jsonl:1: field 'trg_lang': missing, and no default"),
         ("a.jsonl", '{"src_text": 3, "trg_text": "y", "trg_lang": "de"}\n', r"a\.jsonl:1: field 'src_text': must be"),
         ("a.csv", "src_text,trg_text,trg_lang\nx,y,de\nx,y,de,extra\n", r"a\.csv:3: 4 columns, header has 3"),
         ("a.json", '{"a": 1}', r"a\.json: a \.json file must hold an array"),
         ("a.xml", "<x/>", r"a\.xml: unknown file type '\.xml'"),
-        ("a.jsonl", '{"messages": [{"role": "user", "content": "hi"}]}\n',
-         r"a\.jsonl:1: field 'messages': the last message must be the assistant's"),
+        (
+            "a.jsonl",
+            '{"messages": [{"role": "user", "content": "hi"}]}\n',
+            r"a\.jsonl:1: field 'messages': the last message must be the assistant's",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_input_messages(tmp_path, name, content, expected):
     with pytest.raises(DataError, match=expected):
         load_dataset(_bad(tmp_path, name, content))

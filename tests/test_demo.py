@@ -10,7 +10,7 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from gdig.demo import DemoConfig, build_demo
-from gdig.demo_corpus import CORRUPTIONS, make_corpus
+from gdig.demo.corpus import CORRUPTIONS, make_corpus
 
 
 def test_corpus_is_deterministic_for_a_seed():
@@ -45,21 +45,36 @@ def test_corruption_labels_are_right():
 
 
 def test_demo_builds_a_run_and_a_loadable_model(tmp_path):
-    cfg = DemoConfig(out=str(tmp_path / "runs" / "demo"), cache=str(tmp_path / "cache"), n_pool=150, n_seeds=8,
-                     n_test=10, vocab=400, hidden=32, layers=2, heads=2, ffn=64, epochs=2)  # fmt: skip
+    cfg = DemoConfig(
+        out=str(tmp_path / "runs" / "demo"),
+        cache=str(tmp_path / "cache"),
+        n_pool=150,
+        n_seeds=8,
+        n_test=10,
+        vocab=400,
+        hidden=32,
+        layers=2,
+        heads=2,
+        ffn=64,
+        epochs=2,
+    )
     run_dir, report = build_demo(cfg)
     assert 0 <= report["chrf"] <= 100 and 0 <= report["auroc"]["mean_influence"] <= 1
     assert (run_dir / "umap.npy").exists() and json.loads((run_dir / "status.json").read_text())["stage"] == "done"
     model = AutoModelForCausalLM.from_pretrained(cfg.cache_dir() / "model")
     assert model.config.model_type == "llama"
-    again, _ = build_demo(cfg)  # cached: nothing rebuilt
-    assert again == run_dir
+    files = [run_dir / "influence.npy", cfg.cache_dir() / "model" / "model.safetensors", cfg.cache_dir() / "pool.jsonl"]
+    stamps = [f.stat().st_mtime_ns for f in files]
+    again, report_again = build_demo(cfg)  # cached: nothing rebuilt, the same report
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+    assert report_again == json.loads((run_dir / "demo_report.json").read_text())
+    assert report_again["chrf"] == report["chrf"] and report_again["auroc"] == report["auroc"]
 
 
 def test_corrupt_target_each_kind():
     import random
 
-    from gdig.demo_corpus import corrupt_target
+    from gdig.demo.corpus import corrupt_target
 
     src, tgt, other, wrong = "The red house.", "Das rote Haus steht dort.", "Ein Hund.", "La maison rouge."
     rng = random.Random(0)

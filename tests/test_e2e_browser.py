@@ -27,8 +27,16 @@ def server(tmp_path_factory, llama_dir):
     data = tmp_path_factory.mktemp("data")
     cands = write_jsonl(data / "c.jsonl", make_pairs(80, seed=21))
     seeds = write_jsonl(data / "s.jsonl", make_pairs(8, seed=22))
-    score(ScoreConfig(model=str(llama_dir), candidates=str(cands), seeds=str(seeds), out=str(runs / "demo"),
-                      sketch_dim=64, hessian="kfac"))  # fmt: skip
+    score(
+        ScoreConfig(
+            model=str(llama_dir),
+            candidates=str(cands),
+            seeds=str(seeds),
+            out=str(runs / "demo"),
+            sketch_dim=64,
+            hessian="kfac",
+        )
+    )
     (runs / "demo" / "curation.json").write_text('{"rule": "fraction", "tau": 1.0}')  # a strict rule to loosen
     proc, url = start_server(runs, runs / "server.log")
     yield url, runs
@@ -66,7 +74,8 @@ def test_browser_session_threshold_explore_and_export(server, tmp_path):
         slider.press("Home")  # tau = 0: every candidate helps at least 0% of seeds
         page.wait_for_function(
             "() => [...document.querySelectorAll('[data-testid=\"stMetricValue\"]')].some(e => e.innerText === '80')",
-            timeout=60_000)  # fmt: skip
+            timeout=60_000,
+        )
         assert int(_metric(page, "Kept").replace(",", "")) == 80 > strict
         slider.press("End")
         slider.press("ArrowLeft")  # back to a rule that keeps a subset

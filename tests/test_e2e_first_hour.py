@@ -98,8 +98,11 @@ def test_first_hour_walk(tmp_path):
             page.get_by_text("left overall").filter(visible=True).first.wait_for(timeout=120_000)
 
             run = runs / "walk-run"
-            _wait(lambda: _status(run).get("stage") == "fit_covariance" and _status(run).get("done", 0) >= 600,
-                  180, "the fit to be under way")  # fmt: skip
+            _wait(
+                lambda: _status(run).get("stage") == "fit_covariance" and _status(run).get("done", 0) >= 600,
+                180,
+                "the fit to be under way",
+            )
             page.get_by_role("button", name="Cancel").click()
             page.get_by_text("The run stopped: cancelled").wait_for(timeout=60_000)
             checkpoint = run / "partial" / "fit_covariance.safetensors"

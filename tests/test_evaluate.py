@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gdig.data import load_dataset, tokenize_dataset
-from gdig.evaluate import detection_auroc, heldout_loss, translation_metrics
+from gdig.demo.evaluate import detection_auroc, heldout_loss, translation_metrics
 from gdig.hooks import collate, per_example_loss
 from gdig.model import load_model
 

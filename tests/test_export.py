@@ -11,8 +11,9 @@ from conftest import make_pairs, write_jsonl
 from gdig.__main__ import main
 from gdig.config import ScoreConfig
 from gdig.export import META_FIELD, export_selection, save_into_run, verify_export
-from gdig.results import Overrides, RunError, load_overrides, load_run, save_overrides
 from gdig.run import score
+from gdig.rundir.curation import Overrides, load_overrides, save_overrides
+from gdig.rundir.results import RunError, load_run
 from gdig.select import SelectionConfig, select_run
 
 
@@ -25,8 +26,9 @@ def finished_run(tmp_path_factory, tokenizer, llama_dir):
         r["note"] = {"nested": [i, None, "ü"], "flag": i % 2 == 0}
     cands = write_jsonl(tmp / "c.jsonl", recs)
     seeds = write_jsonl(tmp / "s.jsonl", make_pairs(4, seed=8))
-    cfg = ScoreConfig(model=str(llama_dir), candidates=str(cands), seeds=str(seeds), out=str(tmp / "run"),
-                      sketch_dim=64, umap=False)  # fmt: skip
+    cfg = ScoreConfig(
+        model=str(llama_dir), candidates=str(cands), seeds=str(seeds), out=str(tmp / "run"), sketch_dim=64, umap=False
+    )
     return score(cfg), recs
 
 

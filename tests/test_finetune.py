@@ -18,8 +18,17 @@ from gdig.run import score
 def _mean_loss(model_dir, data):
     import numpy as np
 
-    out = score(ScoreConfig(model=str(model_dir), candidates=str(data), seeds=str(data), out=str(model_dir) + "-run",
-                            hessian="identity", umap=False, sketch_dim=16))  # fmt: skip
+    out = score(
+        ScoreConfig(
+            model=str(model_dir),
+            candidates=str(data),
+            seeds=str(data),
+            out=str(model_dir) + "-run",
+            hessian="identity",
+            umap=False,
+            sketch_dim=16,
+        )
+    )
     import pandas as pd
 
     return float(np.mean(pd.read_parquet(out / "candidates.parquet")["loss"]))
@@ -29,8 +38,18 @@ def test_finetune_lowers_the_loss_and_saves_a_standard_folder(tmp_path, llama_di
     cands, _ = data_files
     before = _mean_loss(llama_dir, cands)
     logs = []
-    out = finetune(FinetuneConfig(model=str(llama_dir), data=str(cands), out=str(tmp_path / "ft"), epochs=4, lr=5e-3,
-                                  batch_size=4, log_every=2), on_log=logs.append)  # fmt: skip
+    out = finetune(
+        FinetuneConfig(
+            model=str(llama_dir),
+            data=str(cands),
+            out=str(tmp_path / "ft"),
+            epochs=4,
+            lr=5e-3,
+            batch_size=4,
+            log_every=2,
+        ),
+        on_log=logs.append,
+    )
     assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
     after = _mean_loss(out, cands)
     assert after < before - 0.5
@@ -43,8 +62,17 @@ def test_lora_changes_only_adapter_weights(tmp_path, llama_dir, data_files):
     from peft import PeftModel
 
     cands, _ = data_files
-    out = finetune(FinetuneConfig(model=str(llama_dir), data=str(cands), out=str(tmp_path / "lora"), lora=True,
-                                  epochs=2, lr=1e-2, batch_size=4))  # fmt: skip
+    out = finetune(
+        FinetuneConfig(
+            model=str(llama_dir),
+            data=str(cands),
+            out=str(tmp_path / "lora"),
+            lora=True,
+            epochs=2,
+            lr=1e-2,
+            batch_size=4,
+        )
+    )
     base, _ = load_model(str(llama_dir), "cpu", "float32")
     base_state = {k: v.clone() for k, v in base.state_dict().items()}
     peft = PeftModel.from_pretrained(base, out / "adapter")
@@ -62,8 +90,16 @@ def test_lora_changes_only_adapter_weights(tmp_path, llama_dir, data_files):
 
 def test_finetune_resumes_from_its_checkpoint(tmp_path, llama_dir, data_files):
     cands, _ = data_files
-    cfg = FinetuneConfig(model=str(llama_dir), data=str(cands), out=str(tmp_path / "r"), epochs=3, lr=5e-3,
-                         batch_size=4, checkpoint_every=5, log_every=1)  # fmt: skip
+    cfg = FinetuneConfig(
+        model=str(llama_dir),
+        data=str(cands),
+        out=str(tmp_path / "r"),
+        epochs=3,
+        lr=5e-3,
+        batch_size=4,
+        checkpoint_every=5,
+        log_every=1,
+    )
     full = FinetuneConfig(**{**cfg.__dict__, "out": str(tmp_path / "full")})
     finetune(full)
 
@@ -86,8 +122,26 @@ def test_finetune_resumes_from_its_checkpoint(tmp_path, llama_dir, data_files):
 def test_finetune_cli(tmp_path, llama_dir, data_files, capsys):
     cands, _ = data_files
     out = tmp_path / "cli"
-    assert main(["finetune", "--model", str(llama_dir), "--data", str(cands), "--out", str(out), "--epochs", "1",
-                 "--batch-size", "8", "--lr", "1e-3"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "finetune",
+                "--model",
+                str(llama_dir),
+                "--data",
+                str(cands),
+                "--out",
+                str(out),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--lr",
+                "1e-3",
+            ]
+        )
+        == 0
+    )
     assert (out / "finetune.json").exists()
     assert main(["finetune", "--model", str(llama_dir), "--data", str(cands), "--out", str(out)]) == 2
     assert "already holds a model" in capsys.readouterr().err

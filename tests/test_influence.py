@@ -8,12 +8,12 @@ import torch
 
 from gdig.config import ScoreConfig
 from gdig.data import load_dataset, tokenize_dataset
-from gdig.explain import token_influence
+from gdig.demo.tiny import build_tiny_model
 from gdig.hooks import GradientCapture, collate
 from gdig.model import find_tracked_modules
-from gdig.results import load_run
 from gdig.run import score
-from gdig.tiny import build_tiny_model
+from gdig.rundir.results import load_run
+from gdig.studio.explain import token_influence
 from reference import autograd_gradients, dense_inverse, token_statistics
 
 
@@ -100,23 +100,32 @@ def test_left_and_right_padding_give_same_per_token_statistics(model, tokenizer,
 def test_token_contributions_sum_to_the_score(tmp_path, model, tokenizer, data_files, normalize, hessian, seed_batch):
     """Token explanations (one seed column recomputed from its text, or the stored seed mean) sum to the stored
     score in the run's normalisation; the run keeps one seed's worth of bytes, not every seed's gradient."""
-    infl, out = run(tmp_path, model, tokenizer, data_files, hessian=hessian, damping=1e-3, normalize=normalize,
-                    seed_batch=seed_batch)  # fmt: skip
+    infl, out = run(
+        tmp_path,
+        model,
+        tokenizer,
+        data_files,
+        hessian=hessian,
+        damping=1e-3,
+        normalize=normalize,
+        seed_batch=seed_batch,
+    )
     results = load_run(out)
     for i in (0, 7):
         for column in (0, infl.shape[1] - 1):
             ti = token_influence(results, i, model, tokenizer, column)
             assert len(ti.contributions) == len(ti.tokens) and ti.n_prompt > 0
             assert ti.total == pytest.approx(infl[i, column], rel=1e-4, abs=1e-7)
-        assert token_influence(results, i, model, tokenizer, None).total == pytest.approx(infl[i].mean(), rel=1e-4,
-                                                                                           abs=1e-7)  # fmt: skip
+        assert token_influence(results, i, model, tokenizer, None).total == pytest.approx(
+            infl[i].mean(), rel=1e-4, abs=1e-7
+        )
     one_seed = sum(t.d_in * t.d_out for t in find_tracked_modules(model)) * 4
     assert (out / "seed_grads.safetensors").stat().st_size < 2 * one_seed + 4096
 
 
 def test_token_contributions_of_an_older_run_with_every_seed_stored(tmp_path, model, tokenizer, data_files):
     """Runs written before the mean direction was stored keep working: their per-seed file is averaged."""
-    from gdig.run import save_seed_gradients
+    from gdig.rundir.seeds import save_seed_gradients
 
     infl, out = run(tmp_path, model, tokenizer, data_files, damping=1e-3, normalize="none")
     cands, seeds = (load_dataset(f) for f in data_files)
@@ -166,8 +175,9 @@ def test_low_rank_seeds_full_rank_equals_dense_and_error_is_measured(tmp_path, m
 
 def test_unit_normalisation_is_cosine_in_the_preconditioned_metric(tmp_path, model, tokenizer, data_files):
     infl, _ = run(tmp_path, model, tokenizer, data_files, hessian="kfac", damping=1e-3, normalize="unit")
-    rel, _ = run(tmp_path, model, tokenizer, data_files, name="relatif", hessian="kfac", damping=1e-3,
-                 normalize="relatif")  # fmt: skip
+    rel, _ = run(
+        tmp_path, model, tokenizer, data_files, name="relatif", hessian="kfac", damping=1e-3, normalize="relatif"
+    )
     tracked, c_tok, _, gc, gs = references(model, tokenizer, data_files)
     stats = token_statistics(model, tracked, c_tok)
     raw, self_c, self_s = 0.0, 0.0, 0.0

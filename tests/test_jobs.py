@@ -7,7 +7,7 @@ import time
 import numpy as np
 
 from gdig.config import ScoreConfig
-from gdig.jobs import cancel_job, job_state, list_runs, start_job
+from gdig.studio.jobs import cancel_job, job_state, list_runs, start_job
 
 
 def _wait(run_dir, until, timeout=180.0):
@@ -22,8 +22,14 @@ def _wait(run_dir, until, timeout=180.0):
 
 def test_worker_runs_in_the_background_and_finishes(tmp_path, llama_dir, data_files):
     cands, seeds = data_files
-    cfg = ScoreConfig(model=str(llama_dir), candidates=str(cands), seeds=str(seeds), out=str(tmp_path / "runs" / "a"),
-                      sketch_dim=32, umap=False)  # fmt: skip
+    cfg = ScoreConfig(
+        model=str(llama_dir),
+        candidates=str(cands),
+        seeds=str(seeds),
+        out=str(tmp_path / "runs" / "a"),
+        sketch_dim=32,
+        umap=False,
+    )
     run_dir = start_job(cfg)
     assert job_state(run_dir).running or job_state(run_dir).finished
     state = _wait(run_dir, lambda s: s.finished or s.error)
@@ -34,8 +40,9 @@ def test_worker_runs_in_the_background_and_finishes(tmp_path, llama_dir, data_fi
 
 def test_cancel_stops_the_worker_and_says_so(tmp_path, llama_dir, data_files):
     cands, seeds = data_files
-    cfg = ScoreConfig(model=str(llama_dir), candidates=str(cands), seeds=str(seeds), out=str(tmp_path / "b"),
-                      umap=False)  # fmt: skip
+    cfg = ScoreConfig(
+        model=str(llama_dir), candidates=str(cands), seeds=str(seeds), out=str(tmp_path / "b"), umap=False
+    )
     run_dir = start_job(cfg)
     cancel_job(run_dir, grace_seconds=60)
     state = _wait(run_dir, lambda s: not s.running)

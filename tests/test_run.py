@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from gdig.config import ScoreConfig
-from gdig.run import PARTIAL, Cancelled, read_status, score
+from gdig.run import score
+from gdig.rundir.layout import PARTIAL
+from gdig.rundir.status import Cancelled, read_status
 
 
 def _cfg(tmp_path, files, name, **kw):
@@ -19,7 +21,7 @@ def _cfg(tmp_path, files, name, **kw):
 
 
 def test_killed_run_resumes_from_its_last_chunk_with_identical_results(tmp_path, tokenizer, data_files):
-    from gdig.tiny import build_tiny_model
+    from gdig.demo.tiny import build_tiny_model
 
     model = build_tiny_model("llama", tokenizer, hidden=16, ffn=32, heads=2)
     full = score(_cfg(tmp_path, data_files, "full", chunk_size=5), model=model, tokenizer=tokenizer)
@@ -48,7 +50,7 @@ def test_killed_run_resumes_from_its_last_chunk_with_identical_results(tmp_path,
 
 
 def test_factors_are_reused_by_a_sibling_run_with_the_same_fingerprint(tmp_path, tokenizer, data_files):
-    from gdig.tiny import build_tiny_model
+    from gdig.demo.tiny import build_tiny_model
 
     model = build_tiny_model("llama", tokenizer, hidden=16, ffn=32, heads=2)
     score(_cfg(tmp_path, data_files, "a", damping=1e-3), model=model, tokenizer=tokenizer)
@@ -88,7 +90,7 @@ def test_fit_captures_are_reused_exactly(tmp_path, tokenizer, data_files):
     and scoring reuse the first pass's captures; separate folders, so that factors are not reused from a sibling)."""
     from safetensors.numpy import load_file
 
-    from gdig.tiny import build_tiny_model
+    from gdig.demo.tiny import build_tiny_model
 
     model = build_tiny_model("llama", tokenizer, hidden=16, ffn=32, heads=2)
     calls = []
@@ -96,8 +98,9 @@ def test_fit_captures_are_reused_exactly(tmp_path, tokenizer, data_files):
     runs, n_forward = {}, {}
     for name, mb in (("recompute", 0), ("cached", 64)):
         calls.clear()
-        runs[name] = score(_cfg(tmp_path / name, data_files, "run", fit_cache_mb=mb, batch_size=4), model=model,
-                           tokenizer=tokenizer)  # fmt: skip
+        runs[name] = score(
+            _cfg(tmp_path / name, data_files, "run", fit_cache_mb=mb, batch_size=4), model=model, tokenizer=tokenizer
+        )
         n_forward[name] = len(calls)
     n_candidates = len(data_files[0].read_text().splitlines())
     assert n_forward["recompute"] - n_forward["cached"] == 2 * -(-n_candidates // 4)  # two passes, batches of 4
@@ -111,11 +114,12 @@ def test_fit_captures_are_reused_exactly(tmp_path, tokenizer, data_files):
 
 
 @pytest.mark.parametrize(("stage", "cache_mb"), [("fit_covariance", 0), ("fit_eigen", 0), ("fit_covariance", 64)])
-def test_cancelled_fit_resumes_where_it_stopped_with_identical_factors(tmp_path, tokenizer, data_files, stage,
-                                                                      cache_mb):  # fmt: skip
+def test_cancelled_fit_resumes_where_it_stopped_with_identical_factors(
+    tmp_path, tokenizer, data_files, stage, cache_mb
+):
     """A fit cancelled mid-pass keeps its partial sums; --resume restores them, skips the batches they cover
     and ends with the same factors and scores bit for bit as an uninterrupted run."""
-    from gdig.tiny import build_tiny_model
+    from gdig.demo.tiny import build_tiny_model
 
     model = build_tiny_model("llama", tokenizer, hidden=16, ffn=32, heads=2)
     kw = {"batch_size": 4, "fit_cache_mb": cache_mb, "checkpoint_seconds": 3600}

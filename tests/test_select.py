@@ -13,7 +13,7 @@ from gdig.select import (
     quality_mask,
     resample,
     select,
-)  # fmt: skip
+)
 
 
 def frac_mean(infl):

@@ -3,6 +3,7 @@ through status.json, cancel it. A reload or a second tab re-attaches because all
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -16,11 +17,8 @@ from typing import Any
 from gdig.atomic import write_json_atomic
 from gdig.config import ScoreConfig
 from gdig.names import check_name
-from gdig.status import STATUS_FILE, estimate, read_status
-
-JOB_FILE = "job.json"
-LOG_FILE = "worker.log"
-SETTINGS_FILE = "job-settings.json"
+from gdig.rundir.layout import CONFIG, JOB, JOB_SETTINGS, STATUS, WORKER_LOG, read_config
+from gdig.rundir.status import clear_cancel, estimate, mark_starting, read_status, request_cancel
 
 
 @dataclass
@@ -64,10 +62,10 @@ def start_job(cfg: ScoreConfig, resume: bool = False) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     if job_state(run_dir).running:
         raise ValueError(f"{run_dir} already has a running job")
-    (run_dir / "cancel").unlink(missing_ok=True)
-    settings = run_dir / SETTINGS_FILE
+    clear_cancel(run_dir)
+    settings = run_dir / JOB_SETTINGS
     write_json_atomic(settings, cfg.to_dict())
-    cmd = [sys.executable, "-m", "gdig.jobs", str(settings)] + (["--resume"] if resume else [])
+    cmd = [sys.executable, "-m", "gdig.studio.jobs", str(settings)] + (["--resume"] if resume else [])
     return _spawn(run_dir, cmd)
 
 
@@ -98,12 +96,13 @@ def start_new_run(root: str | Path, name: str, model: str, inputs: list, setting
         saved.write_bytes(item[1])
         paths.append(str(saved))
     settings = dict(settings)
-    data = DataConfig(max_length=int(settings.pop("max_length", 512)), trg_lang=settings.pop("trg_lang", None) or None)
+    data = DataConfig(**{f.name: settings.pop(f.name) for f in dataclasses.fields(DataConfig) if f.name in settings})
     try:  # a bad file is reported here, before anything runs
         for p, role in zip(paths, ("candidate", "seed"), strict=True):
             load_dataset(p, data.prompt_template, data.src_lang, data.trg_lang, role=role)
-        cfg = ScoreConfig(model=model.strip(), candidates=paths[0], seeds=paths[1], out=str(run_dir), data=data,
-                          **settings)  # fmt: skip
+        cfg = ScoreConfig(
+            model=model.strip(), candidates=paths[0], seeds=paths[1], out=str(run_dir), data=data, **settings
+        )
     except (DataError, ValueError) as e:
         import shutil
 
@@ -118,26 +117,25 @@ def start_demo_job(run_dir: str | Path, cache: str | None = None) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     if job_state(run_dir).running:
         return run_dir
-    (run_dir / "cancel").unlink(missing_ok=True)
+    clear_cancel(run_dir)
     cmd = [sys.executable, "-m", "gdig", "demo", "--out", str(run_dir)] + (["--cache", cache] if cache else [])
     return _spawn(run_dir, cmd)
 
 
 def _spawn(run_dir: Path, cmd: list[str]) -> Path:
-    log = open(run_dir / LOG_FILE, "ab")  # noqa: SIM115 - handed to the child
+    log = open(run_dir / WORKER_LOG, "ab")  # noqa: SIM115 - handed to the child
     env = os.environ | {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
-    root = Path(__file__).resolve().parents[1]
-    now = time.time()  # a fresh status first: a resumed job must not look like the failure it resumes
-    write_json_atomic(run_dir / STATUS_FILE, {"stage": "starting", "done": 0, "total": 1, "started": now,
-                                                "updated": now, "pid": None, "error": None})  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=root, env=env,
-                            start_new_session=True)  # fmt: skip
-    write_json_atomic(run_dir / JOB_FILE, {"pid": proc.pid, "started": time.time(), "cmd": cmd})
+    root = Path(__file__).resolve().parents[2]  # the checkout, so `python -m gdig` finds this package
+    mark_starting(run_dir)
+    proc = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=root, env=env, start_new_session=True
+    )
+    write_json_atomic(run_dir / JOB, {"pid": proc.pid, "started": time.time(), "cmd": cmd})
     return run_dir
 
 
 def run_worker(settings_path: str | Path, resume: bool = False) -> int:
-    """Entry point of the worker process: `python -m gdig.jobs SETTINGS.json [--resume]`."""
+    """Entry point of the worker process: `python -m gdig.studio.jobs SETTINGS.json [--resume]`."""
     from gdig.run import score
 
     cfg = ScoreConfig.from_dict(json.loads(Path(settings_path).read_text()))
@@ -148,7 +146,7 @@ def run_worker(settings_path: str | Path, resume: bool = False) -> int:
 def cancel_job(run_dir: str | Path, grace_seconds: float = 10.0) -> None:
     """Ask the worker to stop between batches; terminate it if it does not within the grace period."""
     run_dir = Path(run_dir)
-    (run_dir / "cancel").touch()
+    request_cancel(run_dir)
     pid = _job_pid(run_dir)
     deadline = time.time() + grace_seconds
     while pid_alive(pid) and time.time() < deadline:
@@ -159,7 +157,7 @@ def cancel_job(run_dir: str | Path, grace_seconds: float = 10.0) -> None:
 
 def _job_pid(run_dir: Path) -> int | None:
     try:
-        return int(json.loads((run_dir / JOB_FILE).read_text())["pid"])
+        return int(json.loads((run_dir / JOB).read_text())["pid"])
     except (OSError, ValueError, KeyError, json.JSONDecodeError):
         status = read_status(run_dir)
         return status.get("pid") if status else None
@@ -172,20 +170,30 @@ def job_state(run_dir: str | Path) -> JobState:
     alive = pid_alive(_job_pid(run_dir)) or (pid_alive(st.get("pid")) and st.get("pid") != os.getpid())
     running = alive and not finished and not st.get("error")
     error = st.get("error")
-    started_job = (run_dir / JOB_FILE).exists()
+    started_job = (run_dir / JOB).exists()
     if not finished and not running and not error and (st or started_job):
         error = "the worker stopped without finishing" + _log_tail(run_dir)
     done, total = int(st.get("done", 0)), int(st.get("total", 0))
     eta = estimate(st)
     live = running and eta.rate is not None
-    return JobState(run_dir, st.get("stage", "not started"), done, total, error, running, finished,
-                    eta.rate if live else None, eta.stage_seconds if live else None,
-                    1.0 if finished else eta.job_fraction, eta.job_seconds if running else None)  # fmt: skip
+    return JobState(
+        run_dir,
+        st.get("stage", "not started"),
+        done,
+        total,
+        error,
+        running,
+        finished,
+        eta.rate if live else None,
+        eta.stage_seconds if live else None,
+        1.0 if finished else eta.job_fraction,
+        eta.job_seconds if running else None,
+    )
 
 
 def _log_tail(run_dir: Path, lines: int = 3) -> str:
     try:
-        tail = (run_dir / LOG_FILE).read_text(errors="replace").strip().splitlines()[-lines:]
+        tail = (run_dir / WORKER_LOG).read_text(errors="replace").strip().splitlines()[-lines:]
     except OSError:
         return ""
     return (": " + " | ".join(tail)) if tail else ""
@@ -199,7 +207,7 @@ def list_runs(root: str | Path, details: bool = False) -> list[dict[str, Any]]:
         return []
     out = []
     for d in root.iterdir():
-        marks = (STATUS_FILE, "config.json", JOB_FILE)  # JOB_FILE: started, before the worker writes its status
+        marks = (STATUS, CONFIG, JOB)  # JOB: started, before the worker writes its status
         if d.is_dir() and not d.name.startswith(".") and any((d / m).exists() for m in marks):
             state = job_state(d)
             label = "finished" if state.finished else "running" if state.running else "failed" if state.error else "?"
@@ -213,11 +221,11 @@ def list_runs(root: str | Path, details: bool = False) -> list[dict[str, Any]]:
 def settings_summary(run_dir: Path) -> str:
     """The settings a curator tells runs apart by: sizes, curvature, normalisation, damping, model."""
     try:
-        cfg = json.loads((run_dir / "config.json").read_text())
+        cfg = read_config(run_dir) or {}
         s, n, m = cfg["settings"], cfg.get("n_candidates"), cfg.get("n_seeds")
-    except (OSError, ValueError, KeyError):
+    except KeyError:
         try:
-            s, n, m = json.loads((run_dir / SETTINGS_FILE).read_text()), None, None
+            s, n, m = json.loads((run_dir / JOB_SETTINGS).read_text()), None, None
         except (OSError, ValueError):
             return ""
     damping = f"λ={s['damping']:g}" if s.get("damping") is not None else f"λ={s.get('damping_relative')}×mean"

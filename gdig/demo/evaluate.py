@@ -20,8 +20,13 @@ def _translate(model, tok, ds, batch_size: int, max_new_tokens: int) -> list[str
         prompts = [e.prompt for e in ds.examples[i : i + batch_size]]
         enc = tok(prompts, return_tensors="pt", padding=True).to(model.device)
         with torch.no_grad():
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)  # fmt: skip
+            out = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+            )
         hyps += [t.strip() for t in tok.batch_decode(out[:, enc.input_ids.shape[1] :], skip_special_tokens=True)]
     tok.padding_side = side
     return hyps
@@ -31,12 +36,15 @@ def translation_metrics(hyps: list[str], refs: list[str]) -> dict[str, float]:
     """Corpus chrF and BLEU (sacrebleu defaults: chrF2, BLEU 13a)."""
     import sacrebleu
 
-    return {"chrf": float(sacrebleu.corpus_chrf(hyps, [refs]).score),
-            "bleu": float(sacrebleu.corpus_bleu(hyps, [refs]).score)}  # fmt: skip
+    return {
+        "chrf": float(sacrebleu.corpus_chrf(hyps, [refs]).score),
+        "bleu": float(sacrebleu.corpus_bleu(hyps, [refs]).score),
+    }
 
 
-def heldout_loss(model_dir: str | Path, data_file: str | Path, batch_size: int = 32, max_length: int = 512,
-                 device: str = "auto") -> float:  # fmt: skip
+def heldout_loss(
+    model_dir: str | Path, data_file: str | Path, batch_size: int = 32, max_length: int = 512, device: str = "auto"
+) -> float:
     """Mean over examples of each example's mean target-token loss (the loss that fine-tuning minimises)."""
     model, tok = load_model(str(model_dir), device, "float32")
     return _mean_loss(model, tok, load_dataset(data_file), batch_size, max_length)
@@ -49,8 +57,11 @@ def _mean_loss(model, tok, ds, batch_size: int, max_length: int) -> float:
         idx = list(range(i, min(i + batch_size, len(toks))))
         b = collate([toks[j] for j in idx], idx, tok.pad_token_id)
         with torch.no_grad():
-            logits = model(input_ids=b.input_ids.to(model.device), attention_mask=b.attention_mask.to(model.device),
-                           use_cache=False).logits  # fmt: skip
+            logits = model(
+                input_ids=b.input_ids.to(model.device),
+                attention_mask=b.attention_mask.to(model.device),
+                use_cache=False,
+            ).logits
         losses.append(per_example_loss(logits, b.labels.to(model.device))[0].cpu().numpy())
     return float(np.concatenate(losses).mean())
 
@@ -61,8 +72,10 @@ def evaluate_model(model_dir: str | Path, test_file: str | Path, max_new_tokens:
     ds = load_dataset(test_file)
     hyps = _translate(model, tok, ds, 32, max_new_tokens)
     refs = [e.target for e in ds.examples]
-    samples = [{"source": e.record.get("src_text", ""), "reference": ref, "output": h}
-               for e, ref, h in list(zip(ds.examples, refs, hyps, strict=True))[:5]]  # fmt: skip
+    samples = [
+        {"source": e.record.get("src_text", ""), "reference": ref, "output": h}
+        for e, ref, h in list(zip(ds.examples, refs, hyps, strict=True))[:5]
+    ]
     return translation_metrics(hyps, refs) | {"loss": _mean_loss(model, tok, ds, 32, 512), "samples": samples}
 
 

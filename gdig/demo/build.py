@@ -10,10 +10,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from gdig.atomic import write_bytes_atomic, write_json_atomic
+from gdig.atomic import write_json_atomic, write_jsonl
 from gdig.config import DataConfig, ScoreConfig
+from gdig.rundir.layout import CONFIG, DEMO_REPORT, UMAP, is_finished
 
-REPORT = "demo_report.json"
+REPORT = DEMO_REPORT
 
 
 @dataclass
@@ -46,24 +47,32 @@ class DemoConfig:
 
     def cache_dir(self) -> Path:
         root = self.cache or os.environ.get("GDIG_CACHE") or Path.home() / ".cache" / "gdig-studio"
-        key = f"demo-{self.n_pool}-{self.n_seeds}-{self.n_test}-{self.noise}-{self.seed}-{self.vocab}-" \
-              f"{self.hidden}x{self.layers}x{self.ffn}-{self.epochs}-{self.lr}-{self.batch_size}"  # fmt: skip
+        key = (
+            f"demo-{self.n_pool}-{self.n_seeds}-{self.n_test}-{self.noise}-{self.seed}-{self.vocab}-"
+            f"{self.hidden}x{self.layers}x{self.ffn}-{self.epochs}-{self.lr}-{self.batch_size}"
+        )
         return Path(root) / key
 
     def score_config(self, model_dir: Path, pool: Path, seeds: Path, out: Path) -> ScoreConfig:
         """The demo's scoring settings (also used by bench/bench_demo.py, so its figures are the demo's)."""
-        return ScoreConfig(model=str(model_dir), candidates=str(pool), seeds=str(seeds), out=str(out),
-                           hessian=self.hessian, normalize=self.normalize, damping_relative=self.damping_relative,
-                           seed_batch=self.seed_batch, batch_size=32, sketch_dim=256, device="cpu",
-                           umap=False)  # fmt: skip
-
-
-def _write_jsonl(path: Path, records: list[dict]) -> None:
-    write_bytes_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8"))
+        return ScoreConfig(
+            model=str(model_dir),
+            candidates=str(pool),
+            seeds=str(seeds),
+            out=str(out),
+            hessian=self.hessian,
+            normalize=self.normalize,
+            damping_relative=self.damping_relative,
+            seed_batch=self.seed_batch,
+            batch_size=32,
+            sketch_dim=256,
+            device="cpu",
+            umap=False,
+        )
 
 
 def build_corpus(cfg: DemoConfig, cache: Path) -> dict[str, Path]:
-    from gdig.demo_corpus import make_corpus
+    from gdig.demo.corpus import make_corpus
 
     files = {name: cache / f"{name}.jsonl" for name in ("pool", "seeds", "test")}
     if all(p.exists() for p in files.values()):
@@ -71,14 +80,14 @@ def build_corpus(cfg: DemoConfig, cache: Path) -> dict[str, Path]:
     cache.mkdir(parents=True, exist_ok=True)
     pool, seeds, test = make_corpus(cfg.n_pool, cfg.n_seeds, cfg.n_test, cfg.noise, cfg.seed)
     for name, recs in zip(("pool", "seeds", "test"), (pool, seeds, test), strict=True):
-        _write_jsonl(files[name], recs)
+        write_jsonl(files[name], recs)
     return files
 
 
 def build_model(cfg: DemoConfig, cache: Path, files: dict[str, Path], status) -> Path:
     """Tokenizer trained on the corpus, a Llama from a config, trained by `gdig finetune` on the pool."""
+    from gdig.demo.tiny import init_scratch_model
     from gdig.finetune import FinetuneConfig, finetune
-    from gdig.tiny import init_scratch_model
 
     model_dir = cache / "model"
     if (model_dir / "finetune.json").exists():
@@ -91,11 +100,29 @@ def build_model(cfg: DemoConfig, cache: Path, files: dict[str, Path], status) ->
                 r = json.loads(line)
                 texts.append(r["src_text"] + "\n" + r["trg_text"])
         texts.append(DataConfig().prompt_template.format(trg_lang="German", src_text=""))
-        init_scratch_model(texts, init_dir, cfg.vocab, seed=cfg.seed, hidden=cfg.hidden, layers=cfg.layers,
-                           heads=cfg.heads, ffn=cfg.ffn, max_positions=512)  # fmt: skip
-    ft = FinetuneConfig(model=str(init_dir), data=str(files["pool"]), out=str(model_dir), epochs=cfg.epochs,
-                        lr=cfg.lr, batch_size=cfg.batch_size, warmup_ratio=0.05, seed=cfg.seed, device="cpu",
-                        log_every=10)  # fmt: skip
+        init_scratch_model(
+            texts,
+            init_dir,
+            cfg.vocab,
+            seed=cfg.seed,
+            hidden=cfg.hidden,
+            layers=cfg.layers,
+            heads=cfg.heads,
+            ffn=cfg.ffn,
+            max_positions=512,
+        )
+    ft = FinetuneConfig(
+        model=str(init_dir),
+        data=str(files["pool"]),
+        out=str(model_dir),
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        batch_size=cfg.batch_size,
+        warmup_ratio=0.05,
+        seed=cfg.seed,
+        device="cpu",
+        log_every=10,
+    )
     resume = (model_dir / "checkpoint" / "state.json").exists()
     finetune(ft, resume=resume, on_log=lambda r: status.update("finetune", r["step"], r["total"]))
     return model_dir
@@ -103,23 +130,35 @@ def build_model(cfg: DemoConfig, cache: Path, files: dict[str, Path], status) ->
 
 def evaluate(cfg: DemoConfig, run_dir: Path, model_dir: Path, test_file: Path, status) -> dict:
     """Held-out chrF of the demo model (greedy) and AUROC of the G-DIG scores for corrupted vs clean pairs."""
-    from gdig.evaluate import detection_auroc, evaluate_model
-    from gdig.results import load_run
-    from gdig.select import rank01
+    from gdig.demo.evaluate import detection_auroc, evaluate_model
+    from gdig.rundir.results import load_run
+    from gdig.select import quality_score
 
     run = load_run(run_dir)
     kinds = run.candidates["corruption"].to_numpy()
     corrupted = run.candidates["corruption"].notna().to_numpy()
-    aurocs = {name: detection_auroc(score, corrupted)["auroc"] for name, score in
-              (("fraction_helped", run.frac_helped + 1e-6 * rank01(run.mean_influence)),
-               ("mean_influence", run.mean_influence), ("low_loss", -run.candidates["loss"].to_numpy()))}  # fmt: skip
+    aurocs = {
+        name: detection_auroc(score, corrupted)["auroc"]
+        for name, score in (
+            ("fraction_helped", quality_score(run.frac_helped, run.mean_influence)),
+            ("mean_influence", run.mean_influence),
+            ("low_loss", -run.candidates["loss"].to_numpy()),
+        )
+    }
     per_kind = detection_auroc(run.mean_influence, corrupted, kinds)["per_kind"]
     status.update("evaluate", 0, 1, force=True)
     quality = evaluate_model(model_dir, test_file)
-    return {"chrf": quality["chrf"], "bleu": quality["bleu"], "heldout_loss": quality["loss"],
-            "samples": quality["samples"], "auroc": aurocs, "auroc_mean_influence_per_kind": per_kind,
-            "kept_at_tau_1": int((run.frac_helped >= 1).sum()), "n_pool": run.n,
-            "n_corrupted": int(corrupted.sum())}  # fmt: skip
+    return {
+        "chrf": quality["chrf"],
+        "bleu": quality["bleu"],
+        "heldout_loss": quality["loss"],
+        "samples": quality["samples"],
+        "auroc": aurocs,
+        "auroc_mean_influence_per_kind": per_kind,
+        "kept_at_tau_1": int((run.frac_helped >= 1).sum()),
+        "n_pool": run.n,
+        "n_corrupted": int(corrupted.sum()),
+    }
 
 
 def demo_plan(cfg: DemoConfig) -> dict[str, float]:
@@ -134,12 +173,13 @@ def demo_plan(cfg: DemoConfig) -> dict[str, float]:
 
 def build_demo(cfg: DemoConfig | None = None, on_progress=None) -> tuple[Path, dict]:
     """Build (or reuse) the demo run; returns the run folder and the report."""
-    from gdig.run import score, umap_stage
-    from gdig.status import Cancelled, Status
+    from gdig.run import score
+    from gdig.rundir.status import Cancelled, Status
+    from gdig.stages import umap_stage
 
     cfg = cfg or DemoConfig()
     run_dir = Path(cfg.out)
-    if (run_dir / REPORT).exists() and (run_dir / "umap.npy").exists():
+    if (run_dir / REPORT).exists() and (run_dir / UMAP).exists():
         return run_dir, json.loads((run_dir / REPORT).read_text())
     run_dir.mkdir(parents=True, exist_ok=True)
     status = Status(run_dir, on_progress)
@@ -155,11 +195,9 @@ def build_demo(cfg: DemoConfig | None = None, on_progress=None) -> tuple[Path, d
         model_dir = build_model(cfg, cache, files, status)
         timings["model"] = time.time() - t
         t = time.time()
-        if not (run_dir / "config.json").exists() or not json.loads((run_dir / "config.json").read_text()).get(
-            "finished"
-        ):
+        if not is_finished(run_dir):
             sc = cfg.score_config(model_dir, files["pool"], files["seeds"], run_dir)
-            score(sc, resume=(run_dir / "config.json").exists(), status=status)
+            score(sc, resume=(run_dir / CONFIG).exists(), status=status)
         timings["score"] = time.time() - t
         t = time.time()
         umap_stage(run_dir, 0, status)

@@ -14,9 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gdig.atomic import write_json_atomic
-
-STATUS_FILE = "status.json"
-CANCEL_FILE = "cancel"
+from gdig.rundir.layout import CANCEL, STATUS
 
 
 class Cancelled(RuntimeError):
@@ -28,8 +26,8 @@ class Status:
     replaced atomically (at most twice a second, and at every stage boundary)."""
 
     def __init__(self, run_dir: Path, on_progress: Callable[[dict], None] | None = None):
-        self.path = Path(run_dir) / STATUS_FILE
-        self.cancel_path = Path(run_dir) / CANCEL_FILE
+        self.path = Path(run_dir) / STATUS
+        self.cancel_path = Path(run_dir) / CANCEL
         self.started = time.time()
         self.on_progress = on_progress
         self.state: dict[str, Any] = {}
@@ -92,10 +90,29 @@ class Status:
 
 
 def read_status(run_dir: str | Path) -> dict[str, Any] | None:
+    """The last status.json of a run, or None when it has none yet."""
     try:
-        return json.loads((Path(run_dir) / STATUS_FILE).read_text())
+        return json.loads((Path(run_dir) / STATUS).read_text())
     except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
         return None
+
+
+def mark_starting(run_dir: str | Path) -> None:
+    """A fresh "starting" status before a worker starts: a resumed job must not look like the failure it
+    resumes until its worker writes its own."""
+    now = time.time()
+    state = {"stage": "starting", "done": 0, "total": 1, "started": now, "updated": now, "pid": None, "error": None}
+    write_json_atomic(Path(run_dir) / STATUS, state)
+
+
+def request_cancel(run_dir: str | Path) -> None:
+    """Ask the job in run_dir to stop between batches (it raises Cancelled at its next status update)."""
+    (Path(run_dir) / CANCEL).touch()
+
+
+def clear_cancel(run_dir: str | Path) -> None:
+    """Forget an earlier cancel request, before a job (re)starts."""
+    (Path(run_dir) / CANCEL).unlink(missing_ok=True)
 
 
 @dataclass

@@ -33,13 +33,47 @@ class SlotMaker:
         self.rng = rng
         self.loc = _cldr()
         en = self.loc["en"]
-        self.countries = sorted(c for c in en.territories if c.isalpha() and len(c) == 2 and
-                                all(c in self.loc[x].territories for x in LANGS))  # fmt: skip
-        self.languages = sorted(k for k in ("de", "fr", "es", "it", "pt", "nl", "pl", "sv", "ja", "zh", "ru", "ar",
-                                            "tr", "el", "fi", "da", "cs", "hu", "ko", "hi"))  # fmt: skip
+        self.countries = sorted(
+            c
+            for c in en.territories
+            if c.isalpha() and len(c) == 2 and all(c in self.loc[x].territories for x in LANGS)
+        )
+        self.languages = sorted(
+            k
+            for k in (
+                "de",
+                "fr",
+                "es",
+                "it",
+                "pt",
+                "nl",
+                "pl",
+                "sv",
+                "ja",
+                "zh",
+                "ru",
+                "ar",
+                "tr",
+                "el",
+                "fi",
+                "da",
+                "cs",
+                "hu",
+                "ko",
+                "hi",
+            )
+        )
         self.currencies = ["EUR", "USD", "GBP", "JPY", "CHF", "SEK", "NOK", "PLN", "CAD", "AUD", "CNY", "INR"]
-        self.units = ["length-kilometer", "length-meter", "mass-kilogram", "volume-liter", "duration-hour",
-                      "duration-minute", "length-centimeter", "mass-gram"]  # fmt: skip
+        self.units = [
+            "length-kilometer",
+            "length-meter",
+            "mass-kilogram",
+            "volume-liter",
+            "duration-hour",
+            "duration-minute",
+            "length-centimeter",
+            "mass-gram",
+        ]
 
     def _each(self, fn: Callable[[str], str]) -> dict[str, str]:
         return {lang: fn(lang) for lang in LANGS}
@@ -89,35 +123,104 @@ class SlotMaker:
 
 # Sentence frames: the same content in English, German and French; slots are filled from CLDR.
 FRAMES: list[tuple[dict[str, str], tuple[str, ...]]] = [
-    ({"en": "The meeting is on {date}.", "de": "Das Treffen ist am {date}.", "fr": "La réunion a lieu le {date}."},
-     ("date",)),
-    ({"en": "We travel to {country} on {weekday}.", "de": "Am {weekday} reisen wir nach {country}.",
-      "fr": "Nous partons pour {country} le {weekday}."}, ("country", "weekday")),
-    ({"en": "She speaks {language} and {language2}.", "de": "Sie spricht {language} und {language2}.",
-      "fr": "Elle parle {language} et {language2}."}, ("language", "language2")),
-    ({"en": "The ticket costs {amount}.", "de": "Das Ticket kostet {amount}.", "fr": "Le billet coûte {amount}."},
-     ("amount",)),
-    ({"en": "The distance is {quantity}.", "de": "Die Entfernung beträgt {quantity}.",
-      "fr": "La distance est de {quantity}."}, ("quantity",)),
+    (
+        {"en": "The meeting is on {date}.", "de": "Das Treffen ist am {date}.", "fr": "La réunion a lieu le {date}."},
+        ("date",),
+    ),
+    (
+        {
+            "en": "We travel to {country} on {weekday}.",
+            "de": "Am {weekday} reisen wir nach {country}.",
+            "fr": "Nous partons pour {country} le {weekday}.",
+        },
+        ("country", "weekday"),
+    ),
+    (
+        {
+            "en": "She speaks {language} and {language2}.",
+            "de": "Sie spricht {language} und {language2}.",
+            "fr": "Elle parle {language} et {language2}.",
+        },
+        ("language", "language2"),
+    ),
+    (
+        {"en": "The ticket costs {amount}.", "de": "Das Ticket kostet {amount}.", "fr": "Le billet coûte {amount}."},
+        ("amount",),
+    ),
+    (
+        {
+            "en": "The distance is {quantity}.",
+            "de": "Die Entfernung beträgt {quantity}.",
+            "fr": "La distance est de {quantity}.",
+        },
+        ("quantity",),
+    ),
     ({"en": "I have {count} books.", "de": "Ich habe {count} Bücher.", "fr": "J'ai {count} livres."}, ("count",)),
-    ({"en": "My birthday is in {month}.", "de": "Mein Geburtstag ist im {month}.",
-      "fr": "Mon anniversaire est en {month}."}, ("month",)),
-    ({"en": "{country} borders {country2}.", "de": "{country} grenzt an {country2}.",
-      "fr": "{country} est voisin de {country2}."}, ("country", "country2")),
-    ({"en": "The shop is closed on {weekday}.", "de": "Das Geschäft ist am {weekday} geschlossen.",
-      "fr": "Le magasin est fermé le {weekday}."}, ("weekday",)),
-    ({"en": "We need {quantity} for {count} people.", "de": "Wir brauchen {quantity} für {count} Personen.",
-      "fr": "Il nous faut {quantity} pour {count} personnes."}, ("quantity", "count")),
-    ({"en": "The report from {month} was published on {date}.",
-      "de": "Der Bericht aus dem {month} wurde am {date} veröffentlicht.",
-      "fr": "Le rapport de {month} a été publié le {date}."}, ("month", "date")),
-    ({"en": "In {country} people pay with {amount}.", "de": "In {country} bezahlt man mit {amount}.",
-      "fr": "En {country}, on paie avec {amount}."}, ("country", "amount")),
-    ({"en": "{language} is spoken in {country}.", "de": "In {country} wird {language} gesprochen.",
-      "fr": "On parle {language} en {country}."}, ("language", "country")),
-    ({"en": "The train leaves on {weekday}, {date}.", "de": "Der Zug fährt am {weekday}, dem {date}, ab.",
-      "fr": "Le train part le {weekday} {date}."}, ("weekday", "date")),
-]  # fmt: skip
+    (
+        {
+            "en": "My birthday is in {month}.",
+            "de": "Mein Geburtstag ist im {month}.",
+            "fr": "Mon anniversaire est en {month}.",
+        },
+        ("month",),
+    ),
+    (
+        {
+            "en": "{country} borders {country2}.",
+            "de": "{country} grenzt an {country2}.",
+            "fr": "{country} est voisin de {country2}.",
+        },
+        ("country", "country2"),
+    ),
+    (
+        {
+            "en": "The shop is closed on {weekday}.",
+            "de": "Das Geschäft ist am {weekday} geschlossen.",
+            "fr": "Le magasin est fermé le {weekday}.",
+        },
+        ("weekday",),
+    ),
+    (
+        {
+            "en": "We need {quantity} for {count} people.",
+            "de": "Wir brauchen {quantity} für {count} Personen.",
+            "fr": "Il nous faut {quantity} pour {count} personnes.",
+        },
+        ("quantity", "count"),
+    ),
+    (
+        {
+            "en": "The report from {month} was published on {date}.",
+            "de": "Der Bericht aus dem {month} wurde am {date} veröffentlicht.",
+            "fr": "Le rapport de {month} a été publié le {date}.",
+        },
+        ("month", "date"),
+    ),
+    (
+        {
+            "en": "In {country} people pay with {amount}.",
+            "de": "In {country} bezahlt man mit {amount}.",
+            "fr": "En {country}, on paie avec {amount}.",
+        },
+        ("country", "amount"),
+    ),
+    (
+        {
+            "en": "{language} is spoken in {country}.",
+            "de": "In {country} wird {language} gesprochen.",
+            "fr": "On parle {language} en {country}.",
+        },
+        ("language", "country"),
+    ),
+    (
+        {
+            "en": "The train leaves on {weekday}, {date}.",
+            "de": "Der Zug fährt am {weekday}, dem {date}, ab.",
+            "fr": "Le train part le {weekday} {date}.",
+        },
+        ("weekday", "date"),
+    ),
+]
 
 
 def _sentence(maker: SlotMaker, rng: random.Random) -> dict[str, str]:

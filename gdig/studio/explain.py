@@ -3,15 +3,18 @@ most, its cluster and nearest neighbours, its loss, and token-level influence c_
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from gdig.results import RunResults
+from gdig.influence import normalisation_divisor
+from gdig.rundir.layout import FACTORS, SEED_GRADS
+from gdig.rundir.results import RunResults
+from gdig.rundir.seeds import load_mean_direction
 from gdig.select import normalise_rows
+from gdig.studio.views import seed_members, seed_rows
 
 
 @dataclass
@@ -31,20 +34,9 @@ class Explanation:
     neighbours: pd.DataFrame  # nearest candidates by sketch cosine
 
 
-def _seed_table(run: RunResults, cols: np.ndarray, values: np.ndarray) -> pd.DataFrame:
-    seeds = run.seeds
-    batch = run.config.get("settings", {}).get("seed_batch", 1)
-    rows = []
-    for c, v in zip(cols.tolist(), values.tolist(), strict=True):
-        members = seeds.iloc[c * batch : (c + 1) * batch]
-        rows.append({"seed": ", ".join(members["id"].astype(str)), "influence": v,
-                     "source": " / ".join(members["prompt"].astype(str)),
-                     "target": " / ".join(members["target"].astype(str))})  # fmt: skip
-    return pd.DataFrame(rows, columns=["seed", "influence", "source", "target"])
-
-
-def explain(run: RunResults, index: int, kept: np.ndarray | None = None, labels: np.ndarray | None = None,
-            k: int = 5) -> Explanation:  # fmt: skip
+def explain(
+    run: RunResults, index: int, kept: np.ndarray | None = None, labels: np.ndarray | None = None, k: int = 5
+) -> Explanation:
     row = run.influence[index]
     order = np.argsort(-row, kind="stable")
     helps = order[:k][row[order[:k]] > 0]
@@ -56,16 +48,29 @@ def explain(run: RunResults, index: int, kept: np.ndarray | None = None, labels:
     sims[index] = -np.inf
     nn = np.argsort(-sims, kind="stable")[:k]
     cand = run.candidates
-    neighbours = pd.DataFrame({"id": cand["id"].iloc[nn].astype(str).to_numpy(), "similarity": sims[nn],
-                               "target": cand["target"].iloc[nn].astype(str).to_numpy()})  # fmt: skip
+    neighbours = pd.DataFrame(
+        {
+            "id": cand["id"].iloc[nn].astype(str).to_numpy(),
+            "similarity": sims[nn],
+            "target": cand["target"].iloc[nn].astype(str).to_numpy(),
+        }
+    )
     cluster = None if labels is None or labels[index] < 0 else int(labels[index])
     return Explanation(
-        index=index, id=str(cand["id"].iloc[index]), rank=rank, n=run.n,
+        index=index,
+        id=str(cand["id"].iloc[index]),
+        rank=rank,
+        n=run.n,
         kept=bool(kept[index]) if kept is not None else bool(run.frac_helped[index] >= 1.0),
-        frac_helped=float(run.frac_helped[index]), mean_influence=float(mean[index]),
-        loss=float(cand["loss"].iloc[index]), n_tokens=int(cand["n_tokens"].iloc[index]), cluster=cluster,
-        helps=_seed_table(run, helps, row[helps]), hurts=_seed_table(run, hurts, row[hurts]), neighbours=neighbours,
-    )  # fmt: skip
+        frac_helped=float(run.frac_helped[index]),
+        mean_influence=float(mean[index]),
+        loss=float(cand["loss"].iloc[index]),
+        n_tokens=int(cand["n_tokens"].iloc[index]),
+        cluster=cluster,
+        helps=seed_rows(run, helps, row[helps]),
+        hurts=seed_rows(run, hurts, row[hurts]),
+        neighbours=neighbours,
+    )
 
 
 # -- token-level influence -------------------------------------------------------------------------------------
@@ -94,7 +99,7 @@ def token_influence(run: RunResults, index: int, model, tokenizer, seed: int | N
     c = run.candidates.iloc[index]
     tok = _tokenize(tokenizer, str(c["id"]), str(c["prompt"]), str(c["target"]), settings["data"]["max_length"])
     device = next(model.parameters()).device
-    stored = _load_mean_direction(Path(run.path) / "seed_grads.safetensors", device)
+    stored = load_mean_direction(Path(run.path) / SEED_GRADS, device)
     with GradientCapture(model, tracked) as cap:
         got = cap.run(_collate([tok], index, tokenizer))
         column = None if seed is None else _seed_column_direction(run, int(seed), tokenizer, cap, device)
@@ -119,22 +124,6 @@ def _collate(toks, first_index: int, tokenizer):
     return collate(toks, list(range(first_index, first_index + len(toks))), tokenizer.pad_token_id)
 
 
-def _load_mean_direction(path: Path, device) -> dict:
-    """{"mean": {module: V}, "self_influence": (S,) array} from seed_grads.safetensors (older runs stored every
-    seed's V; their mean is taken here)."""
-    from safetensors.torch import load_file
-
-    t = load_file(str(path), device=str(device))
-    self_inf = t.pop("self_influence").double().cpu().numpy()
-    mean = {k.split("::", 1)[1]: v for k, v in t.items() if k.startswith("mean::")}
-    if not mean:  # a run written before the mean was stored: every seed's V, dense or low rank
-        from gdig.run import load_seed_gradients
-
-        seeds, _ = load_seed_gradients(path, device)
-        mean = {name: seeds.matrix(name) for name in seeds.names}
-    return {"mean": mean, "self_influence": self_inf}
-
-
 def _seed_column_direction(run: RunResults, column: int, tokenizer, cap, device) -> dict:
     """(F + lambda)^-1 grad L(s) of one seed column (the mean gradient of its --seed-batch group), recomputed from
     the seed texts, the run's factors and damping: exact, where scoring may have used a low-rank copy."""
@@ -144,15 +133,16 @@ def _seed_column_direction(run: RunResults, column: int, tokenizer, cap, device)
     from gdig.hooks import per_example_gradient
 
     settings = run.config["settings"]
-    batch = int(settings.get("seed_batch", 1))
-    members = run.seeds.iloc[column * batch : (column + 1) * batch]
+    members = seed_members(run, column)
     if members.empty:
         raise ValueError(f"seed column {column} is not in this run ({run.influence.shape[1]} columns)")
     max_length = settings["data"]["max_length"]
-    toks = [_tokenize(tokenizer, str(r["id"]), str(r["prompt"]), str(r["target"]), max_length) for _, r in
-            members.iterrows()]  # fmt: skip
+    toks = [
+        _tokenize(tokenizer, str(r["id"]), str(r["prompt"]), str(r["target"]), max_length)
+        for _, r in members.iterrows()
+    ]
     got = cap.run(_collate(toks, 0, tokenizer))
-    factors = Path(run.path) / "factors.safetensors"
+    factors = Path(run.path) / FACTORS
     cur = Curvature.load(factors, device) if settings["hessian"] != "identity" else Curvature("identity")
     dampings = run.config.get("damping", {})
     out = {}
@@ -166,24 +156,9 @@ def _seed_column_direction(run: RunResults, column: int, tokenizer, cap, device)
 def _normaliser(run: RunResults, index: int, seed_self: np.ndarray, seed: int | None, normalize: str) -> float:
     """Divisor that turns raw contributions into the run's normalisation. For the seed mean the stored direction
     already carries each seed's 1/norm (unit), so only the candidate's norm remains."""
-    if normalize == "none":
-        return 1.0
-    cand = float(np.sqrt(max(run.candidates["self_influence"].iloc[index], 0.0))) or 1.0
-    if normalize == "relatif" or seed is None:
-        return cand
-    return cand * float(np.sqrt(max(seed_self[seed], 0.0)) or 1.0)
-
-
-def heatmap_html(ti: TokenInfluence) -> str:
-    """Tokens as escaped text on a red (hurts) to green (helps) background; user text is never markup."""
-    scale = float(np.abs(ti.contributions).max()) or 1.0
-    spans = []
-    for i, (t, c) in enumerate(zip(ti.tokens, ti.contributions.tolist(), strict=True)):
-        a = min(abs(c) / scale, 1.0) * 0.85
-        rgb = "22,163,74" if c > 0 else "220,38,38"
-        style = f"background: rgba({rgb},{a:.3f}); padding: 1px 0; border-radius: 2px;"
-        if i < ti.n_prompt:
-            style += " opacity: 0.75;"
-        text = html.escape(t).replace("\n", "&#8629;\n")  # pre-wrap keeps the line break
-        spans.append(f'<span title="{c:+.4g}" style="{style}">{text}</span>')
-    return '<div style="font-family: monospace; line-height: 1.8; white-space: pre-wrap;">' + "".join(spans) + "</div>"
+    if seed is None and normalize == "unit":
+        normalize = "relatif"
+    cand = run.candidates["self_influence"].to_numpy()[[index]] if normalize != "none" else None
+    seeds = seed_self[[seed]] if seed is not None else np.ones(1)
+    div = normalisation_divisor(cand, seeds, normalize)
+    return 1.0 if div is None or not div[0, 0] > 0 else float(div[0, 0])

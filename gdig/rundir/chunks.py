@@ -1,0 +1,54 @@
+"""Scores in resumable chunks (partial/chunk_NNNNN.npz): each complete chunk is one file written atomically, so
+a killed run resumes after its last complete chunk, and the final arrays are assembled only when all are in."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from gdig.atomic import save_npz_atomic
+from gdig.rundir.layout import PARTIAL
+
+
+def partial_dir(run_dir: str | Path) -> Path:
+    """The folder of a run's work in progress (chunks, seed gradients, fit checkpoints)."""
+    return Path(run_dir) / PARTIAL
+
+
+def chunk_path(run_dir: str | Path, i: int) -> Path:
+    """Where chunk i of the candidates' scores is (or will be) written."""
+    return partial_dir(run_dir) / f"chunk_{i:05d}.npz"
+
+
+def write_chunk(run_dir: str | Path, i: int, arrays: dict[str, np.ndarray]) -> None:
+    """One complete chunk (its `index` says which candidates), written whole or not at all."""
+    partial_dir(run_dir).mkdir(parents=True, exist_ok=True)
+    save_npz_atomic(chunk_path(run_dir, i), **arrays)
+
+
+def collect_chunks(run_dir: str | Path, n: int) -> dict[str, np.ndarray]:
+    """Every chunk's arrays placed at their candidates' rows; refuses a run with a candidate missing."""
+    files = sorted(partial_dir(run_dir).glob("chunk_*.npz"))
+    merged: dict[str, np.ndarray] = {}
+    seen = np.zeros(n, bool)
+    for f in files:
+        with np.load(f, allow_pickle=False) as z:
+            idx = z["index"]
+            for key in z.files:
+                if key == "index":
+                    continue
+                arr = z[key]
+                if key not in merged:
+                    merged[key] = np.zeros((n, *arr.shape[1:]), arr.dtype)
+                merged[key][idx] = arr
+            seen[idx] = True
+    if not seen.all():
+        raise RuntimeError(f"{int((~seen).sum())} candidates have no score; the run is incomplete")
+    return merged
+
+
+def remove_partial(run_dir: str | Path) -> None:
+    """Drop the work in progress once the final files are written."""
+    shutil.rmtree(partial_dir(run_dir), ignore_errors=True)

@@ -1,0 +1,86 @@
+"""Read a finished run directory (DESIGN section 3) for selection, export and the app, with clear errors."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from gdig.rundir.layout import CANDIDATES, CONFIG, INFLUENCE, REQUIRED, SEEDS, SKETCH
+from gdig.rundir.status import read_status
+
+
+class RunError(ValueError):
+    """A run directory that cannot be used, and why."""
+
+
+@dataclass
+class RunResults:
+    path: Path
+    config: dict[str, Any]
+    candidates: pd.DataFrame
+    seeds: pd.DataFrame
+    influence: np.ndarray  # (N, M) float32
+    sketch: np.ndarray  # (N, d)
+
+    @property
+    def n(self) -> int:
+        """Number of candidates."""
+        return self.influence.shape[0]
+
+    @cached_property
+    def ids(self) -> list[str]:
+        """Candidate ids as text, in row order (overrides and exports name candidates by id)."""
+        return self.candidates["id"].astype(str).tolist()
+
+    @cached_property
+    def frac_helped(self) -> np.ndarray:
+        """Fraction of seed columns with I(z, s) > 0, per candidate: the G-DIG quality statistic."""
+        return (self.influence > 0).mean(axis=1, dtype=np.float64).astype(np.float32)
+
+    @cached_property
+    def mean_influence(self) -> np.ndarray:
+        """Mean influence over seed columns, per candidate: the default quality statistic."""
+        return self.influence.mean(axis=1, dtype=np.float64).astype(np.float32)
+
+    @property
+    def fingerprint(self) -> dict[str, str]:
+        """Fingerprints of the model, data and settings the run was made with (recorded in exports)."""
+        return self.config.get("fingerprints", {})
+
+
+def load_run(path: str | Path) -> RunResults:
+    """A finished run's files, checked against each other; RunError says what is missing or wrong."""
+    run = Path(path)
+    if not run.is_dir():
+        raise RunError(f"{run}: no such run folder")
+    missing = [f for f in REQUIRED if not (run / f).exists()]
+    if missing:
+        status = _status_line(run)
+        raise RunError(f"{run}: missing {', '.join(missing)}; the run has not finished ({status})")
+    try:
+        config = json.loads((run / CONFIG).read_text())
+        influence = np.load(run / INFLUENCE, allow_pickle=False)
+        sketch = np.load(run / SKETCH, allow_pickle=False)
+        candidates = pd.read_parquet(run / CANDIDATES)
+        seeds = pd.read_parquet(run / SEEDS)
+    except (ValueError, OSError, json.JSONDecodeError) as e:
+        raise RunError(f"{run}: a run file is unreadable ({e})") from None
+    if influence.ndim != 2 or influence.shape[0] != len(candidates) or sketch.shape[0] != len(candidates):
+        raise RunError(
+            f"{run}: influence {influence.shape}, sketch {sketch.shape} and {len(candidates)} candidates do not agree"
+        )
+    return RunResults(run, config, candidates, seeds, influence, sketch)
+
+
+def _status_line(run: Path) -> str:
+    s = read_status(run)
+    if s is None:
+        return "no status"
+    line = f"stage {s.get('stage')}, {s.get('done')}/{s.get('total')}"
+    return line + (f", error: {s['error']}" if s.get("error") else "")

@@ -1,0 +1,215 @@
+"""The stages of `gdig score` over one context: fit the curvature, precondition the seeds, score the candidates
+in resumable chunks, map the sketches. The run directory's files are written through gdig.rundir."""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gdig.context import ScoreContext, by_length, factors_fingerprint, short_hash
+from gdig.curvature import Curvature, fit_curvature
+from gdig.hooks import Captured, GradientCapture, per_example_gradient
+from gdig.influence import Scorer, SeedGradients, group_seed_gradients, precondition_seeds
+from gdig.memory import captures_fit, free_memory_mb
+from gdig.rundir.checkpoint import FitCheckpoint
+from gdig.rundir.chunks import chunk_path, partial_dir, write_chunk
+from gdig.rundir.layout import CONFIG, FACTORS, read_config, read_fingerprint, write_config
+from gdig.rundir.status import Status
+from gdig.sketch import Sketcher
+
+DENSE_SEED_LIMIT_BYTES = 4 << 30  # above this, seeds are kept at low rank unless --seed-rank says otherwise
+AUTO_SEED_RANK = 64
+
+
+def fit_stage(ctx: ScoreContext, run_dir: Path, status: Status) -> Curvature:
+    """The run's curvature: reused from this run or another with the same fingerprint, or fitted (resumably)."""
+    path = run_dir / FACTORS
+    fp = factors_fingerprint(ctx)
+    if ctx.cfg.hessian == "identity":
+        return Curvature("identity")
+    if read_fingerprint(path) != fp:
+        donor = _find_factors(run_dir.parent, fp, exclude=run_dir)
+        if donor is not None:
+            shutil.copyfile(donor, path)
+    if read_fingerprint(path) == fp:
+        ctx.timings["factors_reused"] = 1.0
+        return Curvature.load(path, ctx.device)
+    fit_idx = _fit_subset(ctx)
+    order = by_length(ctx.cand_tok, fit_idx)
+    useful = ctx.cfg.hessian == "ekfac" or len(fit_idx) == len(ctx.cand_tok)  # a second pass, or scoring, reuses it
+    cache: list[Captured] | None = [] if useful and _captures_fit(ctx, order) else None
+
+    def passes(stage: str, skip: int):
+        nonlocal cache
+        t0 = time.time()
+        batches = iter(ctx.batches(ctx.cand_tok, order))
+        done = sum(len(b.index) for b in itertools.islice(batches, skip))  # covered by the checkpoint
+        if skip and stage == "fit_covariance":
+            cache = None  # resumed: the skipped batches were never captured here
+        status.update(stage, done, len(order), force=True)
+        if stage == "fit_eigen" and cache:  # the same batches as the first pass: reuse its captures
+            for cap in cache[skip:]:
+                yield cap
+                done += len(cap.index)
+                status.update(stage, done, len(order))
+        else:
+            with GradientCapture(ctx.model, ctx.tracked) as capture:
+                for batch in batches:
+                    cap = capture.run(batch)
+                    if cache is not None and stage == "fit_covariance":
+                        cache.append(_detached(cap))
+                    yield cap
+                    done += len(batch.index)
+                    status.update(stage, done, len(order))
+        ctx.timings[stage] = ctx.timings.get(stage, 0.0) + time.time() - t0
+
+    batching = [ctx.cfg.batch_size, ctx.cfg.token_budget]
+    checkpoint = FitCheckpoint(partial_dir(run_dir), short_hash([fp, batching]), ctx.cfg.checkpoint_seconds)
+    fit_curvature(ctx.cfg.hessian, ctx.dims, passes, ctx.device, checkpoint).save(path, fp)
+    if cache and len(fit_idx) == len(ctx.cand_tok):  # scoring meets the same batches: reuse, don't recompute
+        ctx.captures = {tuple(c.index): c for c in cache}
+    return Curvature.load(path, ctx.device)  # a fresh and a resumed run compute from the same bytes
+
+
+def _fit_subset(ctx: ScoreContext) -> list[int]:
+    """The candidates the curvature is fitted on: all, or a fixed random subset of --fit-examples."""
+    fit_idx = list(range(len(ctx.cand_tok)))
+    if ctx.cfg.fit_examples is not None and ctx.cfg.fit_examples < len(fit_idx):
+        rng = np.random.default_rng(ctx.cfg.random_state)
+        fit_idx = sorted(rng.choice(len(fit_idx), ctx.cfg.fit_examples, replace=False).tolist())
+    return fit_idx
+
+
+def _captures_fit(ctx: ScoreContext, order: list[int]) -> bool:
+    """Whether every fit batch's captured a and g fit in --fit-cache-mb (auto: a third of free memory, <= 8 GiB)."""
+    budget_mb = ctx.cfg.fit_cache_mb
+    if budget_mb is None:
+        budget_mb = min(8192, free_memory_mb(ctx.device) // 3)
+    per_token = 4 * sum(t.d_in + t.d_out for t in ctx.tracked)
+    lengths = [len(ctx.cand_tok[i].input_ids) for i in order]
+    return captures_fit(lengths, per_token, ctx.cfg.batch_size, ctx.cfg.token_budget is not None, budget_mb)
+
+
+def _detached(cap: Captured) -> Captured:
+    acts = {k: v.detach() for k, v in cap.acts.items()}
+    grads = {k: v.detach() for k, v in cap.grads.items()}
+    return Captured(cap.index, cap.loss.detach(), cap.n_target.detach(), cap.mask, acts, grads)
+
+
+def _find_factors(runs_root: Path, fingerprint: str, exclude: Path) -> Path | None:
+    if not runs_root.is_dir():
+        return None
+    for cand in sorted(runs_root.glob(f"*/{FACTORS}")):
+        if cand.parent.resolve() != exclude.resolve() and read_fingerprint(cand) == fingerprint:
+            return cand
+    return None
+
+
+def dampings_for(ctx: ScoreContext, cur: Curvature) -> dict[str, float]:
+    """lambda per tracked module: absolute, or relative to the module's mean eigenvalue."""
+    return {t.name: cur.damping(t.name, ctx.cfg.damping, ctx.cfg.damping_relative) for t in ctx.tracked}
+
+
+def seed_stage(ctx: ScoreContext, cur: Curvature, dampings: dict[str, float], status: Status):
+    """Seed gradients, grouped by --seed-batch and preconditioned; also each seed's loss and token count."""
+    t0 = time.time()
+    m = len(ctx.seed_tok)
+    grads = {t.name: torch.zeros(m, t.d_out, t.d_in, device=ctx.device) for t in ctx.tracked}
+    loss, n_tok = np.zeros(m, np.float32), np.zeros(m, np.int64)
+    status.update("seeds", 0, m, force=True)
+    done = 0
+    with GradientCapture(ctx.model, ctx.tracked) as capture:
+        for batch in ctx.batches(ctx.seed_tok, by_length(ctx.seed_tok)):
+            cap = capture.run(batch)
+            idx = torch.tensor(batch.index, device=ctx.device)
+            for name in grads:
+                grads[name][idx] = per_example_gradient(cap.acts[name], cap.grads[name])
+            loss[batch.index] = cap.loss.cpu().numpy()
+            n_tok[batch.index] = cap.n_target.cpu().numpy()
+            done += len(batch.index)
+            status.update("seeds", done, m)
+    grouped = group_seed_gradients(grads, ctx.cfg.seed_batch)
+    rank = ctx.cfg.seed_rank
+    dense_bytes = 4 * sum(g.numel() for g in grouped.values())
+    if rank is None and dense_bytes > DENSE_SEED_LIMIT_BYTES:
+        rank = AUTO_SEED_RANK
+    seeds = precondition_seeds(grouped, cur, dampings, rank)
+    ctx.timings["seeds"] = time.time() - t0
+    return seeds, loss, n_tok, rank
+
+
+def score_stage(ctx: ScoreContext, scorer: Scorer, sketcher: Sketcher, run_dir: Path, status: Status) -> None:
+    """Stream candidates in chunks of --chunk-size; each complete chunk is one file, written atomically."""
+    t0 = time.time()
+    order = by_length(ctx.cand_tok)
+    chunks = [order[i : i + ctx.cfg.chunk_size] for i in range(0, len(order), ctx.cfg.chunk_size)]
+    partial_dir(run_dir).mkdir(exist_ok=True)
+    done = sum(len(c) for i, c in enumerate(chunks) if chunk_path(run_dir, i).exists())
+    status.update("score", done, len(order), force=True)
+    with GradientCapture(ctx.model, ctx.tracked) as capture:
+        for i, chunk in enumerate(chunks):
+            if chunk_path(run_dir, i).exists():
+                continue
+            parts: list[dict[str, np.ndarray]] = []
+            for batch in ctx.batches(ctx.cand_tok, chunk):
+                cap = ctx.captures.pop(tuple(batch.index), None) or capture.run(batch)
+                parts.append(_score_batch(cap, scorer, sketcher))
+                done += len(batch.index)
+                status.update("score", done, len(order))
+            write_chunk(run_dir, i, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+    ctx.captures.clear()
+    ctx.timings["score"] = ctx.timings.get("score", 0.0) + time.time() - t0
+
+
+def _score_batch(cap: Captured, scorer: Scorer, sketcher: Sketcher) -> dict[str, np.ndarray]:
+    with torch.no_grad():
+        scores, self_inf = scorer(cap)
+        sketch = sketcher(cap)
+    out = {
+        "index": np.asarray(cap.index, np.int64),
+        "influence": scores.float().cpu().numpy(),
+        "sketch": sketch.float().cpu().numpy(),
+        "loss": cap.loss.cpu().numpy().astype(np.float32),
+        "n_tokens": cap.n_target.cpu().numpy().astype(np.int64),
+    }
+    if self_inf is not None:
+        out["self_influence"] = self_inf.float().cpu().numpy()
+    return out
+
+
+def umap_stage(run_dir: Path, random_state: int, status: Status) -> None:
+    """The 2-D map of the sketches (umap.npy), its time added to config.json."""
+    from gdig.umap_map import ensure_umap
+
+    status.update("umap", 0, 1, force=True)
+    t0 = time.time()
+    ensure_umap(run_dir, random_state)
+    cfg = read_config(run_dir)
+    if cfg is None:
+        raise FileNotFoundError(f"{run_dir / CONFIG}: missing; the run has not finished")
+    cfg["timings"]["umap"] = time.time() - t0
+    write_config(run_dir, cfg)
+
+
+def load_or_make_seeds(
+    ctx: ScoreContext, cur: Curvature, dampings: dict[str, float], run_dir: Path, status: Status, fp: str
+) -> tuple[SeedGradients, np.ndarray, np.ndarray, int | None]:
+    """The preconditioned seeds, reused from partial/ when an earlier process of this run finished them."""
+    from gdig.rundir.seeds import load_seed_gradients, load_seed_meta, save_seed_gradients, save_seed_meta, seeds_path
+
+    path = seeds_path(run_dir)
+    partial_dir(run_dir).mkdir(exist_ok=True)
+    meta = load_seed_meta(run_dir)
+    if meta is not None and read_fingerprint(path) == fp:  # metadata only, not the tensors
+        seeds, _ = load_seed_gradients(path, ctx.device)
+        return (seeds, *meta)
+    seeds, seed_loss, seed_ntok, rank = seed_stage(ctx, cur, dampings, status)
+    save_seed_gradients(path, seeds, fp)
+    seeds, _ = load_seed_gradients(path, ctx.device)  # same bytes as a resumed run
+    save_seed_meta(run_dir, seed_loss, seed_ntok, rank)
+    return seeds, seed_loss, seed_ntok, rank

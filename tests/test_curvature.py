@@ -1,0 +1,103 @@
+"""K-FAC / EK-FAC per layer against explicit float64 statistics (as Bergson's ground-truth tests): the factors A
+and G, EK-FAC's eigenvalue correction and the damped inverse of each tracked module; the same factors for any
+batch size; a resumed fit equals an uninterrupted one."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_pairs
+from gdig.atomic import write_jsonl
+from gdig.curvature import fit_curvature
+from gdig.data import load_dataset, tokenize_dataset
+from gdig.demo.tiny import build_tiny_model
+from gdig.hooks import GradientCapture, make_batches
+from gdig.model import find_tracked_modules
+from gdig.rundir.checkpoint import FitCheckpoint
+from gdig.rundir.status import Cancelled
+from reference import autograd_gradients, dense_inverse, token_statistics
+
+
+@pytest.fixture(scope="module")
+def setup(tokenizer, tmp_path_factory):
+    model = build_tiny_model("llama", tokenizer, hidden=16, ffn=24, heads=2)
+    path = write_jsonl(tmp_path_factory.mktemp("curvature") / "cands.jsonl", make_pairs(12, seed=5))
+    toks, _ = tokenize_dataset(tokenizer, load_dataset(path), 512)
+    tracked = find_tracked_modules(model)
+    return model, tracked, toks, token_statistics(model, tracked, toks), autograd_gradients(model, tracked, toks)
+
+
+def fit(model, tracked, toks, kind, batch_size, pad_id=0, checkpoint=None, stop_after=None):
+    def passes(stage, skip):
+        batches = make_batches(toks, range(len(toks)), pad_id, batch_size)
+        with GradientCapture(model, tracked) as capture:
+            for i, batch in enumerate(itertools.islice(batches, skip, None)):
+                if stop_after is not None and stage == "fit_eigen" and skip + i == stop_after:
+                    raise Cancelled("test")
+                yield capture.run(batch)
+
+    dims = {t.name: (t.d_in, t.d_out) for t in tracked}
+    return fit_curvature(kind, dims, passes, torch.device("cpu"), checkpoint)
+
+
+def rel(a, b) -> float:
+    return float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b))
+
+
+@pytest.mark.parametrize("kind", ["kfac", "ekfac"])
+def test_each_layers_factors_equal_the_explicit_statistics(setup, kind):
+    model, tracked, toks, stats, grads = setup
+    cur = fit(model, tracked, toks, kind, batch_size=3)
+    assert cur.n_examples == len(toks)
+    for t in tracked:
+        f = cur.modules[t.name]
+        a_ref = sum(s[t.name][0].T @ s[t.name][0] for s in stats) / sum(s[t.name][0].shape[0] for s in stats)
+        g_ref = sum(s[t.name][1].T @ s[t.name][1] for s in stats) / len(stats)
+        q_a, q_g = f.q_a.double().numpy(), f.q_g.double().numpy()
+        assert rel(q_a @ np.diag(f.e_a.double().numpy()) @ q_a.T, a_ref) < 1e-5, t.name
+        assert rel(q_g @ np.diag(f.e_g.double().numpy()) @ q_g.T, g_ref) < 1e-5, t.name
+        if kind == "kfac":
+            expected = np.outer(f.e_g.double().numpy(), f.e_a.double().numpy())
+        else:  # EK-FAC: mean squared per-example gradient in the Kronecker eigenbasis
+            expected = (np.einsum("ko,nkl,lj->noj", q_g, grads[t.name], q_a) ** 2).mean(0)
+        assert rel(f.lam.double().numpy(), expected) < 1e-4, t.name
+
+
+@pytest.mark.parametrize("kind", ["kfac", "ekfac"])
+def test_each_layers_damped_inverse_equals_the_dense_one(setup, kind):
+    model, tracked, toks, stats, grads = setup
+    cur = fit(model, tracked, toks, kind, batch_size=4)
+    for t in tracked:
+        v = grads[t.name][:2]  # two gradients, (2, d_out, d_in)
+        damping = cur.damping(t.name, None, 0.1)
+        got = cur.precondition(t.name, torch.tensor(v, dtype=torch.float32), damping).double().numpy()
+        dense = dense_inverse(stats, grads[t.name], t.name, kind, None, 0.1)
+        expected = np.stack([(dense @ x.reshape(-1)).reshape(x.shape) for x in v])
+        assert rel(got, expected) < 1e-4, t.name
+        self_inf = cur.self_influence(t.name, torch.tensor(v, dtype=torch.float32), damping).double().numpy()
+        assert np.allclose(self_inf, (v * expected).sum((1, 2)), rtol=1e-4), t.name
+
+
+def test_factors_do_not_depend_on_the_batch_size(setup):
+    model, tracked, toks, _, _ = setup
+    one, many = fit(model, tracked, toks, "ekfac", batch_size=1), fit(model, tracked, toks, "ekfac", batch_size=5)
+    for t in tracked:
+        a, b = one.modules[t.name], many.modules[t.name]
+        assert torch.allclose(a.e_a, b.e_a, rtol=1e-4, atol=1e-7) and torch.allclose(a.e_g, b.e_g, rtol=1e-4, atol=1e-9)
+        assert rel(b.lam.double().numpy(), a.lam.double().numpy()) < 1e-4
+
+
+def test_a_cancelled_fit_resumes_to_the_same_factors_bit_for_bit(setup, tmp_path):
+    model, tracked, toks, _, _ = setup
+    whole = fit(model, tracked, toks, "ekfac", batch_size=2)
+    checkpoint = FitCheckpoint(tmp_path, "fp", every_seconds=0.0)
+    with pytest.raises(Cancelled):
+        fit(model, tracked, toks, "ekfac", batch_size=2, checkpoint=checkpoint, stop_after=3)
+    resumed = fit(model, tracked, toks, "ekfac", batch_size=2, checkpoint=FitCheckpoint(tmp_path, "fp"))
+    for t in tracked:
+        assert torch.equal(whole.modules[t.name].lam, resumed.modules[t.name].lam)
+        assert torch.equal(whole.modules[t.name].q_a, resumed.modules[t.name].q_a)
