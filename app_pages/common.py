@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
+from gdig.clusters import GradientClusterer
 from gdig.names import check_name
 from gdig.options import specs
 from gdig.rundir.curation import load_curation, load_overrides, save_curation
 from gdig.rundir.layout import INFLUENCE
 from gdig.rundir.results import RunError, RunResults, load_run
-from gdig.select import GradientClusterer, Selection, SelectionConfig, select_run
+from gdig.select import Selection, SelectionConfig, select_run
 from gdig.studio.jobs import list_runs
 from gdig.studio.views import kept_mask
 

@@ -20,7 +20,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import machine, save_report  # noqa: E402
-from gdig.select import GradientClusterer, SelectionConfig, quality_mask, select  # noqa: E402
+from gdig.clusters import GradientClusterer  # noqa: E402
+from gdig.select import SelectionConfig, quality_mask, select  # noqa: E402
 
 
 def synthetic(n: int, m: int, d: int, centres: int = 50, seed: int = 0):

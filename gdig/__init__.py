@@ -1,14 +1,43 @@
-"""G-DIG Studio: choose instruction-tuning data by its measured influence on a model (Pan et al., ACL 2024)."""
+"""G-DIG Studio: choose instruction-tuning data by its measured influence on a model (Pan et al., ACL 2024).
 
-from gdig.config import DataConfig, ScoreConfig
+The Python API, the same steps as the command line:
+
+    from gdig import ScoreConfig, SelectionConfig, export_selection, load_run, score, select_run
+
+    run_dir = score(ScoreConfig(model="models/pool-ft", candidates="pool.jsonl", seeds="seeds.jsonl",
+                                out="runs/pool"))
+    run = load_run(run_dir)
+    rule = SelectionConfig(clusters=20, budget=5000)  # mean influence >= 0, then 20 gradient clusters
+    export_selection(run, select_run(run, rule), rule, "selected.jsonl")  # and selected.json, its manifest
+
+Names are imported on first use, so `import gdig` stays light (no torch until a model is needed).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["DataConfig", "ScoreConfig", "score", "__version__"]
+_WHERE = {
+    "DataConfig": "gdig.config",
+    "ScoreConfig": "gdig.config",
+    "score": "gdig.run",
+    "FinetuneConfig": "gdig.finetune",
+    "finetune": "gdig.finetune",
+    "load_run": "gdig.rundir.results",
+    "SelectionConfig": "gdig.select",
+    "select_run": "gdig.select",
+    "export_selection": "gdig.export",
+    "DemoConfig": "gdig.demo",
+    "build_demo": "gdig.demo",
+}
+__all__ = [*_WHERE, "__version__"]
 
 
-def score(cfg: ScoreConfig, **kwargs):
-    """Run `gdig score` as a function; see gdig.run.score."""
-    from gdig.run import score as _score
-
-    return _score(cfg, **kwargs)
+def __getattr__(name: str) -> Any:
+    """The public names, each from the module that owns it."""
+    if name not in _WHERE:
+        raise AttributeError(f"module 'gdig' has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name]), name)

@@ -47,6 +47,7 @@ def _add_select(sub) -> None:
 
 
 def run_select(a: argparse.Namespace) -> None:
+    """`gdig select`: the run's rule, clusters and budget into a JSONL and its manifest (never an empty file)."""
     from gdig.export import export_selection
     from gdig.rundir.curation import load_overrides
     from gdig.rundir.results import load_run
@@ -86,6 +87,7 @@ def _add_finetune(sub) -> None:
 
 
 def run_finetune(a: argparse.Namespace) -> None:
+    """`gdig finetune`: check the model source, then train and save a Hugging Face folder."""
     from gdig.finetune import FinetuneConfig, finetune
     from gdig.model_source import check_model_source
 
@@ -108,6 +110,7 @@ def _add_demo(sub) -> None:
 
 
 def run_demo(a: argparse.Namespace) -> None:
+    """`gdig demo`: build (or reuse) the demo with progress bars, then print its figures."""
     import os
     import time
 
@@ -166,6 +169,7 @@ _JOB_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]"
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse and run one command; bad input is one `gdig: error:` line and exit status 2, never a traceback."""
     parser = argparse.ArgumentParser(prog="gdig", description="G-DIG instruction data selection")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_score(sub)

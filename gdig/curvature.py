@@ -22,6 +22,8 @@ from gdig.rundir.status import Cancelled
 
 @dataclass
 class ModuleFactors:
+    """One module's EK-FAC / K-FAC factors: eigenbases of A and G and the eigenvalues in their Kronecker basis."""
+
     q_a: torch.Tensor  # (d_in, d_in) eigenvectors of A
     e_a: torch.Tensor  # (d_in,)
     q_g: torch.Tensor  # (d_out, d_out) eigenvectors of G
@@ -31,6 +33,8 @@ class ModuleFactors:
 
 @dataclass
 class Curvature:
+    """The fitted curvature of every tracked module, and (F + lambda)^-1 applied to gradients."""
+
     kind: str  # ekfac | kfac | identity
     modules: dict[str, ModuleFactors] = field(default_factory=dict)
     n_examples: int = 0
@@ -55,6 +59,7 @@ class Curvature:
         return q_g @ rot @ q_a.T
 
     def rotate(self, name: str, v: torch.Tensor) -> torch.Tensor:
+        """Q_G^T V Q_A: gradients in the module's Kronecker eigenbasis."""
         f = self.modules[name]
         return f.q_g.T.to(v.device) @ v @ f.q_a.to(v.device)
 
@@ -68,6 +73,7 @@ class Curvature:
 
     # -- persistence (safetensors, never pickle) ---------------------------------------------------------------
     def save(self, path: str | Path, fingerprint: str) -> None:
+        """Write the factors as safetensors (never pickle) with the fingerprint that makes them reusable."""
         tensors = {}
         for name, f in self.modules.items():
             for key in ("q_a", "e_a", "q_g", "e_g", "lam"):
@@ -84,6 +90,7 @@ class Curvature:
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> Curvature:
+        """Factors written by save, onto `device`."""
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
@@ -107,6 +114,7 @@ class CovarianceFitter:
         self.n_examples = 0
 
     def update(self, cap: Captured) -> None:
+        """Add one captured batch's a a^T (per target token) and g g^T (per example)."""
         self.n_tokens += int(cap.mask.sum())
         self.n_examples += len(cap.index)
         for name in self.a:
@@ -124,12 +132,14 @@ class CovarianceFitter:
         )
 
     def restore(self, state: dict[str, torch.Tensor]) -> None:
+        """Continue from sums saved by a checkpoint."""
         for n in self.a:
             self.a[n].copy_(state[f"a::{n}"])
             self.g[n].copy_(state[f"g::{n}"])
         self.n_tokens, self.n_examples = (int(x) for x in state["counts"].tolist())
 
     def eigendecompose(self, kind: str) -> Curvature:
+        """A and G from the sums, eigendecomposed: K-FAC, or the basis of EK-FAC's second pass."""
         cur = Curvature(kind, n_examples=self.n_examples, n_tokens=self.n_tokens)
         for name in self.a:
             e_a, q_a = torch.linalg.eigh(self.a[name] / max(self.n_tokens, 1))
@@ -149,6 +159,7 @@ class EigenCorrectionFitter:
         self.n_examples = 0
 
     def update(self, cap: Captured) -> None:
+        """Add one batch's squared per-example gradients in the eigenbasis."""
         self.n_examples += len(cap.index)
         for name, f in self.cur.modules.items():
             a, g = cap.acts[name], cap.grads[name]
@@ -160,14 +171,17 @@ class EigenCorrectionFitter:
             self.sums[name] += (rot * rot).sum(0).double()
 
     def state(self) -> dict[str, torch.Tensor]:
+        """The running sums, for a checkpoint."""
         return {f"lam::{n}": v for n, v in self.sums.items()} | {"counts": torch.tensor([self.n_examples])}
 
     def restore(self, state: dict[str, torch.Tensor]) -> None:
+        """Continue from sums saved by a checkpoint."""
         for n in self.sums:
             self.sums[n].copy_(state[f"lam::{n}"])
         self.n_examples = int(state["counts"][0])
 
     def finish(self) -> Curvature:
+        """EK-FAC: the eigenvalues replaced by the mean squared gradient in the eigenbasis."""
         for name, f in self.cur.modules.items():
             f.lam = (self.sums[name] / max(self.n_examples, 1)).float()
         return self.cur

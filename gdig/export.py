@@ -37,6 +37,7 @@ def selection_lines(run: RunResults, sel: Selection, metadata: bool = True) -> l
 
 
 def manifest(run: RunResults, sel: Selection, cfg: SelectionConfig, jsonl_bytes: bytes, metadata: bool) -> dict:
+    """The export's manifest: run, settings, counts and the JSONL's sha256, so a file can be traced and verified."""
     return {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "run": str(run.path),

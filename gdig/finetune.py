@@ -35,7 +35,7 @@ class FinetuneConfig:
     data: str = option(help="training file, same formats as scoring")
     out: str = option(help="folder for the trained model (a standard Hugging Face folder)")
     lora: bool = option(False, "train LoRA adapters (peft) and save the merged model")
-    lora_r: int = option(8, "LoRA rank")
+    lora_r: int = option(8, "rank of the LoRA adapters")
     lora_alpha: int = option(16, "LoRA alpha (the update is scaled by alpha / r)")
     lora_targets: str | None = option(
         None, "regex over module names for LoRA; none: every linear layer of the blocks", cli=False

@@ -24,6 +24,8 @@ LABELLED_HEAD_FAMILIES = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gpt2",
 
 @dataclass
 class Batch:
+    """Padded token ids, labels and mask of a few examples, with their indices in the dataset."""
+
     index: list[int]  # positions of these examples in the dataset
     input_ids: torch.Tensor  # (B, T)
     attention_mask: torch.Tensor  # (B, T)
@@ -45,6 +47,7 @@ class Captured:
 def collate(
     examples: Sequence[TokenizedExample], index: Sequence[int], pad_id: int, padding_side: str = "right"
 ) -> Batch:
+    """Pad examples into one Batch (right or left); padding never counts in any statistic."""
     width = max(len(e.input_ids) for e in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
@@ -146,6 +149,7 @@ class GradientCapture:
         return kwargs
 
     def forward(self, batch: Batch):
+        """The model's logits for a batch, with the tracked modules' inputs kept by the hooks."""
         return self.model(**self._inputs(batch)).logits
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,6 +171,7 @@ class GradientCapture:
         return total / n.clamp(min=1), n
 
     def run(self, batch: Batch) -> Captured:
+        """Forward and backward of a batch: per-example losses, a_t and g_t of every tracked module."""
         self._acts, self._outs = {}, {}
         with torch.enable_grad():
             loss, n_target = self.loss(batch)

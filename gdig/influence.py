@@ -27,10 +27,12 @@ class SeedGradients:
 
     @property
     def names(self) -> list[str]:
+        """The modules the seeds are stored for."""
         return list(self.dense or self.left)
 
     @property
     def n_seeds(self) -> int:
+        """Number of seed columns (seeds, or seed groups with --seed-batch)."""
         t = next(iter((self.dense or self.left).values()))
         return t.shape[0]
 

@@ -30,6 +30,7 @@ class TrackedModule:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    """auto: CUDA, then MPS, then CPU; otherwise the device named."""
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -42,6 +43,7 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """auto: bfloat16 on GPUs that support it, float32 elsewhere; otherwise the dtype named."""
     if dtype == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
@@ -102,6 +104,7 @@ def find_tracked_modules(model: nn.Module, pattern: str = DEFAULT_MODULES) -> li
 
 
 def accepts_position_ids(model: nn.Module) -> bool:
+    """Whether the model's forward takes position_ids (left padding needs them)."""
     return "position_ids" in inspect.signature(model.forward).parameters
 
 

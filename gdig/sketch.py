@@ -20,6 +20,8 @@ def module_sketch_shape(d_in: int, d_out: int, per_module: int) -> tuple[int, in
 
 
 class Sketcher:
+    """Fixed random projections per module, applied to captured a_t and g_t in the scoring pass."""
+
     def __init__(self, dims: dict[str, tuple[int, int]], sketch_dim: int, random_state: int, device: torch.device):
         per_module = max(1, sketch_dim // max(len(dims), 1))
         gen = torch.Generator().manual_seed(random_state)

@@ -26,8 +26,14 @@ def runs(tmp_path_factory, llama_dir):
     data = tmp_path_factory.mktemp("data")
     cands = write_jsonl(data / "c.jsonl", make_pairs(40, seed=11))
     seeds = write_jsonl(data / "s.jsonl", make_pairs(6, seed=12))
-    cfg = ScoreConfig(model=str(llama_dir), candidates=str(cands), seeds=str(seeds), out=str(root / "demo"),
-                      sketch_dim=64, hessian="kfac")  # fmt: skip
+    cfg = ScoreConfig(
+        model=str(llama_dir),
+        candidates=str(cands),
+        seeds=str(seeds),
+        out=str(root / "demo"),
+        sketch_dim=64,
+        hessian="kfac",
+    )
     score(cfg)
     return root
 
@@ -199,9 +205,19 @@ def test_missing_run_file_is_a_clear_message(app, runs):
 def test_failed_worker_is_shown_in_plain_words(app, runs):
     failed = runs / "failed"
     failed.mkdir()
-    (failed / "status.json").write_text(json.dumps({"stage": "fit_covariance", "done": 3, "total": 40,
-                                                    "started": 0, "updated": 0, "pid": 999999,
-                                                    "error": "OutOfMemoryError: CUDA out of memory"}))  # fmt: skip
+    (failed / "status.json").write_text(
+        json.dumps(
+            {
+                "stage": "fit_covariance",
+                "done": 3,
+                "total": 40,
+                "started": 0,
+                "updated": 0,
+                "pid": 999999,
+                "error": "OutOfMemoryError: CUDA out of memory",
+            }
+        )
+    )
     app.session_state["run_name"] = "failed"
     at = _page(app, "run")
     assert any("The run stopped: OutOfMemoryError: CUDA out of memory" in e.value for e in at.error)
@@ -227,11 +243,14 @@ def test_bad_input_file_is_reported_and_nothing_starts(app, runs, tmp_path, llam
     assert os.environ["GDIG_RUNS_DIR"] == str(runs)
 
 
-@pytest.mark.parametrize(("name", "model", "message"), [
-    ("ok-name", "no/such-model", "was not found. Looked for (1) a local folder with config.json"),
-    ("...", None, "run name '...': use 1-100 letters"),
-    ("../escape", None, "run name '../escape'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "model", "message"),
+    [
+        ("ok-name", "no/such-model", "was not found. Looked for (1) a local folder with config.json"),
+        ("...", None, "run name '...': use 1-100 letters"),
+        ("../escape", None, "run name '../escape'"),
+    ],
+)
 def test_new_run_checks_the_name_and_the_model_before_starting(app, runs, name, model, message, llama_dir):
     app.session_state["run_name"] = None
     at = _page(app, "run")
@@ -297,9 +316,22 @@ def test_first_screen_offers_the_demo_and_shows_its_overall_progress(monkeypatch
     demo = tmp_path / "demo"
     demo.mkdir()
     plan = {"corpus": 1.0, "finetune": 3.0, "score": 6.0}
-    (demo / "status.json").write_text(json.dumps({"stage": "finetune", "done": 47, "total": 94, "started": 100,
-                                                  "updated": 130, "pid": os.getpid(), "error": None, "plan": plan,
-                                                  "job_fraction": 0.25, "job_fraction_at_start": 0.0}))  # fmt: skip
+    (demo / "status.json").write_text(
+        json.dumps(
+            {
+                "stage": "finetune",
+                "done": 47,
+                "total": 94,
+                "started": 100,
+                "updated": 130,
+                "pid": os.getpid(),
+                "error": None,
+                "plan": plan,
+                "job_fraction": 0.25,
+                "job_fraction_at_start": 0.0,
+            }
+        )
+    )
     at.run()
     assert not at.exception
     text = at.get("progress")[0].proto.text
@@ -307,17 +339,25 @@ def test_first_screen_offers_the_demo_and_shows_its_overall_progress(monkeypatch
 
 
 def test_demo_report_is_shown(app, runs):
-    (runs / "demo" / "demo_report.json").write_text(json.dumps(
-        {"chrf": 61.5, "auroc": {"fraction_helped": 0.71, "mean_influence": 0.82, "low_loss": 0.8}}))  # fmt: skip
+    (runs / "demo" / "demo_report.json").write_text(
+        json.dumps({"chrf": 61.5, "auroc": {"fraction_helped": 0.71, "mean_influence": 0.82, "low_loss": 0.8}})
+    )
     at = _page(app, "home")
     assert _metric(at, "Held-out chrF of the demo model") == "61.5"
     assert _metric(at, "AUROC, mean influence") == "0.820"
     assert _metric(at, "AUROC, low loss (baseline)") == "0.800"
     assert next(m.delta for m in at.metric if m.label == "AUROC, mean influence") == "+0.020 vs low loss"
     assert not at.expander  # an older report without per-kind figures: no table, no error
-    (runs / "demo" / "demo_report.json").write_text(json.dumps(
-        {"chrf": 61.5, "bleu": 20.0, "auroc": {"fraction_helped": 0.71, "mean_influence": 0.82, "low_loss": 0.8},
-         "auroc_mean_influence_per_kind": {"misaligned": 0.7, "truncated": 0.9}}))  # fmt: skip
+    (runs / "demo" / "demo_report.json").write_text(
+        json.dumps(
+            {
+                "chrf": 61.5,
+                "bleu": 20.0,
+                "auroc": {"fraction_helped": 0.71, "mean_influence": 0.82, "low_loss": 0.8},
+                "auroc_mean_influence_per_kind": {"misaligned": 0.7, "truncated": 0.9},
+            }
+        )
+    )
     at = _page(app, "home")
     table = at.expander[0].dataframe[0].value
     assert table["corruption"].tolist() == ["misaligned", "truncated"] and table["AUROC"].tolist() == [0.7, 0.9]

@@ -10,7 +10,8 @@ import pytest
 
 from conftest import make_pairs, write_jsonl
 from gdig.config import DEFAULT_PROMPT
-from gdig.data import IGNORE_INDEX, DataError, load_dataset, tokenize_dataset, tokenize_example
+from gdig.data import IGNORE_INDEX, load_dataset, tokenize_dataset, tokenize_example
+from gdig.readers import DataError
 
 PAIRS = make_pairs(4, seed=5)
 

@@ -6,12 +6,9 @@ import numpy as np
 import pytest
 
 from gdig.select import (
-    GradientClusterer,
     SelectionConfig,
-    cluster_quotas,
     length_ratio_score,
     quality_mask,
-    resample,
     select,
 )
 
@@ -50,29 +47,6 @@ def test_included_rows_are_selected_first_and_excluded_never():
     assert len(sel.indices) == 10 and 7 in sel.indices and 0 not in sel.indices and 1 not in sel.indices
 
 
-def test_uniform_resampling_is_balanced_when_clusters_are_large_enough():
-    labels = np.repeat(np.arange(4), [50, 30, 20, 12])
-    rows = np.arange(len(labels))
-    quality = np.random.default_rng(1).random(len(labels))
-    chosen = resample(labels, rows, quality, budget=40, strategy="uniform", within="quality", seed=0)
-    counts = np.bincount(labels[chosen], minlength=4)
-    assert counts.sum() == 40 and counts.max() - counts.min() <= 1
-    for c in range(4):  # best quality first inside each cluster
-        members = rows[labels == c]
-        best = set(members[np.argsort(-quality[members])][: counts[c]].tolist())
-        assert set(chosen[labels[chosen] == c].tolist()) == best
-
-
-def test_uniform_gives_small_clusters_everything_and_the_rest_to_others():
-    quota = cluster_quotas(np.array([100, 3, 50]), 30, "uniform")
-    assert quota.tolist()[1] == 3 and quota.sum() == 30 and abs(quota[0] - quota[2]) <= 1
-
-
-def test_proportional_follows_sizes():
-    quota = cluster_quotas(np.array([60, 30, 10]), 10, "proportional")
-    assert quota.tolist() == [6, 3, 1]
-
-
 def test_selection_is_deterministic_and_seed_dependent():
     rng = np.random.default_rng(2)
     infl = rng.normal(size=(300, 8)).astype(np.float32) + 0.3
@@ -94,22 +68,6 @@ def test_budget_larger_than_kept_set_returns_kept_with_a_message():
     )
     assert sorted(sel.indices.tolist()) == [0, 3]
     assert "budget 100 is more than the 2 candidates kept" in sel.messages[0]
-
-
-def test_more_clusters_than_kept_candidates_is_a_clear_error():
-    f, m = frac_mean(INFL)
-    with pytest.raises(ValueError, match="K = 3 clusters is more than the 2 kept candidates"):
-        select(f, m, np.eye(5, dtype=np.float32), IDS, SelectionConfig(rule="fraction", tau=1.0, clusters=3, budget=2))
-
-
-def test_clusterer_finds_planted_clusters():
-    rng = np.random.default_rng(0)
-    centres = rng.normal(size=(3, 32))
-    x = np.concatenate([c + 0.05 * rng.normal(size=(40, 32)) for c in centres])
-    labels = GradientClusterer(3, random_state=0).fit_predict(x)
-    for k in range(3):
-        assert len(set(labels[k * 40 : (k + 1) * 40].tolist())) == 1
-    assert len(set(labels.tolist())) == 3
 
 
 def test_baselines_rank_by_their_own_signal():

@@ -19,6 +19,8 @@ REPORT = DEMO_REPORT
 
 @dataclass
 class DemoConfig:
+    """Sizes, model and training of the demo; every field is part of its cache key."""
+
     out: str = "runs/demo"  # the finished run
     cache: str | None = None  # corpus and model; default $GDIG_CACHE or ~/.cache/gdig-studio/demo
     n_pool: int = 3000
@@ -46,6 +48,7 @@ class DemoConfig:
     seed_batch: int = 1
 
     def cache_dir(self) -> Path:
+        """Where this demo's corpus and model are cached: one folder per configuration."""
         root = self.cache or os.environ.get("GDIG_CACHE") or Path.home() / ".cache" / "gdig-studio"
         key = (
             f"demo-{self.n_pool}-{self.n_seeds}-{self.n_test}-{self.noise}-{self.seed}-{self.vocab}-"
@@ -72,6 +75,7 @@ class DemoConfig:
 
 
 def build_corpus(cfg: DemoConfig, cache: Path) -> dict[str, Path]:
+    """The pool, seed and test files, made once per configuration and reused."""
     from gdig.demo.corpus import make_corpus
 
     files = {name: cache / f"{name}.jsonl" for name in ("pool", "seeds", "test")}

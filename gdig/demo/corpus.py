@@ -7,17 +7,9 @@ from __future__ import annotations
 import datetime as dt
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
 
 CORRUPTIONS = ("misaligned", "untranslated", "wrong_language", "truncated", "repeated")
 LANGS = ("en", "de", "fr")
-
-
-@dataclass
-class Slots:
-    """Values for one sentence in every language."""
-
-    by_lang: dict[str, dict[str, str]]
 
 
 def _cldr():
@@ -79,28 +71,34 @@ class SlotMaker:
         return {lang: fn(lang) for lang in LANGS}
 
     def weekday(self):
+        """A weekday name in every language."""
         i = self.rng.randrange(7)
         return self._each(lambda lang: self.loc[lang].days["format"]["wide"][i])
 
     def month(self):
+        """A month name in every language."""
         i = self.rng.randrange(1, 13)
         return self._each(lambda lang: self.loc[lang].months["format"]["wide"][i])
 
     def country(self):
+        """A country name in every language."""
         c = self.rng.choice(self.countries)
         return self._each(lambda lang: self.loc[lang].territories[c])
 
     def language(self):
+        """A language name in every language."""
         c = self.rng.choice(self.languages)
         return self._each(lambda lang: self.loc[lang].languages[c])
 
     def date(self):
+        """A localised date in every language."""
         from babel.dates import format_date
 
         d = dt.date(2000, 1, 1) + dt.timedelta(days=self.rng.randrange(10_000))
         return self._each(lambda lang: format_date(d, format="long", locale=lang))
 
     def amount(self):
+        """A localised currency amount in every language."""
         from babel.numbers import format_decimal
 
         value = round(self.rng.uniform(1, 5000), self.rng.choice([0, 2]))
@@ -108,6 +106,7 @@ class SlotMaker:
         return self._each(lambda lang: f"{format_decimal(value, locale=lang)} {self.loc[lang].currencies[cur]}")
 
     def quantity(self):
+        """A localised quantity with its unit in every language."""
         from babel.units import format_unit
 
         value = self.rng.randrange(2, 500)
@@ -115,6 +114,7 @@ class SlotMaker:
         return self._each(lambda lang: format_unit(value, unit, locale=lang))
 
     def count(self):
+        """A number spelled out in every language."""
         from num2words import num2words
 
         n = self.rng.randrange(2, 100)

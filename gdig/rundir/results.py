@@ -21,6 +21,8 @@ class RunError(ValueError):
 
 @dataclass
 class RunResults:
+    """A finished run in memory: its config, tables, influence matrix and sketches."""
+
     path: Path
     config: dict[str, Any]
     candidates: pd.DataFrame

@@ -42,6 +42,7 @@ class Status:
         self.plan = {k: max(float(v), 0.0) for k, v in plan.items()}
 
     def job_fraction(self, stage: str, done: int, total: int) -> float:
+        """Share of the whole job done, by the plan's expected cost of each stage."""
         if stage == "done":
             return 1.0
         if stage not in self.plan or not sum(self.plan.values()):
@@ -52,6 +53,7 @@ class Status:
         return min((before + current) / sum(self.plan.values()), 1.0)
 
     def update(self, stage: str, done: int, total: int, error: str | None = None, force: bool = False) -> None:
+        """Record progress (written twice a second at most, and at stage boundaries); Cancelled when asked to stop."""
         now = time.time()
         previous = self.state.get("stage")
         if stage != previous:
@@ -141,6 +143,7 @@ def estimate(state: dict[str, Any]) -> Eta:
 
 
 def format_seconds(seconds: float) -> str:
+    """A duration as a person reads it: 4.2 s, 42 s, 4 min 02 s, 1 h 05 min."""
     if seconds < 10:
         return f"{seconds:.1f} s"
     seconds = int(round(seconds))

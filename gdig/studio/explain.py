@@ -9,16 +9,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from gdig.clusters import normalise_rows
 from gdig.influence import normalisation_divisor
 from gdig.rundir.layout import FACTORS, SEED_GRADS
 from gdig.rundir.results import RunResults
 from gdig.rundir.seeds import load_mean_direction
-from gdig.select import normalise_rows
 from gdig.studio.views import seed_members, seed_rows
 
 
 @dataclass
 class Explanation:
+    """Why one candidate was kept or rejected, as the Explore page shows it."""
+
     index: int
     id: str
     rank: int  # 1 = highest mean influence
@@ -37,6 +39,7 @@ class Explanation:
 def explain(
     run: RunResults, index: int, kept: np.ndarray | None = None, labels: np.ndarray | None = None, k: int = 5
 ) -> Explanation:
+    """The explanation of candidate `index`: rank, decision, seeds helped and hurt most, neighbours."""
     row = run.influence[index]
     order = np.argsort(-row, kind="stable")
     helps = order[:k][row[order[:k]] > 0]
@@ -78,6 +81,8 @@ def explain(
 
 @dataclass
 class TokenInfluence:
+    """Each token's contribution to one score, for the heatmap."""
+
     tokens: list[str]
     contributions: np.ndarray  # (T,), sums to `total`
     n_prompt: int  # the first n_prompt positions are the prompt

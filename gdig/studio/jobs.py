@@ -23,6 +23,8 @@ from gdig.rundir.status import clear_cancel, estimate, mark_starting, read_statu
 
 @dataclass
 class JobState:
+    """A job as the app shows it: stage, counters, rates and ETAs, running or finished or failed."""
+
     run_dir: Path
     stage: str
     done: int
@@ -37,10 +39,12 @@ class JobState:
 
     @property
     def fraction(self) -> float:
+        """Share of the current stage done."""
         return 0.0 if self.total <= 0 else min(1.0, self.done / self.total)
 
 
 def pid_alive(pid: int | None) -> bool:
+    """Whether a process is running (a zombie child counts as stopped)."""
     if not pid:
         return False
     try:
@@ -74,9 +78,10 @@ def start_new_run(root: str | Path, name: str, model: str, inputs: list, setting
     check fails (ValueError with the reason). `inputs` are the candidate and seed files: a path, or an upload as
     (file name, bytes), saved under root/.inputs/NAME."""
     from gdig.config import DataConfig
-    from gdig.data import DataError, load_dataset
+    from gdig.data import load_dataset
     from gdig.model_source import check_model_source
     from gdig.names import safe_file_name
+    from gdig.readers import DataError
 
     root = Path(root)
     run_dir = root / check_name(name, "run name")
@@ -164,6 +169,7 @@ def _job_pid(run_dir: Path) -> int | None:
 
 
 def job_state(run_dir: str | Path) -> JobState:
+    """The job of run_dir from its status.json and worker pid (a dead worker without an error is a failure)."""
     run_dir = Path(run_dir)
     st: dict[str, Any] = read_status(run_dir) or {}
     finished = st.get("stage") == "done" and not st.get("error")
@@ -234,6 +240,7 @@ def settings_summary(run_dir: Path) -> str:
 
 
 def folder_bytes(path: Path) -> int:
+    """Size on disk of every file under `path`."""
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 

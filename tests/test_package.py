@@ -1,0 +1,49 @@
+"""The shape of the package (docs/ARCHITECTURE.md): short modules, a docstring on every public function and class,
+no Streamlit in gdig/, and the formatter decides the layout."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULES = sorted((ROOT / "gdig").rglob("*.py"))
+MAX_LINES = 350
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_module_is_short_and_documents_every_public_name(path):
+    text = path.read_text()
+    assert len(text.splitlines()) <= MAX_LINES
+    tree = ast.parse(text)
+    assert ast.get_docstring(tree), "a module docstring that says why"
+    undocumented = []
+
+    def visit(node, prefix=""):
+        for n in getattr(node, "body", []):
+            if isinstance(n, ast.FunctionDef | ast.ClassDef) and not n.name.startswith("_"):
+                if not ast.get_docstring(n):
+                    undocumented.append(f"{prefix}{n.name} (line {n.lineno})")
+                if isinstance(n, ast.ClassDef):
+                    visit(n, f"{n.name}.")
+
+    visit(tree)
+    assert not undocumented
+
+
+def test_the_package_has_no_streamlit_and_the_formatter_decides():
+    for path in MODULES:
+        assert "import streamlit" not in path.read_text(), path
+    for folder in ("gdig", "app_pages", "bench", "tests"):
+        for path in (ROOT / folder).rglob("*.py"):
+            assert "fmt: " + "skip" not in path.read_text(), path
+
+
+def test_the_public_api_is_exported_with_an_example():
+    import gdig
+
+    for name in gdig.__all__:
+        assert getattr(gdig, name) is not None
+    assert "score(ScoreConfig(" in gdig.__doc__ and "select_run(run" in gdig.__doc__

@@ -1,0 +1,84 @@
+"""What the pages show (gdig.studio.views), on a hand-made run whose answers are known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gdig.rundir.results import RunResults
+from gdig.select import Selection, SelectionConfig
+from gdig.studio.views import (
+    candidate_table,
+    cluster_summary,
+    compare_with_random,
+    filter_candidates,
+    kept_mask,
+    legend_order,
+    map_sample,
+    seed_table,
+    threshold_lines,
+)
+
+
+@pytest.fixture
+def run(tmp_path) -> RunResults:
+    influence = np.array([[1.0, 2.0], [-1.0, 0.5], [0.5, 0.5], [-2.0, -1.0]], np.float32)
+    candidates = pd.DataFrame(
+        {
+            "id": ["a", "b", "c", "d"],
+            "loss": [0.5, 1.5, 1.0, 3.0],
+            "prompt": ["Cat", "dog", "Sun", "moon"],
+            "target": ["Katze", "Hund", "Sonne", "Mondschein"],
+        }
+    )
+    seeds = pd.DataFrame({"id": ["s0", "s1"], "prompt": ["p0", "p1"], "target": ["t0", "t1"]})
+    return RunResults(tmp_path, {"settings": {}}, candidates, seeds, influence, np.eye(4, dtype=np.float32))
+
+
+def test_kept_mask_and_threshold_lines_follow_the_rule(run):
+    mean_rule = SelectionConfig()
+    kept = kept_mask(run, mean_rule)
+    assert kept.tolist() == [True, False, True, False]
+    assert threshold_lines(run, mean_rule, kept) == (1.0, 0.0)  # the lowest kept fraction: both helped all
+    fraction = SelectionConfig(rule="fraction", tau=0.5)
+    kept = kept_mask(run, fraction)
+    assert kept.tolist() == [True, True, True, False]
+    assert threshold_lines(run, fraction, kept) == (0.5, pytest.approx(-0.25))
+    assert kept_mask(run, SelectionConfig(exclude=["a"], include=["d"])).tolist() == [False, False, True, True]
+
+
+def test_seed_table_puts_the_hardest_seed_first(run):
+    table = seed_table(run)
+    assert table["seed"].tolist() == ["s0", "s1"]  # s0 is helped by 2 of 4, s1 by 3 of 4
+    assert table["helped by (share of candidates)"].tolist() == [0.5, 0.75]
+    assert table["mean influence on it"].tolist() == pytest.approx([-0.375, 0.5])
+
+
+def test_cluster_summary_counts_selected_members_and_shows_the_best(run):
+    sel = Selection(np.array([0]), np.array([True, True, True, False]), np.array([0, 1, 0, -1]), np.zeros(4))
+    summary = cluster_summary(run, sel)
+    assert summary["cluster"].tolist() == [0, 1] and summary["size"].tolist() == [2, 1]
+    assert summary["selected"].tolist() == [1, 0] and summary["example"].tolist() == ["Katze", "Hund"]
+
+
+def test_filter_searches_both_texts_literally_and_sorts(run):
+    table = candidate_table(run, np.array(["selected", "kept", "kept", "rejected"]), np.array(["0", "1", "0", "-"]))
+    assert filter_candidates(table, "SON")["id"].tolist() == ["c"]  # case-insensitive, in the target
+    assert filter_candidates(table, "o", "kept", "loss")["id"].tolist() == ["c", "b"]
+    assert filter_candidates(table, ".*")["id"].tolist() == []  # literal, not a regex
+    assert filter_candidates(table)["id"].tolist() == ["a", "c", "b", "d"]  # best mean influence first
+
+
+def test_random_comparison_has_the_same_size(run):
+    sel = Selection(np.array([0, 2]), np.ones(4, bool), np.zeros(4, np.int64), np.zeros(4))
+    table, rnd, overlap = compare_with_random(run, sel, seed=0)
+    assert len(rnd) == 2 and 0 <= overlap <= 2 and table[""].tolist() == ["G-DIG", "random"]
+    assert table["mean influence (mean)"][0] == pytest.approx(1.0)
+
+
+def test_map_sample_and_legend_order():
+    assert map_sample(5, 10).tolist() == [0, 1, 2, 3, 4]
+    sample = map_sample(1000, 10, seed=1)
+    assert len(sample) == 10 and np.all(np.diff(sample) > 0) and np.array_equal(sample, map_sample(1000, 10, seed=1))
+    assert legend_order(np.array(["10", "2", "kept", "selected", "2"])) == ["2", "10", "kept", "selected"]
