@@ -10,24 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_pairs
-from gdig.atomic import write_jsonl
 from gdig.curvature import fit_curvature
-from gdig.data import load_dataset, tokenize_dataset
-from gdig.demo.tiny import build_tiny_model
 from gdig.hooks import GradientCapture, make_batches
-from gdig.model import find_tracked_modules
 from gdig.rundir.checkpoint import FitCheckpoint
 from gdig.rundir.status import Cancelled
-from reference import autograd_gradients, dense_inverse, token_statistics
+from reference import autograd_gradients, dense_inverse, tiny_layer_setup, token_statistics
 
 
 @pytest.fixture(scope="module")
 def setup(tokenizer, tmp_path_factory):
-    model = build_tiny_model("llama", tokenizer, hidden=16, ffn=24, heads=2)
-    path = write_jsonl(tmp_path_factory.mktemp("curvature") / "cands.jsonl", make_pairs(12, seed=5))
-    toks, _ = tokenize_dataset(tokenizer, load_dataset(path), 512)
-    tracked = find_tracked_modules(model)
+    model, tracked, toks = tiny_layer_setup(tokenizer, tmp_path_factory.mktemp("curvature"), n=12, seed=5)
     return model, tracked, toks, token_statistics(model, tracked, toks), autograd_gradients(model, tracked, toks)
 
 

@@ -7,22 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_pairs
-from gdig.atomic import write_jsonl
-from gdig.data import load_dataset, tokenize_dataset
-from gdig.demo.tiny import build_tiny_model
 from gdig.hooks import GradientCapture, make_batches
-from gdig.model import find_tracked_modules
 from gdig.sketch import Sketcher, module_sketch_shape
-from reference import autograd_gradients
+from reference import autograd_gradients, tiny_layer_setup
 
 
 @pytest.fixture(scope="module")
 def setup(tokenizer, tmp_path_factory):
-    model = build_tiny_model("llama", tokenizer, hidden=16, ffn=24, heads=2)
-    path = write_jsonl(tmp_path_factory.mktemp("sketch") / "cands.jsonl", make_pairs(9, seed=8))
-    toks, _ = tokenize_dataset(tokenizer, load_dataset(path), 512)
-    tracked = find_tracked_modules(model)
+    model, tracked, toks = tiny_layer_setup(tokenizer, tmp_path_factory.mktemp("sketch"), n=9, seed=8)
     return model, tracked, toks, autograd_gradients(model, tracked, toks)
 
 
