@@ -20,8 +20,14 @@ def test_names_that_could_escape_or_hide_are_refused(name):
 
 @pytest.mark.parametrize(
     ("upload", "saved"),
-    [("pool.jsonl", "pool.jsonl"), ("../../etc/passwd", "passwd"), ("C:\\data\\my pool.csv", "my_pool.csv"),
-     (".env", "env"), ("..", "upload"), ("a..b.jsonl", "a_b.jsonl")],
+    [
+        ("pool.jsonl", "pool.jsonl"),
+        ("../../etc/passwd", "passwd"),
+        ("C:\\data\\my pool.csv", "my_pool.csv"),
+        (".env", "env"),
+        ("..", "upload"),
+        ("a..b.jsonl", "a_b.jsonl"),
+    ],
 )
 def test_uploaded_file_names_are_reduced_to_one_safe_component(upload, saved):
     assert safe_file_name(upload) == saved
