@@ -78,6 +78,11 @@ class ScoreConfig:
         1024, "dimension of the gradient sketches clustered for diversity", label="Sketch dimension", minimum=16
     )
     seed_rank: int | None = option(None, "keep preconditioned seed gradients at this rank (large layers); none: dense")
+    seed_memory_mb: int | None = option(
+        None,
+        "memory for the preconditioned seeds: dense when they fit, else the largest rank that fits (default: a "
+        "quarter of available memory, at most 8192)",
+    )
     chunk_size: int = option(256, "candidates per resumable chunk", minimum=1)
     # Each save writes the factors' size in float64 (about 2x factors.safetensors).
     checkpoint_seconds: float = option(
@@ -130,6 +135,8 @@ class ScoreConfig:
             raise ValueError(f"--fit-cache-mb must be >= 0, got {self.fit_cache_mb}")
         if self.fit_examples is not None and self.fit_examples < 1:
             raise ValueError(f"--fit-examples must be >= 1, got {self.fit_examples}")
+        if self.seed_memory_mb is not None and self.seed_memory_mb < 1:
+            raise ValueError(f"--seed-memory-mb must be >= 1, got {self.seed_memory_mb}")
         if self.seed_rank is not None and self.seed_rank < 1:
             raise ValueError(f"--seed-rank must be >= 1, got {self.seed_rank}")
         if self.data.max_length < 2:

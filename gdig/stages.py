@@ -14,7 +14,7 @@ import torch
 from gdig.context import ScoreContext, by_length, factors_fingerprint, short_hash
 from gdig.curvature import Curvature, fit_curvature
 from gdig.hooks import Captured, GradientCapture, per_example_gradient
-from gdig.influence import Scorer, SeedGradients, group_seed_gradients, precondition_seeds
+from gdig.influence import Scorer, SeedBuilder, SeedGradients, group_seed_gradients
 from gdig.memory import captures_fit, free_memory_mb
 from gdig.rundir.checkpoint import FitCheckpoint
 from gdig.rundir.chunks import chunk_path, partial_dir, write_chunk
@@ -22,8 +22,7 @@ from gdig.rundir.layout import CONFIG, FACTORS, read_config, read_fingerprint, w
 from gdig.rundir.status import Status
 from gdig.sketch import Sketcher
 
-DENSE_SEED_LIMIT_BYTES = 4 << 30  # above this, seeds are kept at low rank unless --seed-rank says otherwise
-AUTO_SEED_RANK = 64
+SEED_WORK_BYTES = 1 << 30  # captured a and g of one chunk of seeds
 
 
 def fit_stage(ctx: ScoreContext, run_dir: Path, status: Status) -> Curvature:
@@ -115,32 +114,75 @@ def dampings_for(ctx: ScoreContext, cur: Curvature) -> dict[str, float]:
     return {t.name: cur.damping(t.name, ctx.cfg.damping, ctx.cfg.damping_relative) for t in ctx.tracked}
 
 
+def seed_ranks(ctx: ScoreContext, n_columns: int) -> dict[str, int | None]:
+    """The rank each module's seeds are kept at: --seed-rank when given; otherwise dense when all seeds fit in
+    --seed-memory-mb (auto: a quarter of the free memory, at most 8 GiB), else the largest common rank that
+    fits (per seed and token, a rank-r module costs r (d_in + d_out) multiply-adds to score)."""
+    if ctx.cfg.seed_rank is not None:
+        return dict.fromkeys(ctx.dims, ctx.cfg.seed_rank)
+    budget = ctx.cfg.seed_memory_mb
+    if budget is None:
+        budget = min(8192, free_memory_mb(ctx.device) // 4)
+    budget_bytes = budget * 2**20
+    if 4 * n_columns * sum(d_in * d_out for d_in, d_out in ctx.dims.values()) <= budget_bytes:
+        return dict.fromkeys(ctx.dims)
+    per_rank = 4 * n_columns * sum(d_in + d_out for d_in, d_out in ctx.dims.values())
+    return dict.fromkeys(ctx.dims, max(1, int(budget_bytes // per_rank)))
+
+
+def seed_chunks(ctx: ScoreContext) -> list[list[int]]:
+    """Seeds in chunks of whole --seed-batch groups, each chunk's captured activations and gradients within
+    SEED_WORK_BYTES (estimated from the token counts), so their memory does not grow with the number of seeds."""
+    k = ctx.cfg.seed_batch
+    per_token = 4 * sum(d_in + d_out for d_in, d_out in ctx.dims.values())
+    chunks, current, size = [], [], 0
+    for start in range(0, len(ctx.seed_tok), k):
+        group = list(range(start, min(start + k, len(ctx.seed_tok))))
+        cost = per_token * sum(len(ctx.seed_tok[i].input_ids) for i in group)
+        if current and size + cost > SEED_WORK_BYTES:
+            chunks.append(current)
+            current, size = [], 0
+        current, size = current + group, size + cost
+    return chunks + ([current] if current else [])
+
+
 def seed_stage(ctx: ScoreContext, cur: Curvature, dampings: dict[str, float], status: Status):
-    """Seed gradients, grouped by --seed-batch and preconditioned; also each seed's loss and token count."""
+    """Seed gradients, grouped by --seed-batch and preconditioned one (module, chunk) at a time; also each
+    seed's loss and token count, and the ranks used."""
     t0 = time.time()
-    m = len(ctx.seed_tok)
-    grads = {t.name: torch.zeros(m, t.d_out, t.d_in, device=ctx.device) for t in ctx.tracked}
+    m, k = len(ctx.seed_tok), ctx.cfg.seed_batch
+    n_columns = -(-m // k)
+    ranks = seed_ranks(ctx, n_columns)
+    builder = SeedBuilder(ctx.dims, n_columns, cur, dampings, ranks, ctx.device)
     loss, n_tok = np.zeros(m, np.float32), np.zeros(m, np.int64)
     status.update("seeds", 0, m, force=True)
     done = 0
     with GradientCapture(ctx.model, ctx.tracked) as capture:
-        for batch in ctx.batches(ctx.seed_tok, by_length(ctx.seed_tok)):
-            cap = capture.run(batch)
-            idx = torch.tensor(batch.index, device=ctx.device)
-            for name in grads:
-                grads[name][idx] = per_example_gradient(cap.acts[name], cap.grads[name])
-            loss[batch.index] = cap.loss.cpu().numpy()
-            n_tok[batch.index] = cap.n_target.cpu().numpy()
-            done += len(batch.index)
-            status.update("seeds", done, m)
-    grouped = group_seed_gradients(grads, ctx.cfg.seed_batch)
-    rank = ctx.cfg.seed_rank
-    dense_bytes = 4 * sum(g.numel() for g in grouped.values())
-    if rank is None and dense_bytes > DENSE_SEED_LIMIT_BYTES:
-        rank = AUTO_SEED_RANK
-    seeds = precondition_seeds(grouped, cur, dampings, rank)
+        for chunk in seed_chunks(ctx):
+            caps = []
+            for batch in ctx.batches(ctx.seed_tok, by_length(ctx.seed_tok, chunk)):
+                cap = capture.run(batch)
+                caps.append(_detached(cap))
+                loss[batch.index] = cap.loss.cpu().numpy()
+                n_tok[batch.index] = cap.n_target.cpu().numpy()
+                done += len(batch.index)
+                status.update("seeds", done, m)
+            _add_chunk(ctx, builder, caps, chunk)
     ctx.timings["seeds"] = time.time() - t0
-    return seeds, loss, n_tok, rank
+    rank = next(iter(ranks.values())) if len(set(ranks.values())) == 1 else None
+    return builder.finish(), loss, n_tok, rank
+
+
+def _add_chunk(ctx: ScoreContext, builder: SeedBuilder, caps: list[Captured], chunk: list[int]) -> None:
+    """Each module's per-example gradients for one chunk of seeds, grouped and handed to the builder."""
+    first = chunk[0]
+    for t in ctx.tracked:
+        grads = torch.zeros(len(chunk), t.d_out, t.d_in, device=ctx.device)
+        for cap in caps:
+            idx = torch.tensor(cap.index, device=ctx.device) - first
+            grads[idx] = per_example_gradient(cap.acts[t.name], cap.grads[t.name])
+        grouped = group_seed_gradients({t.name: grads}, ctx.cfg.seed_batch)[t.name]
+        builder.add(t.name, first // ctx.cfg.seed_batch, grouped)
 
 
 def score_stage(ctx: ScoreContext, scorer: Scorer, sketcher: Sketcher, run_dir: Path, status: Status) -> None:

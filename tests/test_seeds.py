@@ -1,0 +1,69 @@
+"""Seeds are never held dense: built one (module, chunk) at a time, kept at the rank a memory budget allows,
+their truncation error measured; at full rank, the same seeds as preconditioning all of them at once."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_influence import model, rel_err, run  # noqa: F401 - model is a fixture
+
+from gdig.curvature import Curvature
+from gdig.influence import SeedBuilder, low_rank, precondition_seeds
+
+
+def test_chunked_building_equals_all_at_once_bit_for_bit():
+    gen = torch.Generator().manual_seed(0)
+    grads = {"a": torch.randn(7, 5, 4, generator=gen), "b": torch.randn(7, 3, 6, generator=gen)}
+    cur = Curvature("identity")
+    whole = precondition_seeds(grads, cur, {"a": 0.0, "b": 0.0})
+    builder = SeedBuilder({"a": (4, 5), "b": (6, 3)}, 7, cur, {"a": 0.0, "b": 0.0}, {"a": None, "b": None})
+    for start, stop in ((0, 3), (3, 7)):
+        for name, g in grads.items():
+            builder.add(name, start, g[start:stop])
+    chunked = builder.finish()
+    assert torch.equal(chunked.dense["a"], whole.dense["a"]) and torch.equal(chunked.dense["b"], whole.dense["b"])
+    assert torch.allclose(chunked.self_influence, whole.self_influence, rtol=1e-6)
+
+
+def test_randomised_low_rank_is_as_good_as_the_exact_one():
+    gen = torch.Generator().manual_seed(1)
+    u, v = torch.randn(3, 600, 8, generator=gen), torch.randn(3, 8, 700, generator=gen)
+    m = u @ v + 1e-3 * torch.randn(3, 600, 700, generator=gen)  # rank 8 plus noise
+    fast, exact = low_rank(m, 8, exact_below=64), low_rank(m, 8, exact_below=10_000)
+    for us, s, w in (fast, exact):
+        assert us.shape == (3, 600, 8) and s.shape == (3, 8) and w.shape == (3, 700, 8)
+    err = [
+        torch.linalg.norm(m - (us * s[..., None, :]) @ w.transpose(-2, -1)) / torch.linalg.norm(m)
+        for us, s, w in (fast, exact)
+    ]
+    assert err[0] < 1.01 * err[1] + 1e-7 and err[1] < 1e-2
+    again = low_rank(m, 8, exact_below=64)
+    assert torch.equal(again[1], fast[1])  # reproducible
+
+
+def test_seeds_fit_the_budget_dense_and_chunking_changes_nothing(tmp_path, model, tokenizer, data_files, monkeypatch):
+    from gdig import stages
+
+    dense, _ = run(tmp_path, model, tokenizer, data_files, name="dense", damping=1e-3)
+    same, out = run(tmp_path, model, tokenizer, data_files, name="fits", damping=1e-3, seed_memory_mb=1)
+    assert np.array_equal(same, dense)  # 5 seeds of a tiny model fit in 1 MiB: dense, exact
+    assert json.loads((out / "config.json").read_text())["seed_rank"] is None
+    monkeypatch.setattr(stages, "SEED_WORK_BYTES", 1)  # one seed per chunk
+    chunked, _ = run(tmp_path, model, tokenizer, data_files, name="chunked", damping=1e-3)
+    assert rel_err(chunked, dense) < 1e-6
+
+
+@pytest.mark.parametrize(("budget_mb", "expected"), [(1000, None), (1, 2), (0.01, 1)])
+def test_seed_ranks_follow_the_budget(budget_mb, expected):
+    from types import SimpleNamespace
+
+    from gdig.stages import seed_ranks
+
+    dims = {"m1": (64, 128), "m2": (128, 64)}  # dense: 2 * 8192 * 4 bytes per seed = 64 KiB
+    cfg = SimpleNamespace(seed_rank=None, seed_memory_mb=budget_mb)
+    ctx = SimpleNamespace(cfg=cfg, dims=dims, device=torch.device("cpu"))
+    ranks = seed_ranks(ctx, n_columns=256)  # dense 16 MiB; rank r costs 256 * 2 * 192 * 4 * r bytes = 384 KiB * r
+    assert ranks == dict.fromkeys(dims, expected)
