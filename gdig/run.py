@@ -14,15 +14,16 @@ from typing import Any
 
 import numpy as np
 
+from gdig.atomic import atomic_path
 from gdig.config import ScoreConfig
 from gdig.context import ScoreContext, build_context, config_record, settings_fingerprint
 from gdig.influence import Scorer, mean_seed_direction
 from gdig.model_source import check_model_source
 from gdig.rundir.chunks import collect_chunks, remove_partial
-from gdig.rundir.layout import SEED_GRADS, UMAP, RunExistsError, prepare, write_config
+from gdig.rundir.layout import INFLUENCE, SEED_GRADS, SKETCH, UMAP, RunExistsError, prepare, write_config
 from gdig.rundir.seeds import save_mean_direction
 from gdig.rundir.status import Cancelled, Status
-from gdig.rundir.tables import records_table, write_results
+from gdig.rundir.tables import records_table, write_tables
 from gdig.sketch import Sketcher
 from gdig.stages import dampings_for, fit_stage, load_or_make_seeds, score_stage, umap_stage
 
@@ -113,9 +114,11 @@ def _run_stages(ctx: ScoreContext, run_dir: Path, status: Status) -> None:
 
 
 def finalize(ctx: ScoreContext, run_dir: Path, seed_loss, seed_ntok, extra: dict[str, Any]) -> None:
-    """Assemble the chunks into the final files; config.json says `finished` last, then partial/ goes."""
+    """Assemble the chunks into the final files (the matrices streamed to disk, never whole in memory);
+    config.json says `finished` last, then partial/ goes."""
     t0 = time.time()
-    merged = collect_chunks(run_dir, len(ctx.candidates))
+    with atomic_path(run_dir / INFLUENCE) as influence, atomic_path(run_dir / SKETCH) as sketch:
+        merged = collect_chunks(run_dir, len(ctx.candidates), {"influence": influence, "sketch": sketch})
     cand_cols = {"loss": merged["loss"], "n_tokens": merged["n_tokens"]}
     if "self_influence" in merged:
         cand_cols["self_influence"] = merged["self_influence"]
@@ -123,7 +126,7 @@ def finalize(ctx: ScoreContext, run_dir: Path, seed_loss, seed_ntok, extra: dict
     seed_cols = {"loss": seed_loss, "n_tokens": seed_ntok, "seed_batch": seed_batch}
     candidates = records_table(ctx.candidates, ctx.cand_tok, cand_cols)
     seeds = records_table(ctx.seeds, ctx.seed_tok, seed_cols)
-    write_results(run_dir, candidates, seeds, merged["sketch"], merged["influence"])
+    write_tables(run_dir, candidates, seeds)
     ctx.timings["finalize"] = time.time() - t0
     write_config(run_dir, config_record(ctx, extra | {"finished": True}))
     remove_partial(run_dir)

@@ -17,7 +17,7 @@ def compute_umap(sketch: np.ndarray, random_state: int = 0, fit_sample: int = FI
     transformed, so a large pool takes minutes rather than hours."""
     import umap
 
-    x = np.asarray(sketch, np.float32)
+    x = sketch  # may be memory-mapped: only the fitted sample and one block at a time are read
     n = len(x)
     if n < 4:  # UMAP needs a few neighbours; a tiny run gets a trivial layout
         return np.column_stack([np.arange(n, dtype=np.float32), np.zeros(n, np.float32)])
@@ -30,15 +30,15 @@ def compute_umap(sketch: np.ndarray, random_state: int = 0, fit_sample: int = FI
         n_jobs=1,
     )
     if n <= fit_sample:
-        return reducer.fit_transform(x).astype(np.float32)
+        return reducer.fit_transform(np.asarray(x, np.float32)).astype(np.float32)
     rng = np.random.default_rng(random_state)
     sample = np.sort(rng.choice(n, fit_sample, replace=False))
     emb = np.zeros((n, 2), np.float32)
-    emb[sample] = reducer.fit_transform(x[sample])
+    emb[sample] = reducer.fit_transform(np.asarray(x[sample], np.float32))
     rest = np.setdiff1d(np.arange(n), sample)
     for start in range(0, len(rest), 20_000):
         part = rest[start : start + 20_000]
-        emb[part] = reducer.transform(x[part])
+        emb[part] = reducer.transform(np.asarray(x[part], np.float32))
     return emb
 
 
@@ -47,6 +47,6 @@ def ensure_umap(run_dir: str | Path, random_state: int = 0) -> np.ndarray:
     path = Path(run_dir) / UMAP
     if path.exists():
         return np.load(path, allow_pickle=False)
-    emb = compute_umap(np.load(Path(run_dir) / SKETCH, allow_pickle=False), random_state)
+    emb = compute_umap(np.load(Path(run_dir) / SKETCH, mmap_mode="r", allow_pickle=False), random_state)
     save_npy_atomic(path, emb)
     return emb

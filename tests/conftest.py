@@ -87,3 +87,9 @@ def data_files(tmp_path) -> tuple[Path, Path]:
     cands = write_jsonl(tmp_path / "cands.jsonl", make_pairs(24, seed=2))
     seeds = write_jsonl(tmp_path / "seeds.jsonl", make_pairs(5, seed=3))
     return cands, seeds
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    """The maths tests' tiny Llama (hidden 16, MLP 32, 2 layers)."""
+    return build_tiny_model("llama", tokenizer, hidden=16, ffn=32, heads=2)

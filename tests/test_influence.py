@@ -17,11 +17,6 @@ from gdig.studio.explain import token_influence
 from reference import autograd_gradients, dense_inverse, token_statistics
 
 
-@pytest.fixture(scope="module")
-def model(tokenizer):
-    return build_tiny_model("llama", tokenizer, hidden=16, ffn=32, heads=2)
-
-
 def run(tmp_path, model, tokenizer, files, name="run", **settings):
     cands, seeds = files
     cfg = ScoreConfig(

@@ -61,6 +61,40 @@ def test_chunks_are_placed_at_their_rows_and_a_missing_one_is_refused(tmp_path):
     assert merged["influence"][:, 0].tolist() == [0.0, 1.0, 2.0, 3.0] and set(merged) == {"influence"}
 
 
+def test_large_arrays_stream_to_npy_files_that_equal_np_save(tmp_path):
+    rng = np.random.default_rng(0)
+    influence, sketch = rng.normal(size=(5, 3)).astype(np.float32), rng.normal(size=(5, 4)).astype(np.float32)
+    for i, rows in enumerate(([4, 1], [0, 2, 3])):
+        arrays = {"influence": influence[rows], "sketch": sketch[rows], "loss": np.arange(len(rows), dtype=np.float32)}
+        write_chunk(tmp_path, i, {"index": np.array(rows)} | arrays)
+    streamed = {"influence": tmp_path / "influence.npy", "sketch": tmp_path / "sketch.npy"}
+    rest = collect_chunks(tmp_path, 5, streamed)
+    assert set(rest) == {"loss"} and rest["loss"].tolist() == [0.0, 1.0, 1.0, 2.0, 0.0]
+    np.save(tmp_path / "expected.npy", influence)
+    assert (tmp_path / "influence.npy").read_bytes() == (tmp_path / "expected.npy").read_bytes()
+    assert np.array_equal(np.load(tmp_path / "sketch.npy"), sketch)
+
+
+def test_a_finished_run_is_read_memory_mapped_with_exact_statistics(tmp_path):
+    import pandas as pd
+
+    from gdig.rundir.results import load_run
+
+    rng = np.random.default_rng(1)
+    influence = rng.normal(size=(70_000, 3)).astype(np.float32)  # more rows than one block of 65,536
+    np.save(tmp_path / "influence.npy", influence)
+    np.save(tmp_path / "sketch.npy", np.ones((70_000, 2), np.float32))
+    pd.DataFrame({"id": np.arange(70_000)}).to_parquet(tmp_path / "candidates.parquet")
+    pd.DataFrame({"id": ["s0", "s1", "s2"]}).to_parquet(tmp_path / "seeds.parquet")
+    write_config(tmp_path, {"finished": True})
+    run = load_run(tmp_path)
+    assert isinstance(run.influence, np.memmap) and isinstance(run.sketch, np.memmap)
+    assert np.array_equal(run.mean_influence, influence.mean(axis=1, dtype=np.float64).astype(np.float32))
+    assert np.array_equal(run.frac_helped, (influence > 0).mean(axis=1, dtype=np.float64).astype(np.float32))
+    helped, mean = run.column_statistics
+    assert np.allclose(helped, (influence > 0).mean(axis=0)) and np.allclose(mean, influence.mean(axis=0), atol=1e-6)
+
+
 def test_seed_gradients_round_trip_bit_for_bit(tmp_path):
     gen = torch.Generator().manual_seed(0)
     seeds = SeedGradients(

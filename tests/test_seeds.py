@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_influence import model, rel_err, run  # noqa: F401 - model is a fixture
+from test_influence import rel_err, run
 
 from gdig.curvature import Curvature
 from gdig.influence import SeedBuilder, low_rank, precondition_seeds

@@ -28,8 +28,11 @@ def write_chunk(run_dir: str | Path, i: int, arrays: dict[str, np.ndarray]) -> N
     save_npz_atomic(chunk_path(run_dir, i), **arrays)
 
 
-def collect_chunks(run_dir: str | Path, n: int) -> dict[str, np.ndarray]:
-    """Every chunk's arrays placed at their candidates' rows; refuses a run with a candidate missing."""
+def collect_chunks(run_dir: str | Path, n: int, stream: dict[str, Path] | None = None) -> dict[str, np.ndarray]:
+    """Every chunk's arrays placed at their candidates' rows; refuses a run with a candidate missing. The arrays
+    named in `stream` (the N x M influence, the sketches) are written straight into those .npy files as float32,
+    memory-mapped, so the whole matrix is never held in memory; the others are returned."""
+    stream = stream or {}
     files = sorted(partial_dir(run_dir).glob("chunk_*.npz"))
     merged: dict[str, np.ndarray] = {}
     seen = np.zeros(n, bool)
@@ -41,12 +44,20 @@ def collect_chunks(run_dir: str | Path, n: int) -> dict[str, np.ndarray]:
                     continue
                 arr = z[key]
                 if key not in merged:
-                    merged[key] = np.zeros((n, *arr.shape[1:]), arr.dtype)
+                    merged[key] = _target(stream.get(key), (n, *arr.shape[1:]), arr.dtype)
                 merged[key][idx] = arr
             seen[idx] = True
     if not seen.all():
         raise RuntimeError(f"{int((~seen).sum())} candidates have no score; the run is incomplete")
+    for key in stream:
+        merged.pop(key).flush()
     return merged
+
+
+def _target(path: Path | None, shape: tuple[int, ...], dtype) -> np.ndarray:
+    if path is None:
+        return np.zeros(shape, dtype)
+    return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
 
 
 def remove_partial(run_dir: str | Path) -> None:

@@ -21,14 +21,15 @@ class RunError(ValueError):
 
 @dataclass
 class RunResults:
-    """A finished run in memory: its config, tables, influence matrix and sketches."""
+    """A finished run: its config and tables in memory; the influence matrix and sketches memory-mapped (read
+    from disk as they are used, so a 1,000,000 x 256 run opens in seconds and one row or column costs its own bytes)."""
 
     path: Path
     config: dict[str, Any]
     candidates: pd.DataFrame
     seeds: pd.DataFrame
-    influence: np.ndarray  # (N, M) float32
-    sketch: np.ndarray  # (N, d)
+    influence: np.ndarray  # (N, M) float32, memory-mapped
+    sketch: np.ndarray  # (N, d), memory-mapped
 
     @property
     def n(self) -> int:
@@ -43,17 +44,42 @@ class RunResults:
     @cached_property
     def frac_helped(self) -> np.ndarray:
         """Fraction of seed columns with I(z, s) > 0, per candidate: the G-DIG quality statistic."""
-        return (self.influence > 0).mean(axis=1, dtype=np.float64).astype(np.float32)
+        return self._row_statistics()[0]
 
     @cached_property
     def mean_influence(self) -> np.ndarray:
         """Mean influence over seed columns, per candidate: the default quality statistic."""
-        return self.influence.mean(axis=1, dtype=np.float64).astype(np.float32)
+        return self._row_statistics()[1]
+
+    @cached_property
+    def column_statistics(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per seed column: the share of candidates that help it and their mean influence on it."""
+        helped, total = np.zeros(self.influence.shape[1]), np.zeros(self.influence.shape[1])
+        for rows in _blocks(self.n):
+            block = np.asarray(self.influence[rows], np.float64)
+            helped += (block > 0).sum(axis=0)
+            total += block.sum(axis=0)
+        return helped / max(self.n, 1), total / max(self.n, 1)
+
+    def _row_statistics(self) -> tuple[np.ndarray, np.ndarray]:
+        if "_rows" not in self.__dict__:  # both in one read of the matrix, a block of rows at a time
+            frac, mean = np.zeros(self.n, np.float32), np.zeros(self.n, np.float32)
+            for rows in _blocks(self.n):
+                block = self.influence[rows]
+                frac[rows] = (block > 0).mean(axis=1, dtype=np.float64)
+                mean[rows] = block.mean(axis=1, dtype=np.float64)
+            self.__dict__["_rows"] = (frac, mean)
+        return self.__dict__["_rows"]
 
     @property
     def fingerprint(self) -> dict[str, str]:
         """Fingerprints of the model, data and settings the run was made with (recorded in exports)."""
         return self.config.get("fingerprints", {})
+
+
+def _blocks(n: int, size: int = 1 << 16):
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
 
 
 def load_run(path: str | Path) -> RunResults:
@@ -67,8 +93,8 @@ def load_run(path: str | Path) -> RunResults:
         raise RunError(f"{run}: missing {', '.join(missing)}; the run has not finished ({status})")
     try:
         config = json.loads((run / CONFIG).read_text())
-        influence = np.load(run / INFLUENCE, allow_pickle=False)
-        sketch = np.load(run / SKETCH, allow_pickle=False)
+        influence = np.load(run / INFLUENCE, mmap_mode="r", allow_pickle=False)
+        sketch = np.load(run / SKETCH, mmap_mode="r", allow_pickle=False)
         candidates = pd.read_parquet(run / CANDIDATES)
         seeds = pd.read_parquet(run / SEEDS)
     except (ValueError, OSError, json.JSONDecodeError) as e:

@@ -1,5 +1,4 @@
-"""The final files of a run: candidates.parquet and seeds.parquet (id, loss, n_tokens, the input fields) and the
-influence and sketch arrays, each written atomically."""
+"""The tables of a finished run: candidates.parquet and seeds.parquet (id, loss, n_tokens, the input fields)."""
 
 from __future__ import annotations
 
@@ -9,8 +8,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gdig.atomic import atomic_path, save_npy_atomic
-from gdig.rundir.layout import CANDIDATES, INFLUENCE, SEEDS, SKETCH
+from gdig.atomic import atomic_path
+from gdig.rundir.layout import CANDIDATES, SEEDS
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -42,12 +41,10 @@ def records_table(ds: Dataset, tok: list[TokenizedExample], columns: dict[str, n
     return table
 
 
-def write_results(run_dir: Path, candidates: pa.Table, seeds: pa.Table, sketch: np.ndarray, influence: np.ndarray):
-    """The two tables and the two arrays (float32) of a finished run."""
+def write_tables(run_dir: Path, candidates: pa.Table, seeds: pa.Table) -> None:
+    """candidates.parquet and seeds.parquet, each written atomically."""
     import pyarrow.parquet as pq
 
     for name, table in ((CANDIDATES, candidates), (SEEDS, seeds)):
         with atomic_path(run_dir / name) as tmp:
             pq.write_table(table, tmp)
-    save_npy_atomic(run_dir / SKETCH, sketch.astype(np.float32))
-    save_npy_atomic(run_dir / INFLUENCE, influence.astype(np.float32))

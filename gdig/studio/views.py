@@ -40,11 +40,12 @@ def seed_table(run: RunResults) -> pd.DataFrame:
     seeds that few candidates help decide the tau = 1 rule)."""
     m = run.influence.shape[1]
     members = [seed_members(run, j) for j in range(m)]
+    helped, mean = run.column_statistics
     table = pd.DataFrame(
         {
             "seed": [seed_label(s) for s in members],
-            "helped by (share of candidates)": (run.influence > 0).mean(axis=0),
-            "mean influence on it": run.influence.mean(axis=0),
+            "helped by (share of candidates)": helped,
+            "mean influence on it": mean,
             "target": [seed_label(s, "target") for s in members],
         }
     )
