@@ -17,6 +17,14 @@ def _add_score(sub) -> None:
     add_options(p, DataConfig)
     p.add_argument("--resume", action="store_true", help="continue a killed run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars and no summary")
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the memory and time plan per stage and stop "
+        "(nothing is written); a folder with only config.json is planned on the meta device",
+    )
+    p.add_argument("--plan-memory-gb", type=float, help="plan for this much device memory (default: this device's)")
+    p.add_argument("--no-memory-check", action="store_true", help="start even when the plan says it will not fit")
 
 
 def score_config_from_args(a: argparse.Namespace) -> ScoreConfig:
@@ -24,6 +32,17 @@ def score_config_from_args(a: argparse.Namespace) -> ScoreConfig:
     data = from_args(DataConfig, a, prompt_template=unescape(a.prompt_template))
     relative = None if a.damping is not None else a.damping_relative
     return from_args(ScoreConfig, a, damping_relative=relative, data=data)
+
+
+def print_plan(cfg: ScoreConfig, memory_gb: float | None) -> None:
+    """`gdig score --plan`: the plan per stage, and when it does not fit, what each knob would save."""
+    from gdig.plan import advice, format_plan
+    from gdig.run import make_plan
+
+    plan = make_plan(cfg, memory_gb)
+    print(format_plan(plan))
+    if not plan.fits:
+        print("to fit, try:\n  " + "\n  ".join(advice(plan, cfg)))
 
 
 def unescape(text: str) -> str:
@@ -178,14 +197,16 @@ def main(argv: list[str] | None = None) -> int:
     _add_demo(sub)
     args = parser.parse_args(argv)
     try:
-        if args.command == "score":
+        if args.command == "score" and args.plan:
+            print_plan(score_config_from_args(args), args.plan_memory_gb)
+        elif args.command == "score":
             from gdig.run import score
             from gdig.rundir.status import read_status, summary_line
 
             cfg = score_config_from_args(args)
             progress = _Progress(args.quiet)
             try:
-                run_dir = score(cfg, resume=args.resume, on_progress=progress)
+                run_dir = score(cfg, resume=args.resume, on_progress=progress, memory_check=not args.no_memory_check)
             finally:
                 progress.close()
             if not args.quiet:

@@ -18,7 +18,9 @@ from gdig.atomic import atomic_path
 from gdig.config import ScoreConfig
 from gdig.context import ScoreContext, build_context, config_record, settings_fingerprint
 from gdig.influence import Scorer, mean_seed_direction
+from gdig.memory import free_memory_mb
 from gdig.model_source import check_model_source
+from gdig.plan import Plan, advice, plan_run, resident_bytes
 from gdig.rundir.chunks import collect_chunks, remove_partial
 from gdig.rundir.layout import INFLUENCE, SEED_GRADS, SKETCH, UMAP, RunExistsError, prepare, write_config
 from gdig.rundir.seeds import save_mean_direction
@@ -42,6 +44,72 @@ def job_plan(cfg: ScoreConfig, n_candidates: int, n_seeds: int) -> dict[str, flo
     return plan
 
 
+def has_weights(model: str) -> bool:
+    """Whether a model folder holds weights (a folder with only config.json is planned on the meta device)."""
+    folder = Path(model)
+    return not folder.is_dir() or any(next(folder.glob(p), None) for p in ("*.safetensors", "*.bin", "*.gguf", "*.pt"))
+
+
+def make_plan(cfg: ScoreConfig, memory_gb: float | None = None, model=None, tokenizer=None) -> Plan:
+    """The memory and time plan of `gdig score` with these settings (nothing is written): a short probe with
+    the real model, or the meta device for a config-only folder. `memory_gb`: plan for that much memory."""
+    import torch
+
+    from gdig.probe import meta_workload, workload_from_context
+
+    if model is None and not has_weights(cfg.model):
+        dtype = torch.bfloat16 if cfg.dtype in ("auto", "bfloat16") else getattr(torch, cfg.dtype)
+        w, meta = meta_workload(cfg, cfg.model, dtype)
+        device = torch.device("cuda" if cfg.device == "auto" else cfg.device)
+        plan = plan_run(cfg, w, _available(device, memory_gb))
+        plan.notes.append(f"{cfg.model} has no weights: built on the meta device in {dtype}, 4 characters per token")
+        return plan
+    if model is None:
+        check_model_source(cfg.model)
+    ctx = build_context(cfg, model, tokenizer)
+    w = workload_from_context(ctx, runtime_bytes(ctx), probe=True)
+    return plan_run(cfg, w, _available(ctx.device, memory_gb))
+
+
+def runtime_bytes(ctx: ScoreContext) -> int:
+    """What the process holds besides the model once the context is loaded (interpreter, libraries, data); 0 on
+    a GPU, whose memory holds only the model and the work."""
+    from gdig.probe import model_bytes
+
+    return 0 if ctx.device.type == "cuda" else max(resident_bytes() - model_bytes(ctx.model), 0)
+
+
+def _available(device, memory_gb: float | None) -> float:
+    """Memory the plan may use: as given, the GPU's total, or this machine's available memory plus what this
+    process already holds."""
+    import torch
+
+    if memory_gb is not None:
+        return memory_gb * 2**30
+    if device.type == "cuda":
+        return float(torch.cuda.mem_get_info(device)[1]) if torch.cuda.is_available() else 0.0
+    return float(free_memory_mb(device)) * 2**20 + resident_bytes()
+
+
+def check_memory(ctx: ScoreContext) -> None:
+    """Refuse, before any stage runs, a job whose plan (without a probe) does not fit, naming the knobs."""
+    from gdig.probe import workload_from_context
+
+    plan = plan_run(ctx.cfg, workload_from_context(ctx, runtime_bytes(ctx), probe=False), _available(ctx.device, None))
+    if not plan.fits:
+        stage, peak = plan.worst
+        tips = "\n  ".join(advice(plan, ctx.cfg))
+        raise MemoryPlanError(
+            f"this run needs about {peak / 2**30:.1f} GiB at {stage} but {plan.available_bytes / 2**30:.1f} GiB is "
+            f"available; nothing was computed. Options:\n  {tips}\n(`gdig score ... --plan` shows the whole plan; "
+            "--no-memory-check runs anyway)"
+        )
+
+
+class MemoryPlanError(ValueError):
+    """A run that would not fit in memory, said before it starts."""
+
+
 def score(
     cfg: ScoreConfig,
     resume: bool = False,
@@ -49,6 +117,7 @@ def score(
     tokenizer=None,
     on_progress: Callable[[dict], None] | None = None,
     status: Status | None = None,
+    memory_check: bool = True,
 ) -> Path:
     """Run every stage of `gdig score` into cfg.out; returns the run directory. A caller with a longer job (the
     demo) passes its own `status`, whose plan already holds these stages."""
@@ -63,6 +132,8 @@ def score(
         t0 = time.time()
         ctx = build_context(cfg, model, tokenizer)
         ctx.timings["load"] = time.time() - t0
+        if memory_check:
+            check_memory(ctx)
         if own_status:
             status.set_plan(job_plan(cfg, len(ctx.candidates), len(ctx.seeds)))
         if saved is None or not _resume_finished(ctx, run_dir, saved, status):

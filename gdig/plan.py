@@ -1,0 +1,250 @@
+"""A memory and time plan before a long run (`gdig score --plan`): per stage, the bytes each part needs (model,
+activations and captures of one batch, reused captures, factors, seeds at their rank, result buffers) and a
+time estimate from a short probe; and when the plan does not fit, which knob saves how much.
+
+Works for models too large for this machine: built on the meta device from their config (no weights), where
+the activations come from a formula instead of the probe and token counts from the text length."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from gdig.config import ScoreConfig
+
+STAGES = ("load", "fit_covariance", "fit_eigen", "seeds", "score", "finalize")
+GiB = 2**30
+
+
+@dataclass
+class Workload:
+    """What a run will process: tracked module sizes, model bytes and token counts (padded, in batch order)."""
+
+    dims: dict[str, tuple[int, int]]
+    model_bytes: int
+    runtime_bytes: int  # the process before the model (interpreter, libraries)
+    cand_batches: list[int]  # padded tokens of each candidate batch
+    seed_tokens: int
+    n_candidates: int
+    n_seeds: int
+    activation_bytes_per_token: float  # forward + backward of the model, per padded token of a batch
+    seconds_per_token: float | None = None  # from the probe
+
+
+@dataclass
+class Plan:
+    """Bytes per stage and part, the time per stage, and the memory the device has."""
+
+    stages: dict[str, dict[str, float]]
+    seconds: dict[str, float]
+    available_bytes: float
+    seed_rank: int | None
+    notes: list[str] = field(default_factory=list)
+
+    def peak(self, stage: str) -> float:
+        """The most memory stage `stage` holds at once."""
+        return sum(self.stages[stage].values())
+
+    @property
+    def worst(self) -> tuple[str, float]:
+        """The stage with the highest peak, and that peak."""
+        stage = max(self.stages, key=self.peak)
+        return stage, self.peak(stage)
+
+    @property
+    def fits(self) -> bool:
+        """Whether every stage's peak fits in the memory available."""
+        return self.worst[1] <= self.available_bytes
+
+
+def plan_run(cfg: ScoreConfig, w: Workload, available_bytes: float) -> Plan:
+    """The plan of `gdig score` with these settings on this workload."""
+    per_token_capture = 4 * sum(d_in + d_out for d_in, d_out in w.dims.values())
+    biggest = max(w.cand_batches, default=0)
+    batch = {
+        "activations (one batch)": w.activation_bytes_per_token * biggest,
+        "captures (one batch)": per_token_capture * biggest,
+    }
+    sq = sum(d_in * d_in + d_out * d_out for d_in, d_out in w.dims.values())
+    rect = sum(d_in * d_out for d_in, d_out in w.dims.values())
+    factors = 4 * (sq + rect) if cfg.hessian != "identity" else 0
+    reuse = _reused_captures(cfg, w, per_token_capture, available_bytes)
+    rank, seeds = _seed_bytes(cfg, w, available_bytes)
+    base = {"runtime": w.runtime_bytes, "model": w.model_bytes}
+    stages = {"load": dict(base)}
+    if cfg.hessian != "identity":
+        stages["fit_covariance"] = base | batch | {"reused captures": reuse, "factor sums (float64)": 8 * sq}
+        if cfg.hessian == "ekfac":
+            stages["fit_eigen"] = (
+                base | batch | {"reused captures": reuse, "factors": factors, "eigenvalue sums (float64)": 8 * rect}
+            )
+    seed_work = min(1 << 30, per_token_capture * w.seed_tokens) + 3 * 4 * w.n_seeds * max(
+        (d_in * d_out for d_in, d_out in w.dims.values()), default=0
+    ) / max(1, _seed_chunks(w, per_token_capture))
+    stages["seeds"] = (
+        base | batch | {"reused captures": reuse, "factors": factors, "seeds": seeds, "seed chunk work": seed_work}
+    )
+    grad = 4 * cfg.batch_size * max((d_in * d_out for d_in, d_out in w.dims.values()), default=0)
+    buffers = 4 * cfg.chunk_size * (w.n_seeds + cfg.sketch_dim + 4)
+    stages["score"] = (
+        base
+        | batch
+        | {
+            "reused captures": reuse,
+            "factors": factors,
+            "seeds": seeds,
+            "per-example gradient (one module)": grad,
+            "chunk buffers": buffers,
+        }
+    )
+    stages["finalize"] = base | {"factors": factors, "seeds": seeds, "result columns": 64 * w.n_candidates}
+    notes = [] if w.seconds_per_token else ["no probe (no weights): time not estimated"]
+    return Plan(stages, _seconds(cfg, w, reuse > 0), available_bytes, rank, notes)
+
+
+def _reused_captures(cfg: ScoreConfig, w: Workload, per_token: float, available: float) -> float:
+    """Bytes of the fit pass's captures kept for reuse (the same rule as the fit stage's)."""
+    total = per_token * sum(w.cand_batches)
+    budget = cfg.fit_cache_mb * 2**20 if cfg.fit_cache_mb is not None else min(8 * GiB, available / 3)
+    useful = cfg.hessian == "ekfac" or cfg.fit_examples is None
+    return total if useful and cfg.hessian != "identity" and total <= budget else 0.0
+
+
+def _seed_bytes(cfg: ScoreConfig, w: Workload, available: float) -> tuple[int | None, float]:
+    """The seeds' rank (None: dense) and bytes, by the seed stage's own rule."""
+    columns = -(-w.n_seeds // cfg.seed_batch)
+    dense = 4 * columns * sum(d_in * d_out for d_in, d_out in w.dims.values())
+    per_rank = 4 * columns * sum(d_in + d_out for d_in, d_out in w.dims.values())
+    if cfg.seed_rank is not None:
+        return cfg.seed_rank, min(dense, per_rank * cfg.seed_rank)
+    budget = cfg.seed_memory_mb * 2**20 if cfg.seed_memory_mb is not None else min(8 * GiB, available / 4)
+    if dense <= budget:
+        return None, dense
+    rank = max(1, int(budget // per_rank))
+    return rank, per_rank * rank
+
+
+def _seed_chunks(w: Workload, per_token: float) -> int:
+    return max(1, int(-(-per_token * w.seed_tokens // (1 << 30))))
+
+
+def _seconds(cfg: ScoreConfig, w: Workload, reused: bool) -> dict[str, float]:
+    """Seconds per stage from the probe's seconds per padded token (model passes only)."""
+    if not w.seconds_per_token:
+        return {}
+    tokens = sum(w.cand_batches)
+    fit_share = min(cfg.fit_examples or w.n_candidates, w.n_candidates) / max(w.n_candidates, 1)
+    one_pass = w.seconds_per_token * tokens
+    out = {"fit_covariance": one_pass * fit_share} if cfg.hessian != "identity" else {}
+    if cfg.hessian == "ekfac":
+        out["fit_eigen"] = 0.1 * one_pass if reused else one_pass * fit_share
+    out["seeds"] = w.seconds_per_token * w.seed_tokens * 1.5
+    out["score"] = 0.3 * one_pass if reused and fit_share == 1 else one_pass
+    return out
+
+
+MODULE_PARTS = (
+    "captures (one batch)",
+    "reused captures",
+    "factor sums (float64)",
+    "factors",
+    "eigenvalue sums (float64)",
+    "seeds",
+    "seed chunk work",
+)
+
+
+def advice(plan: Plan, cfg: ScoreConfig) -> list[str]:
+    """What each knob would save at the worst stage, largest first."""
+    stage, _ = plan.worst
+    parts = plan.stages[stage]
+    batch = parts.get("activations (one batch)", 0) + parts.get("captures (one batch)", 0)
+    per_module = sum(parts.get(k, 0) for k in MODULE_PARTS)
+    tips = [
+        (
+            per_module / 2,
+            "--modules tracking half of the layers: captures, factors and seeds scale with the tracked modules' sizes",
+        ),
+        (
+            batch / 2,
+            f"--batch-size {max(1, cfg.batch_size // 2)} (or a --token-budget): halves one batch's "
+            "activations and captures",
+        ),
+        (
+            parts.get("seeds", 0) * 0.75,
+            "--seed-rank (a quarter of the current rank) or a smaller "
+            "--seed-memory-mb: seeds at a quarter of their size",
+        ),
+        (parts.get("reused captures", 0), "--fit-cache-mb 0: recompute captures instead of keeping them"),
+    ]
+    if cfg.dtype == "float32":
+        tips.append((parts.get("model", 0) / 2, "--dtype bfloat16 (on a GPU): halves the model and its activations"))
+    return [f"{text}: saves about {_fmt(saved)}" for saved, text in sorted(tips, reverse=True) if saved > 0]
+
+
+def format_plan(plan: Plan) -> str:
+    """The plan as a table a person reads: one line per stage and its parts, then time and the verdict."""
+    lines = [f"memory available: {_fmt(plan.available_bytes)}"]
+    for stage, parts in plan.stages.items():
+        secs = plan.seconds.get(stage)
+        when = f", about {secs:,.0f} s" if secs is not None else ""
+        lines.append(f"{stage:15s} {_fmt(plan.peak(stage)):>10s}{when}")
+        lines += [f"    {name:34s} {_fmt(b):>10s}" for name, b in parts.items() if b > 0]
+    seeds = "dense" if plan.seed_rank is None else f"rank {plan.seed_rank}"
+    stage, peak = plan.worst
+    verdict = "fits" if plan.fits else "DOES NOT FIT"
+    lines.append(f"seeds kept {seeds}; peak {_fmt(peak)} at {stage}: {verdict}")
+    return "\n".join(lines + [f"note: {n}" for n in plan.notes])
+
+
+def _fmt(n: float) -> str:
+    return f"{n / GiB:.2f} GiB" if n >= GiB / 10 else f"{n / 2**20:.1f} MiB"
+
+
+class PeakSampler:
+    """The highest resident memory of this process while the block runs (sampled every millisecond), or on a
+    GPU the highest allocated memory; in bytes."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.peak, self._stop = device, 0, threading.Event()
+
+    def __enter__(self) -> PeakSampler:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self.peak = resident_bytes()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.001):
+            self.peak = max(self.peak, resident_bytes())
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            self.peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, resident_bytes())
+
+
+def resident_bytes() -> int:
+    """This process's resident memory (Linux /proc; 0 where it cannot be read)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def timed(fn) -> float:
+    """Seconds one call of fn takes."""
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0

@@ -1,0 +1,119 @@
+"""The workload a plan is made for (gdig.plan): from a loaded context, with a short probe of the longest batches
+for the activations' memory and the time per token; or from a model's config alone, built on the meta device
+(no weights, nothing allocated), for models too large for this machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from gdig.config import ScoreConfig
+from gdig.context import ScoreContext, by_length
+from gdig.hooks import GradientCapture
+from gdig.plan import PeakSampler, Workload, resident_bytes, timed
+
+PROBE_BATCHES = 2
+
+
+def padded_batches(lengths: list[int], batch_size: int, token_budget: int | None) -> list[int]:
+    """Padded tokens of each batch, for lengths already in batch order (the grouping of hooks.make_batches)."""
+    out, width, count = [], 0, 0
+    for n in lengths:
+        new_width = max(width, n)
+        full = count >= batch_size if token_budget is None else new_width * (count + 1) > token_budget
+        if count and full:
+            out.append(width * count)
+            width, count, new_width = 0, 0, n
+        width, count = new_width, count + 1
+    return out + ([width * count] if count else [])
+
+
+def model_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the parameters and buffers, in their dtype (meta tensors count the same)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def workload_from_context(ctx: ScoreContext, runtime_bytes: int, probe: bool = True) -> Workload:
+    """The run's workload; with `probe`, the activations and time measured on the longest batches."""
+    cfg = ctx.cfg
+    cand = [len(ctx.cand_tok[i].input_ids) for i in by_length(ctx.cand_tok)]
+    w = Workload(
+        dims=ctx.dims,
+        model_bytes=model_bytes(ctx.model),
+        runtime_bytes=runtime_bytes,
+        cand_batches=padded_batches(cand, cfg.batch_size, cfg.token_budget),
+        seed_tokens=sum(len(t.input_ids) for t in ctx.seed_tok),
+        n_candidates=len(ctx.cand_tok),
+        n_seeds=len(ctx.seed_tok),
+        activation_bytes_per_token=activation_formula(ctx.model),
+    )
+    if probe and w.cand_batches:
+        _probe(ctx, w)
+    return w
+
+
+def _probe(ctx: ScoreContext, w: Workload) -> None:
+    """Run the longest batches: their peak memory above the model gives the activations per token, and the
+    later batch's time the seconds per padded token (the first pays for warm-up)."""
+    batches = list(_first(ctx.batches(ctx.cand_tok, by_length(ctx.cand_tok)), PROBE_BATCHES))
+    per_token_capture = 4 * sum(d_in + d_out for d_in, d_out in w.dims.values())
+    with GradientCapture(ctx.model, ctx.tracked) as capture:
+        before = resident_bytes() if ctx.device.type != "cuda" else torch.cuda.memory_allocated(ctx.device)
+        with PeakSampler(ctx.device) as peak:
+            seconds = [timed(lambda b=b: capture.run(b)) for b in batches]
+    tokens = batches[0].input_ids.numel()
+    extra = max(peak.peak - before, 0) - per_token_capture * tokens
+    w.activation_bytes_per_token = max(extra, 0) / max(tokens, 1)
+    last = batches[-1].input_ids.numel()
+    w.seconds_per_token = seconds[-1] / max(last, 1)
+
+
+def _first(iterator, n: int):
+    for i, item in enumerate(iterator):
+        if i == n:
+            return
+        yield item
+
+
+def activation_formula(model: torch.nn.Module) -> float:
+    """Bytes a decoder-only transformer keeps per token for its backward pass, when no probe can run: per layer
+    about 12 hidden and 4 MLP-width values in the model's dtype, plus the float32 logits and their gradient."""
+    c = model.config
+    hidden = getattr(c, "hidden_size", None) or getattr(c, "n_embd", 0)
+    width = getattr(c, "intermediate_size", None) or getattr(c, "n_inner", None) or 4 * hidden
+    layers = getattr(c, "num_hidden_layers", None) or getattr(c, "n_layer", 0)
+    size = next(model.parameters()).element_size()
+    return layers * size * (12 * hidden + 4 * width) + 12 * c.vocab_size
+
+
+def meta_workload(cfg: ScoreConfig, config_dir: str | Path, dtype: torch.dtype) -> tuple[Workload, torch.nn.Module]:
+    """The workload of a model known only by its config.json, built on the meta device; token counts estimated
+    at about 4 characters per token (said in the plan's notes)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from gdig.data import load_dataset
+    from gdig.model import find_tracked_modules
+
+    config = AutoConfig.from_pretrained(config_dir, trust_remote_code=cfg.trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+    tracked = find_tracked_modules(model, cfg.modules)
+    d = cfg.data
+    lengths = []
+    for path, role in ((cfg.candidates, "candidate"), (cfg.seeds, "seed")):
+        ds = load_dataset(path, d.prompt_template, d.src_lang, d.trg_lang, role=role)
+        lengths.append(
+            sorted((min(d.max_length, 1 + len(e.prompt + e.target) // 4) for e in ds.examples), reverse=True)
+        )
+    return Workload(
+        dims={t.name: (t.d_in, t.d_out) for t in tracked},
+        model_bytes=model_bytes(model),
+        runtime_bytes=resident_bytes(),
+        cand_batches=padded_batches(lengths[0], cfg.batch_size, cfg.token_budget),
+        seed_tokens=sum(lengths[1]),
+        n_candidates=len(lengths[0]),
+        n_seeds=len(lengths[1]),
+        activation_bytes_per_token=activation_formula(model),
+    ), model

@@ -1,0 +1,143 @@
+"""The memory and time plan (`gdig score --plan`): its figures against the peaks measured on two tiny models,
+7B plans built on the meta device, and a run that would not fit refused before it starts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import make_pairs
+from gdig.atomic import write_jsonl
+from gdig.config import DataConfig, ScoreConfig
+from gdig.demo.tiny import build_tiny_model
+from gdig.plan import Plan, advice, format_plan
+from gdig.probe import padded_batches
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "bench" / "configs"
+MEASURED_STAGES = ("load", "fit_covariance", "fit_eigen", "seeds", "score")  # RSS only grows: not finalize
+
+
+def _helper(mode: str, settings: Path) -> dict:
+    env = {"PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2"}
+    command = [sys.executable, str(ROOT / "tests" / "stage_peaks.py"), mode, str(settings)]
+    out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize(
+    ("arch", "sizes", "n_cands", "n_seeds", "extra"),
+    [
+        ("llama", {"hidden": 96, "ffn": 384, "layers": 3, "heads": 4}, 300, 64, {}),
+        (
+            "gpt2",
+            {"hidden": 128, "ffn": 512, "layers": 2, "heads": 4},
+            400,
+            64,
+            {"hessian": "kfac", "seed_rank": 8, "data": DataConfig(max_length=256)},
+        ),
+    ],
+)
+def test_plan_is_within_15_percent_of_the_measured_peaks(tmp_path, tokenizer, arch, sizes, n_cands, n_seeds, extra):
+    model_dir = tmp_path / "model"
+    build_tiny_model(arch, tokenizer, out=model_dir, **sizes)
+    cands = write_jsonl(tmp_path / "c.jsonl", make_pairs(n_cands, seed=1, max_words=40))
+    seeds = write_jsonl(tmp_path / "s.jsonl", make_pairs(n_seeds, seed=2, max_words=40))
+    cfg = ScoreConfig(
+        model=str(model_dir),
+        candidates=str(cands),
+        seeds=str(seeds),
+        out=str(tmp_path / "run"),
+        batch_size=16,
+        sketch_dim=64,
+        umap=False,
+        device="cpu",
+        **extra,
+    )
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps(cfg.to_dict()))
+    plan, measured = _helper("plan", settings), _helper("measure", settings)
+    for stage in MEASURED_STAGES:
+        if stage in plan:
+            assert plan[stage] == pytest.approx(measured[stage], rel=0.15), (stage, plan, measured)
+
+
+@pytest.mark.parametrize(("name", "params_gib"), [("llama-2-7b", 12.55), ("qwen2.5-7b", 14.19)])
+def test_a_7b_plan_is_built_on_the_meta_device_for_one_80_gb_gpu(tmp_path, name, params_gib, capsys):
+    from gdig.__main__ import main
+
+    cands = write_jsonl(tmp_path / "c.jsonl", make_pairs(50, seed=1))
+    seeds = write_jsonl(tmp_path / "s.jsonl", make_pairs(8, seed=2))
+    argv = [
+        "score",
+        "--model",
+        str(CONFIGS / name),
+        "--candidates",
+        str(cands),
+        "--seeds",
+        str(seeds),
+        "--out",
+        str(tmp_path / "run"),
+        "--plan",
+        "--device",
+        "cuda",
+        "--dtype",
+        "bfloat16",
+        "--plan-memory-gb",
+        "80",
+    ]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "memory available: 80.00 GiB" in text and f"model {params_gib:.2f} GiB".replace(" ", "") in text.replace(
+        " ", ""
+    )
+    for stage in ("load", "fit_covariance", "fit_eigen", "seeds", "score", "finalize"):
+        assert any(line.startswith(stage) for line in text.splitlines()), stage
+    assert "DOES NOT FIT" in text and "--modules tracking half of the layers" in text  # the default modules' factors
+    assert not (tmp_path / "run").exists()  # a plan writes nothing
+
+
+def test_a_run_that_will_not_fit_is_refused_before_it_starts(tmp_path, tokenizer, data_files, monkeypatch):
+    from gdig import run as run_module
+    from gdig.run import MemoryPlanError, score
+
+    model = build_tiny_model("llama", tokenizer, hidden=16, ffn=32, heads=2)
+    monkeypatch.setattr(run_module, "_available", lambda device, memory_gb: 1e6)  # 1 MB
+    cfg = ScoreConfig(
+        model="m", candidates=str(data_files[0]), seeds=str(data_files[1]), out=str(tmp_path / "r"), umap=False
+    )
+    with pytest.raises(MemoryPlanError, match=r"needs about .* GiB at .* but 0.0 GiB is available; nothing was comp"):
+        score(cfg, model=model, tokenizer=tokenizer)
+    assert not (tmp_path / "r" / "factors.safetensors").exists() and not (tmp_path / "r" / "config.json").exists()
+    out = score(cfg, model=model, tokenizer=tokenizer, resume=True, memory_check=False)
+    assert (out / "influence.npy").exists()
+
+
+def test_advice_names_the_knobs_largest_saving_first():
+    plan = Plan(
+        {
+            "score": {
+                "model": 10.0,
+                "activations (one batch)": 40.0,
+                "captures (one batch)": 20.0,
+                "seeds": 8.0,
+                "factors": 2.0,
+            }
+        },
+        {},
+        available_bytes=50.0,
+        seed_rank=None,
+    )
+    tips = advice(plan, ScoreConfig(model="m", candidates="c", seeds="s", out="o", batch_size=8))
+    assert tips[0].startswith("--batch-size 4") and "saves about" in tips[0]
+    assert any(t.startswith("--seed-rank") for t in tips) and not plan.fits
+    assert "DOES NOT FIT" in format_plan(plan)
+
+
+def test_padded_batches_follow_the_batching_rule():
+    assert padded_batches([5, 4, 3, 1], batch_size=2, token_budget=None) == [10, 6]
+    assert padded_batches([5, 4, 3, 1], batch_size=99, token_budget=9) == [5, 8, 1]
