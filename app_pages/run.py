@@ -14,7 +14,7 @@ from gdig.config import DataConfig, ScoreConfig
 from gdig.options import OptionSpec, specs
 from gdig.rundir.layout import JOB_SETTINGS
 from gdig.rundir.status import format_seconds
-from gdig.studio.jobs import cancel_job, job_state, start_job, start_new_run
+from gdig.studio.jobs import cancel_job, job_state, plan_new_run, start_job, start_new_run
 
 st.header("New run")
 # The settings the form offers, in this order; defaults, help, labels and choices come from the dataclasses.
@@ -83,8 +83,19 @@ def _form() -> None:
             s[setting] = option_widget(columns[i % 3], FORM_SPECS[setting])
         for setting in WIDE:
             s[setting] = option_widget(st, FORM_SPECS[setting])
+    files = [f if isinstance(f, str) or f is None else (f.name, f.getvalue()) for f in (cands, seeds)]
+    if st.button(
+        "Plan memory and time",
+        key="plan",
+        help="Loads the model in a separate process and runs a few "
+        "of the longest batches: the memory each stage needs and about how long it takes.",
+    ):
+        try:
+            with st.spinner("Probing the model on the longest batches…"):
+                st.code(plan_new_run(runs_dir(), name, model, files, s), language=None)
+        except ValueError as e:
+            st.error(str(e))
     if st.button("Start", type="primary", key="start"):
-        files = [f if isinstance(f, str) or f is None else (f.name, f.getvalue()) for f in (cands, seeds)]
         try:
             start_new_run(runs_dir(), name, model, files, s)
         except ValueError as e:

@@ -58,6 +58,15 @@ class Curvature:
         rot = rot / (f.lam.to(v.device) + damping)
         return q_g @ rot @ q_a.T
 
+    def precondition_rotated(self, name: str, a: torch.Tensor, g: torch.Tensor, damping: float):
+        """(F + lambda)^-1 G for G = sum_t g_t a_t^T, kept in the eigenbasis (the caller rotates back: Q_G X Q_A^T),
+        computed from the tokens: rotating T tokens costs T (d_in^2 + d_out^2), not d_out d_in (d_in + d_out).
+        a: (c, T, d_in), g: (c, T, d_out). Returns X (c, d_out, d_in) and <G, (F + lambda)^-1 G> (c,)."""
+        f = self.modules[name]
+        rot = (g @ f.q_g.to(g.device)).transpose(1, 2) @ (a @ f.q_a.to(a.device))
+        x = rot / (f.lam.to(rot.device) + damping)
+        return x, (rot * x).sum((-2, -1))
+
     def rotate(self, name: str, v: torch.Tensor) -> torch.Tensor:
         """Q_G^T V Q_A: gradients in the module's Kronecker eigenbasis."""
         f = self.modules[name]

@@ -97,10 +97,29 @@ class SeedBuilder:
         u, s, w = low_rank(v, self.ranks[name])
         self.out.left[name][cols] = u * s[..., None, :]
         self.out.right[name][cols] = w
-        whole = (v.double() ** 2).sum((-2, -1)).cpu()
+        self._record_loss(name, cols, v, s)
+
+    def add_tokens(self, name: str, start: int, a: torch.Tensor, g: torch.Tensor) -> None:
+        """Seed columns of a low-rank module from their tokens (a: (c, T, d_in), g: (c, T, d_out)): preconditioned
+        and factorised in the eigenbasis, the factors rotated back, so no dense d_out x d_in rotation is paid."""
+        cols = slice(start, start + a.shape[0])
+        x, self_inf = self.curvature.precondition_rotated(name, a, g, self.dampings[name])
+        self.out.self_influence[cols] += self_inf
+        u, s, w = low_rank(x, self.ranks[name])
+        f = self.curvature.modules[name]
+        self.out.left[name][cols] = f.q_g.to(u.device) @ (u * s[..., None, :])
+        self.out.right[name][cols] = f.q_a.to(w.device) @ w
+        self._record_loss(name, cols, x, s)
+
+    def _record_loss(self, name: str, cols: slice, v: torch.Tensor, s: torch.Tensor) -> None:
+        whole = (v.double() ** 2).sum((-2, -1)).cpu()  # Frobenius norms do not change with the rotation
         kept = (s.double() ** 2).sum(-1).cpu()
         self._lost[name][0][cols] = (whole - kept).clamp(min=0)
         self._lost[name][1][cols] = whole
+
+    def is_low_rank(self, name: str) -> bool:
+        """Whether module `name` is kept as low-rank factors."""
+        return name in self.out.left
 
     def finish(self) -> SeedGradients:
         """The seeds, with each low-rank module's relative truncation error (Frobenius, max and mean over seeds)."""

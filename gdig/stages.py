@@ -174,15 +174,38 @@ def seed_stage(ctx: ScoreContext, cur: Curvature, dampings: dict[str, float], st
 
 
 def _add_chunk(ctx: ScoreContext, builder: SeedBuilder, caps: list[Captured], chunk: list[int]) -> None:
-    """Each module's per-example gradients for one chunk of seeds, grouped and handed to the builder."""
-    first = chunk[0]
+    """Each module's seed columns for one chunk of seeds, handed to the builder: dense modules as grouped
+    per-example gradients; low-rank ones as their tokens (cheaper to precondition, see add_tokens)."""
+    first, k = chunk[0], ctx.cfg.seed_batch
     for t in ctx.tracked:
+        if builder.is_low_rank(t.name) and builder.curvature.kind != "identity":
+            a, g = _column_tokens(caps, t.name, first, len(chunk), k)
+            builder.add_tokens(t.name, first // k, a, g)
+            continue
         grads = torch.zeros(len(chunk), t.d_out, t.d_in, device=ctx.device)
         for cap in caps:
             idx = torch.tensor(cap.index, device=ctx.device) - first
             grads[idx] = per_example_gradient(cap.acts[t.name], cap.grads[t.name])
-        grouped = group_seed_gradients({t.name: grads}, ctx.cfg.seed_batch)[t.name]
-        builder.add(t.name, first // ctx.cfg.seed_batch, grouped)
+        grouped = group_seed_gradients({t.name: grads}, k)[t.name]
+        builder.add(t.name, first // k, grouped)
+
+
+def _column_tokens(caps: list[Captured], name: str, first: int, n: int, k: int):
+    """The tokens of each seed column, (columns, k * T, d): a column's gradient sum_t g_t a_t^T is then the mean
+    of its k seeds' gradients (g scaled by 1 / the group's size; padding positions are zero)."""
+    width = max(cap.acts[name].shape[1] for cap in caps)
+    columns = -(-n // k)
+    sample = caps[0]
+    a = sample.acts[name].new_zeros(columns * k, width, sample.acts[name].shape[-1])
+    g = sample.grads[name].new_zeros(columns * k, width, sample.grads[name].shape[-1])
+    for cap in caps:
+        rows = torch.tensor(cap.index, device=a.device) - first
+        a[rows, : cap.acts[name].shape[1]] = cap.acts[name]
+        g[rows, : cap.grads[name].shape[1]] = cap.grads[name]
+    sizes = torch.full((columns,), float(k), device=g.device)
+    sizes[-1] = n - (columns - 1) * k
+    g = g / sizes.repeat_interleave(k)[:, None, None]
+    return a.reshape(columns, k * width, -1), g.reshape(columns, k * width, -1)
 
 
 def score_stage(ctx: ScoreContext, scorer: Scorer, sketcher: Sketcher, run_dir: Path, status: Status) -> None:

@@ -374,3 +374,15 @@ def test_no_auto_discovered_pages_folder_and_no_file_watcher():
     server = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())["server"]
     assert server["fileWatcherType"] == "none" and server["runOnSave"] is False
     assert server["address"] == "localhost"
+
+
+def test_new_run_plans_memory_and_time_before_starting(app, runs, tmp_path, llama_dir):
+    cands = write_jsonl(tmp_path / "c.jsonl", make_pairs(30, seed=3))
+    seeds = write_jsonl(tmp_path / "s.jsonl", make_pairs(4, seed=4))
+    app.session_state["run_name"] = None
+    at = _page(app, "run")
+    _fill_new_run(at, "planned", str(llama_dir), str(cands), str(seeds)).button(key="plan").click().run()
+    assert not at.error, [e.value for e in at.error]
+    text = at.code[0].value
+    assert "fit_covariance" in text and "seeds kept dense" in text and ": fits" in text and "about" in text
+    assert not (runs / "planned").exists() and not (runs / ".inputs" / "planned").exists()  # nothing kept

@@ -77,6 +77,33 @@ def start_new_run(root: str | Path, name: str, model: str, inputs: list, setting
     """Check a new run's name, model and files, then start its worker; nothing is started or left behind when a
     check fails (ValueError with the reason). `inputs` are the candidate and seed files: a path, or an upload as
     (file name, bytes), saved under root/.inputs/NAME."""
+    return start_job(new_run_config(root, name, model, inputs, settings))
+
+
+def plan_new_run(root: str | Path, name: str, model: str, inputs: list, settings: dict, timeout: float = 600) -> str:
+    """The memory and time plan of a new run (`gdig score --plan`, in its own process so the app never loads
+    the model), as text; nothing is kept (uploads saved for the probe are removed)."""
+    import shutil
+    import tempfile
+
+    cfg = new_run_config(root, name, model, inputs, settings)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "settings.json"
+            write_json_atomic(path, cfg.to_dict())
+            cmd = [sys.executable, "-m", "gdig.studio.jobs", str(path), "--plan"]
+            root_dir = Path(__file__).resolve().parents[2]
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=root_dir)
+    finally:
+        shutil.rmtree(Path(root) / ".inputs" / Path(cfg.out).name, ignore_errors=True)
+    if done.returncode != 0:
+        raise ValueError((done.stderr.strip().splitlines() or ["the plan failed"])[-1])
+    return done.stdout
+
+
+def new_run_config(root: str | Path, name: str, model: str, inputs: list, settings: dict) -> ScoreConfig:
+    """The settings of a new run after checking its name, model and files (uploads saved under
+    root/.inputs/NAME, removed again when a check fails)."""
     from gdig.config import DataConfig
     from gdig.data import load_dataset
     from gdig.model_source import check_model_source
@@ -113,7 +140,7 @@ def start_new_run(root: str | Path, name: str, model: str, inputs: list, setting
 
         shutil.rmtree(folder, ignore_errors=True)
         raise ValueError(f"Bad input file: {e}" if isinstance(e, DataError) else str(e)) from None
-    return start_job(cfg)
+    return cfg
 
 
 def start_demo_job(run_dir: str | Path, cache: str | None = None) -> Path:
@@ -259,4 +286,4 @@ def delete_run(root: str | Path, name: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(run_worker(sys.argv[1], resume="--resume" in sys.argv[2:]))
+    sys.exit(run_worker(sys.argv[1], resume="--resume" in sys.argv[2:], plan="--plan" in sys.argv[2:]))
