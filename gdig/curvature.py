@@ -80,6 +80,15 @@ class Curvature:
         rot = self.rotate(name, v)
         return (rot * rot / (f.lam.to(v.device) + damping)).sum((-2, -1))
 
+    def self_influence_tokens(self, name: str, a: torch.Tensor, g: torch.Tensor, damping: float) -> torch.Tensor:
+        """<G, (F + lambda)^-1 G> per example for G = sum_t g_t a_t^T, from the tokens (B, T, d_in), (B, T, d_out):
+        the rotation is applied to the tokens when that is cheaper than to the dense gradient."""
+        if self.kind == "identity" or not tokens_cheaper(a.shape[1], a.shape[-1], g.shape[-1]):
+            return self.self_influence(name, per_example_gradient(a, g), damping)
+        f = self.modules[name]
+        rot = per_example_gradient(a @ f.q_a.to(a.device), g @ f.q_g.to(g.device))
+        return (rot * rot / (f.lam.to(rot.device) + damping)).sum((-2, -1))
+
     # -- persistence (safetensors, never pickle) ---------------------------------------------------------------
     def save(self, path: str | Path, fingerprint: str) -> None:
         """Write the factors as safetensors (never pickle) with the fingerprint that makes them reusable."""
@@ -159,6 +168,12 @@ class CovarianceFitter:
         return cur
 
 
+def tokens_cheaper(tokens: int, d_in: int, d_out: int) -> bool:
+    """Whether rotating T tokens into the eigenbasis (T (d_in^2 + d_out^2)) costs less than rotating the dense
+    gradient (d_out d_in (d_in + d_out)): true for long layers and short examples, e.g. LLM MLPs."""
+    return tokens * (d_out * d_out + d_in * d_in) < d_out * d_in * (d_out + d_in)
+
+
 class EigenCorrectionFitter:
     """Second pass of EK-FAC: Lambda = mean over examples of the squared rotated per-example gradient."""
 
@@ -172,8 +187,7 @@ class EigenCorrectionFitter:
         self.n_examples += len(cap.index)
         for name, f in self.cur.modules.items():
             a, g = cap.acts[name], cap.grads[name]
-            tokens, d_out, d_in = a.shape[1], g.shape[-1], a.shape[-1]
-            if tokens * (d_out * d_out + d_in * d_in) < d_out * d_in * (d_out + d_in):
+            if tokens_cheaper(a.shape[1], a.shape[-1], g.shape[-1]):
                 rot = per_example_gradient(a @ f.q_a.to(a.device), g @ f.q_g.to(g.device))  # rotate tokens first
             else:
                 rot = self.cur.rotate(name, per_example_gradient(a, g))

@@ -173,11 +173,9 @@ class Scorer:
         scores, self_inf = None, None
         for name in self.seeds.names:
             a, g = cap.acts[name], cap.grads[name]
-            need_grad = name in self.seeds.dense or self.normalize != "none"
-            grad = per_example_gradient(a, g) if need_grad else None
             if name in self.seeds.dense:
-                v = self.seeds.dense[name]
-                s = grad.flatten(1) @ v.flatten(1).T
+                grad = per_example_gradient(a, g)
+                s = grad.flatten(1) @ self.seeds.dense[name].flatten(1).T
             else:
                 u, w = self.seeds.left[name], self.seeds.right[name]  # (S, d_out, r), (S, d_in, r)
                 n_s, _, r = u.shape
@@ -186,7 +184,7 @@ class Scorer:
                 s = (gu * aw).sum(1).view(-1, n_s, r).sum(-1)
             scores = s if scores is None else scores + s
             if self.normalize != "none":
-                si = self.curvature.self_influence(name, grad, self.dampings[name])
+                si = self.curvature.self_influence_tokens(name, a, g, self.dampings[name])
                 self_inf = si if self_inf is None else self_inf + si
         return scores, self_inf
 
