@@ -28,6 +28,7 @@ class Workload:
     model_bytes: int
     runtime_bytes: int  # the process before the model (interpreter, libraries)
     cand_batches: list[int]  # padded tokens of each candidate batch
+    seed_batches: list[int]  # padded tokens of each seed batch
     seed_tokens: int
     n_candidates: int
     n_seeds: int
@@ -63,47 +64,49 @@ class Plan:
 
 def plan_run(cfg: ScoreConfig, w: Workload, available_bytes: float) -> Plan:
     """The plan of `gdig score` with these settings on this workload."""
-    per_token_capture = 4 * sum(d_in + d_out for d_in, d_out in w.dims.values())
-    biggest = max(w.cand_batches, default=0)
-    batch = {
-        "activations (one batch)": w.activation_bytes_per_token * biggest,
-        "captures (one batch)": per_token_capture * biggest,
-    }
+    capture = 4 * sum(d_in + d_out for d_in, d_out in w.dims.values())  # a and g of one token, float32
+    widest = max((d_in * d_out for d_in, d_out in w.dims.values()), default=0)
     sq = sum(d_in * d_in + d_out * d_out for d_in, d_out in w.dims.values())
     rect = sum(d_in * d_out for d_in, d_out in w.dims.values())
     factors = 4 * (sq + rect) if cfg.hessian != "identity" else 0
-    reuse = _reused_captures(cfg, w, per_token_capture, available_bytes)
+    reuse = _reused_captures(cfg, w, capture, available_bytes)
     rank, seeds = _seed_bytes(cfg, w, available_bytes)
     base = {"runtime": w.runtime_bytes, "model": w.model_bytes}
+    batch = _batch(w, max(w.cand_batches, default=0), capture)
     stages = {"load": dict(base)}
     if cfg.hessian != "identity":
-        stages["fit_covariance"] = base | batch | {"reused captures": reuse, "factor sums (float64)": 8 * sq}
-        if cfg.hessian == "ekfac":
-            stages["fit_eigen"] = (
-                base | batch | {"reused captures": reuse, "factors": factors, "eigenvalue sums (float64)": 8 * rect}
-            )
-    seed_work = min(1 << 30, per_token_capture * w.seed_tokens) + 3 * 4 * w.n_seeds * max(
-        (d_in * d_out for d_in, d_out in w.dims.values()), default=0
-    ) / max(1, _seed_chunks(w, per_token_capture))
-    stages["seeds"] = (
-        base | batch | {"reused captures": reuse, "factors": factors, "seeds": seeds, "seed chunk work": seed_work}
-    )
-    grad = 4 * cfg.batch_size * max((d_in * d_out for d_in, d_out in w.dims.values()), default=0)
-    buffers = 4 * cfg.chunk_size * (w.n_seeds + cfg.sketch_dim + 4)
-    stages["score"] = (
-        base
-        | batch
-        | {
-            "reused captures": reuse,
-            "factors": factors,
-            "seeds": seeds,
-            "per-example gradient (one module)": grad,
-            "chunk buffers": buffers,
-        }
-    )
+        fit = _growing_cache(w, capture) if reuse else batch
+        stages["fit_covariance"] = base | fit | {"factor sums (float64)": 8 * sq}
+        if cfg.hessian == "ekfac":  # replays the kept captures, or runs the model again
+            replay = {"reused captures": reuse} if reuse else batch
+            stages["fit_eigen"] = base | replay | {"factors": factors, "eigenvalue sums (float64)": 8 * rect}
+    seed_work = min(1 << 30, capture * w.seed_tokens) + 3 * 4 * w.n_seeds * widest / _seed_chunks(w, capture)
+    seed_batch = _batch(w, max(w.seed_batches, default=0), capture)
+    kept = {"reused captures": reuse, "factors": factors, "seeds": seeds}
+    stages["seeds"] = base | seed_batch | kept | {"seed chunk work": seed_work}
+    scoring = {
+        "per-example gradient (one module)": 4 * cfg.batch_size * widest,
+        "chunk buffers": 4 * cfg.chunk_size * (w.n_seeds + cfg.sketch_dim + 4),
+    }
+    stages["score"] = base | ({} if reuse and cfg.fit_examples is None else batch) | kept | scoring
     stages["finalize"] = base | {"factors": factors, "seeds": seeds, "result columns": 64 * w.n_candidates}
     notes = [] if w.seconds_per_token else ["no probe (no weights): time not estimated"]
     return Plan(stages, _seconds(cfg, w, reuse > 0), available_bytes, rank, notes)
+
+
+def _batch(w: Workload, tokens: int, capture: float) -> dict[str, float]:
+    return {"activations (one batch)": w.activation_bytes_per_token * tokens, "captures (one batch)": capture * tokens}
+
+
+def _growing_cache(w: Workload, capture: float) -> dict[str, float]:
+    """The fit pass keeps every batch's captures: its peak is the largest (kept so far + this batch's
+    activations), batches coming longest first."""
+    best, kept = (0.0, 0.0), 0.0
+    for tokens in w.cand_batches:
+        kept += capture * tokens
+        now = (kept, w.activation_bytes_per_token * tokens)
+        best = max(best, now, key=sum)
+    return {"reused captures (kept so far)": best[0], "activations (one batch)": best[1]}
 
 
 def _reused_captures(cfg: ScoreConfig, w: Workload, per_token: float, available: float) -> float:
@@ -179,7 +182,10 @@ def advice(plan: Plan, cfg: ScoreConfig) -> list[str]:
             "--seed-rank (a quarter of the current rank) or a smaller "
             "--seed-memory-mb: seeds at a quarter of their size",
         ),
-        (parts.get("reused captures", 0), "--fit-cache-mb 0: recompute captures instead of keeping them"),
+        (
+            max(parts.get("reused captures", 0), parts.get("reused captures (kept so far)", 0)),
+            "--fit-cache-mb 0: recompute captures instead of keeping them",
+        ),
     ]
     if cfg.dtype == "float32":
         tips.append((parts.get("model", 0) / 2, "--dtype bfloat16 (on a GPU): halves the model and its activations"))

@@ -39,12 +39,14 @@ def workload_from_context(ctx: ScoreContext, runtime_bytes: int, probe: bool = T
     """The run's workload; with `probe`, the activations and time measured on the longest batches."""
     cfg = ctx.cfg
     cand = [len(ctx.cand_tok[i].input_ids) for i in by_length(ctx.cand_tok)]
+    seed = [len(ctx.seed_tok[i].input_ids) for i in by_length(ctx.seed_tok)]
     w = Workload(
         dims=ctx.dims,
         model_bytes=model_bytes(ctx.model),
         runtime_bytes=runtime_bytes,
         cand_batches=padded_batches(cand, cfg.batch_size, cfg.token_budget),
-        seed_tokens=sum(len(t.input_ids) for t in ctx.seed_tok),
+        seed_batches=padded_batches(seed, cfg.batch_size, cfg.token_budget),
+        seed_tokens=sum(seed),
         n_candidates=len(ctx.cand_tok),
         n_seeds=len(ctx.seed_tok),
         activation_bytes_per_token=activation_formula(ctx.model),
@@ -112,6 +114,7 @@ def meta_workload(cfg: ScoreConfig, config_dir: str | Path, dtype: torch.dtype) 
         model_bytes=model_bytes(model),
         runtime_bytes=resident_bytes(),
         cand_batches=padded_batches(lengths[0], cfg.batch_size, cfg.token_budget),
+        seed_batches=padded_batches(lengths[1], cfg.batch_size, cfg.token_budget),
         seed_tokens=sum(lengths[1]),
         n_candidates=len(lengths[0]),
         n_seeds=len(lengths[1]),

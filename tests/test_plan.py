@@ -19,7 +19,7 @@ from gdig.probe import padded_batches
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "bench" / "configs"
-MEASURED_STAGES = ("load", "fit_covariance", "fit_eigen", "seeds", "score")  # RSS only grows: not finalize
+MEASURED_STAGES = ("load", "fit_covariance", "fit_eigen", "seeds", "score")  # finalize: after the peak
 
 
 def _helper(mode: str, settings: Path) -> dict:
@@ -61,9 +61,11 @@ def test_plan_is_within_15_percent_of_the_measured_peaks(tmp_path, tokenizer, ar
     settings = tmp_path / "settings.json"
     settings.write_text(json.dumps(cfg.to_dict()))
     plan, measured = _helper("plan", settings), _helper("measure", settings)
+    highest = 0.0  # on CPU freed memory mostly stays resident: a stage holds at least the earlier peaks
     for stage in MEASURED_STAGES:
         if stage in plan:
-            assert plan[stage] == pytest.approx(measured[stage], rel=0.15), (stage, plan, measured)
+            highest = max(highest, plan[stage])
+            assert highest == pytest.approx(measured[stage], rel=0.15), (stage, plan, measured)
 
 
 @pytest.mark.parametrize(("name", "params_gib"), [("llama-2-7b", 12.55), ("qwen2.5-7b", 14.19)])

@@ -166,11 +166,18 @@ def _spawn(run_dir: Path, cmd: list[str]) -> Path:
     return run_dir
 
 
-def run_worker(settings_path: str | Path, resume: bool = False) -> int:
-    """Entry point of the worker process: `python -m gdig.studio.jobs SETTINGS.json [--resume]`."""
+def run_worker(settings_path: str | Path, resume: bool = False, plan: bool = False) -> int:
+    """Entry point of the worker process: `python -m gdig.studio.jobs SETTINGS.json [--resume | --plan]`."""
+    cfg = ScoreConfig.from_dict(json.loads(Path(settings_path).read_text()))
+    if plan:
+        from gdig.plan import advice, format_plan
+        from gdig.run import make_plan
+
+        made = make_plan(cfg)
+        print(format_plan(made) + ("" if made.fits else "\nto fit, try:\n  " + "\n  ".join(advice(made, cfg))))
+        return 0
     from gdig.run import score
 
-    cfg = ScoreConfig.from_dict(json.loads(Path(settings_path).read_text()))
     score(cfg, resume=resume)
     return 0
 
