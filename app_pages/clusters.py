@@ -31,6 +31,15 @@ def _keep_lasso() -> None:
         st.session_state["lasso_rows"] = rows
 
 
+PALETTE = {
+    "selected": "#16a34a",
+    "kept": "#93c5fd",
+    "rejected": "#d1d5db",
+    "included by hand": "#7c3aed",
+    "excluded by hand": "#dc2626",
+    "not clustered (rejected)": "#d1d5db",
+}
+
 st.header("Clusters")
 run = current_run()
 if st.session_state.get("_lasso_run") != str(run.path):  # a lasso belongs to one run
@@ -60,48 +69,24 @@ with guard():
     hover = run.candidates["target"].astype(str).str.slice(0, 80).to_numpy()
     lasso = st.session_state.get("lasso_rows") or []
     fig = go.Figure()
+
+    def points(rows: np.ndarray, name: str, marker: dict) -> go.Scattergl:
+        """One trace of map points; customdata carries the candidate rows back from a lasso."""
+        x, y, text = emb[rows, 0], emb[rows, 1], hover[rows]
+        return go.Scattergl(
+            x=x, y=y, mode="markers", name=name, customdata=rows, marker=marker, hovertext=text, hoverinfo="text"
+        )
+
     if colour in ("cluster", "decision"):
         groups = clusters if colour == "cluster" else decision
-        order = legend_order(groups[shown])
-        palette = {
-            "selected": "#16a34a",
-            "kept": "#93c5fd",
-            "rejected": "#d1d5db",
-            "included by hand": "#7c3aed",
-            "excluded by hand": "#dc2626",
-            "not clustered (rejected)": "#d1d5db",
-        }
-        for g in order:
-            rows = shown[groups[shown] == g]
+        for g in legend_order(groups[shown]):
             name = f"cluster {g}" if g.isdigit() else g
-            fig.add_trace(
-                go.Scattergl(
-                    x=emb[rows, 0],
-                    y=emb[rows, 1],
-                    mode="markers",
-                    name=name,
-                    customdata=rows,
-                    marker=dict(size=5, color=palette.get(g)),
-                    hovertext=hover[rows],
-                    hoverinfo="text",
-                )
-            )
+            fig.add_trace(points(shown[groups[shown] == g], name, dict(size=5, color=PALETTE.get(g))))
     else:
         values = run.mean_influence if colour == "mean influence" else run.frac_helped
-        marker = dict(
-            color=values[shown], colorscale="RdYlGn", size=5, showscale=True, colorbar=dict(title=dict(text=colour))
-        )
+        bar = dict(title=dict(text=colour))
         fig.add_trace(
-            go.Scattergl(
-                x=emb[shown, 0],
-                y=emb[shown, 1],
-                mode="markers",
-                marker=marker,
-                name=colour,
-                customdata=shown,
-                hovertext=hover[shown],
-                hoverinfo="text",
-            )
+            points(shown, colour, dict(color=values[shown], colorscale="RdYlGn", size=5, showscale=True, colorbar=bar))
         )
     if lasso:  # the curator's lasso stays drawn whatever the colouring
         picked = set(lasso)
