@@ -16,7 +16,6 @@ import torch
 
 from gdig.config import ScoreConfig
 
-STAGES = ("load", "fit_covariance", "fit_eigen", "seeds", "score", "finalize")
 GiB = 2**30
 
 

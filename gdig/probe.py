@@ -4,6 +4,7 @@ for the activations' memory and the time per token; or from a model's config alo
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import torch
@@ -59,7 +60,7 @@ def workload_from_context(ctx: ScoreContext, runtime_bytes: int, probe: bool = T
 def _probe(ctx: ScoreContext, w: Workload) -> None:
     """Run the longest batches: their peak memory above the model gives the activations per token, and the
     later batch's time the seconds per padded token (the first pays for warm-up)."""
-    batches = list(_first(ctx.batches(ctx.cand_tok, by_length(ctx.cand_tok)), PROBE_BATCHES))
+    batches = list(itertools.islice(ctx.batches(ctx.cand_tok, by_length(ctx.cand_tok)), PROBE_BATCHES))
     per_token_capture = 4 * sum(d_in + d_out for d_in, d_out in w.dims.values())
     with GradientCapture(ctx.model, ctx.tracked) as capture:
         before = resident_bytes() if ctx.device.type != "cuda" else torch.cuda.memory_allocated(ctx.device)
@@ -70,13 +71,6 @@ def _probe(ctx: ScoreContext, w: Workload) -> None:
     w.activation_bytes_per_token = max(extra, 0) / max(tokens, 1)
     last = batches[-1].input_ids.numel()
     w.seconds_per_token = seconds[-1] / max(last, 1)
-
-
-def _first(iterator, n: int):
-    for i, item in enumerate(iterator):
-        if i == n:
-            return
-        yield item
 
 
 def activation_formula(model: torch.nn.Module) -> float:
