@@ -61,6 +61,23 @@ def collate(
     return Batch(list(index), ids, mask, labels)
 
 
+def batch_groups(lengths: Sequence[int], batch_size: int, token_budget: int | None = None) -> list[list[int]]:
+    """Positions of `lengths` grouped into batches, in order: batch_size at a time, or with a token budget as
+    many as fit in `token_budget` padded tokens. The one batching rule (make_batches, the memory plan)."""
+    groups: list[list[int]] = []
+    group: list[int] = []
+    width = 0
+    for pos, n in enumerate(lengths):
+        new_width = max(width, n)
+        full = len(group) >= batch_size if token_budget is None else new_width * (len(group) + 1) > token_budget
+        if group and full:
+            groups.append(group)
+            group, new_width = [], n
+        group.append(pos)
+        width = new_width
+    return groups + ([group] if group else [])
+
+
 def make_batches(
     examples: Sequence[TokenizedExample],
     order: Sequence[int],
@@ -69,20 +86,11 @@ def make_batches(
     token_budget: int | None = None,
     padding_side: str = "right",
 ) -> Iterator[Batch]:
-    """Batches over `order`; with a token budget, as many examples as fit in budget padded tokens."""
-    group: list[int] = []
-    width = 0
-    for i in order:
-        n = len(examples[i].input_ids)
-        new_width = max(width, n)
-        full = len(group) >= batch_size if token_budget is None else new_width * (len(group) + 1) > token_budget
-        if group and full:
-            yield collate([examples[j] for j in group], group, pad_id, padding_side)
-            group, new_width = [], n
-        group.append(i)
-        width = new_width
-    if group:
-        yield collate([examples[j] for j in group], group, pad_id, padding_side)
+    """Batches over `order`, grouped by batch_groups."""
+    order = list(order)
+    for group in batch_groups([len(examples[i].input_ids) for i in order], batch_size, token_budget):
+        idx = [order[p] for p in group]
+        yield collate([examples[j] for j in idx], idx, pad_id, padding_side)
 
 
 def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

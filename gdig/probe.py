@@ -11,23 +11,15 @@ import torch
 
 from gdig.config import ScoreConfig
 from gdig.context import ScoreContext, by_length
-from gdig.hooks import GradientCapture
+from gdig.hooks import GradientCapture, batch_groups
 from gdig.plan import PeakSampler, Workload, resident_bytes, timed
 
 PROBE_BATCHES = 2
 
 
 def padded_batches(lengths: list[int], batch_size: int, token_budget: int | None) -> list[int]:
-    """Padded tokens of each batch, for lengths already in batch order (the grouping of hooks.make_batches)."""
-    out, width, count = [], 0, 0
-    for n in lengths:
-        new_width = max(width, n)
-        full = count >= batch_size if token_budget is None else new_width * (count + 1) > token_budget
-        if count and full:
-            out.append(width * count)
-            width, count, new_width = 0, 0, n
-        width, count = new_width, count + 1
-    return out + ([width * count] if count else [])
+    """Padded tokens of each batch, for lengths already in batch order."""
+    return [max(lengths[p] for p in g) * len(g) for g in batch_groups(lengths, batch_size, token_budget)]
 
 
 def model_bytes(model: torch.nn.Module) -> int:
