@@ -36,13 +36,10 @@ def score_config_from_args(a: argparse.Namespace) -> ScoreConfig:
 
 def print_plan(cfg: ScoreConfig, memory_gb: float | None) -> None:
     """`gdig score --plan`: the plan per stage, and when it does not fit, what each knob would save."""
-    from gdig.plan import advice, format_plan
+    from gdig.plan import plan_report
     from gdig.run import make_plan
 
-    plan = make_plan(cfg, memory_gb)
-    print(format_plan(plan))
-    if not plan.fits:
-        print("to fit, try:\n  " + "\n  ".join(advice(plan, cfg)))
+    print(plan_report(make_plan(cfg, memory_gb), cfg))
 
 
 def unescape(text: str) -> str:

@@ -206,6 +206,12 @@ def format_plan(plan: Plan) -> str:
     return "\n".join(lines + [f"note: {n}" for n in plan.notes])
 
 
+def plan_report(plan: Plan, cfg: ScoreConfig) -> str:
+    """The plan's table and, when it does not fit, what each knob would save: what --plan prints."""
+    tips = "" if plan.fits else "\nto fit, try:\n  " + "\n  ".join(advice(plan, cfg))
+    return format_plan(plan) + tips
+
+
 def _fmt(n: float) -> str:
     return f"{n / GiB:.2f} GiB" if n >= GiB / 10 else f"{n / 2**20:.1f} MiB"
 

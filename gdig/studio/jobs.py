@@ -170,11 +170,10 @@ def run_worker(settings_path: str | Path, resume: bool = False, plan: bool = Fal
     """Entry point of the worker process: `python -m gdig.studio.jobs SETTINGS.json [--resume | --plan]`."""
     cfg = ScoreConfig.from_dict(json.loads(Path(settings_path).read_text()))
     if plan:
-        from gdig.plan import advice, format_plan
+        from gdig.plan import plan_report
         from gdig.run import make_plan
 
-        made = make_plan(cfg)
-        print(format_plan(made) + ("" if made.fits else "\nto fit, try:\n  " + "\n  ".join(advice(made, cfg))))
+        print(plan_report(make_plan(cfg), cfg))
         return 0
     from gdig.run import score
 
