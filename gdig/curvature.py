@@ -63,7 +63,7 @@ class Curvature:
         computed from the tokens: rotating T tokens costs T (d_in^2 + d_out^2), not d_out d_in (d_in + d_out).
         a: (c, T, d_in), g: (c, T, d_out). Returns X (c, d_out, d_in) and <G, (F + lambda)^-1 G> (c,)."""
         f = self.modules[name]
-        rot = (g @ f.q_g.to(g.device)).transpose(1, 2) @ (a @ f.q_a.to(a.device))
+        rot = self.rotate_tokens(name, a, g)
         x = rot / (f.lam.to(rot.device) + damping)
         return x, (rot * x).sum((-2, -1))
 
@@ -71,6 +71,17 @@ class Curvature:
         """Q_G^T V Q_A: gradients in the module's Kronecker eigenbasis."""
         f = self.modules[name]
         return f.q_g.T.to(v.device) @ v @ f.q_a.to(v.device)
+
+    def rotate_tokens(self, name: str, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """Q_G^T G Q_A per example for G = sum_t g_t a_t^T, rotating the T tokens before the sum."""
+        f = self.modules[name]
+        return per_example_gradient(a @ f.q_a.to(a.device), g @ f.q_g.to(g.device))
+
+    def rotated_gradient(self, name: str, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """Q_G^T G Q_A per example, by whichever route is cheaper (tokens first, or the dense gradient)."""
+        if tokens_cheaper(a.shape[1], a.shape[-1], g.shape[-1]):
+            return self.rotate_tokens(name, a, g)
+        return self.rotate(name, per_example_gradient(a, g))
 
     def self_influence(self, name: str, v: torch.Tensor, damping: float) -> torch.Tensor:
         """<v, (F + lambda)^-1 v> for a batch of gradients (..., d_out, d_in)."""
@@ -83,11 +94,10 @@ class Curvature:
     def self_influence_tokens(self, name: str, a: torch.Tensor, g: torch.Tensor, damping: float) -> torch.Tensor:
         """<G, (F + lambda)^-1 G> per example for G = sum_t g_t a_t^T, from the tokens (B, T, d_in), (B, T, d_out):
         the rotation is applied to the tokens when that is cheaper than to the dense gradient."""
-        if self.kind == "identity" or not tokens_cheaper(a.shape[1], a.shape[-1], g.shape[-1]):
+        if self.kind == "identity":
             return self.self_influence(name, per_example_gradient(a, g), damping)
-        f = self.modules[name]
-        rot = per_example_gradient(a @ f.q_a.to(a.device), g @ f.q_g.to(g.device))
-        return (rot * rot / (f.lam.to(rot.device) + damping)).sum((-2, -1))
+        rot = self.rotated_gradient(name, a, g)
+        return (rot * rot / (self.modules[name].lam.to(rot.device) + damping)).sum((-2, -1))
 
     # -- persistence (safetensors, never pickle) ---------------------------------------------------------------
     def save(self, path: str | Path, fingerprint: str) -> None:
@@ -185,12 +195,8 @@ class EigenCorrectionFitter:
     def update(self, cap: Captured) -> None:
         """Add one batch's squared per-example gradients in the eigenbasis."""
         self.n_examples += len(cap.index)
-        for name, f in self.cur.modules.items():
-            a, g = cap.acts[name], cap.grads[name]
-            if tokens_cheaper(a.shape[1], a.shape[-1], g.shape[-1]):
-                rot = per_example_gradient(a @ f.q_a.to(a.device), g @ f.q_g.to(g.device))  # rotate tokens first
-            else:
-                rot = self.cur.rotate(name, per_example_gradient(a, g))
+        for name in self.cur.modules:
+            rot = self.cur.rotated_gradient(name, cap.acts[name], cap.grads[name])
             self.sums[name] += (rot * rot).sum(0).double()
 
     def state(self) -> dict[str, torch.Tensor]:
