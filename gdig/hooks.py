@@ -78,6 +78,11 @@ def batch_groups(lengths: Sequence[int], batch_size: int, token_budget: int | No
     return groups + ([group] if group else [])
 
 
+def padded_batches(lengths: Sequence[int], batch_size: int, token_budget: int | None = None) -> list[int]:
+    """Padded tokens of each batch, for lengths already in batch order."""
+    return [max(lengths[p] for p in g) * len(g) for g in batch_groups(lengths, batch_size, token_budget)]
+
+
 def make_batches(
     examples: Sequence[TokenizedExample],
     order: Sequence[int],

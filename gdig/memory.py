@@ -1,4 +1,5 @@
-"""How much memory a device has free, and whether the curvature pass's captures fit in the reuse budget."""
+"""How much memory a device has free, and the budget rules the stages follow and the plan predicts with: the
+automatic budgets, whether the curvature pass's captures are kept, the seeds' rank."""
 
 from __future__ import annotations
 
@@ -20,6 +21,30 @@ def free_memory_mb(device: torch.device) -> int:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2**20)
     except (ValueError, OSError, AttributeError):
         return 0
+
+
+AUTO_BUDGET_CAP_MB = 8192
+SEED_WORK_BYTES = 1 << 30  # captured a and g of one chunk of seeds
+
+
+def budget_mb(setting: float | None, free_mb: float, share: int) -> float:
+    """A memory budget in MiB: the setting when given, else 1/share of the free memory, at most 8 GiB."""
+    return setting if setting is not None else min(AUTO_BUDGET_CAP_MB, free_mb // share)
+
+
+def captures_reusable(hessian: str, n_fit: int, n_candidates: int) -> bool:
+    """Whether keeping the curvature pass's captures pays: EK-FAC's second pass replays them, or scoring meets
+    the same batches (the fit set is every candidate)."""
+    return hessian != "identity" and (hessian == "ekfac" or n_fit == n_candidates)
+
+
+def seed_rank(dims: dict[str, tuple[int, int]], n_columns: int, budget_bytes: float) -> int | None:
+    """None (dense) when every seed column fits `budget_bytes`, else the largest common rank that fits (>= 1);
+    a rank-r module costs r (d_in + d_out) numbers per column instead of d_in d_out."""
+    if 4 * n_columns * sum(d_in * d_out for d_in, d_out in dims.values()) <= budget_bytes:
+        return None
+    per_rank = 4 * n_columns * sum(d_in + d_out for d_in, d_out in dims.values())
+    return max(1, int(budget_bytes // per_rank))
 
 
 def captures_fit(lengths: list[int], per_token_bytes: int, batch_size: int, by_tokens: bool, budget_mb: float) -> bool:

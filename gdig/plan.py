@@ -15,24 +15,39 @@ from dataclasses import dataclass, field
 import torch
 
 from gdig.config import ScoreConfig
+from gdig.hooks import padded_batches
+from gdig.memory import SEED_WORK_BYTES, budget_mb, captures_fit, captures_reusable, seed_rank
 
 GiB = 2**30
 
 
 @dataclass
 class Workload:
-    """What a run will process: tracked module sizes, model bytes and token counts (padded, in batch order)."""
+    """What a run will process: tracked module sizes, model bytes and every example's token count (in batch
+    order, longest first)."""
 
     dims: dict[str, tuple[int, int]]
     model_bytes: int
     runtime_bytes: int  # the process before the model (interpreter, libraries)
-    cand_batches: list[int]  # padded tokens of each candidate batch
-    seed_batches: list[int]  # padded tokens of each seed batch
-    seed_tokens: int
-    n_candidates: int
-    n_seeds: int
+    cand_lengths: list[int]
+    seed_lengths: list[int]
     activation_bytes_per_token: float  # forward + backward of the model, per padded token of a batch
     seconds_per_token: float | None = None  # from the probe
+
+    @property
+    def n_candidates(self) -> int:
+        """Number of candidates."""
+        return len(self.cand_lengths)
+
+    @property
+    def n_seeds(self) -> int:
+        """Number of seeds."""
+        return len(self.seed_lengths)
+
+    @property
+    def seed_tokens(self) -> int:
+        """Tokens of all seeds, unpadded."""
+        return sum(self.seed_lengths)
 
 
 @dataclass
@@ -68,78 +83,78 @@ def plan_run(cfg: ScoreConfig, w: Workload, available_bytes: float) -> Plan:
     sq = sum(d_in * d_in + d_out * d_out for d_in, d_out in w.dims.values())
     rect = sum(d_in * d_out for d_in, d_out in w.dims.values())
     factors = 4 * (sq + rect) if cfg.hessian != "identity" else 0
-    reuse = _reused_captures(cfg, w, capture, available_bytes)
+    cand_batches = padded_batches(w.cand_lengths, cfg.batch_size, cfg.token_budget)
+    n_fit = min(cfg.fit_examples or w.n_candidates, w.n_candidates)
+    reuse = _reused_captures(cfg, w, cand_batches, n_fit, capture, available_bytes)
     rank, seeds = _seed_bytes(cfg, w, available_bytes)
     base = {"runtime": w.runtime_bytes, "model": w.model_bytes}
-    batch = _batch(w, max(w.cand_batches, default=0), capture)
+    batch = _batch(w, max(cand_batches, default=0), capture)
     stages = {"load": dict(base)}
     if cfg.hessian != "identity":
-        fit = _growing_cache(w, capture) if reuse else batch
+        fit = _growing_cache(w, cand_batches, capture) if reuse else batch
         stages["fit_covariance"] = base | fit | {"factor sums (float64)": 8 * sq}
         if cfg.hessian == "ekfac":  # replays the kept captures, or runs the model again
             replay = {"reused captures": reuse} if reuse else batch
             stages["fit_eigen"] = base | replay | {"factors": factors, "eigenvalue sums (float64)": 8 * rect}
-    seed_work = min(1 << 30, capture * w.seed_tokens) + 3 * 4 * w.n_seeds * widest / _seed_chunks(w, capture)
-    seed_batch = _batch(w, max(w.seed_batches, default=0), capture)
+    chunks = max(1, -(-capture * w.seed_tokens // SEED_WORK_BYTES))
+    seed_work = min(SEED_WORK_BYTES, capture * w.seed_tokens) + 3 * 4 * w.n_seeds * widest / chunks
+    seed_batch = _batch(w, max(padded_batches(w.seed_lengths, cfg.batch_size, cfg.token_budget), default=0), capture)
     kept = {"reused captures": reuse, "factors": factors, "seeds": seeds}
     stages["seeds"] = base | seed_batch | kept | {"seed chunk work": seed_work}
     scoring = {
         "per-example gradient (one module)": 4 * cfg.batch_size * widest,
         "chunk buffers": 4 * cfg.chunk_size * (w.n_seeds + cfg.sketch_dim + 4),
     }
-    stages["score"] = base | ({} if reuse and cfg.fit_examples is None else batch) | kept | scoring
+    scored_from_cache = reuse and n_fit == w.n_candidates  # scoring meets the fit's batches
+    stages["score"] = base | ({} if scored_from_cache else batch) | kept | scoring
     stages["finalize"] = base | {"factors": factors, "seeds": seeds, "result columns": 64 * w.n_candidates}
     notes = [] if w.seconds_per_token else ["no probe (no weights): time not estimated"]
-    return Plan(stages, _seconds(cfg, w, reuse > 0), available_bytes, rank, notes)
+    seconds = _seconds(cfg, w, sum(cand_batches), n_fit / max(w.n_candidates, 1), reuse > 0)
+    return Plan(stages, seconds, available_bytes, rank, notes)
 
 
 def _batch(w: Workload, tokens: int, capture: float) -> dict[str, float]:
     return {"activations (one batch)": w.activation_bytes_per_token * tokens, "captures (one batch)": capture * tokens}
 
 
-def _growing_cache(w: Workload, capture: float) -> dict[str, float]:
+def _growing_cache(w: Workload, cand_batches: list[int], capture: float) -> dict[str, float]:
     """The fit pass keeps every batch's captures: its peak is the largest (kept so far + this batch's
     activations), batches coming longest first."""
     best, kept = (0.0, 0.0), 0.0
-    for tokens in w.cand_batches:
+    for tokens in cand_batches:
         kept += capture * tokens
         now = (kept, w.activation_bytes_per_token * tokens)
         best = max(best, now, key=sum)
     return {"reused captures (kept so far)": best[0], "activations (one batch)": best[1]}
 
 
-def _reused_captures(cfg: ScoreConfig, w: Workload, per_token: float, available: float) -> float:
-    """Bytes of the fit pass's captures kept for reuse (the same rule as the fit stage's)."""
-    total = per_token * sum(w.cand_batches)
-    budget = cfg.fit_cache_mb * 2**20 if cfg.fit_cache_mb is not None else min(8 * GiB, available / 3)
-    useful = cfg.hessian == "ekfac" or cfg.fit_examples is None
-    return total if useful and cfg.hessian != "identity" and total <= budget else 0.0
+def _reused_captures(
+    cfg: ScoreConfig, w: Workload, cand_batches: list[int], n_fit: int, per_token: float, available: float
+) -> float:
+    """Bytes of the fit pass's captures kept for reuse, by the fit stage's own rules (gdig.memory)."""
+    budget = budget_mb(cfg.fit_cache_mb, available / 2**20, 3)
+    by_tokens = cfg.token_budget is not None
+    keep = captures_reusable(cfg.hessian, n_fit, w.n_candidates) and captures_fit(
+        w.cand_lengths, per_token, cfg.batch_size, by_tokens, budget
+    )
+    return per_token * sum(cand_batches) if keep else 0.0
 
 
 def _seed_bytes(cfg: ScoreConfig, w: Workload, available: float) -> tuple[int | None, float]:
-    """The seeds' rank (None: dense) and bytes, by the seed stage's own rule."""
+    """The seeds' rank (None: dense) and bytes, by the seed stage's own rule (gdig.memory.seed_rank)."""
     columns = -(-w.n_seeds // cfg.seed_batch)
+    rank = cfg.seed_rank
+    if rank is None:
+        rank = seed_rank(w.dims, columns, budget_mb(cfg.seed_memory_mb, available / 2**20, 4) * 2**20)
     dense = 4 * columns * sum(d_in * d_out for d_in, d_out in w.dims.values())
     per_rank = 4 * columns * sum(d_in + d_out for d_in, d_out in w.dims.values())
-    if cfg.seed_rank is not None:
-        return cfg.seed_rank, min(dense, per_rank * cfg.seed_rank)
-    budget = cfg.seed_memory_mb * 2**20 if cfg.seed_memory_mb is not None else min(8 * GiB, available / 4)
-    if dense <= budget:
-        return None, dense
-    rank = max(1, int(budget // per_rank))
-    return rank, per_rank * rank
+    return rank, dense if rank is None else min(dense, per_rank * rank)
 
 
-def _seed_chunks(w: Workload, per_token: float) -> int:
-    return max(1, int(-(-per_token * w.seed_tokens // (1 << 30))))
-
-
-def _seconds(cfg: ScoreConfig, w: Workload, reused: bool) -> dict[str, float]:
+def _seconds(cfg: ScoreConfig, w: Workload, tokens: int, fit_share: float, reused: bool) -> dict[str, float]:
     """Seconds per stage from the probe's seconds per padded token (model passes only)."""
     if not w.seconds_per_token:
         return {}
-    tokens = sum(w.cand_batches)
-    fit_share = min(cfg.fit_examples or w.n_candidates, w.n_candidates) / max(w.n_candidates, 1)
     one_pass = w.seconds_per_token * tokens
     out = {"fit_covariance": one_pass * fit_share} if cfg.hessian != "identity" else {}
     if cfg.hessian == "ekfac":

@@ -11,15 +11,10 @@ import torch
 
 from gdig.config import ScoreConfig
 from gdig.context import ScoreContext, by_length
-from gdig.hooks import GradientCapture, batch_groups
+from gdig.hooks import GradientCapture
 from gdig.plan import PeakSampler, Workload, resident_bytes, timed
 
 PROBE_BATCHES = 2
-
-
-def padded_batches(lengths: list[int], batch_size: int, token_budget: int | None) -> list[int]:
-    """Padded tokens of each batch, for lengths already in batch order."""
-    return [max(lengths[p] for p in g) * len(g) for g in batch_groups(lengths, batch_size, token_budget)]
 
 
 def model_bytes(model: torch.nn.Module) -> int:
@@ -30,21 +25,17 @@ def model_bytes(model: torch.nn.Module) -> int:
 
 def workload_from_context(ctx: ScoreContext, runtime_bytes: int, probe: bool = True) -> Workload:
     """The run's workload; with `probe`, the activations and time measured on the longest batches."""
-    cfg = ctx.cfg
     cand = [len(ctx.cand_tok[i].input_ids) for i in by_length(ctx.cand_tok)]
     seed = [len(ctx.seed_tok[i].input_ids) for i in by_length(ctx.seed_tok)]
     w = Workload(
         dims=ctx.dims,
         model_bytes=model_bytes(ctx.model),
         runtime_bytes=runtime_bytes,
-        cand_batches=padded_batches(cand, cfg.batch_size, cfg.token_budget),
-        seed_batches=padded_batches(seed, cfg.batch_size, cfg.token_budget),
-        seed_tokens=sum(seed),
-        n_candidates=len(ctx.cand_tok),
-        n_seeds=len(ctx.seed_tok),
+        cand_lengths=cand,
+        seed_lengths=seed,
         activation_bytes_per_token=activation_formula(ctx.model),
     )
-    if probe and w.cand_batches:
+    if probe and cand:
         _probe(ctx, w)
     return w
 
@@ -99,10 +90,7 @@ def meta_workload(cfg: ScoreConfig, config_dir: str | Path, dtype: torch.dtype) 
         dims={t.name: (t.d_in, t.d_out) for t in tracked},
         model_bytes=model_bytes(model),
         runtime_bytes=resident_bytes(),
-        cand_batches=padded_batches(lengths[0], cfg.batch_size, cfg.token_budget),
-        seed_batches=padded_batches(lengths[1], cfg.batch_size, cfg.token_budget),
-        seed_tokens=sum(lengths[1]),
-        n_candidates=len(lengths[0]),
-        n_seeds=len(lengths[1]),
+        cand_lengths=lengths[0],
+        seed_lengths=lengths[1],
         activation_bytes_per_token=activation_formula(model),
     ), model

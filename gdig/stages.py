@@ -15,14 +15,12 @@ from gdig.context import ScoreContext, by_length, factors_fingerprint, short_has
 from gdig.curvature import Curvature, fit_curvature
 from gdig.hooks import Captured, GradientCapture, per_example_gradient
 from gdig.influence import Scorer, SeedBuilder, SeedGradients, group_seed_gradients
-from gdig.memory import captures_fit, free_memory_mb
+from gdig.memory import SEED_WORK_BYTES, budget_mb, captures_fit, captures_reusable, free_memory_mb, seed_rank
 from gdig.rundir.checkpoint import FitCheckpoint
 from gdig.rundir.chunks import chunk_path, partial_dir, write_chunk
 from gdig.rundir.layout import CONFIG, FACTORS, read_config, read_fingerprint, write_config
 from gdig.rundir.status import Status
 from gdig.sketch import Sketcher
-
-SEED_WORK_BYTES = 1 << 30  # captured a and g of one chunk of seeds
 
 
 def fit_stage(ctx: ScoreContext, run_dir: Path, status: Status) -> Curvature:
@@ -40,7 +38,7 @@ def fit_stage(ctx: ScoreContext, run_dir: Path, status: Status) -> Curvature:
         return Curvature.load(path, ctx.device)
     fit_idx = _fit_subset(ctx)
     order = by_length(ctx.cand_tok, fit_idx)
-    useful = ctx.cfg.hessian == "ekfac" or len(fit_idx) == len(ctx.cand_tok)  # a second pass, or scoring, reuses it
+    useful = captures_reusable(ctx.cfg.hessian, len(fit_idx), len(ctx.cand_tok))
     cache: list[Captured] | None = [] if useful and _captures_fit(ctx, order) else None
 
     def passes(stage: str, skip: int):
@@ -86,12 +84,10 @@ def _fit_subset(ctx: ScoreContext) -> list[int]:
 
 def _captures_fit(ctx: ScoreContext, order: list[int]) -> bool:
     """Whether every fit batch's captured a and g fit in --fit-cache-mb (auto: a third of free memory, <= 8 GiB)."""
-    budget_mb = ctx.cfg.fit_cache_mb
-    if budget_mb is None:
-        budget_mb = min(8192, free_memory_mb(ctx.device) // 3)
+    budget = budget_mb(ctx.cfg.fit_cache_mb, free_memory_mb(ctx.device), 3)
     per_token = 4 * sum(t.d_in + t.d_out for t in ctx.tracked)
     lengths = [len(ctx.cand_tok[i].input_ids) for i in order]
-    return captures_fit(lengths, per_token, ctx.cfg.batch_size, ctx.cfg.token_budget is not None, budget_mb)
+    return captures_fit(lengths, per_token, ctx.cfg.batch_size, ctx.cfg.token_budget is not None, budget)
 
 
 def _detached(cap: Captured) -> Captured:
@@ -120,14 +116,8 @@ def seed_ranks(ctx: ScoreContext, n_columns: int) -> dict[str, int | None]:
     fits (per seed and token, a rank-r module costs r (d_in + d_out) multiply-adds to score)."""
     if ctx.cfg.seed_rank is not None:
         return dict.fromkeys(ctx.dims, ctx.cfg.seed_rank)
-    budget = ctx.cfg.seed_memory_mb
-    if budget is None:
-        budget = min(8192, free_memory_mb(ctx.device) // 4)
-    budget_bytes = budget * 2**20
-    if 4 * n_columns * sum(d_in * d_out for d_in, d_out in ctx.dims.values()) <= budget_bytes:
-        return dict.fromkeys(ctx.dims)
-    per_rank = 4 * n_columns * sum(d_in + d_out for d_in, d_out in ctx.dims.values())
-    return dict.fromkeys(ctx.dims, max(1, int(budget_bytes // per_rank)))
+    budget = budget_mb(ctx.cfg.seed_memory_mb, free_memory_mb(ctx.device), 4)
+    return dict.fromkeys(ctx.dims, seed_rank(ctx.dims, n_columns, budget * 2**20))
 
 
 def seed_chunks(ctx: ScoreContext) -> list[list[int]]:

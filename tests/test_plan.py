@@ -14,8 +14,8 @@ from conftest import make_pairs
 from gdig.atomic import write_jsonl
 from gdig.config import DataConfig, ScoreConfig
 from gdig.demo.tiny import build_tiny_model
+from gdig.hooks import padded_batches
 from gdig.plan import Plan, advice, format_plan
-from gdig.probe import padded_batches
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "bench" / "configs"
