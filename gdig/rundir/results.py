@@ -44,12 +44,12 @@ class RunResults:
     @cached_property
     def frac_helped(self) -> np.ndarray:
         """Fraction of seed columns with I(z, s) > 0, per candidate: the G-DIG quality statistic."""
-        return self._row_statistics()[0]
+        return self._row_statistics[0]
 
     @cached_property
     def mean_influence(self) -> np.ndarray:
         """Mean influence over seed columns, per candidate: the default quality statistic."""
-        return self._row_statistics()[1]
+        return self._row_statistics[1]
 
     @cached_property
     def column_statistics(self) -> tuple[np.ndarray, np.ndarray]:
@@ -61,15 +61,15 @@ class RunResults:
             total += block.sum(axis=0)
         return helped / max(self.n, 1), total / max(self.n, 1)
 
+    @cached_property
     def _row_statistics(self) -> tuple[np.ndarray, np.ndarray]:
-        if "_rows" not in self.__dict__:  # both in one read of the matrix, a block of rows at a time
-            frac, mean = np.zeros(self.n, np.float32), np.zeros(self.n, np.float32)
-            for rows in _blocks(self.n):
-                block = self.influence[rows]
-                frac[rows] = (block > 0).mean(axis=1, dtype=np.float64)
-                mean[rows] = block.mean(axis=1, dtype=np.float64)
-            self.__dict__["_rows"] = (frac, mean)
-        return self.__dict__["_rows"]
+        """Both row statistics in one read of the matrix, a block of rows at a time."""
+        frac, mean = np.zeros(self.n, np.float32), np.zeros(self.n, np.float32)
+        for rows in _blocks(self.n):
+            block = self.influence[rows]
+            frac[rows] = (block > 0).mean(axis=1, dtype=np.float64)
+            mean[rows] = block.mean(axis=1, dtype=np.float64)
+        return frac, mean
 
     @property
     def fingerprint(self) -> dict[str, str]:
