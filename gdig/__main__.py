@@ -184,8 +184,25 @@ class _Progress:
 _JOB_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]"
 
 
+def _is_main_process() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Parse and run one command; bad input is one `gdig: error:` line and exit status 2, never a traceback."""
+    """Parse and run one command; bad input is one `gdig: error:` line and exit status 2, never a traceback.
+    Under torchrun an unexpected error is also recorded for torchrun's summary of the failed rank."""
+    import os
+
+    if "TORCHELASTIC_ERROR_FILE" in os.environ:
+        from torch.distributed.elastic.multiprocessing.errors import record
+
+        return record(_main)(argv)
+    return _main(argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gdig", description="G-DIG instruction data selection")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_score(sub)
@@ -201,12 +218,13 @@ def main(argv: list[str] | None = None) -> int:
             from gdig.rundir.status import read_status, summary_line
 
             cfg = score_config_from_args(args)
-            progress = _Progress(args.quiet)
+            quiet = args.quiet or not _is_main_process()  # under torchrun only rank 0 talks
+            progress = _Progress(quiet)
             try:
                 run_dir = score(cfg, resume=args.resume, on_progress=progress, memory_check=not args.no_memory_check)
             finally:
                 progress.close()
-            if not args.quiet:
+            if not quiet:
                 print(f"[gdig] {run_dir}: {summary_line(read_status(run_dir) or {}, run_dir)}", file=sys.stderr)
         elif args.command == "select":
             run_select(args)

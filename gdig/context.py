@@ -12,7 +12,8 @@ import torch
 
 from gdig.config import ScoreConfig
 from gdig.data import Dataset, TokenizationReport, TokenizedExample, load_dataset, tokenize_dataset
-from gdig.hooks import Captured, make_batches
+from gdig.distributed import SINGLE, World
+from gdig.hooks import Batch, Captured, batch_groups, collate, make_batches
 from gdig.model import TrackedModule, find_tracked_modules, load_model, model_fingerprint, prepare_tokenizer
 from gdig.rundir.layout import versions
 
@@ -36,6 +37,7 @@ class ScoreContext:
     fingerprints: dict[str, str]
     timings: dict[str, float] = field(default_factory=dict)
     captures: dict[tuple[int, ...], Captured] = field(default_factory=dict)  # the fit pass's, kept for scoring
+    world: World = SINGLE  # this process's place among the job's processes (torchrun)
 
     @property
     def dims(self) -> dict[str, tuple[int, int]]:
@@ -49,6 +51,15 @@ class ScoreContext:
             toks, order, self.tokenizer.pad_token_id, cfg.batch_size, cfg.token_budget, cfg.padding_side
         )
 
+    def batch_indices(self, toks: list[TokenizedExample], order: list[int]) -> list[list[int]]:
+        """The examples of each batch `batches` would make of `order` (to share batches among processes)."""
+        groups = batch_groups([len(toks[i].input_ids) for i in order], self.cfg.batch_size, self.cfg.token_budget)
+        return [[order[p] for p in g] for g in groups]
+
+    def collate(self, toks: list[TokenizedExample], index: list[int]) -> Batch:
+        """One padded batch of the examples `index`."""
+        return collate([toks[i] for i in index], index, self.tokenizer.pad_token_id, self.cfg.padding_side)
+
 
 def by_length(toks: list[TokenizedExample], subset: list[int] | None = None) -> list[int]:
     """Indices sorted by length (longest first, stable): less padding, and memory peaks show up at once."""
@@ -56,7 +67,7 @@ def by_length(toks: list[TokenizedExample], subset: list[int] | None = None) -> 
     return sorted(idx, key=lambda i: -len(toks[i].input_ids))
 
 
-def build_context(cfg: ScoreConfig, model=None, tokenizer=None) -> ScoreContext:
+def build_context(cfg: ScoreConfig, model=None, tokenizer=None, world: World = SINGLE) -> ScoreContext:
     """Load (or take) the model, find its tracked modules, read and tokenize both files."""
     if model is None:
         model, tokenizer = load_model(cfg.model, cfg.device, cfg.dtype, cfg.trust_remote_code)
@@ -72,7 +83,9 @@ def build_context(cfg: ScoreConfig, model=None, tokenizer=None) -> ScoreContext:
     fps = {"model": model_fingerprint(model), "candidates": candidates.fingerprint, "seeds": seeds.fingerprint}
     device = next(model.parameters()).device
     reports = {"candidates": cand_rep, "seeds": seed_rep}
-    return ScoreContext(cfg, model, tokenizer, tracked, device, candidates, seeds, cand_tok, seed_tok, reports, fps)
+    return ScoreContext(
+        cfg, model, tokenizer, tracked, device, candidates, seeds, cand_tok, seed_tok, reports, fps, world=world
+    )
 
 
 def short_hash(obj: Any) -> str:

@@ -7,14 +7,16 @@ KFAC Lambda = e_G e_A^T;  EK-FAC Lambda = mean_z (Q_G^T grad_W L(z) Q_A)^2.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from gdig.atomic import atomic_path
+from gdig.distributed import SINGLE, World
 from gdig.hooks import Captured, per_example_gradient
 from gdig.rundir.checkpoint import FitCheckpoint
 from gdig.rundir.status import Cancelled
@@ -99,6 +101,19 @@ class Curvature:
         rot = self.rotated_gradient(name, a, g)
         return (rot * rot / (self.modules[name].lam.to(rot.device) + damping)).sum((-2, -1))
 
+    def tensors(self) -> list[torch.Tensor]:
+        """Every factor tensor in a fixed order (what a broadcast sends)."""
+        return [getattr(f, k) for f in self.modules.values() for k in ("q_a", "e_a", "q_g", "e_g", "lam")]
+
+    @classmethod
+    def empty(cls, kind: str, dims: dict[str, tuple[int, int]], device, counts) -> Curvature:
+        """Factors of the right shapes to receive a broadcast, with the fit's counts."""
+        cur = cls(kind, n_examples=counts.n_examples, n_tokens=counts.n_tokens)
+        for name, (d_in, d_out) in dims.items():
+            z = lambda *shape: torch.empty(*shape, device=device)  # noqa: E731
+            cur.modules[name] = ModuleFactors(z(d_in, d_in), z(d_in), z(d_out, d_out), z(d_out), z(d_out, d_in))
+        return cur
+
     # -- persistence (safetensors, never pickle) ---------------------------------------------------------------
     def save(self, path: str | Path, fingerprint: str) -> None:
         """Write the factors as safetensors (never pickle) with the fingerprint that makes them reusable."""
@@ -140,6 +155,7 @@ class CovarianceFitter:
         self.g = {n: torch.zeros(do, do, dtype=torch.float64, device=device) for n, (di, do) in dims.items()}
         self.n_tokens = 0
         self.n_examples = 0
+        self._device = device
 
     def update(self, cap: Captured) -> None:
         """Add one captured batch's a a^T (per target token) and g g^T (per example)."""
@@ -156,7 +172,7 @@ class CovarianceFitter:
         return (
             {f"a::{n}": v for n, v in self.a.items()}
             | {f"g::{n}": v for n, v in self.g.items()}
-            | {"counts": torch.tensor([self.n_tokens, self.n_examples], dtype=torch.int64)}
+            | {"counts": torch.tensor([self.n_tokens, self.n_examples], dtype=torch.int64, device=self._device)}
         )
 
     def restore(self, state: dict[str, torch.Tensor]) -> None:
@@ -166,6 +182,14 @@ class CovarianceFitter:
             self.g[n].copy_(state[f"g::{n}"])
         self.n_tokens, self.n_examples = (int(x) for x in state["counts"].tolist())
 
+    def merge(self, state: dict[str, torch.Tensor]) -> None:
+        """Add sums over other batches (another rank's checkpoint)."""
+        for n in self.a:
+            self.a[n] += state[f"a::{n}"].to(self.a[n].device)
+            self.g[n] += state[f"g::{n}"].to(self.g[n].device)
+        tokens, examples = (int(x) for x in state["counts"].tolist())
+        self.n_tokens, self.n_examples = self.n_tokens + tokens, self.n_examples + examples
+
     def eigendecompose(self, kind: str) -> Curvature:
         """A and G from the sums, eigendecomposed: K-FAC, or the basis of EK-FAC's second pass."""
         cur = Curvature(kind, n_examples=self.n_examples, n_tokens=self.n_tokens)
@@ -174,7 +198,9 @@ class CovarianceFitter:
             e_g, q_g = torch.linalg.eigh(self.g[name] / max(self.n_examples, 1))
             e_a, e_g = e_a.clamp(min=0), e_g.clamp(min=0)
             lam = torch.outer(e_g, e_a)  # K-FAC eigenvalues; EK-FAC replaces them in a second pass
-            cur.modules[name] = ModuleFactors(q_a.float(), e_a.float(), q_g.float(), e_g.float(), lam.float())
+            # eigh's vectors come column-major: made contiguous, so every consumer (a broadcast too) sees one layout
+            factors = (t.float().contiguous() for t in (q_a, e_a, q_g, e_g, lam))
+            cur.modules[name] = ModuleFactors(*factors)
         return cur
 
 
@@ -201,13 +227,21 @@ class EigenCorrectionFitter:
 
     def state(self) -> dict[str, torch.Tensor]:
         """The running sums, for a checkpoint."""
-        return {f"lam::{n}": v for n, v in self.sums.items()} | {"counts": torch.tensor([self.n_examples])}
+        device = next(iter(self.sums.values())).device
+        counts = torch.tensor([self.n_examples], device=device)
+        return {f"lam::{n}": v for n, v in self.sums.items()} | {"counts": counts}
 
     def restore(self, state: dict[str, torch.Tensor]) -> None:
         """Continue from sums saved by a checkpoint."""
         for n in self.sums:
             self.sums[n].copy_(state[f"lam::{n}"])
         self.n_examples = int(state["counts"][0])
+
+    def merge(self, state: dict[str, torch.Tensor]) -> None:
+        """Add sums over other batches (another rank's checkpoint)."""
+        for n in self.sums:
+            self.sums[n] += state[f"lam::{n}"].to(self.sums[n].device)
+        self.n_examples += int(state["counts"][0])
 
     def finish(self) -> Curvature:
         """EK-FAC: the eigenvalues replaced by the mean squared gradient in the eigenbasis."""
@@ -216,41 +250,59 @@ class EigenCorrectionFitter:
         return self.cur
 
 
-def _run_pass(stage: str, fitter, passes: Callable, checkpoint: FitCheckpoint | None, last: bool) -> None:
-    """One pass over the fit set into `fitter`, resumable through `checkpoint`. A completed pass is saved only
-    when a later pass needs it (EK-FAC's covariance, for a cancel during the second pass): after the last pass
-    the factors themselves are saved, and a copy of the sums would only cost time and disk."""
-    done = checkpoint.restore(stage, fitter) if checkpoint else 0
+def _run_pass(stage: str, fitter, passes: Callable, costs: Sequence[float], checkpoint, world: World, waiting) -> None:
+    """One pass over the fit set into `fitter`: this rank's share (by cost) of the batches no checkpoint covers,
+    resumable through `checkpoint`, then the sums of every rank added up (float64) on every rank."""
+    covered = checkpoint.restore(stage, fitter, len(costs)) if checkpoint else np.zeros(len(costs), bool)
+    todo = [b for b in range(len(costs)) if not covered[b]]
+    mine = [todo[p] for p in world.mine([costs[b] for b in todo])]
+    restored = np.flatnonzero(covered).tolist() if world.is_main else []
+    if not world.is_main:
+        covered = np.zeros(len(costs), bool)  # rank 0 holds the restored sums; the others only their own
     try:
-        for cap in passes(stage, done):
+        for batch, cap in passes(stage, mine, restored):
             fitter.update(cap)
-            done += 1
+            covered[batch] = True
             if checkpoint:
-                checkpoint.maybe_save(stage, fitter, done)
+                checkpoint.maybe_save(stage, fitter, covered)
     except Cancelled:  # raised between batches: the sums are whole, keep them for --resume
         if checkpoint:
-            checkpoint.save(stage, fitter, done)
+            checkpoint.save(stage, fitter, covered)
         raise
-    if checkpoint and not last:
-        checkpoint.save(stage, fitter, done)
+    if checkpoint and world.active:  # this rank's share is done: keep it, whoever fails while the others finish
+        checkpoint.save(stage, fitter, covered)
+    state = fitter.state()
+    world.all_reduce(state.values(), f"adding up the {stage} sums", waiting)
+    fitter.restore(state)
 
 
 def fit_curvature(
     kind: str,
     dims: dict[str, tuple[int, int]],
-    passes: Callable[[str, int], Iterable[Captured]],
+    passes: Callable[[str, list[int], list[int]], Iterable[tuple[int, Captured]]],
+    costs: Sequence[float],
     device: torch.device,
     checkpoint: FitCheckpoint | None = None,
+    world: World = SINGLE,
+    waiting: Callable[[], None] | None = None,
 ) -> Curvature:
-    """Fit from `passes(stage, skip)`, which yields the Captured batches of one pass after the first `skip`;
-    it is called once per pass needed ("fit_covariance", then "fit_eigen" for EK-FAC)."""
+    """Fit from `passes(stage, batches, restored)`, which yields (batch, Captured) for the listed batches of the
+    fit set (`costs`: one per batch, e.g. its tokens; `restored`: those a checkpoint already covers); it is
+    called once per pass needed ("fit_covariance", then "fit_eigen" for EK-FAC). With several processes each
+    fits its share of the batches, the float64 sums are added up, and rank 0's eigendecomposition is broadcast,
+    so every rank preconditions with the same bases (`waiting` is called while a rank waits for the others)."""
     if kind == "identity":
         return Curvature("identity")
     cov = CovarianceFitter(dims, device)
-    _run_pass("fit_covariance", cov, passes, checkpoint, last=kind != "ekfac")
-    cur = cov.eigendecompose(kind)
+    _run_pass("fit_covariance", cov, passes, costs, checkpoint, world, waiting)
+    if checkpoint and kind == "ekfac" and world.is_main:  # the second pass builds on it: keep it whole
+        checkpoint.save("fit_covariance", cov, np.ones(len(costs), bool))
+        checkpoint.remove_others("fit_covariance")
+    cur = cov.eigendecompose(kind) if world.is_main else Curvature.empty(kind, dims, device, cov)
+    world.broadcast(cur.tensors(), 0, "sharing the eigendecomposition")
     if kind == "ekfac":
         corr = EigenCorrectionFitter(cur)
-        _run_pass("fit_eigen", corr, passes, checkpoint, last=True)
+        _run_pass("fit_eigen", corr, passes, costs, checkpoint, world, waiting)
         cur = corr.finish()
+        world.broadcast([f.lam for f in cur.modules.values()], 0, "sharing the EK-FAC eigenvalues")
     return cur

@@ -82,8 +82,8 @@ class SeedBuilder:
                 self.out.left[name] = torch.zeros(n_columns, d_out, r, device=device)
                 self.out.right[name] = torch.zeros(n_columns, d_in, r, device=device)
                 self._lost[name] = (
-                    torch.zeros(n_columns, dtype=torch.float64),
-                    torch.zeros(n_columns, dtype=torch.float64),
+                    torch.zeros(n_columns, dtype=torch.float64, device=device),
+                    torch.zeros(n_columns, dtype=torch.float64, device=device),
                 )
 
     def add(self, name: str, start: int, grads: torch.Tensor) -> None:
@@ -112,10 +112,17 @@ class SeedBuilder:
         self._record_loss(name, cols, x, s)
 
     def _record_loss(self, name: str, cols: slice, v: torch.Tensor, s: torch.Tensor) -> None:
-        whole = (v.double() ** 2).sum((-2, -1)).cpu()  # Frobenius norms do not change with the rotation
-        kept = (s.double() ** 2).sum(-1).cpu()
+        whole = (v.double() ** 2).sum((-2, -1))  # Frobenius norms do not change with the rotation
+        kept = (s.double() ** 2).sum(-1)
         self._lost[name][0][cols] = (whole - kept).clamp(min=0)
         self._lost[name][1][cols] = whole
+
+    def column_views(self, cols: slice) -> list[torch.Tensor]:
+        """Every stored tensor's rows for seed columns `cols` (views, contiguous: what a broadcast fills in)."""
+        views = [self.out.self_influence[cols]]
+        for store in (self.out.dense, self.out.left, self.out.right):
+            views += [store[name][cols] for name in sorted(store)]
+        return views + [part[cols] for name in sorted(self._lost) for part in self._lost[name]]
 
     def is_low_rank(self, name: str) -> bool:
         """Whether module `name` is kept as low-rank factors."""

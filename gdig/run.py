@@ -7,6 +7,7 @@ picks up after the last complete chunk, and the final files appear only when eve
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,12 +18,22 @@ import numpy as np
 from gdig.atomic import atomic_path
 from gdig.config import ScoreConfig
 from gdig.context import ScoreContext, build_context, config_record, settings_fingerprint
+from gdig.distributed import World, join_world, leave_world
 from gdig.influence import Scorer, mean_seed_direction
 from gdig.memory import free_memory_mb
 from gdig.model_source import check_model_source
 from gdig.plan import Plan, advice, plan_run, resident_bytes
 from gdig.rundir.chunks import collect_chunks, remove_partial
-from gdig.rundir.layout import INFLUENCE, SEED_GRADS, SKETCH, UMAP, RunExistsError, prepare, write_config
+from gdig.rundir.layout import (
+    INFLUENCE,
+    SEED_GRADS,
+    SKETCH,
+    UMAP,
+    RunExistsError,
+    prepare,
+    read_config,
+    write_config,
+)
 from gdig.rundir.seeds import save_mean_direction
 from gdig.rundir.status import Cancelled, Status
 from gdig.rundir.tables import records_table, write_tables
@@ -123,29 +134,41 @@ def score(
     demo) passes its own `status`, whose plan already holds these stages."""
     if model is None:
         check_model_source(cfg.model)  # before anything is written: a wrong path is not a failed run
+    world, device = join_world(cfg.device)
+    cfg = dataclasses.replace(cfg, device=device)
     run_dir = Path(cfg.out)
-    saved = prepare(run_dir, resume)
+    saved = _prepare(run_dir, resume, world)
     own_status = status is None
-    status = status or Status(run_dir, on_progress)
+    status = status or Status(run_dir, on_progress, world)
     try:
         status.update("load", 0, 1, force=True)
         t0 = time.time()
-        ctx = build_context(cfg, model, tokenizer)
+        ctx = build_context(cfg, model, tokenizer, world)
         ctx.timings["load"] = time.time() - t0
         if memory_check:
             check_memory(ctx)
         if own_status:
             status.set_plan(job_plan(cfg, len(ctx.candidates), len(ctx.seeds)))
         if saved is None or not _resume_finished(ctx, run_dir, saved, status):
-            write_config(run_dir, config_record(ctx, {"finished": False}))
+            if world.is_main:
+                write_config(run_dir, config_record(ctx, {"finished": False, "world_size": world.size}))
             _run_stages(ctx, run_dir, status)
-        if own_status:
+        if own_status and world.is_main:
             status.update("done", 1, 1, force=True)
         return run_dir
     except BaseException as e:
         if own_status:
             status.fail("cancelled" if isinstance(e, Cancelled | KeyboardInterrupt) else f"{type(e).__name__}: {e}")
         raise
+    finally:
+        leave_world()
+
+
+def _prepare(run_dir: Path, resume: bool, world: World) -> dict[str, Any] | None:
+    """Rank 0 checks and creates the run directory (the others wait): the saved config when resuming."""
+    saved = prepare(run_dir, resume) if world.is_main else None
+    world.barrier("preparing the run directory")
+    return saved if world.is_main else (read_config(run_dir) if resume else None)
 
 
 def _resume_finished(ctx: ScoreContext, run_dir: Path, saved: dict[str, Any], status: Status) -> bool:
@@ -153,7 +176,7 @@ def _resume_finished(ctx: ScoreContext, run_dir: Path, saved: dict[str, Any], st
     if saved.get("fingerprints", {}).get("settings") != settings_fingerprint(ctx):
         raise RunExistsError(f"{run_dir} was made with other settings, model or data; --resume needs the same")
     if saved.get("finished"):
-        if ctx.cfg.umap and not (run_dir / UMAP).exists():
+        if ctx.cfg.umap and ctx.world.is_main and not (run_dir / UMAP).exists():
             umap_stage(run_dir, ctx.cfg.random_state, status)
         return True
     ctx.timings = {k: v for k, v in saved.get("timings", {}).items() if k != "factors_reused"}
@@ -168,6 +191,9 @@ def _run_stages(ctx: ScoreContext, run_dir: Path, status: Status) -> None:
     scorer = Scorer(seeds, cur, dampings, ctx.cfg.normalize)
     sketcher = Sketcher(ctx.dims, ctx.cfg.sketch_dim, ctx.cfg.random_state, ctx.device)
     score_stage(ctx, scorer, sketcher, run_dir, status)
+    ctx.world.barrier("waiting for every rank's scores", status.refresh)
+    if not ctx.world.is_main:
+        return
     mean = mean_seed_direction(seeds, ctx.cfg.normalize)
     save_mean_direction(run_dir / SEED_GRADS, mean, seeds, ctx.cfg.normalize, fp)
     extra = {
@@ -177,6 +203,7 @@ def _run_stages(ctx: ScoreContext, run_dir: Path, status: Status) -> None:
         "n_seed_columns": seeds.n_seeds,
         "sketch_dim": sketcher.dim,
         "factors": {"n_examples": cur.n_examples, "n_tokens": cur.n_tokens, "kind": cur.kind},
+        "world_size": ctx.world.size,
     }
     status.update("finalize", 0, 1, force=True)
     finalize(ctx, run_dir, seed_loss, seed_ntok, extra)

@@ -3,7 +3,6 @@ in resumable chunks, map the sketches. The run directory's files are written thr
 
 from __future__ import annotations
 
-import itertools
 import shutil
 import time
 from pathlib import Path
@@ -24,52 +23,54 @@ from gdig.sketch import Sketcher
 
 
 def fit_stage(ctx: ScoreContext, run_dir: Path, status: Status) -> Curvature:
-    """The run's curvature: reused from this run or another with the same fingerprint, or fitted (resumably)."""
+    """The run's curvature: reused from this run or another with the same fingerprint, or fitted (resumably,
+    each process on its share of the fit set's batches)."""
     path = run_dir / FACTORS
     fp = factors_fingerprint(ctx)
     if ctx.cfg.hessian == "identity":
         return Curvature("identity")
-    if read_fingerprint(path) != fp:
+    if ctx.world.is_main and read_fingerprint(path) != fp:
         donor = _find_factors(run_dir.parent, fp, exclude=run_dir)
         if donor is not None:
             shutil.copyfile(donor, path)
+    ctx.world.barrier("looking for reusable factors", status.refresh)
     if read_fingerprint(path) == fp:
         ctx.timings["factors_reused"] = 1.0
         return Curvature.load(path, ctx.device)
     fit_idx = _fit_subset(ctx)
     order = by_length(ctx.cand_tok, fit_idx)
+    batches = ctx.batch_indices(ctx.cand_tok, order)
+    costs = [len(b) * max(len(ctx.cand_tok[i].input_ids) for i in b) for b in batches]  # padded tokens
     useful = captures_reusable(ctx.cfg.hessian, len(fit_idx), len(ctx.cand_tok))
-    cache: list[Captured] | None = [] if useful and _captures_fit(ctx, order) else None
+    cache: dict[int, Captured] | None = {} if useful and _captures_fit(ctx, order) else None
 
-    def passes(stage: str, skip: int):
-        nonlocal cache
+    def passes(stage: str, mine: list[int], covered: list[int]):
         t0 = time.time()
-        batches = iter(ctx.batches(ctx.cand_tok, order))
-        done = sum(len(b.index) for b in itertools.islice(batches, skip))  # covered by the checkpoint
-        if skip and stage == "fit_covariance":
-            cache = None  # resumed: the skipped batches were never captured here
-        status.update(stage, done, len(order), force=True)
-        if stage == "fit_eigen" and cache:  # the same batches as the first pass: reuse its captures
-            for cap in cache[skip:]:
-                yield cap
-                done += len(cap.index)
-                status.update(stage, done, len(order))
-        else:
-            with GradientCapture(ctx.model, ctx.tracked) as capture:
-                for batch in batches:
-                    cap = capture.run(batch)
+        done = sum(len(batches[b]) for b in covered)  # rank 0 reports the batches its checkpoint covers as done
+        total = done + sum(len(batches[b]) for b in mine)
+        status.update(stage, done, total, force=True)
+        with GradientCapture(ctx.model, ctx.tracked) as capture:
+            for b in mine:
+                cap = cache.get(b) if cache is not None and stage == "fit_eigen" else None
+                if cap is None:
+                    cap = capture.run(ctx.collate(ctx.cand_tok, batches[b]))
                     if cache is not None and stage == "fit_covariance":
-                        cache.append(_detached(cap))
-                    yield cap
-                    done += len(batch.index)
-                    status.update(stage, done, len(order))
+                        cache[b] = _detached(cap)
+                yield b, cap
+                done += len(batches[b])
+                status.update(stage, done, total)
         ctx.timings[stage] = ctx.timings.get(stage, 0.0) + time.time() - t0
 
     batching = [ctx.cfg.batch_size, ctx.cfg.token_budget]
-    checkpoint = FitCheckpoint(partial_dir(run_dir), short_hash([fp, batching]), ctx.cfg.checkpoint_seconds)
-    fit_curvature(ctx.cfg.hessian, ctx.dims, passes, ctx.device, checkpoint).save(path, fp)
-    if cache and len(fit_idx) == len(ctx.cand_tok):  # scoring meets the same batches: reuse, don't recompute
-        ctx.captures = {tuple(c.index): c for c in cache}
+    checkpoint = FitCheckpoint(
+        partial_dir(run_dir), short_hash([fp, batching, "v2"]), ctx.cfg.checkpoint_seconds, ctx.world
+    )
+    cur = fit_curvature(ctx.cfg.hessian, ctx.dims, passes, costs, ctx.device, checkpoint, ctx.world, status.refresh)
+    if ctx.world.is_main:
+        cur.save(path, fp)
+    ctx.world.barrier("saving the factors", status.refresh)
+    if cache and len(fit_idx) == len(ctx.cand_tok) and not ctx.world.active:  # scoring meets the same batches
+        ctx.captures = {tuple(batches[b]): c for b, c in cache.items()}
     return Curvature.load(path, ctx.device)  # a fresh and a resumed run compute from the same bytes
 
 
@@ -113,11 +114,15 @@ def dampings_for(ctx: ScoreContext, cur: Curvature) -> dict[str, float]:
 def seed_ranks(ctx: ScoreContext, n_columns: int) -> dict[str, int | None]:
     """The rank each module's seeds are kept at: --seed-rank when given; otherwise dense when all seeds fit in
     --seed-memory-mb (auto: a quarter of the free memory, at most 8 GiB), else the largest common rank that
-    fits (per seed and token, a rank-r module costs r (d_in + d_out) multiply-adds to score)."""
+    fits (per seed and token, a rank-r module costs r (d_in + d_out) multiply-adds to score). Every process
+    uses the smallest rank any of them can hold."""
     if ctx.cfg.seed_rank is not None:
         return dict.fromkeys(ctx.dims, ctx.cfg.seed_rank)
     budget = budget_mb(ctx.cfg.seed_memory_mb, free_memory_mb(ctx.device), 4)
-    return dict.fromkeys(ctx.dims, seed_rank(ctx.dims, n_columns, budget * 2**20))
+    rank = seed_rank(ctx.dims, n_columns, budget * 2**20)
+    dense = 2**62
+    rank = ctx.world.all_reduce_min(dense if rank is None else rank, "agreeing on the seeds' rank")
+    return dict.fromkeys(ctx.dims, None if rank == dense else rank)
 
 
 def seed_chunks(ctx: ScoreContext) -> list[list[int]]:
@@ -138,29 +143,40 @@ def seed_chunks(ctx: ScoreContext) -> list[list[int]]:
 
 def seed_stage(ctx: ScoreContext, cur: Curvature, dampings: dict[str, float], status: Status):
     """Seed gradients, grouped by --seed-batch and preconditioned one (module, chunk) at a time; also each
-    seed's loss and token count, and the ranks used."""
+    seed's loss and token count, and the ranks used. With several processes each does its share of the chunks
+    (by tokens), then every chunk is broadcast from the rank that made it, so all hold every seed."""
     t0 = time.time()
     m, k = len(ctx.seed_tok), ctx.cfg.seed_batch
     n_columns = -(-m // k)
     ranks = seed_ranks(ctx, n_columns)
     builder = SeedBuilder(ctx.dims, n_columns, cur, dampings, ranks, ctx.device)
-    loss, n_tok = np.zeros(m, np.float32), np.zeros(m, np.int64)
-    status.update("seeds", 0, m, force=True)
+    loss = torch.zeros(m, dtype=torch.float32, device=ctx.device)
+    n_tok = torch.zeros(m, dtype=torch.int64, device=ctx.device)
+    chunks = seed_chunks(ctx)
+    owners = ctx.world.owners([sum(len(ctx.seed_tok[i].input_ids) for i in c) for c in chunks])
+    mine = [c for c, owner in zip(chunks, owners, strict=True) if owner == ctx.world.rank]
+    total = sum(len(c) for c in mine)
+    status.update("seeds", 0, total, force=True)
     done = 0
     with GradientCapture(ctx.model, ctx.tracked) as capture:
-        for chunk in seed_chunks(ctx):
+        for chunk in mine:
             caps = []
             for batch in ctx.batches(ctx.seed_tok, by_length(ctx.seed_tok, chunk)):
                 cap = capture.run(batch)
                 caps.append(_detached(cap))
-                loss[batch.index] = cap.loss.cpu().numpy()
-                n_tok[batch.index] = cap.n_target.cpu().numpy()
+                loss[batch.index] = cap.loss.detach().float()
+                n_tok[batch.index] = cap.n_target.to(torch.int64)
                 done += len(batch.index)
-                status.update("seeds", done, m)
+                status.update("seeds", done, total)
             _add_chunk(ctx, builder, caps, chunk)
+    if ctx.world.active:
+        ctx.world.barrier("waiting for every rank's seeds", status.refresh)
+        for chunk, owner in zip(chunks, owners, strict=True):
+            rows, cols = slice(chunk[0], chunk[-1] + 1), slice(chunk[0] // k, chunk[-1] // k + 1)
+            ctx.world.broadcast([loss[rows], n_tok[rows], *builder.column_views(cols)], owner, "sharing the seeds")
     ctx.timings["seeds"] = time.time() - t0
     rank = next(iter(ranks.values())) if len(set(ranks.values())) == 1 else None
-    return builder.finish(), loss, n_tok, rank
+    return builder.finish(), loss.cpu().numpy(), n_tok.cpu().numpy(), rank
 
 
 def _add_chunk(ctx: ScoreContext, builder: SeedBuilder, caps: list[Captured], chunk: list[int]) -> None:
@@ -199,23 +215,26 @@ def _column_tokens(caps: list[Captured], name: str, first: int, n: int, k: int):
 
 
 def score_stage(ctx: ScoreContext, scorer: Scorer, sketcher: Sketcher, run_dir: Path, status: Status) -> None:
-    """Stream candidates in chunks of --chunk-size; each complete chunk is one file, written atomically."""
+    """Stream candidates in chunks of --chunk-size; each complete chunk is one file, written atomically. The
+    chunks are the same for any number of processes; those not yet written are shared among them by tokens."""
     t0 = time.time()
     order = by_length(ctx.cand_tok)
     chunks = [order[i : i + ctx.cfg.chunk_size] for i in range(0, len(order), ctx.cfg.chunk_size)]
     partial_dir(run_dir).mkdir(exist_ok=True)
-    done = sum(len(c) for i, c in enumerate(chunks) if chunk_path(run_dir, i).exists())
-    status.update("score", done, len(order), force=True)
+    todo = [i for i in range(len(chunks)) if not chunk_path(run_dir, i).exists()]
+    mine = [todo[p] for p in ctx.world.mine([sum(len(ctx.cand_tok[j].input_ids) for j in chunks[i]) for i in todo])]
+    waiting = set(todo)
+    done = 0 if not ctx.world.is_main else sum(len(c) for i, c in enumerate(chunks) if i not in waiting)
+    total = done + sum(len(chunks[i]) for i in mine)
+    status.update("score", done, total, force=True)
     with GradientCapture(ctx.model, ctx.tracked) as capture:
-        for i, chunk in enumerate(chunks):
-            if chunk_path(run_dir, i).exists():
-                continue
+        for i in mine:
             parts: list[dict[str, np.ndarray]] = []
-            for batch in ctx.batches(ctx.cand_tok, chunk):
+            for batch in ctx.batches(ctx.cand_tok, chunks[i]):
                 cap = ctx.captures.pop(tuple(batch.index), None) or capture.run(batch)
                 parts.append(_score_batch(cap, scorer, sketcher))
                 done += len(batch.index)
-                status.update("score", done, len(order))
+                status.update("score", done, total)
             write_chunk(run_dir, i, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
     ctx.captures.clear()
     ctx.timings["score"] = ctx.timings.get("score", 0.0) + time.time() - t0
@@ -264,7 +283,9 @@ def load_or_make_seeds(
         seeds, _ = load_seed_gradients(path, ctx.device)
         return (seeds, *meta)
     seeds, seed_loss, seed_ntok, rank = seed_stage(ctx, cur, dampings, status)
-    save_seed_gradients(path, seeds, fp)
+    if ctx.world.is_main:
+        save_seed_gradients(path, seeds, fp)
+        save_seed_meta(run_dir, seed_loss, seed_ntok, rank)
+    ctx.world.barrier("saving the seeds", status.refresh)
     seeds, _ = load_seed_gradients(path, ctx.device)  # same bytes as a resumed run
-    save_seed_meta(run_dir, seed_loss, seed_ntok, rank)
     return seeds, seed_loss, seed_ntok, rank

@@ -4,8 +4,6 @@ batch size; a resumed fit equals an uninterrupted one."""
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pytest
 import torch
@@ -24,16 +22,18 @@ def setup(tokenizer, tmp_path_factory):
 
 
 def fit(model, tracked, toks, kind, batch_size, pad_id=0, checkpoint=None, stop_after=None):
-    def passes(stage, skip):
-        batches = make_batches(toks, range(len(toks)), pad_id, batch_size)
+    batches = list(make_batches(toks, range(len(toks)), pad_id, batch_size))
+
+    def passes(stage, mine, restored):
         with GradientCapture(model, tracked) as capture:
-            for i, batch in enumerate(itertools.islice(batches, skip, None)):
-                if stop_after is not None and stage == "fit_eigen" and skip + i == stop_after:
+            for b in mine:
+                if stop_after is not None and stage == "fit_eigen" and b == stop_after:
                     raise Cancelled("test")
-                yield capture.run(batch)
+                yield b, capture.run(batches[b])
 
     dims = {t.name: (t.d_in, t.d_out) for t in tracked}
-    return fit_curvature(kind, dims, passes, torch.device("cpu"), checkpoint)
+    costs = [b.input_ids.numel() for b in batches]
+    return fit_curvature(kind, dims, passes, costs, torch.device("cpu"), checkpoint)
 
 
 def rel(a, b) -> float:

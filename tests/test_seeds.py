@@ -62,11 +62,12 @@ def test_seeds_fit_the_budget_dense_and_chunking_changes_nothing(tmp_path, model
 def test_seed_ranks_follow_the_budget(budget_mb, expected):
     from types import SimpleNamespace
 
+    from gdig.distributed import SINGLE
     from gdig.stages import seed_ranks
 
     dims = {"m1": (64, 128), "m2": (128, 64)}  # dense: 2 * 8192 * 4 bytes per seed = 64 KiB
     cfg = SimpleNamespace(seed_rank=None, seed_memory_mb=budget_mb)
-    ctx = SimpleNamespace(cfg=cfg, dims=dims, device=torch.device("cpu"))
+    ctx = SimpleNamespace(cfg=cfg, dims=dims, device=torch.device("cpu"), world=SINGLE)
     ranks = seed_ranks(ctx, n_columns=256)  # dense 16 MiB; rank r costs 256 * 2 * 192 * 4 * r bytes = 384 KiB * r
     assert ranks == dict.fromkeys(dims, expected)
 

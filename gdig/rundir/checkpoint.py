@@ -1,5 +1,7 @@
-"""Resumable curvature fits: a fit pass's partial sums saved in partial/ with the number of batches they
-cover (safetensors, written atomically)."""
+"""Resumable curvature fits: a fit pass's partial sums saved in partial/ with the mask of the batches they cover
+(safetensors, written atomically). Rank 0 keeps `{stage}.safetensors`; with several processes each other rank
+keeps `{stage}.rank{r}.safetensors` over its own batches. Sums add, so a resumed pass (with any number of
+processes) restores them all, skips every covered batch and ends with the same sums as an uninterrupted one."""
 
 from __future__ import annotations
 
@@ -9,43 +11,87 @@ from pathlib import Path
 from gdig.atomic import atomic_path
 from gdig.rundir.layout import read_metadata
 
+COVERED = "covered"  # the uint8 mask of the batches a checkpoint's sums cover
+
 
 class FitCheckpoint:
-    """A fit pass's partial sums saved with the number of batches they cover (safetensors, written atomically):
-    every `every_seconds`, when the pass is cancelled, and when a pass that another builds on completes. A
-    resumed pass restores them, skips those batches, and ends with the same sums bit for bit as an uninterrupted
-    one."""
+    """A fit pass's partial sums saved with the batches they cover: every `every_seconds`, when the pass is
+    cancelled, and when a pass that another builds on completes. A resumed pass restores them and skips those
+    batches; in one process it ends with the same sums bit for bit as an uninterrupted one."""
 
-    def __init__(self, folder: str | Path, fingerprint: str, every_seconds: float = 60.0):
+    def __init__(self, folder: str | Path, fingerprint: str, every_seconds: float = 60.0, world=None):
+        from gdig.distributed import SINGLE
+
         self.folder, self.fingerprint, self.every = Path(folder), fingerprint, every_seconds
+        self.world = world or SINGLE
         self._last = time.time()
 
-    def path(self, stage: str) -> Path:
-        """The checkpoint file of one fit pass."""
-        return self.folder / f"{stage}.safetensors"
+    def path(self, stage: str, rank: int = 0) -> Path:
+        """The checkpoint file of one fit pass (rank 0's, or another rank's)."""
+        return self.folder / (f"{stage}.safetensors" if rank == 0 else f"{stage}.rank{rank}.safetensors")
 
-    def restore(self, stage: str, fitter) -> int:
-        """Load the saved sums into `fitter`; returns how many batches they cover (0 when none match)."""
-        path = self.path(stage)
-        meta = read_metadata(path)
-        if meta.get("fingerprint") != self.fingerprint:
-            return 0
+    def restore(self, stage: str, fitter, n_batches: int):
+        """Load the saved sums into `fitter` (rank 0 only: it adds every rank's file it finds and saves them as
+        its own); returns the mask of the batches they cover, the same on every rank."""
+        import numpy as np
+
+        if self.world.is_main:
+            self._gather(stage, fitter, n_batches)
+        self.world.barrier(f"restoring the {stage} checkpoint")
+        covered = self._covered(self.path(stage), n_batches)
+        return covered if covered is not None else np.zeros(n_batches, bool)
+
+    def _gather(self, stage: str, fitter, n_batches: int) -> None:
+        """Rank 0: its own sums, plus those of other ranks' files over batches it does not cover yet."""
         from safetensors.torch import load_file
 
-        fitter.restore(load_file(str(path)))
-        return int(meta["batches"])
+        covered = self._covered(self.path(stage), n_batches)
+        if covered is not None:
+            fitter.restore(load_file(str(self.path(stage))))
+        others = sorted(self.folder.glob(f"{stage}.rank*.safetensors"))
+        merged = False
+        for path in others:
+            theirs = self._covered(path, n_batches)
+            if theirs is None or (covered is not None and (theirs & covered).any()):
+                continue  # another job's, or already added to rank 0's file before a crash
+            fitter.merge(load_file(str(path)))
+            covered = theirs if covered is None else covered | theirs
+            merged = True
+        if merged:
+            self.save(stage, fitter, covered)
+        for path in others:
+            path.unlink(missing_ok=True)
 
-    def save(self, stage: str, fitter, batches: int) -> None:
-        """Save the fitter's sums now, covering the first `batches` batches."""
+    def _covered(self, path: Path, n_batches: int):
+        """The mask saved in a checkpoint of this fit (None when absent or another fit's)."""
+        meta = read_metadata(path)
+        if meta.get("fingerprint") != self.fingerprint or meta.get("n_batches") != str(n_batches):
+            return None
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="np") as f:
+            return f.get_tensor(COVERED).astype(bool)
+
+    def save(self, stage: str, fitter, covered) -> None:
+        """Save this rank's sums now, covering the batches of the mask `covered`."""
+        import numpy as np
+        import torch
         from safetensors.torch import save_file
 
         self.folder.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().contiguous().cpu() for k, v in fitter.state().items()}
-        with atomic_path(self.path(stage)) as tmp:
-            save_file(tensors, str(tmp), metadata={"fingerprint": self.fingerprint, "batches": str(batches)})
+        tensors[COVERED] = torch.from_numpy(np.asarray(covered, np.uint8))
+        meta = {"fingerprint": self.fingerprint, "n_batches": str(len(covered))}
+        with atomic_path(self.path(stage, self.world.rank)) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
         self._last = time.time()
 
-    def maybe_save(self, stage: str, fitter, batches: int) -> None:
+    def maybe_save(self, stage: str, fitter, covered) -> None:
         """Save when `every_seconds` have passed since the last save."""
         if time.time() - self._last >= self.every:
-            self.save(stage, fitter, batches)
+            self.save(stage, fitter, covered)
+
+    def remove_others(self, stage: str) -> None:
+        """Drop the other ranks' files of a pass whose sums rank 0 now holds whole."""
+        for path in self.folder.glob(f"{stage}.rank*.safetensors"):
+            path.unlink(missing_ok=True)

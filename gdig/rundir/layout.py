@@ -26,6 +26,7 @@ DEMO_REPORT = "demo_report.json"
 JOB = "job.json"  # the app's worker: pid and command
 JOB_SETTINGS = "job-settings.json"
 WORKER_LOG = "worker.log"
+RANK_STATUS = "status.rank{rank}.json"  # in partial/: the progress of each rank but 0 (rank 0 sums them up)
 
 REQUIRED = (CONFIG, CANDIDATES, SEEDS, INFLUENCE, SKETCH)  # what a finished run must hold
 BOOKKEEPING = {JOB, JOB_SETTINGS, WORKER_LOG, CANCEL, STATUS}  # written by the app before the worker starts

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gdig.atomic import write_json_atomic
-from gdig.rundir.layout import CANCEL, STATUS
+from gdig.rundir.layout import CANCEL, PARTIAL, RANK_STATUS, STATUS
 
 
 class Cancelled(RuntimeError):
@@ -23,14 +23,22 @@ class Cancelled(RuntimeError):
 
 class Status:
     """status.json: {stage, done, total, started, updated, pid, error, plan, job_fraction, stage_seconds},
-    replaced atomically (at most twice a second, and at every stage boundary)."""
+    replaced atomically (at most twice a second, and at every stage boundary). With several processes (`world`:
+    rank and size) each rank but 0 writes its own counters to partial/, and rank 0 writes status.json with the
+    sums of all ranks in its stage and each rank's counters under `ranks` (the ETA is the slowest rank's)."""
 
-    def __init__(self, run_dir: Path, on_progress: Callable[[dict], None] | None = None):
+    def __init__(self, run_dir: Path, on_progress: Callable[[dict], None] | None = None, world=None):
         self.path = Path(run_dir) / STATUS
+        self.rank, self.size = (world.rank, world.size) if world is not None else (0, 1)
+        if self.rank:
+            self.path = Path(run_dir) / PARTIAL / RANK_STATUS.format(rank=self.rank)
+        self.shared_path = Path(run_dir) / STATUS
         self.cancel_path = Path(run_dir) / CANCEL
         self.started = time.time()
         self.on_progress = on_progress
-        self.state: dict[str, Any] = {}
+        self.state: dict[str, Any] = {}  # what status.json says (rank 0: every rank's counters summed)
+        self.local: dict[str, Any] = {}  # this rank's own counters
+        self._others: list[dict[str, Any]] = []
         self.plan: dict[str, float] = {}
         self.stage_seconds: dict[str, float] = {}
         self._last_write = 0.0
@@ -55,15 +63,12 @@ class Status:
     def update(self, stage: str, done: int, total: int, error: str | None = None, force: bool = False) -> None:
         """Record progress (written twice a second at most, and at stage boundaries); Cancelled when asked to stop."""
         now = time.time()
-        previous = self.state.get("stage")
+        previous = self.local.get("stage")
         if stage != previous:
             if previous is not None:
                 self.stage_seconds[previous] = self.stage_seconds.get(previous, 0.0) + now - self._stage_started
             self._stage_started = now
-        fraction = self.job_fraction(stage, done, total)
-        if self._fraction_at_start is None and self.plan:
-            self._fraction_at_start = fraction
-        self.state = {
+        self.local = {
             "stage": stage,
             "done": done,
             "total": total,
@@ -72,23 +77,89 @@ class Status:
             "stage_started": self._stage_started,
             "pid": os.getpid(),
             "error": error,
-            "plan": self.plan,
-            "job_fraction": fraction,
-            "job_fraction_at_start": self._fraction_at_start or 0.0,
-            "stage_seconds": self.stage_seconds,
         }
-        if force or done in (0, total) or now - self._last_write > 0.5:
-            write_json_atomic(self.path, self.state)
-            self._last_write = now
+        write = force or done in (0, total) or now - self._last_write > 0.5
+        if write and self.size > 1 and not self.rank:
+            self._others = self._read_others()
+        self.state = self._summed()
+        if write:
+            self._write()
         if self.on_progress is not None:
             self.on_progress(dict(self.state))
         if self.cancel_path.exists():
             raise Cancelled("cancelled by the user")
 
+    def refresh(self) -> None:
+        """Rewrite the status now (rank 0: with the other ranks' latest counters), e.g. while waiting for the
+        other processes; Cancelled when asked to stop."""
+        if self.local and time.time() - self._last_write > 0.5:
+            if self.size > 1 and not self.rank:
+                self._others = self._read_others()
+            self.state = self._summed()
+            self._write()
+            if self.on_progress is not None:
+                self.on_progress(dict(self.state))
+        if self.cancel_path.exists():
+            raise Cancelled("cancelled by the user")
+
+    def _summed(self) -> dict[str, Any]:
+        """This rank's state; rank 0's with every rank's counters in its stage added and all ranks listed, and
+        the job's fraction."""
+        state = dict(self.local)
+        if self.rank:
+            return state
+        if self.size > 1:
+            ranks = [_counters(0, state)] + self._others
+            same = [c for c in ranks if c["stage"] == state["stage"]]
+            state |= {"done": sum(c["done"] for c in same), "total": sum(c["total"] for c in same), "ranks": ranks}
+        fraction = self.job_fraction(state["stage"], state["done"], state["total"])
+        if self._fraction_at_start is None and self.plan:
+            self._fraction_at_start = fraction
+        return state | {
+            "plan": self.plan,
+            "job_fraction": fraction,
+            "job_fraction_at_start": self._fraction_at_start or 0.0,
+            "stage_seconds": self.stage_seconds,
+        }
+
+    def _read_others(self) -> list[dict[str, Any]]:
+        found = (_read_json(self.path.parent / PARTIAL / RANK_STATUS.format(rank=r)) for r in range(1, self.size))
+        return [_counters(r, c) for r, c in enumerate(found, start=1) if c]
+
+    def _write(self) -> None:
+        if self.rank:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.path, self.state)
+        self._last_write = time.time()
+
     def fail(self, error: str) -> None:
-        """Record why the job stopped (keeping where it stopped)."""
-        state = self.state or {"stage": "load", "done": 0, "total": 1, "started": self.started}
-        write_json_atomic(self.path, state | {"error": error, "updated": time.time(), "pid": os.getpid()})
+        """Record in status.json why the job stopped (keeping where it stopped). With several processes the first
+        rank to fail says why (`rank R of N: ...`); the others' later errors are its consequences."""
+        now = time.time()
+        current = _read_json(self.shared_path) or {}
+        if self.size > 1:
+            if current.get("error") and float(current.get("updated", 0)) >= self.started:
+                return
+            error = f"rank {self.rank} of {self.size}: {error}"
+        state = (current if self.rank else self.state) or {
+            "stage": "load",
+            "done": 0,
+            "total": 1,
+            "started": self.started,
+        }
+        write_json_atomic(self.shared_path, state | {"error": error, "updated": now, "pid": os.getpid()})
+
+
+def _counters(rank: int, state: dict[str, Any]) -> dict[str, Any]:
+    keys = ("stage", "done", "total", "stage_started", "updated")
+    return {"rank": rank} | {k: state.get(k) for k in keys}
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def read_status(run_dir: str | Path) -> dict[str, Any] | None:
@@ -135,11 +206,23 @@ def estimate(state: dict[str, Any]) -> Eta:
     if started and updated and done > 0 and updated > started:
         rate = done / (updated - started)
         stage_eta = (total - done) / rate if rate > 0 else None
+    slowest = [_rank_eta(r) for r in state.get("ranks", []) if r.get("stage") == state.get("stage")]
+    if any(e is not None for e in slowest):
+        stage_eta = max(e for e in slowest if e is not None)
     fraction = float(state.get("job_fraction", 0.0))
     gained = fraction - float(state.get("job_fraction_at_start", 0.0))
     if state.get("started") and updated and gained > 0.005 and fraction < 1.0:
         job_eta = (updated - state["started"]) * (1.0 - fraction) / gained
     return Eta(rate, stage_eta, fraction, job_eta)
+
+
+def _rank_eta(counters: dict[str, Any]) -> float | None:
+    """One rank's time left in its stage, from its own pace."""
+    done, total = int(counters.get("done") or 0), int(counters.get("total") or 0)
+    started, updated = counters.get("stage_started"), counters.get("updated")
+    if not (started and updated and updated > started) or done <= 0:
+        return None if done < total else 0.0
+    return (total - done) * (updated - started) / done
 
 
 def format_seconds(seconds: float) -> str:
