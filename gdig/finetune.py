@@ -5,6 +5,7 @@ Hugging Face folder (safetensors) that `gdig score` loads like any model."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -94,12 +95,32 @@ def _wrap_lora(model, cfg: FinetuneConfig):
 
 
 def finetune(cfg: FinetuneConfig, resume: bool = False, on_log: Callable[[dict], None] | None = None) -> Path:
-    """Train and save to cfg.out; returns the model folder."""
+    """Train and save to cfg.out; returns the model folder. Under torchrun each process takes its share of every
+    optimizer step's examples and DistributedDataParallel averages the gradients (the same step as one process
+    would take, up to rounding); rank 0 writes the log, the checkpoints and the model."""
+    from gdig.distributed import join_world, leave_world
+
+    world, device = join_world(cfg.device)
+    cfg = dataclasses.replace(cfg, device=device)
     out = Path(cfg.out)
-    ckpt = out / CHECKPOINT
+    try:
+        if world.is_main:
+            _check_out(out, resume)
+        world.barrier("preparing the output folder")
+        return _train(cfg, world, resume, on_log)
+    finally:
+        leave_world()
+
+
+def _check_out(out: Path, resume: bool) -> None:
     if out.exists() and (out / "config.json").exists() and not resume:
         raise ValueError(f"{out} already holds a model; choose another --out (or --resume an interrupted run)")
     out.mkdir(parents=True, exist_ok=True)
+
+
+def _train(cfg: FinetuneConfig, world, resume: bool, on_log: Callable[[dict], None] | None) -> Path:
+    out = Path(cfg.out)
+    ckpt = out / CHECKPOINT
     torch.manual_seed(cfg.seed)
     start_from = str(ckpt / "model") if resume and (ckpt / "state.json").exists() else cfg.model
     model, tok = load_model(cfg.model if cfg.lora else start_from, cfg.device, "float32", cfg.trust_remote_code)
@@ -117,6 +138,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, on_log: Callable[[dict],
     model.to(dev)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
+    trained = _parallel(model, world, dev)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(toks) / (cfg.batch_size * cfg.grad_accum))
     total = cfg.max_steps or max(1, int(round(cfg.epochs * steps_per_epoch)))
@@ -128,10 +150,9 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, on_log: Callable[[dict],
         sched.load_state_dict(state["scheduler"])
         step = json.loads((ckpt / "state.json").read_text())["step"]
     use_bf16 = dev.type == "cuda" and cfg.dtype in ("auto", "bfloat16") and torch.cuda.is_bf16_supported()
-    log_path = out / "train_log.jsonl"
     t0 = time.time()
     losses: list[float] = []
-    micro = cfg.batch_size
+    per_step = cfg.batch_size * cfg.grad_accum
     while step < total:
         epoch, in_epoch = divmod(step, steps_per_epoch)
         order = np.random.default_rng(cfg.seed + epoch).permutation(len(toks))
@@ -139,48 +160,76 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, on_log: Callable[[dict],
             if step >= total:
                 break
             opt.zero_grad(set_to_none=True)
-            chunk = order[s * micro * cfg.grad_accum : (s + 1) * micro * cfg.grad_accum]
-            n_micro = math.ceil(len(chunk) / micro)
-            for j in range(n_micro):
-                idx = chunk[j * micro : (j + 1) * micro].tolist()
-                b = collate([toks[i] for i in idx], idx, tok.pad_token_id)
-                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    logits = model(
-                        input_ids=b.input_ids.to(dev), attention_mask=b.attention_mask.to(dev), use_cache=False
-                    ).logits
-                loss = per_example_loss(logits, b.labels.to(dev))[0].mean() / n_micro
-                loss.backward()
-                losses.append(float(loss.detach()) * n_micro)
+            chunk = order[s * per_step : (s + 1) * per_step].tolist()
+            losses.append(_accumulate(trained, toks, chunk, tok.pad_token_id, cfg.batch_size, world, dev, use_bf16))
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step()
             sched.step()
             step += 1
             if step % cfg.log_every == 0 or step == total:
-                rec = {
-                    "step": step,
-                    "total": total,
-                    "epoch": step / steps_per_epoch,
-                    "loss": float(np.mean(losses)),
-                    "lr": sched.get_last_lr()[0],
-                    "seconds": time.time() - t0,
-                }
+                rec = {"step": step, "total": total, "epoch": step / steps_per_epoch}
+                rec |= {"loss": _mean_loss(losses, world, dev), "lr": sched.get_last_lr()[0]}
                 losses.clear()
-                with open(log_path, "a") as f:
-                    f.write(json.dumps(rec) + "\n")
-                if on_log:
-                    on_log(rec)
+                if world.is_main:
+                    _log(out, rec | {"seconds": time.time() - t0}, on_log)
             if step % cfg.checkpoint_every == 0 and step < total:
-                _save_checkpoint(model, tok, opt, sched, step, ckpt, cfg.lora)
-    _save_final(model, tok, out, cfg)
-    summary = {
-        "settings": dataclasses.asdict(cfg),
-        "steps": total,
-        "seconds": time.time() - t0,
-        "tokenization": report.summary(),
-    }
-    write_json_atomic(out / "finetune.json", summary)
-    shutil.rmtree(ckpt, ignore_errors=True)
+                if world.is_main:
+                    _save_checkpoint(model, tok, opt, sched, step, ckpt, cfg.lora)
+                world.barrier("saving a checkpoint")
+    if world.is_main:
+        _save_final(model, tok, out, cfg)
+        summary = {"settings": dataclasses.asdict(cfg), "steps": total, "seconds": time.time() - t0}
+        write_json_atomic(out / "finetune.json", summary | {"tokenization": report.summary(), "processes": world.size})
+        shutil.rmtree(ckpt, ignore_errors=True)
+    world.barrier("saving the model")
     return out
+
+
+def _parallel(model, world, dev):
+    """The model as each step runs it: wrapped in DistributedDataParallel with several processes."""
+    if not world.active:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+
+
+def _accumulate(model, toks, chunk: list[int], pad_id: int, micro: int, world, dev, use_bf16: bool) -> float:
+    """Gradients of one optimizer step: the mean loss over `chunk`'s examples, of which this rank computes its
+    share (every size-th example) in micro-batches; DDP averages over the ranks, hence the factor `size`. A rank
+    with no example in a short last step still joins the gradient exchange, with a zero-weighted example."""
+    part = chunk[world.rank :: world.size]
+    weight = world.size / len(chunk)
+    if not part:
+        part, weight = chunk[:1], 0.0
+    pieces = [part[i : i + micro] for i in range(0, len(part), micro)]
+    total = 0.0
+    for j, idx in enumerate(pieces):
+        sync = j == len(pieces) - 1 or not world.active
+        with contextlib.nullcontext() if sync else model.no_sync():
+            b = collate([toks[i] for i in idx], idx, pad_id)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
+                logits = model(
+                    input_ids=b.input_ids.to(dev), attention_mask=b.attention_mask.to(dev), use_cache=False
+                ).logits
+            loss = per_example_loss(logits, b.labels.to(dev))[0].sum() * weight
+            loss.backward()
+            total += float(loss.detach())
+    return total
+
+
+def _mean_loss(losses: list[float], world, dev) -> float:
+    """The mean training loss of the steps since the last log line, over every rank's examples."""
+    t = torch.tensor([sum(losses), len(losses)], dtype=torch.float64, device=world.device if world.active else dev)
+    world.all_reduce([t], "averaging the logged loss")
+    return float(t[0] / t[1]) if t[1] else float("nan")
+
+
+def _log(out: Path, rec: dict, on_log: Callable[[dict], None] | None) -> None:
+    with open(out / "train_log.jsonl", "a") as f:
+        f.write(json.dumps(rec) + "\n")
+    if on_log:
+        on_log(rec)
 
 
 def _save_checkpoint(model, tok, opt, sched, step: int, ckpt: Path, lora: bool) -> None:

@@ -129,6 +129,8 @@ class Status:
     def _write(self) -> None:
         if self.rank:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        elif self.size > 1 and self._failed_elsewhere():
+            return  # another rank said why the job stops: keep its words
         write_json_atomic(self.path, self.state)
         self._last_write = time.time()
 
@@ -138,7 +140,7 @@ class Status:
         now = time.time()
         current = _read_json(self.shared_path) or {}
         if self.size > 1:
-            if current.get("error") and float(current.get("updated", 0)) >= self.started:
+            if self._failed_elsewhere():
                 return
             error = f"rank {self.rank} of {self.size}: {error}"
         state = (current if self.rank else self.state) or {
@@ -148,6 +150,11 @@ class Status:
             "started": self.started,
         }
         write_json_atomic(self.shared_path, state | {"error": error, "updated": now, "pid": os.getpid()})
+
+    def _failed_elsewhere(self) -> bool:
+        """Whether status.json already holds an error of this job (written by another rank)."""
+        current = _read_json(self.shared_path) or {}
+        return bool(current.get("error")) and float(current.get("updated", 0)) >= self.started
 
 
 def _counters(rank: int, state: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,55 @@
+"""`gdig` as torchrun runs it, with one fault injected for the distributed tests: GDIG_TEST_FAULT=ACTION:RANK:STAGE
+makes rank RANK, in STAGE (score: after writing its first chunk; fit: after its first fit batch), `kill` itself
+(SIGKILL, as the OOM killer would), `raise` a RuntimeError, or `cancel` the job (as the app's Cancel button)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+
+def _fault() -> None:
+    action, rank, stage = os.environ["GDIG_TEST_FAULT"].split(":")
+    if os.environ.get("RANK", "0") != rank:
+        return
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if action == "cancel":
+        out = sys.argv[sys.argv.index("--out") + 1]
+        open(os.path.join(out, "cancel"), "w").close()
+        return
+    raise RuntimeError(f"injected failure on rank {rank} in {stage}")
+
+
+def _install() -> None:
+    if "GDIG_TEST_FAULT" not in os.environ:
+        return
+    import gdig.stages as stages
+    from gdig.curvature import CovarianceFitter
+
+    stage = os.environ["GDIG_TEST_FAULT"].split(":")[2]
+    if stage == "score":
+        write_chunk = stages.write_chunk
+
+        def faulty_write_chunk(*args, **kwargs):
+            write_chunk(*args, **kwargs)
+            _fault()
+
+        stages.write_chunk = faulty_write_chunk
+    elif stage == "fit":
+        update = CovarianceFitter.update
+
+        def faulty_update(self, cap):
+            update(self, cap)
+            _fault()
+
+        CovarianceFitter.update = faulty_update
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.getcwd())
+    _install()
+    from gdig.__main__ import main
+
+    sys.exit(main(sys.argv[1:]))
