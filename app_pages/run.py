@@ -14,7 +14,7 @@ from gdig.config import DataConfig, ScoreConfig
 from gdig.options import OptionSpec, specs
 from gdig.rundir.layout import JOB_SETTINGS
 from gdig.rundir.status import format_seconds
-from gdig.studio.jobs import cancel_job, job_state, plan_new_run, start_job, start_new_run
+from gdig.studio.jobs import cancel_job, job_state, plan_new_run, process_choices, start_job, start_new_run
 
 st.header("New run")
 # The settings the form offers, in this order; defaults, help, labels and choices come from the dataclasses.
@@ -53,6 +53,11 @@ def option_widget(where, spec: OptionSpec):
     return where.text_input(spec.label, value=spec.default or "", **kwargs) or (None if spec.optional else "")
 
 
+@st.cache_resource
+def _process_choices() -> tuple[int, int, str]:
+    return process_choices()
+
+
 def _data_input(label: str, key: str, help_: str):
     source = st.radio(f"{label} from", ["path on this machine", "upload"], horizontal=True, key=f"{key}_src")
     if source == "upload":
@@ -83,6 +88,16 @@ def _form() -> None:
             s[setting] = option_widget(columns[i % 3], FORM_SPECS[setting])
         for setting in WIDE:
             s[setting] = option_widget(st, FORM_SPECS[setting])
+    default, most, kind = _process_choices()
+    processes = st.number_input(
+        f"Processes ({kind})",
+        min_value=1,
+        max_value=most,
+        value=default,
+        key="new_processes",
+        help="Work shared among this many processes launched by torchrun: one per GPU, or CPU processes of one "
+        "thread each; the results are the same as with one (README: Many GPUs).",
+    )
     files = [f if isinstance(f, str) or f is None else (f.name, f.getvalue()) for f in (cands, seeds)]
     if st.button(
         "Plan memory and time",
@@ -97,7 +112,7 @@ def _form() -> None:
             st.error(str(e))
     if st.button("Start", type="primary", key="start"):
         try:
-            start_new_run(runs_dir(), name, model, files, s)
+            start_new_run(runs_dir(), name, model, files, s, processes=int(processes))
         except ValueError as e:
             st.error(str(e))
             return

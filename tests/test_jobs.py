@@ -48,3 +48,25 @@ def test_cancel_stops_the_worker_and_says_so(tmp_path, llama_dir, data_files):
     state = _wait(run_dir, lambda s: not s.running)
     assert not state.finished and state.error == "cancelled"
     assert not (run_dir / "influence.npy").exists()
+
+
+def test_a_job_of_two_processes_runs_under_torchrun_and_cancels_like_one(tmp_path, llama_dir, data_files):
+    import json
+
+    from gdig.studio.jobs import start_new_run
+
+    cands, seeds = data_files
+    settings = {"sketch_dim": 32}
+    run_dir = start_new_run(tmp_path / "runs", "two", str(llama_dir), [str(cands), str(seeds)], settings, processes=2)
+    assert "torch.distributed.run" in json.loads((run_dir / "job.json").read_text())["cmd"]
+    state = _wait(run_dir, lambda s: s.finished or s.error)
+    assert state.finished and state.error is None
+    assert json.loads((run_dir / "config.json").read_text())["world_size"] == 2
+    assert np.load(run_dir / "influence.npy").shape == (24, 5)
+
+    cfg = ScoreConfig(model=str(llama_dir), candidates=str(cands), seeds=str(seeds), out=str(tmp_path / "c"))
+    run_dir = start_job(cfg, processes=2)
+    _wait(run_dir, lambda s: s.stage not in ("starting", "load") or s.error)
+    cancel_job(run_dir, grace_seconds=60)
+    state = _wait(run_dir, lambda s: not s.running)
+    assert not state.finished and state.error == "cancelled"

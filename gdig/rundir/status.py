@@ -142,7 +142,7 @@ class Status:
         if self.size > 1:
             if self._failed_elsewhere():
                 return
-            error = f"rank {self.rank} of {self.size}: {error}"
+            error = error if error == "cancelled" else f"rank {self.rank} of {self.size}: {error}"
         state = (current if self.rank else self.state) or {
             "stage": "load",
             "done": 0,

@@ -60,24 +60,53 @@ def pid_alive(pid: int | None) -> bool:
         return True
 
 
-def start_job(cfg: ScoreConfig, resume: bool = False) -> Path:
-    """Write the settings, then run `python -m gdig score` in its own session (it outlives the page)."""
+def start_job(cfg: ScoreConfig, resume: bool = False, processes: int | None = None) -> Path:
+    """Write the settings, then run the worker in its own session (it outlives the page): one process, or
+    `processes` under torchrun (a resumed job keeps its earlier number unless told otherwise)."""
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     if job_state(run_dir).running:
         raise ValueError(f"{run_dir} already has a running job")
+    processes = processes or job_processes(run_dir)
     clear_cancel(run_dir)
     settings = run_dir / JOB_SETTINGS
     write_json_atomic(settings, cfg.to_dict())
-    cmd = [sys.executable, "-m", "gdig.studio.jobs", str(settings)] + (["--resume"] if resume else [])
-    return _spawn(run_dir, cmd)
+    args = ["gdig.studio.jobs", str(settings)] + (["--resume"] if resume else [])
+    return _spawn(run_dir, worker_command(args, processes), processes)
 
 
-def start_new_run(root: str | Path, name: str, model: str, inputs: list, settings: dict) -> Path:
-    """Check a new run's name, model and files, then start its worker; nothing is started or left behind when a
-    check fails (ValueError with the reason). `inputs` are the candidate and seed files: a path, or an upload as
-    (file name, bytes), saved under root/.inputs/NAME."""
-    return start_job(new_run_config(root, name, model, inputs, settings))
+def worker_command(module_args: list[str], processes: int = 1) -> list[str]:
+    """`python -m MODULE ARGS`, or the same under torchrun on this machine with `processes` processes."""
+    if processes <= 1:
+        return [sys.executable, "-m", *module_args]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
+    return [*torchrun, "-m", *module_args]
+
+
+def process_choices() -> tuple[int, int, str]:
+    """What the New run page offers: (default, most, kind): one process per GPU found, else CPU processes
+    (one thread each under torchrun) up to the cores."""
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus:
+        return gpus, gpus, "GPU"
+    return 1, max(os.cpu_count() or 1, 1), "CPU"
+
+
+def job_processes(run_dir: Path) -> int:
+    """How many processes the run's last job had (1 when unknown)."""
+    try:
+        return int(json.loads((run_dir / JOB).read_text()).get("processes", 1))
+    except (OSError, ValueError, json.JSONDecodeError):
+        return 1
+
+
+def start_new_run(root: str | Path, name: str, model: str, inputs: list, settings: dict, processes: int = 1) -> Path:
+    """Check a new run's name, model and files, then start its worker (`processes` of them under torchrun);
+    nothing is started or left behind when a check fails (ValueError with the reason). `inputs` are the
+    candidate and seed files: a path, or an upload as (file name, bytes), saved under root/.inputs/NAME."""
+    return start_job(new_run_config(root, name, model, inputs, settings), processes=processes)
 
 
 def plan_new_run(root: str | Path, name: str, model: str, inputs: list, settings: dict, timeout: float = 600) -> str:
@@ -154,7 +183,7 @@ def start_demo_job(run_dir: str | Path, cache: str | None = None) -> Path:
     return _spawn(run_dir, cmd)
 
 
-def _spawn(run_dir: Path, cmd: list[str]) -> Path:
+def _spawn(run_dir: Path, cmd: list[str], processes: int = 1) -> Path:
     log = open(run_dir / WORKER_LOG, "ab")  # noqa: SIM115 - handed to the child
     env = os.environ | {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
     root = Path(__file__).resolve().parents[2]  # the checkout, so `python -m gdig` finds this package
@@ -162,7 +191,7 @@ def _spawn(run_dir: Path, cmd: list[str]) -> Path:
     proc = subprocess.Popen(
         cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=root, env=env, start_new_session=True
     )
-    write_json_atomic(run_dir / JOB, {"pid": proc.pid, "started": time.time(), "cmd": cmd})
+    write_json_atomic(run_dir / JOB, {"pid": proc.pid, "started": time.time(), "cmd": cmd, "processes": processes})
     return run_dir
 
 
