@@ -105,15 +105,6 @@ class Curvature:
         """Every factor tensor in a fixed order (what a broadcast sends)."""
         return [getattr(f, k) for f in self.modules.values() for k in ("q_a", "e_a", "q_g", "e_g", "lam")]
 
-    @classmethod
-    def empty(cls, kind: str, dims: dict[str, tuple[int, int]], device, counts) -> Curvature:
-        """Factors of the right shapes to receive a broadcast, with the fit's counts."""
-        cur = cls(kind, n_examples=counts.n_examples, n_tokens=counts.n_tokens)
-        for name, (d_in, d_out) in dims.items():
-            z = lambda *shape: torch.empty(*shape, device=device)  # noqa: E731
-            cur.modules[name] = ModuleFactors(z(d_in, d_in), z(d_in), z(d_out, d_out), z(d_out), z(d_out, d_in))
-        return cur
-
     # -- persistence (safetensors, never pickle) ---------------------------------------------------------------
     def save(self, path: str | Path, fingerprint: str) -> None:
         """Write the factors as safetensors (never pickle) with the fingerprint that makes them reusable."""
@@ -190,10 +181,16 @@ class CovarianceFitter:
         tokens, examples = (int(x) for x in state["counts"].tolist())
         self.n_tokens, self.n_examples = self.n_tokens + tokens, self.n_examples + examples
 
-    def eigendecompose(self, kind: str) -> Curvature:
-        """A and G from the sums, eigendecomposed: K-FAC, or the basis of EK-FAC's second pass."""
+    def eigendecompose(self, kind: str, names=None) -> Curvature:
+        """A and G from the sums, eigendecomposed (all modules, or `names`; the others get empty factors of their
+        shapes): K-FAC, or the basis of EK-FAC's second pass."""
         cur = Curvature(kind, n_examples=self.n_examples, n_tokens=self.n_tokens)
         for name in self.a:
+            if names is not None and name not in names:
+                d_in, d_out = self.a[name].shape[0], self.g[name].shape[0]
+                z = lambda *shape: torch.empty(*shape, device=self._device)  # noqa: E731
+                cur.modules[name] = ModuleFactors(z(d_in, d_in), z(d_in), z(d_out, d_out), z(d_out), z(d_out, d_in))
+                continue
             e_a, q_a = torch.linalg.eigh(self.a[name] / max(self.n_tokens, 1))
             e_g, q_g = torch.linalg.eigh(self.g[name] / max(self.n_examples, 1))
             e_a, e_g = e_a.clamp(min=0), e_g.clamp(min=0)
@@ -289,8 +286,9 @@ def fit_curvature(
     """Fit from `passes(stage, batches, restored)`, which yields (batch, Captured) for the listed batches of the
     fit set (`costs`: one per batch, e.g. its tokens; `restored`: those a checkpoint already covers); it is
     called once per pass needed ("fit_covariance", then "fit_eigen" for EK-FAC). With several processes each
-    fits its share of the batches, the float64 sums are added up, and rank 0's eigendecomposition is broadcast,
-    so every rank preconditions with the same bases (`waiting` is called while a rank waits for the others)."""
+    fits its share of the batches, the float64 sums are added up, and each module is eigendecomposed once (by
+    one rank, the modules shared by cost) and broadcast, so every rank preconditions with the same bases
+    (`waiting` is called while a rank waits for the others)."""
     if kind == "identity":
         return Curvature("identity")
     cov = CovarianceFitter(dims, device)
@@ -298,11 +296,22 @@ def fit_curvature(
     if checkpoint and kind == "ekfac" and world.is_main:  # the second pass builds on it: keep it whole
         checkpoint.save("fit_covariance", cov, np.ones(len(costs), bool))
         checkpoint.remove_others("fit_covariance")
-    cur = cov.eigendecompose(kind) if world.is_main else Curvature.empty(kind, dims, device, cov)
-    world.broadcast(cur.tensors(), 0, "sharing the eigendecomposition")
+    cur = _shared_eigendecomposition(cov, kind, dims, world)
     if kind == "ekfac":
         corr = EigenCorrectionFitter(cur)
         _run_pass("fit_eigen", corr, passes, costs, checkpoint, world, waiting)
         cur = corr.finish()
         world.broadcast([f.lam for f in cur.modules.values()], 0, "sharing the EK-FAC eigenvalues")
+    return cur
+
+
+def _shared_eigendecomposition(cov: CovarianceFitter, kind: str, dims: dict[str, tuple[int, int]], world: World):
+    """Each module's eigendecomposition made by one rank (the modules shared by their cost, d^3 per side) and
+    broadcast from it: once per module, in parallel across ranks."""
+    names = list(dims)
+    owners = world.owners([d_in**3 + d_out**3 for d_in, d_out in dims.values()])
+    cur = cov.eigendecompose(kind, {n for n, r in zip(names, owners, strict=True) if r == world.rank})
+    for name, owner in zip(names, owners, strict=True):
+        f = cur.modules[name]
+        world.broadcast([f.q_a, f.e_a, f.q_g, f.e_g, f.lam], owner, "sharing the eigendecomposition")
     return cur
