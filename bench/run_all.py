@@ -28,6 +28,7 @@ QUICK = {
     "select": ["--n", "20000", "--seeds", "64", "--dim", "256", "--no-umap"],
     "app": ["--n", "10000", "--seeds", "64", "--dim", "256"],
     "kronfluence": ["--candidates", "300", "--seeds", "16", "--repeats", "1", "--vocab", "2000"],
+    "distributed": ["--candidates", "300", "--seeds", "16", "--repeats", "1", "--vocab", "2000"],
     "quality": ["--quick"],
     "demo": ["--quick"],
 }
@@ -36,6 +37,7 @@ FULL = {
     "select": [],
     "app": [],
     "kronfluence": ["--repeats", "1"],
+    "distributed": ["--repeats", "1"],
     "scaling": ["--candidates", "1000", "2000", "4000", "--seeds", "16", "64", "256"],
     "quality": [],
     "demo": [],

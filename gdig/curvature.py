@@ -101,10 +101,6 @@ class Curvature:
         rot = self.rotated_gradient(name, a, g)
         return (rot * rot / (self.modules[name].lam.to(rot.device) + damping)).sum((-2, -1))
 
-    def tensors(self) -> list[torch.Tensor]:
-        """Every factor tensor in a fixed order (what a broadcast sends)."""
-        return [getattr(f, k) for f in self.modules.values() for k in ("q_a", "e_a", "q_g", "e_g", "lam")]
-
     # -- persistence (safetensors, never pickle) ---------------------------------------------------------------
     def save(self, path: str | Path, fingerprint: str) -> None:
         """Write the factors as safetensors (never pickle) with the fingerprint that makes them reusable."""

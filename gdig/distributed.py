@@ -12,7 +12,7 @@ import heapq
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from gdig.rundir.status import Cancelled
@@ -44,6 +44,7 @@ class World:
     size: int = 1
     local_rank: int = 0
     timeout_s: float = DEFAULT_TIMEOUT_S
+    traffic: dict[str, int] = field(default_factory=dict, compare=False)  # bytes each collective moved, by purpose
 
     @property
     def is_main(self) -> bool:
@@ -74,6 +75,7 @@ class World:
 
             for t in tensors:
                 _check_contiguous(t, what)
+                self._count(what, t)
                 self._wait(dist.all_reduce(t, async_op=True), what, while_waiting)
 
     def all_reduce_min(self, value: int, what: str) -> int:
@@ -94,6 +96,7 @@ class World:
 
             for t in tensors:
                 _check_contiguous(t, what)
+                self._count(what, t)
                 self._wait(dist.broadcast(t, src, async_op=True), what, None)
 
     def barrier(self, what: str, while_waiting: Callable[[], None] | None = None) -> None:
@@ -113,6 +116,9 @@ class World:
         if dist.get_backend() == "nccl":
             return torch.device("cuda", torch.cuda.current_device())
         return torch.device("cpu")
+
+    def _count(self, what: str, t) -> None:
+        self.traffic[what] = self.traffic.get(what, 0) + t.numel() * t.element_size()
 
     def _wait(self, work, what: str, while_waiting: Callable[[], None] | None) -> None:
         deadline, pause, last = time.time() + self.timeout_s, 0.0005, time.time()

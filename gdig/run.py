@@ -204,6 +204,7 @@ def _run_stages(ctx: ScoreContext, run_dir: Path, status: Status) -> None:
         "sketch_dim": sketcher.dim,
         "factors": {"n_examples": cur.n_examples, "n_tokens": cur.n_tokens, "kind": cur.kind},
         "world_size": ctx.world.size,
+        "collective_bytes": dict(ctx.world.traffic),  # the tensors' sizes, by purpose (rank 0's view)
     }
     status.update("finalize", 0, 1, force=True)
     finalize(ctx, run_dir, seed_loss, seed_ntok, extra)

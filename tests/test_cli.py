@@ -216,6 +216,15 @@ def test_pip_install_gives_a_gdig_console_script(tmp_path):
         env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"},
     )
     assert res.returncode == 0 and "{score,select,finetune,demo}" in res.stdout
+    subpackages = "import gdig.rundir.layout, gdig.studio.views, gdig.demo.corpus, gdig.distributed"
+    res = subprocess.run(
+        [sys.executable, "-c", subpackages],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"},
+    )
+    assert res.returncode == 0, res.stderr  # every subpackage is installed, not only gdig/*.py
 
 
 def test_score_shows_overall_and_stage_progress_and_ends_with_a_summary(tmp_path, llama_dir, data_files):
