@@ -222,6 +222,7 @@ def score_stage(ctx: ScoreContext, scorer: Scorer, sketcher: Sketcher, run_dir: 
     chunks = [order[i : i + ctx.cfg.chunk_size] for i in range(0, len(order), ctx.cfg.chunk_size)]
     partial_dir(run_dir).mkdir(exist_ok=True)
     todo = [i for i in range(len(chunks)) if not chunk_path(run_dir, i).exists()]
+    ctx.world.barrier("listing the chunks already scored", status.refresh)  # before any rank writes one
     mine = [todo[p] for p in ctx.world.mine([sum(len(ctx.cand_tok[j].input_ids) for j in chunks[i]) for i in todo])]
     waiting = set(todo)
     done = 0 if not ctx.world.is_main else sum(len(c) for i, c in enumerate(chunks) if i not in waiting)

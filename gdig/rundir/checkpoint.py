@@ -34,15 +34,19 @@ class FitCheckpoint:
         """Load the saved sums into `fitter` (rank 0 only: it adds every rank's file it finds and saves them as
         its own); returns the mask of the batches they cover, the same on every rank."""
         import numpy as np
+        import torch
 
-        if self.world.is_main:
-            self._gather(stage, fitter, n_batches)
-        self.world.barrier(f"restoring the {stage} checkpoint")
-        covered = self._covered(self.path(stage), n_batches)
-        return covered if covered is not None else np.zeros(n_batches, bool)
+        covered = self._gather(stage, fitter, n_batches) if self.world.is_main else None
+        mask = np.zeros(n_batches, np.uint8) if covered is None else covered.astype(np.uint8)
+        if self.world.active:  # rank 0's mask, not the file: rank 0 may save a newer one at any time
+            shared = torch.from_numpy(mask).to(self.world.device)
+            self.world.broadcast([shared], 0, f"restoring the {stage} checkpoint")
+            mask = shared.cpu().numpy()
+        return mask.astype(bool)
 
-    def _gather(self, stage: str, fitter, n_batches: int) -> None:
-        """Rank 0: its own sums, plus those of other ranks' files over batches it does not cover yet."""
+    def _gather(self, stage: str, fitter, n_batches: int):
+        """Rank 0: its own sums, plus those of other ranks' files over batches it does not cover yet; returns
+        the mask they cover (None: nothing saved)."""
         from safetensors.torch import load_file
 
         covered = self._covered(self.path(stage), n_batches)
@@ -61,6 +65,7 @@ class FitCheckpoint:
             self.save(stage, fitter, covered)
         for path in others:
             path.unlink(missing_ok=True)
+        return covered
 
     def _covered(self, path: Path, n_batches: int):
         """The mask saved in a checkpoint of this fit (None when absent or another fit's)."""
