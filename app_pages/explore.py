@@ -16,10 +16,10 @@ run = current_run()
 
 
 @st.cache_resource(max_entries=1, show_spinner="Loading the run's model…")
-def _model(path: str, device: str, trust: bool):
+def _model(path: str, device: str, trust: bool, adapter: str | None, gguf_file: str | None):
     from gdig.model import load_model
 
-    return load_model(path, device, "float32", trust)
+    return load_model(path, device, "float32", trust, adapter=adapter, gguf_file=gguf_file)
 
 
 with guard():
@@ -89,7 +89,9 @@ with guard():
     )
     if st.button("Show token influence", key="ex_tokens"):
         s = run.config["settings"]
-        model, tok = _model(s["model"], s.get("device", "auto"), bool(s.get("trust_remote_code")))
+        model, tok = _model(
+            s["model"], s.get("device", "auto"), bool(s.get("trust_remote_code")), s.get("adapter"), s.get("gguf_file")
+        )
         ti = token_influence(run, index, model, tok, None if target < 0 else int(target))
         st.html(heatmap_html(ti))
         st.caption(f"Green helps, red hurts; the prompt is faded. Contributions sum to {ti.total:+.4g}.")

@@ -13,6 +13,9 @@ DEFAULT_PROMPT = 'Translate the following text into {trg_lang}\n\nText:\n"{src_t
 # `fc1`/`fc2` (OPT), `feed_forward.*` and `ffn.*` (other families).
 DEFAULT_MODULES = r"(^|\.)(mlp|feed_forward|ffn)\.[A-Za-z0-9_]+$|(^|\.)fc[12]$"
 
+# The adapters' matrices of a PEFT LoRA model (`...q_proj.lora_A.default`): tracked when --adapter is given.
+LORA_MODULES = r"\.lora_[AB]\.[A-Za-z0-9_]+$"
+
 HESSIANS = ("ekfac", "kfac", "identity")
 NORMALIZATIONS = ("none", "unit", "relatif")
 
@@ -41,6 +44,12 @@ class ScoreConfig:
     candidates: str = option(help="candidate pool: .jsonl/.json/.csv/.tsv/.parquet or SRC,TGT")
     seeds: str = option(help="trusted seed set, same formats")
     out: str = option(help="run directory to create (or to continue with --resume)")
+    adapter: str | None = option(
+        None,
+        "PEFT adapter folder put on --model unmerged; its A and B matrices are tracked (unless --modules is given)",
+        label="LoRA adapter folder",
+    )
+    gguf_file: str | None = option(None, "GGUF file in the --model folder (or give the .gguf file as --model)")
     hessian: str = option(
         "ekfac", "EK-FAC (default), K-FAC, or identity (plain gradient dot products)", choices=HESSIANS, label="Hessian"
     )
@@ -142,11 +151,15 @@ class ScoreConfig:
         if self.data.max_length < 2:
             raise ValueError(f"--max-length must be >= 2, got {self.data.max_length}")
 
+    def tracked_modules(self) -> str:
+        """The modules regex in effect: the adapters' A and B when an adapter is scored with the default modules."""
+        return LORA_MODULES if self.adapter and self.modules == DEFAULT_MODULES else self.modules
+
     def curvature_settings(self) -> dict[str, Any]:
         """Settings that the fitted factors depend on (used in their fingerprint)."""
         return {
             "hessian": self.hessian,
-            "modules": self.modules,
+            "modules": self.tracked_modules(),
             "max_length": self.data.max_length,
             "prompt_template": self.data.prompt_template,
             "fit_examples": self.fit_examples,

@@ -17,7 +17,18 @@ from gdig.hooks import Batch, Captured, batch_groups, collate, make_batches
 from gdig.model import TrackedModule, find_tracked_modules, load_model, model_fingerprint, prepare_tokenizer
 from gdig.rundir.layout import versions
 
-VOLATILE_SETTINGS = ("out", "device", "model", "candidates", "seeds", "umap", "checkpoint_seconds")
+# Settings that only say where things are or pace the work: the model's and the data's own fingerprints cover them.
+VOLATILE_SETTINGS = (
+    "out",
+    "device",
+    "model",
+    "adapter",
+    "gguf_file",
+    "candidates",
+    "seeds",
+    "umap",
+    "checkpoint_seconds",
+)
 
 
 @dataclass
@@ -70,11 +81,13 @@ def by_length(toks: list[TokenizedExample], subset: list[int] | None = None) -> 
 def build_context(cfg: ScoreConfig, model=None, tokenizer=None, world: World = SINGLE) -> ScoreContext:
     """Load (or take) the model, find its tracked modules, read and tokenize both files."""
     if model is None:
-        model, tokenizer = load_model(cfg.model, cfg.device, cfg.dtype, cfg.trust_remote_code)
+        model, tokenizer = load_model(
+            cfg.model, cfg.device, cfg.dtype, cfg.trust_remote_code, adapter=cfg.adapter, gguf_file=cfg.gguf_file
+        )
     else:
         prepare_tokenizer(tokenizer, model.get_input_embeddings().num_embeddings)
     model.eval()
-    tracked = find_tracked_modules(model, cfg.modules)
+    tracked = find_tracked_modules(model, cfg.tracked_modules())
     d = cfg.data
     candidates = load_dataset(cfg.candidates, d.prompt_template, d.src_lang, d.trg_lang, role="candidate")
     seeds = load_dataset(cfg.seeds, d.prompt_template, d.src_lang, d.trg_lang, role="seed")

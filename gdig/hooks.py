@@ -128,6 +128,8 @@ class GradientCapture:
         self._acts: dict[str, torch.Tensor] = {}
         self._outs: dict[str, torch.Tensor] = {}
         self._frozen: list[tuple[nn.Parameter, bool]] = []
+        # the transformer under the LM head (under a PEFT wrapper, the adapted model's own)
+        self._body = getattr(model, "get_base_model", lambda: model)().base_model
 
     def __enter__(self) -> GradientCapture:
         for p in self.model.parameters():
@@ -170,7 +172,7 @@ class GradientCapture:
         labels = batch.labels.to(self.device)
         if not self.labelled_head:
             return per_example_loss(self.forward(batch), labels)
-        hidden = self.model.base_model(**self._inputs(batch)).last_hidden_state[:, :-1]
+        hidden = self._body(**self._inputs(batch)).last_hidden_state[:, :-1]
         targets = labels[:, 1:]
         keep = targets != IGNORE_INDEX
         logits = self.model.get_output_embeddings()(hidden[keep]).float()

@@ -54,23 +54,66 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return table[dtype]
 
 
-def load_model(name_or_path: str, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False):
-    """Load through `from_pretrained` (a local folder or a hub id already in the local cache)."""
+def load_model(
+    name_or_path: str,
+    device: str = "auto",
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+    adapter: str | None = None,
+    gguf_file: str | None = None,
+):
+    """Load through `from_pretrained`: a local folder, a hub id already in the local cache, or a GGUF file
+    (`name_or_path` ending in .gguf, or a folder plus `gguf_file`; dequantised to `dtype`). `adapter`: a PEFT
+    adapter folder put on top, unmerged (its A and B matrices can then be tracked)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
+    folder, gguf = gguf_location(name_or_path, gguf_file)
+    extra = {"gguf_file": gguf} if gguf else {}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code, **extra)
         model = AutoModelForCausalLM.from_pretrained(
-            name_or_path, dtype=torch_dtype, trust_remote_code=trust_remote_code
+            folder, dtype=torch_dtype, trust_remote_code=trust_remote_code, **extra
         )
     except OSError as e:
         raise ValueError(f"could not load model '{name_or_path}': {e}") from None
+    if gguf:  # dequantised on loading: from here on a plain model (save_pretrained writes plain weights)
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+    if adapter:
+        model = _with_adapter(model, adapter)
     prepare_tokenizer(tokenizer, model.get_input_embeddings().num_embeddings)
     model.to(dev)
     model.eval()
     return model, tokenizer
+
+
+def gguf_location(name_or_path: str, gguf_file: str | None = None) -> tuple[str, str | None]:
+    """(folder or id, GGUF file name or None) for from_pretrained: `x/model.gguf` is ("x", "model.gguf")."""
+    if gguf_file:
+        return name_or_path, gguf_file
+    if name_or_path.lower().endswith(".gguf"):
+        from pathlib import Path
+
+        path = Path(name_or_path).expanduser()
+        return str(path.parent), path.name
+    return name_or_path, None
+
+
+def _with_adapter(model, adapter: str):
+    """The model with a PEFT adapter on top, unmerged and frozen."""
+    from pathlib import Path
+
+    from peft import PeftModel
+
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise ValueError(
+            f"--adapter {adapter}: no adapter_config.json there; give the folder of a PEFT adapter "
+            "(gdig finetune --lora writes it to OUT/adapter)"
+        )
+    return PeftModel.from_pretrained(model, adapter, is_trainable=False)
 
 
 def prepare_tokenizer(tokenizer, vocab_size: int | None = None) -> None:

@@ -78,7 +78,7 @@ def meta_workload(cfg: ScoreConfig, config_dir: str | Path, dtype: torch.dtype) 
     config = AutoConfig.from_pretrained(config_dir, trust_remote_code=cfg.trust_remote_code)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
-    tracked = find_tracked_modules(model, cfg.modules)
+    tracked = find_tracked_modules(model, cfg.tracked_modules())
     d = cfg.data
     lengths = []
     for path, role in ((cfg.candidates, "candidate"), (cfg.seeds, "seed")):

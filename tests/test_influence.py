@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -214,3 +216,62 @@ def test_labelled_positions_head_equals_full_logits(tokenizer, data_files, arch)
     torch.testing.assert_close(fast.loss, full.loss, rtol=1e-5, atol=1e-6)
     for name in full.grads:
         torch.testing.assert_close(fast.grads[name], full.grads[name], rtol=1e-4, atol=1e-8)
+
+
+def _lora_model(base):
+    """`base` with LoRA adapters (unmerged) whose B matrices are not zero, so both A and B have gradients."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj", "down_proj"], lora_dropout=0.0)
+    model = get_peft_model(base, lora)
+    gen = torch.Generator().manual_seed(0)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    return model.eval()
+
+
+@pytest.mark.parametrize("kind", ["ekfac", "kfac"])
+def test_lora_adapter_influence_equals_the_dense_reference(tmp_path, tokenizer, data_files, kind):
+    from gdig.config import LORA_MODULES
+
+    model = _lora_model(build_tiny_model("llama", tokenizer, hidden=16, ffn=32, heads=2))
+    infl, out = run(tmp_path, model, tokenizer, data_files, hessian=kind, damping=1e-6, modules=LORA_MODULES)
+    tracked = find_tracked_modules(model, LORA_MODULES)
+    assert len(tracked) == 2 * 3 * 2 and all(".lora_" in t.name for t in tracked)  # A and B, 3 modules, 2 layers
+    assert {(t.d_in, t.d_out) for t in tracked} >= {(16, 2), (2, 16), (32, 2)}
+    cands, seeds = (load_dataset(f) for f in data_files)
+    c_tok, _ = tokenize_dataset(tokenizer, cands, 512)
+    s_tok, _ = tokenize_dataset(tokenizer, seeds, 512)
+    gc, gs = autograd_gradients(model, tracked, c_tok), autograd_gradients(model, tracked, s_tok)
+    stats = token_statistics(model, tracked, c_tok)
+    ref = 0.0
+    for t in tracked:
+        h_inv = dense_inverse(stats, gc[t.name], t.name, kind, 1e-6, None)
+        ref = ref + gc[t.name].reshape(24, -1) @ h_inv @ gs[t.name].reshape(5, -1).T
+    assert rel_err(infl, ref) < 1e-4
+
+
+def test_an_adapter_folder_is_scored_unmerged_over_its_matrices(tmp_path, tokenizer, data_files, llama_dir):
+    from peft import PeftModel
+
+    from gdig.model import load_model
+
+    adapter = tmp_path / "adapter"
+    base, _ = load_model(str(llama_dir), "cpu", "float32")
+    _lora_model(base).save_pretrained(adapter)
+    model, tok = load_model(str(llama_dir), "cpu", "float32", adapter=str(adapter))
+    assert isinstance(model, PeftModel)
+    cands, seeds = data_files
+    cfg = ScoreConfig(
+        model=str(llama_dir), adapter=str(adapter), candidates=str(cands), seeds=str(seeds), out=str(tmp_path / "a")
+    )
+    assert cfg.tracked_modules() != ScoreConfig(model="m", candidates="c", seeds="s", out="o").tracked_modules()
+    out = score(ScoreConfig(**(cfg.to_dict() | {"umap": False})))
+    config = json.loads((out / "config.json").read_text())
+    assert {m["name"].rsplit(".", 2)[-2] for m in config["modules"]} == {"lora_A", "lora_B"}
+    again = ScoreConfig(**(cfg.to_dict() | {"umap": False, "out": str(tmp_path / "b")}))
+    same = score(again, model=model, tokenizer=tok)
+    np.testing.assert_array_equal(np.load(out / "influence.npy"), np.load(same / "influence.npy"))
+    with pytest.raises(ValueError, match="adapter_config.json"):
+        load_model(str(llama_dir), "cpu", "float32", adapter=str(tmp_path))

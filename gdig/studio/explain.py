@@ -94,13 +94,14 @@ def token_influence(run: RunResults, index: int, model, tokenizer, seed: int | N
     over seeds), in the run's normalisation; the contributions sum to that score. Needs the run's model."""
     import torch
 
+    from gdig.config import ScoreConfig
     from gdig.hooks import GradientCapture
     from gdig.influence import token_contributions
     from gdig.model import find_tracked_modules, prepare_tokenizer
 
     settings = run.config["settings"]
     prepare_tokenizer(tokenizer, model.get_input_embeddings().num_embeddings)
-    tracked = find_tracked_modules(model, settings["modules"])
+    tracked = find_tracked_modules(model, ScoreConfig.from_dict(settings).tracked_modules())
     c = run.candidates.iloc[index]
     tok = _tokenize(tokenizer, str(c["id"]), str(c["prompt"]), str(c["target"]), settings["data"]["max_length"])
     device = next(model.parameters()).device
