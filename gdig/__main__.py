@@ -107,7 +107,7 @@ def run_finetune(a: argparse.Namespace) -> None:
     from gdig.finetune import FinetuneConfig, finetune
     from gdig.model_source import check_model_source
 
-    check_model_source(a.model)
+    check_model_source(a.model, gguf_file=a.gguf_file)
     cfg = from_args(FinetuneConfig, a, data_config=from_args(DataConfig, a))
 
     def show(r: dict) -> None:

@@ -35,6 +35,7 @@ class FinetuneConfig:
     model: str = option(help="local model folder or hub id (already in the local cache)")
     data: str = option(help="training file, same formats as scoring")
     out: str = option(help="folder for the trained model (a standard Hugging Face folder)")
+    gguf_file: str | None = option(None, "GGUF file in the --model folder (or give the .gguf file as --model)")
     lora: bool = option(False, "train LoRA adapters (peft) and save the merged model")
     lora_r: int = option(8, "rank of the LoRA adapters")
     lora_alpha: int = option(16, "LoRA alpha (the update is scaled by alpha / r)")
@@ -123,7 +124,9 @@ def _train(cfg: FinetuneConfig, world, resume: bool, on_log: Callable[[dict], No
     ckpt = out / CHECKPOINT
     torch.manual_seed(cfg.seed)
     start_from = str(ckpt / "model") if resume and (ckpt / "state.json").exists() else cfg.model
-    model, tok = load_model(cfg.model if cfg.lora else start_from, cfg.device, "float32", cfg.trust_remote_code)
+    gguf = cfg.gguf_file if start_from == cfg.model or cfg.lora else None
+    source = cfg.model if cfg.lora else start_from
+    model, tok = load_model(source, cfg.device, "float32", cfg.trust_remote_code, gguf_file=gguf)
     dev = resolve_device(cfg.device)
     d = cfg.data_config
     ds = load_dataset(cfg.data, d.prompt_template, d.src_lang, d.trg_lang, role="training")

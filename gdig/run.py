@@ -76,7 +76,7 @@ def make_plan(cfg: ScoreConfig, memory_gb: float | None = None, model=None, toke
         plan.notes.append(f"{cfg.model} has no weights: built on the meta device in {dtype}, 4 characters per token")
         return plan
     if model is None:
-        check_model_source(cfg.model)
+        check_model_source(cfg.model, gguf_file=cfg.gguf_file)
     ctx = build_context(cfg, model, tokenizer)
     w = workload_from_context(ctx, runtime_bytes(ctx), probe=True)
     return plan_run(cfg, w, _available(ctx.device, memory_gb))
@@ -133,7 +133,8 @@ def score(
     """Run every stage of `gdig score` into cfg.out; returns the run directory. A caller with a longer job (the
     demo) passes its own `status`, whose plan already holds these stages."""
     if model is None:
-        check_model_source(cfg.model)  # before anything is written: a wrong path is not a failed run
+        # before anything is written: a wrong path is not a failed run
+        check_model_source(cfg.model, gguf_file=cfg.gguf_file)
     world, device = join_world(cfg.device)
     cfg = dataclasses.replace(cfg, device=device)
     run_dir = Path(cfg.out)
