@@ -23,7 +23,20 @@ from gdig.studio.views import kept_mask
 
 RUN_KEY = "run_name"  # the chosen run: a folder name under runs_dir(), never a path
 # The selection settings a page can change: their defaults are SelectionConfig's; colour_by is the map's.
-SETTINGS = ("rule", "tau", "min_mean", "clusters", "budget", "strategy", "within", "seed")
+SETTINGS = (
+    "rule",
+    "tau",
+    "min_mean",
+    "combine",
+    "min_combined",
+    "max_length_deviation",
+    "min_language_score",
+    "clusters",
+    "budget",
+    "strategy",
+    "within",
+    "seed",
+)
 UI_DEFAULTS = {"color_by": "cluster"}
 MAP_POINTS = 20_000  # the map shows at most this many points (a fixed random sample), and says so
 

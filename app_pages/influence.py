@@ -4,8 +4,48 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from app_pages.common import current_run, guard, help_for, kept_mask, selection_config, widget_kwargs
+from app_pages.common import current_run, guard, help_for, kept_mask, label_for, selection_config, widget_kwargs
 from gdig.studio.views import seed_table, threshold_lines
+
+
+def signals_controls() -> None:
+    """The signals beside influence: combined with it by rank average, and thresholds of their own."""
+    with st.expander("Signals beside influence: length ratio, language identification, loss"):
+        combine = st.radio(
+            label_for("combine"),
+            ["influence", "rank-average"],
+            horizontal=True,
+            help=help_for("combine"),
+            **widget_kwargs("combine"),
+        )
+        if combine == "rank-average":
+            st.slider(
+                label_for("min_combined"),
+                0.0,
+                1.0,
+                step=0.01,
+                help=help_for("min_combined"),
+                **widget_kwargs("min_combined"),
+            )
+        a, b = st.columns(2)
+        a.number_input(
+            label_for("max_length_deviation"),
+            min_value=0.0,
+            step=0.1,
+            help=help_for("max_length_deviation"),
+            placeholder="off",
+            **widget_kwargs("max_length_deviation"),
+        )
+        b.number_input(
+            label_for("min_language_score"),
+            min_value=0.0,
+            max_value=1.0,
+            step=0.05,
+            help=help_for("min_language_score"),
+            placeholder="off",
+            **widget_kwargs("min_language_score"),
+        )
+
 
 st.header("Influence")
 run = current_run()
@@ -39,6 +79,7 @@ with guard():
             format="%.6g",
             **widget_kwargs("min_mean"),
         )
+    signals_controls()
     st.caption("The rule is saved with the run: a reload, another tab and the other pages use it.")
     cfg = selection_config(run)
     kept = kept_mask(run, cfg)

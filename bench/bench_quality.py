@@ -270,7 +270,7 @@ def aggregates(m: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def heuristics(pool: list[dict], loss: np.ndarray, seed: int) -> dict[str, np.ndarray]:
-    from gdig.select import length_ratio_score
+    from gdig.signals import length_ratio_score
 
     return {
         "low loss": -loss,

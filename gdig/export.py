@@ -16,12 +16,22 @@ from gdig.rundir.results import RunResults
 from gdig.select import Selection, SelectionConfig
 
 META_FIELD = "gdig"
+SIGNAL_COLUMNS = ("loss", "length_ratio", "language_score", "src_lang_detected", "trg_lang_detected")
+
+
+def _plain(value):
+    """A JSON value of a stored signal (NaN becomes null)."""
+    if isinstance(value, str):
+        return value
+    value = float(value)
+    return None if value != value else round(value, 6)
 
 
 def selection_lines(run: RunResults, sel: Selection, metadata: bool = True) -> list[str]:
     """One JSON line per selected example: its original record, and optionally a `gdig` field."""
     records = run.candidates["record"].tolist()
     ids = run.ids
+    signals = {k: run.candidates[k].to_numpy() for k in SIGNAL_COLUMNS if k in run.candidates}
     lines = []
     for i in sel.indices.tolist():
         rec: dict[str, Any] = json.loads(records[i])
@@ -31,7 +41,7 @@ def selection_lines(run: RunResults, sel: Selection, metadata: bool = True) -> l
                 "mean_influence": round(float(run.mean_influence[i]), 8),
                 "frac_helped": round(float(run.frac_helped[i]), 6),
                 "cluster": int(sel.labels[i]),
-            }
+            } | {k: _plain(v[i]) for k, v in signals.items()}
         lines.append(json.dumps(rec, ensure_ascii=False) + "\n")
     return lines
 

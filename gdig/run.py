@@ -213,6 +213,19 @@ def _run_stages(ctx: ScoreContext, run_dir: Path, status: Status) -> None:
         umap_stage(run_dir, ctx.cfg.random_state, status)
 
 
+def signals_of(dataset, data) -> dict[str, np.ndarray]:
+    """The signals beside influence stored per candidate (gdig.signals): from each record's source and target
+    texts and declared languages (the file's, else --src-lang / --trg-lang)."""
+    from gdig.signals import candidate_signals
+
+    recs = [e.record for e in dataset.examples]
+    src = [str(r.get("src_text") or r.get("input") or e.prompt) for r, e in zip(recs, dataset.examples, strict=True)]
+    tgt = [e.target for e in dataset.examples]
+    src_langs = [r.get("src_lang") or data.src_lang for r in recs]
+    trg_langs = [r.get("trg_lang") or data.trg_lang for r in recs]
+    return candidate_signals(src, tgt, src_langs, trg_langs)
+
+
 def finalize(ctx: ScoreContext, run_dir: Path, seed_loss, seed_ntok, extra: dict[str, Any]) -> None:
     """Assemble the chunks into the final files (the matrices streamed to disk, never whole in memory);
     config.json says `finished` last, then partial/ goes."""
@@ -222,6 +235,9 @@ def finalize(ctx: ScoreContext, run_dir: Path, seed_loss, seed_ntok, extra: dict
     cand_cols = {"loss": merged["loss"], "n_tokens": merged["n_tokens"]}
     if "self_influence" in merged:
         cand_cols["self_influence"] = merged["self_influence"]
+    t_signals = time.time()
+    cand_cols |= signals_of(ctx.candidates, ctx.cfg.data)
+    ctx.timings["signals"] = time.time() - t_signals
     seed_batch = np.arange(len(ctx.seeds), dtype=np.int64) // ctx.cfg.seed_batch
     seed_cols = {"loss": seed_loss, "n_tokens": seed_ntok, "seed_batch": seed_batch}
     candidates = records_table(ctx.candidates, ctx.cand_tok, cand_cols)

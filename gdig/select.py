@@ -12,6 +12,7 @@ import numpy as np
 
 from gdig.clusters import GradientClusterer, resample
 from gdig.options import option
+from gdig.signals import check_fraction, length_ratio_score, rank_average, signal_scores
 
 STRATEGIES = ("uniform", "proportional")
 WITHIN = ("quality", "random")
@@ -19,6 +20,7 @@ METHODS = ("gdig", "random", "loss", "mean-influence", "length-ratio")
 
 
 RULES = ("mean", "fraction")
+COMBINATIONS = ("influence", "rank-average")
 
 
 @dataclass
@@ -48,6 +50,30 @@ class SelectionConfig:
         "keep candidates with mean influence >= X (the default rule, with X = 0: "
         "candidates that help the seeds on average)",
         cli=False,
+    )
+    combine: str = option(
+        "influence",
+        "influence: the quality rule on G-DIG's score alone; rank-average: keep candidates whose mean percentile "
+        "rank over G-DIG's score and the signals beside it (length ratio, language identification, loss) is at "
+        "least min_combined",
+        choices=COMBINATIONS,
+        label="Combine with signals",
+    )
+    min_combined: float = option(
+        0.5, "with rank-average: the lowest mean percentile rank kept (0..1)", minimum=0.0, label="Min combined rank"
+    )
+    max_length_deviation: float | None = option(
+        None,
+        "drop pairs whose length ratio is more than e^X off the pool's typical ratio (1: about 2.7 times; 0 or "
+        "none: off)",
+        minimum=0.0,
+        label="Max length deviation (log)",
+    )
+    min_language_score: float | None = option(
+        None,
+        "drop pairs whose two sides are not both surely in their declared languages (0..1; 0 or none: off)",
+        minimum=0.0,
+        label="Min language confidence",
     )
     clusters: int = option(10, "K for K-means over gradient sketches", label="K (clusters)", minimum=1)
     budget: int | None = option(
@@ -83,11 +109,19 @@ class SelectionConfig:
             raise ValueError(f"tau must be a number between 0 and 1, got {self.tau}")
         if not math.isfinite(self.min_mean):
             raise ValueError(f"the mean-influence threshold must be a finite number, got {self.min_mean}")
+        if self.combine not in COMBINATIONS:
+            raise ValueError(f"combine must be one of {', '.join(COMBINATIONS)}, got {self.combine!r}")
+        check_fraction("min_combined", self.min_combined)
+        check_fraction("the language threshold", self.min_language_score)
+        if self.max_length_deviation is not None and not self.max_length_deviation >= 0:
+            raise ValueError(f"the length deviation must be >= 0, got {self.max_length_deviation}")
         if self.clusters < 1:
             raise ValueError(f"clusters must be >= 1, got {self.clusters}")
         if self.budget is not None and self.budget < 0:
             raise ValueError(f"budget must be >= 0 (0 or none: every kept candidate), got {self.budget}")
         self.budget = self.budget or None
+        self.max_length_deviation = self.max_length_deviation or None  # 0 would keep only the median ratio
+        self.min_language_score = self.min_language_score or None
 
     @property
     def thresholds(self) -> tuple[float | None, float | None]:
@@ -126,14 +160,18 @@ def quality_mask(
     ids: list[str] | None = None,
     include=(),
     exclude=(),
+    allowed: np.ndarray | None = None,
 ) -> np.ndarray:
-    """G-DIG quality rule: frac_helped >= tau (or mean >= min_mean); manual overrides always win."""
+    """G-DIG quality rule: frac_helped >= tau (or mean >= min_mean), within `allowed` (the signals' filters);
+    manual overrides always win."""
     if min_mean is not None:
         keep = mean_influence >= min_mean
     elif tau is not None:
         keep = frac_helped >= tau - 1e-9  # frac is k/M in float32: tau = k/M must keep it
     else:
         keep = np.ones(len(frac_helped), bool)
+    if allowed is not None:
+        keep = keep & allowed
     if include or exclude:
         pos = {v: i for i, v in enumerate(ids)}
         unknown = [i for i in [*include, *exclude] if i not in pos]
@@ -148,14 +186,6 @@ def quality_mask(
 # -- selectors -------------------------------------------------------------------------------------------------
 
 
-def length_ratio_score(src: list[str], tgt: list[str]) -> np.ndarray:
-    """Higher when a pair's character-length ratio is close to the pool's typical ratio (a classic filter)."""
-    ls = np.array([max(len(s), 1) for s in src], np.float64)
-    lt = np.array([max(len(t), 1) for t in tgt], np.float64)
-    r = np.log(lt / ls)
-    return (-np.abs(r - np.median(r))).astype(np.float32)
-
-
 def select(
     frac_helped,
     mean_influence,
@@ -165,13 +195,14 @@ def select(
     loss=None,
     length_score=None,
     labels: np.ndarray | None = None,
+    signals: dict[str, np.ndarray] | None = None,
 ) -> Selection:
-    """One selection. `labels` (cluster of each kept row) may be passed to skip re-clustering."""
+    """One selection. `labels` (cluster of each kept row) may be passed to skip re-clustering; `signals` are the
+    higher-is-better scores beside influence (gdig.signals.signal_scores) for the combined rule and filters."""
     n = len(frac_helped)
     msgs: list[str] = []
-    quality = quality_score(frac_helped, mean_influence)
     if cfg.method == "gdig":
-        kept = quality_mask(frac_helped, mean_influence, *cfg.thresholds, ids, cfg.include, cfg.exclude)
+        kept, quality = apply_rule(frac_helped, mean_influence, ids, cfg, signals)
     else:
         kept = quality_mask(frac_helped, mean_influence, None, None, ids, cfg.include, cfg.exclude)
         quality = _baseline_score(cfg.method, n, cfg.seed, mean_influence, loss, length_score)
@@ -196,6 +227,37 @@ def select(
         chosen = free[np.argsort(-quality[free], kind="stable")][:n_free]
     chosen = np.concatenate([forced, chosen])
     return Selection(chosen.astype(np.int64), kept, full_labels, quality.astype(np.float32), msgs)
+
+
+def apply_rule(frac_helped, mean_influence, ids, cfg: SelectionConfig, signals: dict | None = None):
+    """(kept, quality): the quality rule in force, on G-DIG's score alone or ranked together with the signals
+    beside it (rank average), within the signals' thresholds, overrides applied; and the order it ranks by."""
+    signals = signals or {}
+    quality = quality_score(frac_helped, mean_influence)
+    allowed = signal_filters(cfg, signals, len(quality))
+    if cfg.combine == "influence":
+        return quality_mask(
+            frac_helped, mean_influence, *cfg.thresholds, ids, cfg.include, cfg.exclude, allowed
+        ), quality
+    influence = mean_influence if cfg.rule == "mean" else quality  # G-DIG's score as the rule reads it
+    combined = rank_average([influence, *signals.values()]) + TIE_BREAK * rank01(quality)
+    allowed &= combined >= cfg.min_combined
+    return quality_mask(frac_helped, mean_influence, None, None, ids, cfg.include, cfg.exclude, allowed), combined
+
+
+def signal_filters(cfg: SelectionConfig, signals: dict[str, np.ndarray], n: int) -> np.ndarray:
+    """The candidates the signals' thresholds let through (a missing language score is no evidence: kept)."""
+    ok = np.ones(n, bool)
+    for name, limit, bound in (
+        ("length", cfg.max_length_deviation, lambda s, x: s >= -x),
+        ("language", cfg.min_language_score, lambda s, x: np.isnan(s) | (s >= x)),
+    ):
+        if limit is None:
+            continue
+        if name not in signals:
+            raise ValueError(f"this run has no {name} signal (scored before signals were stored); clear the filter")
+        ok &= bound(np.asarray(signals[name], np.float64), limit)
+    return ok
 
 
 TIE_BREAK = 1e-6  # below the gap 1/M between two fractions of M seeds, for any M < 1,000,000
@@ -227,12 +289,21 @@ def _baseline_score(method, n, seed, mean_influence, loss, length_score) -> np.n
     return np.asarray(length_score, np.float64)
 
 
+def run_signals(run) -> dict[str, np.ndarray]:
+    """A run's signals beside influence (higher is better); an older run's length score from its texts."""
+    df = run.candidates
+    signals = signal_scores(df)
+    if "length" not in signals:
+        src = df["src_text"] if "src_text" in df else df["prompt"]
+        tgt = df["trg_text"] if "trg_text" in df else df["target"]
+        signals["length"] = length_ratio_score(src.astype(str).tolist(), tgt.astype(str).tolist())
+    return signals
+
+
 def select_run(run, cfg: SelectionConfig, labels: np.ndarray | None = None) -> Selection:
     """`select` on a loaded run (gdig.results.RunResults), with its losses and length ratios for baselines."""
     df = run.candidates
-    src = df["src_text"] if "src_text" in df else df["prompt"]
-    tgt = df["trg_text"] if "trg_text" in df else df["target"]
-    length = length_ratio_score(src.astype(str).tolist(), tgt.astype(str).tolist())
+    signals = run_signals(run)
     return select(
         run.frac_helped,
         run.mean_influence,
@@ -240,8 +311,9 @@ def select_run(run, cfg: SelectionConfig, labels: np.ndarray | None = None) -> S
         run.ids,
         cfg,
         loss=df["loss"].to_numpy(),
-        length_score=length,
+        length_score=signals["length"],
         labels=labels,
+        signals=signals,
     )
 
 

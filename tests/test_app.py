@@ -102,6 +102,22 @@ def test_influence_rule_changes_the_counts_and_is_kept_across_reloads(app, runs)
     assert _metric(reloaded, "Kept") == "0"
 
 
+def test_the_signals_panel_filters_and_combines_and_is_saved(app, runs):
+    at = _page(app, "influence")
+    base = int(_metric(at, "Kept").replace(",", ""))
+    at.number_input(key="w_max_length_deviation").set_value(0.05).run()
+    assert not at.exception
+    tight = int(_metric(at, "Kept").replace(",", ""))
+    assert tight < base  # some demo pairs are far off the typical length ratio
+    at.number_input(key="w_max_length_deviation").set_value(0.0).run()  # 0: off
+    assert int(_metric(at, "Kept").replace(",", "")) == base
+    at.radio(key="w_combine").set_value("rank-average").run()
+    at.slider(key="w_min_combined").set_value(0.9).run()
+    assert not at.exception and int(_metric(at, "Kept").replace(",", "")) <= 0.15 * 40
+    saved = json.loads((runs / "demo" / CURATION).read_text())
+    assert saved["combine"] == "rank-average" and saved["min_combined"] == 0.9 and not saved["max_length_deviation"]
+
+
 def test_clusters_k_reclusters_and_the_map_has_a_legend(app, runs):
     _rule(runs, rule="fraction", tau=0.0)
     at = _page(app, "clusters")

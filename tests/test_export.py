@@ -56,7 +56,9 @@ def test_metadata_field_and_checksum_detects_tampering(finished_run, tmp_path):
     out, _ = save_into_run(run, select_run(run, cfg), cfg, "first")
     assert out == run.path / "selections" / "first.jsonl"
     rec = json.loads(out.read_text().splitlines()[0])
-    assert set(rec[META_FIELD]) == {"id", "mean_influence", "frac_helped", "cluster"}
+    signals = {"loss", "length_ratio", "language_score", "src_lang_detected", "trg_lang_detected"}
+    assert set(rec[META_FIELD]) == {"id", "mean_influence", "frac_helped", "cluster"} | signals
+    assert rec[META_FIELD]["trg_lang_detected"] in ("de", "") and 0 <= rec[META_FIELD]["language_score"] <= 1
     out.write_text(out.read_text().replace("ex-", "EX-"))
     assert not verify_export(out)
     with pytest.raises(ValueError, match="selection name"):

@@ -7,12 +7,12 @@ import numpy as np
 import pandas as pd
 
 from gdig.rundir.results import RunResults
-from gdig.select import Selection, SelectionConfig, quality_mask, select_run
+from gdig.select import Selection, SelectionConfig, apply_rule, run_signals, select_run
 
 
 def kept_mask(run: RunResults, cfg: SelectionConfig) -> np.ndarray:
-    """Which candidates pass the selection's quality rule, overrides applied."""
-    return quality_mask(run.frac_helped, run.mean_influence, *cfg.thresholds, run.ids, cfg.include, cfg.exclude)
+    """Which candidates pass the selection's quality rule (with the signals' thresholds), overrides applied."""
+    return apply_rule(run.frac_helped, run.mean_influence, run.ids, cfg, run_signals(run))[0]
 
 
 def threshold_lines(run: RunResults, cfg: SelectionConfig, kept: np.ndarray) -> tuple[float, float]:
@@ -91,8 +91,12 @@ def cluster_summary(run: RunResults, sel: Selection) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["cluster", "size", "selected", "mean influence", "fraction helped", "example"])
 
 
+SIGNAL_LABELS = {"length_ratio": "length ratio", "language_score": "language", "trg_lang_detected": "target lang"}
+
+
 def candidate_table(run: RunResults, decisions: np.ndarray, clusters: np.ndarray) -> pd.DataFrame:
-    """Every candidate with its decision, scores, loss, cluster and texts (the Explore and Clusters tables)."""
+    """Every candidate with its decision, scores, loss, the signals beside them, cluster and texts (the Explore
+    and Clusters tables)."""
     cand = run.candidates
     return pd.DataFrame(
         {
@@ -101,6 +105,7 @@ def candidate_table(run: RunResults, decisions: np.ndarray, clusters: np.ndarray
             "mean influence": run.mean_influence,
             "fraction helped": run.frac_helped,
             "loss": cand["loss"].to_numpy(),
+            **{label: cand[column].to_numpy() for column, label in SIGNAL_LABELS.items() if column in cand},
             "cluster": clusters,
             "prompt": cand["prompt"].astype(str).to_numpy(),
             "target": cand["target"].astype(str).to_numpy(),

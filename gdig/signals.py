@@ -1,0 +1,148 @@
+"""Signals beside influence that an MT curator expects (OpusFilter's conventions): how far a pair's length ratio
+is from the pool's typical one, whether both sides are in their declared languages (lingua: offline models,
+Apache-2.0), and the fine-tuned model's loss (stored by scoring). Each becomes a per-candidate score where
+higher is better, so that it can be thresholded alone or combined with G-DIG's score by a rank average.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+SIGNALS = ("length", "language", "loss")  # the scores beside influence, each higher-is-better
+# Languages the detector always considers besides the pool's own, so that a third language is recognised.
+COMMON_LANGUAGES = (
+    "en",
+    "de",
+    "fr",
+    "es",
+    "it",
+    "pt",
+    "nl",
+    "ru",
+    "zh",
+    "ja",
+    "ko",
+    "ar",
+    "tr",
+    "pl",
+    "cs",
+    "sv",
+    "fi",
+    "uk",
+    "el",
+    "hi",
+)
+
+
+def length_ratio(src: Sequence[str], tgt: Sequence[str]) -> np.ndarray:
+    """Target characters over source characters per pair (characters: fair to unsegmented scripts)."""
+    ls = np.array([max(len(s), 1) for s in src], np.float64)
+    lt = np.array([max(len(t), 1) for t in tgt], np.float64)
+    return lt / ls
+
+
+def length_score(ratio: np.ndarray) -> np.ndarray:
+    """Higher when a pair's length ratio is close to the pool's typical ratio: -|log r - median log r|."""
+    r = np.log(np.asarray(ratio, np.float64))
+    return (-np.abs(r - np.median(r))).astype(np.float32) if len(r) else r.astype(np.float32)
+
+
+def length_ratio_score(src: Sequence[str], tgt: Sequence[str]) -> np.ndarray:
+    """length_score of the pairs' length ratios (the classic length-ratio filter as a score)."""
+    return length_score(length_ratio(src, tgt))
+
+
+def lingua_language(code: str | None):
+    """lingua's Language for a code (`de`, `deu`, `deu_Latn`) or a name (`German`); None when unknown."""
+    if not code:
+        return None
+    from lingua import IsoCode639_1, IsoCode639_3, Language
+
+    text = str(code).strip()
+    head = text.split("_")[0].split("-")[0].lower()
+    for parse, iso in ((IsoCode639_1, Language.from_iso_code_639_1), (IsoCode639_3, Language.from_iso_code_639_3)):
+        try:
+            return iso(parse.from_str(head))
+        except ValueError:
+            continue
+    return getattr(Language, text.upper(), None)
+
+
+def language_scores(src: Sequence[str], tgt: Sequence[str], src_langs: Sequence, trg_langs: Sequence):
+    """Per pair: the detected language of each side (ISO 639-1, "" when undecided) and how surely both sides
+    are in their declared languages: the smaller of the two confidences (0..1), over the sides whose declared
+    language the detector knows (NaN when neither)."""
+    from lingua import LanguageDetectorBuilder
+
+    declared_src = [lingua_language(c) for c in src_langs]
+    declared_trg = [lingua_language(c) for c in trg_langs]
+    languages = {lingua_language(c) for c in COMMON_LANGUAGES} | set(declared_src) | set(declared_trg)
+    detector = LanguageDetectorBuilder.from_languages(*(x for x in languages if x is not None)).build()
+    out = {}
+    for side, texts, declared in (("src", src, declared_src), ("trg", tgt, declared_trg)):
+        found = detector.detect_languages_in_parallel_of(list(texts))
+        out[f"{side}_lang_detected"] = np.array([x.iso_code_639_1.name.lower() if x else "" for x in found])
+        out[f"{side}_confidence"] = _confidences(detector, texts, declared)
+    both = np.fmin(out.pop("src_confidence"), out.pop("trg_confidence"))  # NaN only where both are NaN
+    return out | {"language_score": both.astype(np.float32)}
+
+
+def _confidences(detector, texts: Sequence[str], declared: list) -> np.ndarray:
+    """The detector's confidence that each text is in its declared language (NaN where none is declared)."""
+    out = np.full(len(texts), np.nan)
+    for language in {d for d in declared if d is not None}:
+        rows = [i for i, d in enumerate(declared) if d == language]
+        got = detector.compute_language_confidence_in_parallel([texts[i] for i in rows], language)
+        out[rows] = got
+    return out
+
+
+def candidate_signals(src: Sequence[str], tgt: Sequence[str], src_langs: Sequence, trg_langs: Sequence) -> dict:
+    """The stored columns: length_ratio, and (when lingua is installed) the detected languages and
+    language_score."""
+    columns = {"length_ratio": length_ratio(src, tgt).astype(np.float32)}
+    try:
+        import lingua  # noqa: F401
+    except ImportError:
+        return columns
+    return columns | language_scores(src, tgt, src_langs, trg_langs)
+
+
+def signal_scores(candidates) -> dict[str, np.ndarray]:
+    """Each signal as a higher-is-better score per candidate, from a run's candidates table (the ones it has)."""
+    out = {}
+    if "length_ratio" in candidates:
+        out["length"] = length_score(candidates["length_ratio"].to_numpy())
+    if "language_score" in candidates:
+        out["language"] = candidates["language_score"].to_numpy(np.float64)
+    if "loss" in candidates:
+        out["loss"] = -candidates["loss"].to_numpy(np.float64)
+    return out
+
+
+def rank_average(scores: Sequence[np.ndarray]) -> np.ndarray:
+    """The mean of each score's percentile rank (0 worst .. 1 best; ties share their mean rank), over the
+    scores a candidate has (NaN skipped): a combination that needs no common scale."""
+    ranks = np.stack([_percentile_ranks(np.asarray(s, np.float64)) for s in scores])
+    with np.errstate(invalid="ignore"):
+        return np.nanmean(ranks, axis=0)
+
+
+def _percentile_ranks(x: np.ndarray) -> np.ndarray:
+    from scipy.stats import rankdata
+
+    out = np.full(len(x), np.nan)
+    ok = ~np.isnan(x)
+    n = int(ok.sum())
+    if n:
+        out[ok] = (rankdata(x[ok]) - 1) / max(n - 1, 1)
+    return out
+
+
+def check_fraction(name: str, value: float | None) -> None:
+    """A threshold that is a share between 0 and 1 (or None: off)."""
+    if value is not None and not (math.isfinite(value) and 0 <= value <= 1):
+        raise ValueError(f"{name} must be between 0 and 1, got {value}")
