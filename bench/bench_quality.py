@@ -269,14 +269,48 @@ def aggregates(m: np.ndarray) -> dict[str, np.ndarray]:
     return {"fraction helped": quality_score(frac, mean), "mean influence": mean}
 
 
-def heuristics(pool: list[dict], loss: np.ndarray, seed: int) -> dict[str, np.ndarray]:
-    from gdig.signals import length_ratio_score
+def heuristics(pool: list[dict], loss: np.ndarray | None, seed: int) -> dict[str, np.ndarray]:
+    """The scores a curator would use instead (higher = better): loss, length ratio, language identification,
+    the rank average of the last two (gdig.signals), and random."""
+    from gdig.signals import candidate_signals, length_score, rank_average
 
-    return {
-        "low loss": -loss,
-        "length ratio": length_ratio_score([r["src_text"] for r in pool], [r["trg_text"] for r in pool]),
-        "random": np.random.default_rng(seed).random(len(pool)),
-    }
+    src, tgt = [r["src_text"] for r in pool], [r["trg_text"] for r in pool]
+    sig = candidate_signals(src, tgt, [r.get("src_lang") for r in pool], [r.get("trg_lang") for r in pool])
+    length = length_score(sig["length_ratio"])
+    out = {} if loss is None else {"low loss": -loss}
+    out |= {"length ratio": length, "language id": sig["language_score"]}
+    out["length + language (rank average)"] = rank_average([length, sig["language_score"]])
+    return out | {"random": np.random.default_rng(seed).random(len(pool))}
+
+
+def signals_only(cfg: QualityConfig, command: str) -> dict:
+    """The signals beside influence alone on the real pool (no model): AUROC overall and per kind, with a
+    bootstrap 95% interval over the pool's pairs."""
+    from gdig.demo.evaluate import detection_auroc
+
+    pool = [json.loads(x) for x in make_pool(cfg, CACHE / "quality" / cfg.key())["pool"].read_text().splitlines()]
+    tat = np.array([r["origin"] == "tatoeba" for r in pool])
+    kinds = np.array([r["corruption"] or "" for r in pool])[tat]
+    rng = np.random.default_rng(cfg.seed)
+    boots = [rng.integers(0, int(tat.sum()), int(tat.sum())) for _ in range(200)]
+    rows = []
+    for name, good in heuristics(pool, None, cfg.seed).items():
+        row = detection_row(name, good, pool)
+        g = np.nan_to_num(good[tat], nan=float(np.nanmedian(good[tat])))
+        aucs = [detection_auroc(g[b], kinds[b] != "")["auroc"] for b in boots]
+        row["auroc_ci95"] = [float(np.percentile(aucs, 2.5)), float(np.percentile(aucs, 97.5))]
+        rows.append(row)
+    report = {"date": date.today().isoformat(), "command": command, "n_pool": len(pool), "detection": rows}
+    kinds_all = sorted(rows[0]["per_kind"])
+    lines = [f"# Signals alone on the real pool, {report['date']}", "", f"`{command}`; {len(pool)} pairs.", ""]
+    lines += ["| score | AUROC (95% CI) | " + " | ".join(kinds_all) + " |", "|---" * (len(kinds_all) + 2) + "|"]
+    for r in rows:
+        ci = r["auroc_ci95"]
+        cells = " | ".join(f"{r['per_kind'][k]:.3f}" for k in kinds_all)
+        lines.append(f"| {r['score']} | {r['auroc']:.3f} ({ci[0]:.3f}-{ci[1]:.3f}) | {cells} |")
+    save_report("quality-signals", report, "\n".join(lines))
+    print("\n".join(lines))
+    return report
 
 
 def detection_row(name: str, good: np.ndarray, pool: list[dict], frac: np.ndarray | None = None) -> dict:
@@ -592,6 +626,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small pool, 64 seeds, one downstream seed")
     ap.add_argument("--no-downstream", action="store_true")
     ap.add_argument("--sweep-models", action="store_true", help="model size / epochs sweep instead of the report")
+    ap.add_argument("--signals-only", action="store_true", help="the signals beside influence alone (no model)")
     ap.add_argument("--runs", nargs="+", help='G-DIG runs, e.g. "ekfac" "kfac d=0.01" "ekfac +head"')
     ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override a QualityConfig field")
     args = ap.parse_args()
@@ -611,6 +646,9 @@ def main() -> None:
     command = "python bench/bench_quality.py " + " ".join(sys.argv[1:])
     if args.sweep_models:
         sweep_models(cfg, command)
+        return
+    if args.signals_only:
+        signals_only(cfg, command)
         return
     run(cfg, command)
 
