@@ -12,7 +12,7 @@ import numpy as np
 
 from gdig.clusters import GradientClusterer, resample
 from gdig.options import option
-from gdig.signals import check_fraction, length_ratio_score, rank_average, signal_scores
+from gdig.signals import check_fraction, rank_average
 
 STRATEGIES = ("uniform", "proportional")
 WITHIN = ("quality", "random")
@@ -289,21 +289,10 @@ def _baseline_score(method, n, seed, mean_influence, loss, length_score) -> np.n
     return np.asarray(length_score, np.float64)
 
 
-def run_signals(run) -> dict[str, np.ndarray]:
-    """A run's signals beside influence (higher is better); an older run's length score from its texts."""
-    df = run.candidates
-    signals = signal_scores(df)
-    if "length" not in signals:
-        src = df["src_text"] if "src_text" in df else df["prompt"]
-        tgt = df["trg_text"] if "trg_text" in df else df["target"]
-        signals["length"] = length_ratio_score(src.astype(str).tolist(), tgt.astype(str).tolist())
-    return signals
-
-
 def select_run(run, cfg: SelectionConfig, labels: np.ndarray | None = None) -> Selection:
     """`select` on a loaded run (gdig.results.RunResults), with its losses and length ratios for baselines."""
     df = run.candidates
-    signals = run_signals(run)
+    signals = run.signals
     return select(
         run.frac_helped,
         run.mean_influence,

@@ -112,10 +112,15 @@ def candidate_signals(src: Sequence[str], tgt: Sequence[str], src_langs: Sequenc
 
 
 def signal_scores(candidates) -> dict[str, np.ndarray]:
-    """Each signal as a higher-is-better score per candidate, from a run's candidates table (the ones it has)."""
+    """Each signal as a higher-is-better score per candidate, from a run's candidates table (the ones it has;
+    a run scored before signals were stored gets its length score from its texts)."""
     out = {}
     if "length_ratio" in candidates:
         out["length"] = length_score(candidates["length_ratio"].to_numpy())
+    else:
+        src = candidates["src_text"] if "src_text" in candidates else candidates["prompt"]
+        tgt = candidates["trg_text"] if "trg_text" in candidates else candidates["target"]
+        out["length"] = length_ratio_score(src.astype(str).tolist(), tgt.astype(str).tolist())
     if "language_score" in candidates:
         out["language"] = candidates["language_score"].to_numpy(np.float64)
     if "loss" in candidates:

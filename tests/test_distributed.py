@@ -103,10 +103,12 @@ def test_many_processes_give_the_run_of_one_bit_for_bit(job, reference, nproc):
     assert not (out / "partial").exists()
 
 
-@pytest.mark.parametrize("resume_with", [1, 3])
-def test_a_rank_killed_mid_scoring_resumes_with_another_world_size_to_the_same_matrix(job, reference, resume_with):
-    name = f"killed{resume_with}"
-    out, done = run(job, name, 2, "--seed-rank", "3", "--fit-cache-mb", "0", fault="kill:1:score")
+@pytest.mark.parametrize(("killed", "resume_with"), [(1, 1), (0, 3)])
+def test_a_rank_killed_mid_scoring_resumes_with_another_world_size_to_the_same_matrix(
+    job, reference, killed, resume_with
+):
+    name = f"killed{killed}-{resume_with}"
+    out, done = run(job, name, 2, "--seed-rank", "3", "--fit-cache-mb", "0", fault=f"kill:{killed}:score")
     assert done.returncode != 0
     chunks = list((out / "partial").glob("chunk_*.npz"))
     assert chunks and not (out / "influence.npy").exists()

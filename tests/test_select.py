@@ -7,10 +7,10 @@ import pytest
 
 from gdig.select import (
     SelectionConfig,
-    length_ratio_score,
     quality_mask,
     select,
 )
+from gdig.signals import length_ratio_score
 
 
 def frac_mean(infl):

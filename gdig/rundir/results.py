@@ -52,6 +52,13 @@ class RunResults:
         return self._row_statistics[1]
 
     @cached_property
+    def signals(self) -> dict[str, np.ndarray]:
+        """The signals beside influence, higher is better (gdig.signals.signal_scores), computed once per run."""
+        from gdig.signals import signal_scores
+
+        return signal_scores(self.candidates)
+
+    @cached_property
     def column_statistics(self) -> tuple[np.ndarray, np.ndarray]:
         """Per seed column: the share of candidates that help it and their mean influence on it."""
         helped, total = np.zeros(self.influence.shape[1]), np.zeros(self.influence.shape[1])

@@ -7,12 +7,12 @@ import numpy as np
 import pandas as pd
 
 from gdig.rundir.results import RunResults
-from gdig.select import Selection, SelectionConfig, apply_rule, run_signals, select_run
+from gdig.select import Selection, SelectionConfig, apply_rule, select_run
 
 
 def kept_mask(run: RunResults, cfg: SelectionConfig) -> np.ndarray:
     """Which candidates pass the selection's quality rule (with the signals' thresholds), overrides applied."""
-    return apply_rule(run.frac_helped, run.mean_influence, run.ids, cfg, run_signals(run))[0]
+    return apply_rule(run.frac_helped, run.mean_influence, run.ids, cfg, run.signals)[0]
 
 
 def threshold_lines(run: RunResults, cfg: SelectionConfig, kept: np.ndarray) -> tuple[float, float]:
