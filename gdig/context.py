@@ -13,7 +13,7 @@ import torch
 from gdig.config import ScoreConfig
 from gdig.data import Dataset, TokenizationReport, TokenizedExample, load_dataset, tokenize_dataset
 from gdig.distributed import SINGLE, World
-from gdig.hooks import Batch, Captured, batch_groups, collate, make_batches
+from gdig.hooks import Batch, Captured, batch_indices, collate, make_batches
 from gdig.model import TrackedModule, find_tracked_modules, load_model, model_fingerprint, prepare_tokenizer
 from gdig.rundir.layout import versions
 
@@ -64,8 +64,7 @@ class ScoreContext:
 
     def batch_indices(self, toks: list[TokenizedExample], order: list[int]) -> list[list[int]]:
         """The examples of each batch `batches` would make of `order` (to share batches among processes)."""
-        groups = batch_groups([len(toks[i].input_ids) for i in order], self.cfg.batch_size, self.cfg.token_budget)
-        return [[order[p] for p in g] for g in groups]
+        return batch_indices(toks, order, self.cfg.batch_size, self.cfg.token_budget)
 
     def collate(self, toks: list[TokenizedExample], index: list[int]) -> Batch:
         """One padded batch of the examples `index`."""

@@ -92,10 +92,17 @@ def make_batches(
     padding_side: str = "right",
 ) -> Iterator[Batch]:
     """Batches over `order`, grouped by batch_groups."""
-    order = list(order)
-    for group in batch_groups([len(examples[i].input_ids) for i in order], batch_size, token_budget):
-        idx = [order[p] for p in group]
+    for idx in batch_indices(examples, order, batch_size, token_budget):
         yield collate([examples[j] for j in idx], idx, pad_id, padding_side)
+
+
+def batch_indices(
+    examples: Sequence[TokenizedExample], order: Sequence[int], batch_size: int, token_budget: int | None = None
+) -> list[list[int]]:
+    """The example indices of each batch over `order` (batch_groups' positions mapped back to examples)."""
+    order = list(order)
+    groups = batch_groups([len(examples[i].input_ids) for i in order], batch_size, token_budget)
+    return [[order[p] for p in group] for group in groups]
 
 
 def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

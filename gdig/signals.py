@@ -6,12 +6,12 @@ higher is better, so that it can be thresholded alone or combined with G-DIG's s
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
 import numpy as np
 
-SIGNALS = ("length", "language", "loss")  # the scores beside influence, each higher-is-better
 # Languages the detector always considers besides the pool's own, so that a third language is recognised.
 COMMON_LANGUAGES = (
     "en",
@@ -55,8 +55,10 @@ def length_ratio_score(src: Sequence[str], tgt: Sequence[str]) -> np.ndarray:
     return length_score(length_ratio(src, tgt))
 
 
+@functools.lru_cache(maxsize=1024)
 def lingua_language(code: str | None):
-    """lingua's Language for a code (`de`, `deu`, `deu_Latn`) or a name (`German`); None when unknown."""
+    """lingua's Language for a code (`de`, `deu`, `deu_Latn`) or a name (`German`); None when unknown. Cached:
+    it is asked once per record and side, with a handful of distinct codes."""
     if not code:
         return None
     from lingua import IsoCode639_1, IsoCode639_3, Language

@@ -78,7 +78,19 @@ class Status:
             "pid": os.getpid(),
             "error": error,
         }
-        write = force or done in (0, total) or now - self._last_write > 0.5
+        self._publish(force or done in (0, total) or now - self._last_write > 0.5)
+
+    def refresh(self) -> None:
+        """Rewrite the status now (rank 0: with the other ranks' latest counters), e.g. while waiting for the
+        other processes; Cancelled when asked to stop."""
+        if self.local and time.time() - self._last_write > 0.5:
+            self._publish(write=True)
+        elif self.cancel_path.exists():
+            raise Cancelled("cancelled by the user")
+
+    def _publish(self, write: bool) -> None:
+        """Sum the counters (rank 0 reads the others' when it writes), write when asked, tell on_progress, and
+        raise Cancelled when a cancel file appeared."""
         if write and self.size > 1 and not self.rank:
             self._others = self._read_others()
         self.state = self._summed()
@@ -86,19 +98,6 @@ class Status:
             self._write()
         if self.on_progress is not None:
             self.on_progress(dict(self.state))
-        if self.cancel_path.exists():
-            raise Cancelled("cancelled by the user")
-
-    def refresh(self) -> None:
-        """Rewrite the status now (rank 0: with the other ranks' latest counters), e.g. while waiting for the
-        other processes; Cancelled when asked to stop."""
-        if self.local and time.time() - self._last_write > 0.5:
-            if self.size > 1 and not self.rank:
-                self._others = self._read_others()
-            self.state = self._summed()
-            self._write()
-            if self.on_progress is not None:
-                self.on_progress(dict(self.state))
         if self.cancel_path.exists():
             raise Cancelled("cancelled by the user")
 
@@ -123,13 +122,14 @@ class Status:
         }
 
     def _read_others(self) -> list[dict[str, Any]]:
-        found = (_read_json(self.path.parent / PARTIAL / RANK_STATUS.format(rank=r)) for r in range(1, self.size))
+        folder = self.shared_path.parent / PARTIAL
+        found = (_read_json(folder / RANK_STATUS.format(rank=r)) for r in range(1, self.size))
         return [_counters(r, c) for r, c in enumerate(found, start=1) if c]
 
     def _write(self) -> None:
         if self.rank:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        elif self.size > 1 and self._failed_elsewhere():
+        elif self.size > 1 and self._failed_elsewhere(_read_json(self.shared_path) or {}):
             return  # another rank said why the job stops: keep its words
         write_json_atomic(self.path, self.state)
         self._last_write = time.time()
@@ -140,7 +140,7 @@ class Status:
         now = time.time()
         current = _read_json(self.shared_path) or {}
         if self.size > 1:
-            if self._failed_elsewhere():
+            if self._failed_elsewhere(current):
                 return
             error = error if error == "cancelled" else f"rank {self.rank} of {self.size}: {error}"
         state = (current if self.rank else self.state) or {
@@ -151,9 +151,8 @@ class Status:
         }
         write_json_atomic(self.shared_path, state | {"error": error, "updated": now, "pid": os.getpid()})
 
-    def _failed_elsewhere(self) -> bool:
-        """Whether status.json already holds an error of this job (written by another rank)."""
-        current = _read_json(self.shared_path) or {}
+    def _failed_elsewhere(self, current: dict[str, Any]) -> bool:
+        """Whether status.json (as read: `current`) already holds an error of this job, from another rank."""
         return bool(current.get("error")) and float(current.get("updated", 0)) >= self.started
 
 
@@ -170,11 +169,8 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def read_status(run_dir: str | Path) -> dict[str, Any] | None:
-    """The last status.json of a run, or None when it has none yet."""
-    try:
-        return json.loads((Path(run_dir) / STATUS).read_text())
-    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
-        return None
+    """The last status.json of a run, or None when it has none yet (or it cannot be read)."""
+    return _read_json(Path(run_dir) / STATUS)
 
 
 def mark_starting(run_dir: str | Path) -> None:
