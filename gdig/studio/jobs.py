@@ -172,14 +172,16 @@ def new_run_config(root: str | Path, name: str, model: str, inputs: list, settin
     return cfg
 
 
-def start_demo_job(run_dir: str | Path, cache: str | None = None) -> Path:
-    """Build the built-in demo (`gdig demo`) in the background into run_dir."""
+def start_demo_job(run_dir: str | Path, cache: str | None = None, base: str | None = None) -> Path:
+    """Build the built-in demo (`gdig demo`) in the background into run_dir; with `base` (a model folder or
+    GGUF file), the pretrained demo (`gdig demo --pretrained --base BASE`)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if job_state(run_dir).running:
         return run_dir
     clear_cancel(run_dir)
     cmd = [sys.executable, "-m", "gdig", "demo", "--out", str(run_dir)] + (["--cache", cache] if cache else [])
+    cmd += ["--pretrained", "--base", str(base)] if base else []
     return _spawn(run_dir, cmd)
 
 
