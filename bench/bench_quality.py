@@ -314,10 +314,11 @@ def signals_only(cfg: QualityConfig, command: str) -> dict:
 
 
 def detection_row(name: str, good: np.ndarray, pool: list[dict], frac: np.ndarray | None = None) -> dict:
-    """AUROC on the Tatoeba pairs (labelled), per kind; precision at tau = 1 (G-DIG) and at the clean share."""
+    """AUROC on the labelled pairs (all but OpenNMT's), per kind; precision at tau = 1 (G-DIG) and at the clean
+    share."""
     from gdig.demo.evaluate import detection_auroc
 
-    tat = np.array([r["origin"] == "tatoeba" for r in pool])
+    tat = np.array([r["origin"] != "opennmt" for r in pool])
     kinds = np.array([r["corruption"] or "" for r in pool])[tat]
     corrupted = kinds != ""
     g = good[tat]

@@ -2,6 +2,7 @@
 
     python bench/run_all.py --quick   # small sizes, under 10 minutes on 2 CPU cores
     python bench/run_all.py           # the sizes quoted in bench/README.md, about 65 minutes on 2 CPU cores
+                                      # (plus about an hour for bench_pretrained.py when SmolLM2 is installed)
 
 Each benchmark runs in its own process (so peak memory and timings are its own). kronfluence is optional
 (requirements-bench.txt); without it that comparison is reported as skipped, as is the real-data benchmark
@@ -41,14 +42,20 @@ FULL = {
     "scaling": ["--candidates", "1000", "2000", "4000", "--seeds", "16", "64", "256"],
     "quality": [],
     "demo": [],
+    "pretrained": ["--runs", "lora ekfac", "lora kfac", "lora identity"],  # about an hour more, with SmolLM2
 }
 
 
 def skip_reason(name: str) -> str | None:
     if name == "kronfluence" and importlib.util.find_spec("kronfluence") is None:
         return "kronfluence not installed (pip install -r requirements-bench.txt; see bench/README.md)"
-    if name == "quality" and not have_shared_data():
+    if name in ("quality", "pretrained") and not have_shared_data():
         return "no real data at ../shared/data"
+    if name == "pretrained":
+        from gdig.model_source import SMOLLM2_INSTALL, smollm2_gguf
+
+        if smollm2_gguf() is None:
+            return f"SmolLM2 not installed ({SMOLLM2_INSTALL})"
     return None
 
 
