@@ -64,24 +64,23 @@ with guard():
             "counts use all of them."
         )
     decision = decision_labels(sel, run.ids, cfg.include, cfg.exclude)
-    clusters = cluster_names(sel.labels)
     colour = setting("color_by")
-    hover = run.candidates["target"].astype(str).str.slice(0, 80).to_numpy()
+    hover = run.candidates["target"].iloc[shown].astype(str).str.slice(0, 80).to_numpy()  # the drawn points only
     lasso = st.session_state.get("lasso_rows") or []
     fig = go.Figure()
 
     def points(rows: np.ndarray, name: str, marker: dict) -> go.Scattergl:
         """One trace of map points; customdata carries the candidate rows back from a lasso."""
-        x, y, text = emb[rows, 0], emb[rows, 1], hover[rows]
+        x, y, text = emb[rows, 0], emb[rows, 1], hover[np.searchsorted(shown, rows)]
         return go.Scattergl(
             x=x, y=y, mode="markers", name=name, customdata=rows, marker=marker, hovertext=text, hoverinfo="text"
         )
 
     if colour in ("cluster", "decision"):
-        groups = clusters if colour == "cluster" else decision
-        for g in legend_order(groups[shown]):
+        groups = cluster_names(sel.labels[shown]) if colour == "cluster" else decision[shown]
+        for g in legend_order(groups):
             name = f"cluster {g}" if g.isdigit() else g
-            fig.add_trace(points(shown[groups[shown] == g], name, dict(size=5, color=PALETTE.get(g))))
+            fig.add_trace(points(shown[groups == g], name, dict(size=5, color=PALETTE.get(g))))
     else:
         values = run.mean_influence if colour == "mean influence" else run.frac_helped
         bar = dict(title=dict(text=colour))
@@ -114,5 +113,5 @@ with guard():
 
     st.subheader("Candidates")
     columns = ["id", "decision", "cluster", "mean influence", "fraction helped", "target"]
-    table = candidate_table(run, decision, clusters).iloc[rows][columns]
+    table = candidate_table(run, decision, cluster_names(sel.labels[rows]), rows=rows)[columns]
     st.dataframe(table, hide_index=True, height=320)

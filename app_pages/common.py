@@ -166,7 +166,7 @@ def run_stamp(path: str) -> float:
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the run…")
-def _cached_run(path: str, stamp: float) -> RunResults:
+def cached_run(path: str, stamp: float) -> RunResults:
     run = load_run(path)
     _ = run.frac_helped, run.mean_influence  # computed once per run, reused on every slider move
     return run
@@ -180,7 +180,7 @@ def current_run() -> RunResults:
         st.stop()
     try:
         path = str(run_dir(name))
-        return _cached_run(path, run_stamp(path))
+        return cached_run(path, run_stamp(path))
     except RunError as e:
         st.warning(f"{e}")
         st.stop()
@@ -204,9 +204,9 @@ def label_for(name: str) -> str:
 
 @st.cache_data(max_entries=32, show_spinner="Clustering gradients…")
 def _cached_labels(path: str, stamp: float, kept_bytes: bytes, k: int, seed: int) -> np.ndarray:
-    run = _cached_run(path, stamp)
+    run = cached_run(path, stamp)
     rows = np.flatnonzero(np.frombuffer(kept_bytes, dtype=bool))
-    return GradientClusterer(k, seed).fit_predict(run.sketch[rows])
+    return GradientClusterer(k, seed).fit_predict(run.cluster_features[rows])
 
 
 def current_selection(run: RunResults, cfg: SelectionConfig) -> Selection:

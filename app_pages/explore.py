@@ -1,18 +1,38 @@
 """Explore: search, filter and sort candidates; one candidate's explanation with its token heatmap; include or
 exclude it by hand (saved in the run, wins over every rule)."""
 
-import numpy as np
 import streamlit as st
 
-from app_pages.common import clamp_clusters, current_run, current_selection, guard, selection_config
+from app_pages.common import (
+    cached_run,
+    clamp_clusters,
+    current_run,
+    current_selection,
+    guard,
+    run_stamp,
+    selection_config,
+)
 from app_pages.heatmap import heatmap_html
 from gdig.rundir.curation import load_overrides, save_overrides
 from gdig.select import DECISIONS, cluster_names, decision_labels
-from gdig.studio.explain import explain, token_influence
-from gdig.studio.views import candidate_table, filter_candidates
+from gdig.studio.explain import explain, nearest, token_influence
+from gdig.studio.views import SORT_KEYS, SearchIndex, candidate_table, find_rows
+
+TABLE_ROWS = 1_000  # rows sent to the browser: a table of 1,000,000 would take seconds and hundreds of MB
 
 st.header("Explore")
 run = current_run()
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _nearest(path: str, stamp: float, index: int):
+    """A candidate's nearest neighbours, read from every sketch once per candidate and run."""
+    return nearest(cached_run(path, stamp), index)
+
+
+@st.cache_resource(max_entries=4, show_spinner="Indexing the texts for search…")
+def _search_index(path: str, stamp: float) -> SearchIndex:
+    return SearchIndex.of(cached_run(path, stamp))
 
 
 @st.cache_resource(max_entries=1, show_spinner="Loading the run's model…")
@@ -30,12 +50,16 @@ with guard():
     ov = load_overrides(run.path)
     status = decision_labels(sel, run.ids, ov.include, ov.exclude)
     f1, f2, f3 = st.columns([3, 2, 2])
-    query = f1.text_input("Search source or target text", key="ex_query")
+    query = f1.text_input("Search id, source or target text", key="ex_query")
     show = f2.selectbox("Show", ["all", *DECISIONS], key="ex_show")
-    sort = f3.selectbox("Sort by", ["mean influence", "fraction helped", "loss", "id"], key="ex_sort")
-    table = candidate_table(run, status, cluster_names(sel.labels))
-    view = filter_candidates(table, query, show, sort)
-    st.caption(f"{len(view):,} of {len(table):,} candidates")
+    sort = f3.selectbox("Sort by", SORT_KEYS, key="ex_sort")
+    rows = find_rows(run, _search_index(str(run.path), run_stamp(str(run.path))), status, query, show, sort)
+    shown = rows[:TABLE_ROWS]
+    view = candidate_table(run, status, cluster_names(sel.labels[shown]), rows=shown)
+    more = (
+        f"; the table shows the first {TABLE_ROWS:,} (search or filter to narrow it)" if len(rows) > TABLE_ROWS else ""
+    )
+    st.caption(f"{len(rows):,} of {run.n:,} candidates{more}")
     event = st.dataframe(
         view, hide_index=True, height=300, on_select="rerun", selection_mode="single-row", key="ex_table"
     )
@@ -49,8 +73,14 @@ with guard():
     if st.session_state.get("ex_id") not in ids:
         st.session_state["ex_id"] = ids[0]
     chosen = st.selectbox("Candidate", ids, key="ex_id")
-    index = int(np.flatnonzero(table["id"].to_numpy() == chosen)[0])
-    e = explain(run, index, kept=sel.kept, labels=sel.labels)
+    index = int(shown[ids.index(chosen)])
+    e = explain(
+        run,
+        index,
+        kept=sel.kept,
+        labels=sel.labels,
+        neighbours=_nearest(str(run.path), run_stamp(str(run.path)), index),
+    )
 
     st.subheader(f"Candidate {e.id}")
     m1, m2, m3, m4, m5 = st.columns(5)

@@ -1,6 +1,7 @@
 """Export: budget and strategy, a preview with counts per cluster and a comparison against a random selection
 of the same size; download the JSONL or save it into the run with its manifest."""
 
+import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
@@ -16,7 +17,7 @@ from app_pages.common import (
 )
 from gdig.export import save_into_run, selection_lines
 from gdig.select import STRATEGIES, WITHIN
-from gdig.studio.views import compare_with_random
+from gdig.studio.views import compare_with_random, histogram_counts
 
 st.header("Export")
 run = current_run()
@@ -43,8 +44,10 @@ with guard():
     st.dataframe(compare, hide_index=True)
     st.caption(f"Overlap with the random selection: {overlap:,} of {n_sel:,}.")
     dist = go.Figure()
-    dist.add_trace(go.Histogram(x=run.mean_influence[sel.indices], name="G-DIG", opacity=0.6, nbinsx=50))
-    dist.add_trace(go.Histogram(x=run.mean_influence[rnd], name="random", opacity=0.6, nbinsx=50))
+    edges = np.histogram_bin_edges(run.mean_influence[np.concatenate([sel.indices, rnd])], 50)
+    for name, rows in (("G-DIG", sel.indices), ("random", rnd)):
+        counts, _ = histogram_counts(run.mean_influence[rows], edges)
+        dist.add_trace(go.Bar(x=(edges[:-1] + edges[1:]) / 2, y=counts, width=np.diff(edges), name=name, opacity=0.6))
     dist.update_layout(barmode="overlay", title="Mean influence", height=260, margin=dict(l=10, r=10, t=40, b=10))
     st.plotly_chart(dist, key="dist")
 
@@ -54,10 +57,9 @@ with guard():
     metadata = st.checkbox(
         "Add a `gdig` field (score, fraction helped, cluster) to each line", value=True, key="exp_meta"
     )
-    data = "".join(selection_lines(run, sel, metadata)).encode("utf-8")
     st.download_button(
         "Download JSONL",
-        data,
+        lambda: "".join(selection_lines(run, sel, metadata)).encode("utf-8"),  # made on click, not on every rerun
         file_name=f"{run.path.name}-selection.jsonl",
         mime="application/jsonl",
         type="primary",

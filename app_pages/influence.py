@@ -4,8 +4,30 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from app_pages.common import current_run, guard, help_for, kept_mask, label_for, selection_config, widget_kwargs
-from gdig.studio.views import seed_table, threshold_lines
+from app_pages.common import (
+    cached_run,
+    current_run,
+    guard,
+    help_for,
+    kept_mask,
+    label_for,
+    run_stamp,
+    selection_config,
+    widget_kwargs,
+)
+from gdig.studio.views import fraction_bins, histogram_counts, seed_table, threshold_lines
+
+BLUE = "#2563eb"
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _histogram(path: str, stamp: float, what: str | int, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Counts and edges of one histogram of the run: "fraction" helped, "mean" influence, or a seed column."""
+    run = cached_run(path, stamp)
+    if what == "fraction":
+        return histogram_counts(run.frac_helped, fraction_bins(bins))
+    values = run.mean_influence if what == "mean" else run.influence[:, what]
+    return histogram_counts(values, bins)
 
 
 def signals_controls() -> None:
@@ -90,16 +112,21 @@ with guard():
     if cfg.include or cfg.exclude:
         st.caption(f"Manual overrides in force: {len(cfg.include)} included, {len(cfg.exclude)} excluded.")
 
-    def histogram(values: np.ndarray, threshold: float, title: str, nbins: int) -> go.Figure:
-        fig = go.Figure(go.Histogram(x=values, nbinsx=nbins, marker_color="#2563eb"))
-        fig.add_vline(x=threshold, line_color="#dc2626", line_dash="dash", annotation_text="threshold")
+    def histogram(counts: np.ndarray, edges: np.ndarray, title: str, colour: str, threshold=None) -> go.Figure:
+        """Bars from counts computed on the server (a million values never travel to the browser)."""
+        bar = go.Bar(x=(edges[:-1] + edges[1:]) / 2, y=counts, width=np.diff(edges), marker_color=colour)
+        fig = go.Figure(bar)
+        if threshold is not None:
+            fig.add_vline(x=threshold, line_color="#dc2626", line_dash="dash", annotation_text="threshold")
         fig.update_layout(title=title, height=320, margin=dict(l=10, r=10, t=40, b=10), bargap=0.05)
         return fig
 
     left, right = st.columns(2)
     tau_x, mean_x = threshold_lines(run, cfg, kept)
-    left.plotly_chart(histogram(run.frac_helped, tau_x, "Fraction of seeds helped", m + 1), key="h_frac")
-    right.plotly_chart(histogram(run.mean_influence, mean_x, "Mean influence", 60), key="h_mean")
+    frac_counts = _histogram(str(run.path), run_stamp(str(run.path)), "fraction", m)
+    mean_counts = _histogram(str(run.path), run_stamp(str(run.path)), "mean", 60)
+    left.plotly_chart(histogram(*frac_counts, "Fraction of seeds helped", BLUE, tau_x), key="h_frac")
+    right.plotly_chart(histogram(*mean_counts, "Mean influence", BLUE, mean_x), key="h_mean")
 
     st.subheader("Seeds")
     table = seed_table(run)
@@ -108,7 +135,7 @@ with guard():
     j = st.selectbox(
         "Distribution of influence on one seed", range(m), format_func=lambda i: table["seed"].loc[i], key="seed_pick"
     )
-    fig = go.Figure(go.Histogram(x=run.influence[:, j], nbinsx=60, marker_color="#7c3aed"))
+    fig = histogram(*_histogram(str(run.path), run_stamp(str(run.path)), int(j), 60), "", "#7c3aed")
     fig.add_vline(x=0, line_color="#111827")
     fig.update_layout(height=280, margin=dict(l=10, r=10, t=10, b=10))
     st.plotly_chart(fig, key="h_seed")

@@ -5,41 +5,68 @@ from __future__ import annotations
 
 import numpy as np
 
+LARGE = 50_000  # above this many rows, clustering works on a sample and a reduced space (see below)
+
 
 class GradientClusterer:
     """K-means (k-means++, fixed random_state) on L2-normalised gradient sketches; scikit-learn style.
 
-    For large sets the k-means++ seeding, which dominates the cost, runs on a random sample of `init_sample`
-    rows; Lloyd iterations then use every row."""
+    The k-means++ seeding, which dominates the cost, runs on a random sample of `init_sample` rows. Up to
+    `fit_sample` rows Lloyd's iterations use every row (exact K-means); above, they run on a fixed random sample
+    of `fit_sample` rows and every row is then assigned to its nearest centre: re-clustering 1,000,000 rows
+    costs the sample's K-means plus one assignment pass."""
 
-    def __init__(self, n_clusters: int, random_state: int = 0, max_iter: int = 100, init_sample: int = 20_000):
-        self.n_clusters, self.random_state = n_clusters, random_state
-        self.max_iter, self.init_sample = max_iter, init_sample
+    def __init__(
+        self,
+        n_clusters: int,
+        random_state: int = 0,
+        max_iter: int = 100,
+        init_sample: int = 20_000,
+        fit_sample: int | None = None,
+    ):
+        self.n_clusters, self.random_state, self.max_iter = n_clusters, random_state, max_iter
+        self.init_sample, self.fit_sample = init_sample, LARGE if fit_sample is None else fit_sample
 
     def fit(self, sketches: np.ndarray) -> GradientClusterer:
         """Cluster the sketches (rows are L2-normalised first, so K-means works on cosine similarity)."""
         from sklearn.cluster import KMeans, kmeans_plusplus
 
-        x = normalise_rows(sketches)
-        if self.n_clusters > len(x):
+        if self.n_clusters > len(sketches):
             raise ValueError(
-                f"K = {self.n_clusters} clusters is more than the {len(x)} kept candidates; "
+                f"K = {self.n_clusters} clusters is more than the {len(sketches)} kept candidates; "
                 "lower K or loosen the quality threshold"
             )
+        sampled = len(sketches) > self.fit_sample
+        rows = _sample_rows(len(sketches), self.fit_sample, self.random_state) if sampled else slice(None)
+        x = normalise_rows(sketches[rows])
         init = "k-means++"
         if len(x) > self.init_sample:
-            rng = np.random.default_rng(self.random_state)
-            sample = x[np.sort(rng.choice(len(x), self.init_sample, replace=False))]
+            sample = x[_sample_rows(len(x), self.init_sample, self.random_state)]
             init, _ = kmeans_plusplus(sample, self.n_clusters, random_state=self.random_state)
         self.kmeans_ = KMeans(
             self.n_clusters, init=init, n_init=1, max_iter=self.max_iter, copy_x=False, random_state=self.random_state
         ).fit(x)
-        self.labels_ = self.kmeans_.labels_.astype(np.int64)
+        labels = self.kmeans_.labels_ if not sampled else self.predict(sketches)
+        self.labels_ = labels.astype(np.int64)
         return self
+
+    def predict(self, sketches: np.ndarray) -> np.ndarray:
+        """The nearest fitted centre of each row (normalised like the fit), a block of rows at a time."""
+        out = np.empty(len(sketches), np.int64)
+        for start in range(0, len(sketches), BLOCK):
+            out[start : start + BLOCK] = self.kmeans_.predict(normalise_rows(sketches[start : start + BLOCK]))
+        return out
 
     def fit_predict(self, sketches: np.ndarray) -> np.ndarray:
         """fit, then the cluster label of each row."""
         return self.fit(sketches).labels_
+
+
+BLOCK = 1 << 16  # rows converted to float32 at once
+
+
+def _sample_rows(n: int, size: int, random_state: int) -> np.ndarray:
+    return np.sort(np.random.default_rng(random_state).choice(n, size, replace=False))
 
 
 def normalise_rows(x: np.ndarray) -> np.ndarray:
@@ -95,3 +122,65 @@ def resample(
         picked.append(members[: quota[c]])
     out = np.concatenate(picked) if picked else np.zeros(0, np.int64)
     return out[np.argsort(-quality[out], kind="stable")] if within == "quality" else out
+
+
+def cluster_space(sketches: np.ndarray, n_components: int = 64, large: int | None = None, random_state: int = 0):
+    """Where K-means runs for a run's candidates: the sketches themselves up to `large` rows (exact); above, the
+    top `n_components` principal components of the normalised sketches (PCA fitted on a sample of 20,000 rows,
+    applied a block at a time, float32). Why: assigning 1,000,000 x 1,024 rows to K centres costs seconds per
+    K on a CPU, 64 columns a tenth of it; the K-means optimum lies near the span of the top K - 1 principal
+    components (Ding and He, 2004), so K up to about 64 loses little. Computed once per run."""
+    large = LARGE if large is None else large
+    if len(sketches) <= large:
+        return sketches
+    from sklearn.decomposition import PCA
+
+    sample = normalise_rows(sketches[_sample_rows(len(sketches), min(large, 20_000), random_state)])
+    pca = PCA(n_components, svd_solver="covariance_eigh", random_state=random_state).fit(sample)
+    basis = _tensor(pca.components_.T.astype(np.float32))
+    shift = (_tensor(pca.mean_.astype(np.float32)) @ basis).numpy()
+    out = np.empty((len(sketches), n_components), np.float32)
+    for start in range(0, len(sketches), BLOCK):
+        block = _tensor(sketches[start : start + BLOCK]).float()
+        norms = block.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        out[start : start + BLOCK] = ((block @ basis) / norms).numpy() - shift  # (x/|x| - mean) @ basis
+    return out
+
+
+def cosine_to(sketches: np.ndarray, index: int) -> np.ndarray:
+    """Cosine similarity of every row to row `index`. `gdig score` stores unit rows (float16): then one
+    matrix-vector product in the stored dtype, 0.2 s for 1,000,000 x 1,024 on 2 cores (about 1e-3 absolute
+    error); other rows are normalised a block at a time in float32."""
+    query = _tensor(sketches[index : index + 1]).float()[0]
+    query = query / query.norm().clamp_min(1e-12)
+    if unit_rows(sketches):
+        return torch_mv(sketches, query)
+    out = np.empty(len(sketches), np.float32)
+    for start in range(0, len(sketches), BLOCK):
+        block = _tensor(sketches[start : start + BLOCK]).float()
+        out[start : start + BLOCK] = ((block @ query) / block.norm(dim=1).clamp_min(1e-12)).numpy()
+    return out
+
+
+def unit_rows(sketches: np.ndarray, sample: int = 1000, atol: float = 2e-3) -> bool:
+    """Whether the rows are L2-normalised (zero rows allowed), judged on a fixed sample of rows."""
+    rows = sketches[_sample_rows(len(sketches), min(sample, len(sketches)), 0)]
+    norms = np.linalg.norm(np.asarray(rows, np.float32), axis=1)
+    return bool(np.all((np.abs(norms - 1) <= atol) | (norms == 0)))
+
+
+def torch_mv(matrix: np.ndarray, vector) -> np.ndarray:
+    """matrix @ vector in the matrix's dtype (no float32 copy of a float16 matrix), as float32."""
+    m = _tensor(matrix)
+    return (m @ vector.to(m.dtype)).float().numpy()
+
+
+def _tensor(x: np.ndarray):
+    """A torch view of an array, read-only memory maps included (torch only warns that it could write)."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(np.asarray(x))

@@ -29,12 +29,12 @@ def _plain(value):
 
 def selection_lines(run: RunResults, sel: Selection, metadata: bool = True) -> list[str]:
     """One JSON line per selected example: its original record, and optionally a `gdig` field."""
-    records = run.candidates["record"].tolist()
+    records = run.candidates["record"].iloc[sel.indices].tolist()  # the selected rows only, not the whole pool
     ids = run.ids
     signals = {k: run.candidates[k].to_numpy() for k in SIGNAL_COLUMNS if k in run.candidates}
     lines = []
-    for i in sel.indices.tolist():
-        rec: dict[str, Any] = json.loads(records[i])
+    for record, i in zip(records, sel.indices.tolist(), strict=True):
+        rec: dict[str, Any] = json.loads(record)
         if metadata:
             rec[META_FIELD] = {
                 "id": ids[i],

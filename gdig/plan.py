@@ -33,6 +33,7 @@ class Workload:
     seed_lengths: list[int]
     activation_bytes_per_token: float  # forward + backward of the model, per padded token of a batch
     seconds_per_token: float | None = None  # from the probe
+    flops_per_second: float | None = None  # float32 matrix products on the device, from the probe
 
     @property
     def n_candidates(self) -> int:
@@ -109,7 +110,7 @@ def plan_run(cfg: ScoreConfig, w: Workload, available_bytes: float) -> Plan:
     stages["score"] = base | ({} if scored_from_cache else batch) | kept | scoring
     stages["finalize"] = base | {"factors": factors, "seeds": seeds, "result columns": 64 * w.n_candidates}
     notes = [] if w.seconds_per_token else ["no probe (no weights): time not estimated"]
-    seconds = _seconds(cfg, w, sum(cand_batches), n_fit / max(w.n_candidates, 1), reuse > 0)
+    seconds = _seconds(cfg, w, sum(cand_batches), n_fit / max(w.n_candidates, 1), reuse > 0, rank)
     return Plan(stages, seconds, available_bytes, rank, notes)
 
 
@@ -151,16 +152,51 @@ def _seed_bytes(cfg: ScoreConfig, w: Workload, available: float) -> tuple[int | 
     return rank, dense if rank is None else min(dense, per_rank * rank)
 
 
-def _seconds(cfg: ScoreConfig, w: Workload, tokens: int, fit_share: float, reused: bool) -> dict[str, float]:
-    """Seconds per stage from the probe's seconds per padded token (model passes only)."""
+def _seconds(
+    cfg: ScoreConfig, w: Workload, tokens: int, fit_share: float, reused: bool, rank: int | None
+) -> dict[str, float]:
+    """Seconds per stage: the model's passes from the probe's seconds per padded token, plus the per-module
+    algebra of each stage (floating-point operations per token, gdig.plan.module_flops) at the probe's rate."""
     if not w.seconds_per_token:
         return {}
     one_pass = w.seconds_per_token * tokens
-    out = {"fit_covariance": one_pass * fit_share} if cfg.hessian != "identity" else {}
+    fit_tokens = tokens * fit_share
+    rate = w.flops_per_second or float("inf")
+    flops = module_flops(cfg, w, rank)
+    out = {}
+    if cfg.hessian != "identity":
+        out["fit_covariance"] = one_pass * fit_share + flops["covariance"] * fit_tokens / rate
     if cfg.hessian == "ekfac":
-        out["fit_eigen"] = 0.1 * one_pass if reused else one_pass * fit_share
-    out["seeds"] = w.seconds_per_token * w.seed_tokens * 1.5
-    out["score"] = 0.3 * one_pass if reused and fit_share == 1 else one_pass
+        replay = 0.1 * one_pass if reused else one_pass * fit_share
+        out["fit_eigen"] = replay + flops["rotation"] * fit_tokens / rate
+    seed_math = (flops["rotation"] * w.seed_tokens + flops["factorisation"] * w.n_seeds) / rate
+    out["seeds"] = w.seconds_per_token * w.seed_tokens * 1.5 + seed_math
+    score_pass = 0.3 * one_pass if reused and fit_share == 1 else one_pass
+    per_example = flops["score per example"] * w.n_candidates
+    out["score"] = score_pass + (flops["score per token"] * tokens + per_example) / rate
+    return out
+
+
+def module_flops(cfg: ScoreConfig, w: Workload, rank: int | None) -> dict[str, float]:
+    """Floating-point operations of the tracked modules' algebra, summed over modules: per token for the
+    covariance sums (a a^T, g g^T), for a rotation into the eigenbasis (EK-FAC's eigenvalue pass, the seeds'
+    preconditioning, a candidate's self-influence), and for scoring against S seed columns (low rank r:
+    2 S r (d_in + d_out) per token; dense: the per-example gradient per token and 2 S d_in d_out per example);
+    per seed, the randomised factorisation at rank r."""
+    columns = -(-w.n_seeds // cfg.seed_batch)
+    rotate = 0 if cfg.hessian == "identity" else 1
+    out = dict.fromkeys(["covariance", "rotation", "score per token", "score per example", "factorisation"], 0.0)
+    for d_in, d_out in w.dims.values():
+        out["covariance"] += 2 * (d_in * d_in + d_out * d_out)
+        out["rotation"] += rotate * 2 * (d_in * d_in + d_out * d_out + d_in * d_out)
+        if rank is None or rank >= min(d_in, d_out):
+            out["score per token"] += 2 * d_in * d_out
+            out["score per example"] += 2 * columns * d_in * d_out
+        else:
+            out["score per token"] += 2 * columns * rank * (d_in + d_out)
+            out["factorisation"] += 12 * d_in * d_out * (rank + 8)  # range finder, 2 power iterations, SVD
+    if cfg.normalize != "none":
+        out["score per token"] += out["rotation"]
     return out
 
 

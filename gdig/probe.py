@@ -54,6 +54,24 @@ def _probe(ctx: ScoreContext, w: Workload) -> None:
     w.activation_bytes_per_token = max(extra, 0) / max(tokens, 1)
     last = batches[-1].input_ids.numel()
     w.seconds_per_token = seconds[-1] / max(last, 1)
+    w.flops_per_second = matmul_rate(ctx.device, max(w.dims.values(), key=lambda d: d[0] * d[1], default=(256, 256)))
+
+
+def matmul_rate(device: torch.device, dims: tuple[int, int], tokens: int = 512) -> float:
+    """Float32 operations per second of a product shaped like the widest tracked module's algebra (tokens x
+    d_out times d_out x d_in), the better of two tries after a warm-up."""
+    d_in, d_out = dims
+    x = torch.randn(tokens, d_out, device=device)
+    y = torch.randn(d_out, d_in, device=device)
+
+    def product() -> None:
+        x @ y
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    product()
+    best = min(timed(product) for _ in range(2))
+    return 2 * tokens * d_out * d_in / max(best, 1e-9)
 
 
 def activation_formula(model: torch.nn.Module) -> float:

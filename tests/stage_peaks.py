@@ -1,8 +1,11 @@
 """Helpers for tests/test_plan.py, each run in a fresh process so its memory is this run's alone.
 
-python tests/stage_peaks.py plan SETTINGS.json      the plan's peak per stage, as JSON
+python tests/stage_peaks.py plan SETTINGS.json      the plan's peak and seconds per stage and its seed rank,
+                                                    as JSON
 python tests/stage_peaks.py measure SETTINGS.json   `gdig score`, and the peak resident memory measured
-                                                    during each stage (sampled every millisecond), as JSON
+                                                    during each stage (sampled every millisecond) and its
+                                                    seconds, as JSON
+(bench/bench_plan.py runs them on a real model.)
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import time
 from pathlib import Path
 
 from gdig.config import ScoreConfig
@@ -17,10 +21,17 @@ from gdig.plan import resident_bytes
 from gdig.run import make_plan, score
 
 
-def measure(cfg: ScoreConfig) -> dict[str, int]:
+def measure(cfg: ScoreConfig) -> dict[str, dict]:
     peaks: dict[str, int] = {}
-    stage = {"now": "load"}
+    seconds: dict[str, float] = {}
+    stage = {"now": "load", "since": time.perf_counter()}
     stop = threading.Event()
+
+    def progress(status: dict) -> None:
+        now = time.perf_counter()
+        if status["stage"] != stage["now"]:
+            seconds[stage["now"]] = seconds.get(stage["now"], 0.0) + now - stage["since"]
+            stage["now"], stage["since"] = status["stage"], now
 
     def sample() -> None:
         while not stop.wait(0.001):
@@ -29,16 +40,18 @@ def measure(cfg: ScoreConfig) -> dict[str, int]:
 
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
-    score(cfg, on_progress=lambda s: stage.__setitem__("now", s["stage"]))
+    score(cfg, on_progress=progress)
+    progress({"stage": "end"})
     stop.set()
     thread.join()
-    return peaks
+    return {"peaks": peaks, "seconds": seconds}
 
 
 if __name__ == "__main__":
     settings = ScoreConfig.from_dict(json.loads(Path(sys.argv[2]).read_text()))
     if sys.argv[1] == "plan":
         plan = make_plan(settings)
-        print(json.dumps({s: plan.peak(s) for s in plan.stages}))
+        peaks = {s: plan.peak(s) for s in plan.stages}
+        print(json.dumps({"peaks": peaks, "seconds": plan.seconds, "seed_rank": plan.seed_rank}))
     else:
         print(json.dumps(measure(settings)))

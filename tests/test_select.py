@@ -116,3 +116,14 @@ def test_budget_zero_or_none_means_every_kept_candidate():
     ids = [str(i) for i in range(30)]
     sk = np.random.default_rng(3).normal(size=(30, 6))
     assert len(select(f, m, sk, ids, SelectionConfig(clusters=3, budget=0)).indices) == 30
+
+
+@pytest.mark.parametrize("k", [0, 1, 7, 30, 200])
+def test_best_first_is_the_head_of_a_stable_sort_ties_included(k):
+    from gdig.select import best_first
+
+    rng = np.random.default_rng(k)
+    score = rng.integers(0, 20, 1000).astype(np.float64)  # many ties, at the cut too
+    rows = np.sort(rng.choice(1000, 600, replace=False))
+    expected = rows[np.argsort(-score[rows], kind="stable")][:k]
+    assert np.array_equal(best_first(rows, score, k), expected)

@@ -9,10 +9,11 @@ import pytest
 from gdig.rundir.results import RunResults
 from gdig.select import Selection, SelectionConfig
 from gdig.studio.views import (
+    SearchIndex,
     candidate_table,
     cluster_summary,
     compare_with_random,
-    filter_candidates,
+    find_rows,
     kept_mask,
     legend_order,
     map_sample,
@@ -62,12 +63,27 @@ def test_cluster_summary_counts_selected_members_and_shows_the_best(run):
     assert summary["selected"].tolist() == [1, 0] and summary["example"].tolist() == ["Katze", "Hund"]
 
 
-def test_filter_searches_both_texts_literally_and_sorts(run):
-    table = candidate_table(run, np.array(["selected", "kept", "kept", "rejected"]), np.array(["0", "1", "0", "-"]))
-    assert filter_candidates(table, "SON")["id"].tolist() == ["c"]  # case-insensitive, in the target
-    assert filter_candidates(table, "o", "kept", "loss")["id"].tolist() == ["c", "b"]
-    assert filter_candidates(table, ".*")["id"].tolist() == []  # literal, not a regex
-    assert filter_candidates(table)["id"].tolist() == ["a", "c", "b", "d"]  # best mean influence first
+def test_search_finds_both_texts_literally_and_sorts(run):
+    decisions = np.array(["selected", "kept", "kept", "rejected"])
+    index = SearchIndex.of(run)
+
+    def ids(*args) -> list[str]:
+        return run.candidates["id"].to_numpy()[find_rows(run, index, decisions, *args)].tolist()
+
+    assert ids("SON") == ["c"]  # case-insensitive, in the target
+    assert ids("o", "kept", "loss") == ["c", "b"]
+    assert ids(".*") == []  # literal, not a regex
+    assert ids() == ["a", "c", "b", "d"]  # best mean influence first
+    assert ids("", "all", "id") == ["a", "b", "c", "d"]
+    assert ids("", "all", "fraction helped") == ["a", "c", "b", "d"]
+
+
+def test_candidate_table_shows_the_rows_asked_for(run):
+    decisions = np.array(["selected", "kept", "kept", "rejected"])
+    table = candidate_table(run, decisions, np.array(["1", "-"]), rows=np.array([1, 3]))
+    assert table["id"].tolist() == ["b", "d"] and table["decision"].tolist() == ["kept", "rejected"]
+    assert table["cluster"].tolist() == ["1", "-"] and table["target"].tolist() == ["Hund", "Mondschein"]
+    assert table["mean influence"].tolist() == pytest.approx([-0.25, -1.5])
 
 
 def test_random_comparison_has_the_same_size(run):

@@ -59,6 +59,21 @@ class RunResults:
         return signal_scores(self.candidates)
 
     @cached_property
+    def quality(self) -> np.ndarray:
+        """The order the rule and the selection rank by (gdig.select.quality_score), computed once per run."""
+        from gdig.select import quality_score
+
+        return quality_score(self.frac_helped, self.mean_influence)
+
+    @cached_property
+    def cluster_features(self) -> np.ndarray:
+        """What K-means clusters: the sketches, or for a large run their top principal components
+        (gdig.clusters.cluster_space), computed once per run."""
+        from gdig.clusters import cluster_space
+
+        return cluster_space(self.sketch)
+
+    @cached_property
     def column_statistics(self) -> tuple[np.ndarray, np.ndarray]:
         """Per seed column: the share of candidates that help it and their mean influence on it."""
         helped, total = np.zeros(self.influence.shape[1]), np.zeros(self.influence.shape[1])

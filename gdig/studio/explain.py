@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gdig.clusters import normalise_rows
+from gdig.clusters import cosine_to
 from gdig.influence import normalisation_divisor
 from gdig.rundir.layout import FACTORS, SEED_GRADS
 from gdig.rundir.results import RunResults
@@ -37,27 +37,23 @@ class Explanation:
 
 
 def explain(
-    run: RunResults, index: int, kept: np.ndarray | None = None, labels: np.ndarray | None = None, k: int = 5
+    run: RunResults,
+    index: int,
+    kept: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    k: int = 5,
+    neighbours: pd.DataFrame | None = None,
 ) -> Explanation:
-    """The explanation of candidate `index`: rank, decision, seeds helped and hurt most, neighbours."""
+    """The explanation of candidate `index`: rank, decision, seeds helped and hurt most, neighbours (pass
+    `nearest(run, index, k)` when it is cached: the one step that reads every sketch)."""
     row = run.influence[index]
     order = np.argsort(-row, kind="stable")
     helps = order[:k][row[order[:k]] > 0]
     hurts = order[::-1][:k][row[order[::-1][:k]] < 0]
     mean = run.mean_influence
     rank = int((mean > mean[index]).sum()) + 1
-    x = normalise_rows(run.sketch)
-    sims = x @ x[index]
-    sims[index] = -np.inf
-    nn = np.argsort(-sims, kind="stable")[:k]
+    neighbours = nearest(run, index, k) if neighbours is None else neighbours
     cand = run.candidates
-    neighbours = pd.DataFrame(
-        {
-            "id": cand["id"].iloc[nn].astype(str).to_numpy(),
-            "similarity": sims[nn],
-            "target": cand["target"].iloc[nn].astype(str).to_numpy(),
-        }
-    )
     cluster = None if labels is None or labels[index] < 0 else int(labels[index])
     return Explanation(
         index=index,
@@ -73,6 +69,21 @@ def explain(
         helps=seed_rows(run, helps, row[helps]),
         hurts=seed_rows(run, hurts, row[hurts]),
         neighbours=neighbours,
+    )
+
+
+def nearest(run: RunResults, index: int, k: int = 5) -> pd.DataFrame:
+    """The k candidates nearest to `index` by sketch cosine (itself excluded): id, similarity, target."""
+    sims = cosine_to(run.sketch, index)
+    sims[index] = -np.inf
+    nn = np.argsort(-sims, kind="stable")[:k]
+    cand = run.candidates
+    return pd.DataFrame(
+        {
+            "id": cand["id"].iloc[nn].astype(str).to_numpy(),
+            "similarity": sims[nn],
+            "target": cand["target"].iloc[nn].astype(str).to_numpy(),
+        }
     )
 
 

@@ -1,0 +1,140 @@
+"""The memory and time plan against reality on a real model: SmolLM2-135M-Instruct with the default modules (all
+90 MLP projections), 2,000 real de->en candidates (bench_pretrained's pool recipe: WMT22 + Tatoeba, 20% injected
+corruptions) and 256 FLORES dev seeds. The plan (`gdig score --plan`, its probe included) and the run each go in
+a fresh process; the run's resident memory is sampled every millisecond per stage.
+
+    python bench/bench_plan.py [--candidates 2000] [--seeds 256] [--fit-examples 128] [--seed-rank 8]
+
+Needs SmolLM2 (see bench/README.md) and ../shared/data; skips cleanly without them. Writes
+bench/reports/plan-<date>.{md,json}: planned and measured peak per stage, planned and measured seconds, the
+seeds' rank and low-rank error per module."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.bench_pretrained import PretrainedConfig, base_model, make_pool  # noqa: E402
+from bench.common import CACHE, have_shared_data, machine, save_report  # noqa: E402
+
+STAGES = ("load", "fit_covariance", "fit_eigen", "seeds", "score", "finalize")
+GiB = 2**30
+
+
+def settings(args: argparse.Namespace, folder: Path) -> Path:
+    """The run's ScoreConfig as JSON (tests/stage_peaks.py reads it)."""
+    from gdig.config import DataConfig, ScoreConfig
+
+    half = args.candidates // 2
+    pool_cfg = PretrainedConfig(n_wmt=half, n_tatoeba=args.candidates - half, n_opennmt=0, n_seeds=args.seeds)
+    files = make_pool(pool_cfg, folder / pool_cfg.key())
+    cfg = ScoreConfig(
+        model=str(base_model()),
+        candidates=str(files["pool"]),
+        seeds=str(files["seeds"]),
+        out=str(folder / "run"),
+        fit_examples=args.fit_examples,
+        seed_rank=args.seed_rank,
+        umap=False,
+        device="cpu",
+        data=DataConfig(max_length=args.max_length),
+    )
+    path = folder / "settings.json"
+    path.write_text(json.dumps(cfg.to_dict()))
+    return path
+
+
+def child(mode: str, path: Path) -> dict:
+    """`tests/stage_peaks.py MODE`: the plan, or the run with its measured peaks, in a fresh process."""
+    env = os.environ | {"PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"}
+    command = [sys.executable, str(ROOT / "tests" / "stage_peaks.py"), mode, str(path)]
+    out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def markdown(r: dict) -> str:
+    plan, run = r["plan"], r["measured"]
+    lines = [
+        f"# The plan against a real run, {r['date']}",
+        "",
+        f"Machine: {r['machine']}. {r['workload']}.",
+        "",
+        "| stage | planned peak GiB | measured peak GiB | planned s | measured s |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for s in STAGES:
+        if s in plan["peaks"] or s in run["peaks"]:
+            cells = [plan["peaks"].get(s, 0) / GiB, run["peaks"].get(s, 0) / GiB]
+            cells += [plan["seconds"].get(s, float("nan")), run["seconds"].get(s, float("nan"))]
+            lines.append(f"| {s} | {cells[0]:.2f} | {cells[1]:.2f} | {cells[2]:.0f} | {cells[3]:.0f} |")
+    lines += [
+        "",
+        f"Job peak: planned {r['planned_peak'] / GiB:.2f} GiB, measured {r['measured_peak'] / GiB:.2f} GiB "
+        f"(measured / planned = {r['measured_peak'] / r['planned_peak']:.3f}; the acceptance asks <= 1.15).",
+        f"Total: planned {sum(plan['seconds'].values()):.0f} s, measured {sum(run['seconds'].values()):.0f} s.",
+        f"Seeds kept at rank {r['seed_rank']}; low-rank relative error over the modules: max "
+        f"{r['lowrank_error']['max']:.3f}, mean {r['lowrank_error']['mean']:.3f}.",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--candidates", type=int, default=2000)
+    ap.add_argument("--seeds", type=int, default=256)
+    ap.add_argument("--fit-examples", type=int, default=128)
+    ap.add_argument("--seed-rank", type=int, default=8, help="none: the rank the memory budget allows")
+    ap.add_argument("--max-length", type=int, default=128)
+    args = ap.parse_args()
+    from gdig.model_source import smollm2_gguf
+
+    if not have_shared_data() or smollm2_gguf() is None:
+        print("skipped: needs ../shared/data and SmolLM2 (see bench/README.md)")
+        return
+    folder = CACHE / f"plan-{args.candidates}-{args.seeds}-{args.fit_examples}-{args.seed_rank}-{args.max_length}"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = settings(args, folder)
+    planned = child("plan", path)
+    print(json.dumps(planned, indent=1), flush=True)
+    if (folder / "run").exists():
+        import shutil
+
+        shutil.rmtree(folder / "run")
+    measured = child("measure", path)
+    config = json.loads((folder / "run" / "config.json").read_text())
+    errors = config.get("seed_lowrank_error") or {}
+    r = {
+        "date": date.today().isoformat(),
+        "machine": machine(),
+        "workload": (
+            f"SmolLM2-135M-Instruct (float32, all 90 MLP projections), {args.candidates} candidates, {args.seeds} "
+            f"seeds, curvature fitted on {args.fit_examples}, seed rank {args.seed_rank or 'by memory'}, max length "
+            f"{args.max_length}"
+        ),
+        "settings": vars(args),
+        "plan": planned,
+        "measured": measured,
+        "planned_peak": max(planned["peaks"].values()),
+        "measured_peak": max(measured["peaks"].values()),
+        "seed_rank": planned.get("seed_rank"),
+        "lowrank_error": {
+            "max": max((e["max"] for e in errors.values()), default=0.0),
+            "mean": sum(e["mean"] for e in errors.values()) / max(len(errors), 1),
+        },
+        "lowrank_error_per_module": errors,
+    }
+    text = markdown(r)
+    save_report("plan", r, text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
