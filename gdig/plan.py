@@ -34,6 +34,7 @@ class Workload:
     activation_bytes_per_token: float  # forward + backward of the model, per padded token of a batch
     seconds_per_token: float | None = None  # from the probe
     flops_per_second: float | None = None  # float32 matrix products on the device, from the probe
+    eigh_flops_per_second: float | None = None  # float64 eigendecompositions, counted as 9 n^3, from the probe
 
     @property
     def n_candidates(self) -> int:
@@ -156,7 +157,9 @@ def _seconds(
     cfg: ScoreConfig, w: Workload, tokens: int, fit_share: float, reused: bool, rank: int | None
 ) -> dict[str, float]:
     """Seconds per stage: the model's passes from the probe's seconds per padded token, plus the per-module
-    algebra of each stage (floating-point operations per token, gdig.plan.module_flops) at the probe's rate."""
+    algebra of each stage (floating-point operations per token, gdig.plan.module_flops) at the probe's rate,
+    plus the factors' eigendecompositions (about 9 n^3 each, at the probe's eigh rate: on a CPU they, not the
+    passes, were most of a SmolLM2 fit)."""
     if not w.seconds_per_token:
         return {}
     one_pass = w.seconds_per_token * tokens
@@ -165,7 +168,8 @@ def _seconds(
     flops = module_flops(cfg, w, rank)
     out = {}
     if cfg.hessian != "identity":
-        out["fit_covariance"] = one_pass * fit_share + flops["covariance"] * fit_tokens / rate
+        eigh = sum(9 * (d_in**3 + d_out**3) for d_in, d_out in w.dims.values()) / (w.eigh_flops_per_second or rate)
+        out["fit_covariance"] = one_pass * fit_share + flops["covariance"] * fit_tokens / rate + eigh
     if cfg.hessian == "ekfac":
         replay = 0.1 * one_pass if reused else one_pass * fit_share
         out["fit_eigen"] = replay + flops["rotation"] * fit_tokens / rate

@@ -55,6 +55,7 @@ def _probe(ctx: ScoreContext, w: Workload) -> None:
     last = batches[-1].input_ids.numel()
     w.seconds_per_token = seconds[-1] / max(last, 1)
     w.flops_per_second = matmul_rate(ctx.device, max(w.dims.values(), key=lambda d: d[0] * d[1], default=(256, 256)))
+    w.eigh_flops_per_second = eigh_rate(ctx.device, min(1536, max((max(d) for d in w.dims.values()), default=256)))
 
 
 def matmul_rate(device: torch.device, dims: tuple[int, int], tokens: int = 512) -> float:
@@ -72,6 +73,19 @@ def matmul_rate(device: torch.device, dims: tuple[int, int], tokens: int = 512) 
     product()
     best = min(timed(product) for _ in range(2))
     return 2 * tokens * d_out * d_in / max(best, 1e-9)
+
+
+def eigh_rate(device: torch.device, n: int) -> float:
+    """Nominal operations per second (9 n^3 per call) of a float64 symmetric eigendecomposition of size n."""
+    x = torch.randn(n, n, dtype=torch.float64, device=device)
+    x = x @ x.T
+
+    def decompose() -> None:
+        torch.linalg.eigh(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    return 9 * n**3 / max(timed(decompose), 1e-9)
 
 
 def activation_formula(model: torch.nn.Module) -> float:

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from gdig.clusters import GradientClusterer, resample
+from gdig.clusters import GradientClusterer, best_first, resample
 from gdig.options import option
 from gdig.signals import check_fraction, rank_average
 
@@ -228,21 +228,6 @@ def select(
         chosen = best_first(free, quality, n_free)
     chosen = np.concatenate([forced, chosen])
     return Selection(chosen.astype(np.int64), kept, full_labels, quality.astype(np.float32), msgs)
-
-
-def best_first(rows: np.ndarray, score: np.ndarray, k: int) -> np.ndarray:
-    """The k of the (ascending) `rows` with the highest `score`, best first, ties in row order: the first k of
-    a stable sort, found by a partition when k is small (a budget of 5,000 from 1,000,000 rows)."""
-    s = np.asarray(score[rows], np.float64)
-    if k <= 0:
-        return rows[:0]
-    if 4 * k >= len(rows) or np.isnan(s).any():
-        return rows[np.argsort(-s, kind="stable")][:k]
-    kth = -np.partition(-s, k - 1)[k - 1]  # the k-th highest score
-    above = rows[s > kth]
-    top = np.concatenate([above, rows[s == kth][: k - len(above)]])
-    top.sort()
-    return top[np.argsort(-score[top], kind="stable")]
 
 
 def apply_rule(frac_helped, mean_influence, ids, cfg: SelectionConfig, signals: dict | None = None, quality=None):

@@ -145,3 +145,19 @@ def test_advice_names_the_knobs_largest_saving_first():
 def test_padded_batches_follow_the_batching_rule():
     assert padded_batches([5, 4, 3, 1], batch_size=2, token_budget=None) == [10, 6]
     assert padded_batches([5, 4, 3, 1], batch_size=99, token_budget=9) == [5, 8, 1]
+
+
+def test_module_flops_count_each_stage_algebra():
+    from gdig.plan import Workload, module_flops
+
+    w = Workload({"m": (4, 6)}, 0, 0, cand_lengths=[3], seed_lengths=[2] * 8, activation_bytes_per_token=0.0)
+    cfg = ScoreConfig(model="m", candidates="c", seeds="s", out="o")  # EK-FAC, unit normalisation
+    dense = module_flops(cfg, w, rank=None)
+    assert dense["covariance"] == 2 * (16 + 36) and dense["rotation"] == 2 * (16 + 36 + 24)
+    assert dense["score per token"] == 2 * 24 + dense["rotation"]  # per-example gradient + self-influence
+    assert dense["score per example"] == 2 * 8 * 24 and dense["factorisation"] == 0
+    low = module_flops(cfg, w, rank=2)
+    assert low["score per token"] == 2 * 8 * 2 * (4 + 6) + low["rotation"] and low["score per example"] == 0
+    assert low["factorisation"] == 12 * 24 * (2 + 8)
+    raw = module_flops(ScoreConfig(model="m", candidates="c", seeds="s", out="o", normalize="none", seed_batch=2), w, 2)
+    assert raw["score per token"] == 2 * 4 * 2 * (4 + 6)  # 8 seeds in 4 columns, no self-influence

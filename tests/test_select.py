@@ -120,7 +120,7 @@ def test_budget_zero_or_none_means_every_kept_candidate():
 
 @pytest.mark.parametrize("k", [0, 1, 7, 30, 200])
 def test_best_first_is_the_head_of_a_stable_sort_ties_included(k):
-    from gdig.select import best_first
+    from gdig.clusters import best_first
 
     rng = np.random.default_rng(k)
     score = rng.integers(0, 20, 1000).astype(np.float64)  # many ties, at the cut too
