@@ -43,15 +43,16 @@ FULL = {
     "quality": [],
     "demo": [],
     "pretrained": ["--runs", "lora ekfac", "lora kfac", "lora identity"],  # about an hour more, with SmolLM2
+    "plan": [],  # SmolLM2 at 2,000 x 256: about an hour more
 }
 
 
 def skip_reason(name: str) -> str | None:
     if name == "kronfluence" and importlib.util.find_spec("kronfluence") is None:
         return "kronfluence not installed (pip install -r requirements-bench.txt; see bench/README.md)"
-    if name in ("quality", "pretrained") and not have_shared_data():
+    if name in ("quality", "pretrained", "plan") and not have_shared_data():
         return "no real data at ../shared/data"
-    if name == "pretrained":
+    if name in ("pretrained", "plan"):
         from gdig.model_source import SMOLLM2_INSTALL, smollm2_gguf
 
         if smollm2_gguf() is None:
