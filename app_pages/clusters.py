@@ -63,7 +63,7 @@ with guard():
             f"The map shows a fixed random sample of {MAP_POINTS:,} of {n:,} candidates; the table and "
             "counts use all of them."
         )
-    decision = decision_labels(sel, run.ids, cfg.include, cfg.exclude)
+    decision = decision_labels(sel, run.id_index, cfg.include, cfg.exclude)
     colour = setting("color_by")
     hover = run.candidates["target"].iloc[shown].astype(str).str.slice(0, 80).to_numpy()  # the drawn points only
     lasso = st.session_state.get("lasso_rows") or []

@@ -48,7 +48,7 @@ with guard():
     sel = current_selection(run, cfg)
     cand = run.candidates
     ov = load_overrides(run.path)
-    status = decision_labels(sel, run.ids, ov.include, ov.exclude)
+    status = decision_labels(sel, run.id_index, ov.include, ov.exclude)
     f1, f2, f3 = st.columns([3, 2, 2])
     query = f1.text_input("Search id, source or target text", key="ex_query")
     show = f2.selectbox("Show", ["all", *DECISIONS], key="ex_show")

@@ -157,7 +157,7 @@ def quality_mask(
     mean_influence: np.ndarray,
     tau: float | None,
     min_mean: float | None,
-    ids: list[str] | None = None,
+    ids: list[str] | dict[str, int] | None = None,
     include=(),
     exclude=(),
     allowed: np.ndarray | None = None,
@@ -173,7 +173,7 @@ def quality_mask(
     if allowed is not None:
         keep = keep & allowed
     if include or exclude:
-        pos = {v: i for i, v in enumerate(ids)}
+        pos = id_index(ids)
         unknown = [i for i in [*include, *exclude] if i not in pos]
         if unknown:
             raise ValueError(f"override ids not in the run: {', '.join(map(str, unknown[:5]))}")
@@ -300,7 +300,7 @@ def select_run(run, cfg: SelectionConfig, labels: np.ndarray | None = None) -> S
         run.frac_helped,
         run.mean_influence,
         run.cluster_features if clustering else run.sketch,  # the reduced space is made only when clustered
-        run.ids,
+        run.id_index,
         cfg,
         loss=df["loss"].to_numpy(),
         length_score=signals["length"],
@@ -313,7 +313,7 @@ def select_run(run, cfg: SelectionConfig, labels: np.ndarray | None = None) -> S
 DECISIONS = ("selected", "kept", "rejected", "included by hand", "excluded by hand")
 
 
-def decision_labels(sel: Selection, ids: list[str], include=(), exclude=()) -> np.ndarray:
+def decision_labels(sel: Selection, ids: list[str] | dict[str, int], include=(), exclude=()) -> np.ndarray:
     """One word per candidate, the same on every page: selected (in the budget), kept (passed the rule, not in
     the budget), rejected, or included / excluded by hand (overrides win over the rule)."""
     code = np.where(sel.kept, 1, 2)  # codes index DECISIONS: one small array indexed, no million-string work
@@ -323,13 +323,19 @@ def decision_labels(sel: Selection, ids: list[str], include=(), exclude=()) -> n
     return np.array(DECISIONS)[code]
 
 
-def _positions(ids: list[str], wanted, missing_ok: bool = False) -> np.ndarray:
+def id_index(ids) -> dict[str, int]:
+    """Row of each id: `ids` as a list, or the index itself (a run keeps one: built per call it costs a quarter
+    of a second at 1,000,000 candidates)."""
+    return ids if isinstance(ids, dict) else {v: i for i, v in enumerate(ids)}
+
+
+def _positions(ids: list[str] | dict[str, int], wanted, missing_ok: bool = False) -> np.ndarray:
     """Rows of the `wanted` ids, in their order (the id index is built only when some are wanted: at 1,000,000
     candidates it costs a quarter of a second)."""
     wanted = list(wanted)
     if not wanted:
         return np.zeros(0, np.int64)
-    pos = {v: i for i, v in enumerate(ids)}
+    pos = id_index(ids)
     return np.array([pos[i] for i in wanted if not missing_ok or i in pos], np.int64)
 
 

@@ -127,3 +127,18 @@ def test_best_first_is_the_head_of_a_stable_sort_ties_included(k):
     rows = np.sort(rng.choice(1000, 600, replace=False))
     expected = rows[np.argsort(-score[rows], kind="stable")][:k]
     assert np.array_equal(best_first(rows, score, k), expected)
+
+
+def test_a_run_id_index_gives_the_same_selection_and_decisions_as_the_id_list():
+    from gdig.select import decision_labels, id_index
+
+    rng = np.random.default_rng(0)
+    frac, mean = rng.random(50).astype(np.float32), rng.normal(size=50).astype(np.float32)
+    sketch, ids = rng.normal(size=(50, 8)).astype(np.float32), [f"x{i}" for i in range(50)]
+    cfg = SelectionConfig(clusters=3, budget=10, include=["x3"], exclude=["x7", "x9"])
+    by_list, by_index = select(frac, mean, sketch, ids, cfg), select(frac, mean, sketch, id_index(ids), cfg)
+    assert np.array_equal(by_list.indices, by_index.indices) and np.array_equal(by_list.kept, by_index.kept)
+    assert 3 in by_index.indices and not by_index.kept[[7, 9]].any()
+    labels = decision_labels(by_index, id_index(ids), cfg.include, cfg.exclude)
+    assert np.array_equal(labels, decision_labels(by_list, ids, cfg.include, cfg.exclude))
+    assert labels[3] == "included by hand" and labels[7] == "excluded by hand"

@@ -42,6 +42,11 @@ class RunResults:
         return self.candidates["id"].astype(str).tolist()
 
     @cached_property
+    def id_index(self) -> dict[str, int]:
+        """Row of each id (overrides name candidates by id), built once per run."""
+        return {v: i for i, v in enumerate(self.ids)}
+
+    @cached_property
     def frac_helped(self) -> np.ndarray:
         """Fraction of seed columns with I(z, s) > 0, per candidate: the G-DIG quality statistic."""
         return self._row_statistics[0]

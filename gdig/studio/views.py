@@ -16,7 +16,7 @@ from gdig.select import Selection, SelectionConfig, apply_rule, select_run
 
 def kept_mask(run: RunResults, cfg: SelectionConfig) -> np.ndarray:
     """Which candidates pass the selection's quality rule (with the signals' thresholds), overrides applied."""
-    return apply_rule(run.frac_helped, run.mean_influence, run.ids, cfg, run.signals, run.quality)[0]
+    return apply_rule(run.frac_helped, run.mean_influence, run.id_index, cfg, run.signals, run.quality)[0]
 
 
 def threshold_lines(run: RunResults, cfg: SelectionConfig, kept: np.ndarray) -> tuple[float, float]:
