@@ -114,6 +114,9 @@ def controls(at) -> dict[str, float]:
     res["explore: open page (search index built once)"] = timed(at, lambda: at.switch_page("app_pages/explore.py"))
     pick = at.selectbox(key="ex_id").options[10]  # a candidate in the table, not the first
     res["explore: pick a candidate"] = timed(at, lambda: at.selectbox(key="ex_id").set_value(pick))
+    res["explore: exclude it by hand (overrides in force from here)"] = timed(
+        at, lambda: at.button(key="ov_exclude").click()
+    )
     res["explore: search text"] = timed(at, lambda: at.text_input(key="ex_query").set_value("river sun"))
     res["explore: sort by loss"] = timed(at, lambda: at.selectbox(key="ex_sort").set_value("loss"))
     res["export: open page"] = timed(at, lambda: at.switch_page("app_pages/export.py"))

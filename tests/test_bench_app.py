@@ -28,7 +28,7 @@ def test_bench_app_run_folder_and_every_control(tmp_path, monkeypatch):
     at.session_state["run_name"] = run.name
     (run / "curation.json").write_text(json.dumps({"rule": "fraction", "tau": 0.9}))
     seconds = controls(at)
-    assert len(seconds) == 15 and all(v > 0 for v in seconds.values())
+    assert len(seconds) == 16 and all(v > 0 for v in seconds.values())
     out = run / "selections" / "selection.jsonl"  # the last control saved the selection into the run
     kept = json.loads(out.with_suffix(".json").read_text())["counts"]["kept_by_quality_rule"]
     assert 0 < kept < 3000 and len(out.read_text().splitlines()) == min(5000, kept) and verify_export(out)
