@@ -150,6 +150,8 @@ def cluster_space(sketches: np.ndarray, n_components: int = 64, large: int | Non
         return sketches
     from sklearn.decomposition import PCA
 
+    if sketches.shape[1] <= n_components:  # already as narrow as the reduction would make it
+        return sketches
     sample = normalise_rows(sketches[_sample_rows(len(sketches), min(large, 20_000), random_state)])
     pca = PCA(n_components, svd_solver="covariance_eigh", random_state=random_state).fit(sample)
     basis = _tensor(pca.components_.T.astype(np.float32))

@@ -86,6 +86,8 @@ def test_cluster_space_keeps_small_runs_and_reduces_large_ones():
     assert cluster_space(x, large=400) is x  # up to `large` rows: the sketches themselves, exact
     reduced = cluster_space(x, n_components=8, large=200)
     assert reduced.shape == (400, 8) and reduced.dtype == np.float32
+    narrow = x[:, :8]
+    assert cluster_space(narrow, n_components=8, large=200) is narrow  # sketches no wider than the reduction
     labels = GradientClusterer(4, random_state=0, fit_sample=200).fit_predict(reduced)
     assert adjusted_rand_score(truth, labels) == 1.0
 
