@@ -6,6 +6,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from app_pages.common import (
+    bars,
     clamp_clusters,
     current_run,
     current_selection,
@@ -47,7 +48,7 @@ with guard():
     edges = np.histogram_bin_edges(run.mean_influence[np.concatenate([sel.indices, rnd])], 50)
     for name, rows in (("G-DIG", sel.indices), ("random", rnd)):
         counts, _ = histogram_counts(run.mean_influence[rows], edges)
-        dist.add_trace(go.Bar(x=(edges[:-1] + edges[1:]) / 2, y=counts, width=np.diff(edges), name=name, opacity=0.6))
+        dist.add_trace(bars(counts, edges, name=name, opacity=0.6))
     dist.update_layout(barmode="overlay", title="Mean influence", height=260, margin=dict(l=10, r=10, t=40, b=10))
     st.plotly_chart(dist, key="dist")
 

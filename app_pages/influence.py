@@ -5,6 +5,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from app_pages.common import (
+    bars,
     cached_run,
     current_run,
     guard,
@@ -113,9 +114,7 @@ with guard():
         st.caption(f"Manual overrides in force: {len(cfg.include)} included, {len(cfg.exclude)} excluded.")
 
     def histogram(counts: np.ndarray, edges: np.ndarray, title: str, colour: str, threshold=None) -> go.Figure:
-        """Bars from counts computed on the server (a million values never travel to the browser)."""
-        bar = go.Bar(x=(edges[:-1] + edges[1:]) / 2, y=counts, width=np.diff(edges), marker_color=colour)
-        fig = go.Figure(bar)
+        fig = go.Figure(bars(counts, edges, marker_color=colour))
         if threshold is not None:
             fig.add_vline(x=threshold, line_color="#dc2626", line_dash="dash", annotation_text="threshold")
         fig.update_layout(title=title, height=320, margin=dict(l=10, r=10, t=40, b=10), bargap=0.05)

@@ -148,19 +148,17 @@ def cluster_space(sketches: np.ndarray, n_components: int = 64, large: int | Non
     large = LARGE if large is None else large
     if len(sketches) <= large:
         return sketches
-    from sklearn.decomposition import PCA
-
     if sketches.shape[1] <= n_components:  # already as narrow as the reduction would make it
         return sketches
+    from sklearn.decomposition import PCA
+
     sample = normalise_rows(sketches[_sample_rows(len(sketches), min(large, 20_000), random_state)])
     pca = PCA(n_components, svd_solver="covariance_eigh", random_state=random_state).fit(sample)
     basis = _tensor(pca.components_.T.astype(np.float32))
     shift = (_tensor(pca.mean_.astype(np.float32)) @ basis).numpy()
     out = np.empty((len(sketches), n_components), np.float32)
-    for start in range(0, len(sketches), BLOCK):
-        block = _tensor(sketches[start : start + BLOCK]).float()
-        norms = block.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        out[start : start + BLOCK] = ((block @ basis) / norms).numpy() - shift  # (x/|x| - mean) @ basis
+    for rows, block, norms in _float_blocks(sketches):
+        out[rows] = ((block @ basis) / norms[:, None]).numpy() - shift  # (x/|x| - mean) @ basis
     return out
 
 
@@ -173,10 +171,17 @@ def cosine_to(sketches: np.ndarray, index: int) -> np.ndarray:
     if unit_rows(sketches):
         return torch_mv(sketches, query)
     out = np.empty(len(sketches), np.float32)
-    for start in range(0, len(sketches), BLOCK):
-        block = _tensor(sketches[start : start + BLOCK]).float()
-        out[start : start + BLOCK] = ((block @ query) / block.norm(dim=1).clamp_min(1e-12)).numpy()
+    for rows, block, norms in _float_blocks(sketches):
+        out[rows] = ((block @ query) / norms).numpy()
     return out
+
+
+def _float_blocks(sketches: np.ndarray):
+    """(rows, float32 tensor of those rows, their L2 norms floored at 1e-12), a block of rows at a time."""
+    for start in range(0, len(sketches), BLOCK):
+        rows = slice(start, min(start + BLOCK, len(sketches)))
+        block = _tensor(sketches[rows]).float()
+        yield rows, block, block.norm(dim=1).clamp_min(1e-12)
 
 
 def unit_rows(sketches: np.ndarray, sample: int = 1000, atol: float = 2e-3) -> bool:

@@ -13,6 +13,7 @@ import torch
 
 from gdig.curvature import Curvature
 from gdig.hooks import Captured, per_example_gradient
+from gdig.memory import keeps_dense
 
 
 @dataclass
@@ -76,7 +77,7 @@ class SeedBuilder:
         self._lost = {}  # per low-rank module: squared norm truncated away, and the whole squared norm, per seed
         for name, (d_in, d_out) in dims.items():
             r = ranks.get(name)
-            if r is None or r >= min(d_in, d_out):
+            if keeps_dense(r, d_in, d_out):
                 self.out.dense[name] = torch.zeros(n_columns, d_out, d_in, device=device)
             else:
                 self.out.left[name] = torch.zeros(n_columns, d_out, r, device=device)

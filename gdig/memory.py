@@ -47,6 +47,11 @@ def seed_rank(dims: dict[str, tuple[int, int]], n_columns: int, budget_bytes: fl
     return max(1, int(budget_bytes // per_rank))
 
 
+def keeps_dense(rank: int | None, d_in: int, d_out: int) -> bool:
+    """Whether a module's seeds stay dense at this rank: no rank, or one that covers the smaller side."""
+    return rank is None or rank >= min(d_in, d_out)
+
+
 def captures_fit(lengths: list[int], per_token_bytes: int, batch_size: int, by_tokens: bool, budget_mb: float) -> bool:
     """Whether every batch's captured a and g fit in `budget_mb` (estimated from the padded lengths, in the
     batches' order; with a token budget each example counts alone), with 10% to spare."""

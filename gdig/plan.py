@@ -16,7 +16,7 @@ import torch
 
 from gdig.config import ScoreConfig
 from gdig.hooks import padded_batches
-from gdig.memory import SEED_WORK_BYTES, budget_mb, captures_fit, captures_reusable, seed_rank
+from gdig.memory import SEED_WORK_BYTES, budget_mb, captures_fit, captures_reusable, keeps_dense, seed_rank
 
 GiB = 2**30
 
@@ -45,6 +45,10 @@ class Workload:
     def n_seeds(self) -> int:
         """Number of seeds."""
         return len(self.seed_lengths)
+
+    def n_columns(self, seed_batch: int) -> int:
+        """Seed columns: the seeds in groups of --seed-batch."""
+        return -(-self.n_seeds // seed_batch)
 
     @property
     def seed_tokens(self) -> int:
@@ -144,7 +148,7 @@ def _reused_captures(
 
 def _seed_bytes(cfg: ScoreConfig, w: Workload, available: float) -> tuple[int | None, float]:
     """The seeds' rank (None: dense) and bytes, by the seed stage's own rule (gdig.memory.seed_rank)."""
-    columns = -(-w.n_seeds // cfg.seed_batch)
+    columns = w.n_columns(cfg.seed_batch)
     rank = cfg.seed_rank
     if rank is None:
         rank = seed_rank(w.dims, columns, budget_mb(cfg.seed_memory_mb, available / 2**20, 4) * 2**20)
@@ -187,13 +191,13 @@ def module_flops(cfg: ScoreConfig, w: Workload, rank: int | None) -> dict[str, f
     preconditioning, a candidate's self-influence), and for scoring against S seed columns (low rank r:
     2 S r (d_in + d_out) per token; dense: the per-example gradient per token and 2 S d_in d_out per example);
     per seed, the randomised factorisation at rank r."""
-    columns = -(-w.n_seeds // cfg.seed_batch)
+    columns = w.n_columns(cfg.seed_batch)
     rotate = 0 if cfg.hessian == "identity" else 1
     out = dict.fromkeys(["covariance", "rotation", "score per token", "score per example", "factorisation"], 0.0)
     for d_in, d_out in w.dims.values():
         out["covariance"] += 2 * (d_in * d_in + d_out * d_out)
         out["rotation"] += rotate * 2 * (d_in * d_in + d_out * d_out + d_in * d_out)
-        if rank is None or rank >= min(d_in, d_out):
+        if keeps_dense(rank, d_in, d_out):
             out["score per token"] += 2 * d_in * d_out
             out["score per example"] += 2 * columns * d_in * d_out
         else:

@@ -64,28 +64,28 @@ def matmul_rate(device: torch.device, dims: tuple[int, int], tokens: int = 512) 
     d_in, d_out = dims
     x = torch.randn(tokens, d_out, device=device)
     y = torch.randn(d_out, d_in, device=device)
-
-    def product() -> None:
-        x @ y
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    product()
-    best = min(timed(product) for _ in range(2))
-    return 2 * tokens * d_out * d_in / max(best, 1e-9)
+    return 2 * tokens * d_out * d_in / _device_seconds(device, lambda: x @ y, tries=2)
 
 
 def eigh_rate(device: torch.device, n: int) -> float:
     """Nominal operations per second (9 n^3 per call) of a float64 symmetric eigendecomposition of size n."""
     x = torch.randn(n, n, dtype=torch.float64, device=device)
     x = x @ x.T
+    return 9 * n**3 / _device_seconds(device, lambda: torch.linalg.eigh(x), tries=1)
 
-    def decompose() -> None:
-        torch.linalg.eigh(x)
+
+def _device_seconds(device: torch.device, fn, tries: int) -> float:
+    """The best of `tries` timed calls of fn, after one untimed call when trying more than once (warm-up),
+    waiting for a GPU to finish each."""
+
+    def call() -> None:
+        fn()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    return 9 * n**3 / max(timed(decompose), 1e-9)
+    if tries > 1:
+        call()
+    return max(min(timed(call) for _ in range(tries)), 1e-9)
 
 
 def activation_formula(model: torch.nn.Module) -> float:
