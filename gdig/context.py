@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from gdig.config import ScoreConfig
@@ -75,6 +76,15 @@ def by_length(toks: list[TokenizedExample], subset: list[int] | None = None) -> 
     """Indices sorted by length (longest first, stable): less padding, and memory peaks show up at once."""
     idx = list(range(len(toks))) if subset is None else list(subset)
     return sorted(idx, key=lambda i: -len(toks[i].input_ids))
+
+
+def fit_subset(n_candidates: int, fit_examples: int | None, random_state: int) -> list[int]:
+    """The candidates the curvature is fitted on (the run and its plan alike): all, or a fixed random subset of
+    `fit_examples`, in file order."""
+    if fit_examples is None or fit_examples >= n_candidates:
+        return list(range(n_candidates))
+    rng = np.random.default_rng(random_state)
+    return sorted(rng.choice(n_candidates, fit_examples, replace=False).tolist())
 
 
 def build_context(cfg: ScoreConfig, model=None, tokenizer=None, world: World = SINGLE) -> ScoreContext:

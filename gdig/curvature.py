@@ -177,18 +177,21 @@ class CovarianceFitter:
         tokens, examples = (int(x) for x in state["counts"].tolist())
         self.n_tokens, self.n_examples = self.n_tokens + tokens, self.n_examples + examples
 
-    def eigendecompose(self, kind: str, names=None) -> Curvature:
+    def eigendecompose(self, kind: str, names=None, release: bool = False) -> Curvature:
         """A and G from the sums, eigendecomposed (all modules, or `names`; the others get empty factors of their
-        shapes): K-FAC, or the basis of EK-FAC's second pass."""
+        shapes): K-FAC, or the basis of EK-FAC's second pass. `release`: drop each module's float64 sums once
+        its factors are made (the fit no longer needs them), so the peak is the sums, not sums plus factors."""
         cur = Curvature(kind, n_examples=self.n_examples, n_tokens=self.n_tokens)
-        for name in self.a:
+        for name in list(self.a):
+            a_sum, g_sum = (self.a.pop(name), self.g.pop(name)) if release else (self.a[name], self.g[name])
             if names is not None and name not in names:
-                d_in, d_out = self.a[name].shape[0], self.g[name].shape[0]
+                d_in, d_out = a_sum.shape[0], g_sum.shape[0]
                 z = lambda *shape: torch.empty(*shape, device=self._device)  # noqa: E731
                 cur.modules[name] = ModuleFactors(z(d_in, d_in), z(d_in), z(d_out, d_out), z(d_out), z(d_out, d_in))
                 continue
-            e_a, q_a = torch.linalg.eigh(self.a[name] / max(self.n_tokens, 1))
-            e_g, q_g = torch.linalg.eigh(self.g[name] / max(self.n_examples, 1))
+            e_a, q_a = torch.linalg.eigh(a_sum / max(self.n_tokens, 1))
+            e_g, q_g = torch.linalg.eigh(g_sum / max(self.n_examples, 1))
+            del a_sum, g_sum
             e_a, e_g = e_a.clamp(min=0), e_g.clamp(min=0)
             lam = torch.outer(e_g, e_a)  # K-FAC eigenvalues; EK-FAC replaces them in a second pass
             # eigh's vectors come column-major: made contiguous, so every consumer (a broadcast too) sees one layout
@@ -306,7 +309,7 @@ def _shared_eigendecomposition(cov: CovarianceFitter, kind: str, dims: dict[str,
     broadcast from it: once per module, in parallel across ranks."""
     names = list(dims)
     owners = world.owners([d_in**3 + d_out**3 for d_in, d_out in dims.values()])
-    cur = cov.eigendecompose(kind, {n for n, r in zip(names, owners, strict=True) if r == world.rank})
+    cur = cov.eigendecompose(kind, {n for n, r in zip(names, owners, strict=True) if r == world.rank}, release=True)
     for name, owner in zip(names, owners, strict=True):
         f = cur.modules[name]
         world.broadcast([f.q_a, f.e_a, f.q_g, f.e_g, f.lam], owner, "sharing the eigendecomposition")

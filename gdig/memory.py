@@ -3,6 +3,8 @@ automatic budgets, whether the curvature pass's captures are kept, the seeds' ra
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 
 import torch
@@ -58,3 +60,16 @@ def captures_fit(lengths: list[int], per_token_bytes: int, batch_size: int, by_t
     step = 1 if by_tokens else batch_size
     padded = sum(max(lengths[i : i + step]) * len(lengths[i : i + step]) for i in range(0, len(lengths), step))
     return 1.1 * padded * per_token_bytes <= budget_mb * 2**20
+
+
+def release_freed_memory() -> None:
+    """Give memory the process has freed back to the system (glibc's malloc_trim; nothing elsewhere). Between
+    stages: glibc keeps freed blocks of a few MiB (a fit's kept captures) resident, so a later stage's own
+    allocations would add to a peak the process no longer uses."""
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        trim = None
+    if trim is not None:
+        trim(0)

@@ -17,6 +17,7 @@ import torch
 from gdig.config import ScoreConfig
 from gdig.hooks import padded_batches
 from gdig.memory import SEED_WORK_BYTES, budget_mb, captures_fit, captures_reusable, keeps_dense, seed_rank
+from gdig.signals import DETECTOR_BYTES
 
 GiB = 2**30
 
@@ -32,6 +33,7 @@ class Workload:
     cand_lengths: list[int]
     seed_lengths: list[int]
     activation_bytes_per_token: float  # forward + backward of the model, per padded token of a batch
+    fit_lengths: list[int] | None = None  # the curvature's fit set (longest first); None: every candidate
     seconds_per_token: float | None = None  # from the probe
     flops_per_second: float | None = None  # float32 matrix products on the device, from the probe
     eigh_flops_per_second: float | None = None  # float64 eigendecompositions, counted as 9 n^3, from the probe
@@ -40,6 +42,11 @@ class Workload:
     def n_candidates(self) -> int:
         """Number of candidates."""
         return len(self.cand_lengths)
+
+    @property
+    def fit_set(self) -> list[int]:
+        """Token counts of the examples the curvature is fitted on, longest first."""
+        return self.cand_lengths if self.fit_lengths is None else self.fit_lengths
 
     @property
     def n_seeds(self) -> int:
@@ -90,32 +97,41 @@ def plan_run(cfg: ScoreConfig, w: Workload, available_bytes: float) -> Plan:
     rect = sum(d_in * d_out for d_in, d_out in w.dims.values())
     factors = 4 * (sq + rect) if cfg.hessian != "identity" else 0
     cand_batches = padded_batches(w.cand_lengths, cfg.batch_size, cfg.token_budget)
-    n_fit = min(cfg.fit_examples or w.n_candidates, w.n_candidates)
-    reuse = _reused_captures(cfg, w, cand_batches, n_fit, capture, available_bytes)
-    rank, seeds = _seed_bytes(cfg, w, available_bytes)
+    fit_batches = padded_batches(w.fit_set, cfg.batch_size, cfg.token_budget)
     base = {"runtime": w.runtime_bytes, "model": w.model_bytes}
+    reuse = _reused_captures(cfg, w, fit_batches, capture, available_bytes - sum(base.values()))
+    rank, seeds = _seed_bytes(cfg, w, available_bytes)
     batch = _batch(w, max(cand_batches, default=0), capture)
     stages = {"load": dict(base)}
     if cfg.hessian != "identity":
-        fit = _growing_cache(w, cand_batches, capture) if reuse else batch
+        fit = _growing_cache(w, fit_batches, capture) if reuse else _batch(w, max(fit_batches, default=0), capture)
         stages["fit_covariance"] = base | fit | {"factor sums (float64)": 8 * sq}
+        beyond = reuse + _eigendecomposition_peak(w.dims) - sum(fit.values()) - 8 * sq
+        if beyond > 0:
+            stages["fit_covariance"]["factors beyond the sums (eigh)"] = beyond
         if cfg.hessian == "ekfac":  # replays the kept captures, or runs the model again
-            replay = {"reused captures": reuse} if reuse else batch
+            replay = {"reused captures": reuse} if reuse else fit
             stages["fit_eigen"] = base | replay | {"factors": factors, "eigenvalue sums (float64)": 8 * rect}
     chunks = max(1, -(-capture * w.seed_tokens // SEED_WORK_BYTES))
     seed_work = min(SEED_WORK_BYTES, capture * w.seed_tokens) + 3 * 4 * w.n_seeds * widest / chunks
     seed_batch = _batch(w, max(padded_batches(w.seed_lengths, cfg.batch_size, cfg.token_budget), default=0), capture)
-    kept = {"reused captures": reuse, "factors": factors, "seeds": seeds}
+    scored_from_cache = reuse > 0 and len(w.fit_set) == w.n_candidates  # scoring meets the fit's batches
+    kept = {"reused captures": reuse if scored_from_cache else 0.0, "factors": factors, "seeds": seeds}
     stages["seeds"] = base | seed_batch | kept | {"seed chunk work": seed_work}
     scoring = {
         "per-example gradient (one module)": 4 * cfg.batch_size * widest,
         "chunk buffers": 4 * cfg.chunk_size * (w.n_seeds + cfg.sketch_dim + 4),
     }
-    scored_from_cache = reuse and n_fit == w.n_candidates  # scoring meets the fit's batches
     stages["score"] = base | ({} if scored_from_cache else batch) | kept | scoring
-    stages["finalize"] = base | {"factors": factors, "seeds": seeds, "result columns": 64 * w.n_candidates}
+    stages["finalize"] = base | {
+        "factors": factors,
+        "seeds": seeds,
+        "mean seed direction": 4 * rect,
+        "language identification": DETECTOR_BYTES,
+        "result columns": 64 * w.n_candidates,
+    }
     notes = [] if w.seconds_per_token else ["no probe (no weights): time not estimated"]
-    seconds = _seconds(cfg, w, sum(cand_batches), n_fit / max(w.n_candidates, 1), reuse > 0, rank)
+    seconds = _seconds(cfg, w, sum(cand_batches), sum(fit_batches), reuse > 0, rank)
     return Plan(stages, seconds, available_bytes, rank, notes)
 
 
@@ -134,16 +150,28 @@ def _growing_cache(w: Workload, cand_batches: list[int], capture: float) -> dict
     return {"reused captures (kept so far)": best[0], "activations (one batch)": best[1]}
 
 
-def _reused_captures(
-    cfg: ScoreConfig, w: Workload, cand_batches: list[int], n_fit: int, per_token: float, available: float
-) -> float:
-    """Bytes of the fit pass's captures kept for reuse, by the fit stage's own rules (gdig.memory)."""
-    budget = budget_mb(cfg.fit_cache_mb, available / 2**20, 3)
+def _reused_captures(cfg: ScoreConfig, w: Workload, fit_batches: list[int], per_token: float, free: float) -> float:
+    """Bytes of the fit pass's captures kept for reuse, by the fit stage's own rules (gdig.memory) with the
+    memory left once the model is loaded (`free`)."""
+    budget = budget_mb(cfg.fit_cache_mb, free / 2**20, 3)
     by_tokens = cfg.token_budget is not None
-    keep = captures_reusable(cfg.hessian, n_fit, w.n_candidates) and captures_fit(
-        w.cand_lengths, per_token, cfg.batch_size, by_tokens, budget
+    keep = captures_reusable(cfg.hessian, len(w.fit_set), w.n_candidates) and captures_fit(
+        w.fit_set, per_token, cfg.batch_size, by_tokens, budget
     )
-    return per_token * sum(cand_batches) if keep else 0.0
+    return per_token * sum(fit_batches) if keep else 0.0
+
+
+def _eigendecomposition_peak(dims: dict[str, tuple[int, int]]) -> float:
+    """Bytes held while the factors are made module by module, each module's float64 sums released once its
+    float32 factors exist (gdig.curvature.CovarianceFitter.eigendecompose)."""
+    sums = [8 * (d_in * d_in + d_out * d_out) for d_in, d_out in dims.values()]
+    made = [4 * (d_in * d_in + d_out * d_out + d_in * d_out) for d_in, d_out in dims.values()]
+    peak, left, done = float(sum(sums)), float(sum(sums)), 0.0
+    for s, f in zip(sums, made, strict=True):
+        done += f
+        peak = max(peak, left + done)
+        left -= s
+    return peak
 
 
 def _seed_bytes(cfg: ScoreConfig, w: Workload, available: float) -> tuple[int | None, float]:
@@ -158,7 +186,7 @@ def _seed_bytes(cfg: ScoreConfig, w: Workload, available: float) -> tuple[int | 
 
 
 def _seconds(
-    cfg: ScoreConfig, w: Workload, tokens: int, fit_share: float, reused: bool, rank: int | None
+    cfg: ScoreConfig, w: Workload, tokens: int, fit_tokens: int, reused: bool, rank: int | None
 ) -> dict[str, float]:
     """Seconds per stage: the model's passes from the probe's seconds per padded token, plus the per-module
     algebra of each stage (floating-point operations per token, gdig.plan.module_flops) at the probe's rate,
@@ -167,19 +195,19 @@ def _seconds(
     if not w.seconds_per_token:
         return {}
     one_pass = w.seconds_per_token * tokens
-    fit_tokens = tokens * fit_share
+    fit_pass = w.seconds_per_token * fit_tokens
     rate = w.flops_per_second or float("inf")
     flops = module_flops(cfg, w, rank)
     out = {}
     if cfg.hessian != "identity":
         eigh = sum(9 * (d_in**3 + d_out**3) for d_in, d_out in w.dims.values()) / (w.eigh_flops_per_second or rate)
-        out["fit_covariance"] = one_pass * fit_share + flops["covariance"] * fit_tokens / rate + eigh
+        out["fit_covariance"] = fit_pass + flops["covariance"] * fit_tokens / rate + eigh
     if cfg.hessian == "ekfac":
-        replay = 0.1 * one_pass if reused else one_pass * fit_share
+        replay = 0.1 * fit_pass if reused else fit_pass
         out["fit_eigen"] = replay + flops["rotation"] * fit_tokens / rate
     seed_math = (flops["rotation"] * w.seed_tokens + flops["factorisation"] * w.n_seeds) / rate
     out["seeds"] = w.seconds_per_token * w.seed_tokens * 1.5 + seed_math
-    score_pass = 0.3 * one_pass if reused and fit_share == 1 else one_pass
+    score_pass = 0.3 * one_pass if reused and len(w.fit_set) == w.n_candidates else one_pass
     per_example = flops["score per example"] * w.n_candidates
     out["score"] = score_pass + (flops["score per token"] * tokens + per_example) / rate
     return out

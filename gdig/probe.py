@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from gdig.config import ScoreConfig
-from gdig.context import ScoreContext, by_length
+from gdig.context import ScoreContext, by_length, fit_subset
 from gdig.hooks import GradientCapture
 from gdig.plan import PeakSampler, Workload, resident_bytes, timed
 
@@ -25,19 +25,27 @@ def model_bytes(model: torch.nn.Module) -> int:
 
 def workload_from_context(ctx: ScoreContext, runtime_bytes: int, probe: bool = True) -> Workload:
     """The run's workload; with `probe`, the activations and time measured on the longest batches."""
-    cand = [len(ctx.cand_tok[i].input_ids) for i in by_length(ctx.cand_tok)]
-    seed = [len(ctx.seed_tok[i].input_ids) for i in by_length(ctx.seed_tok)]
+    cand = [len(t.input_ids) for t in ctx.cand_tok]
     w = Workload(
         dims=ctx.dims,
         model_bytes=model_bytes(ctx.model),
         runtime_bytes=runtime_bytes,
-        cand_lengths=cand,
-        seed_lengths=seed,
+        cand_lengths=sorted(cand, reverse=True),
+        seed_lengths=sorted((len(t.input_ids) for t in ctx.seed_tok), reverse=True),
         activation_bytes_per_token=activation_formula(ctx.model),
+        fit_lengths=fit_lengths(ctx.cfg, cand),
     )
     if probe and cand:
         _probe(ctx, w)
     return w
+
+
+def fit_lengths(cfg: ScoreConfig, lengths: list[int]) -> list[int] | None:
+    """The fit set's token counts, longest first (gdig.context.fit_subset of the candidates' `lengths` in file
+    order); None when the fit set is every candidate."""
+    if cfg.fit_examples is None or cfg.fit_examples >= len(lengths):
+        return None
+    return sorted((lengths[i] for i in fit_subset(len(lengths), cfg.fit_examples, cfg.random_state)), reverse=True)
 
 
 def _probe(ctx: ScoreContext, w: Workload) -> None:
@@ -115,14 +123,13 @@ def meta_workload(cfg: ScoreConfig, config_dir: str | Path, dtype: torch.dtype) 
     lengths = []
     for path, role in ((cfg.candidates, "candidate"), (cfg.seeds, "seed")):
         ds = load_dataset(path, d.prompt_template, d.src_lang, d.trg_lang, role=role)
-        lengths.append(
-            sorted((min(d.max_length, 1 + len(e.prompt + e.target) // 4) for e in ds.examples), reverse=True)
-        )
+        lengths.append([min(d.max_length, 1 + len(e.prompt + e.target) // 4) for e in ds.examples])
     return Workload(
         dims={t.name: (t.d_in, t.d_out) for t in tracked},
         model_bytes=model_bytes(model),
         runtime_bytes=resident_bytes(),
-        cand_lengths=lengths[0],
-        seed_lengths=lengths[1],
+        cand_lengths=sorted(lengths[0], reverse=True),
+        seed_lengths=sorted(lengths[1], reverse=True),
         activation_bytes_per_token=activation_formula(model),
+        fit_lengths=fit_lengths(cfg, lengths[0]),
     ), model

@@ -20,7 +20,7 @@ from gdig.config import ScoreConfig
 from gdig.context import ScoreContext, build_context, config_record, settings_fingerprint
 from gdig.distributed import World, join_world, leave_world
 from gdig.influence import Scorer, mean_seed_direction
-from gdig.memory import free_memory_mb
+from gdig.memory import free_memory_mb, release_freed_memory
 from gdig.model_source import check_model_source
 from gdig.plan import Plan, advice, plan_run, resident_bytes
 from gdig.rundir.chunks import collect_chunks, remove_partial
@@ -187,11 +187,14 @@ def _resume_finished(ctx: ScoreContext, run_dir: Path, saved: dict[str, Any], st
 def _run_stages(ctx: ScoreContext, run_dir: Path, status: Status) -> None:
     fp = settings_fingerprint(ctx)
     cur = fit_stage(ctx, run_dir, status)
+    release_freed_memory()  # each stage's peak is its own, not the earlier stages' freed blocks
     dampings = dampings_for(ctx, cur)
     seeds, seed_loss, seed_ntok, rank = load_or_make_seeds(ctx, cur, dampings, run_dir, status, fp)
+    release_freed_memory()
     scorer = Scorer(seeds, cur, dampings, ctx.cfg.normalize)
     sketcher = Sketcher(ctx.dims, ctx.cfg.sketch_dim, ctx.cfg.random_state, ctx.device)
     score_stage(ctx, scorer, sketcher, run_dir, status)
+    release_freed_memory()
     ctx.world.barrier("waiting for every rank's scores", status.refresh)
     if not ctx.world.is_main:
         return

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gdig.context import ScoreContext, by_length, factors_fingerprint, short_hash
+from gdig.context import ScoreContext, by_length, factors_fingerprint, fit_subset, short_hash
 from gdig.curvature import Curvature, fit_curvature
 from gdig.hooks import Captured, GradientCapture, per_example_gradient
 from gdig.influence import Scorer, SeedBuilder, SeedGradients, group_seed_gradients
@@ -37,7 +37,7 @@ def fit_stage(ctx: ScoreContext, run_dir: Path, status: Status) -> Curvature:
     if read_fingerprint(path) == fp:
         ctx.timings["factors_reused"] = 1.0
         return Curvature.load(path, ctx.device)
-    fit_idx = _fit_subset(ctx)
+    fit_idx = fit_subset(len(ctx.cand_tok), ctx.cfg.fit_examples, ctx.cfg.random_state)
     order = by_length(ctx.cand_tok, fit_idx)
     batches = ctx.batch_indices(ctx.cand_tok, order)
     costs = [len(b) * max(len(ctx.cand_tok[i].input_ids) for i in b) for b in batches]  # padded tokens
@@ -68,19 +68,12 @@ def fit_stage(ctx: ScoreContext, run_dir: Path, status: Status) -> Curvature:
     cur = fit_curvature(ctx.cfg.hessian, ctx.dims, passes, costs, ctx.device, checkpoint, ctx.world, status.refresh)
     if ctx.world.is_main:
         cur.save(path, fp)
+    del cur  # reloaded below: never two copies of the factors
     ctx.world.barrier("saving the factors", status.refresh)
     if cache and len(fit_idx) == len(ctx.cand_tok) and not ctx.world.active:  # scoring meets the same batches
         ctx.captures = {tuple(batches[b]): c for b, c in cache.items()}
+    cache = None  # the captures go now, not when this returns: their memory is back before the seeds need it
     return Curvature.load(path, ctx.device)  # a fresh and a resumed run compute from the same bytes
-
-
-def _fit_subset(ctx: ScoreContext) -> list[int]:
-    """The candidates the curvature is fitted on: all, or a fixed random subset of --fit-examples."""
-    fit_idx = list(range(len(ctx.cand_tok)))
-    if ctx.cfg.fit_examples is not None and ctx.cfg.fit_examples < len(fit_idx):
-        rng = np.random.default_rng(ctx.cfg.random_state)
-        fit_idx = sorted(rng.choice(len(fit_idx), ctx.cfg.fit_examples, replace=False).tolist())
-    return fit_idx
 
 
 def _captures_fit(ctx: ScoreContext, order: list[int]) -> bool:

@@ -93,3 +93,21 @@ def test_a_cancelled_fit_resumes_to_the_same_factors_bit_for_bit(setup, tmp_path
     for t in tracked:
         assert torch.equal(whole.modules[t.name].lam, resumed.modules[t.name].lam)
         assert torch.equal(whole.modules[t.name].q_a, resumed.modules[t.name].q_a)
+
+
+def test_eigendecomposing_with_release_frees_the_sums_and_gives_the_same_factors(setup):
+    from gdig.curvature import CovarianceFitter
+
+    model, tracked, toks, _, _ = setup
+    dims = {t.name: (t.d_in, t.d_out) for t in tracked}
+    fitters = [CovarianceFitter(dims, torch.device("cpu")) for _ in range(2)]
+    with GradientCapture(model, tracked) as capture:
+        for batch in make_batches(toks, range(len(toks)), 0, 4):
+            cap = capture.run(batch)
+            for fitter in fitters:
+                fitter.update(cap)
+    kept, released = fitters[0].eigendecompose("kfac"), fitters[1].eigendecompose("kfac", release=True)
+    assert len(fitters[0].a) == len(dims) and not fitters[1].a and not fitters[1].g  # the float64 sums are gone
+    for name in dims:
+        assert torch.equal(kept.modules[name].lam, released.modules[name].lam)
+        assert torch.equal(kept.modules[name].q_g, released.modules[name].q_g)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -161,3 +162,39 @@ def test_module_flops_count_each_stage_algebra():
     assert low["factorisation"] == 12 * 24 * (2 + 8)
     raw = module_flops(ScoreConfig(model="m", candidates="c", seeds="s", out="o", normalize="none", seed_batch=2), w, 2)
     assert raw["score per token"] == 2 * 4 * 2 * (4 + 6)  # 8 seeds in 4 columns, no self-influence
+
+
+def test_the_eigendecomposition_peak_counts_sums_left_and_factors_made():
+    from gdig.plan import _eigendecomposition_peak
+
+    # sums 8 (4 + 9) = 104 and 8 (1 + 1) = 16; factors 4 (4 + 9 + 6) = 76 and 4 (1 + 1 + 1) = 12
+    assert _eigendecomposition_peak({"m": (2, 3), "n": (1, 1)}) == 120 + 76  # all sums and the first factors
+
+
+def test_the_plan_keeps_only_the_fit_sets_captures_and_drops_them_after_the_fit():
+    from gdig.plan import Workload, plan_run
+
+    dims = {"m": (400, 600)}
+    per_token = 4 * (400 + 600)
+    w = Workload(dims, 0, 0, cand_lengths=[50] * 100, seed_lengths=[5] * 4, activation_bytes_per_token=0.0)
+    w.fit_lengths = [50] * 10
+    cfg = ScoreConfig(model="m", candidates="c", seeds="s", out="o", fit_examples=10, batch_size=5)
+    budget = 2 * per_token * 500 * 3  # the fit set's captures fit a third of it; the whole pool's do not
+    plan = plan_run(cfg, w, available_bytes=budget + 2**20)
+    assert plan.stages["fit_eigen"]["reused captures"] == per_token * 500
+    assert plan.stages["seeds"]["reused captures"] == 0 and plan.stages["score"]["reused captures"] == 0
+    everyone = plan_run(
+        dataclasses.replace(cfg, fit_examples=None), Workload(**{**vars(w), "fit_lengths": None}), budget
+    )
+    assert "reused captures" not in everyone.stages["fit_eigen"]  # 100 examples' captures exceed the budget
+
+
+def test_the_plans_fit_set_is_the_runs(tmp_path):
+    from gdig.context import fit_subset
+    from gdig.probe import fit_lengths
+
+    lengths = list(range(1, 41))
+    cfg = ScoreConfig(model="m", candidates="c", seeds="s", out="o", fit_examples=7, random_state=3)
+    chosen = fit_subset(40, 7, 3)
+    assert len(set(chosen)) == 7 and fit_lengths(cfg, lengths) == sorted((lengths[i] for i in chosen), reverse=True)
+    assert fit_lengths(dataclasses.replace(cfg, fit_examples=None), lengths) is None

@@ -83,3 +83,16 @@ def test_low_rank_from_tokens_equals_factorising_the_whole_gradient(
     assert rel_err(tokens, whole) < (1e-5 if rank == 15 else 1e-3)
     errors = json.loads((out / "config.json").read_text())["seed_lowrank_error"]
     assert errors and all(0 < e["max"] < 1 for e in errors.values())
+
+
+def test_the_mean_seed_direction_weights_each_low_rank_seed_by_its_norm():
+    from gdig.influence import SeedGradients, mean_seed_direction
+
+    gen = torch.Generator().manual_seed(0)
+    left, right = torch.randn(5, 6, 2, generator=gen), torch.randn(5, 4, 2, generator=gen)
+    self_inf = torch.rand(5, generator=gen) + 0.5
+    seeds = SeedGradients(left={"m": left}, right={"m": right}, self_influence=self_inf)
+    expected = sum(left[s] @ right[s].T / self_inf[s].sqrt() for s in range(5)) / 5
+    assert torch.allclose(mean_seed_direction(seeds, "unit")["m"], expected, atol=1e-5)
+    plain = sum(left[s] @ right[s].T for s in range(5)) / 5
+    assert torch.allclose(mean_seed_direction(seeds, "none")["m"], plain, atol=1e-5)
