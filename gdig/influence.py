@@ -6,6 +6,7 @@ scored batch by batch from their captured a_t and g_t.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -101,13 +102,17 @@ class SeedBuilder:
         self._record_loss(name, cols, v, s)
 
     def add_tokens(self, name: str, start: int, a: torch.Tensor, g: torch.Tensor) -> None:
-        """Seed columns of a low-rank module from their tokens (a: (c, T, d_in), g: (c, T, d_out)): preconditioned
-        and factorised in the eigenbasis, the factors rotated back, so no dense d_out x d_in rotation is paid."""
+        """Seed columns from their tokens (a: (c, T, d_in), g: (c, T, d_out)), preconditioned in the eigenbasis
+        (rotated there by the cheaper route): a dense module's columns are rotated back (two products a column
+        instead of four); a low-rank module's are factorised there and only the factors rotated back."""
         cols = slice(start, start + a.shape[0])
         x, self_inf = self.curvature.precondition_rotated(name, a, g, self.dampings[name])
         self.out.self_influence[cols] += self_inf
-        u, s, w = low_rank(x, self.ranks[name])
         f = self.curvature.modules[name]
+        if name in self.out.dense:
+            self.out.dense[name][cols] = f.q_g.to(x.device) @ x @ f.q_a.T.to(x.device)
+            return
+        u, s, w = low_rank(x, self.ranks[name])
         self.out.left[name][cols] = f.q_g.to(u.device) @ (u * s[..., None, :])
         self.out.right[name][cols] = f.q_a.to(w.device) @ w
         self._record_loss(name, cols, x, s)
@@ -125,9 +130,10 @@ class SeedBuilder:
             views += [store[name][cols] for name in sorted(store)]
         return views + [part[cols] for name in sorted(self._lost) for part in self._lost[name]]
 
-    def is_low_rank(self, name: str) -> bool:
-        """Whether module `name` is kept as low-rank factors."""
-        return name in self.out.left
+    def takes_tokens(self, name: str) -> bool:
+        """Whether module `name`'s columns are built from their tokens (add_tokens): with any curvature; with
+        none, preconditioning is nothing and the per-example gradient is what is kept."""
+        return self.curvature.kind != "identity"
 
     def finish(self) -> SeedGradients:
         """The seeds, with each low-rank module's relative truncation error (Frobenius, max and mean over seeds)."""
@@ -176,25 +182,33 @@ class Scorer:
         self.dampings = dampings
         self.normalize = normalize
 
-    def raw_scores(self, cap: Captured) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(B, S) raw influence and, when normalising, (B,) candidate self-influence."""
+    def raw_scores(self, caps: Sequence[Captured]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, S) raw influence and, when normalising, (B,) candidate self-influence, for the examples of one or
+        more captured batches in order: a dense module's per-example gradients meet the seeds in one product
+        (its cost per example falls with the rows: 2.7x at 128 rows against 16 on a CPU)."""
         scores, self_inf = None, None
         for name in self.seeds.names:
-            a, g = cap.acts[name], cap.grads[name]
             if name in self.seeds.dense:
-                grad = per_example_gradient(a, g)
+                grad = torch.cat([per_example_gradient(c.acts[name], c.grads[name]) for c in caps])
                 s = grad.flatten(1) @ self.seeds.dense[name].flatten(1).T
+                del grad
             else:
-                u, w = self.seeds.left[name], self.seeds.right[name]  # (S, d_out, r), (S, d_in, r)
-                n_s, _, r = u.shape
-                gu = g @ u.permute(1, 0, 2).reshape(u.shape[1], n_s * r)  # (B, T, S*r)
-                aw = a @ w.permute(1, 0, 2).reshape(w.shape[1], n_s * r)
-                s = (gu * aw).sum(1).view(-1, n_s, r).sum(-1)
+                s = torch.cat([self._low_rank_scores(name, c.acts[name], c.grads[name]) for c in caps])
             scores = s if scores is None else scores + s
             if self.normalize != "none":
-                si = self.curvature.self_influence_tokens(name, a, g, self.dampings[name])
+                damping = self.dampings[name]
+                parts = [self.curvature.self_influence_tokens(name, c.acts[name], c.grads[name], damping) for c in caps]
+                si = torch.cat(parts)
                 self_inf = si if self_inf is None else self_inf + si
         return scores, self_inf
+
+    def _low_rank_scores(self, name: str, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """sum_t (g_t^T U_s)(W_s^T a_t) over rank and tokens: 2 S r (d_in + d_out) a token, no dense gradient."""
+        u, w = self.seeds.left[name], self.seeds.right[name]  # (S, d_out, r), (S, d_in, r)
+        n_s, _, r = u.shape
+        gu = g @ u.permute(1, 0, 2).reshape(u.shape[1], n_s * r)  # (B, T, S*r)
+        aw = a @ w.permute(1, 0, 2).reshape(w.shape[1], n_s * r)
+        return (gu * aw).sum(1).view(-1, n_s, r).sum(-1)
 
     def scale(self, self_inf: torch.Tensor | None) -> torch.Tensor | None:
         """Per-(candidate, seed) divisor of the chosen normalisation, or None for raw scores."""
@@ -202,8 +216,9 @@ class Scorer:
             return None
         return normalisation_divisor(self_inf, self.seeds.self_influence.to(self_inf.device), self.normalize)
 
-    def __call__(self, cap: Captured) -> tuple[torch.Tensor, torch.Tensor | None]:
-        scores, self_inf = self.raw_scores(cap)
+    def __call__(self, caps: Captured | Sequence[Captured]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Normalised scores (B, S) and self-influence (B,) of one captured batch or several in order."""
+        scores, self_inf = self.raw_scores([caps] if isinstance(caps, Captured) else caps)
         div = self.scale(self_inf)
         if div is not None:
             scores = torch.where(div > 0, scores / div.clamp(min=1e-30), torch.zeros_like(scores))

@@ -7,16 +7,19 @@ the activations come from a formula instead of the probe and token counts from t
 
 from __future__ import annotations
 
-import os
-import threading
-import time
 from dataclasses import dataclass, field
-
-import torch
 
 from gdig.config import ScoreConfig
 from gdig.hooks import padded_batches
-from gdig.memory import SEED_WORK_BYTES, budget_mb, captures_fit, captures_reusable, keeps_dense, seed_rank
+from gdig.memory import (
+    SEED_WORK_BYTES,
+    budget_mb,
+    captures_fit,
+    captures_reusable,
+    keeps_dense,
+    score_group_rows,
+    seed_rank,
+)
 from gdig.signals import DETECTOR_BYTES
 
 GiB = 2**30
@@ -116,10 +119,11 @@ def plan_run(cfg: ScoreConfig, w: Workload, available_bytes: float) -> Plan:
     seed_work = min(SEED_WORK_BYTES, capture * w.seed_tokens) + 3 * 4 * w.n_seeds * widest / chunks
     seed_batch = _batch(w, max(padded_batches(w.seed_lengths, cfg.batch_size, cfg.token_budget), default=0), capture)
     scored_from_cache = reuse > 0 and len(w.fit_set) == w.n_candidates  # scoring meets the fit's batches
+    rows = score_group_rows(widest, cfg.batch_size) if scored_from_cache else cfg.batch_size  # scored at once
     kept = {"reused captures": reuse if scored_from_cache else 0.0, "factors": factors, "seeds": seeds}
     stages["seeds"] = base | seed_batch | kept | {"seed chunk work": seed_work}
     scoring = {
-        "per-example gradient (one module)": 4 * cfg.batch_size * widest,
+        "per-example gradients (one module)": 4 * widest * rows,
         "chunk buffers": 4 * cfg.chunk_size * (w.n_seeds + cfg.sketch_dim + 4),
     }
     stages["score"] = base | ({} if scored_from_cache else batch) | kept | scoring
@@ -301,48 +305,3 @@ def plan_report(plan: Plan, cfg: ScoreConfig) -> str:
 
 def _fmt(n: float) -> str:
     return f"{n / GiB:.2f} GiB" if n >= GiB / 10 else f"{n / 2**20:.1f} MiB"
-
-
-class PeakSampler:
-    """The highest resident memory of this process while the block runs (sampled every millisecond), or on a
-    GPU the highest allocated memory; in bytes."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.peak, self._stop = device, 0, threading.Event()
-
-    def __enter__(self) -> PeakSampler:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            self.peak = resident_bytes()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.001):
-            self.peak = max(self.peak, resident_bytes())
-
-    def __exit__(self, *exc) -> None:
-        if self.device.type == "cuda":
-            self.peak = torch.cuda.max_memory_allocated(self.device)
-        else:
-            self._stop.set()
-            self._thread.join()
-            self.peak = max(self.peak, resident_bytes())
-
-
-def resident_bytes() -> int:
-    """This process's resident memory (Linux /proc; 0 where it cannot be read)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def timed(fn) -> float:
-    """Seconds one call of fn takes."""
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0

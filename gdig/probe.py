@@ -12,7 +12,8 @@ import torch
 from gdig.config import ScoreConfig
 from gdig.context import ScoreContext, by_length, fit_subset
 from gdig.hooks import GradientCapture
-from gdig.plan import PeakSampler, Workload, resident_bytes, timed
+from gdig.measure import PeakSampler, resident_bytes, timed
+from gdig.plan import Workload
 
 PROBE_BATCHES = 2
 

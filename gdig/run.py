@@ -20,9 +20,10 @@ from gdig.config import ScoreConfig
 from gdig.context import ScoreContext, build_context, config_record, settings_fingerprint
 from gdig.distributed import World, join_world, leave_world
 from gdig.influence import Scorer, mean_seed_direction
+from gdig.measure import resident_bytes
 from gdig.memory import free_memory_mb, release_freed_memory
 from gdig.model_source import check_model_source
-from gdig.plan import Plan, advice, plan_run, resident_bytes
+from gdig.plan import Plan, advice, plan_run
 from gdig.rundir.chunks import collect_chunks, remove_partial
 from gdig.rundir.layout import (
     INFLUENCE,

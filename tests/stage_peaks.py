@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from gdig.config import ScoreConfig
-from gdig.plan import resident_bytes
+from gdig.measure import resident_bytes
 from gdig.run import make_plan, score
 
 

@@ -24,7 +24,7 @@ def test_free_memory_is_a_positive_number_of_mib_on_this_machine():
 FREED_BLOCKS = """
 import torch
 from gdig.memory import release_freed_memory
-from gdig.plan import resident_bytes
+from gdig.measure import resident_bytes
 blocks, pins = [], []
 for _ in range(200):  # 1.1 GiB in 6 MiB blocks, each followed by a small live one
     blocks.append(torch.ones(1536 * 1000))
