@@ -1,10 +1,14 @@
 """Engine speed against the floor: one plain forward+backward epoch over the candidates (all weight gradients),
-versus G-DIG's curvature fit and scoring pass, same model, data, batch size and batch order.
+versus G-DIG's curvature fit and scoring pass, same model, data, batch size and batch order, in three regimes:
+the fit's captures kept and reused (the default where they fit), recomputed (`--fit-cache-mb 0`, the regime of
+real models), and the curvature fitted on a quarter of the pool (`--fit-examples N/4`).
 
     python bench/bench_engine.py [--candidates 2000] [--seeds 64] [--repeats 2] [--hessian ekfac]
+                                 [--regimes reuse recompute quarter]
 
-Each measurement runs in its own process (clean peak memory); repetitions alternate floor and G-DIG.
-Writes bench/reports/engine-<date>.{md,json}.
+Each measurement runs in its own process (clean peak memory); repetitions alternate floor and G-DIG. The
+language identification of the candidates (lingua, at finalize) is reported apart: it is text work, not the
+influence engine. Writes bench/reports/engine-<date>.{md,json}.
 """
 
 from __future__ import annotations
@@ -35,6 +39,11 @@ from bench.common import (  # noqa: E402
 )
 
 MODEL_SIZES = {"hidden": 256, "ffn": 704, "layers": 4, "heads": 4}
+REGIMES = {  # settings of each regime, and the issue's goal for its total / floor
+    "reuse": ({}, 1.8),
+    "recompute": ({"fit_cache_mb": 0}, 3.0),
+    "quarter": ({"fit_examples": "quarter"}, 1.6),
+}
 
 
 def prepare(n_cand: int, n_seeds: int, vocab: int) -> dict:
@@ -87,7 +96,13 @@ def child_floor(folder: Path, batch_size: int, max_length: int) -> dict:
 
 
 def child_gdig(
-    folder: Path, batch_size: int, max_length: int, hessian: str, out: Path, keep: Path | None = None
+    folder: Path,
+    batch_size: int,
+    max_length: int,
+    hessian: str,
+    out: Path,
+    keep: Path | None = None,
+    extra: dict | None = None,
 ) -> dict:
     from gdig.config import DataConfig, ScoreConfig
     from gdig.run import score
@@ -103,6 +118,7 @@ def child_gdig(
         normalize="none",
         umap=False,
         data=DataConfig(max_length=max_length),
+        **(extra or {}),
     )
     t0 = time.perf_counter()
     score(cfg)
@@ -125,40 +141,35 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     add_workload_args(ap, repeats=2)
     ap.add_argument("--hessian", default="ekfac")
+    ap.add_argument("--regimes", nargs="+", choices=list(REGIMES), default=list(REGIMES))
     ap.add_argument("--child", choices=["floor", "gdig"])
     ap.add_argument("--folder")
+    ap.add_argument("--extra", default="{}", help="child: ScoreConfig fields as JSON")
     args = ap.parse_args()
     if args.child == "floor":
         print(json.dumps(child_floor(Path(args.folder), args.batch_size, args.max_length)))
         return
     if args.child == "gdig":
         out = Path(args.folder) / "run"
-        print(json.dumps(child_gdig(Path(args.folder), args.batch_size, args.max_length, args.hessian, out)))
+        extra = json.loads(args.extra)
+        found = child_gdig(Path(args.folder), args.batch_size, args.max_length, args.hessian, out, extra=extra)
+        print(json.dumps(found))
         return
     print(json.dumps(run(args), indent=2))
 
 
 def run(args) -> dict:
     info = prepare(args.candidates, args.seeds, args.vocab)
-    common = [
-        "--folder",
-        info["folder"],
-        "--batch-size",
-        str(args.batch_size),
-        "--max-length",
-        str(args.max_length),
-        "--hessian",
-        args.hessian,
-    ]
-    floors, ours = [], []
-    for _ in range(args.repeats):  # alternate, so drift hits both alike
+    common = ["--folder", info["folder"], "--batch-size", str(args.batch_size), "--max-length", str(args.max_length)]
+    common += ["--hessian", args.hessian]
+    floors: list[dict] = []
+    ours: dict[str, list[dict]] = {name: [] for name in args.regimes}
+    for _ in range(args.repeats):  # alternate, so drift hits every measurement alike
         floors.append(run_child([__file__, "--child", "floor", *common]))
-        ours.append(run_child([__file__, "--child", "gdig", *common]))
+        for name in args.regimes:
+            extra = regime_settings(name, info["n_candidates"])
+            ours[name].append(run_child([__file__, "--child", "gdig", *common, "--extra", json.dumps(extra)]))
     floor = statistics.median(f["seconds"] for f in floors)
-    med = lambda key: statistics.median(o["timings"].get(key, 0.0) for o in ours)  # noqa: E731
-    fit = med("fit_covariance") + med("fit_eigen")
-    scoring = med("score")
-    total = statistics.median(o["seconds"] for o in ours)
     result = {
         "date": dt.date.today().isoformat(),
         "machine": machine(),
@@ -172,41 +183,63 @@ def run(args) -> dict:
             "hessian": args.hessian,
             "repeats": args.repeats,
         },
-        "seconds": {
-            "floor": floor,
-            "fit": fit,
-            "fit_covariance": med("fit_covariance"),
-            "fit_eigen": med("fit_eigen"),
-            "seeds": med("seeds"),
-            "score": scoring,
-            "load": med("load"),
-            "finalize": med("finalize"),
-            "total": total,
-        },
-        "ratios": {"score/floor": scoring / floor, "fit/floor": fit / floor, "total/floor": total / floor},
-        "peak_rss_mb": {"floor": max(f["peak_rss_mb"] for f in floors), "gdig": max(o["peak_rss_mb"] for o in ours)},
+        "floor_seconds": floor,
+        "regimes": {name: summarise(runs, floor, REGIMES[name][1]) for name, runs in ours.items()},
+        "peak_rss_mb": {"floor": max(f["peak_rss_mb"] for f in floors)},
     }
     write_report(result)
     return result
 
 
+def regime_settings(name: str, n_candidates: int) -> dict:
+    """ScoreConfig fields of a regime (the quarter is of this pool)."""
+    extra = dict(REGIMES[name][0])
+    if extra.get("fit_examples") == "quarter":
+        extra["fit_examples"] = max(1, n_candidates // 4)
+    return extra
+
+
+def summarise(runs: list[dict], floor: float, goal: float) -> dict:
+    """Median seconds per stage of one regime's runs, and its ratios to the floor (with and without the
+    language identification at finalize)."""
+    med = lambda key: statistics.median(o["timings"].get(key, 0.0) for o in runs)  # noqa: E731
+    total = statistics.median(o["seconds"] for o in runs)
+    seconds = {k: med(k) for k in ("load", "fit_covariance", "fit_eigen", "seeds", "score", "finalize", "signals")}
+    seconds |= {"fit": seconds["fit_covariance"] + seconds["fit_eigen"], "total": total}
+    return {
+        "seconds": seconds,
+        "total/floor": total / floor,
+        "engine/floor": (total - seconds["signals"]) / floor,
+        "goal": goal,
+        "peak_rss_mb": max(o["peak_rss_mb"] for o in runs),
+    }
+
+
 def write_report(r: dict) -> None:
-    s, q = r["seconds"], r["ratios"]
+    floor = r["floor_seconds"]
     lines = [
         f"# Engine benchmark, {r['date']}",
         "",
         f"Machine: {r['machine']}. Data: {r['data']}. Model: {r['model']}.",
-        f"Settings: {r['settings']}.",
+        f"Settings: {r['settings']}. Floor (forward+backward epoch, all weight gradients): {floor:.2f} s, peak RSS "
+        f"{r['peak_rss_mb']['floor']:.0f} MB.",
         "",
-        "| stage | seconds | / floor |",
-        "|---|---:|---:|",
-        f"| floor: forward+backward epoch, all weight grads | {s['floor']:.2f} | 1.00 |",
-        f"| curvature fit (covariances + eigen-correction) | {s['fit']:.2f} | {q['fit/floor']:.2f} |",
-        f"| seed gradients | {s['seeds']:.2f} | {s['seeds'] / s['floor']:.2f} |",
-        f"| scoring (influence + losses + sketches) | {s['score']:.2f} | {q['score/floor']:.2f} |",
-        f"| total, end to end (load and write included; UMAP off) | {s['total']:.2f} | {q['total/floor']:.2f} |",
+        "| regime | fit | seeds | score | load | finalize (language ID) | total | total / floor | engine / floor "
+        "(no language ID) | goal | peak RSS MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, g in r["regimes"].items():
+        s = g["seconds"]
+        lines.append(
+            f"| {name} | {s['fit']:.2f} | {s['seeds']:.2f} | {s['score']:.2f} | {s['load']:.2f} | "
+            f"{s['finalize']:.2f} ({s['signals']:.2f}) | {s['total']:.2f} | {g['total/floor']:.2f} | "
+            f"{g['engine/floor']:.2f} | <= {g['goal']} | {g['peak_rss_mb']:.0f} |"
+        )
+    lines += [
         "",
-        f"Peak RSS: floor {r['peak_rss_mb']['floor']:.0f} MB, G-DIG {r['peak_rss_mb']['gdig']:.0f} MB.",
+        "Regimes: reuse = the fit's captures kept and replayed (EK-FAC's second pass and scoring); recompute = "
+        "`--fit-cache-mb 0` (three model passes); quarter = `--fit-examples` a quarter of the pool (its captures "
+        "kept for the second pass; scoring runs the model again).",
     ]
     save_report("engine", r, "\n".join(lines))
 
