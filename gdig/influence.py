@@ -189,16 +189,16 @@ class Scorer:
         scores, self_inf = None, None
         for name in self.seeds.names:
             if name in self.seeds.dense:
-                grad = torch.cat([per_example_gradient(c.acts[name], c.grads[name]) for c in caps])
+                grad = join_rows([per_example_gradient(c.acts[name], c.grads[name]) for c in caps])
                 s = grad.flatten(1) @ self.seeds.dense[name].flatten(1).T
                 del grad
             else:
-                s = torch.cat([self._low_rank_scores(name, c.acts[name], c.grads[name]) for c in caps])
+                s = join_rows([self._low_rank_scores(name, c.acts[name], c.grads[name]) for c in caps])
             scores = s if scores is None else scores + s
             if self.normalize != "none":
                 damping = self.dampings[name]
                 parts = [self.curvature.self_influence_tokens(name, c.acts[name], c.grads[name], damping) for c in caps]
-                si = torch.cat(parts)
+                si = join_rows(parts)
                 self_inf = si if self_inf is None else self_inf + si
         return scores, self_inf
 
@@ -223,6 +223,11 @@ class Scorer:
         if div is not None:
             scores = torch.where(div > 0, scores / div.clamp(min=1e-30), torch.zeros_like(scores))
         return scores, self_inf
+
+
+def join_rows(parts: list[torch.Tensor]) -> torch.Tensor:
+    """The parts along the first dimension (one part as it is: no copy)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def mean_seed_direction(seeds: SeedGradients, normalize: str) -> dict[str, torch.Tensor]:

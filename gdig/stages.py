@@ -13,7 +13,7 @@ import torch
 from gdig.context import ScoreContext, by_length, factors_fingerprint, fit_subset, short_hash
 from gdig.curvature import Curvature, fit_curvature
 from gdig.hooks import Captured, GradientCapture, per_example_gradient
-from gdig.influence import Scorer, SeedBuilder, SeedGradients, group_seed_gradients
+from gdig.influence import Scorer, SeedBuilder, SeedGradients, group_seed_gradients, join_rows
 from gdig.memory import (
     SEED_WORK_BYTES,
     budget_mb,
@@ -263,13 +263,13 @@ def _score_groups(ctx: ScoreContext, batches: list[list[int]]) -> list[list[list
 def _score_batch(caps: list[Captured], scorer: Scorer, sketcher: Sketcher) -> dict[str, np.ndarray]:
     with torch.no_grad():
         scores, self_inf = scorer(caps)
-        sketch = torch.cat([sketcher(cap) for cap in caps])
+        sketch = join_rows([sketcher(cap) for cap in caps])
     out = {
         "index": np.asarray([i for cap in caps for i in cap.index], np.int64),
         "influence": scores.float().cpu().numpy(),
         "sketch": sketch.float().cpu().numpy(),
-        "loss": torch.cat([cap.loss for cap in caps]).cpu().numpy().astype(np.float32),
-        "n_tokens": torch.cat([cap.n_target for cap in caps]).cpu().numpy().astype(np.int64),
+        "loss": join_rows([cap.loss for cap in caps]).cpu().numpy().astype(np.float32),
+        "n_tokens": join_rows([cap.n_target for cap in caps]).cpu().numpy().astype(np.int64),
     }
     if self_inf is not None:
         out["self_influence"] = self_inf.float().cpu().numpy()
