@@ -6,7 +6,6 @@ scored batch by batch from their captured a_t and g_t.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -182,23 +181,18 @@ class Scorer:
         self.dampings = dampings
         self.normalize = normalize
 
-    def raw_scores(self, caps: Sequence[Captured]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(B, S) raw influence and, when normalising, (B,) candidate self-influence, for the examples of one or
-        more captured batches in order: a dense module's per-example gradients meet the seeds in one product
-        (its cost per example falls with the rows: 2.7x at 128 rows against 16 on a CPU)."""
+    def raw_scores(self, cap: Captured) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, S) raw influence and, when normalising, (B,) candidate self-influence."""
         scores, self_inf = None, None
         for name in self.seeds.names:
+            a, g = cap.acts[name], cap.grads[name]
             if name in self.seeds.dense:
-                grad = join_rows([per_example_gradient(c.acts[name], c.grads[name]) for c in caps])
-                s = grad.flatten(1) @ self.seeds.dense[name].flatten(1).T
-                del grad
+                s = per_example_gradient(a, g).flatten(1) @ self.seeds.dense[name].flatten(1).T
             else:
-                s = join_rows([self._low_rank_scores(name, c.acts[name], c.grads[name]) for c in caps])
+                s = self._low_rank_scores(name, a, g)
             scores = s if scores is None else scores + s
             if self.normalize != "none":
-                damping = self.dampings[name]
-                parts = [self.curvature.self_influence_tokens(name, c.acts[name], c.grads[name], damping) for c in caps]
-                si = join_rows(parts)
+                si = self.curvature.self_influence_tokens(name, a, g, self.dampings[name])
                 self_inf = si if self_inf is None else self_inf + si
         return scores, self_inf
 
@@ -216,18 +210,13 @@ class Scorer:
             return None
         return normalisation_divisor(self_inf, self.seeds.self_influence.to(self_inf.device), self.normalize)
 
-    def __call__(self, caps: Captured | Sequence[Captured]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Normalised scores (B, S) and self-influence (B,) of one captured batch or several in order."""
-        scores, self_inf = self.raw_scores([caps] if isinstance(caps, Captured) else caps)
+    def __call__(self, cap: Captured) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Normalised scores (B, S) and self-influence (B,) of one captured batch."""
+        scores, self_inf = self.raw_scores(cap)
         div = self.scale(self_inf)
         if div is not None:
             scores = torch.where(div > 0, scores / div.clamp(min=1e-30), torch.zeros_like(scores))
         return scores, self_inf
-
-
-def join_rows(parts: list[torch.Tensor]) -> torch.Tensor:
-    """The parts along the first dimension (one part as it is: no copy)."""
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def mean_seed_direction(seeds: SeedGradients, normalize: str) -> dict[str, torch.Tensor]:

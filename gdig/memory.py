@@ -29,15 +29,6 @@ AUTO_BUDGET_CAP_MB = 8192
 SEED_WORK_BYTES = 1 << 30  # captured a and g of one chunk of seeds
 
 
-SCORE_GROUP_BYTES = 256 * 2**20  # one module's per-example gradients scored against the seeds at once
-
-
-def score_group_rows(widest: int, batch_size: int) -> int:
-    """Examples whose kept captures are scored together: as many as SCORE_GROUP_BYTES of the widest module's
-    per-example gradients (float32, d_in x d_out each) hold, and never fewer than a batch."""
-    return max(batch_size, SCORE_GROUP_BYTES // max(4 * widest, 1))
-
-
 def budget_mb(setting: float | None, free_mb: float, share: int) -> float:
     """A memory budget in MiB: the setting when given, else 1/share of the free memory, at most 8 GiB."""
     return setting if setting is not None else min(AUTO_BUDGET_CAP_MB, free_mb // share)

@@ -17,7 +17,6 @@ from gdig.memory import (
     captures_fit,
     captures_reusable,
     keeps_dense,
-    score_group_rows,
     seed_rank,
 )
 from gdig.signals import DETECTOR_BYTES
@@ -119,11 +118,10 @@ def plan_run(cfg: ScoreConfig, w: Workload, available_bytes: float) -> Plan:
     seed_work = min(SEED_WORK_BYTES, capture * w.seed_tokens) + 3 * 4 * w.n_seeds * widest / chunks
     seed_batch = _batch(w, max(padded_batches(w.seed_lengths, cfg.batch_size, cfg.token_budget), default=0), capture)
     scored_from_cache = reuse > 0 and len(w.fit_set) == w.n_candidates  # scoring meets the fit's batches
-    rows = score_group_rows(widest, cfg.batch_size) if scored_from_cache else cfg.batch_size  # scored at once
     kept = {"reused captures": reuse if scored_from_cache else 0.0, "factors": factors, "seeds": seeds}
     stages["seeds"] = base | seed_batch | kept | {"seed chunk work": seed_work}
     scoring = {
-        "per-example gradients (one module)": 4 * widest * rows,
+        "per-example gradient (one module)": 4 * cfg.batch_size * widest,
         "chunk buffers": 4 * cfg.chunk_size * (w.n_seeds + cfg.sketch_dim + 4),
     }
     stages["score"] = base | ({} if scored_from_cache else batch) | kept | scoring

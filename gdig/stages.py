@@ -13,14 +13,13 @@ import torch
 from gdig.context import ScoreContext, by_length, factors_fingerprint, fit_subset, short_hash
 from gdig.curvature import Curvature, fit_curvature
 from gdig.hooks import Captured, GradientCapture, per_example_gradient
-from gdig.influence import Scorer, SeedBuilder, SeedGradients, group_seed_gradients, join_rows
+from gdig.influence import Scorer, SeedBuilder, SeedGradients, group_seed_gradients
 from gdig.memory import (
     SEED_WORK_BYTES,
     budget_mb,
     captures_fit,
     captures_reusable,
     free_memory_mb,
-    score_group_rows,
     seed_rank,
 )
 from gdig.rundir.checkpoint import FitCheckpoint
@@ -233,43 +232,26 @@ def score_stage(ctx: ScoreContext, scorer: Scorer, sketcher: Sketcher, run_dir: 
     with GradientCapture(ctx.model, ctx.tracked) as capture:
         for i in mine:
             parts: list[dict[str, np.ndarray]] = []
-            for group in _score_groups(ctx, ctx.batch_indices(ctx.cand_tok, chunks[i])):
-                caps = [ctx.captures.pop(tuple(b), None) or capture.run(ctx.collate(ctx.cand_tok, b)) for b in group]
-                parts.append(_score_batch(caps, scorer, sketcher))
-                done += sum(len(b) for b in group)
+            for batch in ctx.batches(ctx.cand_tok, chunks[i]):
+                cap = ctx.captures.pop(tuple(batch.index), None) or capture.run(batch)
+                parts.append(_score_batch(cap, scorer, sketcher))
+                done += len(batch.index)
                 status.update("score", done, total)
             write_chunk(run_dir, i, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
     ctx.captures.clear()
     ctx.timings["score"] = ctx.timings.get("score", 0.0) + time.time() - t0
 
 
-def _score_groups(ctx: ScoreContext, batches: list[list[int]]) -> list[list[list[int]]]:
-    """Consecutive batches scored together (see Scorer.raw_scores): those whose captures the fit kept, up to
-    gdig.memory.score_group_rows examples; a batch still to be captured goes alone (measured: holding several
-    batches' captures while the model runs raised a small model's scoring peak by a quarter, beyond the
-    captures themselves, as freed activations stayed resident between them)."""
-    rows = score_group_rows(max((t.d_in * t.d_out for t in ctx.tracked), default=1), ctx.cfg.batch_size)
-    groups: list[list[list[int]]] = []
-    for b in batches:
-        last = groups[-1] if groups else None
-        kept = tuple(b) in ctx.captures and last is not None and tuple(last[0]) in ctx.captures
-        if kept and sum(map(len, last)) + len(b) <= rows:
-            last.append(b)
-        else:
-            groups.append([b])
-    return groups
-
-
-def _score_batch(caps: list[Captured], scorer: Scorer, sketcher: Sketcher) -> dict[str, np.ndarray]:
+def _score_batch(cap: Captured, scorer: Scorer, sketcher: Sketcher) -> dict[str, np.ndarray]:
     with torch.no_grad():
-        scores, self_inf = scorer(caps)
-        sketch = join_rows([sketcher(cap) for cap in caps])
+        scores, self_inf = scorer(cap)
+        sketch = sketcher(cap)
     out = {
-        "index": np.asarray([i for cap in caps for i in cap.index], np.int64),
+        "index": np.asarray(cap.index, np.int64),
         "influence": scores.float().cpu().numpy(),
         "sketch": sketch.float().cpu().numpy(),
-        "loss": join_rows([cap.loss for cap in caps]).cpu().numpy().astype(np.float32),
-        "n_tokens": join_rows([cap.n_target for cap in caps]).cpu().numpy().astype(np.int64),
+        "loss": cap.loss.cpu().numpy().astype(np.float32),
+        "n_tokens": cap.n_target.cpu().numpy().astype(np.int64),
     }
     if self_inf is not None:
         out["self_influence"] = self_inf.float().cpu().numpy()

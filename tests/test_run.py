@@ -147,15 +147,3 @@ def test_cancelled_fit_resumes_where_it_stopped_with_identical_factors(
 
     a, b = load_file(str(run / "factors.safetensors")), load_file(str(full / "factors.safetensors"))
     assert all(np.array_equal(a[k], b[k]) for k in a)
-
-
-def test_kept_captures_are_scored_in_groups_and_others_alone(monkeypatch):
-    from types import SimpleNamespace
-
-    from gdig import stages
-
-    monkeypatch.setattr(stages, "score_group_rows", lambda widest, batch_size: 5)
-    batches = [[0, 1], [2, 3], [4, 5], [6], [7, 8]]
-    kept = {(0, 1): 1, (2, 3): 1, (4, 5): 1, (7, 8): 1}  # [6] is captured when scored
-    ctx = SimpleNamespace(captures=kept, tracked=[SimpleNamespace(d_in=4, d_out=6)], cfg=SimpleNamespace(batch_size=2))
-    assert stages._score_groups(ctx, batches) == [[[0, 1], [2, 3]], [[4, 5]], [[6]], [[7, 8]]]
