@@ -72,7 +72,6 @@ def fit_stage(ctx: ScoreContext, run_dir: Path, status: Status) -> Curvature:
     checkpoint = FitCheckpoint(
         partial_dir(run_dir), short_hash([fp, batching, "v2"]), ctx.cfg.checkpoint_seconds, ctx.world
     )
-    status.update("fit_covariance", 0, len(fit_idx), force=True)  # its float64 sums are allocated before the pass
     cur = fit_curvature(ctx.cfg.hessian, ctx.dims, passes, costs, ctx.device, checkpoint, ctx.world, status.refresh)
     if ctx.world.is_main:
         cur.save(path, fp)
