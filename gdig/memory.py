@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 
 import torch
@@ -66,10 +67,16 @@ def release_freed_memory() -> None:
     """Give memory the process has freed back to the system (glibc's malloc_trim; nothing elsewhere). Between
     stages: glibc keeps freed blocks of a few MiB (a fit's kept captures) resident, so a later stage's own
     allocations would add to a peak the process no longer uses."""
-    name = ctypes.util.find_library("c")
-    try:
-        trim = ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):
-        trim = None
+    trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's malloc_trim, looked up once (find_library runs a helper process), or None."""
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        return None

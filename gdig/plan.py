@@ -11,14 +11,7 @@ from dataclasses import dataclass, field
 
 from gdig.config import ScoreConfig
 from gdig.hooks import padded_batches
-from gdig.memory import (
-    SEED_WORK_BYTES,
-    budget_mb,
-    captures_fit,
-    captures_reusable,
-    keeps_dense,
-    seed_rank,
-)
+from gdig.memory import SEED_WORK_BYTES, budget_mb, captures_fit, captures_reusable, keeps_dense, seed_rank
 from gdig.signals import DETECTOR_BYTES
 
 GiB = 2**30

@@ -44,9 +44,8 @@ def workload_from_context(ctx: ScoreContext, runtime_bytes: int, probe: bool = T
 def fit_lengths(cfg: ScoreConfig, lengths: list[int]) -> list[int] | None:
     """The fit set's token counts, longest first (gdig.context.fit_subset of the candidates' `lengths` in file
     order); None when the fit set is every candidate."""
-    if cfg.fit_examples is None or cfg.fit_examples >= len(lengths):
-        return None
-    return sorted((lengths[i] for i in fit_subset(len(lengths), cfg.fit_examples, cfg.random_state)), reverse=True)
+    chosen = fit_subset(len(lengths), cfg.fit_examples, cfg.random_state)
+    return None if len(chosen) == len(lengths) else sorted((lengths[i] for i in chosen), reverse=True)
 
 
 def _probe(ctx: ScoreContext, w: Workload) -> None:

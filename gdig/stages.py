@@ -14,14 +14,7 @@ from gdig.context import ScoreContext, by_length, factors_fingerprint, fit_subse
 from gdig.curvature import Curvature, fit_curvature
 from gdig.hooks import Captured, GradientCapture, per_example_gradient
 from gdig.influence import Scorer, SeedBuilder, SeedGradients, group_seed_gradients
-from gdig.memory import (
-    SEED_WORK_BYTES,
-    budget_mb,
-    captures_fit,
-    captures_reusable,
-    free_memory_mb,
-    seed_rank,
-)
+from gdig.memory import SEED_WORK_BYTES, budget_mb, captures_fit, captures_reusable, free_memory_mb, seed_rank
 from gdig.rundir.checkpoint import FitCheckpoint
 from gdig.rundir.chunks import chunk_path, partial_dir, write_chunk
 from gdig.rundir.layout import CONFIG, FACTORS, read_config, read_fingerprint, write_config
