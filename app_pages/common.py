@@ -29,6 +29,7 @@ SETTINGS = (
     "tau",
     "min_mean",
     "combine",
+    "min_weakest",
     "min_combined",
     "max_length_deviation",
     "min_language_score",

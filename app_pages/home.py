@@ -94,8 +94,9 @@ def demo_report(name: str) -> None:
         f.metric(
             "AUROC, G-DIG + signals",
             f"{auroc['with_signals']:.3f}",
-            help="The rank average of the mean influence and the signals beside it (length ratio, language "
-            "identification, loss): the Influence page's 'Combine with signals'",
+            help="The default rule's order: each pair's worst percentile rank over the mean influence and the "
+            "signals beside it (length ratio, language identification, loss); the Influence page's 'Combine with "
+            "signals'",
         )
     per_kind = rep.get("auroc_mean_influence_per_kind")
     if per_kind:

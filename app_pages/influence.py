@@ -16,6 +16,7 @@ from app_pages.common import (
     selection_config,
     widget_kwargs,
 )
+from gdig.select import COMBINATIONS
 from gdig.studio.views import fraction_bins, histogram_counts, seed_table, threshold_lines
 
 BLUE = "#2563eb"
@@ -32,24 +33,19 @@ def _histogram(path: str, stamp: float, what: str | int, bins: int) -> tuple[np.
 
 
 def signals_controls() -> None:
-    """The signals beside influence: combined with it by rank average, and thresholds of their own."""
+    """The signals beside influence: combined with it (weakest link or rank average), and thresholds of their
+    own."""
     with st.expander("Signals beside influence: length ratio, language identification, loss"):
         combine = st.radio(
             label_for("combine"),
-            ["influence", "rank-average"],
+            list(COMBINATIONS),
             horizontal=True,
             help=help_for("combine"),
             **widget_kwargs("combine"),
         )
-        if combine == "rank-average":
-            st.slider(
-                label_for("min_combined"),
-                0.0,
-                1.0,
-                step=0.01,
-                help=help_for("min_combined"),
-                **widget_kwargs("min_combined"),
-            )
+        if combine in ("weakest", "rank-average"):
+            name = "min_weakest" if combine == "weakest" else "min_combined"
+            st.slider(label_for(name), 0.0, 1.0, step=0.01, help=help_for(name), **widget_kwargs(name))
         a, b = st.columns(2)
         a.number_input(
             label_for("max_length_deviation"),

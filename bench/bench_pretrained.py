@@ -9,7 +9,7 @@ pairs not in the pool.
     G-DIG variant (run: LoRA adapters or MLP modules x EK-FAC / K-FAC / identity; normalisation none / unit /
     RelatIF; aggregation fraction helped / mean / a low quantile over seeds) beside the heuristics a curator uses
     (length ratio, language identification, the fine-tuned model's loss, the base model's perplexity of the target)
-    and rank-average combinations.
+    and their combinations (the default rule's weakest link, and a rank average).
 (2) Downstream: LoRA fine-tunes of SmolLM2 on equal budgets chosen by G-DIG (default and paper settings), the
     length ratio and random; chrF / BLEU on FLORES devtest and held-out WMT22, over several seeds.
 
@@ -92,26 +92,7 @@ def make_pool(cfg: PretrainedConfig, folder: Path) -> dict[str, Path]:
     if all(p.exists() for p in files.values()):
         return files
     rng = random.Random(cfg.seed)
-    w = SHARED_DATA / "wmt22" / "de-en"
-    wmt = [
-        p
-        for p in zip(
-            read_lines(w / "generaltest2022.de-en.src.de"),
-            read_lines(w / "generaltest2022.de-en.ref.A.en"),
-            strict=True,
-        )
-    ]
-    wmt = [(d.strip(), e.strip()) for d, e in wmt if d.strip() and e.strip() and len(d.split()) <= 40]
-    rng.shuffle(wmt)
-    t = SHARED_DATA / "tatoeba" / "deu-eng"
-    by_src: dict[str, str] = {}
-    for e, d in zip(
-        read_lines(t / "tatoeba-test-v2021-08-07.eng"), read_lines(t / "tatoeba-test-v2021-08-07.deu"), strict=True
-    ):
-        if e.strip() and d.strip():
-            by_src.setdefault(d.strip(), e.strip())  # one translation per German sentence
-    tat = sorted(by_src.items())
-    rng.shuffle(tat)
+    wmt, tat = _shuffled_sources(rng)
     clean = [("wmt", p) for p in wmt[: cfg.n_wmt]] + [("tatoeba", p) for p in tat[: cfg.n_tatoeba]]
     fl = SHARED_DATA / "flores200" / "dev"
     wrong_lang = read_lines(fl / "zho_Hans.dev")[cfg.n_seeds :]  # Chinese lines of non-seed sentences
@@ -142,6 +123,41 @@ def make_pool(cfg: PretrainedConfig, folder: Path) -> dict[str, Path]:
     held = wmt[cfg.n_wmt : cfg.n_wmt + cfg.n_test]
     write_jsonl(files["test-wmt"], [_record(f"wmt-test-{i:04d}", d, e) for i, (d, e) in enumerate(held)])
     return files
+
+
+def _shuffled_sources(rng: random.Random) -> tuple[list, list]:
+    """WMT22 de-en (up to 40 source words) and Tatoeba deu-eng (one translation per German sentence) pairs, each
+    shuffled by `rng`: the pool takes their heads, the held-out sets what follows."""
+    w = SHARED_DATA / "wmt22" / "de-en"
+    wmt = [
+        p
+        for p in zip(
+            read_lines(w / "generaltest2022.de-en.src.de"),
+            read_lines(w / "generaltest2022.de-en.ref.A.en"),
+            strict=True,
+        )
+    ]
+    wmt = [(d.strip(), e.strip()) for d, e in wmt if d.strip() and e.strip() and len(d.split()) <= 40]
+    rng.shuffle(wmt)
+    t = SHARED_DATA / "tatoeba" / "deu-eng"
+    by_src: dict[str, str] = {}
+    for e, d in zip(
+        read_lines(t / "tatoeba-test-v2021-08-07.eng"), read_lines(t / "tatoeba-test-v2021-08-07.deu"), strict=True
+    ):
+        if e.strip() and d.strip():
+            by_src.setdefault(d.strip(), e.strip())  # one translation per German sentence
+    tat = sorted(by_src.items())
+    rng.shuffle(tat)
+    return wmt, tat
+
+
+def domain_seeds(cfg: PretrainedConfig, n: int, path: Path) -> Path:
+    """n clean seeds from the pool's own domains, half WMT22, half Tatoeba, none of them in the pool or the
+    held-out test sets (the lever "seeds from the pool's own domain")."""
+    wmt, tat = _shuffled_sources(random.Random(cfg.seed))
+    start = cfg.n_wmt + cfg.n_test  # after the pool's and the held-out WMT22 pairs
+    held = [("wmt", p) for p in wmt[start : start + n // 2]] + [("tatoeba", p) for p in tat[cfg.n_tatoeba :]]
+    return write_jsonl(path, [_record(f"{o}-seed-{i:04d}", d, e) for i, (o, (d, e)) in enumerate(held[:n])])
 
 
 def _flores(split: str, n: int) -> list[dict]:
@@ -230,7 +246,8 @@ def base_perplexity(cfg: PretrainedConfig, base: Path, pool: Path, folder: Path)
 
 def score_config(cfg: PretrainedConfig, spec: str, base: Path, tuned: Path, files: dict[str, Path], out: Path):
     """ "lora ekfac": the base model with the step-1 adapter unmerged, its A and B tracked; "mlp-top kfac": the
-    merged model, MLP projections of the top third of the layers; "... s=256": that many FLORES dev seeds."""
+    merged model, MLP projections of the top third of the layers; "... s=256": that many FLORES dev seeds;
+    "... domain": the seeds from the pool's own domains (held-out WMT22 and Tatoeba pairs) instead of FLORES."""
     from gdig.config import DataConfig, ScoreConfig
 
     where, hessian, *more = spec.split()
@@ -238,9 +255,12 @@ def score_config(cfg: PretrainedConfig, spec: str, base: Path, tuned: Path, file
     if where == "mlp-top":
         extra = {"model": str(tuned), "modules": r"layers\.(2[0-9])\.mlp\.[a-z_]+$"}
     elif where != "lora":
-        raise ValueError(f"unknown run {spec!r}: lora|mlp-top, ekfac|kfac|identity, optionally s=SEEDS")
+        raise ValueError(f"unknown run {spec!r}: lora|mlp-top, ekfac|kfac|identity, optionally s=SEEDS or domain")
     seeds = files["seeds"]
     for word in more:
+        if word == "domain":  # as many seeds as FLORES gives, from the pool's own domains
+            seeds = domain_seeds(cfg, cfg.n_seeds, files["seeds"].with_name(f"seeds-domain-{cfg.n_seeds}.jsonl"))
+            continue
         n = int(word.removeprefix("s="))
         seeds = write_jsonl(files["seeds"].with_name(f"seeds-{n}.jsonl"), _flores("dev", n))
     return ScoreConfig(
@@ -279,10 +299,12 @@ def aggregates(m: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def all_scores(cfg: PretrainedConfig, runs: dict[str, Path], pool: list[dict], base_loss: np.ndarray) -> dict:
-    """name -> (kind, higher-is-better score): heuristics, G-DIG variants and rank-average combinations."""
+    """name -> (kind, higher-is-better score): heuristics, G-DIG variants, and the signals combined with and
+    without G-DIG, by the weakest link (the default rule's order, gdig.select.apply_rule) and by rank average."""
     import pandas as pd
 
-    from gdig.signals import candidate_signals, length_score, rank_average
+    from gdig.select import SelectionConfig, apply_rule
+    from gdig.signals import candidate_signals, length_score, rank_average, weakest_rank
 
     src, tgt = [r["src_text"] for r in pool], [r["trg_text"] for r in pool]
     sig = candidate_signals(src, tgt, [r["src_lang"] for r in pool], [r["trg_lang"] for r in pool])
@@ -295,15 +317,19 @@ def all_scores(cfg: PretrainedConfig, runs: dict[str, Path], pool: list[dict], b
         "low base perplexity": -base_loss,
         "random": np.random.default_rng(cfg.seed).random(len(pool)),
     }
-    signals = [heur["length ratio"], heur["language id"], heur["low loss (fine-tuned)"]]
-    heur["signals (rank average)"] = rank_average(signals)
+    signals = {"length": heur["length ratio"], "language": heur["language id"], "loss": heur["low loss (fine-tuned)"]}
+    heur["signals (weakest link)"] = weakest_rank(list(signals.values()))
+    heur["signals (rank average)"] = rank_average(list(signals.values()))
     out = {name: ("heuristic", s) for name, s in heur.items()}
     for label, run in runs.items():
         for variant, m in variant_matrices(run).items():
             for agg, good in aggregates(m).items():
                 out[f"G-DIG {label} {variant} {agg}"] = ("gdig", good)
     default = out[f"G-DIG {default_run(runs)} unit mean"][1]
-    out["G-DIG default + signals (rank average)"] = ("combined", rank_average([default, *signals]))
+    frac = (variant_matrices(runs[default_run(runs)])["unit"] > 0).mean(1)
+    combined = apply_rule(frac, default, None, SelectionConfig(), signals)[1]  # the default rule's order
+    out["G-DIG default rule: + signals (weakest link)"] = ("combined", combined)
+    out["G-DIG default + signals (rank average)"] = ("combined", rank_average([default, *signals.values()]))
     out["G-DIG default + length ratio (rank average)"] = ("combined", rank_average([default, heur["length ratio"]]))
     return out
 
@@ -335,19 +361,23 @@ def detection(cfg: PretrainedConfig, scores: dict, pool: list[dict], n_boot: int
 
 
 def methods(cfg: PretrainedConfig, runs: dict[str, Path], scores: dict, pool: list[dict]) -> dict:
-    """Equal budgets: G-DIG default (unit, mean) and paper (raw, fraction helped) with K-means resampling, the
-    length ratio's top pairs, random."""
+    """Equal budgets: G-DIG alone, default (unit, mean) and paper (raw, fraction helped), with K-means
+    resampling; the default rule (G-DIG with the signals beside it, weakest link) with the same resampling; the
+    length ratio's top pairs; random."""
     from gdig.rundir.results import load_run
+    from gdig.select import SelectionConfig, select_run
 
     ids = [r["id"] for r in pool]
-    run = runs[default_run(runs)]
-    sketch = load_run(run).sketch
-    mats = variant_matrices(run)
+    loaded = load_run(runs[default_run(runs)])
+    mats = variant_matrices(runs[default_run(runs)])
     top = scores["length ratio"][1]
     return {
-        "G-DIG default (unit, mean)": lambda s: gdig_selection(mats["unit"], "mean", sketch, ids, cfg, s),
+        "G-DIG default (unit, mean)": lambda s: gdig_selection(mats["unit"], "mean", loaded.sketch, ids, cfg, s),
         "G-DIG paper (raw, fraction helped)": lambda s: gdig_selection(
-            mats["none"], "fraction helped", sketch, ids, cfg, s
+            mats["none"], "fraction helped", loaded.sketch, ids, cfg, s
+        ),
+        "G-DIG default rule (+ signals)": lambda s: (
+            select_run(loaded, SelectionConfig(clusters=cfg.clusters, budget=cfg.budget, seed=s)).indices
         ),
         "length ratio": lambda s: np.argsort(-top, kind="stable")[: cfg.budget],
         "random": lambda s: np.random.default_rng(1000 + s).permutation(len(pool))[: cfg.budget],

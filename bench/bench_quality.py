@@ -364,8 +364,8 @@ def detection(cfg: QualityConfig, runs: dict[str, Path], pool: list[dict]) -> tu
 def gdig_selection(
     m: np.ndarray, aggregate: str, sketch: np.ndarray, ids: list[str], cfg: QualityConfig, seed: int
 ) -> np.ndarray:
-    """The quality rule (tau on the fraction of seeds helped, or a floor on the mean influence, whichever the
-    variant ranks by) set to keep 1.25 x budget, then K-means diversity resampling to the budget."""
+    """G-DIG alone: the quality rule (tau on the fraction of seeds helped, or a floor on the mean influence,
+    whichever the variant ranks by) set to keep 1.25 x budget, then K-means diversity resampling to the budget."""
     from gdig.select import SelectionConfig, select
 
     frac, mean = (m > 0).mean(1), m.mean(1)
@@ -376,7 +376,9 @@ def gdig_selection(
         rule = {"rule": "fraction", "tau": tau}
     else:
         rule = {"rule": "mean", "min_mean": float(np.sort(mean)[::-1][keep - 1])}
-    sel = SelectionConfig(method="gdig", clusters=cfg.clusters, budget=cfg.budget, seed=seed, **rule)
+    sel = SelectionConfig(
+        method="gdig", combine="influence", clusters=cfg.clusters, budget=cfg.budget, seed=seed, **rule
+    )
     return select(frac, mean, sketch, ids, sel).indices
 
 

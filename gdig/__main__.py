@@ -86,6 +86,14 @@ def run_select(a: argparse.Namespace) -> None:
 
 
 def _why_empty(run, cfg) -> str:
+    from gdig.select import SelectionConfig, apply_rule
+
+    alone = SelectionConfig(rule=cfg.rule, tau=cfg.tau, min_mean=cfg.min_mean, combine="influence")
+    if cfg.combine != "influence" and apply_rule(run.frac_helped, run.mean_influence, None, alone)[0].any():
+        return (
+            "no candidate the rule keeps passes the signals' thresholds; lower --min-weakest or --min-combined, "
+            "or clear --max-length-deviation / --min-language-score"
+        )
     if cfg.rule == "fraction":
         best = float(run.frac_helped.max()) if run.n else 0.0
         return f"no candidate helps at least {cfg.tau:.0%} of the seeds (the best helps {best:.0%}); lower --tau"

@@ -1,13 +1,15 @@
 """Signals beside influence that an MT curator expects (OpusFilter's conventions): how far a pair's length ratio
 is from the pool's typical one, whether both sides are in their declared languages (lingua: offline models,
 Apache-2.0), and the fine-tuned model's loss (stored by scoring). Each becomes a per-candidate score where
-higher is better, so that it can be thresholded alone or combined with G-DIG's score by a rank average.
+higher is better, so that it can be thresholded alone or combined with G-DIG's score: by the weakest link (a
+pair is as good as its worst percentile rank, the rule of a filter chain) or by a rank average.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -135,9 +137,22 @@ def signal_scores(candidates) -> dict[str, np.ndarray]:
 def rank_average(scores: Sequence[np.ndarray]) -> np.ndarray:
     """The mean of each score's percentile rank (0 worst .. 1 best; ties share their mean rank), over the
     scores a candidate has (NaN skipped): a combination that needs no common scale."""
-    ranks = np.stack([_percentile_ranks(np.asarray(s, np.float64)) for s in scores])
-    with np.errstate(invalid="ignore"):
-        return np.nanmean(ranks, axis=0)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a row with no score at all: NaN, said by the value
+        return np.nanmean(_rank_matrix(scores), axis=0)
+
+
+def weakest_rank(scores: Sequence[np.ndarray]) -> np.ndarray:
+    """The lowest of each candidate's percentile ranks over the scores it has (NaN skipped; NaN when none): a
+    pair is as good as its worst signal, as in a filter chain (OpusFilter's convention: pass every filter).
+    A corruption that one signal sees plainly is not averaged away by the others (bench/README.md)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmin(_rank_matrix(scores), axis=0)
+
+
+def _rank_matrix(scores: Sequence[np.ndarray]) -> np.ndarray:
+    return np.stack([_percentile_ranks(np.asarray(s, np.float64)) for s in scores])
 
 
 def _percentile_ranks(x: np.ndarray) -> np.ndarray:
@@ -149,6 +164,25 @@ def _percentile_ranks(x: np.ndarray) -> np.ndarray:
     if n:
         out[ok] = (rankdata(x[ok]) - 1) / max(n - 1, 1)
     return out
+
+
+def signal_filters(cfg, signals: dict[str, np.ndarray], n: int) -> np.ndarray:
+    """The candidates that a SelectionConfig's thresholds on the signals let through (a missing language score
+    is no evidence: kept), and with the weakest-link rule, no signal in its pool's bottom min_weakest."""
+    ok = np.ones(n, bool)
+    for name, limit, bound in (
+        ("length", cfg.max_length_deviation, lambda s, x: s >= -x),
+        ("language", cfg.min_language_score, lambda s, x: np.isnan(s) | (s >= x)),
+    ):
+        if limit is None:
+            continue
+        if name not in signals:
+            raise ValueError(f"this run has no {name} signal (scored before signals were stored); clear the filter")
+        ok &= bound(np.asarray(signals[name], np.float64), limit)
+    if cfg.combine == "weakest" and signals:
+        floor = weakest_rank(list(signals.values()))
+        ok &= np.isnan(floor) | (floor >= cfg.min_weakest)
+    return ok
 
 
 def check_fraction(name: str, value: float | None) -> None:

@@ -16,6 +16,7 @@ from gdig.config import ScoreConfig
 from gdig.run import score
 from gdig.rundir.layout import CURATION
 from gdig.rundir.results import load_run
+from gdig.signals import weakest_rank
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,7 +78,7 @@ def test_runs_page_lists_the_run_with_its_settings_and_size(app):
 def test_the_default_rule_keeps_the_candidates_that_help_on_average(app, runs):
     at = _page(app, "influence")
     run = load_run(runs / "demo")
-    kept = run.mean_influence >= 0
+    kept = (run.mean_influence >= 0) & (weakest_rank(list(run.signals.values())) >= 0.1)  # no signal's worst tenth
     assert int(_metric(at, "Kept").replace(",", "")) == int(kept.sum()) > 0
     assert at.radio(key="w_rule").value == "mean"
     lines = [json.loads(c.proto.spec)["layout"]["shapes"][0]["x0"] for c in at.get("plotly_chart")[:2]]
@@ -86,6 +87,7 @@ def test_the_default_rule_keeps_the_candidates_that_help_on_average(app, runs):
 
 def test_influence_rule_changes_the_counts_and_is_kept_across_reloads(app, runs):
     at = _page(app, "influence")
+    at.radio(key="w_combine").set_value("influence").run()  # G-DIG's rule alone: tau 0 keeps every candidate
     at.radio(key="w_rule").set_value("fraction").run()
     strict = int(_metric(at, "Kept").replace(",", ""))
     at.slider(key="w_tau").set_value(0.0).run()
@@ -111,6 +113,9 @@ def test_the_signals_panel_filters_and_combines_and_is_saved(app, runs):
     assert tight < base  # some demo pairs are far off the typical length ratio
     at.number_input(key="w_max_length_deviation").set_value(0.0).run()  # 0: off
     assert int(_metric(at, "Kept").replace(",", "")) == base
+    at.radio(key="w_combine").set_value("weakest").run()
+    at.slider(key="w_min_weakest").set_value(0.3).run()  # drop each signal's bottom 30%: fewer kept
+    assert not at.exception and int(_metric(at, "Kept").replace(",", "")) < base
     at.radio(key="w_combine").set_value("rank-average").run()
     at.slider(key="w_min_combined").set_value(0.9).run()
     assert not at.exception and int(_metric(at, "Kept").replace(",", "")) <= 0.15 * 40
@@ -119,7 +124,7 @@ def test_the_signals_panel_filters_and_combines_and_is_saved(app, runs):
 
 
 def test_clusters_k_reclusters_and_the_map_has_a_legend(app, runs):
-    _rule(runs, rule="fraction", tau=0.0)
+    _rule(runs, rule="fraction", tau=0.0, combine="influence")
     at = _page(app, "clusters")
     first = len(at.dataframe[0].value)
     at.slider(key="w_clusters").set_value(3).run()

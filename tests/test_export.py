@@ -15,6 +15,7 @@ from gdig.run import score
 from gdig.rundir.curation import Overrides, load_overrides, save_overrides
 from gdig.rundir.results import RunError, load_run
 from gdig.select import SelectionConfig, select_run
+from gdig.signals import weakest_rank
 
 
 @pytest.fixture(scope="module")
@@ -100,25 +101,32 @@ def test_missing_run_file_is_a_clear_error(finished_run, tmp_path, capsys):
 
 
 def test_select_defaults_keep_something_and_an_empty_rule_says_why(finished_run, tmp_path, capsys):
-    """`gdig select RUN` with no rule flags keeps the candidates that help on average (never an empty file
-    with exit 0); a rule that keeps nothing exits non-zero, says why, and writes nothing."""
+    """`gdig select RUN` with no rule flags keeps the candidates that help on average and sit in no signal's
+    bottom tenth (never an empty file with exit 0); a rule that keeps nothing exits non-zero, says why, and
+    writes nothing."""
     run_dir = finished_run[0]
     run = load_run(run_dir)
     out = tmp_path / "default.jsonl"
     assert main(["select", str(run_dir), "--out", str(out), "--clusters", "2"]) == 0
-    assert len(out.read_text().splitlines()) == int((run.mean_influence >= 0).sum()) > 0
+    kept = (run.mean_influence >= 0) & (weakest_rank(list(run.signals.values())) >= 0.1)
+    assert len(out.read_text().splitlines()) == int(kept.sum()) > 0
+    assert int(kept.sum()) < int((run.mean_influence >= 0).sum())  # the signals' floor dropped some
     empty = tmp_path / "empty.jsonl"
     assert main(["select", str(run_dir), "--out", str(empty), "--min-mean", "1e9"]) == 2
     err = capsys.readouterr().err
     assert "nothing selected: no candidate has mean influence >= 1e+09" in err and "lower --min-mean" in err
     assert not empty.exists() and not empty.with_suffix(".json").exists()
+    assert main(["select", str(run_dir), "--out", str(empty), "--min-mean=-1e9", "--min-weakest", "1"]) == 2
+    assert "no candidate the rule keeps passes the signals' thresholds" in capsys.readouterr().err
+    assert not empty.exists()
 
 
 def test_budget_zero_means_every_kept_candidate_and_nan_is_refused(finished_run, tmp_path, capsys):
     run_dir = finished_run[0]
     all_kept, zero = tmp_path / "all.jsonl", tmp_path / "zero.jsonl"
-    assert main(["select", str(run_dir), "--out", str(all_kept), "--tau", "0", "--clusters", "2"]) == 0
-    assert main(["select", str(run_dir), "--out", str(zero), "--tau", "0", "--clusters", "2", "--budget", "0"]) == 0
+    every = ["--tau", "0", "--combine", "influence", "--clusters", "2"]
+    assert main(["select", str(run_dir), "--out", str(all_kept), *every]) == 0
+    assert main(["select", str(run_dir), "--out", str(zero), *every, "--budget", "0"]) == 0
     assert len(zero.read_text().splitlines()) == len(all_kept.read_text().splitlines()) == 30
     assert main(["select", str(run_dir), "--out", str(tmp_path / "n.jsonl"), "--min-mean", "nan"]) == 2
     assert "must be a finite number" in capsys.readouterr().err

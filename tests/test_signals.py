@@ -8,7 +8,15 @@ import pandas as pd
 import pytest
 
 from gdig.select import SelectionConfig, select
-from gdig.signals import language_scores, length_ratio, length_score, lingua_language, rank_average, signal_scores
+from gdig.signals import (
+    language_scores,
+    length_ratio,
+    length_score,
+    lingua_language,
+    rank_average,
+    signal_scores,
+    weakest_rank,
+)
 
 EN = [
     "The weather was so pleasant yesterday that we walked along the river for hours.",
@@ -59,6 +67,16 @@ def test_rank_average_skips_missing_scores_and_needs_no_common_scale():
     np.testing.assert_allclose(rank_average([a, b]), [0.5, 5 / 12, 2 / 3, 0.5])
 
 
+def test_the_weakest_rank_is_each_candidates_worst_percentile_rank():
+    a = np.array([1.0, 2.0, 3.0, 4.0])
+    b = np.array([400.0, 300.0, np.nan, 100.0])
+    np.testing.assert_allclose(weakest_rank([a, b]), [0, 1 / 3, 2 / 3, 0])  # b ranks 1, 1/2, -, 0
+    assert np.isnan(weakest_rank([np.array([1.0, np.nan]), np.array([2.0, np.nan])])[1])  # no score at all
+    # a pair one signal condemns stays condemned however good the others say it is; an average forgives it
+    good, flagged = np.arange(10.0), np.r_[np.arange(9.0) + 1, -5.0]
+    assert weakest_rank([good, flagged])[9] == 0 and rank_average([good, flagged])[9] == 0.5
+
+
 def test_signal_scores_are_higher_is_better():
     table = pd.DataFrame({"length_ratio": [1.0, 1.0, 4.0], "language_score": [0.9, 0.1, 0.9], "loss": [1.0, 2.0, 3.0]})
     s = signal_scores(table)
@@ -80,7 +98,7 @@ def test_signal_filters_and_the_combined_rule_in_the_selection():
         "length": np.array([0.0, -2.0, 0.0, 0.0, 0.0, 0.0]),  # row 1: far off the typical length ratio
         "language": np.array([0.99, 0.99, 0.01, np.nan, 0.99, 0.99]),  # row 2: wrong language, row 3: unknown
     }
-    plain = _selection({}, signals)
+    plain = _selection({"combine": "influence"}, signals)
     assert list(np.flatnonzero(plain.kept)) == [0, 1, 2, 3, 4]  # mean >= 0; the signals ignored
     filtered = _selection({"max_length_deviation": 1.0, "min_language_score": 0.5}, signals)
     assert list(np.flatnonzero(filtered.kept)) == [0, 3, 4]
@@ -92,6 +110,26 @@ def test_signal_filters_and_the_combined_rule_in_the_selection():
         _selection({"min_language_score": 0.5}, {"length": signals["length"]})
     with pytest.raises(ValueError, match="between 0 and 1"):
         SelectionConfig(min_combined=1.5)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        SelectionConfig(min_weakest=-0.1)
+
+
+def test_the_default_rule_is_gdigs_and_no_signal_in_its_bottom_share():
+    signals = {
+        "length": np.array([0.0, -2.0, 0.0, 0.0, 0.0, 0.0]),  # row 1: far off the typical length ratio
+        "language": np.array([0.99, 0.99, 0.01, np.nan, 0.99, 0.99]),  # row 2: wrong language, row 3: unknown
+    }
+    assert SelectionConfig().combine == "weakest"
+    default = _selection({}, signals)
+    # rows 1 and 2 sit at the bottom of one signal (rank 0 < 0.1) though G-DIG ranks them second and third; row 5
+    # fails G-DIG's rule (mean < 0) though every signal likes it; row 3's unknown language is no evidence
+    assert list(np.flatnonzero(default.kept)) == [0, 3, 4]
+    # ranked by the worst percentile rank: row 0 min(1, 0.6, 0.625), row 3 min(0.4, 0.6), row 4 min(0.2, ...)
+    assert list(default.indices) == [0, 3, 4]
+    np.testing.assert_allclose(default.quality[[0, 3, 4]], [0.6, 0.4, 0.2], atol=1e-5)
+    assert list(np.flatnonzero(_selection({"min_weakest": 0.0}, signals).kept)) == [0, 1, 2, 3, 4]
+    alone = _selection({}, {})  # a run without signals: G-DIG's rule, as with combine=influence
+    assert list(np.flatnonzero(alone.kept)) == list(np.flatnonzero(_selection({"combine": "influence"}, {}).kept))
 
 
 def test_a_scored_run_stores_the_signals_per_candidate(tmp_path, tokenizer, data_files, model):

@@ -214,8 +214,7 @@ def evaluate(cfg: DemoConfig, run_dir: Path, model_dir: Path, test_file: Path, s
     """Held-out chrF of the demo model (greedy) and AUROC of the G-DIG scores for corrupted vs clean pairs."""
     from gdig.demo.evaluate import detection_auroc, evaluate_model
     from gdig.rundir.results import load_run
-    from gdig.select import quality_score
-    from gdig.signals import rank_average
+    from gdig.select import SelectionConfig, apply_rule, quality_score
 
     run = load_run(run_dir)
     kinds = run.candidates["corruption"].to_numpy()
@@ -228,7 +227,7 @@ def evaluate(cfg: DemoConfig, run_dir: Path, model_dir: Path, test_file: Path, s
             ("mean_influence", run.mean_influence),
             ("low_loss", -run.candidates["loss"].to_numpy()),
             ("length_ratio", signals["length"]),
-            ("with_signals", rank_average([run.mean_influence, *signals.values()])),  # the rank-average rule
+            ("with_signals", apply_rule(run.frac_helped, run.mean_influence, None, SelectionConfig(), signals)[1]),
         )
     }
     per_kind = detection_auroc(run.mean_influence, corrupted, kinds)["per_kind"]
