@@ -325,6 +325,8 @@ def all_scores(cfg: PretrainedConfig, runs: dict[str, Path], pool: list[dict], b
         for variant, m in variant_matrices(run).items():
             for agg, good in aggregates(m).items():
                 out[f"G-DIG {label} {variant} {agg}"] = ("gdig", good)
+    for agg, good in token_aggregates(runs[default_run(runs)], first.parent).items():
+        out[f"G-DIG {default_run(runs)} unit {agg}"] = ("gdig", good)
     default = out[f"G-DIG {default_run(runs)} unit mean"][1]
     frac = (variant_matrices(runs[default_run(runs)])["unit"] > 0).mean(1)
     combined = apply_rule(frac, default, None, SelectionConfig(), signals)[1]  # the default rule's order
@@ -332,6 +334,30 @@ def all_scores(cfg: PretrainedConfig, runs: dict[str, Path], pool: list[dict], b
     out["G-DIG default + signals (rank average)"] = ("combined", rank_average([default, *signals.values()]))
     out["G-DIG default + length ratio (rank average)"] = ("combined", rank_average([default, heur["length ratio"]]))
     return out
+
+
+def token_aggregates(run: Path, folder: Path) -> dict[str, np.ndarray]:
+    """Token-level aggregations of each candidate's mean score over the seeds, from the Explore page's token
+    influence (gdig.studio.explain.token_influence: contributions that sum to the unit mean score) over the
+    positions that predict target tokens: the lowest, a low quantile, the share that help; cached."""
+    from gdig.model import load_model
+    from gdig.rundir.results import load_run
+    from gdig.studio.explain import token_influence
+
+    path = folder / f"tokens-{run.name}.npz"
+    if not path.exists():
+        loaded = load_run(run)
+        st = loaded.config["settings"]
+        model, tok = load_model(st["model"], "cpu", "float32", adapter=st.get("adapter"))
+        rows = []
+        for i in range(loaded.n):
+            t = token_influence(loaded, i, model, tok)
+            c = t.contributions[max(t.n_prompt - 1, 0) : -1]  # position t predicts token t + 1
+            c = c if c.size else t.contributions  # a target cut away entirely by max_length
+            rows.append([c.min(), np.quantile(c, 0.1), (c > 0).mean(), t.total])
+        np.savez(path, scores=np.array(rows))
+    rows = np.load(path)["scores"]
+    return {"token min": rows[:, 0], "token q10": rows[:, 1], "tokens helping": rows[:, 2], "token sum": rows[:, 3]}
 
 
 def default_run(runs: dict) -> str:
