@@ -325,12 +325,14 @@ def all_scores(cfg: PretrainedConfig, runs: dict[str, Path], pool: list[dict], b
         for variant, m in variant_matrices(run).items():
             for agg, good in aggregates(m).items():
                 out[f"G-DIG {label} {variant} {agg}"] = ("gdig", good)
-    for agg, good in token_aggregates(runs[default_run(runs)], first.parent).items():
-        out[f"G-DIG {default_run(runs)} unit {agg}"] = ("gdig", good)
+    for label in [r for r in runs if r.startswith("lora ekfac")]:  # token level: one pass per candidate each
+        for agg, good in token_aggregates(runs[label], first.parent).items():
+            out[f"G-DIG {label} unit {agg}"] = ("gdig", good)
+    for label, run in runs.items():  # the default rule's order (gdig.select.apply_rule) on each run
+        m = variant_matrices(run)["unit"]
+        combined = apply_rule((m > 0).mean(1), m.mean(1), None, SelectionConfig(), signals)[1]
+        out[f"G-DIG {label} + signals (weakest link: the default rule)"] = ("combined", combined)
     default = out[f"G-DIG {default_run(runs)} unit mean"][1]
-    frac = (variant_matrices(runs[default_run(runs)])["unit"] > 0).mean(1)
-    combined = apply_rule(frac, default, None, SelectionConfig(), signals)[1]  # the default rule's order
-    out["G-DIG default rule: + signals (weakest link)"] = ("combined", combined)
     out["G-DIG default + signals (rank average)"] = ("combined", rank_average([default, *signals.values()]))
     out["G-DIG default + length ratio (rank average)"] = ("combined", rank_average([default, heur["length ratio"]]))
     return out
@@ -361,25 +363,39 @@ def token_aggregates(run: Path, folder: Path) -> dict[str, np.ndarray]:
 
 
 def default_run(runs: dict) -> str:
-    """The run the defaults are measured on: the LoRA adapters with EK-FAC, else the first run."""
-    return "lora ekfac" if "lora ekfac" in runs else next(iter(runs))
+    """The run the defaults are measured on: the LoRA adapters with EK-FAC and seeds from the pool's own
+    domains, else with FLORES seeds, else the first run."""
+    return next((r for r in ("lora ekfac domain", "lora ekfac") if r in runs), next(iter(runs)))
 
 
 def detection(cfg: PretrainedConfig, scores: dict, pool: list[dict], n_boot: int = 200) -> list[dict]:
-    """detection_row for every score plus a bootstrap 95% interval of its AUROC (pairs resampled)."""
+    """detection_row for every score plus bootstrap 95% intervals (pairs resampled) of its AUROC and of its
+    difference to the length ratio's AUROC on the same resamples."""
     from gdig.demo.evaluate import detection_auroc
 
     lab = np.array([r["origin"] != "opennmt" for r in pool])
     corrupted = np.array([r["corruption"] is not None for r in pool])[lab]
     rng = np.random.default_rng(cfg.seed)
     boots = [rng.integers(0, int(lab.sum()), int(lab.sum())) for _ in range(n_boot)]
-    rows = []
-    for name, (kind, good) in scores.items():
+
+    def boot(good: np.ndarray) -> np.ndarray:
         g = good[lab]
         g = np.nan_to_num(g, nan=float(np.nanmedian(g)))
-        aucs = [detection_auroc(g[b], corrupted[b])["auroc"] for b in boots]
+        return np.array([detection_auroc(g[b], corrupted[b])["auroc"] for b in boots])
+
+    reference = boot(scores["length ratio"][1])
+    rows = []
+    for name, (kind, good) in scores.items():
+        aucs = boot(good)
+        diff = aucs - reference  # paired: the same resamples for both scores
         row = detection_row(name, np.nan_to_num(good, nan=float(np.nanmedian(good))), pool) | {"kind": kind}
-        rows.append(row | {"auroc_ci95": [float(np.percentile(aucs, 2.5)), float(np.percentile(aucs, 97.5))]})
+        rows.append(
+            row
+            | {
+                "auroc_ci95": [float(np.percentile(aucs, 2.5)), float(np.percentile(aucs, 97.5))],
+                "minus_length_ratio_ci95": [float(np.percentile(diff, 2.5)), float(np.percentile(diff, 97.5))],
+            }
+        )
     return rows
 
 
@@ -387,24 +403,31 @@ def detection(cfg: PretrainedConfig, scores: dict, pool: list[dict], n_boot: int
 
 
 def methods(cfg: PretrainedConfig, runs: dict[str, Path], scores: dict, pool: list[dict]) -> dict:
-    """Equal budgets: G-DIG alone, default (unit, mean) and paper (raw, fraction helped), with K-means
-    resampling; the default rule (G-DIG with the signals beside it, weakest link) with the same resampling; the
-    length ratio's top pairs; random."""
+    """Equal budgets: G-DIG alone with FLORES seeds, default (unit, mean) and paper (raw, fraction helped), with
+    K-means resampling; with seeds from the pool's domains (when that run is there) G-DIG alone and the default
+    rule (G-DIG with the signals beside it, weakest link) with the same resampling; the length ratio's top
+    pairs; random."""
     from gdig.rundir.results import load_run
     from gdig.select import SelectionConfig, select_run
 
     ids = [r["id"] for r in pool]
-    loaded = load_run(runs[default_run(runs)])
-    mats = variant_matrices(runs[default_run(runs)])
+    flores = runs.get("lora ekfac", runs[default_run(runs)])
+    sketch, mats = load_run(flores).sketch, variant_matrices(flores)
     top = scores["length ratio"][1]
-    return {
-        "G-DIG default (unit, mean)": lambda s: gdig_selection(mats["unit"], "mean", loaded.sketch, ids, cfg, s),
+    out = {
+        "G-DIG default (unit, mean)": lambda s: gdig_selection(mats["unit"], "mean", sketch, ids, cfg, s),
         "G-DIG paper (raw, fraction helped)": lambda s: gdig_selection(
-            mats["none"], "fraction helped", loaded.sketch, ids, cfg, s
+            mats["none"], "fraction helped", sketch, ids, cfg, s
         ),
-        "G-DIG default rule (+ signals)": lambda s: (
-            select_run(loaded, SelectionConfig(clusters=cfg.clusters, budget=cfg.budget, seed=s)).indices
-        ),
+    }
+    if "lora ekfac domain" in runs:
+        domain = load_run(runs["lora ekfac domain"])
+        unit = variant_matrices(runs["lora ekfac domain"])["unit"]
+        out["G-DIG default, domain seeds"] = lambda s: gdig_selection(unit, "mean", domain.sketch, ids, cfg, s)
+        out["G-DIG default rule (+ signals), domain seeds"] = lambda s: (
+            select_run(domain, SelectionConfig(clusters=cfg.clusters, budget=cfg.budget, seed=s)).indices
+        )
+    return out | {
         "length ratio": lambda s: np.argsort(-top, kind="stable")[: cfg.budget],
         "random": lambda s: np.random.default_rng(1000 + s).permutation(len(pool))[: cfg.budget],
     }
@@ -470,13 +493,15 @@ def markdown(report: dict) -> str:
         "",
         "## Noise detection (AUROC clean vs corrupted labelled pairs, bootstrap 95% interval; higher is better)",
         "",
-        "| score | AUROC (95% CI) | " + " | ".join(kinds) + " | precision at clean share | OpenNMT percentile |",
-        "|---|---:|" + "---:|" * (len(kinds) + 2),
+        "| score | AUROC (95% CI) | minus length ratio (95% CI) | "
+        + " | ".join(kinds)
+        + " | precision at clean share | OpenNMT percentile |",
+        "|---|---:|---:|" + "---:|" * (len(kinds) + 2),
     ]
     for r in sorted(report["detection"], key=lambda r: -r["auroc"]):
         ci = r["auroc_ci95"]
         lines.append(
-            f"| {r['score']} | **{r['auroc']:.3f}** ({ci[0]:.3f}-{ci[1]:.3f}) | "
+            f"| {r['score']} | **{r['auroc']:.3f}** ({ci[0]:.3f}-{ci[1]:.3f}) | {_diff(r)} | "
             + " | ".join(f"{r['per_kind'][k]:.2f}" for k in kinds)
             + f" | {r['precision_at_clean_share']:.3f} | {r.get('opennmt_percentile', float('nan')):.2f} |"
         )
@@ -495,6 +520,11 @@ def markdown(report: dict) -> str:
             lines.append(f"| {r['method']} | {r['corrupted_share']:.3f} | {cells} |")
     lines += ["", "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in report["timings"].items())]
     return "\n".join(lines) + "\n"
+
+
+def _diff(row: dict) -> str:
+    d = row.get("minus_length_ratio_ci95")
+    return "" if d is None else f"{d[0]:+.3f} to {d[1]:+.3f}"
 
 
 def run(cfg: PretrainedConfig, command: str) -> dict:
