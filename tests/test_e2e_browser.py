@@ -37,7 +37,8 @@ def server(tmp_path_factory, llama_dir):
             hessian="kfac",
         )
     )
-    (runs / "demo" / "curation.json").write_text('{"rule": "fraction", "tau": 1.0}')  # a strict rule to loosen
+    strict = '{"rule": "fraction", "tau": 1.0, "combine": "influence"}'  # G-DIG's rule alone, to loosen
+    (runs / "demo" / "curation.json").write_text(strict)
     proc, url = start_server(runs, runs / "server.log")
     yield url, runs
     stop_server(proc)
