@@ -158,8 +158,9 @@ def domain_seeds(cfg: PretrainedConfig, n: int, path: Path) -> Path:
     held-out test sets (the lever "seeds from the pool's own domain")."""
     wmt, tat = _shuffled_sources(random.Random(cfg.seed))
     start = cfg.n_wmt + cfg.n_test  # after the pool's and the held-out WMT22 pairs
-    held = [("wmt", p) for p in wmt[start : start + n // 2]] + [("tatoeba", p) for p in tat[cfg.n_tatoeba :]]
-    return write_jsonl(path, [_record(f"{o}-seed-{i:04d}", d, e) for i, (o, (d, e)) in enumerate(held[:n])])
+    held = [("wmt", p) for p in wmt[start : start + n // 2]]
+    held += [("tatoeba", p) for p in tat[cfg.n_tatoeba : cfg.n_tatoeba + n - len(held)]]
+    return write_jsonl(path, [_record(f"{o}-seed-{i:04d}", d, e) for i, (o, (d, e)) in enumerate(held)])
 
 
 def _flores(split: str, n: int) -> list[dict]:
@@ -323,17 +324,19 @@ def all_scores(cfg: PretrainedConfig, runs: dict[str, Path], pool: list[dict], b
     heur["signals (weakest link)"] = weakest_rank(list(signals.values()))
     heur["signals (rank average)"] = rank_average(list(signals.values()))
     out = {name: ("heuristic", s) for name, s in heur.items()}
+    combined = {}
     for label, run in runs.items():
-        for variant, m in variant_matrices(run).items():
+        mats = variant_matrices(run)
+        for variant, m in mats.items():
             for agg, good in aggregates(m).items():
                 out[f"G-DIG {label} {variant} {agg}"] = ("gdig", good)
+        unit = mats["unit"]  # the default rule's order (gdig.select.apply_rule) on each run
+        order = apply_rule((unit > 0).mean(1), unit.mean(1), None, SelectionConfig(), signals)[1]
+        combined[f"G-DIG {label} + signals (weakest link: the default rule)"] = ("combined", order)
     for label in [r for r in runs if r.startswith("lora ekfac") and cfg.token_level]:  # a pass per candidate
         for agg, good in token_aggregates(runs[label], first.parent).items():
             out[f"G-DIG {label} unit {agg}"] = ("gdig", good)
-    for label, run in runs.items():  # the default rule's order (gdig.select.apply_rule) on each run
-        m = variant_matrices(run)["unit"]
-        combined = apply_rule((m > 0).mean(1), m.mean(1), None, SelectionConfig(), signals)[1]
-        out[f"G-DIG {label} + signals (weakest link: the default rule)"] = ("combined", combined)
+    out |= combined
     default = out[f"G-DIG {default_run(runs)} unit mean"][1]
     out["G-DIG default + signals (rank average)"] = ("combined", rank_average([default, *signals.values()]))
     out["G-DIG default + length ratio (rank average)"] = ("combined", rank_average([default, heur["length ratio"]]))

@@ -12,7 +12,7 @@ import numpy as np
 
 from gdig.clusters import GradientClusterer, best_first, resample
 from gdig.options import option
-from gdig.signals import check_fraction, rank_average, signal_filters, weakest_rank
+from gdig.signals import check_fraction, lowest_rank, mean_rank, rank_average, rank_matrix, signal_filters
 
 STRATEGIES = ("uniform", "proportional")
 WITHIN = ("quality", "random")
@@ -252,8 +252,12 @@ def apply_rule(frac_helped, mean_influence, ids, cfg: SelectionConfig, signals: 
         combined = quality
     else:
         scores = [mean_influence if cfg.rule == "mean" else quality, *signals.values()]  # G-DIG's as the rule reads
-        if cfg.combine == "weakest":  # G-DIG's rule, the signals' floor (signal_filters), ranked by the worst
-            combined = weakest_rank(scores) + TIE_BREAK * rank_average(scores)
+        if cfg.combine == "weakest":  # G-DIG's rule, no signal in its bottom min_weakest, ranked by the worst
+            ranks = rank_matrix(scores)  # row 0 G-DIG's, then the signals'
+            combined = lowest_rank(ranks) + TIE_BREAK * mean_rank(ranks)
+            if signals:
+                floor = lowest_rank(ranks[1:])
+                allowed &= np.isnan(floor) | (floor >= cfg.min_weakest)
         else:  # rank-average: the mean rank decides alone
             combined = rank_average(scores) + TIE_BREAK * rank01(quality)
             allowed &= combined >= cfg.min_combined
