@@ -61,10 +61,11 @@ class PretrainedConfig:
     batch_size: int = 8
     fit_examples: int = 128  # the curvature's fit set (a pass over the whole pool is most of a run's time)
     token_level: bool = False  # token-level aggregations of the EK-FAC adapter runs (5 minutes a run)
-    runs: tuple[str, ...] = ("lora ekfac domain",)  # seeds from the pool's domains: the measured default
+    runs: tuple[str, ...] = ("lora ekfac domain s=256",)  # 256 seeds from the pool's domains: the measured default
     budget: int = 100
     clusters: int = 5
     downstream_seeds: int = 3
+    downstream_alone: bool = False  # also fine-tune on G-DIG alone's selection (3 more fine-tunes, ~9 minutes)
     downstream_epochs: float = 1.0
     seed: int = 0
 
@@ -76,7 +77,7 @@ class PretrainedConfig:
 
 
 QUICK = {"n_wmt": 60, "n_tatoeba": 60, "n_opennmt": 20, "n_seeds": 16, "n_test": 16, "budget": 50}
-QUICK |= {"downstream_seeds": 1, "runs": ("lora ekfac domain",)}
+QUICK |= {"downstream_seeds": 1, "runs": ("lora ekfac domain",)}  # 16 domain seeds
 
 
 # -- data --------------------------------------------------------------------------------------------------------
@@ -249,8 +250,8 @@ def base_perplexity(cfg: PretrainedConfig, base: Path, pool: Path, folder: Path)
 
 def score_config(cfg: PretrainedConfig, spec: str, base: Path, tuned: Path, files: dict[str, Path], out: Path):
     """ "lora ekfac": the base model with the step-1 adapter unmerged, its A and B tracked; "mlp-top kfac": the
-    merged model, MLP projections of the top third of the layers; "... s=256": that many FLORES dev seeds;
-    "... domain": the seeds from the pool's own domains (held-out WMT22 and Tatoeba pairs) instead of FLORES."""
+    merged model, MLP projections of the top third of the layers; "... s=256": that many seeds (n_seeds unless
+    given); "... domain": seeds from the pool's own domains (held-out WMT22 and Tatoeba pairs), not FLORES dev."""
     from gdig.config import DataConfig, ScoreConfig
 
     where, hessian, *more = spec.split()
@@ -259,12 +260,14 @@ def score_config(cfg: PretrainedConfig, spec: str, base: Path, tuned: Path, file
         extra = {"model": str(tuned), "modules": r"layers\.(2[0-9])\.mlp\.[a-z_]+$"}
     elif where != "lora":
         raise ValueError(f"unknown run {spec!r}: lora|mlp-top, ekfac|kfac|identity, optionally s=SEEDS or domain")
+    domain = "domain" in more
+    n = next((int(w.removeprefix("s=")) for w in more if w.startswith("s=")), cfg.n_seeds)
+    if set(more) - {"domain", f"s={n}"}:
+        raise ValueError(f"unknown run {spec!r}: lora|mlp-top, ekfac|kfac|identity, optionally s=SEEDS and domain")
     seeds = files["seeds"]
-    for word in more:
-        if word == "domain":  # as many seeds as FLORES gives, from the pool's own domains
-            seeds = domain_seeds(cfg, cfg.n_seeds, files["seeds"].with_name(f"seeds-domain-{cfg.n_seeds}.jsonl"))
-            continue
-        n = int(word.removeprefix("s="))
+    if domain:
+        seeds = domain_seeds(cfg, n, files["seeds"].with_name(f"seeds-domain-{n}.jsonl"))
+    elif n != cfg.n_seeds:
         seeds = write_jsonl(files["seeds"].with_name(f"seeds-{n}.jsonl"), _flores("dev", n))
     return ScoreConfig(
         candidates=str(files["pool"]),
@@ -368,9 +371,10 @@ def token_aggregates(run: Path, folder: Path) -> dict[str, np.ndarray]:
 
 
 def default_run(runs: dict) -> str:
-    """The run the defaults are measured on: the LoRA adapters with EK-FAC and seeds from the pool's own
-    domains, else with FLORES seeds, else the first run."""
-    return next((r for r in ("lora ekfac domain", "lora ekfac") if r in runs), next(iter(runs)))
+    """The run the defaults are measured on: the first LoRA EK-FAC run with seeds from the pool's own domains,
+    else the first LoRA EK-FAC run, else the first run."""
+    ekfac = [r for r in runs if r.startswith("lora ekfac")]
+    return next((r for r in ekfac if "domain" in r.split()), next(iter(ekfac or runs)))
 
 
 def detection(cfg: PretrainedConfig, scores: dict, pool: list[dict], n_boot: int = 200) -> list[dict]:
@@ -408,33 +412,31 @@ def detection(cfg: PretrainedConfig, scores: dict, pool: list[dict], n_boot: int
 
 
 def methods(cfg: PretrainedConfig, runs: dict[str, Path], scores: dict, pool: list[dict]) -> dict:
-    """Equal budgets, for each seed set scored (FLORES: "lora ekfac"; the pool's domains: "lora ekfac domain"):
-    G-DIG alone, default (unit, mean) and paper (raw, fraction helped), with K-means resampling; with domain
-    seeds also the default rule (G-DIG with the signals beside it, weakest link), resampled the same way; then
-    the length ratio's top pairs and random."""
+    """Equal budgets, the G-DIG ones from the default run: the default rule (G-DIG with the signals beside it,
+    weakest link: what `gdig select` keeps) and the paper's setting (raw, fraction helped), with G-DIG alone
+    (unit, mean) on request, each with K-means resampling; then the length ratio's top pairs and random."""
     from gdig.rundir.results import load_run
     from gdig.select import SelectionConfig, select_run
 
     ids = [r["id"] for r in pool]
-    out = {}
-    for label, suffix in (("lora ekfac", ""), ("lora ekfac domain", ", domain seeds")):
-        if label not in runs:
-            continue
-        loaded, mats = load_run(runs[label]), variant_matrices(runs[label])
-        default = "G-DIG default" + (suffix or " (unit, mean)")  # FLORES: the names of the cached results
-        out[default] = lambda s, m=mats, r=loaded: gdig_selection(m["unit"], "mean", r.sketch, ids, cfg, s)
-        out["G-DIG paper (raw, fraction helped)" + suffix] = lambda s, m=mats, r=loaded: gdig_selection(
-            m["none"], "fraction helped", r.sketch, ids, cfg, s
-        )
-        if suffix:
-            out["G-DIG default rule (+ signals)" + suffix] = lambda s, r=loaded: (
-                select_run(r, SelectionConfig(clusters=cfg.clusters, budget=cfg.budget, seed=s)).indices
-            )
+    label = default_run(runs)
+    loaded, mats = load_run(runs[label]), variant_matrices(runs[label])
     top = scores["length ratio"][1]
-    return out | {
+    gdig = {
+        "G-DIG default rule (+ signals)": lambda s: (
+            select_run(loaded, SelectionConfig(clusters=cfg.clusters, budget=cfg.budget, seed=s)).indices
+        ),
+        "G-DIG paper (raw, fraction helped)": lambda s: gdig_selection(
+            mats["none"], "fraction helped", loaded.sketch, ids, cfg, s
+        ),
+    }
+    if cfg.downstream_alone:
+        gdig["G-DIG alone (unit, mean)"] = lambda s: gdig_selection(mats["unit"], "mean", loaded.sketch, ids, cfg, s)
+    baselines = {
         "length ratio": lambda s: np.argsort(-top, kind="stable")[: cfg.budget],
         "random": lambda s: np.random.default_rng(1000 + s).permutation(len(pool))[: cfg.budget],
     }
+    return {f"{name}, {label}": pick for name, pick in gdig.items()} | baselines  # the run named: a cache each
 
 
 def downstream(cfg: PretrainedConfig, base: Path, files, folder: Path, chosen: dict, pool: list[dict]) -> list[dict]:
@@ -489,7 +491,8 @@ def markdown(report: dict) -> str:
         "",
         f"Pool: {report['n_pool']} de->en pairs: {c['n_wmt']} WMT22 + {c['n_tatoeba']} Tatoeba ({c['noise']:.0%} "
         f"of them with an injected, labelled corruption) + {c['n_opennmt']} OpenNMT (genuine noise, unlabelled); "
-        f"seeds: {c['n_seeds']} FLORES-200 dev de->en. Step 1: LoRA r={c['lora_r']} on every linear layer, "
+        f'seeds: each run\'s ("domain": held-out WMT22 + Tatoeba pairs, half each, else FLORES-200 dev de->en; '
+        f'"s=N": N of them, else {c["n_seeds"]}). Step 1: LoRA r={c["lora_r"]} on every linear layer, '
         f"{c['epochs']} epoch, lr {c['lr']}, batch {c['batch_size']} ({m['train_seconds']:.0f} s). FLORES devtest "
         f"chrF: base {m['base']['test-flores']['chrf']:.1f}, after step 1 {m['tuned']['test-flores']['chrf']:.1f}; "
         f"held-out WMT22 chrF: base {m['base']['test-wmt']['chrf']:.1f}, after step 1 "
@@ -513,7 +516,8 @@ def markdown(report: dict) -> str:
         lines += [
             "",
             f"## Downstream (budget {c['budget']} of {report['n_pool']}; LoRA fine-tunes of the base model, "
-            f"{c['downstream_epochs']} epochs; mean ± sd over {c['downstream_seeds']} seeds)",
+            f"{c['downstream_epochs']} epochs; mean ± sd over {c['downstream_seeds']} seeds; G-DIG from the run "
+            f'"{report["default_run"]}"; {c["n_test"]} test pairs each, greedy, at most 96 new tokens)',
             "",
             "| selection | corrupted share | FLORES chrF | FLORES BLEU | WMT22 chrF | WMT22 BLEU |",
             "|---|---:|---:|---:|---:|---:|",
@@ -522,8 +526,27 @@ def markdown(report: dict) -> str:
             keys = ("test-flores-chrf", "test-flores-bleu", "test-wmt-chrf", "test-wmt-bleu")
             cells = " | ".join(f"{r[k][0]:.2f} ± {r[k][1]:.2f}" for k in keys)
             lines.append(f"| {r['method']} | {r['corrupted_share']:.3f} | {cells} |")
+        lines += ["", *margins(report["downstream"])]
     lines += ["", "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in report["timings"].items())]
     return "\n".join(lines) + "\n"
+
+
+def margins(summary: list[dict], prefix: str = "G-DIG default rule") -> list[str]:
+    """The acceptance test in words: the default rule's mean chrF minus each baseline's, against the larger of
+    the two standard deviations."""
+    rows = {r["method"]: r for r in summary}
+    method = next((m for m in rows if m.startswith(prefix)), None)
+    if method is None or not {"length ratio", "random"} <= rows.keys():
+        return []
+    out = []
+    for ref in ("length ratio", "random"):
+        for key, name in (("test-flores-chrf", "FLORES"), ("test-wmt-chrf", "WMT22")):
+            (m, sd), (rm, rsd) = rows[method][key], rows[ref][key]
+            verdict = "more" if m - rm > max(sd, rsd) else "less"
+            out.append(
+                f"- {method} minus {ref}, {name} chrF: {m - rm:+.2f} ({verdict} than one sd, {max(sd, rsd):.2f})"
+            )
+    return out
 
 
 def _diff(row: dict) -> str:
@@ -565,6 +588,7 @@ def run(cfg: PretrainedConfig, command: str) -> dict:
         "machine": machine(),
         "config": dataclasses.asdict(cfg),
         "n_pool": len(pool),
+        "default_run": default_run(runs),
         "detection": detection(cfg, scores, pool),
         "model": {"train_seconds": train_s} | evals,
         "run_timings": {s: json.loads((r / "config.json").read_text()).get("timings") for s, r in runs.items()},

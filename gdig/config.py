@@ -43,8 +43,9 @@ class ScoreConfig:
     model: str = option(help="local model folder or hub id (already in the local cache)")
     candidates: str = option(help="candidate pool: .jsonl/.json/.csv/.tsv/.parquet or SRC,TGT")
     seeds: str = option(
-        help="trusted seed set, same formats: clean pairs of the pool's own domains and direction (on a real "
-        "de->en pool they ranked corrupted pairs at AUROC 0.88 where general FLORES seeds reached 0.71)"
+        help="trusted seed set, same formats: a few hundred clean pairs of the pool's own domains and direction "
+        "(on real de->en pools 256 of them ranked corrupted pairs at AUROC 0.93 / 0.90, 64 of them 0.88 / 0.86, "
+        "64 general FLORES seeds 0.71)"
     )
     out: str = option(help="run directory to create (or to continue with --resume)")
     adapter: str | None = option(
