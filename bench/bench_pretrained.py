@@ -41,6 +41,7 @@ from bench.bench_quality import detection_row, gdig_selection, variant_matrices 
 from bench.common import CACHE, SHARED_DATA, have_shared_data, machine, read_lines, save_report, write_jsonl  # noqa: E402
 
 LANG = {"de": "deu_Latn", "en": "eng_Latn"}
+RUN_SPEC = "lora|mlp-top, ekfac|kfac|identity, optionally domain and s=SEEDS"
 
 
 @dataclass
@@ -259,11 +260,11 @@ def score_config(cfg: PretrainedConfig, spec: str, base: Path, tuned: Path, file
     if where == "mlp-top":
         extra = {"model": str(tuned), "modules": r"layers\.(2[0-9])\.mlp\.[a-z_]+$"}
     elif where != "lora":
-        raise ValueError(f"unknown run {spec!r}: lora|mlp-top, ekfac|kfac|identity, optionally s=SEEDS or domain")
+        raise ValueError(f"unknown run {spec!r}: {RUN_SPEC}")
     domain = "domain" in more
     n = next((int(w.removeprefix("s=")) for w in more if w.startswith("s=")), cfg.n_seeds)
     if set(more) - {"domain", f"s={n}"}:
-        raise ValueError(f"unknown run {spec!r}: lora|mlp-top, ekfac|kfac|identity, optionally s=SEEDS and domain")
+        raise ValueError(f"unknown run {spec!r}: {RUN_SPEC}")
     seeds = files["seeds"]
     if domain:
         seeds = domain_seeds(cfg, n, files["seeds"].with_name(f"seeds-domain-{n}.jsonl"))
