@@ -41,7 +41,12 @@ from bench.bench_quality import detection_row, gdig_selection, variant_matrices 
 from bench.common import CACHE, SHARED_DATA, have_shared_data, machine, read_lines, save_report, write_jsonl  # noqa: E402
 
 LANG = {"de": "deu_Latn", "en": "eng_Latn"}
-RUN_SPEC = "lora|mlp-top, ekfac|kfac|identity, optionally domain and s=SEEDS"
+RUN_SPEC = "lora|mlp-top|attn-top, ekfac|kfac|identity, optionally domain and s=SEEDS"
+LENGTH_RATIO, RANDOM = "length ratio", "random"  # the baselines G-DIG is judged against
+TOP_MODULES = {  # the merged step-1 model, the top third of the layers
+    "mlp-top": r"layers\.(2[0-9])\.mlp\.[a-z_]+$",
+    "attn-top": r"layers\.(2[0-9])\.self_attn\.[a-z_]+_proj$",
+}
 
 
 @dataclass
@@ -251,14 +256,15 @@ def base_perplexity(cfg: PretrainedConfig, base: Path, pool: Path, folder: Path)
 
 def score_config(cfg: PretrainedConfig, spec: str, base: Path, tuned: Path, files: dict[str, Path], out: Path):
     """ "lora ekfac": the base model with the step-1 adapter unmerged, its A and B tracked; "mlp-top kfac": the
-    merged model, MLP projections of the top third of the layers; "... s=256": that many seeds (n_seeds unless
-    given); "... domain": seeds from the pool's own domains (held-out WMT22 and Tatoeba pairs), not FLORES dev."""
+    merged model, MLP projections of the top third of the layers ("attn-top": their attention projections);
+    "... s=256": that many seeds (n_seeds unless given); "... domain": seeds from the pool's own domains
+    (held-out WMT22 and Tatoeba pairs), not FLORES dev."""
     from gdig.config import DataConfig, ScoreConfig
 
     where, hessian, *more = spec.split()
     extra = {"model": str(base), "adapter": str(tuned / "adapter")}
-    if where == "mlp-top":
-        extra = {"model": str(tuned), "modules": r"layers\.(2[0-9])\.mlp\.[a-z_]+$"}
+    if where in TOP_MODULES:
+        extra = {"model": str(tuned), "modules": TOP_MODULES[where]}
     elif where != "lora":
         raise ValueError(f"unknown run {spec!r}: {RUN_SPEC}")
     domain = "domain" in more
@@ -318,13 +324,13 @@ def all_scores(cfg: PretrainedConfig, runs: dict[str, Path], pool: list[dict], b
     first = next(iter(runs.values()))
     loss = pd.read_parquet(first / "candidates.parquet")["loss"].to_numpy()
     heur = {
-        "length ratio": length_score(sig["length_ratio"]),
+        LENGTH_RATIO: length_score(sig["length_ratio"]),
         "language id": sig["language_score"],
         "low loss (fine-tuned)": -loss,
         "low base perplexity": -base_loss,
-        "random": np.random.default_rng(cfg.seed).random(len(pool)),
+        RANDOM: np.random.default_rng(cfg.seed).random(len(pool)),
     }
-    signals = {"length": heur["length ratio"], "language": heur["language id"], "loss": heur["low loss (fine-tuned)"]}
+    signals = {"length": heur[LENGTH_RATIO], "language": heur["language id"], "loss": heur["low loss (fine-tuned)"]}
     heur["signals (weakest link)"] = weakest_rank(list(signals.values()))
     heur["signals (rank average)"] = rank_average(list(signals.values()))
     out = {name: ("heuristic", s) for name, s in heur.items()}
@@ -343,7 +349,7 @@ def all_scores(cfg: PretrainedConfig, runs: dict[str, Path], pool: list[dict], b
     out |= combined
     default = out[f"G-DIG {default_run(runs)} unit mean"][1]
     out["G-DIG default + signals (rank average)"] = ("combined", rank_average([default, *signals.values()]))
-    out["G-DIG default + length ratio (rank average)"] = ("combined", rank_average([default, heur["length ratio"]]))
+    out["G-DIG default + length ratio (rank average)"] = ("combined", rank_average([default, heur[LENGTH_RATIO]]))
     return out
 
 
@@ -393,7 +399,7 @@ def detection(cfg: PretrainedConfig, scores: dict, pool: list[dict], n_boot: int
         g = np.nan_to_num(g, nan=float(np.nanmedian(g)))
         return np.array([detection_auroc(g[b], corrupted[b])["auroc"] for b in boots])
 
-    reference = boot(scores["length ratio"][1])
+    reference = boot(scores[LENGTH_RATIO][1])
     rows = []
     for name, (kind, good) in scores.items():
         aucs = boot(good)
@@ -422,7 +428,7 @@ def methods(cfg: PretrainedConfig, runs: dict[str, Path], scores: dict, pool: li
     ids = [r["id"] for r in pool]
     label = default_run(runs)
     loaded, mats = load_run(runs[label]), variant_matrices(runs[label])
-    top = scores["length ratio"][1]
+    top = scores[LENGTH_RATIO][1]
     gdig = {
         "G-DIG default rule (+ signals)": lambda s: (
             select_run(loaded, SelectionConfig(clusters=cfg.clusters, budget=cfg.budget, seed=s)).indices
@@ -434,8 +440,8 @@ def methods(cfg: PretrainedConfig, runs: dict[str, Path], scores: dict, pool: li
     if cfg.downstream_alone:
         gdig["G-DIG alone (unit, mean)"] = lambda s: gdig_selection(mats["unit"], "mean", loaded.sketch, ids, cfg, s)
     baselines = {
-        "length ratio": lambda s: np.argsort(-top, kind="stable")[: cfg.budget],
-        "random": lambda s: np.random.default_rng(1000 + s).permutation(len(pool))[: cfg.budget],
+        LENGTH_RATIO: lambda s: np.argsort(-top, kind="stable")[: cfg.budget],
+        RANDOM: lambda s: np.random.default_rng(1000 + s).permutation(len(pool))[: cfg.budget],
     }
     return {f"{name}, {label}": pick for name, pick in gdig.items()} | baselines  # the run named: a cache each
 
@@ -537,10 +543,10 @@ def margins(summary: list[dict], prefix: str = "G-DIG default rule") -> list[str
     the two standard deviations."""
     rows = {r["method"]: r for r in summary}
     method = next((m for m in rows if m.startswith(prefix)), None)
-    if method is None or not {"length ratio", "random"} <= rows.keys():
+    if method is None or not {LENGTH_RATIO, RANDOM} <= rows.keys():
         return []
     out = []
-    for ref in ("length ratio", "random"):
+    for ref in (LENGTH_RATIO, RANDOM):
         for key, name in (("test-flores-chrf", "FLORES"), ("test-wmt-chrf", "WMT22")):
             (m, sd), (rm, rsd) = rows[method][key], rows[ref][key]
             verdict = "more" if m - rm > max(sd, rsd) else "less"

@@ -22,6 +22,8 @@ def test_run_specs_pick_modules_hessian_and_seeds(tmp_path):
     mlp = score_config(cfg, "mlp-top kfac", base, tuned, _files(tmp_path), tmp_path / "out")
     assert (mlp.model, mlp.hessian, mlp.adapter) == (str(tuned), "kfac", None)
     assert "mlp" in mlp.modules
+    attn = score_config(cfg, "attn-top ekfac", base, tuned, _files(tmp_path), tmp_path / "out")
+    assert (attn.model, attn.adapter) == (str(tuned), None) and "self_attn" in attn.modules
 
 
 @pytest.mark.parametrize("spec", ["attention ekfac", "lora ekfac domian", "lora ekfac s=8 s=16"])
