@@ -43,6 +43,8 @@ from bench.common import CACHE, SHARED_DATA, have_shared_data, machine, read_lin
 LANG = {"de": "deu_Latn", "en": "eng_Latn"}
 RUN_SPEC = "lora|mlp-top|attn-top, ekfac|kfac|identity, optionally domain and s=SEEDS"
 LENGTH_RATIO, RANDOM = "length ratio", "random"  # the baselines G-DIG is judged against
+DEFAULT_RULE = "G-DIG default rule (+ signals)"  # the selection judged (named with its run in the report)
+MAX_NEW_TOKENS = 96  # greedy translation of the held-out sets
 TOP_MODULES = {  # the merged step-1 model, the top third of the layers
     "mlp-top": r"layers\.(2[0-9])\.mlp\.[a-z_]+$",
     "attn-top": r"layers\.(2[0-9])\.self_attn\.[a-z_]+_proj$",
@@ -233,7 +235,7 @@ def evaluate_once(model: Path, test: Path, into: Path) -> dict:
     path = into / f"eval-{test.stem}.json"
     if not path.exists():
         into.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(evaluate_model(model, test, max_new_tokens=96)))
+        path.write_text(json.dumps(evaluate_model(model, test, max_new_tokens=MAX_NEW_TOKENS)))
     return json.loads(path.read_text())
 
 
@@ -430,7 +432,7 @@ def methods(cfg: PretrainedConfig, runs: dict[str, Path], scores: dict, pool: li
     loaded, mats = load_run(runs[label]), variant_matrices(runs[label])
     top = scores[LENGTH_RATIO][1]
     gdig = {
-        "G-DIG default rule (+ signals)": lambda s: (
+        DEFAULT_RULE: lambda s: (
             select_run(loaded, SelectionConfig(clusters=cfg.clusters, budget=cfg.budget, seed=s)).indices
         ),
         "G-DIG paper (raw, fraction helped)": lambda s: gdig_selection(
@@ -524,7 +526,7 @@ def markdown(report: dict) -> str:
             "",
             f"## Downstream (budget {c['budget']} of {report['n_pool']}; LoRA fine-tunes of the base model, "
             f"{c['downstream_epochs']} epochs; mean ± sd over {c['downstream_seeds']} seeds; G-DIG from the run "
-            f'"{report["default_run"]}"; {c["n_test"]} test pairs each, greedy, at most 96 new tokens)',
+            f'"{report["default_run"]}"; {c["n_test"]} test pairs each, greedy, at most {MAX_NEW_TOKENS} new tokens)',
             "",
             "| selection | corrupted share | FLORES chrF | FLORES BLEU | WMT22 chrF | WMT22 BLEU |",
             "|---|---:|---:|---:|---:|---:|",
@@ -538,7 +540,7 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def margins(summary: list[dict], prefix: str = "G-DIG default rule") -> list[str]:
+def margins(summary: list[dict], prefix: str = DEFAULT_RULE) -> list[str]:
     """The acceptance test in words: the default rule's mean chrF minus each baseline's, against the larger of
     the two standard deviations."""
     rows = {r["method"]: r for r in summary}
