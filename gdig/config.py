@@ -18,6 +18,7 @@ LORA_MODULES = r"\.lora_[AB]\.[A-Za-z0-9_]+$"
 
 HESSIANS = ("ekfac", "kfac", "identity")
 NORMALIZATIONS = ("none", "unit", "relatif")
+INDEX_DTYPES = ("float16", "float32")
 
 
 @dataclass
@@ -90,6 +91,17 @@ class ScoreConfig:
     sketch_dim: int = option(
         1024, "dimension of the gradient sketches clustered for diversity", label="Sketch dimension", minimum=16
     )
+    # k of the gradient index: chosen by bench/bench_index.py (bench/README.md gives its agreement with exact runs)
+    index_dim: int = option(
+        4096,
+        "dimension of the gradient index that new seed sets and queries are scored from without another pass "
+        "over the pool (0: no index)",
+        label="Index dimension",
+        minimum=0,
+    )
+    index_dtype: str = option(
+        "float16", "precision the index is stored in (float32: exact up to the projection)", choices=INDEX_DTYPES
+    )
     seed_rank: int | None = option(None, "keep preconditioned seed gradients at this rank (large layers); none: dense")
     seed_memory_mb: int | None = option(
         None,
@@ -152,6 +164,10 @@ class ScoreConfig:
             raise ValueError(f"--seed-memory-mb must be >= 1, got {self.seed_memory_mb}")
         if self.seed_rank is not None and self.seed_rank < 1:
             raise ValueError(f"--seed-rank must be >= 1, got {self.seed_rank}")
+        if self.index_dim < 0:
+            raise ValueError(f"--index-dim must be >= 0 (0: no index), got {self.index_dim}")
+        if self.index_dtype not in INDEX_DTYPES:
+            raise ValueError(f"--index-dtype must be one of {', '.join(INDEX_DTYPES)}, got {self.index_dtype!r}")
         if self.data.max_length < 2:
             raise ValueError(f"--max-length must be >= 2, got {self.data.max_length}")
 

@@ -86,6 +86,22 @@ class Curvature:
             return self.rotate_tokens(name, a, g)
         return self.rotate(name, per_example_gradient(a, g))
 
+    def whiten(self, name: str, v: torch.Tensor, damping: float) -> torch.Tensor:
+        """(F + lambda)^(-1/2) v in the module's eigenbasis, (Q_G^T v Q_A) / sqrt(Lambda + lambda), for gradients
+        (..., d_out, d_in): two whitened gradients' dot product is their raw influence (DESIGN: the index). With no
+        curvature, the gradient itself."""
+        if self.kind == "identity":
+            return v
+        return self.rotate(name, v) / (self.modules[name].lam.to(v.device) + damping).sqrt()
+
+    def whiten_tokens(self, name: str, a: torch.Tensor, g: torch.Tensor, damping: float) -> torch.Tensor:
+        """`whiten` of G = sum_t g_t a_t^T per example, from the tokens (B, T, d_in), (B, T, d_out), rotated by the
+        cheaper route."""
+        if self.kind == "identity":
+            return per_example_gradient(a, g)
+        rot = self.rotated_gradient(name, a, g)
+        return rot / (self.modules[name].lam.to(rot.device) + damping).sqrt()
+
     def self_influence(self, name: str, v: torch.Tensor, damping: float) -> torch.Tensor:
         """<v, (F + lambda)^-1 v> for a batch of gradients (..., d_out, d_in)."""
         if self.kind == "identity":

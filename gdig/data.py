@@ -162,31 +162,45 @@ def load_dataset(
     schema: str | None = None
     first_path = str(path).split(TEXT_PAIR_SEPARATOR)[-1] if not Path(path).exists() else path
     for line, rec in iter_records(path, src_lang, trg_lang):
-        if not isinstance(rec, dict):
-            raise DataError(first_path, f"each record must be an object, got {type(rec).__name__}", line=line)
-        rec_schema = detect_schema(rec)
-        if rec_schema is None:
-            raise DataError(
-                first_path,
-                f"unknown schema (fields: {', '.join(sorted(rec)) or 'none'}); expected "
-                "src_text/trg_text, instruction/input/output, or messages",
-                line=line,
-            )
-        if schema is None:
-            schema = rec_schema
-        elif rec_schema != schema:
-            raise DataError(first_path, f"schema '{rec_schema}' differs from the file's '{schema}'", line=line)
-        if schema == "translation":
-            prompt, target = _build_translation(first_path, line, rec, prompt_template, src_lang, trg_lang)
-        elif schema == "instruction":
-            prompt, target = _build_instruction(first_path, line, rec)
-        else:
-            prompt, target = _build_chat(first_path, line, rec)
-        examples.append(Example(id=str(len(examples)), prompt=prompt, target=target, record=rec, schema=schema))
+        ex = build_example(first_path, line, rec, prompt_template, src_lang, trg_lang, schema)
+        schema = ex.schema
+        ex.id = str(len(examples))
+        examples.append(ex)
     if not examples:
         raise DataError(first_path, f"the {role} set is empty")
     _assign_ids(first_path, examples)
     return Dataset(path=str(path), schema=schema or "", examples=examples, fingerprint=file_fingerprint(path))
+
+
+def build_example(
+    path,
+    line: int | None,
+    rec: Any,
+    prompt_template: str = DEFAULT_PROMPT,
+    src_lang: str | None = None,
+    trg_lang: str | None = None,
+    schema: str | None = None,
+) -> Example:
+    """One record as an Example (id "0"); `schema`: the one the rest of its file has (another is refused)."""
+    if not isinstance(rec, dict):
+        raise DataError(path, f"each record must be an object, got {type(rec).__name__}", line=line)
+    rec_schema = detect_schema(rec)
+    if rec_schema is None:
+        raise DataError(
+            path,
+            f"unknown schema (fields: {', '.join(sorted(rec)) or 'none'}); expected "
+            "src_text/trg_text, instruction/input/output, or messages",
+            line=line,
+        )
+    if schema is not None and rec_schema != schema:
+        raise DataError(path, f"schema '{rec_schema}' differs from the file's '{schema}'", line=line)
+    if rec_schema == "translation":
+        prompt, target = _build_translation(path, line, rec, prompt_template, src_lang, trg_lang)
+    elif rec_schema == "instruction":
+        prompt, target = _build_instruction(path, line, rec)
+    else:
+        prompt, target = _build_chat(path, line, rec)
+    return Example(id="0", prompt=prompt, target=target, record=rec, schema=rec_schema)
 
 
 def _assign_ids(path, examples: Sequence[Example]) -> None:

@@ -13,6 +13,7 @@ import torch
 
 from gdig.curvature import Curvature
 from gdig.hooks import Captured, per_example_gradient
+from gdig.index import IndexProjection
 from gdig.memory import keeps_dense
 
 
@@ -25,6 +26,7 @@ class SeedGradients:
     right: dict[str, torch.Tensor] = field(default_factory=dict)
     self_influence: torch.Tensor | None = None  # (S,) <grad L(s), (F + lambda)^-1 grad L(s)>
     lowrank_error: dict[str, dict[str, float]] = field(default_factory=dict)
+    index: torch.Tensor | None = None  # (S, k) projected whitened gradients (gdig.index), when the run keeps one
 
     @property
     def names(self) -> list[str]:
@@ -71,9 +73,12 @@ class SeedBuilder:
         dampings: dict[str, float],
         ranks: dict[str, int | None],
         device: torch.device | str = "cpu",
+        projection: IndexProjection | None = None,
     ):
-        self.curvature, self.dampings, self.ranks = curvature, dampings, ranks
+        self.curvature, self.dampings, self.ranks, self.projection = curvature, dampings, ranks, projection
         self.out = SeedGradients(self_influence=torch.zeros(n_columns, device=device))
+        if projection is not None:
+            self.out.index = projection.empty(n_columns, device)
         self._lost = {}  # per low-rank module: squared norm truncated away, and the whole squared norm, per seed
         for name, (d_in, d_out) in dims.items():
             r = ranks.get(name)
@@ -92,6 +97,9 @@ class SeedBuilder:
         cols = slice(start, start + grads.shape[0])
         v = self.curvature.precondition(name, grads, self.dampings[name])
         self.out.self_influence[cols] += (grads * v).sum((-2, -1))
+        if self.projection is not None:
+            whitened = self.curvature.whiten(name, grads, self.dampings[name])
+            self.out.index[cols, self.projection.slices[name]] = self.projection.project(name, whitened)
         if name in self.out.dense:
             self.out.dense[name][cols] = v
             return
@@ -108,6 +116,9 @@ class SeedBuilder:
         x, self_inf = self.curvature.precondition_rotated(name, a, g, self.dampings[name])
         self.out.self_influence[cols] += self_inf
         f = self.curvature.modules[name]
+        if self.projection is not None:  # (F + lambda)^(-1/2) G = sqrt(Lambda + lambda) X in the eigenbasis
+            whitened = x * (f.lam.to(x.device) + self.dampings[name]).sqrt()
+            self.out.index[cols, self.projection.slices[name]] = self.projection.project(name, whitened)
         if name in self.out.dense:
             self.out.dense[name][cols] = f.q_g.to(x.device) @ x @ f.q_a.T.to(x.device)
             return
@@ -124,7 +135,7 @@ class SeedBuilder:
 
     def column_views(self, cols: slice) -> list[torch.Tensor]:
         """Every stored tensor's rows for seed columns `cols` (views, contiguous: what a broadcast fills in)."""
-        views = [self.out.self_influence[cols]]
+        views = [self.out.self_influence[cols]] + ([self.out.index[cols]] if self.out.index is not None else [])
         for store in (self.out.dense, self.out.left, self.out.right):
             views += [store[name][cols] for name in sorted(store)]
         return views + [part[cols] for name in sorted(self._lost) for part in self._lost[name]]
@@ -172,29 +183,59 @@ def precondition_seeds(
     return builder.finish()
 
 
-class Scorer:
-    """Scores captured candidate batches against preconditioned seeds, with optional normalisation."""
+@dataclass
+class ScoredBatch:
+    """What scoring one captured batch gives: (B, S) scores, (B,) self-influence when it was needed, and the
+    batch's projected whitened gradients (B, k) when the run keeps an index."""
 
-    def __init__(self, seeds: SeedGradients, curvature: Curvature, dampings: dict[str, float], normalize: str = "none"):
+    scores: torch.Tensor
+    self_influence: torch.Tensor | None = None
+    index: torch.Tensor | None = None
+
+
+class Scorer:
+    """Scores captured candidate batches against preconditioned seeds, with optional normalisation, and projects
+    their whitened gradients into the index from the same rotation that self-influence needs."""
+
+    def __init__(
+        self,
+        seeds: SeedGradients,
+        curvature: Curvature,
+        dampings: dict[str, float],
+        normalize: str = "none",
+        projection: IndexProjection | None = None,
+    ):
         self.seeds = seeds
         self.curvature = curvature
         self.dampings = dampings
         self.normalize = normalize
+        self.projection = projection
 
-    def raw_scores(self, cap: Captured) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(B, S) raw influence and, when normalising, (B,) candidate self-influence."""
-        scores, self_inf = None, None
+    def raw_scores(self, cap: Captured) -> ScoredBatch:
+        """(B, S) raw influence; self-influence (B,) when normalising or indexing; the index rows when indexing."""
+        out = ScoredBatch(scores=None)
+        if self.projection is not None:
+            out.index = self.projection.empty(len(cap.index), cap.loss.device)
         for name in self.seeds.names:
             a, g = cap.acts[name], cap.grads[name]
             if name in self.seeds.dense:
                 s = per_example_gradient(a, g).flatten(1) @ self.seeds.dense[name].flatten(1).T
             else:
                 s = self._low_rank_scores(name, a, g)
-            scores = s if scores is None else scores + s
-            if self.normalize != "none":
-                si = self.curvature.self_influence_tokens(name, a, g, self.dampings[name])
-                self_inf = si if self_inf is None else self_inf + si
-        return scores, self_inf
+            out.scores = s if out.scores is None else out.scores + s
+            if self.normalize != "none" or self.projection is not None:
+                si = self._self_influence(name, a, g, out.index)
+                out.self_influence = si if out.self_influence is None else out.self_influence + si
+        return out
+
+    def _self_influence(self, name: str, a: torch.Tensor, g: torch.Tensor, index: torch.Tensor | None):
+        """<G, (F + lambda)^-1 G> per example; the whitened G projected into `index` on the way when given."""
+        damping = self.dampings[name]
+        if index is None:
+            return self.curvature.self_influence_tokens(name, a, g, damping)
+        whitened = self.curvature.whiten_tokens(name, a, g, damping)
+        self.projection.fill(index, name, whitened)
+        return (whitened * whitened).sum((-2, -1))
 
     def _low_rank_scores(self, name: str, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         """sum_t (g_t^T U_s)(W_s^T a_t) over rank and tokens: 2 S r (d_in + d_out) a token, no dense gradient."""
@@ -210,13 +251,13 @@ class Scorer:
             return None
         return normalisation_divisor(self_inf, self.seeds.self_influence.to(self_inf.device), self.normalize)
 
-    def __call__(self, cap: Captured) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Normalised scores (B, S) and self-influence (B,) of one captured batch."""
-        scores, self_inf = self.raw_scores(cap)
-        div = self.scale(self_inf)
+    def __call__(self, cap: Captured) -> ScoredBatch:
+        """Normalised scores (B, S), self-influence (B,) and index rows of one captured batch."""
+        out = self.raw_scores(cap)
+        div = self.scale(out.self_influence)
         if div is not None:
-            scores = torch.where(div > 0, scores / div.clamp(min=1e-30), torch.zeros_like(scores))
-        return scores, self_inf
+            out.scores = torch.where(div > 0, out.scores / div.clamp(min=1e-30), torch.zeros_like(out.scores))
+        return out
 
 
 def mean_seed_direction(seeds: SeedGradients, normalize: str) -> dict[str, torch.Tensor]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +20,17 @@ from gdig.atomic import atomic_path
 from gdig.config import ScoreConfig
 from gdig.context import ScoreContext, build_context, config_record, settings_fingerprint
 from gdig.distributed import World, join_world, leave_world
-from gdig.influence import Scorer, mean_seed_direction
+from gdig.index import IndexRows
+from gdig.index_run import index_meta, measure_agreement
+from gdig.influence import Scorer, SeedGradients, mean_seed_direction
 from gdig.measure import resident_bytes
 from gdig.memory import free_memory_mb, release_freed_memory
 from gdig.model_source import check_model_source
 from gdig.plan import Plan, advice, plan_run
 from gdig.rundir.chunks import collect_chunks, remove_partial
+from gdig.rundir.index import INDEX_PROJECTED_NORM, INDEX_ROWS, write_index_meta, write_index_norms, write_index_seeds
 from gdig.rundir.layout import (
+    INDEX,
     INFLUENCE,
     SEED_GRADS,
     SKETCH,
@@ -39,7 +44,7 @@ from gdig.rundir.seeds import save_mean_direction
 from gdig.rundir.status import Cancelled, Status
 from gdig.rundir.tables import records_table, write_tables
 from gdig.sketch import Sketcher
-from gdig.stages import dampings_for, fit_stage, load_or_make_seeds, score_stage, umap_stage
+from gdig.stages import dampings_for, fit_stage, index_projection, load_or_make_seeds, score_stage, umap_stage
 
 
 def job_plan(cfg: ScoreConfig, n_candidates: int, n_seeds: int) -> dict[str, float]:
@@ -192,7 +197,7 @@ def _run_stages(ctx: ScoreContext, run_dir: Path, status: Status) -> None:
     dampings = dampings_for(ctx, cur)
     seeds, seed_loss, seed_ntok, rank = load_or_make_seeds(ctx, cur, dampings, run_dir, status, fp)
     release_freed_memory()
-    scorer = Scorer(seeds, cur, dampings, ctx.cfg.normalize)
+    scorer = Scorer(seeds, cur, dampings, ctx.cfg.normalize, index_projection(ctx))
     sketcher = Sketcher(ctx.dims, ctx.cfg.sketch_dim, ctx.cfg.random_state, ctx.device)
     score_stage(ctx, scorer, sketcher, run_dir, status)
     release_freed_memory()
@@ -212,9 +217,29 @@ def _run_stages(ctx: ScoreContext, run_dir: Path, status: Status) -> None:
         "collective_bytes": dict(ctx.world.traffic),  # the tensors' sizes, by purpose (rank 0's view)
     }
     status.update("finalize", 0, 1, force=True)
-    finalize(ctx, run_dir, seed_loss, seed_ntok, extra)
+    finalize(ctx, run_dir, seed_loss, seed_ntok, extra, seeds)
     if ctx.cfg.umap:
         umap_stage(run_dir, ctx.cfg.random_state, status)
+
+
+def _streamed(seeds: SeedGradients) -> dict[str, str]:
+    """The chunk arrays written straight to their files, by chunk key."""
+    files = {"influence": INFLUENCE, "sketch": SKETCH}
+    return files | ({INDEX_ROWS: INDEX} if seeds.index is not None else {})
+
+
+def write_run_index(ctx: ScoreContext, run_dir: Path, merged: dict[str, np.ndarray], seeds: SeedGradients) -> dict:
+    """The index's norms and seed rows beside index.npy, its agreement with the exact scores just written, and
+    index.json last; returns what config.json records of it."""
+    norm = np.sqrt(np.clip(merged["self_influence"].astype(np.float64), 0, None))
+    write_index_norms(run_dir, merged.pop(INDEX_PROJECTED_NORM), norm)
+    write_index_seeds(run_dir, IndexRows.from_projected(seeds.index, seeds.self_influence))
+    projection = index_projection(ctx)
+    meta = index_meta(projection, ctx.cfg, ctx.tracked)
+    write_index_meta(run_dir, meta)  # complete; the agreement is measured from the files, then recorded
+    meta["agreement"] = measure_agreement(run_dir, ctx.cfg.normalize, meta["norms"])
+    write_index_meta(run_dir, meta)
+    return {k: meta[k] for k in ("k", "dtype", "agreement")}
 
 
 def signals_of(dataset, data) -> dict[str, np.ndarray]:
@@ -230,12 +255,19 @@ def signals_of(dataset, data) -> dict[str, np.ndarray]:
     return candidate_signals(src, tgt, src_langs, trg_langs)
 
 
-def finalize(ctx: ScoreContext, run_dir: Path, seed_loss, seed_ntok, extra: dict[str, Any]) -> None:
-    """Assemble the chunks into the final files (the matrices streamed to disk, never whole in memory);
-    config.json says `finished` last, then partial/ goes."""
+def finalize(
+    ctx: ScoreContext, run_dir: Path, seed_loss, seed_ntok, extra: dict[str, Any], seeds: SeedGradients
+) -> None:
+    """Assemble the chunks into the final files (the matrices streamed to disk, never whole in memory), the
+    index's last; config.json says `finished` last, then partial/ goes."""
     t0 = time.time()
-    with atomic_path(run_dir / INFLUENCE) as influence, atomic_path(run_dir / SKETCH) as sketch:
-        merged = collect_chunks(run_dir, len(ctx.candidates), {"influence": influence, "sketch": sketch})
+    with ExitStack() as stack:
+        streams = {key: stack.enter_context(atomic_path(run_dir / name)) for key, name in _streamed(seeds).items()}
+        merged = collect_chunks(run_dir, len(ctx.candidates), streams)
+    if seeds.index is not None:
+        t_index = time.time()
+        extra = extra | {"index": write_run_index(ctx, run_dir, merged, seeds)}
+        ctx.timings["index_finalize"] = time.time() - t_index
     cand_cols = {"loss": merged["loss"], "n_tokens": merged["n_tokens"]}
     if "self_influence" in merged:
         cand_cols["self_influence"] = merged["self_influence"]

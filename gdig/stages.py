@@ -13,10 +13,12 @@ import torch
 from gdig.context import ScoreContext, by_length, factors_fingerprint, fit_subset, short_hash
 from gdig.curvature import Curvature, fit_curvature
 from gdig.hooks import Captured, GradientCapture, per_example_gradient
+from gdig.index import IndexProjection, IndexRows
 from gdig.influence import Scorer, SeedBuilder, SeedGradients, group_seed_gradients
 from gdig.memory import SEED_WORK_BYTES, budget_mb, captures_fit, captures_reusable, free_memory_mb, seed_rank
 from gdig.rundir.checkpoint import FitCheckpoint
 from gdig.rundir.chunks import chunk_path, partial_dir, write_chunk
+from gdig.rundir.index import INDEX_PROJECTED_NORM, INDEX_ROWS
 from gdig.rundir.layout import CONFIG, FACTORS, read_config, read_fingerprint, write_config
 from gdig.rundir.status import Status
 from gdig.sketch import Sketcher
@@ -134,6 +136,13 @@ def seed_chunks(ctx: ScoreContext) -> list[list[int]]:
     return chunks + ([current] if current else [])
 
 
+def index_projection(ctx: ScoreContext) -> IndexProjection | None:
+    """The run's index projection (gdig.index), or None with --index-dim 0."""
+    if ctx.cfg.index_dim == 0:
+        return None
+    return IndexProjection(ctx.dims, ctx.cfg.index_dim, ctx.cfg.random_state, ctx.device)
+
+
 def seed_stage(ctx: ScoreContext, cur: Curvature, dampings: dict[str, float], status: Status):
     """Seed gradients, grouped by --seed-batch and preconditioned one (module, chunk) at a time; also each
     seed's loss and token count, and the ranks used. With several processes each does its share of the chunks
@@ -142,7 +151,7 @@ def seed_stage(ctx: ScoreContext, cur: Curvature, dampings: dict[str, float], st
     m, k = len(ctx.seed_tok), ctx.cfg.seed_batch
     n_columns = -(-m // k)
     ranks = seed_ranks(ctx, n_columns)
-    builder = SeedBuilder(ctx.dims, n_columns, cur, dampings, ranks, ctx.device)
+    builder = SeedBuilder(ctx.dims, n_columns, cur, dampings, ranks, ctx.device, index_projection(ctx))
     loss = torch.zeros(m, dtype=torch.float32, device=ctx.device)
     n_tok = torch.zeros(m, dtype=torch.int64, device=ctx.device)
     chunks = seed_chunks(ctx)
@@ -226,7 +235,7 @@ def score_stage(ctx: ScoreContext, scorer: Scorer, sketcher: Sketcher, run_dir: 
             parts: list[dict[str, np.ndarray]] = []
             for batch in ctx.batches(ctx.cand_tok, chunks[i]):
                 cap = ctx.captures.pop(tuple(batch.index), None) or capture.run(batch)
-                parts.append(_score_batch(cap, scorer, sketcher))
+                parts.append(_score_batch(cap, scorer, sketcher, ctx.cfg.index_dtype))
                 done += len(batch.index)
                 status.update("score", done, total)
             write_chunk(run_dir, i, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
@@ -234,19 +243,22 @@ def score_stage(ctx: ScoreContext, scorer: Scorer, sketcher: Sketcher, run_dir: 
     ctx.timings["score"] = ctx.timings.get("score", 0.0) + time.time() - t0
 
 
-def _score_batch(cap: Captured, scorer: Scorer, sketcher: Sketcher) -> dict[str, np.ndarray]:
+def _score_batch(cap: Captured, scorer: Scorer, sketcher: Sketcher, index_dtype: str) -> dict[str, np.ndarray]:
     with torch.no_grad():
-        scores, self_inf = scorer(cap)
+        scored = scorer(cap)
         sketch = sketcher(cap)
     out = {
         "index": np.asarray(cap.index, np.int64),
-        "influence": scores.float().cpu().numpy(),
+        "influence": scored.scores.float().cpu().numpy(),
         "sketch": sketch.float().cpu().numpy(),
         "loss": cap.loss.cpu().numpy().astype(np.float32),
         "n_tokens": cap.n_target.cpu().numpy().astype(np.int64),
     }
-    if self_inf is not None:
-        out["self_influence"] = self_inf.float().cpu().numpy()
+    if scored.self_influence is not None:
+        out["self_influence"] = scored.self_influence.float().cpu().numpy()
+    if scored.index is not None:
+        rows = IndexRows.from_projected(scored.index, scored.self_influence, index_dtype)
+        out |= {INDEX_ROWS: rows.rows, INDEX_PROJECTED_NORM: rows.projected_norm}
     return out
 
 

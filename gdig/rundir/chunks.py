@@ -30,8 +30,9 @@ def write_chunk(run_dir: str | Path, i: int, arrays: dict[str, np.ndarray]) -> N
 
 def collect_chunks(run_dir: str | Path, n: int, stream: dict[str, Path] | None = None) -> dict[str, np.ndarray]:
     """Every chunk's arrays placed at their candidates' rows; refuses a run with a candidate missing. The arrays
-    named in `stream` (the N x M influence, the sketches) are written straight into those .npy files as float32,
-    memory-mapped, so the whole matrix is never held in memory; the others are returned."""
+    named in `stream` (the N x M influence, the sketches, the index) are written straight into those .npy files
+    as float32 (a float16 index stays float16), memory-mapped, so the whole matrix is never held in memory; the
+    others are returned."""
     stream = stream or {}
     files = sorted(partial_dir(run_dir).glob("chunk_*.npz"))
     merged: dict[str, np.ndarray] = {}
@@ -57,7 +58,8 @@ def collect_chunks(run_dir: str | Path, n: int, stream: dict[str, Path] | None =
 def _target(path: Path | None, shape: tuple[int, ...], dtype) -> np.ndarray:
     if path is None:
         return np.zeros(shape, dtype)
-    return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+    dtype = np.float16 if dtype == np.float16 else np.float32  # the index keeps its half precision
+    return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
 
 
 def remove_partial(run_dir: str | Path) -> None:

@@ -36,6 +36,8 @@ def save_seed_gradients(path: Path, seeds: SeedGradients, fingerprint: str) -> N
     tensors |= {f"left::{k}": v.contiguous().cpu() for k, v in seeds.left.items()}
     tensors |= {f"right::{k}": v.contiguous().cpu() for k, v in seeds.right.items()}
     tensors["self_influence"] = seeds.self_influence.contiguous().cpu()
+    if seeds.index is not None:
+        tensors["index"] = seeds.index.contiguous().cpu()
     meta = {"fingerprint": fingerprint, "lowrank_error": json.dumps(seeds.lowrank_error)}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
@@ -51,7 +53,11 @@ def load_seed_gradients(path: Path, device: torch.device | str = "cpu") -> tuple
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
     t = load_file(str(path), device=str(device))
-    seeds = SeedGradients(self_influence=t.pop("self_influence"), lowrank_error=json.loads(meta["lowrank_error"]))
+    seeds = SeedGradients(
+        self_influence=t.pop("self_influence"),
+        lowrank_error=json.loads(meta["lowrank_error"]),
+        index=t.pop("index", None),
+    )
     for key, v in t.items():
         kind, name = key.split("::", 1)
         getattr(seeds, kind)[name] = v
@@ -77,13 +83,20 @@ def save_mean_direction(
 ) -> None:
     """The mean seed direction per module (see gdig.influence.mean_seed_direction) and each column's
     self-influence: one seed's worth of bytes instead of all seeds."""
+    extra = {"fingerprint": fingerprint, "lowrank_error": json.dumps(seeds.lowrank_error)}
+    save_mean_direction_tensors(path, mean, seeds.self_influence, normalize, extra)
+
+
+def save_mean_direction_tensors(
+    path: Path, mean: dict[str, torch.Tensor], self_influence: torch.Tensor, normalize: str, extra: dict | None = None
+) -> None:
+    """seed_grads.safetensors from the mean direction per module and each column's self-influence."""
     from safetensors.torch import save_file
 
     tensors = {f"mean::{name}": v.contiguous().cpu() for name, v in mean.items()}
-    tensors["self_influence"] = seeds.self_influence.contiguous().cpu()
-    meta = {"fingerprint": fingerprint, "normalize": normalize, "lowrank_error": json.dumps(seeds.lowrank_error)}
+    tensors["self_influence"] = self_influence.contiguous().cpu()
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+        save_file(tensors, str(tmp), metadata={"normalize": normalize} | (extra or {}))
 
 
 def load_mean_direction(path: Path, device) -> dict:
