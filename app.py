@@ -9,6 +9,8 @@ st.set_page_config(page_title="G-DIG Studio", page_icon=":material/filter_alt:",
 pages = [
     st.Page("app_pages/home.py", title="Runs", icon=":material/folder_open:", default=True),
     st.Page("app_pages/run.py", title="New run", icon=":material/play_arrow:"),
+    st.Page("app_pages/seeds.py", title="Seeds", icon=":material/spa:"),
+    st.Page("app_pages/ask.py", title="Ask the pool", icon=":material/help:"),
     st.Page("app_pages/influence.py", title="Influence", icon=":material/bar_chart:"),
     st.Page("app_pages/clusters.py", title="Clusters", icon=":material/bubble_chart:"),
     st.Page("app_pages/explore.py", title="Explore", icon=":material/search:"),

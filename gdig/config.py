@@ -19,6 +19,7 @@ LORA_MODULES = r"\.lora_[AB]\.[A-Za-z0-9_]+$"
 HESSIANS = ("ekfac", "kfac", "identity")
 NORMALIZATIONS = ("none", "unit", "relatif")
 INDEX_DTYPES = ("float16", "float32")
+INDEX_PROJECTIONS = ("countsketch", "kronecker")  # gdig.index.PROJECTIONS (config stays torch-free)
 
 
 @dataclass
@@ -99,6 +100,12 @@ class ScoreConfig:
         label="Index dimension",
         minimum=0,
     )
+    index_projection: str = option(
+        "countsketch",
+        "how the whitened gradients are projected to k dimensions (countsketch: the whole gradient, the error of a "
+        "dense Gaussian projection; kronecker: per module, LoGra's structure)",
+        choices=INDEX_PROJECTIONS,
+    )
     index_dtype: str = option(
         "float16", "precision the index is stored in (float32: exact up to the projection)", choices=INDEX_DTYPES
     )
@@ -166,6 +173,8 @@ class ScoreConfig:
             raise ValueError(f"--seed-rank must be >= 1, got {self.seed_rank}")
         if self.index_dim < 0:
             raise ValueError(f"--index-dim must be >= 0 (0: no index), got {self.index_dim}")
+        if self.index_projection not in INDEX_PROJECTIONS:
+            raise ValueError(f"--index-projection must be one of {', '.join(INDEX_PROJECTIONS)}")
         if self.index_dtype not in INDEX_DTYPES:
             raise ValueError(f"--index-dtype must be one of {', '.join(INDEX_DTYPES)}, got {self.index_dtype!r}")
         if self.data.max_length < 2:

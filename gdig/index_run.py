@@ -16,43 +16,58 @@ from gdig.config import ScoreConfig
 from gdig.curvature import Curvature
 from gdig.data import Example, TokenizedExample, tokenize_example
 from gdig.hooks import GradientCapture, make_batches
-from gdig.index import PROJECTION, IndexProjection, IndexRows, agreement, index_scores
+from gdig.index import Anchor, IndexRows, agreement, index_scores, make_projection
 from gdig.model import TrackedModule, find_tracked_modules, load_model, model_fingerprint
 from gdig.rundir.index import load_index
 from gdig.rundir.layout import FACTORS, INFLUENCE, read_config
 from gdig.rundir.results import RunError
 
-# Unit scores from the index divide by the projected rows' lengths (a cosine in the projected space): on the demo
-# its per-candidate mean agrees better with the exact run than dividing by the exact norms (bench/README.md).
-DEFAULT_NORMS = "projected"
 AGREEMENT_ROWS = 20_000  # candidates compared when an index is written (a fixed sample; seconds at any size)
 
 
-def index_meta(projection: IndexProjection, cfg: ScoreConfig, tracked: list[TrackedModule]) -> dict[str, Any]:
+def index_meta(projection, cfg: ScoreConfig, tracked: list[TrackedModule]) -> dict[str, Any]:
     """What index.json records: enough to rebuild the projection (modules, requested k, seed) and to read it."""
     return {
         "k": projection.dim,
         "requested_k": cfg.index_dim,
         "dtype": cfg.index_dtype,
-        "projection": PROJECTION,
+        "projection": projection.kind,
         "random_state": cfg.random_state,
         "exact": projection.exact,
-        "norms": DEFAULT_NORMS,
         "hessian": cfg.hessian,
         "normalize": cfg.normalize,
-        "modules": {t.name: list(projection.shapes[t.name]) for t in tracked},
+        "modules": {t.name: [t.d_out, t.d_in] for t in tracked},
     }
 
 
-def measure_agreement(run_dir: Path, normalize: str, norms: str) -> dict[str, float]:
-    """The index's scores for the run's own seed columns against the exact influence.npy, on a fixed sample."""
+def measure_agreement(run_dir: Path, normalize: str) -> dict[str, Any]:
+    """How well the index scores seeds it has not seen, measured on the run itself (a fixed sample of
+    candidates): the odd seed columns scored from the index as if new, anchored on the even ones, against their
+    exact columns; and without the anchor."""
     idx = load_index(run_dir)
     influence = np.load(Path(run_dir) / INFLUENCE, mmap_mode="r", allow_pickle=False)
-    n = influence.shape[0]
+    n, m = influence.shape
     rows = np.sort(np.random.default_rng(0).choice(n, min(n, AGREEMENT_ROWS), replace=False))
     sample = IndexRows(np.asarray(idx.pool.rows[rows]), idx.pool.projected_norm[rows], idx.pool.norm[rows])
-    approx = index_scores(sample, idx.seeds, normalize, norms)
-    return agreement(np.asarray(influence[rows]), approx)
+    exact = np.asarray(influence[rows])
+    held, known = np.arange(1, m, 2), np.arange(0, m, 2)
+    if m < 2:
+        return {"without_anchor": agreement(exact, index_scores(sample, idx.seeds, normalize))}
+    queries = IndexRows(idx.seeds.rows[held], idx.seeds.projected_norm[held], idx.seeds.norm[held])
+    anchor = Anchor(exact, idx.seeds, known)
+    return agreement(exact[:, held], index_scores(sample, queries, normalize, anchor)) | {
+        "without_anchor": agreement(exact[:, held], index_scores(sample, queries, normalize)),
+        "measured_on": f"{len(held)} of the run's seed columns scored as new, anchored on the other {len(known)}",
+    }
+
+
+def run_anchor(exact: np.ndarray, seeds_table, index) -> Anchor | None:
+    """The anchor of a run: its exact seed columns (a rescored run's index-scored ones are left out)."""
+    scored = seeds_table["scored_from"].to_numpy() if "scored_from" in seeds_table else None
+    columns = np.arange(exact.shape[1]) if scored is None else np.flatnonzero(scored != "index")
+    if len(columns) == 0 or len(index.seeds) != exact.shape[1]:
+        return None
+    return Anchor(exact, index.seeds, columns)
 
 
 class PairError(ValueError):
@@ -104,11 +119,10 @@ class RunModel:
                 "(its weights changed); score the run again"
             )
 
-    def use_projection(self, requested_k: int, random_state: int, expect_k: int | None = None) -> IndexProjection:
+    def use_projection(self, kind: str, requested_k: int, random_state: int, expect_k: int | None = None):
         """The run's projection, rebuilt from what index.json records (checked against its k)."""
-        self.projection = IndexProjection(
-            {t.name: (t.d_in, t.d_out) for t in self.tracked}, requested_k, random_state, self.device
-        )
+        dims = {t.name: (t.d_in, t.d_out) for t in self.tracked}
+        self.projection = make_projection(kind, dims, requested_k, random_state, self.device)
         if expect_k is not None and self.projection.dim != expect_k:
             raise RunError(f"{self.run_dir}: the index's projection could not be rebuilt (k {expect_k})")
         return self.projection
@@ -158,7 +172,7 @@ class RunModel:
                 whitened = self._whiten(cap)
                 with torch.no_grad():
                     for name, w in whitened.items():
-                        projected[rows, self.projection.slices[name]] = self.projection.project(name, w)
+                        projected[rows] += self.projection.project(name, w)
                         self_inf[rows] += (w.double() ** 2).sum((-2, -1))
                     if directions is not None:
                         self._add_directions(sums, whitened, directions)
@@ -210,6 +224,7 @@ def build_index(
     tokenizer=None,
     on_progress: Callable[[str, int, int], None] | None = None,
     chunk: int = 1024,
+    projection: str | None = None,
 ) -> dict[str, Any]:
     """`gdig index RUN`: the gradient index of a run made without one (one pass over its pool and seeds, from the
     prompts and targets the run stored); returns index.json's record. The rows are written straight to disk."""
@@ -226,12 +241,13 @@ def build_index(
     cfg = ScoreConfig.from_dict(run.config["settings"])
     cfg.index_dim = index_dim if index_dim is not None else cfg.index_dim
     cfg.index_dtype = index_dtype or cfg.index_dtype
+    cfg.index_projection = projection or cfg.index_projection
     cfg.validate()
     if cfg.index_dim == 0:
         raise RunError("--index-dim 0 means no index")
     runner = RunModel(run.path, device, model, tokenizer)
     runner.cfg = cfg
-    projection = runner.use_projection(cfg.index_dim, cfg.random_state)
+    projection = runner.use_projection(cfg.index_projection, cfg.index_dim, cfg.random_state)
     progress = on_progress or (lambda *a: None)
     examples = examples_from_table(run.candidates, "candidate")
     toks = runner.tokenize(examples, "candidates", strict=False)
@@ -252,7 +268,7 @@ def build_index(
     write_index_seeds(run.path, seeds.rows)
     meta = index_meta(projection, cfg, runner.tracked)
     write_index_meta(run.path, meta)
-    meta["agreement"] = measure_agreement(run.path, cfg.normalize, meta["norms"])
+    meta["agreement"] = measure_agreement(run.path, cfg.normalize)
     write_index_meta(run.path, meta)
     config = read_config(run.path)
     config["index"] = {k: meta[k] for k in ("k", "dtype", "agreement")} | {"added_later": True}

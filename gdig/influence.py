@@ -13,7 +13,6 @@ import torch
 
 from gdig.curvature import Curvature
 from gdig.hooks import Captured, per_example_gradient
-from gdig.index import IndexProjection
 from gdig.memory import keeps_dense
 
 
@@ -73,7 +72,7 @@ class SeedBuilder:
         dampings: dict[str, float],
         ranks: dict[str, int | None],
         device: torch.device | str = "cpu",
-        projection: IndexProjection | None = None,
+        projection=None,
     ):
         self.curvature, self.dampings, self.ranks, self.projection = curvature, dampings, ranks, projection
         self.out = SeedGradients(self_influence=torch.zeros(n_columns, device=device))
@@ -99,7 +98,7 @@ class SeedBuilder:
         self.out.self_influence[cols] += (grads * v).sum((-2, -1))
         if self.projection is not None:
             whitened = self.curvature.whiten(name, grads, self.dampings[name])
-            self.out.index[cols, self.projection.slices[name]] = self.projection.project(name, whitened)
+            self.out.index[cols] += self.projection.project(name, whitened)
         if name in self.out.dense:
             self.out.dense[name][cols] = v
             return
@@ -118,7 +117,7 @@ class SeedBuilder:
         f = self.curvature.modules[name]
         if self.projection is not None:  # (F + lambda)^(-1/2) G = sqrt(Lambda + lambda) X in the eigenbasis
             whitened = x * (f.lam.to(x.device) + self.dampings[name]).sqrt()
-            self.out.index[cols, self.projection.slices[name]] = self.projection.project(name, whitened)
+            self.out.index[cols] += self.projection.project(name, whitened)
         if name in self.out.dense:
             self.out.dense[name][cols] = f.q_g.to(x.device) @ x @ f.q_a.T.to(x.device)
             return
@@ -203,7 +202,7 @@ class Scorer:
         curvature: Curvature,
         dampings: dict[str, float],
         normalize: str = "none",
-        projection: IndexProjection | None = None,
+        projection=None,
     ):
         self.seeds = seeds
         self.curvature = curvature
@@ -234,7 +233,7 @@ class Scorer:
         if index is None:
             return self.curvature.self_influence_tokens(name, a, g, damping)
         whitened = self.curvature.whiten_tokens(name, a, g, damping)
-        self.projection.fill(index, name, whitened)
+        index += self.projection.project(name, whitened)
         return (whitened * whitened).sum((-2, -1))
 
     def _low_rank_scores(self, name: str, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ import pandas as pd
 
 from gdig.data import Example, build_example
 from gdig.index import index_scores
-from gdig.index_run import RunModel
+from gdig.index_run import RunModel, run_anchor
 from gdig.rundir.index import RunIndex
 from gdig.rundir.results import RunResults
 
@@ -35,25 +35,31 @@ def pair_example(
     data = run.config["settings"]["data"]
     rec = {"src_text": src, "trg_text": trg}
     rec |= {k: v for k, v in (("src_lang", src_lang), ("trg_lang", trg_lang)) if v}
-    langs = {k: data.get(k) or _pool_language(run, k) for k in ("src_lang", "trg_lang")}
-    ex = build_example("query", None, rec, data["prompt_template"], langs["src_lang"], langs["trg_lang"])
+    langs = pool_languages(run)
+    ex = build_example("query", None, rec, data["prompt_template"], langs.get("src_lang"), langs.get("trg_lang"))
     ex.id = id_
     return ex
 
 
-def _pool_language(run: RunResults, column: str) -> str | None:
-    """The language most of the pool's records declare in `column`, if any do."""
-    if column not in run.candidates:
-        return None
-    counts = run.candidates[column].dropna().astype(str).value_counts()
-    return str(counts.index[0]) if len(counts) else None
+def pool_languages(run: RunResults) -> dict[str, str]:
+    """The source and target languages a new pair gets: the run's defaults, else the ones most of its pool
+    declares (absent when neither says)."""
+    data = run.config["settings"]["data"]
+    out = {}
+    for column in ("src_lang", "trg_lang"):
+        counts = run.candidates[column].dropna().astype(str).value_counts() if column in run.candidates else []
+        lang = data.get(column) or (str(counts.index[0]) if len(counts) else None)
+        if lang:
+            out[column] = lang
+    return out
 
 
 def ask(run: RunResults, index: RunIndex, runner: RunModel, pairs: list[Example], top: int = 10) -> list[Answer]:
     """The pool pairs that help and hurt each of `pairs` most (scores in the run's normalisation)."""
-    runner.use_projection(index.meta["requested_k"], index.meta["random_state"], index.dim)
+    runner.use_projection(index.projection, index.meta["requested_k"], index.meta["random_state"], index.dim)
     got = runner.gradients(pairs, "query")
-    scores = index_scores(index.pool, got.rows, run.config["settings"]["normalize"], index.meta["norms"])
+    anchor = run_anchor(run.influence, run.seeds, index)
+    scores = index_scores(index.pool, got.rows, run.config["settings"]["normalize"], anchor)
     answers = []
     for j, pair in enumerate(pairs):
         col = scores[:, j]

@@ -22,14 +22,15 @@ import pandas as pd
 
 from gdig.atomic import atomic_path
 from gdig.data import Dataset, load_dataset
-from gdig.index import index_scores
-from gdig.index_run import RunModel, examples_from_table
-from gdig.rundir.index import INDEX_FILES, load_index
+from gdig.index import Anchor, IndexRows, index_scores
+from gdig.index_run import RunModel, examples_from_table, run_anchor
+from gdig.rundir.index import INDEX, INDEX_META, INDEX_NORMS, load_index, write_index_seeds
 from gdig.rundir.layout import CANDIDATES, CONFIG, FACTORS, INFLUENCE, SEED_GRADS, SEEDS, SKETCH, UMAP, prepare
 from gdig.rundir.results import RunResults, load_run
 from gdig.rundir.seeds import load_mean_direction, save_mean_direction_tensors
 
-SHARED_FILES = (CANDIDATES, SKETCH, UMAP, FACTORS, *INDEX_FILES)  # the pool's files: the same in a rescored run
+# The pool's files: the same in a rescored run (its seeds' index rows are its own: index_seeds.npz)
+SHARED_FILES = (CANDIDATES, SKETCH, UMAP, FACTORS, INDEX, INDEX_NORMS, INDEX_META)
 FROM_INDEX = "index"  # seeds.parquet's `scored_from` for a column computed from the index
 EXACT = "exact"
 
@@ -90,7 +91,7 @@ def rescore(
     staging = out.parent / f".{out.name}.rescoring"
     try:
         runner = runner or RunModel(run.path, device, model, tokenizer)
-        runner.use_projection(index.meta["requested_k"], index.meta["random_state"], index.dim)
+        runner.use_projection(index.projection, index.meta["requested_k"], index.meta["random_state"], index.dim)
         progress = on_progress or (lambda *a: None)
         normalize = run.config["settings"]["normalize"]
         dropped = run.seeds.iloc[sorted(set(range(len(run.seeds))) - set(kept))]
@@ -106,6 +107,7 @@ def rescore(
         _share_pool_files(run.path, staging)
         _write_influence(run, index, kept, new.rows, normalize, staging / INFLUENCE)
         _write_seeds(run, kept, edit.add, new, staging / SEEDS)
+        write_index_seeds(staging, _seed_rows(index.seeds, kept, new.rows))
         _write_direction(run, kept, new, gone, normalize, staging / SEED_GRADS)
         seconds = {"seed_passes": t_model, "index_product": time.time() - t1, "total": time.time() - t0}
         _write_config(run, index, edit, kept, seconds, staging / CONFIG)
@@ -131,9 +133,11 @@ def _share_pool_files(parent: Path, dest: Path) -> None:
 
 
 def _write_influence(run: RunResults, index, kept: list[int], new_rows, normalize: str, path: Path) -> None:
-    """influence.npy: the kept columns copied exactly, then the new seeds' columns from the index, streamed in
-    blocks of rows (never the whole matrix in memory)."""
+    """influence.npy: the kept columns copied exactly, then the new seeds' columns from the index (anchored on
+    the parent's exact columns, all of them, dropped ones too), streamed in blocks of rows (never the whole
+    matrix in memory)."""
     n, m = run.n, len(kept) + len(new_rows)
+    anchor = run_anchor(run.influence, run.seeds, index)
     block = max(1, min(1 << 15, (256 << 20) // max(4 * (m + index.dim), 1)))
     with atomic_path(path) as tmp:
         target = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, m))
@@ -143,15 +147,27 @@ def _write_influence(run: RunResults, index, kept: list[int], new_rows, normaliz
                 target[rows, : len(kept)] = run.influence[rows][:, kept]
             if len(new_rows):
                 pool = _rows_slice(index.pool, rows)
-                target[rows, len(kept) :] = index_scores(pool, new_rows, normalize, index.meta["norms"])
+                target[rows, len(kept) :] = index_scores(pool, new_rows, normalize, _anchor_rows(anchor, rows))
         target.flush()
         del target
 
 
-def _rows_slice(rows, sl: slice):
-    from gdig.index import IndexRows
+def _anchor_rows(anchor: Anchor | None, rows: slice) -> Anchor | None:
+    """The anchor restricted to a block of candidates (its seeds stay whole)."""
+    return None if anchor is None else Anchor(anchor.exact[rows], anchor.seeds, anchor.columns)
 
+
+def _rows_slice(rows: IndexRows, sl: slice) -> IndexRows:
     return IndexRows(rows.rows[sl], rows.projected_norm[sl], rows.norm[sl])
+
+
+def _seed_rows(parent: IndexRows, kept: list[int], new: IndexRows) -> IndexRows:
+    """The new seed set's index rows, column for column: the kept seeds' from the parent, then the new ones."""
+    return IndexRows(
+        np.concatenate([np.asarray(parent.rows, np.float32)[kept], np.asarray(new.rows, np.float32)]),
+        np.concatenate([parent.projected_norm[kept], new.projected_norm]),
+        np.concatenate([parent.norm[kept], new.norm]),
+    )
 
 
 def _write_seeds(run: RunResults, kept: list[int], add: Dataset | None, new, path: Path) -> None:

@@ -237,7 +237,7 @@ def write_run_index(ctx: ScoreContext, run_dir: Path, merged: dict[str, np.ndarr
     projection = index_projection(ctx)
     meta = index_meta(projection, ctx.cfg, ctx.tracked)
     write_index_meta(run_dir, meta)  # complete; the agreement is measured from the files, then recorded
-    meta["agreement"] = measure_agreement(run_dir, ctx.cfg.normalize, meta["norms"])
+    meta["agreement"] = measure_agreement(run_dir, ctx.cfg.normalize)
     write_index_meta(run_dir, meta)
     return {k: meta[k] for k in ("k", "dtype", "agreement")}
 

@@ -13,7 +13,7 @@ import torch
 from gdig.context import ScoreContext, by_length, factors_fingerprint, fit_subset, short_hash
 from gdig.curvature import Curvature, fit_curvature
 from gdig.hooks import Captured, GradientCapture, per_example_gradient
-from gdig.index import IndexProjection, IndexRows
+from gdig.index import IndexRows, make_projection
 from gdig.influence import Scorer, SeedBuilder, SeedGradients, group_seed_gradients
 from gdig.memory import SEED_WORK_BYTES, budget_mb, captures_fit, captures_reusable, free_memory_mb, seed_rank
 from gdig.rundir.checkpoint import FitCheckpoint
@@ -136,11 +136,12 @@ def seed_chunks(ctx: ScoreContext) -> list[list[int]]:
     return chunks + ([current] if current else [])
 
 
-def index_projection(ctx: ScoreContext) -> IndexProjection | None:
+def index_projection(ctx: ScoreContext):
     """The run's index projection (gdig.index), or None with --index-dim 0."""
     if ctx.cfg.index_dim == 0:
         return None
-    return IndexProjection(ctx.dims, ctx.cfg.index_dim, ctx.cfg.random_state, ctx.device)
+    cfg = ctx.cfg
+    return make_projection(cfg.index_projection, ctx.dims, cfg.index_dim, cfg.random_state, ctx.device)
 
 
 def seed_stage(ctx: ScoreContext, cur: Curvature, dampings: dict[str, float], status: Status):

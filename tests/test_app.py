@@ -436,3 +436,55 @@ def test_new_run_plans_memory_and_time_before_starting(app, runs, tmp_path, llam
     text = at.code[0].value
     assert "fit_covariance" in text and "seeds kept dense" in text and ": fits" in text and "about" in text
     assert not (runs / "planned").exists() and not (runs / ".inputs" / "planned").exists()  # nothing kept
+
+
+def test_seeds_page_drops_and_adds_seeds_and_every_page_follows(app, runs):
+    at = _page(app, "seeds")
+    table = at.dataframe[0].value
+    assert len(table) == 6 and {"flags", "loss", "helped by", "agreement", "scored"} <= set(table.columns)
+    first = table["id"].iloc[0]
+    at.multiselect(key="seed_drop_demo").select(first).run()
+    at.text_area(key="seed_src").input("the big dog runs").run()
+    at.text_area(key="seed_trg").input("der große Hund läuft").run()
+    at.button(key="seed_add").click().run()
+    at.text_input(key="seed_set_name").input("demo-seeds-b").run()
+    at.button(key="seed_score").click().run()
+    assert not at.exception, at.exception
+    assert at.session_state["run_name"] == "demo-seeds-b"
+    new = load_run(runs / "demo-seeds-b")
+    parent = load_run(runs / "demo")
+    assert new.seeds["id"].tolist() == [*table["id"].iloc[1:], "added-1"]
+    assert np.array_equal(np.asarray(new.influence)[:, :5], np.asarray(parent.influence)[:, 1:])
+    assert new.seeds["scored_from"].tolist()[-1] == "index"
+    at.run()
+    assert any("scored from the index" in i.value for i in at.info)
+    at.switch_page("app_pages/influence.py").run()  # the Influence page follows the new seed set
+    assert not at.exception, at.exception
+    kept = (new.mean_influence >= 0) & (weakest_rank(list(new.signals.values())) >= 0.1)
+    assert int(_metric(at, "Kept").replace(",", "")) == int(kept.sum())
+    shutil.rmtree(runs / "demo-seeds-b")
+
+
+def test_ask_the_pool_lists_helping_and_hurting_pairs(app, runs):
+    at = _page(app, "ask")
+    at.text_area(key="ask_src").input("the cat sees the dog").run()
+    at.text_area(key="ask_trg").input("die Katze sieht den Hund").run()
+    at.number_input(key="ask_top").set_value(4).run()
+    at.button(key="ask_go").click().run()
+    assert not at.exception, at.exception
+    helps, hurts = at.dataframe[0].value, at.dataframe[1].value
+    assert len(helps) == len(hurts) == 4
+    assert helps["score"].is_monotonic_decreasing and hurts["score"].is_monotonic_increasing
+    assert helps["score"].iloc[-1] >= hurts["score"].iloc[-1] and "cluster" in helps.columns
+
+
+def test_index_pages_say_how_to_index_a_run_without_one(app, runs):
+    from gdig.rundir.index import INDEX_FILES
+
+    shutil.copytree(runs / "demo", runs / "old", ignore=shutil.ignore_patterns(*INDEX_FILES))
+    try:
+        app.session_state["run_name"] = "old"
+        at = _page(app, "ask")
+        assert any("gdig index" in w.value for w in at.warning)
+    finally:
+        shutil.rmtree(runs / "old")

@@ -10,7 +10,15 @@ import torch
 from conftest import make_pairs
 from gdig.atomic import write_jsonl
 from gdig.config import ScoreConfig
-from gdig.index import IndexProjection, IndexRows, allocate, index_scores
+from gdig.index import (
+    PROJECTIONS,
+    Anchor,
+    CountSketchProjection,
+    IndexRows,
+    KroneckerProjection,
+    allocate,
+    index_scores,
+)
 from gdig.index_run import build_index
 from gdig.run import score
 from gdig.rundir.index import NoIndexError, has_index, load_index
@@ -32,23 +40,19 @@ def rel_err(a, b) -> float:
 
 @pytest.mark.parametrize("hessian", ["ekfac", "kfac", "identity"])
 @pytest.mark.parametrize("normalize", ["none", "unit", "relatif"])
-def test_index_equals_exact_scores_without_projection(tmp_path, model, tokenizer, data_files, hessian, normalize):
-    out = scored(
-        tmp_path,
-        model,
-        tokenizer,
-        data_files,
-        hessian=hessian,
-        normalize=normalize,
-        index_dim=BIG,
-        index_dtype="float32",
-    )
+@pytest.mark.parametrize("projection", PROJECTIONS)
+def test_index_equals_exact_scores_without_projection(
+    tmp_path, model, tokenizer, data_files, hessian, normalize, projection
+):
+    settings = dict(hessian=hessian, normalize=normalize, index_projection=projection)
+    out = scored(tmp_path, model, tokenizer, data_files, index_dim=BIG, index_dtype="float32", **settings)
     idx = load_index(out)
     assert idx.meta["exact"] and idx.dim == sum(d_in * d_out for d_in, d_out in _dims(model).values())
     exact = np.load(out / "influence.npy").astype(np.float64)
-    for norms in ("projected", "exact"):
-        approx = index_scores(idx.pool, idx.seeds, normalize, norms).astype(np.float64)
-        assert rel_err(approx, exact) < 1e-5, (norms, rel_err(approx, exact))
+    approx = index_scores(idx.pool, idx.seeds, normalize).astype(np.float64)
+    assert rel_err(approx, exact) < 1e-5
+    half = Anchor(exact, idx.seeds, np.arange(0, exact.shape[1], 2))  # anchored on some columns: still exact
+    assert rel_err(index_scores(idx.pool, idx.seeds, normalize, half).astype(np.float64), exact) < 1e-5
     assert idx.meta["agreement"]["spearman_mean"] > 0.9999
 
 
@@ -58,49 +62,88 @@ def _dims(model):
     return {t.name: (t.d_in, t.d_out) for t in find_tracked_modules(model)}
 
 
-def test_projected_index_tracks_exact_scores(tmp_path, model, tokenizer, data_files):
+@pytest.mark.parametrize("projection", PROJECTIONS)
+def test_projected_index_tracks_exact_scores(tmp_path, model, tokenizer, data_files, projection):
     """A real projection (k well under the gradient's dimension) still ranks candidates as the exact run does."""
-    out = scored(tmp_path, model, tokenizer, data_files, index_dim=512)
+    out = scored(tmp_path, model, tokenizer, data_files, index_dim=512, index_projection=projection)
     idx = load_index(out)
     assert not idx.meta["exact"] and idx.dim <= 512 and idx.pool.rows.dtype == np.float16
-    assert idx.meta["agreement"]["spearman_mean"] > 0.8
+    assert idx.projection == projection and idx.meta["agreement"]["spearman_mean"] > 0.8
     assert np.allclose(np.linalg.norm(idx.pool.rows.astype(np.float32), axis=1), 1, atol=2e-3)
 
 
-def test_projection_is_reproducible_from_its_seed():
+@pytest.mark.parametrize("cls", [CountSketchProjection, KroneckerProjection])
+def test_projections_are_reproducible_from_their_seed(cls):
     dims = {"a": (16, 32), "b": (32, 16), "c": (4, 3)}
-    p, q, other = IndexProjection(dims, 64, 3), IndexProjection(dims, 64, 3), IndexProjection(dims, 64, 4)
-    for name in ("a", "b"):
-        assert torch.equal(p.p_in[name], q.p_in[name]) and torch.equal(p.p_out[name], q.p_out[name])
-        assert not torch.equal(p.p_in[name], other.p_in[name])
-    assert p.p_in["c"] is None and p.p_out["c"] is None  # 12 values: kept whole
-    assert p.dim <= 64 and p.shapes["c"] == (3, 4)
+    gen = torch.Generator().manual_seed(1)
+    w = {n: torch.randn(2, d_out, d_in, generator=gen) for n, (d_in, d_out) in dims.items()}
+    p, q, other = cls(dims, 64, 3), cls(dims, 64, 3), cls(dims, 64, 4)
+    for name in dims:
+        assert torch.equal(p.project(name, w[name]), q.project(name, w[name]))
+    assert not torch.equal(p.project("a", w["a"]), other.project("a", w["a"]))
+    assert p.dim == 64 if cls is CountSketchProjection else p.dim <= 64
 
 
-def test_allocation_gives_small_modules_their_whole_size_and_the_rest_to_large_ones():
+def test_kronecker_keeps_small_modules_whole_and_gives_the_rest_to_large_ones():
+    p = KroneckerProjection({"a": (16, 32), "b": (32, 16), "c": (4, 3)}, 64, 3)
+    assert p.p_in["c"] is None and p.p_out["c"] is None and p.shapes["c"] == (3, 4)  # 12 values: kept whole
     shapes = allocate({"small": (2, 3), "big": (100, 100)}, 106)
     assert shapes["small"] == (3, 2) and shapes["big"][0] * shapes["big"][1] == 100
 
 
-def test_projected_dot_products_are_unbiased():
-    """E[<R x, R y>] = <x, y> over projection seeds (Kronecker Gaussian, N(0, 1/k) entries)."""
+@pytest.mark.parametrize("cls", [CountSketchProjection, KroneckerProjection])
+def test_projected_dot_products_are_unbiased(cls):
+    """E[<R x, R y>] = <x, y> over projection seeds."""
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(1, 12, 10, generator=gen), torch.randn(1, 12, 10, generator=gen)
     y = y + x  # correlated, so the true product is far from 0
-    dots = []
-    for seed in range(400):
-        p = IndexProjection({"m": (10, 12)}, 30, seed)
-        dots.append(float(p.project("m", x) @ p.project("m", y).T))
+    dots = [float(p.project("m", x) @ p.project("m", y).T) for p in (cls({"m": (10, 12)}, 30, s) for s in range(400))]
     truth = float((x * y).sum())
     assert abs(np.mean(dots) - truth) < 4 * np.std(dots) / np.sqrt(len(dots))
+
+
+def test_countsketch_error_is_a_dense_projections_and_below_kronecker_on_rank_one_gradients():
+    """The measured reason for the default: on rank-one matrices (a one-token gradient) the Kronecker
+    projection's error is far above 1/sqrt(k), the CountSketch's is not."""
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(64, 1, generator=gen) @ torch.randn(1, 64, generator=gen))[None]
+    y = x + 0.5 * (torch.randn(64, 1, generator=gen) @ torch.randn(1, 64, generator=gen))[None]
+    truth, scale = float((x * y).sum()), float(x.norm() * y.norm())
+
+    def error(cls) -> float:
+        dots = [
+            float(p.project("m", x) @ p.project("m", y).T) for p in (cls({"m": (64, 64)}, 256, s) for s in range(200))
+        ]
+        return float(np.sqrt(np.mean((np.array(dots) - truth) ** 2)) / scale)
+
+    assert error(CountSketchProjection) < 2.0 / np.sqrt(256) < error(KroneckerProjection)
+
+
+def test_the_anchor_scores_what_the_runs_seeds_explain_exactly_and_cuts_the_error():
+    """Pool and seeds sharing a few directions (as real gradients do): a new seed scored from a 64-column sketch
+    of 2,000 dimensions, with and without the anchor on 40 known seeds whose exact scores are given."""
+    rng = np.random.default_rng(0)
+    shared = rng.standard_normal((8, 2000))
+    draw = lambda n: rng.standard_normal((n, 8)) @ shared + 0.3 * rng.standard_normal((n, 2000))  # noqa: E731
+    pool, known, new = draw(500), draw(40), draw(20)
+    proj = CountSketchProjection({"m": (2000, 1)}, 64, 0)
+
+    def rows(x):
+        t = torch.from_numpy(x).float()
+        return IndexRows.from_projected(proj.project("m", t[:, :, None]), (t * t).sum(1))
+
+    exact_known, truth = pool @ known.T, pool @ new.T
+    anchor = Anchor(exact_known.astype(np.float32), rows(known))
+    plain = index_scores(rows(pool), rows(new), "none")
+    anchored = index_scores(rows(pool), rows(new), "none", anchor)
+    assert rel_err(anchored, truth) < 0.5 * rel_err(plain, truth)
 
 
 def test_index_scores_of_zero_gradient_are_zero():
     pool = IndexRows(np.zeros((2, 3), np.float16), np.zeros(2, np.float32), np.zeros(2, np.float32))
     q = IndexRows(np.ones((1, 3), np.float32) / np.sqrt(3), np.ones(1, np.float32), np.ones(1, np.float32))
     for normalize in ("none", "unit", "relatif"):
-        for norms in ("projected", "exact"):
-            assert np.all(index_scores(pool, q, normalize, norms) == 0)
+        assert np.all(index_scores(pool, q, normalize) == 0)
 
 
 def test_index_added_later_equals_the_one_written_by_the_run(tmp_path, model, tokenizer, data_files):
@@ -111,6 +154,7 @@ def test_index_added_later_equals_the_one_written_by_the_run(tmp_path, model, to
     with pytest.raises(NoIndexError, match="gdig index"):
         load_index(without)
     build_index(without, index_dim=256, index_dtype="float32", model=model, tokenizer=tokenizer, chunk=7)
+    assert load_index(without).projection == "countsketch"
     a, b = load_index(with_index), load_index(without)
     assert a.meta["modules"] == b.meta["modules"]
     np.testing.assert_allclose(b.pool.rows, a.pool.rows, atol=2e-5)

@@ -40,6 +40,11 @@ class RunIndex:
         """k, the dimension of the projected gradients."""
         return int(self.meta["k"])
 
+    @property
+    def projection(self) -> str:
+        """Which projection made the rows (gdig.index.PROJECTIONS)."""
+        return str(self.meta["projection"])
+
 
 def has_index(run_dir: str | Path) -> bool:
     """Whether the run holds a complete index (index.json is written last)."""

@@ -1,0 +1,334 @@
+"""The gradient index against exact runs (issue: ask the pool anything in seconds).
+
+1. Agreement as a function of k and of the projection: the demo's pool indexed at k = 1,024 .. 32,768
+   (`gdig index` on copies of the demo run); a second seed set (256 other clean pairs of the demo's domains)
+   scored from each index, plain or anchored on the run's own exact columns, against an exact `gdig score` with
+   that seed set: Spearman of the per-candidate mean, the median per-seed Spearman, the corrupted-pair AUROC
+   and the default rule's kept set (Jaccard).
+2. The same second seed set through `gdig rescore` at the default k: AUROC and time, against the exact run's.
+3. Speed on this machine at real sizes, on synthetic unit rows (the product does not depend on the values):
+   rescoring 100,000 candidates against 256 seeds, a query at 100,000 and 1,000,000 (memory-mapped), and what
+   writing the index adds to the demo's scoring stage.
+
+    python bench/bench_index.py [--ks 1024 2048 ...] [--skip-speed]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import CACHE, machine, save_report  # noqa: E402
+from gdig.demo import DemoConfig, build_demo  # noqa: E402
+from gdig.demo.evaluate import detection_auroc  # noqa: E402
+from gdig.index import PROJECTIONS, IndexRows, index_scores  # noqa: E402
+from gdig.rundir.index import INDEX_FILES, has_index, load_index  # noqa: E402
+from gdig.rundir.results import load_run  # noqa: E402
+from gdig.select import SelectionConfig, apply_rule  # noqa: E402
+
+ROOT_CACHE = CACHE / "demo"
+INDEX_CACHE = CACHE / "index"
+KS = (1024, 2048, 4096, 8192, 16384, 32768)
+
+
+def demo() -> tuple[DemoConfig, Path]:
+    cfg = DemoConfig(out=str(ROOT_CACHE / "run-0"), cache=str(ROOT_CACHE), seed=0)
+    run_dir, _ = build_demo(cfg)
+    return cfg, Path(run_dir)
+
+
+def indexed_copy(run_dir: Path, k: int, projection: str, dtype: str = "float16") -> tuple[Path, float]:
+    """The run's files (hard links) with an index of k dimensions added by `gdig index`; its seconds."""
+    from gdig.index_run import build_index
+
+    dest = INDEX_CACHE / f"{run_dir.name}-k{k}-{dtype}-{projection}"
+    if has_index(dest):
+        return dest, float(json.loads((dest / "seconds.json").read_text())["seconds"])
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    for f in run_dir.iterdir():
+        if f.is_file() and f.name not in INDEX_FILES:
+            os.link(f, dest / f.name)
+    t0 = time.time()
+    build_index(dest, index_dim=k, index_dtype=dtype, device="cpu", projection=projection)
+    seconds = time.time() - t0
+    (dest / "seconds.json").write_text(json.dumps({"seconds": seconds}))
+    return dest, seconds
+
+
+def kept_set(run, matrix: np.ndarray) -> np.ndarray:
+    """The default rule's kept set with this influence matrix (signals as the run has them)."""
+    frac, mean = (matrix > 0).mean(1), matrix.mean(1)
+    kept, _ = apply_rule(frac, mean, run.id_index, SelectionConfig(), run.signals)
+    return kept
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+def agreement_rows(run_dir: Path, new_seeds: Path, exact_dir: Path, ks: list[int], projections: list[str]):
+    """The second seed set scored from each index (plain, and anchored on the run's own 256 seeds) against the
+    exact run with that seed set."""
+    from scipy.stats import spearmanr
+
+    from gdig.index_run import RunModel, measure_agreement, run_anchor
+    from gdig.rescore import read_seed_file
+
+    run, truth = load_run(run_dir), load_run(exact_dir)
+    exact = np.asarray(truth.influence, np.float64)
+    bad = run.candidates["corruption"].notna().to_numpy()
+    exact_auroc = detection_auroc(exact.mean(1), bad)["auroc"]
+    exact_kept = kept_set(truth, exact)
+    examples = read_seed_file(run, new_seeds).examples
+    runner = RunModel(run_dir, "cpu")
+    normalize = run.config["settings"]["normalize"]
+    rows = []
+    for projection, k in ((p, k) for p in projections for k in ks):
+        folder, seconds = indexed_copy(run_dir, k, projection)
+        idx = load_index(folder)
+        runner.use_projection(projection, k, run.config["settings"]["random_state"], idx.dim)
+        new = runner.gradients(examples, "second seed set").rows
+        anchor = run_anchor(run.influence, run.seeds, idx)
+        for anchored in (False, True):
+            approx = index_scores(idx.pool, new, normalize, anchor if anchored else None).astype(np.float64)
+            per_seed = [spearmanr(exact[:, j], approx[:, j])[0] for j in range(exact.shape[1])]
+            rows.append(
+                {
+                    "projection": projection,
+                    "k": idx.dim,
+                    "anchored": anchored,
+                    "spearman_mean": float(spearmanr(exact.mean(1), approx.mean(1))[0]),
+                    "spearman_seed_median": float(np.median(per_seed)),
+                    "auroc": detection_auroc(approx.mean(1), bad)["auroc"],
+                    "auroc_exact": exact_auroc,
+                    "jaccard_kept": jaccard(kept_set(truth, approx), exact_kept),
+                    "bytes_per_candidate": idx.dim * idx.pool.rows.dtype.itemsize + 8,
+                    "index_seconds": seconds,
+                    "in_run": measure_agreement(folder, normalize),
+                }
+            )
+            print(json.dumps({k: v for k, v in rows[-1].items() if k != "in_run"}), flush=True)
+    return rows
+
+
+def other_seeds(cfg: DemoConfig, n: int) -> Path:
+    """n clean pairs of the demo's domains from the generator (another seed), disjoint from the pool, the test
+    set and the demo's seeds."""
+    from gdig.demo.corpus import make_corpus
+
+    cache = cfg.cache_dir()
+    taken = {
+        json.loads(line)["src_text"]
+        for name in ("pool", "test", "seeds")
+        for line in (cache / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()
+    }
+    _, more, _ = make_corpus(0, 2 * n + 100, 0, 0.0, seed=2000 + cfg.seed)
+    more = [r | {"id": f"second-{i:04d}"} for i, r in enumerate(x for x in more if x["src_text"] not in taken)]
+    path = INDEX_CACHE / f"second-seeds-{cfg.seed}-{n}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in more[:n]), "utf-8")
+    return path
+
+
+def exact_second_run(cfg: DemoConfig, seeds: Path) -> tuple[Path, float]:
+    """The demo's pool scored exactly against the second seed set (a whole `gdig score`, factors fitted afresh),
+    cached; its seconds."""
+    from gdig.run import score
+
+    out = INDEX_CACHE / f"second-exact-{seeds.stem}"
+    if (out / "seconds.json").exists():
+        return out, float(json.loads((out / "seconds.json").read_text())["seconds"])
+    shutil.rmtree(out, ignore_errors=True)
+    cache = cfg.cache_dir()
+    sc = cfg.score_config(cache / "model", cache / "pool.jsonl", seeds, out)
+    t0 = time.time()
+    score(dataclasses.replace(sc, device="cpu", index_dim=0))
+    seconds = time.time() - t0
+    (out / "seconds.json").write_text(json.dumps({"seconds": seconds}))
+    return out, seconds
+
+
+def second_seed_set(run_dir: Path, seeds: Path, exact_dir: Path, exact_seconds: float, k: int) -> dict:
+    """The second seed set from the index at k (`gdig rescore`, timed) against the exact run."""
+    from gdig.rescore import SeedEdit, read_seed_file, rescore
+
+    folder, _ = indexed_copy(run_dir, k, "countsketch")
+    out = INDEX_CACHE / "second-from-index"
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.time()
+    rescore(folder, out, SeedEdit(add=read_seed_file(load_run(folder), seeds), replace=True), device="cpu")
+    index_seconds = time.time() - t0
+    ex, ix = load_run(exact_dir), load_run(out)
+    bad = ex.candidates["corruption"].notna().to_numpy()
+    return {
+        "seeds": len(ix.seeds),
+        "auroc_exact": detection_auroc(np.asarray(ex.influence).mean(1), bad)["auroc"],
+        "auroc_index": detection_auroc(np.asarray(ix.influence).mean(1), bad)["auroc"],
+        "exact_seconds": exact_seconds,
+        "index_seconds": index_seconds,
+        "index_seconds_parts": ix.config["scored_from_index"]["seconds"],
+        "ratio": index_seconds / exact_seconds,
+        "k": ix.config["scored_from_index"]["k"],
+    }
+
+
+def synthetic_index(n: int, k: int, folder: Path) -> IndexRows:
+    """n unit rows of k float16 values, memory-mapped from disk (written once, in blocks)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"rows-{n}-{k}.npy"
+    if not path.exists():
+        rows = np.lib.format.open_memmap(path.with_suffix(".tmp"), mode="w+", dtype=np.float16, shape=(n, k))
+        rng = np.random.default_rng(0)
+        for start in range(0, n, 65536):
+            block = rng.standard_normal((min(65536, n - start), k), dtype=np.float32)
+            rows[start : start + len(block)] = block / np.linalg.norm(block, axis=1, keepdims=True)
+        rows.flush()
+        del rows
+        path.with_suffix(".tmp").rename(path)
+    rows = np.load(path, mmap_mode="r")
+    return IndexRows(rows, np.ones(n, np.float32), np.ones(n, np.float32))
+
+
+def timed(fn, repeats: int = 3) -> float:
+    """The median wall time of fn() over `repeats` calls."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def speed(k: int) -> dict:
+    rng = np.random.default_rng(1)
+    seeds = rng.standard_normal((256, k), dtype=np.float32)
+    seeds = IndexRows(seeds / np.linalg.norm(seeds, axis=1, keepdims=True), np.ones(256, np.float32), np.ones(256))
+    query = IndexRows(seeds.rows[:1], seeds.projected_norm[:1], seeds.norm[:1])
+    small = synthetic_index(100_000, k, INDEX_CACHE / "synthetic")
+    large = synthetic_index(1_000_000, k, INDEX_CACHE / "synthetic")
+    out = {"k": k}
+    out["rescore_100k_x256_seconds"] = timed(lambda: index_scores(small, seeds, "unit"))
+    out["query_100k_seconds"] = timed(lambda: index_scores(small, query, "unit"))
+    t0 = time.perf_counter()
+    index_scores(large, query, "unit")
+    out["query_1m_first_seconds"] = time.perf_counter() - t0
+    out["query_1m_seconds"] = timed(lambda: index_scores(large, query, "unit"))
+    out["index_1m_gib"] = large.rows.nbytes / 2**30
+    print(json.dumps(out), flush=True)
+    return out
+
+
+def writing_cost(cfg: DemoConfig, run_dir: Path) -> dict:
+    """The demo's scoring stage with and without the index (factors and seeds are reused from the demo)."""
+    from gdig.run import score
+
+    cache = cfg.cache_dir()
+    rows = {}
+    for name, changes in (("without", {"index_dim": 0}), ("with", {})):
+        out = ROOT_CACHE / f"score-0-index-{name}"
+        shutil.rmtree(out, ignore_errors=True)
+        sc = cfg.score_config(cache / "model", cache / "pool.jsonl", cache / "seeds.jsonl", out)
+        score(dataclasses.replace(sc, **changes))
+        t = json.loads((out / "config.json").read_text())["timings"]
+        rows[name] = {"score": t["score"], "index_finalize": t.get("index_finalize", 0.0), "finalize": t["finalize"]}
+    added = rows["with"]["score"] + rows["with"]["index_finalize"] - rows["without"]["score"]
+    return rows | {"added_fraction_of_score_stage": added / rows["without"]["score"]}
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        f"# Gradient index against exact runs ({report['date']})",
+        "",
+        f"Machine: {report['machine']}. Command: `python bench/bench_index.py`.",
+        "",
+        "## A new seed set from the index against an exact run with it, by k",
+        "",
+        "The demo (3,000 candidates, EK-FAC on 12 MLP modules, 540,672 whitened dimensions); 256 other clean "
+        "pairs of its domains scored from the index of the demo run (seeds' own passes only), plain or anchored "
+        "on the run's 256 exact seed columns, against `gdig score` with those seeds.",
+        "",
+        "| projection | k | anchored | Spearman of mean | per-seed median | AUROC (exact) | Jaccard kept | bytes |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["agreement"]:
+        lines.append(
+            f"| {r['projection']} | {r['k']} | {'yes' if r['anchored'] else 'no'} | {r['spearman_mean']:.4f} | "
+            f"{r['spearman_seed_median']:.4f} | {r['auroc']:.4f} ({r['auroc_exact']:.4f}) | "
+            f"{r['jaccard_kept']:.4f} | {r['bytes_per_candidate']} |"
+        )
+    s = report.get("second_seed_set")
+    if s:
+        lines += [
+            "",
+            f"## A second seed set ({s['seeds']} other clean pairs of the demo's domains)",
+            "",
+            f"AUROC exact {s['auroc_exact']:.4f}, from the index (k = {s['k']}) {s['auroc_index']:.4f} "
+            f"(difference {s['auroc_index'] - s['auroc_exact']:+.4f}); time: exact run {s['exact_seconds']:.1f} s, "
+            f"from the index {s['index_seconds']:.1f} s ({100 * s['ratio']:.1f}% of it; the seeds' own passes "
+            f"and model load {s['index_seconds_parts']['seed_passes']:.1f} s, the product and files "
+            f"{s['index_seconds_parts']['index_product']:.1f} s).",
+        ]
+    sp = report.get("speed")
+    if sp:
+        lines += [
+            "",
+            f"## Speed at real sizes (synthetic float16 index, k = {sp['k']}, memory-mapped)",
+            "",
+            f"- rescoring 100,000 candidates against 256 seeds: {sp['rescore_100k_x256_seconds']:.2f} s",
+            f"- a query at 100,000 candidates: {sp['query_100k_seconds']:.2f} s",
+            f"- a query at 1,000,000 ({sp['index_1m_gib']:.1f} GiB): first {sp['query_1m_first_seconds']:.2f} s, "
+            f"then {sp['query_1m_seconds']:.2f} s",
+        ]
+    w = report.get("writing")
+    if w:
+        lines += [
+            "",
+            "## What writing the index costs (the demo's scoring stage)",
+            "",
+            f"score stage without the index {w['without']['score']:.1f} s, with it {w['with']['score']:.1f} s "
+            f"+ {w['with']['index_finalize']:.1f} s to finish its files: "
+            f"{100 * w['added_fraction_of_score_stage']:+.1f}% of the scoring stage.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--ks", type=int, nargs="+", default=list(KS))
+    ap.add_argument("--projections", nargs="+", default=list(PROJECTIONS))
+    ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--skip-second", action="store_true")
+    ap.add_argument("--speed-k", type=int, default=None, help="k of the speed test (default: the default k)")
+    a = ap.parse_args()
+    from gdig.config import ScoreConfig
+
+    cfg, run_dir = demo()
+    report = {"date": datetime.date.today().isoformat(), "machine": machine()}
+    seeds = other_seeds(cfg, 256)
+    exact_dir, exact_seconds = exact_second_run(cfg, seeds)
+    report["agreement"] = agreement_rows(run_dir, seeds, exact_dir, a.ks, a.projections)
+    k = a.speed_k or ScoreConfig.__dataclass_fields__["index_dim"].default
+    if not a.skip_second:
+        report["second_seed_set"] = second_seed_set(run_dir, seeds, exact_dir, exact_seconds, k)
+        print(json.dumps(report["second_seed_set"]), flush=True)
+    if not a.skip_speed:
+        report["speed"] = speed(k)
+        report["writing"] = writing_cost(cfg, run_dir)
+        print(json.dumps(report["writing"]), flush=True)
+    print(save_report("index", report, markdown(report)))
+
+
+if __name__ == "__main__":
+    main()
