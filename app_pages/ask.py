@@ -18,14 +18,18 @@ with guard():
         f"{run.n:,} pool pairs (k = {index.dim:,}). Positive scores help the pair (up-weighting them lowers its "
         "loss), negative ones hurt it: a wrong translation's helpers are the pairs that taught it."
     )
-    c1, c2 = st.columns(2)
-    src = c1.text_area("Source", key="ask_src", height=80)
-    trg = c2.text_area("Translation (for example a wrong one seen in testing)", key="ask_trg", height=80)
-    l1, l2, l3 = st.columns(3)
-    src_lang = l1.text_input("Source language (default: the run's)", key="ask_src_lang")
-    trg_lang = l2.text_input("Target language (default: the run's)", key="ask_trg_lang")
-    top = l3.number_input("Pairs to list", min_value=1, max_value=200, value=10, key="ask_top")
-    if st.button("Ask", type="primary", key="ask_go", disabled=not (src.strip() and trg.strip())):
+    with st.form("ask_form", border=False):
+        c1, c2 = st.columns(2)
+        src = c1.text_area("Source", key="ask_src", height=80)
+        trg = c2.text_area("Translation (for example a wrong one seen in testing)", key="ask_trg", height=80)
+        l1, l2, l3 = st.columns(3)
+        src_lang = l1.text_input("Source language (default: the run's)", key="ask_src_lang")
+        trg_lang = l2.text_input("Target language (default: the run's)", key="ask_trg_lang")
+        top = l3.number_input("Pairs to list", min_value=1, max_value=200, value=10, key="ask_top")
+        asked = st.form_submit_button("Ask", type="primary", key="ask_go")
+    if asked and not (src.strip() and trg.strip()):
+        st.warning("Type both the source and the translation to ask about.")
+    elif asked:
         pair = pair_example(run, src.strip(), trg.strip(), src_lang.strip() or None, trg_lang.strip() or None)
         with st.spinner("Asking the pool…"):
             (answer,) = ask(run, index, run_model(str(run.path)), [pair], int(top))

@@ -30,6 +30,7 @@ with guard():
         table,
         hide_index=True,
         column_config={
+            "flags": st.column_config.TextColumn(width="medium"),
             "helped by": st.column_config.NumberColumn(format="percent"),
             "loss": st.column_config.NumberColumn(format="%.3f"),
             "agreement": st.column_config.NumberColumn(format="%.3f"),
@@ -44,13 +45,16 @@ with guard():
 
     st.subheader("Add seeds")
     added = st.session_state.setdefault(ADDED, {}).setdefault(str(run.path), [])
-    c1, c2 = st.columns(2)
-    src = c1.text_area("Source", key="seed_src", height=80)
-    trg = c2.text_area("Translation", key="seed_trg", height=80)
-    if st.button("Add this pair", key="seed_add", disabled=not (src.strip() and trg.strip())):
-        pair = {"src_text": src.strip(), "trg_text": trg.strip(), "id": f"added-{len(added) + 1}"}
-        added.append(with_languages(run, pair))
-        st.rerun()
+    with st.form("seed_add_form", clear_on_submit=True, border=False):
+        c1, c2 = st.columns(2)
+        src = c1.text_area("Source", key="seed_src", height=80)
+        trg = c2.text_area("Translation", key="seed_trg", height=80)
+        if st.form_submit_button("Add this pair", key="seed_add"):
+            if src.strip() and trg.strip():
+                pair = {"src_text": src.strip(), "trg_text": trg.strip(), "id": f"added-{len(added) + 1}"}
+                added.append(with_languages(run, pair))
+            else:
+                st.warning("Type both the source and its translation.")
     upload = st.file_uploader("…or a file of pairs (JSONL, JSON, CSV, TSV, Parquet)", key="seed_upload")
     if added:
         st.caption(f"{len(added)} pasted pair(s) to add:")

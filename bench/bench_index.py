@@ -78,7 +78,9 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / max((a | b).sum(), 1))
 
 
-def agreement_rows(run_dir: Path, new_seeds: Path, exact_dir: Path, ks: list[int], projections: list[str]):
+def agreement_rows(
+    run_dir: Path, new_seeds: Path, exact_dir: Path, ks: list[int], projections: list[str], label_column="corruption"
+):
     """The second seed set scored from each index (plain, and anchored on the run's own 256 seeds) against the
     exact run with that seed set."""
     from scipy.stats import spearmanr
@@ -88,7 +90,7 @@ def agreement_rows(run_dir: Path, new_seeds: Path, exact_dir: Path, ks: list[int
 
     run, truth = load_run(run_dir), load_run(exact_dir)
     exact = np.asarray(truth.influence, np.float64)
-    bad = run.candidates["corruption"].notna().to_numpy()
+    bad = run.candidates[label_column].notna().to_numpy()
     exact_auroc = detection_auroc(exact.mean(1), bad)["auroc"]
     exact_kept = kept_set(truth, exact)
     examples = read_seed_file(run, new_seeds).examples
@@ -184,6 +186,49 @@ def second_seed_set(run_dir: Path, seeds: Path, exact_dir: Path, exact_seconds: 
     }
 
 
+def pretrained_pool(seed: int, ks: list[int]) -> dict:
+    """One of bench_pretrained.py's SmolLM2 pools (its step-1 LoRA model, its default run: 256 seeds of the
+    pool's domains): a second set of 256 other domain pairs scored exactly and from the index at each k."""
+    from bench.bench_pretrained import PretrainedConfig, base_model, lora_finetune, make_pool, score_config, score_pool
+    from bench.common import write_jsonl
+    from gdig.run import score
+
+    cfg = PretrainedConfig(seed=seed, downstream_seeds=0)
+    folder = CACHE / "pretrained" / cfg.key()
+    files = make_pool(cfg, folder)
+    base = base_model()
+    tuned = folder / cfg.model_key() / "step1"
+    lora_finetune(cfg, base, files["pool"], tuned, cfg.seed, cfg.epochs)
+    runs = folder / cfg.model_key() / "runs"
+    spec = cfg.runs[0]
+    run_dir = score_pool(cfg, spec, base, tuned, files, runs)
+    seeds = write_jsonl(folder / "seeds-domain-second-256.jsonl", second_domain_pairs(cfg, 256))
+    exact_dir = runs / "second-seeds-exact"
+    if not (exact_dir / "seconds.json").exists():
+        shutil.rmtree(exact_dir, ignore_errors=True)
+        sc = dataclasses.replace(score_config(cfg, spec, base, tuned, files, exact_dir), seeds=str(seeds), index_dim=0)
+        t0 = time.time()
+        score(sc)  # the curvature is reused from the default run (same model, pool and settings)
+        (exact_dir / "seconds.json").write_text(json.dumps({"seconds": time.time() - t0}))
+    rows = agreement_rows(run_dir, seeds, exact_dir, ks, ["countsketch"], label_column="corruption")
+    return {"pool": seed, "n_pool": load_run(run_dir).n, "spec": spec, "agreement": rows}
+
+
+def second_domain_pairs(cfg, n: int) -> list[dict]:
+    """n clean pairs of the pool's domains after those bench_pretrained.domain_seeds takes (half WMT22, half
+    Tatoeba), none in the pool, the test sets or the first seed set."""
+    import random
+
+    from bench.bench_pretrained import _record, _shuffled_sources
+
+    wmt, tat = _shuffled_sources(random.Random(cfg.seed))
+    start = cfg.n_wmt + cfg.n_test + n // 2  # after the pool, the held-out WMT22 pairs and the first seeds
+    held = [("wmt", p) for p in wmt[start : start + n // 2]]
+    first = cfg.n_tatoeba + n - n // 2
+    held += [("tatoeba", p) for p in tat[first : first + n - len(held)]]
+    return [_record(f"{o}-seed2-{i:04d}", d, e) for i, (o, (d, e)) in enumerate(held)]
+
+
 def synthetic_index(n: int, k: int, folder: Path) -> IndexRows:
     """n unit rows of k float16 values, memory-mapped from disk (written once, in blocks)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -262,7 +307,7 @@ def markdown(report: dict) -> str:
         "| projection | k | anchored | Spearman of mean | per-seed median | AUROC (exact) | Jaccard kept | bytes |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for r in report["agreement"]:
+    for r in report.get("agreement", []):
         lines.append(
             f"| {r['projection']} | {r['k']} | {'yes' if r['anchored'] else 'no'} | {r['spearman_mean']:.4f} | "
             f"{r['spearman_seed_median']:.4f} | {r['auroc']:.4f} ({r['auroc_exact']:.4f}) | "
@@ -304,21 +349,62 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pretrained_main(report: dict, pools: list[int], ks: list[int]) -> None:
+    """The SmolLM2 pools of bench_pretrained.py (skipped without the shared data or SmolLM2)."""
+    from bench.common import SHARED_DATA, have_shared_data
+    from gdig.model_source import SMOLLM2_INSTALL, smollm2_gguf
+
+    if not have_shared_data() or not (SHARED_DATA / "wmt22" / "de-en").is_dir():
+        print(f"skipped: no real data at {SHARED_DATA} (see ../shared/data/SOURCES.md)")
+        return
+    if smollm2_gguf() is None and not (CACHE / "pretrained" / "smollm2-135m-instruct" / "config.json").exists():
+        print(f"skipped: SmolLM2 is not installed ({SMOLLM2_INSTALL})")
+        return
+    report["pretrained"] = [pretrained_pool(p, ks) for p in pools]
+    name = "index-pretrained-" + "-".join(map(str, pools))
+    print(save_report(name, report, pretrained_markdown(report)))
+
+
+def pretrained_markdown(report: dict) -> str:
+    lines = [f"# Gradient index on SmolLM2 pools ({report['date']})", "", f"Machine: {report['machine']}.", ""]
+    for pool in report["pretrained"]:
+        lines += [
+            f"## Pool {pool['pool']} ({pool['n_pool']} pairs, `{pool['spec']}`, EK-FAC on the LoRA adapters)",
+            "",
+            "256 other pairs of the pool's domains, from the index of the default run against an exact run.",
+            "",
+            "| k | anchored | Spearman of mean | per-seed median | AUROC (exact) | Jaccard kept |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['k']} | {'yes' if r['anchored'] else 'no'} | {r['spearman_mean']:.4f} | "
+            f"{r['spearman_seed_median']:.4f} | {r['auroc']:.4f} ({r['auroc_exact']:.4f}) | {r['jaccard_kept']:.4f} |"
+            for r in pool["agreement"]
+        ]
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--ks", type=int, nargs="+", default=list(KS))
     ap.add_argument("--projections", nargs="+", default=list(PROJECTIONS))
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-second", action="store_true")
+    ap.add_argument("--skip-agreement", action="store_true", help="only the timings (second seed set, speed)")
     ap.add_argument("--speed-k", type=int, default=None, help="k of the speed test (default: the default k)")
+    ap.add_argument("--pretrained", type=int, nargs="*", metavar="POOL", help="bench_pretrained.py's pools only")
     a = ap.parse_args()
     from gdig.config import ScoreConfig
 
-    cfg, run_dir = demo()
     report = {"date": datetime.date.today().isoformat(), "machine": machine()}
+    if a.pretrained is not None:
+        return pretrained_main(report, a.pretrained or [0], a.ks)
+    cfg, run_dir = demo()
     seeds = other_seeds(cfg, 256)
     exact_dir, exact_seconds = exact_second_run(cfg, seeds)
-    report["agreement"] = agreement_rows(run_dir, seeds, exact_dir, a.ks, a.projections)
+    if not a.skip_agreement:
+        report["agreement"] = agreement_rows(run_dir, seeds, exact_dir, a.ks, a.projections)
     k = a.speed_k or ScoreConfig.__dataclass_fields__["index_dim"].default
     if not a.skip_second:
         report["second_seed_set"] = second_seed_set(run_dir, seeds, exact_dir, exact_seconds, k)

@@ -32,6 +32,7 @@ QUICK = {
     "distributed": ["--candidates", "300", "--seeds", "16", "--repeats", "1", "--vocab", "2000"],
     "quality": ["--quick"],
     "demo": ["--quick"],
+    "index": ["--ks", "4096", "--projections", "countsketch", "--skip-speed"],
 }
 FULL = {
     "engine": ["--repeats", "1"],
@@ -42,6 +43,7 @@ FULL = {
     "scaling": ["--candidates", "1000", "2000", "4000", "--seeds", "16", "64", "256"],
     "quality": [],
     "demo": [],
+    "index": [],  # the demo's k sweep, a second seed set, and speed at 1,000,000 (a 33 GB file on disk)
     "pretrained": ["--runs", "lora ekfac", "lora kfac", "lora identity"],  # about an hour more, with SmolLM2
     "plan": [],  # SmolLM2 at 2,000 x 256: about an hour more
 }

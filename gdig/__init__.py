@@ -10,6 +10,11 @@ The Python API, the same steps as the command line:
     rule = SelectionConfig(clusters=20, budget=5000)  # mean influence >= 0, then 20 gradient clusters
     export_selection(run, select_run(run, rule), rule, "selected.jsonl")  # and selected.json, its manifest
 
+New seed sets and questions from the run's gradient index, without another pass over the pool:
+
+    rescore(run_dir, "runs/pool-other-seeds", SeedEdit(add=read_seed_file(run, "other.jsonl"), replace=True))
+    (answer,) = ask(run, load_index(run_dir), RunModel(run_dir), [pair_example(run, "Hallo Welt", "Hello world")])
+
 Names are imported on first use, so `import gdig` stays light (no torch until a model is needed).
 """
 
@@ -30,6 +35,14 @@ _WHERE = {
     "SelectionConfig": "gdig.select",
     "select_run": "gdig.select",
     "export_selection": "gdig.export",
+    "rescore": "gdig.rescore",
+    "SeedEdit": "gdig.rescore",
+    "read_seed_file": "gdig.rescore",
+    "ask": "gdig.query",
+    "pair_example": "gdig.query",
+    "RunModel": "gdig.index_run",
+    "build_index": "gdig.index_run",
+    "load_index": "gdig.rundir.index",
     "DemoConfig": "gdig.demo",
     "build_demo": "gdig.demo",
 }

@@ -94,7 +94,7 @@ class ScoreConfig:
     )
     # k of the gradient index: chosen by bench/bench_index.py (bench/README.md gives its agreement with exact runs)
     index_dim: int = option(
-        4096,
+        16384,
         "dimension of the gradient index that new seed sets and queries are scored from without another pass "
         "over the pool (0: no index)",
         label="Index dimension",

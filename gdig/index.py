@@ -193,7 +193,7 @@ RIDGE = 0.1  # of the anchor rows' mean squared length: keeps the fit stable whe
 
 
 def index_scores(
-    pool: IndexRows, queries: IndexRows, normalize: str, anchor: Anchor | None = None, block: int = 1 << 15
+    pool: IndexRows, queries: IndexRows, normalize: str, anchor: Anchor | None = None, block_bytes: int = 1 << 27
 ) -> np.ndarray:
     """Scores (n_pool, n_queries) of the pool against the queries from the index, in the run's normalisation
     (raw `none`: <w(q), w(z)>; `unit`: divided by both whitened norms; `relatif`: by the candidate's), float32,
@@ -206,6 +206,7 @@ def index_scores(
         basis = torch.from_numpy(_scaled(anchor.seeds, _query_scale(anchor.seeds, normalize))[cols])
         coef, q = _fit_on(basis, q)
     out = np.empty((len(pool), len(queries)), np.float32)
+    block = max(1, block_bytes // (4 * max(q.shape[1], 1)))  # rows converted to float32 at a time (128 MB)
     for start in range(0, len(pool), block):
         rows = slice(start, min(start + block, len(pool)))
         z = torch.from_numpy(np.array(pool.rows[rows])).float()  # a copy: memory maps are read-only

@@ -173,7 +173,7 @@ class RunModel:
                 with torch.no_grad():
                     for name, w in whitened.items():
                         projected[rows] += self.projection.project(name, w)
-                        self_inf[rows] += (w.double() ** 2).sum((-2, -1))
+                        self_inf[rows] += (w * w).sum((-2, -1)).double()
                     if directions is not None:
                         self._add_directions(sums, whitened, directions)
                 loss[batch.index] = cap.loss.detach().float().cpu().numpy()
@@ -191,12 +191,13 @@ class RunModel:
             }
 
     def _add_directions(self, sums: dict[str, torch.Tensor], whitened: dict[str, torch.Tensor], how: str) -> None:
-        """Add sum_z weight_z (F + lambda)^-1 grad L(z), rotated back from the eigenbasis, per module."""
-        norm = torch.stack([(w.double() ** 2).sum((-2, -1)) for w in whitened.values()]).sum(0).sqrt()
+        """Add sum_z weight_z (F + lambda)^-1 grad L(z) per module: the weighted sum is taken in the eigenbasis
+        and rotated back once per batch (linear, so the same as rotating each example back)."""
+        norm = torch.stack([(w * w).sum((-2, -1)).double() for w in whitened.values()]).sum(0).sqrt()
         weight = norm.reciprocal() if how == "unit" else torch.ones_like(norm)
         weight = torch.where(torch.isfinite(weight), weight, torch.zeros_like(weight)).float()
         for name, w in whitened.items():
-            v = torch.einsum("b,boi->oi", weight, self._unwhiten(name, w))
+            v = self._unwhiten(name, torch.einsum("b,boi->oi", weight, w))
             sums[name] = v if name not in sums else sums[name] + v
 
     def _unwhiten(self, name: str, w: torch.Tensor) -> torch.Tensor:

@@ -112,11 +112,14 @@ def plan_run(cfg: ScoreConfig, w: Workload, available_bytes: float) -> Plan:
     seed_batch = _batch(w, max(padded_batches(w.seed_lengths, cfg.batch_size, cfg.token_budget), default=0), capture)
     scored_from_cache = reuse > 0 and len(w.fit_set) == w.n_candidates  # scoring meets the fit's batches
     kept = {"reused captures": reuse if scored_from_cache else 0.0, "factors": factors, "seeds": seeds}
+    kept["seeds' index rows"] = 4 * w.n_seeds * cfg.index_dim
     stages["seeds"] = base | seed_batch | kept | {"seed chunk work": seed_work}
     scoring = {
         "per-example gradient (one module)": 4 * cfg.batch_size * widest,
-        "chunk buffers": 4 * cfg.chunk_size * (w.n_seeds + cfg.sketch_dim + 4),
+        "chunk buffers": 4 * cfg.chunk_size * (w.n_seeds + cfg.sketch_dim + 4) + 6 * cfg.chunk_size * cfg.index_dim,
     }
+    if cfg.index_dim:  # a module's projected rows before they are added up, and the batch's sum
+        scoring["index rows (batch)"] = 2 * 4 * cfg.batch_size * cfg.index_dim
     stages["score"] = base | ({} if scored_from_cache else batch) | kept | scoring
     stages["finalize"] = base | {
         "factors": factors,

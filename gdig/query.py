@@ -83,7 +83,7 @@ def answer_table(run: RunResults, answer: Answer, which: str, labels: np.ndarray
             "row": rows,
             "id": cands["id"].astype(str).to_numpy(),
             "score": answer.scores[rows],
-            "source": cands["prompt"].to_numpy(),
+            "source": (cands["src_text"] if "src_text" in cands else cands["prompt"]).astype(str).to_numpy(),
             "target": cands["target"].to_numpy(),
         }
     )

@@ -444,8 +444,8 @@ def test_seeds_page_drops_and_adds_seeds_and_every_page_follows(app, runs):
     assert len(table) == 6 and {"flags", "loss", "helped by", "agreement", "scored"} <= set(table.columns)
     first = table["id"].iloc[0]
     at.multiselect(key="seed_drop_demo").select(first).run()
-    at.text_area(key="seed_src").input("the big dog runs").run()
-    at.text_area(key="seed_trg").input("der große Hund läuft").run()
+    at.text_area(key="seed_src").input("the big dog runs")  # a form: sent together with its button
+    at.text_area(key="seed_trg").input("der große Hund läuft")
     at.button(key="seed_add").click().run()
     at.text_input(key="seed_set_name").input("demo-seeds-b").run()
     at.button(key="seed_score").click().run()
@@ -467,9 +467,9 @@ def test_seeds_page_drops_and_adds_seeds_and_every_page_follows(app, runs):
 
 def test_ask_the_pool_lists_helping_and_hurting_pairs(app, runs):
     at = _page(app, "ask")
-    at.text_area(key="ask_src").input("the cat sees the dog").run()
-    at.text_area(key="ask_trg").input("die Katze sieht den Hund").run()
-    at.number_input(key="ask_top").set_value(4).run()
+    at.text_area(key="ask_src").input("the cat sees the dog")  # a form: sent together with its button
+    at.text_area(key="ask_trg").input("die Katze sieht den Hund")
+    at.number_input(key="ask_top").set_value(4)
     at.button(key="ask_go").click().run()
     assert not at.exception, at.exception
     helps, hurts = at.dataframe[0].value, at.dataframe[1].value
@@ -488,3 +488,15 @@ def test_index_pages_say_how_to_index_a_run_without_one(app, runs):
         assert any("gdig index" in w.value for w in at.warning)
     finally:
         shutil.rmtree(runs / "old")
+
+
+def test_seeds_page_refuses_a_pair_longer_than_the_runs_max_length(app, runs):
+    at = _page(app, "seeds")
+    at.text_area(key="seed_src").input("the cat " * 400)
+    at.text_area(key="seed_trg").input("die Katze")
+    at.button(key="seed_add").click().run()
+    at.text_input(key="seed_set_name").input("too-long").run()
+    at.button(key="seed_score").click().run()
+    assert not at.exception, at.exception
+    assert any("longer than the run's max length" in e.value for e in at.error)
+    assert not (runs / "too-long").exists() and at.session_state["run_name"] == "demo"

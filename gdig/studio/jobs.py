@@ -17,7 +17,7 @@ from typing import Any
 from gdig.atomic import write_json_atomic
 from gdig.config import ScoreConfig
 from gdig.names import check_name
-from gdig.rundir.layout import CONFIG, JOB, JOB_SETTINGS, STATUS, WORKER_LOG, read_config
+from gdig.rundir.layout import CONFIG, INDEX_META, JOB, JOB_SETTINGS, STATUS, WORKER_LOG, read_config
 from gdig.rundir.status import clear_cancel, estimate, mark_starting, read_status, request_cancel
 
 
@@ -300,7 +300,18 @@ def settings_summary(run_dir: Path) -> str:
             return ""
     damping = f"λ={s['damping']:g}" if s.get("damping") is not None else f"λ={s.get('damping_relative')}×mean"
     sizes = f"{n:,} x {m:,} · " if n is not None and m is not None else ""
-    return f"{sizes}{s.get('hessian')} · {s.get('normalize')} · {damping} · {Path(str(s.get('model'))).name}"
+    line = f"{sizes}{s.get('hessian')} · {s.get('normalize')} · {damping} · {Path(str(s.get('model'))).name}"
+    return line + _index_note(run_dir, cfg if n is not None else {})
+
+
+def _index_note(run_dir: Path, cfg: dict) -> str:
+    """Whether a finished run can answer new seeds and questions: its index, or how to add one."""
+    if not cfg.get("finished"):
+        return ""
+    if cfg.get("scored_from_index"):
+        return f" · seeds scored from the index of {Path(cfg['scored_from_index']['parent']).name}"
+    meta = run_dir / INDEX_META
+    return f" · index k={json.loads(meta.read_text())['k']:,}" if meta.exists() else " · no index (gdig index)"
 
 
 def folder_bytes(path: Path) -> int:
