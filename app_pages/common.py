@@ -16,7 +16,8 @@ from gdig.clusters import GradientClusterer
 from gdig.names import check_name
 from gdig.options import specs
 from gdig.rundir.curation import load_curation, load_overrides, save_curation
-from gdig.rundir.layout import INFLUENCE
+from gdig.rundir.index import index_note
+from gdig.rundir.layout import INFLUENCE, read_config
 from gdig.rundir.results import RunError, RunResults, load_run
 from gdig.select import Selection, SelectionConfig, select_run
 from gdig.studio.jobs import list_runs
@@ -143,6 +144,9 @@ def sidebar_run_picker() -> None:
     st.sidebar.selectbox("Run", names, key="run_pick", on_change=_picked, index=None, placeholder="Choose a run")
     if wanted:
         st.query_params["run"] = wanted
+        note = index_note(read_config(run_dir(wanted)) or {})
+        if note:
+            st.sidebar.caption(note)
 
 
 def live(body, key: str, running: bool, *args) -> None:

@@ -24,7 +24,7 @@ from gdig.atomic import atomic_path
 from gdig.data import Dataset, load_dataset
 from gdig.index import Anchor, IndexRows, index_scores
 from gdig.index_run import RunModel, examples_from_table, run_anchor
-from gdig.rundir.index import INDEX, INDEX_META, INDEX_NORMS, load_index, write_index_seeds
+from gdig.rundir.index import INDEX, INDEX_META, INDEX_NORMS, index_note, load_index, write_index_seeds
 from gdig.rundir.layout import CANDIDATES, CONFIG, FACTORS, INFLUENCE, SEED_GRADS, SEEDS, SKETCH, UMAP, prepare
 from gdig.rundir.results import RunResults, load_run
 from gdig.rundir.seeds import load_mean_direction, save_mean_direction_tensors
@@ -256,13 +256,4 @@ def _publish(staging: Path, out: Path) -> None:
 
 def describe(run: RunResults) -> str | None:
     """One line for a run scored from an index (None for an exact run): parent, k and the measured agreement."""
-    info = run.config.get("scored_from_index")
-    if not info:
-        return None
-    agr = info.get("agreement") or {}
-    rho = agr.get("spearman_mean")
-    figure = f"; on the parent's seeds its mean scores agree with exact at Spearman {rho:.3f}" if rho else ""
-    return (
-        f"{info['index_columns']} seed column(s) scored from the gradient index of {Path(info['parent']).name} "
-        f"(k = {info['k']}){figure}; {info['exact_columns']} exact"
-    )
+    return index_note(run.config)

@@ -458,6 +458,7 @@ def test_seeds_page_drops_and_adds_seeds_and_every_page_follows(app, runs):
     assert new.seeds["scored_from"].tolist()[-1] == "index"
     at.run()
     assert any("scored from the index" in i.value for i in at.info)
+    assert any("scored from the gradient index of demo" in c.value for c in at.sidebar.caption)  # on every page
     at.switch_page("app_pages/influence.py").run()  # the Influence page follows the new seed set
     assert not at.exception, at.exception
     kept = (new.mean_influence >= 0) & (weakest_rank(list(new.signals.values())) >= 0.1)

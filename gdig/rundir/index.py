@@ -87,7 +87,16 @@ def write_index_meta(run_dir: str | Path, meta: dict[str, Any]) -> None:
     write_json_atomic(Path(run_dir) / INDEX_META, {"format": INDEX_FORMAT} | meta)
 
 
-def remove_index(run_dir: str | Path) -> None:
-    """Drop an index (index.json first, so no reader sees a half-removed one)."""
-    for name in reversed(INDEX_FILES):
-        (Path(run_dir) / name).unlink(missing_ok=True)
+def index_note(config: dict) -> str | None:
+    """One line for a run whose seeds were scored from an index (None for an exact run), from its config.json:
+    the parent, k and the agreement measured on the parent's own seeds."""
+    info = config.get("scored_from_index")
+    if not info:
+        return None
+    agr = info.get("agreement") or {}
+    rho = agr.get("spearman_mean")
+    figure = f"; measured on the parent's own seeds, Spearman {rho:.3f} of the mean score" if rho else ""
+    return (
+        f"{info['index_columns']} seed column(s) scored from the gradient index of {Path(info['parent']).name} "
+        f"(k = {info['k']:,}){figure}; {info['exact_columns']} exact"
+    )
