@@ -51,8 +51,7 @@ with guard():
         trg = c2.text_area("Translation", key="seed_trg", height=80)
         if st.form_submit_button("Add this pair", key="seed_add"):
             if src.strip() and trg.strip():
-                pair = {"src_text": src.strip(), "trg_text": trg.strip(), "id": f"added-{len(added) + 1}"}
-                added.append(with_languages(run, pair))
+                added.append(with_languages(run, {"src_text": src.strip(), "trg_text": trg.strip()}))
             else:
                 st.warning("Type both the source and its translation.")
     upload = st.file_uploader("…or a file of pairs (JSONL, JSON, CSV, TSV, Parquet)", key="seed_upload")

@@ -67,9 +67,11 @@ def run_rescore(a: argparse.Namespace) -> None:
         raise ValueError("give --seeds FILE (new seeds) and/or --drop ID ... (seeds of the run to drop)")
     if a.add and a.seeds is None:
         raise ValueError("--add needs --seeds FILE")
+    if a.drop and a.seeds and not a.add:
+        raise ValueError("--seeds without --add replaces every seed; to drop some and add others, give --add too")
     run = load_run(a.run_dir)
     add = read_seed_file(run, a.seeds) if a.seeds else None
-    edit = SeedEdit(add=add, drop=a.drop, replace=add is not None and not a.add and not a.drop)
+    edit = SeedEdit(add=add, drop=a.drop, replace=add is not None and not a.add)
     out = rescore(a.run_dir, a.out, edit, a.device, on_progress=_stage_printer())
     print(f"[gdig] {out}: {describe(load_run(out))}", file=sys.stderr)
 

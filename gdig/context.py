@@ -32,6 +32,9 @@ VOLATILE_SETTINGS = (
 )
 
 
+INDEX_SETTINGS = ("index_dim", "index_dtype", "index_projection")
+
+
 @dataclass
 class ScoreContext:
     """The loaded model and data of one run, shared by its stages."""
@@ -126,6 +129,9 @@ def settings_fingerprint(ctx: ScoreContext) -> str:
     settings = ctx.cfg.to_dict()
     for volatile in VOLATILE_SETTINGS:
         settings.pop(volatile)
+    if not settings["index_dim"]:  # no index: the fingerprint of a run made before the index existed
+        for key in INDEX_SETTINGS:
+            settings.pop(key)
     return short_hash([ctx.fingerprints, settings])
 
 

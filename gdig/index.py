@@ -31,35 +31,40 @@ def make_projection(kind: str, dims: dict[str, tuple[int, int]], dim: int, rando
 class CountSketchProjection:
     """A CountSketch of the concatenated whitened gradient (every coordinate of every module added, with a
     random sign, into one of k buckets): unbiased, with the variance of a dense Gaussian projection, (|x|^2 |y|^2
-    + <x, y>^2) / k, for any k and any module sizes, in O(coordinates) per example and no stored matrix (the
-    buckets and signs are drawn from the run's random_state, module by module). With k at least the gradient's
-    dimension it is no projection at all: every coordinate keeps its own column (exact)."""
+    + <x, y>^2) / k, for any k and any module sizes, in O(coordinates) per example. The bucket and sign of a
+    coordinate are a hash of its position and the run's random_state, computed where the gradient is (no stored
+    table: the same cost for a 7B model's 4 billion coordinates as for an adapter's). With k at least the
+    gradient's dimension it is no projection at all: every coordinate keeps its own column (exact)."""
 
     kind = "countsketch"
-    CACHE_COORDINATES = 1 << 26  # buckets kept in memory up to this many coordinates in all; beyond, redrawn
+    version = 2  # of the hash: an index is only read with the hash that wrote it
 
     def __init__(self, dims: dict[str, tuple[int, int]], dim: int, random_state: int, device="cpu"):
         sizes = {name: d_in * d_out for name, (d_in, d_out) in dims.items()}
         self.exact = dim >= sum(sizes.values())
         self.dim = sum(sizes.values()) if self.exact else dim
-        self.device, self.random_state, self.sizes = device, random_state, sizes
+        self.random_state, self.sizes = random_state, sizes
         self.offsets = dict(zip(sizes, np.cumsum([0, *sizes.values()])[:-1].tolist(), strict=True))
         self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._cache_left = self.CACHE_COORDINATES
+        self._cache_left = CACHED_COORDINATES
 
-    def _hash(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Module `name`'s bucket and sign per coordinate, drawn from (random_state, the module's position)."""
+    def hash(self, name: str, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Module `name`'s bucket and sign per coordinate, kept while they fit in CACHED_COORDINATES in all
+        (5 bytes a coordinate), else recomputed at each call."""
         if name in self._cache:
             return self._cache[name]
-        position = list(self.sizes).index(name)
-        gen = torch.Generator().manual_seed(self.random_state * 1_000_003 + 7919 + position)
-        n = self.sizes[name]
-        bucket = torch.randint(0, self.dim, (n,), generator=gen)
-        sign = torch.randint(0, 2, (n,), generator=gen, dtype=torch.int8).float() * 2 - 1
-        out = (bucket.to(self.device), sign.to(self.device))
-        if n <= self._cache_left:
-            self._cache[name], self._cache_left = out, self._cache_left - n
-        return out
+        bucket, sign = self._draw(name, device)
+        if self.sizes[name] <= self._cache_left:
+            self._cache[name] = bucket.to(torch.int32), sign.to(torch.int8)
+            self._cache_left -= self.sizes[name]
+            return self._cache[name]
+        return bucket, sign
+
+    def _draw(self, name: str, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """splitmix64 of each coordinate's global position and the seed: a bucket and a sign."""
+        start = self.offsets[name]
+        x = _splitmix64(torch.arange(start, start + self.sizes[name], device=device), self.random_state)
+        return (x & 0x7FFFFFFF) % self.dim, ((x >> 40) & 1) * 2 - 1
 
     def project(self, name: str, w: torch.Tensor) -> torch.Tensor:
         """Module `name`'s whitened gradients (B, d_out, d_in) into the k columns: (B, k), to be added up."""
@@ -69,12 +74,30 @@ class CountSketchProjection:
             start = self.offsets[name]
             out[:, start : start + flat.shape[1]] = flat
             return out
-        bucket, sign = self._hash(name)
-        return out.index_add_(1, bucket.to(flat.device), flat * sign.to(flat.device))
+        bucket, sign = self.hash(name, flat.device)
+        return out.index_add_(1, bucket.to(flat.device), flat * sign.to(device=flat.device, dtype=flat.dtype))
 
     def empty(self, n: int, device="cpu") -> torch.Tensor:
         """Zeros for n rows of the index, to which each module's `project` is added."""
         return torch.zeros(n, self.dim, device=device)
+
+
+CACHED_COORDINATES = 1 << 26  # hashes kept for up to this many coordinates (320 MB): every adapter, small MLPs
+_MASK64 = (1 << 64) - 1
+
+
+def _signed(c: int) -> int:
+    """A 64-bit constant as torch's int64 holds it (two's complement)."""
+    return c - (1 << 64) if c >= 1 << 63 else c
+
+
+def _splitmix64(x: torch.Tensor, seed: int) -> torch.Tensor:
+    """splitmix64's finaliser on int64 tensors (wrapping multiplication; logical shifts by masking): well-mixed
+    64-bit hashes of the positions, reproducible on any device."""
+    x = x + _signed((0x9E3779B97F4A7C15 * (seed + 1)) & _MASK64)
+    x = (x ^ ((x >> 30) & ((1 << 34) - 1))) * _signed(0xBF58476D1CE4E5B9)
+    x = (x ^ ((x >> 27) & ((1 << 37) - 1))) * _signed(0x94D049BB133111EB)
+    return x ^ ((x >> 31) & ((1 << 33) - 1))
 
 
 class KroneckerProjection:
@@ -84,6 +107,7 @@ class KroneckerProjection:
     A side small enough is kept whole (the identity); with k covering every module, no projection (exact)."""
 
     kind = "kronecker"
+    version = 1
 
     def __init__(self, dims: dict[str, tuple[int, int]], dim: int, random_state: int, device="cpu"):
         self.shapes = allocate(dims, dim)
@@ -139,7 +163,7 @@ def _kronecker_shape(d_out: int, d_in: int, budget: int) -> tuple[int, int]:
         return d_out, min(d_in, budget // d_out)
     if d_in <= root:
         return min(d_out, budget // d_in), d_in
-    return budget // max(root, 1), max(root, 1)
+    return min(d_out, budget // max(root, 1)), max(root, 1)
 
 
 def _gaussian(d: int, k: int, gen: torch.Generator, device) -> torch.Tensor | None:

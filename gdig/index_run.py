@@ -17,11 +17,12 @@ from gdig.curvature import Curvature
 from gdig.data import Example, TokenizedExample, tokenize_example
 from gdig.hooks import GradientCapture, make_batches
 from gdig.index import Anchor, IndexRows, agreement, index_scores, make_projection
-from gdig.model import TrackedModule, find_tracked_modules, load_model, model_fingerprint
-from gdig.rundir.index import load_index
+from gdig.model import TrackedModule, find_tracked_modules, load_model, model_fingerprint, prepare_tokenizer
+from gdig.rundir.index import HOW_TO_INDEX, load_index
 from gdig.rundir.layout import FACTORS, INFLUENCE, read_config
 from gdig.rundir.results import RunError
 
+HOW_TO_REINDEX = "delete its index*.npy, index_seeds.npz and index.json, then " + HOW_TO_INDEX
 AGREEMENT_ROWS = 20_000  # candidates compared when an index is written (a fixed sample; seconds at any size)
 
 
@@ -32,6 +33,7 @@ def index_meta(projection, cfg: ScoreConfig, tracked: list[TrackedModule]) -> di
         "requested_k": cfg.index_dim,
         "dtype": cfg.index_dtype,
         "projection": projection.kind,
+        "projection_version": projection.version,
         "random_state": cfg.random_state,
         "exact": projection.exact,
         "hessian": cfg.hessian,
@@ -51,8 +53,9 @@ def measure_agreement(run_dir: Path, normalize: str) -> dict[str, Any]:
     sample = IndexRows(np.asarray(idx.pool.rows[rows]), idx.pool.projected_norm[rows], idx.pool.norm[rows])
     exact = np.asarray(influence[rows])
     held, known = np.arange(1, m, 2), np.arange(0, m, 2)
-    if m < 2:
-        return {"without_anchor": agreement(exact, index_scores(sample, idx.seeds, normalize))}
+    if m < 2:  # one seed: nothing to anchor on, so the index's own agreement on it
+        plain = agreement(exact, index_scores(sample, idx.seeds, normalize))
+        return plain | {"without_anchor": plain, "measured_on": "the run's one seed column, without an anchor"}
     queries = IndexRows(idx.seeds.rows[held], idx.seeds.projected_norm[held], idx.seeds.norm[held])
     anchor = Anchor(exact, idx.seeds, known)
     return agreement(exact[:, held], index_scores(sample, queries, normalize, anchor)) | {
@@ -100,6 +103,9 @@ class RunModel:
             model, tokenizer = load_model(
                 self.cfg.model, device, self.cfg.dtype, self.cfg.trust_remote_code, self.cfg.adapter, self.cfg.gguf_file
             )
+        else:  # a model the caller loaded: made ready as build_context makes it
+            prepare_tokenizer(tokenizer, model.get_input_embeddings().num_embeddings)
+            model.eval()
         self.model, self.tokenizer = model, tokenizer
         self._check_model()
         self.tracked = find_tracked_modules(model, self.cfg.tracked_modules())
@@ -126,6 +132,13 @@ class RunModel:
         if expect_k is not None and self.projection.dim != expect_k:
             raise RunError(f"{self.run_dir}: the index's projection could not be rebuilt (k {expect_k})")
         return self.projection
+
+    def use_index(self, index) -> None:
+        """The projection of a run's index (a RunIndex), refusing one written by another version of its hash."""
+        meta = index.meta
+        projection = self.use_projection(index.projection, meta["requested_k"], meta["random_state"], index.dim)
+        if meta.get("projection_version", 1) != projection.version:
+            raise RunError(f"{self.run_dir}: its index was written by an older version; {HOW_TO_REINDEX}")
 
     def tokenize(self, examples: list[Example], role: str, strict: bool = True) -> list[TokenizedExample]:
         """Token ids as the run made them; `strict`: a pair longer than the run's max length or without a target
@@ -166,7 +179,8 @@ class RunModel:
         done = 0
         pad = self.tokenizer.pad_token_id
         with GradientCapture(self.model, self.tracked) as capture:
-            for batch in make_batches(toks, order, pad, self.cfg.batch_size, self.cfg.token_budget):
+            batches = make_batches(toks, order, pad, self.cfg.batch_size, self.cfg.token_budget, self.cfg.padding_side)
+            for batch in batches:
                 cap = capture.run(batch)
                 rows = torch.tensor(batch.index, device=self.device)
                 whitened = self._whiten(cap)

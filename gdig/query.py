@@ -56,7 +56,7 @@ def pool_languages(run: RunResults) -> dict[str, str]:
 
 def ask(run: RunResults, index: RunIndex, runner: RunModel, pairs: list[Example], top: int = 10) -> list[Answer]:
     """The pool pairs that help and hurt each of `pairs` most (scores in the run's normalisation)."""
-    runner.use_projection(index.projection, index.meta["requested_k"], index.meta["random_state"], index.dim)
+    runner.use_index(index)
     got = runner.gradients(pairs, "query")
     anchor = run_anchor(run.influence, run.seeds, index)
     scores = index_scores(index.pool, got.rows, run.config["settings"]["normalize"], anchor)

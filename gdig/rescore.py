@@ -9,6 +9,7 @@ changed seeds' passes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -31,6 +32,7 @@ from gdig.rundir.seeds import load_mean_direction, save_mean_direction_tensors
 
 # The pool's files: the same in a rescored run (its seeds' index rows are its own: index_seeds.npz)
 SHARED_FILES = (CANDIDATES, SKETCH, UMAP, FACTORS, INDEX, INDEX_NORMS, INDEX_META)
+RESERVED = ("loss", "n_tokens", "n_input_tokens", "truncated", "prompt", "target", "record", "scored_from")
 FROM_INDEX = "index"  # seeds.parquet's `scored_from` for a column computed from the index
 EXACT = "exact"
 
@@ -50,6 +52,21 @@ def read_seed_file(run: RunResults, path: str | Path) -> Dataset:
     return load_dataset(path, data["prompt_template"], data.get("src_lang"), data.get("trg_lang"), role="seed")
 
 
+def with_fresh_ids(add: Dataset, taken: set[str]) -> Dataset:
+    """New seeds from a file without ids of its own (their ids are row numbers, which the run's seeds use too)
+    renamed added-1, added-2, ..., skipping ids already taken; a file's own ids are kept (a clash is refused)."""
+    if all("id" in e.record for e in add.examples):
+        return add
+    fresh, n = [], 0
+    for _ in add.examples:
+        n += 1
+        while f"added-{n}" in taken:
+            n += 1
+        fresh.append(f"added-{n}")
+    examples = [dataclasses.replace(e, id=i) for e, i in zip(add.examples, fresh, strict=True)]
+    return dataclasses.replace(add, examples=examples)
+
+
 def check_edit(run: RunResults, edit: SeedEdit) -> list[int]:
     """The run's seed columns kept, after refusing an edit that cannot be made (before any work)."""
     seeds = run.seeds
@@ -59,7 +76,10 @@ def check_edit(run: RunResults, edit: SeedEdit) -> list[int]:
         raise ValueError(f"no seed with id {', '.join(unknown[:10])} in {run.path}")
     batch = int(run.config["settings"].get("seed_batch", 1))
     if batch != 1 and not edit.replace:
-        raise ValueError(f"{run.path} averages seeds in groups of {batch}; only --replace works on such a run")
+        raise ValueError(
+            f"{run.path} averages seeds in groups of {batch}: its seeds can only be replaced as a whole (--seeds "
+            "FILE without --add or --drop)"
+        )
     kept = [] if edit.replace else [j for j, i in enumerate(ids) if i not in set(map(str, edit.drop))]
     if edit.add is not None and not edit.replace:
         clash = sorted(set(edit.add.ids) & {ids[j] for j in kept})
@@ -85,13 +105,15 @@ def rescore(
     t0 = time.time()
     run = load_run(run_dir)
     index = load_index(run.path)
+    if edit.add is not None and not edit.replace:
+        edit = dataclasses.replace(edit, add=with_fresh_ids(edit.add, set(run.seeds["id"].astype(str))))
     kept = check_edit(run, edit)
     out = Path(out)
     prepare(out, resume=False)  # refuses an existing run or a non-empty folder
     staging = out.parent / f".{out.name}.rescoring"
     try:
         runner = runner or RunModel(run.path, device, model, tokenizer)
-        runner.use_projection(index.projection, index.meta["requested_k"], index.meta["random_state"], index.dim)
+        runner.use_index(index)
         progress = on_progress or (lambda *a: None)
         normalize = run.config["settings"]["normalize"]
         dropped = run.seeds.iloc[sorted(set(range(len(run.seeds))) - set(kept))]
@@ -100,7 +122,8 @@ def rescore(
         t_model = time.time() - t0
         gone = None
         if not edit.replace and len(dropped):
-            gone = runner.gradients(examples_from_table(dropped, "seed"), "dropped seeds", normalize)
+            old = examples_from_table(dropped, "seed")  # tokenized as the run did: a truncated seed drops too
+            gone = runner.gradients(old, "dropped seeds", normalize, tokenized=runner.tokenize(old, "seeds", False))
         t1 = time.time()
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
@@ -176,6 +199,7 @@ def _write_seeds(run: RunResults, kept: list[int], add: Dataset | None, new, pat
     old["scored_from"] = old.get("scored_from", pd.Series(EXACT, index=old.index)).fillna(EXACT)
     parts = [old]
     if add is not None and len(add):
+        fields = pd.DataFrame.from_records([e.record for e in add.examples]).drop(columns="id", errors="ignore")
         parts.append(
             pd.DataFrame(
                 {
@@ -189,7 +213,7 @@ def _write_seeds(run: RunResults, kept: list[int], add: Dataset | None, new, pat
                     "record": [json.dumps(e.record, ensure_ascii=False, default=str) for e in add.examples],
                     "scored_from": FROM_INDEX,
                 }
-            )
+            ).join(fields.drop(columns=[c for c in fields.columns if c in RESERVED], errors="ignore"))
         )
     table = pd.concat(parts, ignore_index=True)
     table["seed_batch"] = np.arange(len(table), dtype=np.int64)

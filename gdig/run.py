@@ -179,7 +179,10 @@ def _prepare(run_dir: Path, resume: bool, world: World) -> dict[str, Any] | None
 
 
 def _resume_finished(ctx: ScoreContext, run_dir: Path, saved: dict[str, Any], status: Status) -> bool:
-    """Check that a resumed run has the same settings; True when it had finished (only its map may be missing)."""
+    """Check that a resumed run has the same settings; True when it had finished (only its map may be missing).
+    A run begun before the index existed is finished without one (`gdig index` adds it after)."""
+    if "index_dim" not in saved.get("settings", {}):
+        ctx.cfg.index_dim = 0
     if saved.get("fingerprints", {}).get("settings") != settings_fingerprint(ctx):
         raise RunExistsError(f"{run_dir} was made with other settings, model or data; --resume needs the same")
     if saved.get("finished"):

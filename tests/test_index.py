@@ -186,3 +186,30 @@ def test_resumed_run_writes_the_same_index(tmp_path, model, tokenizer):
     a, b = load_index(whole), load_index(tmp_path / "part")
     np.testing.assert_array_equal(a.pool.rows, b.pool.rows)
     np.testing.assert_array_equal(a.seeds.rows, b.seeds.rows)
+
+
+def test_a_one_seed_run_reports_its_agreement(tmp_path, model, tokenizer):
+    cands = write_jsonl(tmp_path / "c.jsonl", make_pairs(10, seed=5))
+    one = write_jsonl(tmp_path / "s.jsonl", make_pairs(1, seed=6))
+    idx = load_index(scored(tmp_path, model, tokenizer, (cands, one), index_dim=64))
+    assert {"spearman_mean", "without_anchor"} <= set(idx.meta["agreement"])
+
+
+def test_kronecker_shapes_fit_their_budget():
+    for d_out, d_in, budget in [(5, 5, 24), (3, 40, 30), (40, 3, 30), (64, 64, 100)]:
+        k_out, k_in = KroneckerProjection({"m": (d_in, d_out)}, budget, 0).shapes["m"]
+        assert k_out <= d_out and k_in <= d_in and k_out * k_in <= budget
+
+
+def test_a_run_begun_before_the_index_resumes_and_finishes_without_one(tmp_path, model, tokenizer, data_files):
+    import json
+
+    out = scored(tmp_path, model, tokenizer, data_files, index_dim=0)
+    config = json.loads((out / "config.json").read_text())
+    for key in ("index_dim", "index_dtype", "index_projection"):  # as an older version wrote it
+        config["settings"].pop(key)
+    (out / "config.json").write_text(json.dumps(config))
+    cands, seeds = data_files
+    cfg = ScoreConfig(model="in-memory", candidates=str(cands), seeds=str(seeds), out=str(out), umap=False)
+    score(cfg, resume=True, model=model, tokenizer=tokenizer)  # the default index_dim: no "other settings"
+    assert not has_index(out)

@@ -160,3 +160,49 @@ def test_seed_file_uses_the_runs_prompt_template(runs):
     run = load_run(out["a"])
     ds = read_seed_file(run, files["b"])
     assert ds.examples[0].prompt == load_dataset(files["b"]).examples[0].prompt
+
+
+def test_new_seeds_without_ids_of_their_own_get_fresh_ones(runs, model, tokenizer, tmp_path):
+    tmp, out, _ = runs
+    plain = write_jsonl(tmp_path / "plain.jsonl", make_pairs(2, seed=9))  # ids 0, 1: the run's seeds have those
+    parent = load_run(out["b"])
+    got = load_run(
+        rescore(out["b"], tmp_path / "r", SeedEdit(add=read_seed_file(parent, plain)), model=model, tokenizer=tokenizer)
+    )
+    assert got.seeds["id"].tolist() == ["b0", "b1", "b2", "added-1", "added-2"]
+    assert got.seeds["src_text"].tolist()[-2:] == [r["src_text"] for r in make_pairs(2, seed=9)]  # their fields too
+
+
+def test_a_seed_the_run_truncated_can_be_dropped(tmp_path, model, tokenizer):
+    cands = write_jsonl(tmp_path / "c.jsonl", make_pairs(12, seed=2))
+    long = {
+        "src_text": "the cat " * 30,
+        "trg_text": "die Katze " * 30,
+        "src_lang": "en",
+        "trg_lang": "de",
+        "id": "long",
+    }
+    seeds = write_jsonl(
+        tmp_path / "s.jsonl", [long, *[r | {"id": f"s{i}"} for i, r in enumerate(make_pairs(3, seed=3))]]
+    )
+    cfg = ScoreConfig(model="in-memory", candidates=str(cands), seeds=str(seeds), out=str(tmp_path / "run"), umap=False)
+    cfg.data.max_length = 160  # the long seed is truncated, as scoring allows and reports
+    run = score(cfg, model=model, tokenizer=tokenizer)
+    assert load_run(run).seeds["truncated"].tolist()[0]
+    thin = load_run(rescore(run, tmp_path / "thin", SeedEdit(drop=["long"]), model=model, tokenizer=tokenizer))
+    assert thin.seeds["id"].tolist() == ["s0", "s1", "s2"]
+
+
+def test_an_index_of_another_hash_version_is_refused(runs, model, tokenizer, tmp_path):
+    import shutil
+
+    from gdig.rundir.results import RunError
+
+    _, out, files = runs
+    copy = tmp_path / "old"
+    shutil.copytree(out["a"], copy)
+    meta = json.loads((copy / "index.json").read_text())
+    meta.pop("projection_version")
+    (copy / "index.json").write_text(json.dumps(meta))
+    with pytest.raises(RunError, match="older version"):
+        rescore(copy, tmp_path / "x", SeedEdit(drop=["a0"]), model=model, tokenizer=tokenizer)
