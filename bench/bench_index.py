@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import hashlib
 import json
 import os
 import shutil
@@ -48,11 +49,13 @@ def demo() -> tuple[DemoConfig, Path]:
     return cfg, Path(run_dir)
 
 
-def indexed_copy(run_dir: Path, k: int, projection: str, dtype: str = "float16") -> tuple[Path, float]:
-    """The run's files (hard links) with an index of k dimensions added by `gdig index`; its seconds."""
+def indexed_copy(run_dir: Path, k: int, projection: str, draw: int = 0, dtype: str = "float16") -> tuple[Path, float]:
+    """The run's files (hard links) with an index of k dimensions added by `gdig index` (projection seed: the
+    run's random_state + draw); its seconds."""
     from gdig.index_run import build_index
 
-    dest = INDEX_CACHE / f"{run_dir.name}-k{k}-{dtype}-{projection}"
+    where = hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:8]  # runs of other pools share names
+    dest = INDEX_CACHE / f"{run_dir.name}-{where}-k{k}-{dtype}-{projection}-draw{draw}"
     if has_index(dest):
         return dest, float(json.loads((dest / "seconds.json").read_text())["seconds"])
     shutil.rmtree(dest, ignore_errors=True)
@@ -61,7 +64,8 @@ def indexed_copy(run_dir: Path, k: int, projection: str, dtype: str = "float16")
         if f.is_file() and f.name not in INDEX_FILES:
             os.link(f, dest / f.name)
     t0 = time.time()
-    build_index(dest, index_dim=k, index_dtype=dtype, device="cpu", projection=projection)
+    seed = int(load_run(run_dir).config["settings"]["random_state"]) + draw
+    build_index(dest, index_dim=k, index_dtype=dtype, device="cpu", projection=projection, projection_seed=seed)
     seconds = time.time() - t0
     (dest / "seconds.json").write_text(json.dumps({"seconds": seconds}))
     return dest, seconds
@@ -79,7 +83,13 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def agreement_rows(
-    run_dir: Path, new_seeds: Path, exact_dir: Path, ks: list[int], projections: list[str], label_column="corruption"
+    run_dir: Path,
+    new_seeds: Path,
+    exact_dir: Path,
+    ks: list[int],
+    projections: list[str],
+    label_column: str = "corruption",
+    draws: int = 1,
 ):
     """The second seed set scored from each index (plain, and anchored on the run's own 256 seeds) against the
     exact run with that seed set."""
@@ -97,10 +107,11 @@ def agreement_rows(
     runner = RunModel(run_dir, "cpu")
     normalize = run.config["settings"]["normalize"]
     rows = []
-    for projection, k in ((p, k) for p in projections for k in ks):
-        folder, seconds = indexed_copy(run_dir, k, projection)
+    plan = [(p, k, d) for p in projections for k in ks for d in range(draws if p == "countsketch" else 1)]
+    for projection, k, draw in plan:  # the alternative projection is measured with one draw
+        folder, seconds = indexed_copy(run_dir, k, projection, draw)
         idx = load_index(folder)
-        runner.use_projection(projection, k, run.config["settings"]["random_state"], idx.dim)
+        runner.use_index(idx)
         new = runner.gradients(examples, "second seed set").rows
         anchor = run_anchor(run.influence, run.seeds, idx)
         for anchored in (False, True):
@@ -109,6 +120,7 @@ def agreement_rows(
             rows.append(
                 {
                     "projection": projection,
+                    "draw": draw,
                     "k": idx.dim,
                     "anchored": anchored,
                     "spearman_mean": float(spearmanr(exact.mean(1), approx.mean(1))[0]),
@@ -186,7 +198,7 @@ def second_seed_set(run_dir: Path, seeds: Path, exact_dir: Path, exact_seconds: 
     }
 
 
-def pretrained_pool(seed: int, ks: list[int]) -> dict:
+def pretrained_pool(seed: int, ks: list[int], draws: int) -> dict:
     """One of bench_pretrained.py's SmolLM2 pools (its step-1 LoRA model, its default run: 256 seeds of the
     pool's domains): a second set of 256 other domain pairs scored exactly and from the index at each k."""
     from bench.bench_pretrained import PretrainedConfig, base_model, lora_finetune, make_pool, score_config, score_pool
@@ -210,7 +222,7 @@ def pretrained_pool(seed: int, ks: list[int]) -> dict:
         t0 = time.time()
         score(sc)  # the curvature is reused from the default run (same model, pool and settings)
         (exact_dir / "seconds.json").write_text(json.dumps({"seconds": time.time() - t0}))
-    rows = agreement_rows(run_dir, seeds, exact_dir, ks, ["countsketch"], label_column="corruption")
+    rows = agreement_rows(run_dir, seeds, exact_dir, ks, ["countsketch"], label_column="corruption", draws=draws)
     return {"pool": seed, "n_pool": load_run(run_dir).n, "spec": spec, "agreement": rows}
 
 
@@ -236,8 +248,9 @@ def synthetic_index(n: int, k: int, folder: Path) -> IndexRows:
     if not path.exists():
         rows = np.lib.format.open_memmap(path.with_suffix(".tmp"), mode="w+", dtype=np.float16, shape=(n, k))
         rng = np.random.default_rng(0)
-        for start in range(0, n, 65536):
-            block = rng.standard_normal((min(65536, n - start), k), dtype=np.float32)
+        step = max(1, (256 << 20) // (4 * k))  # 256 MB of float32 at a time
+        for start in range(0, n, step):
+            block = rng.standard_normal((min(step, n - start), k), dtype=np.float32)
             rows[start : start + len(block)] = block / np.linalg.norm(block, axis=1, keepdims=True)
         rows.flush()
         del rows
@@ -292,6 +305,31 @@ def writing_cost(cfg: DemoConfig, run_dir: Path) -> dict:
     return rows | {"added_fraction_of_score_stage": added / rows["without"]["score"]}
 
 
+METRICS = ("spearman_mean", "spearman_seed_median", "auroc", "auroc_delta", "jaccard_kept")
+
+
+def agreement_table(rows: list[dict]) -> list[str]:
+    """One line per projection, k and anchoring: each metric's mean (± sd) over the projection draws."""
+    out = [
+        "| projection | k | anchored | draws | Spearman of mean | per-seed median | AUROC | vs exact | Jaccard kept |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["projection"], r["k"], r["anchored"]), []).append(
+            r | {"auroc_delta": r["auroc"] - r["auroc_exact"]}
+        )
+    for (projection, k, anchored), rs in groups.items():
+        cells = []
+        for m in METRICS:
+            v = np.array([r[m] for r in rs])
+            cells.append(f"{v.mean():+.4f}" if m == "auroc_delta" else f"{v.mean():.4f}")
+            if len(v) > 1:
+                cells[-1] += f" ± {v.std(ddof=1):.4f}"
+        out.append(f"| {projection} | {k:,} | {'yes' if anchored else 'no'} | {len(rs)} | " + " | ".join(cells) + " |")
+    return out
+
+
 def markdown(report: dict) -> str:
     lines = [
         f"# Gradient index against exact runs ({report['date']})",
@@ -304,15 +342,10 @@ def markdown(report: dict) -> str:
         "pairs of its domains scored from the index of the demo run (seeds' own passes only), plain or anchored "
         "on the run's 256 exact seed columns, against `gdig score` with those seeds.",
         "",
-        "| projection | k | anchored | Spearman of mean | per-seed median | AUROC (exact) | Jaccard kept | bytes |",
-        "|---|---|---|---|---|---|---|---|",
+        "Each figure: the mean over the projection seeds drawn (± their sd when more than one; `draws`).",
+        "",
+        *agreement_table(report.get("agreement", [])),
     ]
-    for r in report.get("agreement", []):
-        lines.append(
-            f"| {r['projection']} | {r['k']} | {'yes' if r['anchored'] else 'no'} | {r['spearman_mean']:.4f} | "
-            f"{r['spearman_seed_median']:.4f} | {r['auroc']:.4f} ({r['auroc_exact']:.4f}) | "
-            f"{r['jaccard_kept']:.4f} | {r['bytes_per_candidate']} |"
-        )
     s = report.get("second_seed_set")
     if s:
         lines += [
@@ -349,7 +382,7 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def pretrained_main(report: dict, pools: list[int], ks: list[int]) -> None:
+def pretrained_main(report: dict, pools: list[int], ks: list[int], draws: int) -> None:
     """The SmolLM2 pools of bench_pretrained.py (skipped without the shared data or SmolLM2)."""
     from bench.common import SHARED_DATA, have_shared_data
     from gdig.model_source import SMOLLM2_INSTALL, smollm2_gguf
@@ -360,7 +393,7 @@ def pretrained_main(report: dict, pools: list[int], ks: list[int]) -> None:
     if smollm2_gguf() is None and not (CACHE / "pretrained" / "smollm2-135m-instruct" / "config.json").exists():
         print(f"skipped: SmolLM2 is not installed ({SMOLLM2_INSTALL})")
         return
-    report["pretrained"] = [pretrained_pool(p, ks) for p in pools]
+    report["pretrained"] = [pretrained_pool(p, ks, draws) for p in pools]
     name = "index-pretrained-" + "-".join(map(str, pools))
     print(save_report(name, report, pretrained_markdown(report)))
 
@@ -373,15 +406,11 @@ def pretrained_markdown(report: dict) -> str:
             "",
             "256 other pairs of the pool's domains, from the index of the default run against an exact run.",
             "",
-            "| k | anchored | Spearman of mean | per-seed median | AUROC (exact) | Jaccard kept |",
-            "|---|---|---|---|---|---|",
+            f"Exact AUROC {pool['agreement'][0]['auroc_exact']:.4f}.",
+            "",
+            *agreement_table(pool["agreement"]),
+            "",
         ]
-        lines += [
-            f"| {r['k']} | {'yes' if r['anchored'] else 'no'} | {r['spearman_mean']:.4f} | "
-            f"{r['spearman_seed_median']:.4f} | {r['auroc']:.4f} ({r['auroc_exact']:.4f}) | {r['jaccard_kept']:.4f} |"
-            for r in pool["agreement"]
-        ]
-        lines.append("")
     return "\n".join(lines)
 
 
@@ -389,6 +418,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--ks", type=int, nargs="+", default=list(KS))
     ap.add_argument("--projections", nargs="+", default=list(PROJECTIONS))
+    ap.add_argument("--draws", type=int, default=3, help="projection seeds per k (the spread of the figures)")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-second", action="store_true")
     ap.add_argument("--skip-agreement", action="store_true", help="only the timings (second seed set, speed)")
@@ -399,12 +429,12 @@ def main() -> None:
 
     report = {"date": datetime.date.today().isoformat(), "machine": machine()}
     if a.pretrained is not None:
-        return pretrained_main(report, a.pretrained or [0], a.ks)
+        return pretrained_main(report, a.pretrained or [0], a.ks, a.draws)
     cfg, run_dir = demo()
     seeds = other_seeds(cfg, 256)
     exact_dir, exact_seconds = exact_second_run(cfg, seeds)
     if not a.skip_agreement:
-        report["agreement"] = agreement_rows(run_dir, seeds, exact_dir, a.ks, a.projections)
+        report["agreement"] = agreement_rows(run_dir, seeds, exact_dir, a.ks, a.projections, draws=a.draws)
     k = a.speed_k or ScoreConfig.__dataclass_fields__["index_dim"].default
     if not a.skip_second:
         report["second_seed_set"] = second_seed_set(run_dir, seeds, exact_dir, exact_seconds, k)

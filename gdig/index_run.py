@@ -240,6 +240,7 @@ def build_index(
     on_progress: Callable[[str, int, int], None] | None = None,
     chunk: int = 1024,
     projection: str | None = None,
+    projection_seed: int | None = None,
 ) -> dict[str, Any]:
     """`gdig index RUN`: the gradient index of a run made without one (one pass over its pool and seeds, from the
     prompts and targets the run stored); returns index.json's record. The rows are written straight to disk."""
@@ -257,6 +258,7 @@ def build_index(
     cfg.index_dim = index_dim if index_dim is not None else cfg.index_dim
     cfg.index_dtype = index_dtype or cfg.index_dtype
     cfg.index_projection = projection or cfg.index_projection
+    cfg.random_state = cfg.random_state if projection_seed is None else projection_seed  # the projection's only
     cfg.validate()
     if cfg.index_dim == 0:
         raise RunError("--index-dim 0 means no index")
