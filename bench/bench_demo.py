@@ -79,20 +79,28 @@ def corpus_seeds(seeds: list[int]) -> list[dict]:
 def extra_seeds(cfg: DemoConfig, n_extra: int) -> Path:
     """The demo's seeds followed by n_extra more clean pairs from the generator (another seed), disjoint from the
     pool, the test set and each other."""
-    from gdig.demo.corpus import make_corpus
 
     cache = cfg.cache_dir()
     own = [json.loads(line) for line in (cache / "seeds.jsonl").read_text(encoding="utf-8").splitlines()]
+    more = unseen_clean_pairs(cfg, n_extra, 1000 + cfg.seed, "extra")
+    path = ROOT_CACHE / f"seeds-{cfg.seed}-{len(own)}+{n_extra}.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in own + more), "utf-8")
+    return path
+
+
+def unseen_clean_pairs(cfg: DemoConfig, n: int, seed: int, prefix: str) -> list[dict]:
+    """n clean pairs from the demo's generator (another seed), none in the demo's pool, test set or seeds."""
+    from gdig.demo.corpus import make_corpus
+
+    cache = cfg.cache_dir()
     taken = {
         json.loads(line)["src_text"]
         for name in ("pool", "test", "seeds")
         for line in (cache / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()
     }
-    _, more, _ = make_corpus(0, 2 * n_extra + 100, 0, 0.0, seed=1000 + cfg.seed)
-    more = [r | {"id": f"extra-{i:04d}"} for i, r in enumerate(x for x in more if x["src_text"] not in taken)]
-    path = ROOT_CACHE / f"seeds-{cfg.seed}-{len(own)}+{n_extra}.jsonl"
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in own + more[:n_extra]), "utf-8")
-    return path
+    _, more, _ = make_corpus(0, 2 * n + 100, 0, 0.0, seed=seed)
+    fresh = (x for x in more if x["src_text"] not in taken)
+    return [r | {"id": f"{prefix}-{i:04d}"} for i, r in enumerate(fresh)][:n]
 
 
 def scored(cfg: DemoConfig, name: str, seeds: Path | None = None, **changes) -> Path:

@@ -140,19 +140,12 @@ def agreement_rows(
 def other_seeds(cfg: DemoConfig, n: int) -> Path:
     """n clean pairs of the demo's domains from the generator (another seed), disjoint from the pool, the test
     set and the demo's seeds."""
-    from gdig.demo.corpus import make_corpus
+    from bench.bench_demo import unseen_clean_pairs
 
-    cache = cfg.cache_dir()
-    taken = {
-        json.loads(line)["src_text"]
-        for name in ("pool", "test", "seeds")
-        for line in (cache / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()
-    }
-    _, more, _ = make_corpus(0, 2 * n + 100, 0, 0.0, seed=2000 + cfg.seed)
-    more = [r | {"id": f"second-{i:04d}"} for i, r in enumerate(x for x in more if x["src_text"] not in taken)]
+    more = unseen_clean_pairs(cfg, n, 2000 + cfg.seed, "second")
     path = INDEX_CACHE / f"second-seeds-{cfg.seed}-{n}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in more[:n]), "utf-8")
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in more), "utf-8")
     return path
 
 
@@ -384,14 +377,11 @@ def markdown(report: dict) -> str:
 
 def pretrained_main(report: dict, pools: list[int], ks: list[int], draws: int) -> None:
     """The SmolLM2 pools of bench_pretrained.py (skipped without the shared data or SmolLM2)."""
-    from bench.common import SHARED_DATA, have_shared_data
-    from gdig.model_source import SMOLLM2_INSTALL, smollm2_gguf
+    from bench.bench_pretrained import missing_requirements
 
-    if not have_shared_data() or not (SHARED_DATA / "wmt22" / "de-en").is_dir():
-        print(f"skipped: no real data at {SHARED_DATA} (see ../shared/data/SOURCES.md)")
-        return
-    if smollm2_gguf() is None and not (CACHE / "pretrained" / "smollm2-135m-instruct" / "config.json").exists():
-        print(f"skipped: SmolLM2 is not installed ({SMOLLM2_INSTALL})")
+    missing = missing_requirements()
+    if missing:
+        print(f"skipped: {missing}")
         return
     report["pretrained"] = [pretrained_pool(p, ks, draws) for p in pools]
     name = "index-pretrained-" + "-".join(map(str, pools))

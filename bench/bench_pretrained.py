@@ -616,6 +616,17 @@ def run(cfg: PretrainedConfig, command: str) -> dict:
     return report
 
 
+def missing_requirements() -> str | None:
+    """Why this benchmark cannot run here (no real data, no SmolLM2), or None."""
+    from gdig.model_source import SMOLLM2_INSTALL, smollm2_gguf
+
+    if not have_shared_data() or not (SHARED_DATA / "wmt22" / "de-en").is_dir():
+        return f"no real data at {SHARED_DATA} (see ../shared/data/SOURCES.md)"
+    if smollm2_gguf() is None and not (CACHE / "pretrained" / "smollm2-135m-instruct" / "config.json").exists():
+        return f"SmolLM2 is not installed ({SMOLLM2_INSTALL})"
+    return None
+
+
 def main() -> None:
     from transformers.utils import logging as hf_logging
 
@@ -626,13 +637,9 @@ def main() -> None:
     ap.add_argument("--runs", nargs="+", help='G-DIG runs, e.g. "lora ekfac" "lora kfac" "mlp-top ekfac"')
     ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override a PretrainedConfig field")
     args = ap.parse_args()
-    from gdig.model_source import SMOLLM2_INSTALL, smollm2_gguf
-
-    if not have_shared_data() or not (SHARED_DATA / "wmt22" / "de-en").is_dir():
-        print(f"skipped: no real data at {SHARED_DATA} (see ../shared/data/SOURCES.md)")
-        return
-    if smollm2_gguf() is None and not (CACHE / "pretrained" / "smollm2-135m-instruct" / "config.json").exists():
-        print(f"skipped: SmolLM2 is not installed ({SMOLLM2_INSTALL})")
+    missing = missing_requirements()
+    if missing:
+        print(f"skipped: {missing}")
         return
     cfg = PretrainedConfig(**(QUICK if args.quick else {}))
     if args.quick:
