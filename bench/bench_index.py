@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import CACHE, machine, save_report  # noqa: E402
+from bench.common import CACHE, machine, save_report, timed  # noqa: E402
 from gdig.demo import DemoConfig, build_demo  # noqa: E402
 from gdig.demo.evaluate import detection_auroc  # noqa: E402
 from gdig.index import PROJECTIONS, IndexRows, index_scores  # noqa: E402
@@ -250,16 +250,6 @@ def synthetic_index(n: int, k: int, folder: Path) -> IndexRows:
         path.with_suffix(".tmp").rename(path)
     rows = np.load(path, mmap_mode="r")
     return IndexRows(rows, np.ones(n, np.float32), np.ones(n, np.float32))
-
-
-def timed(fn, repeats: int = 3) -> float:
-    """The median wall time of fn() over `repeats` calls."""
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 def speed(k: int) -> dict:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import machine, save_report  # noqa: E402
+from bench.common import machine, save_report, timed  # noqa: E402
 from gdig.clusters import GradientClusterer  # noqa: E402
 from gdig.select import SelectionConfig, quality_mask, select  # noqa: E402
 
@@ -31,15 +30,6 @@ def synthetic(n: int, m: int, d: int, centres: int = 50, seed: int = 0):
     mu = rng.normal(size=(centres, d)).astype(np.float32)
     sketch = mu[rng.integers(0, centres, n)] + 0.7 * rng.normal(size=(n, d)).astype(np.float32)
     return infl, sketch
-
-
-def timed(fn, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:
