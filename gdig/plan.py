@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from gdig.config import ScoreConfig
 from gdig.hooks import padded_batches
-from gdig.index import CACHED_COORDINATES
+from gdig.index import BYTES_PER_COORDINATE, CACHED_COORDINATES
 from gdig.memory import SEED_WORK_BYTES, budget_mb, captures_fit, captures_reusable, keeps_dense, seed_rank
 from gdig.signals import DETECTOR_BYTES
 
@@ -121,7 +121,7 @@ def plan_run(cfg: ScoreConfig, w: Workload, available_bytes: float) -> Plan:
     }
     if cfg.index_dim:  # a module's projected rows before they are added up, the batch's sum, the kept hashes
         scoring["index rows (batch)"] = 2 * 4 * cfg.batch_size * cfg.index_dim
-        scoring["index hashes"] = 5 * min(rect, CACHED_COORDINATES)
+        scoring["index hashes"] = BYTES_PER_COORDINATE * min(rect, CACHED_COORDINATES)
     stages["score"] = base | ({} if scored_from_cache else batch) | kept | scoring
     stages["finalize"] = base | {
         "factors": factors,

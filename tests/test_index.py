@@ -84,6 +84,21 @@ def test_projections_are_reproducible_from_their_seed(cls):
     assert p.dim == 64 if cls is CountSketchProjection else p.dim <= 64
 
 
+def test_countsketch_equals_its_dense_sketch_matrix_with_and_without_kept_hashes():
+    """Every coordinate lands, with its sign, in its hashed bucket: the same as the dense (k, d) matrix of signs,
+    whether the module's hashes are kept or recomputed (beyond CACHED_COORDINATES)."""
+    dims = {"a": (16, 32), "b": (32, 16)}
+    w = torch.randn(3, 32, 16, generator=torch.Generator().manual_seed(2))
+    kept, recomputed = CountSketchProjection(dims, 64, 5), CountSketchProjection(dims, 64, 5)
+    recomputed._cache_left = 0
+    bucket, sign = kept.hash("a", "cpu")
+    dense = torch.zeros(64, 512).index_put_((bucket, torch.arange(512)), sign)
+    expected = w.reshape(3, -1) @ dense.T
+    torch.testing.assert_close(kept.project("a", w), expected)
+    torch.testing.assert_close(recomputed.project("a", w), expected)
+    assert "a" in kept._cache and not recomputed._cache
+
+
 def test_kronecker_keeps_small_modules_whole_and_gives_the_rest_to_large_ones():
     p = KroneckerProjection({"a": (16, 32), "b": (32, 16), "c": (4, 3)}, 64, 3)
     assert p.p_in["c"] is None and p.p_out["c"] is None and p.shapes["c"] == (3, 4)  # 12 values: kept whole
