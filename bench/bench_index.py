@@ -49,11 +49,16 @@ def demo() -> tuple[DemoConfig, Path]:
     return cfg, Path(run_dir)
 
 
-def indexed_copy(run_dir: Path, k: int, projection: str, draw: int = 0, dtype: str = "float16") -> tuple[Path, float]:
+def indexed_copy(
+    run_dir: Path, k: int, projection: str, draw: int = 0, dtype: str = "float16"
+) -> tuple[Path, float | None]:
     """The run's files (hard links) with an index of k dimensions added by `gdig index` (projection seed: the
-    run's random_state + draw); its seconds."""
+    run's random_state + draw); its seconds. The run itself (seconds None) when its scoring pass wrote that index."""
     from gdig.index_run import build_index
 
+    seed = int(load_run(run_dir).config["settings"]["random_state"]) + draw
+    if _has_this_index(run_dir, k, projection, dtype, seed):  # the one the scoring run wrote: no extra pass
+        return run_dir, None
     where = hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:8]  # runs of other pools share names
     dest = INDEX_CACHE / f"{run_dir.name}-{where}-k{k}-{dtype}-{projection}-draw{draw}"
     if has_index(dest):
@@ -64,11 +69,41 @@ def indexed_copy(run_dir: Path, k: int, projection: str, draw: int = 0, dtype: s
         if f.is_file() and f.name not in INDEX_FILES:
             os.link(f, dest / f.name)
     t0 = time.time()
-    seed = int(load_run(run_dir).config["settings"]["random_state"]) + draw
     build_index(dest, index_dim=k, index_dtype=dtype, device="cpu", projection=projection, projection_seed=seed)
     seconds = time.time() - t0
     (dest / "seconds.json").write_text(json.dumps({"seconds": seconds}))
     return dest, seconds
+
+
+def _has_this_index(run_dir: Path, k: int, projection: str, dtype: str, seed: int) -> bool:
+    if not has_index(run_dir):
+        return False
+    meta = load_index(run_dir).meta
+    wanted = {"requested_k": k, "projection": projection, "dtype": dtype, "random_state": seed}
+    return all(meta.get(key) == value for key, value in wanted.items())
+
+
+def exact_columns(truth, ids: list[str]) -> np.ndarray:
+    """The exact run's influence columns of these seeds, in their order (the index refuses a seed longer than the
+    run's max length, which the exact run scored truncated: those columns are left out of both)."""
+    where = {str(i): j for j, i in enumerate(truth.seeds["id"].astype(str))}
+    return np.asarray(truth.influence, np.float64)[:, [where[i] for i in ids]]
+
+
+def fitting_pairs(run_dir: Path, seeds: Path) -> Path:
+    """`seeds` without the pairs longer than the run's max length (as `gdig rescore` would refuse them)."""
+    from gdig.index_run import RunModel
+    from gdig.rescore import read_seed_file
+
+    run = load_run(run_dir)
+    examples = read_seed_file(run, seeds).examples
+    tokens = RunModel(run_dir, "cpu").tokenize(examples, "seeds", strict=False)
+    fit = {e.id for e, t in zip(examples, tokens, strict=True) if not t.truncated and t.n_target_tokens}
+    lines = [line for line in seeds.read_text("utf-8").splitlines() if json.loads(line)["id"] in fit]
+    out = seeds.with_name(seeds.stem + "-fit.jsonl")
+    out.write_text("".join(line + "\n" for line in lines), "utf-8")
+    print(f"{seeds.name}: {len(examples) - len(fit)} pair(s) longer than the run's max length left out", flush=True)
+    return out
 
 
 def kept_set(run, matrix: np.ndarray) -> np.ndarray:
@@ -90,6 +125,7 @@ def agreement_rows(
     projections: list[str],
     label_column: str = "corruption",
     draws: int = 1,
+    dtypes: tuple[str, ...] = ("float16",),
 ):
     """The second seed set scored from each index (plain, and anchored on the run's own 256 seeds) against the
     exact run with that seed set."""
@@ -99,17 +135,23 @@ def agreement_rows(
     from gdig.rescore import read_seed_file
 
     run, truth = load_run(run_dir), load_run(exact_dir)
-    exact = np.asarray(truth.influence, np.float64)
+    examples = read_seed_file(run, new_seeds).examples
+    exact = exact_columns(truth, [e.id for e in examples])
     bad = run.candidates[label_column].notna().to_numpy()
     exact_auroc = detection_auroc(exact.mean(1), bad)["auroc"]
     exact_kept = kept_set(truth, exact)
-    examples = read_seed_file(run, new_seeds).examples
     runner = RunModel(run_dir, "cpu")
     normalize = run.config["settings"]["normalize"]
     rows = []
-    plan = [(p, k, d) for p in projections for k in ks for d in range(draws if p == "countsketch" else 1)]
-    for projection, k, draw in plan:  # the alternative projection is measured with one draw
-        folder, seconds = indexed_copy(run_dir, k, projection, draw)
+    plan = [
+        (p, k, d, t)
+        for p in projections
+        for k in ks
+        for d in range(draws if p == "countsketch" else 1)
+        for t in (dtypes if p == "countsketch" else dtypes[:1])
+    ]
+    for projection, k, draw, dtype in plan:  # the alternative projection: one draw, one dtype
+        folder, seconds = indexed_copy(run_dir, k, projection, draw, dtype)
         idx = load_index(folder)
         runner.use_index(idx)
         new = runner.gradients(examples, "second seed set").rows
@@ -120,6 +162,7 @@ def agreement_rows(
             rows.append(
                 {
                     "projection": projection,
+                    "dtype": dtype,
                     "draw": draw,
                     "k": idx.dim,
                     "anchored": anchored,
@@ -167,21 +210,24 @@ def exact_second_run(cfg: DemoConfig, seeds: Path) -> tuple[Path, float]:
     return out, seconds
 
 
-def second_seed_set(run_dir: Path, seeds: Path, exact_dir: Path, exact_seconds: float, k: int) -> dict:
+def second_seed_set(
+    run_dir: Path, seeds: Path, exact_dir: Path, exact_seconds: float, k: int, out_name: str = "second-from-index"
+) -> dict:
     """The second seed set from the index at k (`gdig rescore`, timed) against the exact run."""
     from gdig.rescore import SeedEdit, read_seed_file, rescore
 
     folder, _ = indexed_copy(run_dir, k, "countsketch")
-    out = INDEX_CACHE / "second-from-index"
+    out = INDEX_CACHE / out_name
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.time()
     rescore(folder, out, SeedEdit(add=read_seed_file(load_run(folder), seeds), replace=True), device="cpu")
     index_seconds = time.time() - t0
     ex, ix = load_run(exact_dir), load_run(out)
     bad = ex.candidates["corruption"].notna().to_numpy()
+    exact = exact_columns(ex, ix.seeds["id"].astype(str).tolist())
     return {
         "seeds": len(ix.seeds),
-        "auroc_exact": detection_auroc(np.asarray(ex.influence).mean(1), bad)["auroc"],
+        "auroc_exact": detection_auroc(exact.mean(1), bad)["auroc"],
         "auroc_index": detection_auroc(np.asarray(ix.influence).mean(1), bad)["auroc"],
         "exact_seconds": exact_seconds,
         "index_seconds": index_seconds,
@@ -215,8 +261,12 @@ def pretrained_pool(seed: int, ks: list[int], draws: int) -> dict:
         t0 = time.time()
         score(sc)  # the curvature is reused from the default run (same model, pool and settings)
         (exact_dir / "seconds.json").write_text(json.dumps({"seconds": time.time() - t0}))
+    seeds = fitting_pairs(run_dir, seeds)
     rows = agreement_rows(run_dir, seeds, exact_dir, ks, ["countsketch"], label_column="corruption", draws=draws)
-    return {"pool": seed, "n_pool": load_run(run_dir).n, "spec": spec, "agreement": rows}
+    exact_seconds = json.loads((exact_dir / "seconds.json").read_text())["seconds"]
+    second = second_seed_set(run_dir, seeds, exact_dir, exact_seconds, max(ks), f"second-from-index-pool{seed}")
+    print(json.dumps(second), flush=True)
+    return {"pool": seed, "n_pool": load_run(run_dir).n, "spec": spec, "agreement": rows, "second_seed_set": second}
 
 
 def second_domain_pairs(cfg, n: int) -> list[dict]:
@@ -294,22 +344,24 @@ METRICS = ("spearman_mean", "spearman_seed_median", "auroc", "auroc_delta", "jac
 def agreement_table(rows: list[dict]) -> list[str]:
     """One line per projection, k and anchoring: each metric's mean (± sd) over the projection draws."""
     out = [
-        "| projection | k | anchored | draws | Spearman of mean | per-seed median | AUROC | vs exact | Jaccard kept |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| projection | dtype | k | anchored | draws | Spearman of mean | per-seed median | AUROC | vs exact "
+        "| Jaccard kept |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["projection"], r["k"], r["anchored"]), []).append(
+        groups.setdefault((r["projection"], r.get("dtype", "float16"), r["k"], r["anchored"]), []).append(
             r | {"auroc_delta": r["auroc"] - r["auroc_exact"]}
         )
-    for (projection, k, anchored), rs in groups.items():
+    for (projection, dtype, k, anchored), rs in groups.items():
         cells = []
         for m in METRICS:
             v = np.array([r[m] for r in rs])
             cells.append(f"{v.mean():+.4f}" if m == "auroc_delta" else f"{v.mean():.4f}")
             if len(v) > 1:
                 cells[-1] += f" ± {v.std(ddof=1):.4f}"
-        out.append(f"| {projection} | {k:,} | {'yes' if anchored else 'no'} | {len(rs)} | " + " | ".join(cells) + " |")
+        head = f"| {projection} | {dtype} | {k:,} | {'yes' if anchored else 'no'} | {len(rs)} | "
+        out.append(head + " | ".join(cells) + " |")
     return out
 
 
@@ -391,6 +443,16 @@ def pretrained_markdown(report: dict) -> str:
             *agreement_table(pool["agreement"]),
             "",
         ]
+        if "second_seed_set" in pool:
+            s = pool["second_seed_set"]
+            lines += [
+                f"`gdig rescore` with that seed set: AUROC {s['auroc_index']:.4f} against the exact run's "
+                f"{s['auroc_exact']:.4f}; {s['index_seconds']:.0f} s against {s['exact_seconds']:.0f} s for the exact "
+                f"run's seeds and scoring stages (its factors reused), {100 * s['ratio']:.1f}%: the seeds' own passes "
+                f"{s['index_seconds_parts']['seed_passes']:.0f} s, the product and files "
+                f"{s['index_seconds_parts']['index_product']:.1f} s.",
+                "",
+            ]
     return "\n".join(lines)
 
 
@@ -398,6 +460,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--ks", type=int, nargs="+", default=list(KS))
     ap.add_argument("--projections", nargs="+", default=list(PROJECTIONS))
+    ap.add_argument("--dtypes", nargs="+", default=["float16"], help="storage dtypes of the CountSketch index")
     ap.add_argument("--draws", type=int, default=3, help="projection seeds per k (the spread of the figures)")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-second", action="store_true")
@@ -414,7 +477,9 @@ def main() -> None:
     seeds = other_seeds(cfg, 256)
     exact_dir, exact_seconds = exact_second_run(cfg, seeds)
     if not a.skip_agreement:
-        report["agreement"] = agreement_rows(run_dir, seeds, exact_dir, a.ks, a.projections, draws=a.draws)
+        report["agreement"] = agreement_rows(
+            run_dir, seeds, exact_dir, a.ks, a.projections, draws=a.draws, dtypes=tuple(a.dtypes)
+        )
     k = a.speed_k or ScoreConfig.__dataclass_fields__["index_dim"].default
     if not a.skip_second:
         report["second_seed_set"] = second_seed_set(run_dir, seeds, exact_dir, exact_seconds, k)

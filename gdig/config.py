@@ -18,7 +18,7 @@ LORA_MODULES = r"\.lora_[AB]\.[A-Za-z0-9_]+$"
 
 HESSIANS = ("ekfac", "kfac", "identity")
 NORMALIZATIONS = ("none", "unit", "relatif")
-INDEX_DTYPES = ("float16", "float32")
+INDEX_DTYPES = ("int8", "float16", "float32")
 INDEX_PROJECTIONS = ("countsketch", "kronecker")  # gdig.index.PROJECTIONS (config stays torch-free)
 
 

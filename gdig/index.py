@@ -10,6 +10,7 @@ dimension there is no projection at all (exact).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -181,23 +182,53 @@ def _gaussian(d: int, k: int, gen: torch.Generator, device) -> torch.Tensor | No
 
 @dataclass
 class IndexRows:
-    """Projected whitened gradients of some examples: unit-length rows (float16 on disk for candidates), the
-    length of each projected row, and each exact whitened norm ||w|| (the square root of self-influence)."""
+    """Projected whitened gradients of some examples: unit-length rows (int8 or float16 on disk for candidates),
+    the length of each projected row, and each exact whitened norm ||w|| (the square root of self-influence).
+    int8 rows carry a scale per row (the unit row is rows * scale): half float16's bytes, and a query is an
+    integer product (bench/README.md: the same agreement)."""
 
-    rows: np.ndarray  # (n, k), each row R w / ||R w||
+    rows: np.ndarray  # (n, k), each row R w / ||R w|| (divided by `scale` when int8)
     projected_norm: np.ndarray  # (n,) ||R w||
     norm: np.ndarray  # (n,) ||w||
+    scale: np.ndarray | None = None  # (n,) int8 rows only: max |unit row| / 127
 
     @classmethod
-    def from_projected(cls, projected: torch.Tensor, self_influence: torch.Tensor, dtype=np.float32) -> IndexRows:
-        """Rows from projected whitened gradients (n, k) and self-influences (n,)."""
+    def from_projected(cls, projected: torch.Tensor, self_influence: torch.Tensor, dtype="float32") -> IndexRows:
+        """Rows from projected whitened gradients (n, k) and self-influences (n,), stored as `dtype`."""
         length = projected.norm(dim=1)
         unit = projected / length.clamp(min=1e-30)[:, None]
         norm = self_influence.double().clamp(min=0).sqrt()
-        return cls(unit.cpu().numpy().astype(dtype), _np32(length), _np32(norm))
+        if np.dtype(dtype) != np.int8:
+            return cls(unit.cpu().numpy().astype(dtype), _np32(length), _np32(norm))
+        rows, scale = quantize(unit.float())
+        return cls(rows.cpu().numpy(), _np32(length), _np32(norm), _np32(scale))
 
     def __len__(self) -> int:
         return self.rows.shape[0]
+
+    def take(self, which) -> IndexRows:
+        """These rows (a slice, indices or a mask), read into memory."""
+        scale = None if self.scale is None else np.asarray(self.scale[which])
+        return IndexRows(np.asarray(self.rows[which]), self.projected_norm[which], self.norm[which], scale)
+
+    def stored(self, dtype: str) -> IndexRows:
+        """These rows as the index stores them in `dtype` (quantized per row for int8)."""
+        if np.dtype(dtype) != np.int8:
+            return IndexRows(self.unit_rows().astype(dtype), self.projected_norm, self.norm)
+        rows, scale = quantize(torch.from_numpy(self.unit_rows()))
+        return IndexRows(rows.numpy(), self.projected_norm, self.norm, scale.numpy())
+
+    def unit_rows(self) -> np.ndarray:
+        """The unit rows as float32 (n, k), in memory: for seeds and samples, not for a pool."""
+        rows = np.asarray(self.rows, np.float32)
+        return rows if self.scale is None else rows * np.asarray(self.scale, np.float32)[:, None]
+
+
+def quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per row: (rows, scale) with x ~ rows * scale[:, None]; a zero row gets scale 0."""
+    scale = x.abs().amax(dim=1) / 127
+    rows = torch.round(x / scale.clamp(min=1e-30)[:, None]).clamp(-127, 127).to(torch.int8)
+    return rows, scale
 
 
 def _np32(t: torch.Tensor) -> np.ndarray:
@@ -233,15 +264,53 @@ def index_scores(
         basis = torch.from_numpy(_scaled(anchor.seeds, _query_scale(anchor.seeds, normalize))[cols])
         coef, q = _fit_on(basis, q)
     out = np.empty((len(pool), len(queries)), np.float32)
+    product = _block_product(pool.rows.dtype, q)
     block = max(1, block_bytes // (4 * max(q.shape[1], 1)))  # rows converted to float32 at a time (128 MB)
     for start in range(0, len(pool), block):
         rows = slice(start, min(start + block, len(pool)))
-        z = torch.from_numpy(np.array(pool.rows[rows])).float()  # a copy: memory maps are read-only
-        scores = (z @ q.T).numpy() * _pool_scale(pool, rows, normalize)[:, None]
+        scores = product(pool.rows[rows], None if pool.scale is None else pool.scale[rows])
+        scores *= _pool_scale(pool, rows, normalize)[:, None]
         if coef is not None:
             scores += np.asarray(anchor.exact[rows], np.float32)[:, cols] @ coef
         out[rows] = scores
     return out
+
+
+HALF_PRODUCT_QUERIES = 8  # up to this many queries, float16 rows are multiplied as they are (no conversion)
+
+
+def _block_product(dtype: np.dtype, q: torch.Tensor):
+    """The product of a block of stored rows with the queries (n_q, k) as float32 (rows, n_q), by the fastest
+    exact-enough route for the rows' dtype on a CPU: an integer product for int8 (the queries quantized per
+    column); for float16 and a few queries, a float16 product per query (accumulated in float32; converting the
+    rows to float32 costs ten times the product); else rows converted to float32 and one matrix product."""
+    if dtype == np.int8:
+        q8, q_scale = quantize(q)
+        q8, q_scale = q8.T.contiguous(), q_scale.numpy()
+
+        def integer(rows, scale):
+            prod = torch._int_mm(_tensor(rows), q8).numpy().astype(np.float32)
+            return prod * q_scale[None, :] * np.asarray(scale, np.float32)[:, None]
+
+        return integer
+    if dtype == np.float16 and q.shape[0] <= HALF_PRODUCT_QUERIES:
+        length = q.norm(dim=1).clamp(min=1e-30)  # unit queries in float16: no subnormal entries
+        q16 = (q / length[:, None]).half()
+
+        def half(rows, _scale):
+            z = _tensor(rows)
+            cols = [(z @ q16[j]).float() * length[j] for j in range(len(q16))]
+            return torch.stack(cols, 1).numpy() if cols else np.zeros((len(z), 0), np.float32)
+
+        return half
+    return lambda rows, _scale: (torch.from_numpy(np.array(rows, np.float32)) @ q.T).numpy()
+
+
+def _tensor(rows: np.ndarray) -> torch.Tensor:
+    """A block of stored rows as a tensor without copying it: a read-only memory map is only read here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.asarray(rows))
 
 
 def _fit_on(basis: torch.Tensor, q: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
@@ -255,7 +324,7 @@ def _fit_on(basis: torch.Tensor, q: torch.Tensor) -> tuple[np.ndarray, torch.Ten
 
 
 def _scaled(rows: IndexRows, scale: np.ndarray) -> np.ndarray:
-    return np.asarray(rows.rows, np.float32) * scale[:, None]
+    return rows.unit_rows() * scale[:, None]
 
 
 def _query_scale(q: IndexRows, normalize: str) -> np.ndarray:

@@ -50,13 +50,13 @@ def measure_agreement(run_dir: Path, normalize: str) -> dict[str, Any]:
     influence = np.load(Path(run_dir) / INFLUENCE, mmap_mode="r", allow_pickle=False)
     n, m = influence.shape
     rows = np.sort(np.random.default_rng(0).choice(n, min(n, AGREEMENT_ROWS), replace=False))
-    sample = IndexRows(np.asarray(idx.pool.rows[rows]), idx.pool.projected_norm[rows], idx.pool.norm[rows])
+    sample = idx.pool.take(rows)
     exact = np.asarray(influence[rows])
     held, known = np.arange(1, m, 2), np.arange(0, m, 2)
     if m < 2:  # one seed: nothing to anchor on, so the index's own agreement on it
         plain = agreement(exact, index_scores(sample, idx.seeds, normalize))
         return plain | {"without_anchor": plain, "measured_on": "the run's one seed column, without an anchor"}
-    queries = IndexRows(idx.seeds.rows[held], idx.seeds.projected_norm[held], idx.seeds.norm[held])
+    queries = idx.seeds.take(held)
     anchor = Anchor(exact, idx.seeds, known)
     return agreement(exact[:, held], index_scores(sample, queries, normalize, anchor)) | {
         "without_anchor": agreement(exact[:, held], index_scores(sample, queries, normalize)),
@@ -268,18 +268,20 @@ def build_index(
     progress = on_progress or (lambda *a: None)
     examples = examples_from_table(run.candidates, "candidate")
     toks = runner.tokenize(examples, "candidates", strict=False)
-    norms = np.zeros((run.n, 2), np.float32)
+    norms = np.zeros((run.n, 3), np.float32)  # projected length, exact norm, int8 rows' scale
     with atomic_path(run.path / INDEX) as tmp:
         rows = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(cfg.index_dtype), shape=(run.n, projection.dim))
         for start in range(0, run.n, chunk):
             part = slice(start, min(start + chunk, run.n))
             got = runner.gradients(examples[part], "candidates", tokenized=toks[part])
-            rows[part] = got.rows.rows
-            norms[part] = np.stack([got.rows.projected_norm, got.rows.norm], axis=1)
+            stored = got.rows.stored(cfg.index_dtype)
+            rows[part] = stored.rows
+            norms[part, :2] = np.stack([stored.projected_norm, stored.norm], axis=1)
+            norms[part, 2] = 0.0 if stored.scale is None else stored.scale
             progress("index", part.stop, run.n)
         rows.flush()
         del rows
-    write_index_norms(run.path, norms[:, 0], norms[:, 1])
+    write_index_norms(run.path, norms[:, 0], norms[:, 1], norms[:, 2] if cfg.index_dtype == "int8" else None)
     seed_examples = examples_from_table(run.seeds, "seed")
     seeds = runner.gradients(seed_examples, "seeds", tokenized=runner.tokenize(seed_examples, "seeds", strict=False))
     write_index_seeds(run.path, seeds.rows)

@@ -181,13 +181,14 @@ def _anchor_rows(anchor: Anchor | None, rows: slice) -> Anchor | None:
 
 
 def _rows_slice(rows: IndexRows, sl: slice) -> IndexRows:
-    return IndexRows(rows.rows[sl], rows.projected_norm[sl], rows.norm[sl])
+    scale = None if rows.scale is None else rows.scale[sl]
+    return IndexRows(rows.rows[sl], rows.projected_norm[sl], rows.norm[sl], scale)
 
 
 def _seed_rows(parent: IndexRows, kept: list[int], new: IndexRows) -> IndexRows:
     """The new seed set's index rows, column for column: the kept seeds' from the parent, then the new ones."""
     return IndexRows(
-        np.concatenate([np.asarray(parent.rows, np.float32)[kept], np.asarray(new.rows, np.float32)]),
+        np.concatenate([parent.unit_rows()[kept], new.unit_rows()]),
         np.concatenate([parent.projected_norm[kept], new.projected_norm]),
         np.concatenate([parent.norm[kept], new.norm]),
     )

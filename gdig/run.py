@@ -28,7 +28,14 @@ from gdig.memory import free_memory_mb, release_freed_memory
 from gdig.model_source import check_model_source
 from gdig.plan import Plan, advice, plan_run
 from gdig.rundir.chunks import collect_chunks, remove_partial
-from gdig.rundir.index import INDEX_PROJECTED_NORM, INDEX_ROWS, write_index_meta, write_index_norms, write_index_seeds
+from gdig.rundir.index import (
+    INDEX_PROJECTED_NORM,
+    INDEX_ROW_SCALE,
+    INDEX_ROWS,
+    write_index_meta,
+    write_index_norms,
+    write_index_seeds,
+)
 from gdig.rundir.layout import (
     INDEX,
     INFLUENCE,
@@ -235,7 +242,7 @@ def write_run_index(ctx: ScoreContext, run_dir: Path, merged: dict[str, np.ndarr
     """The index's norms and seed rows beside index.npy, its agreement with the exact scores just written, and
     index.json last; returns what config.json records of it."""
     norm = np.sqrt(np.clip(merged["self_influence"].astype(np.float64), 0, None))
-    write_index_norms(run_dir, merged.pop(INDEX_PROJECTED_NORM), norm)
+    write_index_norms(run_dir, merged.pop(INDEX_PROJECTED_NORM), norm, merged.pop(INDEX_ROW_SCALE, None))
     write_index_seeds(run_dir, IndexRows.from_projected(seeds.index, seeds.self_influence))
     projection = index_projection(ctx)
     meta = index_meta(projection, ctx.cfg, ctx.tracked)

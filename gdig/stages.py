@@ -18,7 +18,7 @@ from gdig.influence import Scorer, SeedBuilder, SeedGradients, group_seed_gradie
 from gdig.memory import SEED_WORK_BYTES, budget_mb, captures_fit, captures_reusable, free_memory_mb, seed_rank
 from gdig.rundir.checkpoint import FitCheckpoint
 from gdig.rundir.chunks import chunk_path, partial_dir, write_chunk
-from gdig.rundir.index import INDEX_PROJECTED_NORM, INDEX_ROWS
+from gdig.rundir.index import INDEX_PROJECTED_NORM, INDEX_ROW_SCALE, INDEX_ROWS
 from gdig.rundir.layout import CONFIG, FACTORS, read_config, read_fingerprint, write_config
 from gdig.rundir.status import Status
 from gdig.sketch import Sketcher
@@ -260,6 +260,8 @@ def _score_batch(cap: Captured, scorer: Scorer, sketcher: Sketcher, index_dtype:
     if scored.index is not None:
         rows = IndexRows.from_projected(scored.index, scored.self_influence, index_dtype)
         out |= {INDEX_ROWS: rows.rows, INDEX_PROJECTED_NORM: rows.projected_norm}
+        if rows.scale is not None:
+            out[INDEX_ROW_SCALE] = rows.scale
     return out
 
 

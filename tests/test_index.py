@@ -11,6 +11,7 @@ from conftest import make_pairs
 from gdig.atomic import write_jsonl
 from gdig.config import ScoreConfig
 from gdig.index import (
+    HALF_PRODUCT_QUERIES,
     PROJECTIONS,
     Anchor,
     CountSketchProjection,
@@ -18,10 +19,12 @@ from gdig.index import (
     KroneckerProjection,
     allocate,
     index_scores,
+    quantize,
 )
 from gdig.index_run import build_index
 from gdig.run import score
 from gdig.rundir.index import NoIndexError, has_index, load_index
+from gdig.rundir.results import load_run
 
 BIG = 1 << 20  # more than every tiny module's d_out * d_in: no projection at all
 
@@ -161,6 +164,39 @@ def test_index_scores_of_zero_gradient_are_zero():
         assert np.all(index_scores(pool, q, normalize) == 0)
 
 
+def test_int8_rows_quantize_within_half_a_step_and_zero_rows_stay_zero():
+    x = torch.randn(5, 300, generator=torch.Generator().manual_seed(3))
+    x[2] = 0
+    rows, scale = quantize(x)
+    assert rows.dtype == torch.int8 and scale[2] == 0 and torch.all(rows[2] == 0)
+    assert torch.all((rows.float() * scale[:, None] - x).abs() <= scale[:, None] / 2 + 1e-7)
+    assert torch.all(rows.abs().amax(1)[[0, 1, 3, 4]] == 127)
+
+
+@pytest.mark.parametrize("n_queries", [1, HALF_PRODUCT_QUERIES, HALF_PRODUCT_QUERIES + 1])
+@pytest.mark.parametrize("dtype", ["int8", "float16"])
+def test_stored_rows_score_as_their_float32_originals(dtype, n_queries):
+    """Every product route (int8 integer product, float16 per query, float32 conversion) gives the float32
+    rows' scores up to the storage's rounding (int8: about 1% of a random pair's score, far below the
+    projection's own error of about 100% of it), in every normalisation, with and without an anchor."""
+    gen = np.random.default_rng(4)
+    unit = gen.standard_normal((300, 512)).astype(np.float32)
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    lengths, norms = gen.uniform(0.5, 2, 300).astype(np.float32), gen.uniform(1, 3, 300).astype(np.float32)
+    exact_rows = IndexRows(unit, lengths, norms)
+    stored = exact_rows.stored(dtype)
+    assert stored.rows.dtype == np.dtype(dtype) and (stored.scale is not None) == (dtype == "int8")
+    q = IndexRows(unit[:n_queries] + 0.3 * unit[-n_queries:], lengths[:n_queries], norms[:n_queries])
+    q = IndexRows(q.rows / np.linalg.norm(q.rows, axis=1, keepdims=True), q.projected_norm, q.norm)
+    anchor = Anchor(gen.standard_normal((300, 4)).astype(np.float32), exact_rows.take(slice(0, 4)))
+    for normalize in ("none", "unit", "relatif"):
+        for a in (None, anchor):
+            want = index_scores(exact_rows, q, normalize, a)
+            got = index_scores(stored, q, normalize, a, block_bytes=1 << 14)  # several blocks
+            assert np.abs(got - want).max() < 1e-2 * np.abs(want).max()
+            assert rel_err(got, want) < (2e-2 if dtype == "int8" else 2e-3)
+
+
 def test_index_added_later_equals_the_one_written_by_the_run(tmp_path, model, tokenizer, data_files):
     settings = {"index_dim": 256, "index_dtype": "float32", "hessian": "ekfac"}
     with_index = scored(tmp_path, model, tokenizer, data_files, "a", **settings)
@@ -177,6 +213,25 @@ def test_index_added_later_equals_the_one_written_by_the_run(tmp_path, model, to
     np.testing.assert_allclose(b.seeds.rows, a.seeds.rows, atol=2e-5)
     with pytest.raises(ValueError, match="already has"):
         build_index(without, model=model, tokenizer=tokenizer)
+
+
+def test_an_int8_index_is_written_read_added_later_and_rescored_like_a_float_one(
+    tmp_path, model, tokenizer, data_files
+):
+    from gdig.rescore import SeedEdit, rescore
+
+    settings = {"index_dim": 256, "index_dtype": "int8", "hessian": "ekfac"}
+    run = scored(tmp_path, model, tokenizer, data_files, "a", **settings)
+    idx = load_index(run)
+    assert idx.pool.rows.dtype == np.int8 and np.load(run / "index_norms.npy").shape == (len(idx.pool), 3)
+    assert np.allclose(np.linalg.norm(idx.pool.unit_rows(), axis=1), 1, atol=2e-2)
+    assert idx.meta["dtype"] == "int8" and idx.meta["agreement"]["spearman_mean"] > 0.8
+    later = scored(tmp_path, model, tokenizer, data_files, "b", **(settings | {"index_dim": 0}))
+    build_index(later, index_dim=256, index_dtype="int8", model=model, tokenizer=tokenizer, chunk=7)
+    np.testing.assert_allclose(load_index(later).pool.unit_rows(), idx.pool.unit_rows(), atol=2e-3)
+    edit = SeedEdit(drop=[str(load_run(run).seeds["id"].iloc[0])])
+    out = rescore(run, tmp_path / "dropped", edit, model=model, tokenizer=tokenizer)
+    np.testing.assert_array_equal(np.load(out / "influence.npy"), np.load(run / "influence.npy")[:, 1:])
 
 
 def test_resumed_run_writes_the_same_index(tmp_path, model, tokenizer):

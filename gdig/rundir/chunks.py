@@ -58,7 +58,7 @@ def collect_chunks(run_dir: str | Path, n: int, stream: dict[str, Path] | None =
 def _target(path: Path | None, shape: tuple[int, ...], dtype) -> np.ndarray:
     if path is None:
         return np.zeros(shape, dtype)
-    dtype = np.float16 if dtype == np.float16 else np.float32  # the index keeps its half precision
+    dtype = dtype if dtype in (np.float16, np.int8) else np.float32  # the index keeps its storage dtype
     return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
 
 

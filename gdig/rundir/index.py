@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 INDEX_ROWS = "index_rows"  # keys of a scored chunk (gdig.rundir.chunks)
 INDEX_PROJECTED_NORM = "index_projected_norm"
+INDEX_ROW_SCALE = "index_row_scale"  # int8 rows only
 INDEX_FORMAT = 1
 INDEX_FILES = (INDEX, INDEX_NORMS, INDEX_SEEDS, INDEX_META)
 HOW_TO_INDEX = "`gdig index RUN` adds it (one pass over the pool with the run's model)"
@@ -66,19 +67,25 @@ def load_index(run_dir: str | Path) -> RunIndex:
             seeds = IndexRows(z["rows"], z["projected_norm"], z["norm"])
     except (OSError, ValueError, KeyError) as e:
         raise NoIndexError(f"{run}: the gradient index is unreadable ({e}); {HOW_TO_INDEX}") from None
-    if rows.ndim != 2 or rows.shape[1] != seeds.rows.shape[1] or norms.shape != (rows.shape[0], 2):
+    columns = 3 if rows.dtype == np.int8 else 2  # int8 rows: their scales too
+    if rows.ndim != 2 or rows.shape[1] != seeds.rows.shape[1] or norms.shape != (rows.shape[0], columns):
         raise NoIndexError(f"{run}: the index files disagree ({rows.shape}, {norms.shape}); {HOW_TO_INDEX}")
-    return RunIndex(IndexRows(rows, norms[:, 0], norms[:, 1]), seeds, meta)
+    scale = norms[:, 2] if columns == 3 else None
+    return RunIndex(IndexRows(rows, norms[:, 0], norms[:, 1], scale), seeds, meta)
 
 
-def write_index_norms(run_dir: str | Path, projected_norm: np.ndarray, norm: np.ndarray) -> None:
-    """index_norms.npy: each candidate's projected length and exact whitened norm."""
-    save_npy_atomic(Path(run_dir) / INDEX_NORMS, np.stack([projected_norm, norm], axis=1).astype(np.float32))
+def write_index_norms(
+    run_dir: str | Path, projected_norm: np.ndarray, norm: np.ndarray, scale: np.ndarray | None = None
+) -> None:
+    """index_norms.npy: each candidate's projected length and exact whitened norm (and its row's scale when the
+    rows are int8)."""
+    columns = [projected_norm, norm] + ([] if scale is None else [scale])
+    save_npy_atomic(Path(run_dir) / INDEX_NORMS, np.stack(columns, axis=1).astype(np.float32))
 
 
 def write_index_seeds(run_dir: str | Path, seeds: IndexRows) -> None:
     """index_seeds.npz: the seed columns' rows, lengths and norms."""
-    rows = np.asarray(seeds.rows, np.float32)
+    rows = seeds.unit_rows()
     save_npz_atomic(Path(run_dir) / INDEX_SEEDS, rows=rows, projected_norm=seeds.projected_norm, norm=seeds.norm)
 
 
