@@ -27,13 +27,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import CACHE, machine, save_report, timed  # noqa: E402
 from gdig.demo import DemoConfig, build_demo  # noqa: E402
 from gdig.demo.evaluate import detection_auroc  # noqa: E402
-from gdig.index import PROJECTIONS, IndexRows, index_scores  # noqa: E402
+from gdig.index import PROJECTIONS, Anchor, IndexRows, index_scores  # noqa: E402
 from gdig.rundir.index import INDEX_FILES, has_index, load_index  # noqa: E402
 from gdig.rundir.results import load_run  # noqa: E402
 from gdig.select import SelectionConfig, apply_rule  # noqa: E402
@@ -129,8 +130,6 @@ def agreement_rows(
 ):
     """The second seed set scored from each index (plain, and anchored on the run's own 256 seeds) against the
     exact run with that seed set."""
-    from scipy.stats import spearmanr
-
     from gdig.index_run import RunModel, measure_agreement, run_anchor
     from gdig.rescore import read_seed_file
 
@@ -138,8 +137,6 @@ def agreement_rows(
     examples = read_seed_file(run, new_seeds).examples
     exact = exact_columns(truth, [e.id for e in examples])
     bad = run.candidates[label_column].notna().to_numpy()
-    exact_auroc = detection_auroc(exact.mean(1), bad)["auroc"]
-    exact_kept = kept_set(truth, exact)
     runner = RunModel(run_dir, "cpu")
     normalize = run.config["settings"]["normalize"]
     rows = []
@@ -157,20 +154,11 @@ def agreement_rows(
         new = runner.gradients(examples, "second seed set").rows
         anchor = run_anchor(run.influence, run.seeds, idx)
         for anchored in (False, True):
-            approx = index_scores(idx.pool, new, normalize, anchor if anchored else None).astype(np.float64)
-            per_seed = [spearmanr(exact[:, j], approx[:, j])[0] for j in range(exact.shape[1])]
+            approx = index_scores(idx.pool, new, normalize, anchor if anchored else None)
             rows.append(
-                {
-                    "projection": projection,
-                    "dtype": dtype,
-                    "draw": draw,
-                    "k": idx.dim,
-                    "anchored": anchored,
-                    "spearman_mean": float(spearmanr(exact.mean(1), approx.mean(1))[0]),
-                    "spearman_seed_median": float(np.median(per_seed)),
-                    "auroc": detection_auroc(approx.mean(1), bad)["auroc"],
-                    "auroc_exact": exact_auroc,
-                    "jaccard_kept": jaccard(kept_set(truth, approx), exact_kept),
+                {"projection": projection, "dtype": dtype, "draw": draw, "k": idx.dim, "anchored": anchored}
+                | compare(truth, exact, approx, bad)
+                | {
                     "bytes_per_candidate": idx.dim * idx.pool.rows.dtype.itemsize + 8,
                     "index_seconds": seconds,
                     "in_run": measure_agreement(folder, normalize),
@@ -178,6 +166,74 @@ def agreement_rows(
             )
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "in_run"}), flush=True)
     return rows
+
+
+def compare(truth, exact: np.ndarray, approx: np.ndarray, bad: np.ndarray) -> dict:
+    """Index scores against the exact run's (same columns): Spearman of the mean, median per-seed Spearman,
+    corrupted-pair AUROC of both, and the default rule's kept sets (Jaccard)."""
+    from scipy.stats import spearmanr
+
+    approx = np.asarray(approx, np.float64)
+    per_seed = [spearmanr(exact[:, j], approx[:, j])[0] for j in range(exact.shape[1])]
+    return {
+        "spearman_mean": float(spearmanr(exact.mean(1), approx.mean(1))[0]),
+        "spearman_seed_median": float(np.median(per_seed)),
+        "auroc": detection_auroc(approx.mean(1), bad)["auroc"],
+        "auroc_exact": detection_auroc(exact.mean(1), bad)["auroc"],
+        "jaccard_kept": jaccard(kept_set(truth, approx), kept_set(truth, exact)),
+    }
+
+
+def sketched_sweep(run_dir: Path, new_seeds: Path, exact_dir: Path, ks: list[int], dtypes, draws: int) -> list[dict]:
+    """The agreement at every k with one model pass in all: the run's whitened gradients stored exactly once (an
+    index with k at least their dimension, float32), then CountSketched here as a run at that k sketches them
+    (the same hash of each coordinate's position; rows, lengths and norms as the run would store them)."""
+    from gdig.index import CountSketchProjection
+    from gdig.index_run import RunModel, run_anchor
+    from gdig.rescore import read_seed_file
+    from gdig.rundir.index import RunIndex
+
+    run, truth = load_run(run_dir), load_run(exact_dir)
+    examples = read_seed_file(run, new_seeds).examples
+    exact = exact_columns(truth, [e.id for e in examples])
+    bad = run.candidates["corruption"].notna().to_numpy()
+    runner = RunModel(run_dir, "cpu")
+    dims = {t.name: (t.d_in, t.d_out) for t in runner.tracked}
+    full_dir, _ = indexed_copy(run_dir, sum(a * b for a, b in dims.values()), "countsketch", 0, "float32")
+    full = load_index(full_dir)
+    runner.use_index(full)
+    new_full = runner.gradients(examples, "second seed set").rows
+    normalize = run.config["settings"]["normalize"]
+    seed = int(run.config["settings"]["random_state"])
+    rows = []
+    for k in ks:
+        for draw in range(draws):
+            proj = CountSketchProjection(dims, k, seed + draw)
+            seeds, new = _sketch(full.seeds, proj, dims, "float32"), _sketch(new_full, proj, dims, "float32")
+            for dtype in dtypes:
+                idx = RunIndex(_sketch(full.pool, proj, dims, dtype), seeds, full.meta)
+                for anchored in (False, True):
+                    anchor = run_anchor(run.influence, run.seeds, idx) if anchored else None
+                    approx = index_scores(idx.pool, new, normalize, anchor)
+                    row = {"projection": "countsketch", "dtype": dtype, "draw": draw, "k": proj.dim}
+                    rows.append(row | {"anchored": anchored} | compare(truth, exact, approx, bad))
+                    print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def _sketch(rows: IndexRows, proj, dims: dict[str, tuple[int, int]], dtype: str, block: int = 16) -> IndexRows:
+    """Exact whitened rows (unit rows and norms) CountSketched to proj.dim and stored as `dtype`."""
+    parts = []
+    for start in range(0, len(rows), block):
+        part = rows.take(slice(start, start + block))
+        w = torch.from_numpy(part.unit_rows() * np.asarray(part.projected_norm, np.float32)[:, None])
+        projected = proj.empty(len(w))
+        for name, (d_in, d_out) in dims.items():
+            at = proj.offsets[name]
+            projected += proj.project(name, w[:, at : at + d_in * d_out].reshape(len(w), d_out, d_in))
+        parts.append(IndexRows.from_projected(projected, torch.from_numpy(np.asarray(part.norm, np.float64)) ** 2))
+    cat = [np.concatenate([getattr(p, f) for p in parts]) for f in ("rows", "projected_norm", "norm")]
+    return IndexRows(*cat).stored(dtype)
 
 
 def other_seeds(cfg: DemoConfig, n: int) -> Path:
@@ -237,7 +293,7 @@ def second_seed_set(
     }
 
 
-def pretrained_pool(seed: int, ks: list[int], draws: int) -> dict:
+def pretrained_pool(seed: int, ks: list[int], draws: int, sweep: list[int] | None = None, dtypes=("int8",)) -> dict:
     """One of bench_pretrained.py's SmolLM2 pools (its step-1 LoRA model, its default run: 256 seeds of the
     pool's domains): a second set of 256 other domain pairs scored exactly and from the index at each k."""
     from bench.bench_pretrained import PretrainedConfig, base_model, lora_finetune, make_pool, score_config, score_pool
@@ -262,11 +318,14 @@ def pretrained_pool(seed: int, ks: list[int], draws: int) -> dict:
         score(sc)  # the curvature is reused from the default run (same model, pool and settings)
         (exact_dir / "seconds.json").write_text(json.dumps({"seconds": time.time() - t0}))
     seeds = fitting_pairs(run_dir, seeds)
+    out = {"pool": seed, "n_pool": load_run(run_dir).n, "spec": spec}
+    if sweep:
+        out["sweep"] = sketched_sweep(run_dir, seeds, exact_dir, sweep, dtypes, draws)
     rows = agreement_rows(run_dir, seeds, exact_dir, ks, ["countsketch"], label_column="corruption", draws=draws)
     exact_seconds = json.loads((exact_dir / "seconds.json").read_text())["seconds"]
     second = second_seed_set(run_dir, seeds, exact_dir, exact_seconds, max(ks), f"second-from-index-pool{seed}")
     print(json.dumps(second), flush=True)
-    return {"pool": seed, "n_pool": load_run(run_dir).n, "spec": spec, "agreement": rows, "second_seed_set": second}
+    return out | {"agreement": rows, "second_seed_set": second}
 
 
 def second_domain_pairs(cfg, n: int) -> list[dict]:
@@ -284,58 +343,115 @@ def second_domain_pairs(cfg, n: int) -> list[dict]:
     return [_record(f"{o}-seed2-{i:04d}", d, e) for i, (o, (d, e)) in enumerate(held)]
 
 
-def synthetic_index(n: int, k: int, folder: Path) -> IndexRows:
-    """n unit rows of k float16 values, memory-mapped from disk (written once, in blocks)."""
+def synthetic_index(n: int, k: int, folder: Path, dtype: str = "int8") -> IndexRows:
+    """n unit rows of k values stored as `dtype`, memory-mapped from disk (written once, in blocks), and an exact
+    influence matrix (n, 256) beside it for the anchor."""
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"rows-{n}-{k}.npy"
+    path = folder / f"rows-{n}-{k}-{dtype}.npy"
     if not path.exists():
-        rows = np.lib.format.open_memmap(path.with_suffix(".tmp"), mode="w+", dtype=np.float16, shape=(n, k))
+        rows = np.lib.format.open_memmap(path.with_suffix(".tmp"), mode="w+", dtype=np.dtype(dtype), shape=(n, k))
+        scale = np.zeros(n, np.float32)
         rng = np.random.default_rng(0)
         step = max(1, (256 << 20) // (4 * k))  # 256 MB of float32 at a time
         for start in range(0, n, step):
             block = rng.standard_normal((min(step, n - start), k), dtype=np.float32)
-            rows[start : start + len(block)] = block / np.linalg.norm(block, axis=1, keepdims=True)
+            unit = IndexRows(block / np.linalg.norm(block, axis=1, keepdims=True), scale[:1], scale[:1])
+            stored = unit.stored(dtype)
+            rows[start : start + len(block)] = stored.rows
+            if stored.scale is not None:
+                scale[start : start + len(block)] = stored.scale
         rows.flush()
         del rows
+        np.save(folder / f"scale-{n}-{k}-{dtype}.npy", scale)
         path.with_suffix(".tmp").rename(path)
     rows = np.load(path, mmap_mode="r")
-    return IndexRows(rows, np.ones(n, np.float32), np.ones(n, np.float32))
+    scale = np.load(folder / f"scale-{n}-{k}-{dtype}.npy") if dtype == "int8" else None
+    return IndexRows(rows, np.ones(n, np.float32), np.ones(n, np.float32), scale)
 
 
-def speed(k: int) -> dict:
+def synthetic_influence(n: int, m: int, folder: Path) -> np.ndarray:
+    """An (n, m) float32 influence matrix on disk, memory-mapped: what the anchor reads."""
+    path = folder / f"influence-{n}-{m}.npy"
+    if not path.exists():
+        out = np.lib.format.open_memmap(path.with_suffix(".tmp"), mode="w+", dtype=np.float32, shape=(n, m))
+        for start in range(0, n, 100_000):
+            stop = min(n, start + 100_000)
+            out[start:stop] = np.random.default_rng(start).standard_normal((stop - start, m), dtype=np.float32)
+        out.flush()
+        del out
+        path.with_suffix(".tmp").rename(path)
+    return np.load(path, mmap_mode="r")
+
+
+def evict(path: Path) -> None:
+    """Drop a file's pages from the page cache (POSIX_FADV_DONTNEED): the next read comes from the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def speed(k: int, dtypes: list[str]) -> list[dict]:
+    """Per storage dtype: rescoring 100,000 candidates against 256 seeds; a query (one pair, anchored on the run's
+    256 exact columns, as `gdig query` scores it) at 100,000 and at 1,000,000 candidates, the latter from the disk
+    (its files evicted from the page cache first) and again."""
     rng = np.random.default_rng(1)
     seeds = rng.standard_normal((256, k), dtype=np.float32)
     seeds = IndexRows(seeds / np.linalg.norm(seeds, axis=1, keepdims=True), np.ones(256, np.float32), np.ones(256))
-    query = IndexRows(seeds.rows[:1], seeds.projected_norm[:1], seeds.norm[:1])
-    small = synthetic_index(100_000, k, INDEX_CACHE / "synthetic")
-    large = synthetic_index(1_000_000, k, INDEX_CACHE / "synthetic")
-    out = {"k": k}
-    out["rescore_100k_x256_seconds"] = timed(lambda: index_scores(small, seeds, "unit"))
-    out["query_100k_seconds"] = timed(lambda: index_scores(small, query, "unit"))
-    t0 = time.perf_counter()
-    index_scores(large, query, "unit")
-    out["query_1m_first_seconds"] = time.perf_counter() - t0
-    out["query_1m_seconds"] = timed(lambda: index_scores(large, query, "unit"))
-    out["index_1m_gib"] = large.rows.nbytes / 2**30
-    print(json.dumps(out), flush=True)
+    query = seeds.take(slice(0, 1))
+    query.rows = (query.rows + rng.standard_normal((1, k), dtype=np.float32) / np.sqrt(k)) / np.sqrt(2)
+    folder = INDEX_CACHE / "synthetic"
+    out = []
+    for dtype in dtypes:
+        row = {"k": k, "dtype": dtype}
+        for n, name in ((100_000, "100k"), (1_000_000, "1m")):
+            pool = synthetic_index(n, k, folder, dtype)
+            anchor = Anchor(synthetic_influence(n, 256, folder), seeds)
+            if n == 100_000:
+                row["rescore_100k_x256_seconds"] = timed(lambda p=pool: index_scores(p, seeds, "unit"))
+            else:
+                for f in folder.glob(f"*-{n}-*.npy"):
+                    evict(f)
+                t0 = time.perf_counter()
+                index_scores(pool, query, "unit", anchor)
+                row["query_1m_from_disk_seconds"] = time.perf_counter() - t0
+            row[f"query_{name}_seconds"] = timed(lambda p=pool, a=anchor: index_scores(p, query, "unit", a))
+            row[f"index_{name}_gib"] = pool.rows.nbytes / 2**30
+        print(json.dumps(row), flush=True)
+        out.append(row)
     return out
 
 
-def writing_cost(cfg: DemoConfig, run_dir: Path) -> dict:
-    """The demo's scoring stage with and without the index (factors and seeds are reused from the demo)."""
+def writing_cost(cfg: DemoConfig, repeats: int = 3) -> dict:
+    """The demo's scoring run (factors and seeds' model reused from the demo) with and without the index,
+    alternated `repeats` times: each stage's median seconds, and what the index adds to the stages it touches
+    and to a whole `gdig score` (the demo run's own fitting included)."""
     from gdig.run import score
 
     cache = cfg.cache_dir()
-    rows = {}
-    for name, changes in (("without", {"index_dim": 0}), ("with", {})):
-        out = ROOT_CACHE / f"score-0-index-{name}"
-        shutil.rmtree(out, ignore_errors=True)
-        sc = cfg.score_config(cache / "model", cache / "pool.jsonl", cache / "seeds.jsonl", out)
-        score(dataclasses.replace(sc, **changes))
-        t = json.loads((out / "config.json").read_text())["timings"]
-        rows[name] = {"score": t["score"], "index_finalize": t.get("index_finalize", 0.0), "finalize": t["finalize"]}
-    added = rows["with"]["score"] + rows["with"]["index_finalize"] - rows["without"]["score"]
-    return rows | {"added_fraction_of_score_stage": added / rows["without"]["score"]}
+    times: dict[str, list[dict]] = {"without": [], "with": []}
+    for _ in range(repeats):
+        for name, changes in (("without", {"index_dim": 0}), ("with", {})):
+            out = ROOT_CACHE / f"score-0-index-{name}"
+            shutil.rmtree(out, ignore_errors=True)
+            sc = cfg.score_config(cache / "model", cache / "pool.jsonl", cache / "seeds.jsonl", out)
+            score(dataclasses.replace(sc, **changes))
+            times[name].append(json.loads((out / "config.json").read_text())["timings"])
+    stages = ("seeds", "score", "index_finalize", "signals", "finalize")
+    med = {n: {s: float(np.median([t.get(s, 0.0) for t in ts])) for s in stages} for n, ts in times.items()}
+    added = sum(med["with"].values()) - sum(med["without"].values())
+    fit = load_run(ROOT_CACHE / f"run-{cfg.seed}").config["timings"]
+    whole = sum(fit.get(s, 0.0) for s in ("load", "fit_covariance", "fit_eigen")) + sum(med["without"].values())
+    return {
+        "repeats": repeats,
+        "median_seconds": med,
+        "added_seconds": added,
+        "added_fraction_of_these_stages": added / sum(med["without"].values()),
+        "added_fraction_of_score_stage": (med["with"]["score"] - med["without"]["score"]) / med["without"]["score"],
+        "added_fraction_of_whole_run": added / whole,
+        "whole_run_seconds_without": whole,
+    }
 
 
 METRICS = ("spearman_mean", "spearman_seed_median", "auroc", "auroc_delta", "jaccard_kept")
@@ -381,6 +497,13 @@ def markdown(report: dict) -> str:
         "",
         *agreement_table(report.get("agreement", [])),
     ]
+    if report.get("sweep"):
+        lines += [
+            "",
+            "### By k, sketched from the run's exact whitened gradients (one pass; the same hash as a run at that k)",
+            "",
+            *agreement_table(report["sweep"]),
+        ]
     s = report.get("second_seed_set")
     if s:
         lines += [
@@ -393,31 +516,36 @@ def markdown(report: dict) -> str:
             f"and model load {s['index_seconds_parts']['seed_passes']:.1f} s, the product and files "
             f"{s['index_seconds_parts']['index_product']:.1f} s).",
         ]
-    sp = report.get("speed")
-    if sp:
+    for sp in report.get("speed", []):
         lines += [
             "",
-            f"## Speed at real sizes (synthetic float16 index, k = {sp['k']}, memory-mapped)",
+            f"## Speed at real sizes ({sp['dtype']} index, k = {sp['k']}, synthetic rows, memory-mapped)",
             "",
             f"- rescoring 100,000 candidates against 256 seeds: {sp['rescore_100k_x256_seconds']:.2f} s",
-            f"- a query at 100,000 candidates: {sp['query_100k_seconds']:.2f} s",
-            f"- a query at 1,000,000 ({sp['index_1m_gib']:.1f} GiB): first {sp['query_1m_first_seconds']:.2f} s, "
-            f"then {sp['query_1m_seconds']:.2f} s",
+            f"- a query (anchored on 256 exact columns) at 100,000 candidates: {sp['query_100k_seconds']:.2f} s",
+            f"- a query at 1,000,000 ({sp['index_1m_gib']:.1f} GiB of rows): {sp['query_1m_from_disk_seconds']:.2f} s "
+            f"from the disk, {sp['query_1m_seconds']:.2f} s again",
         ]
     w = report.get("writing")
     if w:
+        m = w["median_seconds"]
         lines += [
             "",
-            "## What writing the index costs (the demo's scoring stage)",
+            f"## What writing the index costs (the demo, median of {w['repeats']} alternated runs)",
             "",
-            f"score stage without the index {w['without']['score']:.1f} s, with it {w['with']['score']:.1f} s "
-            f"+ {w['with']['index_finalize']:.1f} s to finish its files: "
-            f"{100 * w['added_fraction_of_score_stage']:+.1f}% of the scoring stage.",
+            "| stage | without the index (s) | with it (s) |",
+            "|---|---:|---:|",
+            *[f"| {s} | {m['without'][s]:.1f} | {m['with'][s]:.1f} |" for s in m["without"]],
+            "",
+            f"Added: {w['added_seconds']:.1f} s, {100 * w['added_fraction_of_score_stage']:+.1f}% of the scoring "
+            f"stage alone, {100 * w['added_fraction_of_these_stages']:+.1f}% of the stages after fitting, "
+            f"{100 * w['added_fraction_of_whole_run']:+.1f}% of a whole `gdig score` "
+            f"({w['whole_run_seconds_without']:.0f} s with its fitting).",
         ]
     return "\n".join(lines) + "\n"
 
 
-def pretrained_main(report: dict, pools: list[int], ks: list[int], draws: int) -> None:
+def pretrained_main(report: dict, pools: list[int], ks: list[int], draws: int, sweep=None, dtypes=("int8",)) -> None:
     """The SmolLM2 pools of bench_pretrained.py (skipped without the shared data or SmolLM2)."""
     from bench.bench_pretrained import missing_requirements
 
@@ -425,7 +553,7 @@ def pretrained_main(report: dict, pools: list[int], ks: list[int], draws: int) -
     if missing:
         print(f"skipped: {missing}")
         return
-    report["pretrained"] = [pretrained_pool(p, ks, draws) for p in pools]
+    report["pretrained"] = [pretrained_pool(p, ks, draws, sweep, dtypes) for p in pools]
     name = "index-pretrained-" + "-".join(map(str, pools))
     print(save_report(name, report, pretrained_markdown(report)))
 
@@ -443,6 +571,13 @@ def pretrained_markdown(report: dict) -> str:
             *agreement_table(pool["agreement"]),
             "",
         ]
+        if pool.get("sweep"):
+            lines += [
+                "By k, sketched from the run's exact whitened gradients (one pass; the same hash as a run at that k):",
+                "",
+                *agreement_table(pool["sweep"]),
+                "",
+            ]
         if "second_seed_set" in pool:
             s = pool["second_seed_set"]
             lines += [
@@ -466,16 +601,20 @@ def main() -> None:
     ap.add_argument("--skip-second", action="store_true")
     ap.add_argument("--skip-agreement", action="store_true", help="only the timings (second seed set, speed)")
     ap.add_argument("--speed-k", type=int, default=None, help="k of the speed test (default: the default k)")
+    ap.add_argument("--speed-dtypes", nargs="+", default=["int8", "float16"], help="storage dtypes timed")
     ap.add_argument("--pretrained", type=int, nargs="*", metavar="POOL", help="bench_pretrained.py's pools only")
+    ap.add_argument("--sweep", type=int, nargs="+", help="ks sketched from the run's exact whitened gradients")
     a = ap.parse_args()
     from gdig.config import ScoreConfig
 
     report = {"date": datetime.date.today().isoformat(), "machine": machine()}
     if a.pretrained is not None:
-        return pretrained_main(report, a.pretrained or [0], a.ks, a.draws)
+        return pretrained_main(report, a.pretrained or [0], a.ks, a.draws, a.sweep, tuple(a.dtypes))
     cfg, run_dir = demo()
     seeds = other_seeds(cfg, 256)
     exact_dir, exact_seconds = exact_second_run(cfg, seeds)
+    if a.sweep:
+        report["sweep"] = sketched_sweep(run_dir, seeds, exact_dir, a.sweep, tuple(a.dtypes), a.draws)
     if not a.skip_agreement:
         report["agreement"] = agreement_rows(
             run_dir, seeds, exact_dir, a.ks, a.projections, draws=a.draws, dtypes=tuple(a.dtypes)
@@ -485,8 +624,8 @@ def main() -> None:
         report["second_seed_set"] = second_seed_set(run_dir, seeds, exact_dir, exact_seconds, k)
         print(json.dumps(report["second_seed_set"]), flush=True)
     if not a.skip_speed:
-        report["speed"] = speed(k)
-        report["writing"] = writing_cost(cfg, run_dir)
+        report["speed"] = speed(k, a.speed_dtypes)
+        report["writing"] = writing_cost(cfg)
         print(json.dumps(report["writing"]), flush=True)
     print(save_report("index", report, markdown(report)))
 
