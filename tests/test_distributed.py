@@ -61,8 +61,8 @@ def same_run(a: Path, b: Path, exact: bool) -> None:
         x, y = np.load(a / name), np.load(b / name)
         if exact:
             np.testing.assert_array_equal(x, y, err_msg=name)
-        half = x.dtype == np.float16  # the index's rows: one half-precision step apart at most
-        atol = 1e-3 if half else 1e-5 * float(np.abs(x).max())
+        steps = {np.dtype(np.float16): 1e-3, np.dtype(np.int8): 1}  # the index's rows: one storage step at most
+        atol = steps.get(x.dtype, 1e-5 * float(np.abs(x).max()))
         np.testing.assert_allclose(y.astype(np.float32), x.astype(np.float32), rtol=1e-5, atol=atol, err_msg=name)
     for table in ("candidates.parquet", "seeds.parquet"):
         x, y = pd.read_parquet(a / table), pd.read_parquet(b / table)
