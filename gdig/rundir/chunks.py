@@ -31,8 +31,8 @@ def write_chunk(run_dir: str | Path, i: int, arrays: dict[str, np.ndarray]) -> N
 def collect_chunks(run_dir: str | Path, n: int, stream: dict[str, Path] | None = None) -> dict[str, np.ndarray]:
     """Every chunk's arrays placed at their candidates' rows; refuses a run with a candidate missing. The arrays
     named in `stream` (the N x M influence, the sketches, the index) are written straight into those .npy files
-    as float32 (an int8 or float16 index keeps its dtype), memory-mapped, so the whole matrix is never held in memory; the
-    others are returned."""
+    as float32 (an int8 or float16 index keeps its dtype), memory-mapped, so the whole matrix is never held in
+    memory; the others are returned."""
     stream = stream or {}
     files = sorted(partial_dir(run_dir).glob("chunk_*.npz"))
     merged: dict[str, np.ndarray] = {}
