@@ -90,8 +90,20 @@ def fit_subset(n_candidates: int, fit_examples: int | None, random_state: int) -
     return sorted(rng.choice(n_candidates, fit_examples, replace=False).tolist())
 
 
-def build_context(cfg: ScoreConfig, model=None, tokenizer=None, world: World = SINGLE) -> ScoreContext:
-    """Load (or take) the model, find its tracked modules, read and tokenize both files."""
+def read_inputs(cfg: ScoreConfig) -> tuple[Dataset, Dataset]:
+    """Both files read and checked (schema, fields, ids): before the model loads or anything is written, so a bad
+    line is reported in a second and leaves no run folder."""
+    d = cfg.data
+    candidates = load_dataset(cfg.candidates, d.prompt_template, d.src_lang, d.trg_lang, role="candidate")
+    seeds = load_dataset(cfg.seeds, d.prompt_template, d.src_lang, d.trg_lang, role="seed")
+    return candidates, seeds
+
+
+def build_context(
+    cfg: ScoreConfig, model=None, tokenizer=None, world: World = SINGLE, inputs: tuple[Dataset, Dataset] | None = None
+) -> ScoreContext:
+    """Load (or take) the model, find its tracked modules, read (unless given) and tokenize both files."""
+    candidates, seeds = inputs or read_inputs(cfg)
     if model is None:
         model, tokenizer = load_model(
             cfg.model, cfg.device, cfg.dtype, cfg.trust_remote_code, adapter=cfg.adapter, gguf_file=cfg.gguf_file
@@ -101,8 +113,6 @@ def build_context(cfg: ScoreConfig, model=None, tokenizer=None, world: World = S
     model.eval()
     tracked = find_tracked_modules(model, cfg.tracked_modules())
     d = cfg.data
-    candidates = load_dataset(cfg.candidates, d.prompt_template, d.src_lang, d.trg_lang, role="candidate")
-    seeds = load_dataset(cfg.seeds, d.prompt_template, d.src_lang, d.trg_lang, role="seed")
     cand_tok, cand_rep = tokenize_dataset(tokenizer, candidates, d.max_length)
     seed_tok, seed_rep = tokenize_dataset(tokenizer, seeds, d.max_length)
     fps = {"model": model_fingerprint(model), "candidates": candidates.fingerprint, "seeds": seeds.fingerprint}

@@ -42,7 +42,7 @@ def check_model_source(name_or_path: str, cache_dir: str | None = None, gguf_fil
         f"model '{name}' was not found. Looked for (1) a local folder with config.json at {path.resolve()}: no "
         f"such folder; (2) the hub id '{name}' in the local Hugging Face cache ({hub_cache}): not there. "
         "Nothing is downloaded: give a local folder, or put the model in the cache first on a machine with a "
-        "network (`huggingface-cli download ID`)."
+        "network (`hf download ID`)."
     )
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from gdig.atomic import atomic_path
 from gdig.config import ScoreConfig
-from gdig.context import ScoreContext, build_context, config_record, settings_fingerprint
+from gdig.context import ScoreContext, build_context, config_record, read_inputs, settings_fingerprint
 from gdig.distributed import World, join_world, leave_world
 from gdig.index import IndexRows
 from gdig.index_run import index_meta, measure_agreement
@@ -148,6 +148,7 @@ def score(
     if model is None:
         # before anything is written: a wrong path is not a failed run
         check_model_source(cfg.model, gguf_file=cfg.gguf_file)
+    inputs = read_inputs(cfg)  # a bad file is reported before the model loads and leaves no run folder
     world, device = join_world(cfg.device)
     cfg = dataclasses.replace(cfg, device=device)
     run_dir = Path(cfg.out)
@@ -157,7 +158,7 @@ def score(
     try:
         status.update("load", 0, 1, force=True)
         t0 = time.time()
-        ctx = build_context(cfg, model, tokenizer, world)
+        ctx = build_context(cfg, model, tokenizer, world, inputs)
         ctx.timings["load"] = time.time() - t0
         if memory_check:
             check_memory(ctx)

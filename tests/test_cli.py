@@ -74,8 +74,7 @@ def test_module_subprocess_entry_point_and_bad_input(tmp_path, llama_dir, data_f
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert res.returncode == 2
     assert "bad.jsonl:2: malformed JSON" in res.stderr and "Traceback" not in res.stderr
-    status = json.loads((tmp_path / "r" / "status.json").read_text())
-    assert "malformed JSON" in status["error"]
+    assert not (tmp_path / "r").exists()  # reported before the model loads: no run folder left behind
 
 
 def test_missing_model_and_bad_regex_are_clear(tmp_path, llama_dir, data_files, capsys):
@@ -85,6 +84,7 @@ def test_missing_model_and_bad_regex_are_clear(tmp_path, llama_dir, data_files, 
     err = capsys.readouterr().err
     assert "was not found. Looked for (1) a local folder with config.json" in err and "(2) the hub id" in err
     assert "huggingface.co" not in err and not (tmp_path / "a").exists()  # checked before anything is written
+    assert "`hf download ID`" in err and "huggingface-cli" not in err  # the command the pinned hub installs
     assert main([*base, "--model", str(llama_dir), "--out", str(tmp_path / "b"), "--modules", "nothing_here"]) == 2
     assert "matches no linear layer" in capsys.readouterr().err
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -147,3 +148,21 @@ def test_cancelled_fit_resumes_where_it_stopped_with_identical_factors(
 
     a, b = load_file(str(run / "factors.safetensors")), load_file(str(full / "factors.safetensors"))
     assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("bad_line", ['{"src_text": "Hallo"', '{"src_text": "Hallo"}'])
+def test_a_bad_data_line_is_reported_before_the_model_loads_and_leaves_no_run_folder(
+    tmp_path, data_files, llama_dir, monkeypatch, bad_line
+):
+    """A malformed line or a missing field: the file and line named at once, no model loaded, no folder."""
+    import gdig.context
+
+    cands, seeds = data_files
+    seeds.write_text(seeds.read_text("utf-8") + bad_line + "\n", "utf-8")
+    loaded = []
+    monkeypatch.setattr(gdig.context, "load_model", lambda *a, **k: loaded.append(1))
+    cfg = dataclasses.replace(_cfg(tmp_path, data_files, "run"), model=str(llama_dir))
+    n_lines = len(seeds.read_text("utf-8").splitlines())
+    with pytest.raises(ValueError, match=rf"{seeds.name}:{n_lines}: "):
+        score(cfg)
+    assert not loaded and not (tmp_path / "run").exists()
