@@ -244,12 +244,23 @@ def build_index(
 ) -> dict[str, Any]:
     """`gdig index RUN`: the gradient index of a run made without one (one pass over its pool and seeds, from the
     prompts and targets the run stored); returns index.json's record. The rows are written straight to disk."""
-    from gdig.atomic import atomic_path
-    from gdig.rundir.index import has_index, write_index_meta, write_index_norms, write_index_seeds
-    from gdig.rundir.layout import INDEX, write_config
+    from gdig.rundir.lock import writer_lock
     from gdig.rundir.results import load_run
 
     run = load_run(run_dir)
+    with writer_lock(run.path):  # refused while another job writes the run
+        return _write_index(
+            run, index_dim, index_dtype, device, model, tokenizer, on_progress, chunk, projection, projection_seed
+        )
+
+
+def _write_index(
+    run, index_dim, index_dtype, device, model, tokenizer, on_progress, chunk, projection, projection_seed
+) -> dict[str, Any]:
+    from gdig.atomic import atomic_path
+    from gdig.rundir.index import has_index, write_index_meta, write_index_norms, write_index_seeds
+    from gdig.rundir.layout import INDEX, write_config
+
     if has_index(run.path):
         raise RunError(f"{run.path} already has a gradient index")
     if int(run.config["settings"].get("seed_batch", 1)) != 1:

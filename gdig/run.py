@@ -47,6 +47,7 @@ from gdig.rundir.layout import (
     read_config,
     write_config,
 )
+from gdig.rundir.lock import writer_lock
 from gdig.rundir.seeds import save_mean_direction
 from gdig.rundir.status import Cancelled, Status
 from gdig.rundir.tables import records_table, write_tables
@@ -152,7 +153,8 @@ def score(
     world, device = join_world(cfg.device)
     cfg = dataclasses.replace(cfg, device=device)
     run_dir = Path(cfg.out)
-    saved = _prepare(run_dir, resume, world)
+    lock = ExitStack()  # rank 0 holds the run's writer lock until the job ends
+    saved = _prepare(run_dir, resume, world, lock)
     own_status = status is None
     status = status or Status(run_dir, on_progress, world)
     try:
@@ -176,12 +178,25 @@ def score(
             status.fail("cancelled" if isinstance(e, Cancelled | KeyboardInterrupt) else f"{type(e).__name__}: {e}")
         raise
     finally:
+        lock.close()
         leave_world()
 
 
-def _prepare(run_dir: Path, resume: bool, world: World) -> dict[str, Any] | None:
-    """Rank 0 checks and creates the run directory (the others wait): the saved config when resuming."""
-    saved = prepare(run_dir, resume) if world.is_main else None
+def _prepare(run_dir: Path, resume: bool, world: World, lock: ExitStack) -> dict[str, Any] | None:
+    """Rank 0 takes the run's writer lock (refused, naming the job, while another job writes the run), then checks
+    and creates the run directory (the others wait): the saved config when resuming."""
+    saved = None
+    if world.is_main:
+        try:
+            existed = run_dir.is_dir()
+            if existed:  # before prepare's own checks: a running job is the reason to name
+                lock.enter_context(writer_lock(run_dir))
+            saved = prepare(run_dir, resume)
+            if not existed:
+                lock.enter_context(writer_lock(run_dir))
+        except BaseException:
+            lock.close()
+            raise
     world.barrier("preparing the run directory")
     return saved if world.is_main else (read_config(run_dir) if resume else None)
 

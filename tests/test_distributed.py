@@ -186,3 +186,16 @@ def test_rank_zero_status_sums_every_ranks_counters_and_takes_the_slowest_eta(tm
     zero.update("score", 9, 10, force=True)  # rank 0 does not overwrite why the job stops
     zero.fail("WorldError: a peer left")
     assert read_status(tmp_path)["error"] == "rank 1 of 2: RuntimeError: out of memory"
+
+
+def test_torchrun_on_a_run_being_written_is_refused_naming_the_job(job, tmp_path):
+    from gdig.rundir.lock import writer_lock
+
+    out = tmp_path / "run"
+    out.mkdir()
+    with writer_lock(out):
+        t0 = time.time()
+        done = gdig(2, ["score", *job[1], "--out", str(out), "--resume"], timeout=120)
+    assert done.returncode != 0 and time.time() - t0 < 90
+    assert f"being written by another job (pid {os.getpid()}" in done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["writer.lock"]

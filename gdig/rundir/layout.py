@@ -18,7 +18,7 @@ SKETCH = "sketch.npy"
 UMAP = "umap.npy"
 SEED_GRADS = "seed_grads.safetensors"  # the mean preconditioned seed direction, for token explanations
 INDEX = "index.npy"  # the gradient index (gdig.index): unit rows of projected whitened gradients, [N, k]
-INDEX_NORMS = "index_norms.npy"  # [N, 2] float32: each row's projected length and exact whitened norm
+INDEX_NORMS = "index_norms.npy"  # [N, 2] float32: each row's projected length, exact whitened norm (int8: scale)
 INDEX_SEEDS = "index_seeds.npz"  # the seeds' rows, lengths and norms, as INDEX and INDEX_NORMS
 INDEX_META = "index.json"  # k, projection, seed, measured agreement; written last: its presence means complete
 SELECTIONS = "selections"
@@ -28,12 +28,20 @@ OVERRIDES = "overrides.json"
 CURATION = "curation.json"
 DEMO_REPORT = "demo_report.json"
 JOB = "job.json"  # the app's worker: pid and command
+WRITER_LOCK = "writer.lock"  # held (flock) by the job writing the run: one writer at a time (gdig.rundir.lock)
 JOB_SETTINGS = "job-settings.json"
 WORKER_LOG = "worker.log"
 RANK_STATUS = "status.rank{rank}.json"  # in partial/: the progress of each rank but 0 (rank 0 sums them up)
 
 REQUIRED = (CONFIG, CANDIDATES, SEEDS, INFLUENCE, SKETCH)  # what a finished run must hold
-BOOKKEEPING = {JOB, JOB_SETTINGS, WORKER_LOG, CANCEL, STATUS}  # written by the app before the worker starts
+BOOKKEEPING = {
+    JOB,
+    JOB_SETTINGS,
+    WORKER_LOG,
+    CANCEL,
+    STATUS,
+    WRITER_LOCK,
+}  # written by the app before the worker starts
 
 
 class RunExistsError(ValueError):

@@ -18,6 +18,7 @@ from gdig.atomic import write_json_atomic
 from gdig.config import ScoreConfig
 from gdig.names import check_name
 from gdig.rundir.layout import CONFIG, INDEX_META, JOB, JOB_SETTINGS, STATUS, WORKER_LOG, read_config
+from gdig.rundir.lock import lock_holder
 from gdig.rundir.status import clear_cancel, estimate, mark_starting, read_status, request_cancel
 
 
@@ -67,6 +68,9 @@ def start_job(cfg: ScoreConfig, resume: bool = False, processes: int | None = No
     run_dir.mkdir(parents=True, exist_ok=True)
     if job_state(run_dir).running:
         raise ValueError(f"{run_dir} already has a running job")
+    holder = lock_holder(run_dir)
+    if holder:  # a job started elsewhere (a terminal, torchrun) is writing it
+        raise ValueError(f"{run_dir} is being written by another job ({holder})")
     processes = processes or job_processes(run_dir)
     clear_cancel(run_dir)
     settings = run_dir / JOB_SETTINGS
