@@ -485,7 +485,7 @@ def markdown(report: dict) -> str:
     lines = [
         f"# Gradient index against exact runs ({report['date']})",
         "",
-        f"Machine: {report['machine']}. Command: `python bench/bench_index.py`.",
+        f"Machine: {report['machine']}. Command: `{report.get('command', 'python bench/bench_index.py')}`.",
         "",
         "## A new seed set from the index against an exact run with it, by k",
         "",
@@ -560,6 +560,7 @@ def pretrained_main(report: dict, pools: list[int], ks: list[int], draws: int, s
 
 def pretrained_markdown(report: dict) -> str:
     lines = [f"# Gradient index on SmolLM2 pools ({report['date']})", "", f"Machine: {report['machine']}.", ""]
+    lines += [f"Command: `{report['command']}`.", ""] if "command" in report else []
     for pool in report["pretrained"]:
         lines += [
             f"## Pool {pool['pool']} ({pool['n_pool']} pairs, `{pool['spec']}`, EK-FAC on the LoRA adapters)",
@@ -602,12 +603,14 @@ def main() -> None:
     ap.add_argument("--skip-agreement", action="store_true", help="only the timings (second seed set, speed)")
     ap.add_argument("--speed-k", type=int, default=None, help="k of the speed test (default: the default k)")
     ap.add_argument("--speed-dtypes", nargs="+", default=["int8"], help="storage dtypes timed (float16: a 33 GB file)")
+    ap.add_argument("--report", default="index", help="the report's name in bench/reports (dated)")
     ap.add_argument("--pretrained", type=int, nargs="*", metavar="POOL", help="bench_pretrained.py's pools only")
     ap.add_argument("--sweep", type=int, nargs="+", help="ks sketched from the run's exact whitened gradients")
     a = ap.parse_args()
     from gdig.config import ScoreConfig
 
     report = {"date": datetime.date.today().isoformat(), "machine": machine()}
+    report["command"] = " ".join(["python bench/bench_index.py", *sys.argv[1:]])
     if a.pretrained is not None:
         return pretrained_main(report, a.pretrained or [0], a.ks, a.draws, a.sweep, tuple(a.dtypes))
     cfg, run_dir = demo()
@@ -627,7 +630,7 @@ def main() -> None:
         report["speed"] = speed(k, a.speed_dtypes)
         report["writing"] = writing_cost(cfg)
         print(json.dumps(report["writing"]), flush=True)
-    print(save_report("index", report, markdown(report)))
+    print(save_report(a.report, report, markdown(report)))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from gdig.config import INDEX_PROJECTIONS
+from gdig.readahead import row_blocks
 
 PROJECTIONS = INDEX_PROJECTIONS
 
@@ -263,16 +264,18 @@ def index_scores(
         cols = np.arange(anchor.exact.shape[1]) if anchor.columns is None else np.asarray(anchor.columns)
         basis = torch.from_numpy(_scaled(anchor.seeds, _query_scale(anchor.seeds, normalize))[cols])
         coef, q = _fit_on(basis, q)
-    out = np.empty((len(pool), len(queries)), np.float32)
+    out = np.zeros((len(pool), len(queries)), np.float32)
+    if coef is not None:  # its own sequential pass: two files read in turns would make the disk seek
+        full = np.zeros((anchor.exact.shape[1], coef.shape[1]), np.float32)
+        full[cols] = coef  # zero for the columns left out: no copy of the chosen ones
+        full = torch.from_numpy(full)
+        for rows, e in row_blocks(anchor.exact, max(1, block_bytes // (4 * anchor.exact.shape[1]))):
+            out[rows] = (_tensor(e).float() @ full).numpy()
     product = _block_product(pool.rows.dtype, q)
     block = max(1, block_bytes // (4 * max(q.shape[1], 1)))  # rows converted to float32 at a time (128 MB)
-    for start in range(0, len(pool), block):
-        rows = slice(start, min(start + block, len(pool)))
-        scores = product(pool.rows[rows], None if pool.scale is None else pool.scale[rows])
-        scores *= _pool_scale(pool, rows, normalize)[:, None]
-        if coef is not None:
-            scores += np.asarray(anchor.exact[rows], np.float32)[:, cols] @ coef
-        out[rows] = scores
+    for rows, z in row_blocks(pool.rows, block):
+        scores = product(z, None if pool.scale is None else pool.scale[rows])
+        out[rows] += scores * _pool_scale(pool, rows, normalize)[:, None]
     return out
 
 
