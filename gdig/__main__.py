@@ -237,13 +237,20 @@ def _main(argv: list[str] | None = None) -> int:
             print_plan(score_config_from_args(args), args.plan_memory_gb)
         elif args.command == "score":
             from gdig.run import score
-            from gdig.rundir.status import read_status, summary_line
+            from gdig.rundir.status import Cancelled, interrupt_cancels, read_status, summary_line
 
             cfg = score_config_from_args(args)
             quiet = args.quiet or not _is_main_process()  # under torchrun only rank 0 talks
             progress = _Progress(quiet)
             try:
-                run_dir = score(cfg, resume=args.resume, on_progress=progress, memory_check=not args.no_memory_check)
+                with interrupt_cancels(cfg.out):
+                    run_dir = score(
+                        cfg, resume=args.resume, on_progress=progress, memory_check=not args.no_memory_check
+                    )
+            except Cancelled:
+                progress.close()
+                print("gdig: stopped; the fit's sums and finished chunks are kept: --resume goes on", file=sys.stderr)
+                return 130
             finally:
                 progress.close()
             if not quiet:

@@ -166,3 +166,44 @@ def test_a_bad_data_line_is_reported_before_the_model_loads_and_leaves_no_run_fo
     with pytest.raises(ValueError, match=rf"{seeds.name}:{n_lines}: "):
         score(cfg)
     assert not loaded and not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_in_the_fit_keeps_its_sums_like_cancel_and_resume_continues_from_them(tmp_path, tokenizer, data_files):
+    """The first SIGINT asks the job to stop between batches (gdig.rundir.status.interrupt_cancels, around the
+    CLI's score): the fit's partial sums are saved, the request is removed, --resume continues from them."""
+    import os
+    import signal
+
+    from gdig.demo.tiny import build_tiny_model
+    from gdig.rundir.status import interrupt_cancels
+
+    model = build_tiny_model("llama", tokenizer, hidden=16, ffn=32, heads=2)
+    cfg = _cfg(tmp_path, data_files, "run", batch_size=4, checkpoint_seconds=3600)
+    run, sent = tmp_path / "run", []
+
+    def ctrl_c(state):
+        if state["stage"] == "fit_covariance" and state["done"] >= 12 and not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with interrupt_cancels(run), pytest.raises(Cancelled):
+        score(cfg, model=model, tokenizer=tokenizer, on_progress=ctrl_c)
+    assert sent and not (run / "cancel").exists() and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert (run / PARTIAL / "fit_covariance.safetensors").exists()
+    seen = []
+    score(cfg, resume=True, model=model, tokenizer=tokenizer, on_progress=seen.append)
+    assert next(s for s in seen if s["stage"] == "fit_covariance")["done"] == 12
+
+
+def test_the_cli_reports_a_stopped_job_without_a_traceback(monkeypatch, capsys, tmp_path, data_files):
+    import gdig.run
+    from gdig.__main__ import main
+
+    def stopped(*a, **k):
+        raise Cancelled("cancelled by the user")
+
+    monkeypatch.setattr(gdig.run, "score", stopped)
+    cands, seeds = data_files
+    args = ["score", "--model", "m", "--candidates", str(cands), "--seeds", str(seeds), "--out", str(tmp_path / "r")]
+    assert main([*args, "--quiet"]) == 130
+    assert "--resume goes on" in capsys.readouterr().err

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -189,6 +193,33 @@ def request_cancel(run_dir: str | Path) -> None:
 def clear_cancel(run_dir: str | Path) -> None:
     """Forget an earlier cancel request, before a job (re)starts."""
     (Path(run_dir) / CANCEL).unlink(missing_ok=True)
+
+
+@contextmanager
+def interrupt_cancels(run_dir: str | Path) -> Iterator[None]:
+    """For a job in the foreground: the first Ctrl-C (SIGINT) asks it to stop between batches, as the app's Cancel
+    does, so that the fit's partial sums and the finished chunks are kept for --resume; a second Ctrl-C stops at
+    once. The request is removed when the job ends, so --resume starts clean."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    asked = []
+
+    def first(signum, frame):
+        if not Path(run_dir).is_dir():  # nothing written yet: nothing to keep
+            raise KeyboardInterrupt
+        request_cancel(run_dir)
+        asked.append(True)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        print("\ngdig: stopping after this batch, keeping what is done (Ctrl-C again: at once)", file=sys.stderr)
+
+    previous = signal.signal(signal.SIGINT, first)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if asked:
+            clear_cancel(run_dir)
 
 
 @dataclass
