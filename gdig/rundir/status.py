@@ -47,7 +47,10 @@ class Status:
         self.stage_seconds: dict[str, float] = {}
         self._last_write = 0.0
         self._stage_started = self.started
+        self._stage_done_at_start = 0  # a resumed stage starts part done: its pace counts from here
         self._fraction_at_start: float | None = None
+        previous = {} if self.rank else (_read_json(self.shared_path) or {})
+        self._carried_fraction = float(previous.get("job_fraction", 0.0))  # shown until this job's plan is known
 
     def set_plan(self, plan: dict[str, float]) -> None:
         """Expected relative cost of each stage, in the order they run (stages not named count as free)."""
@@ -58,7 +61,7 @@ class Status:
         if stage == "done":
             return 1.0
         if stage not in self.plan or not sum(self.plan.values()):
-            return float(self.state.get("job_fraction", 0.0))
+            return float(self.state.get("job_fraction", self._carried_fraction))
         names = list(self.plan)
         before = sum(self.plan[s] for s in names[: names.index(stage)])
         current = self.plan[stage] * (min(done, total) / total if total > 0 else 0.0)
@@ -72,6 +75,7 @@ class Status:
             if previous is not None:
                 self.stage_seconds[previous] = self.stage_seconds.get(previous, 0.0) + now - self._stage_started
             self._stage_started = now
+            self._stage_done_at_start = done
         self.local = {
             "stage": stage,
             "done": done,
@@ -79,6 +83,7 @@ class Status:
             "started": self.started,
             "updated": now,
             "stage_started": self._stage_started,
+            "stage_done_at_start": self._stage_done_at_start,
             "pid": os.getpid(),
             "error": error,
         }
@@ -115,6 +120,7 @@ class Status:
             ranks = [_counters(0, state)] + self._others
             same = [c for c in ranks if c["stage"] == state["stage"]]
             state |= {"done": sum(c["done"] for c in same), "total": sum(c["total"] for c in same), "ranks": ranks}
+            state["stage_done_at_start"] = sum(c.get("stage_done_at_start") or 0 for c in same)
         fraction = self.job_fraction(state["stage"], state["done"], state["total"])
         if self._fraction_at_start is None and self.plan:
             self._fraction_at_start = fraction
@@ -161,7 +167,7 @@ class Status:
 
 
 def _counters(rank: int, state: dict[str, Any]) -> dict[str, Any]:
-    keys = ("stage", "done", "total", "stage_started", "updated")
+    keys = ("stage", "done", "total", "stage_started", "stage_done_at_start", "updated")
     return {"rank": rank} | {k: state.get(k) for k in keys}
 
 
@@ -237,9 +243,10 @@ def estimate(state: dict[str, Any]) -> Eta:
     done, total = int(state.get("done", 0)), int(state.get("total", 0))
     started, updated = state.get("stage_started") or state.get("started"), state.get("updated")
     rate = stage_eta = job_eta = None
-    if started and updated and done > 0 and updated > started:
-        rate = done / (updated - started)
-        stage_eta = (total - done) / rate if rate > 0 else None
+    moved = done - int(state.get("stage_done_at_start") or 0)  # a resumed stage's restored part is not pace
+    if started and updated and moved > 0 and updated > started:
+        rate = moved / (updated - started)
+        stage_eta = (total - done) / rate
     slowest = [_rank_eta(r) for r in state.get("ranks", []) if r.get("stage") == state.get("stage")]
     if any(e is not None for e in slowest):
         stage_eta = max(e for e in slowest if e is not None)
@@ -254,9 +261,10 @@ def _rank_eta(counters: dict[str, Any]) -> float | None:
     """One rank's time left in its stage, from its own pace."""
     done, total = int(counters.get("done") or 0), int(counters.get("total") or 0)
     started, updated = counters.get("stage_started"), counters.get("updated")
-    if not (started and updated and updated > started) or done <= 0:
+    moved = done - int(counters.get("stage_done_at_start") or 0)
+    if not (started and updated and updated > started) or moved <= 0:
         return None if done < total else 0.0
-    return (total - done) * (updated - started) / done
+    return (total - done) * (updated - started) / moved
 
 
 def format_seconds(seconds: float) -> str:
