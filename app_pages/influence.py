@@ -17,7 +17,7 @@ from app_pages.common import (
     widget_kwargs,
 )
 from gdig.select import COMBINATIONS
-from gdig.studio.views import fraction_bins, histogram_counts, seed_table, threshold_lines
+from gdig.studio.views import fraction_bins, histogram_counts, nothing_kept_reason, seed_table
 
 BLUE = "#2563eb"
 
@@ -106,6 +106,9 @@ with guard():
     a.metric("Kept", f"{int(kept.sum()):,}")
     b.metric("Rejected", f"{int((~kept).sum()):,}")
     c.metric("Kept share", f"{kept.mean():.1%}")
+    reason = nothing_kept_reason(run, cfg, kept)
+    if reason:
+        st.warning(reason)
     if cfg.include or cfg.exclude:
         st.caption(f"Manual overrides in force: {len(cfg.include)} included, {len(cfg.exclude)} excluded.")
 
@@ -117,7 +120,7 @@ with guard():
         return fig
 
     left, right = st.columns(2)
-    tau_x, mean_x = threshold_lines(run, cfg, kept)
+    tau_x, mean_x = cfg.thresholds  # a line on the statistic in force only
     frac_counts = _histogram(str(run.path), run_stamp(str(run.path)), "fraction", m)
     mean_counts = _histogram(str(run.path), run_stamp(str(run.path)), "mean", 60)
     left.plotly_chart(histogram(*frac_counts, "Fraction of seeds helped", BLUE, tau_x), key="h_frac")

@@ -17,8 +17,8 @@ from gdig.studio.views import (
     kept_mask,
     legend_order,
     map_sample,
+    nothing_kept_reason,
     seed_table,
-    threshold_lines,
 )
 
 
@@ -41,11 +41,11 @@ def test_kept_mask_and_threshold_lines_follow_the_rule(run):
     mean_rule = SelectionConfig()
     kept = kept_mask(run, mean_rule)
     assert kept.tolist() == [True, False, True, False]
-    assert threshold_lines(run, mean_rule, kept) == (1.0, 0.0)  # the lowest kept fraction: both helped all
+    assert mean_rule.thresholds == (None, 0.0)  # the histograms draw a line on the statistic in force only
     fraction = SelectionConfig(rule="fraction", tau=0.5)
     kept = kept_mask(run, fraction)
     assert kept.tolist() == [True, True, True, False]
-    assert threshold_lines(run, fraction, kept) == (0.5, pytest.approx(-0.25))
+    assert fraction.thresholds == (0.5, None)
     assert kept_mask(run, SelectionConfig(exclude=["a"], include=["d"])).tolist() == [False, False, True, True]
 
 
@@ -98,3 +98,14 @@ def test_map_sample_and_legend_order():
     sample = map_sample(1000, 10, seed=1)
     assert len(sample) == 10 and np.all(np.diff(sample) > 0) and np.array_equal(sample, map_sample(1000, 10, seed=1))
     assert legend_order(np.array(["10", "2", "kept", "selected", "2"])) == ["2", "10", "kept", "selected"]
+
+
+def test_a_rule_that_keeps_nothing_says_why_and_what_would_keep_some(run):
+    paper = SelectionConfig(rule="fraction", tau=1.0, combine="influence")
+    none_kept = np.zeros(run.n, bool)
+    reason = nothing_kept_reason(run, paper, none_kept)
+    best = run.frac_helped.max()
+    assert f"the most any candidate helps is {best:.0%}" in reason and "lower tau" in reason
+    high = SelectionConfig(min_mean=1e9)
+    assert "the highest is" in nothing_kept_reason(run, high, none_kept)
+    assert nothing_kept_reason(run, SelectionConfig(), kept_mask(run, SelectionConfig())) is None

@@ -19,13 +19,25 @@ def kept_mask(run: RunResults, cfg: SelectionConfig) -> np.ndarray:
     return apply_rule(run.frac_helped, run.mean_influence, run.id_index, cfg, run.signals, run.quality)[0]
 
 
-def threshold_lines(run: RunResults, cfg: SelectionConfig, kept: np.ndarray) -> tuple[float, float]:
-    """Where each histogram draws its threshold: the rule in force at its own threshold, the other statistic at
-    the lowest value among the kept candidates (where the rule in force cuts it)."""
-    tau, min_mean = cfg.thresholds
-    tau_x = tau if tau is not None else float(run.frac_helped[kept].min() if kept.any() else 1.0)
-    mean_x = min_mean if min_mean is not None else float(run.mean_influence[kept].min() if kept.any() else 0)
-    return tau_x, mean_x
+def nothing_kept_reason(run: RunResults, cfg: SelectionConfig, kept: np.ndarray) -> str | None:
+    """Why a rule keeps no candidate and what would keep some (None when it keeps any)."""
+    if kept.any() or run.n == 0:
+        return None
+    if cfg.rule == "fraction":
+        best = float(run.frac_helped.max())
+        top = int((run.frac_helped >= best).sum())
+        return (
+            f"No candidate helps at least {cfg.tau:.0%} of the seeds: the most any candidate helps is {best:.0%} "
+            f"({top:,} candidate{'s' if top != 1 else ''}). With many seeds the paper's rule (tau = 1) often keeps "
+            f"nothing; lower tau to {best:.2f} or below, or use the mean-influence rule."
+        )
+    best = float(run.mean_influence.max())
+    if best < cfg.min_mean:
+        return (
+            f"No candidate has a mean influence of at least {cfg.min_mean:.3g}: the highest is {best:.3g}. Lower the "
+            "threshold."
+        )
+    return "The influence rule keeps some candidates, but the signals' floor or the manual overrides reject them all."
 
 
 def seed_members(run: RunResults, column: int) -> pd.DataFrame:
