@@ -81,8 +81,8 @@ def test_the_default_rule_keeps_the_candidates_that_help_on_average(app, runs):
     kept = (run.mean_influence >= 0) & (weakest_rank(list(run.signals.values())) >= 0.1)  # no signal's worst tenth
     assert int(_metric(at, "Kept").replace(",", "")) == int(kept.sum()) > 0
     assert at.radio(key="w_rule").value == "mean"
-    lines = [json.loads(c.proto.spec)["layout"]["shapes"][0]["x0"] for c in at.get("plotly_chart")[:2]]
-    assert lines == [pytest.approx(float(run.frac_helped[kept].min())), 0.0]  # where the kept set starts
+    lines = [json.loads(c.proto.spec)["layout"].get("shapes", []) for c in at.get("plotly_chart")[:2]]
+    assert lines[0] == [] and [s["x0"] for s in lines[1]] == [0.0]  # a threshold on the statistic in force only
 
 
 def test_influence_rule_changes_the_counts_and_is_kept_across_reloads(app, runs):
