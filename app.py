@@ -1,10 +1,13 @@
 """G-DIG Studio: `streamlit run app.py`. Navigation and the run picker; the pages do the rest."""
 
+from pathlib import Path
+
 import streamlit as st
 
 from app_pages.common import sidebar_run_picker
 
-st.set_page_config(page_title="G-DIG Studio", page_icon=":material/filter_alt:", layout="wide")
+ICON = Path(__file__).with_name("app_pages") / "assets" / "icon.png"  # a file: a Material page icon is fetched online
+st.set_page_config(page_title="G-DIG Studio", page_icon=str(ICON), layout="wide")
 
 pages = [
     st.Page("app_pages/home.py", title="Runs", icon=":material/folder_open:", default=True),

@@ -59,6 +59,8 @@ def test_browser_session_threshold_explore_and_export(server, tmp_path):
         page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
+        elsewhere: list[str] = []  # the app works offline: no request leaves the local server (page icon included)
+        page.on("request", lambda r: None if r.url.startswith((url, "data:", "blob:")) else elsewhere.append(r.url))
 
         page.goto(f"{url}/?run=demo")
         page.get_by_text("Runs", exact=True).first.wait_for(timeout=60_000)
@@ -114,5 +116,6 @@ def test_browser_session_threshold_explore_and_export(server, tmp_path):
         assert len(set(ids)) == len(ids)
         browser.close()
     assert not errors, errors
+    assert not elsewhere, elsewhere
     if not os.environ.get("GDIG_UPDATE_SCREENSHOTS"):
         shutil.rmtree(shots, ignore_errors=True)
