@@ -85,7 +85,7 @@ with guard():
     st.subheader(f"Candidate {e.id}")
     m1, m2, m3, m4, m5 = st.columns(5)
     m1.metric("Decision", status[index])
-    m2.metric("Rank (mean influence)", f"{e.rank:,} / {e.n:,}")
+    m2.metric(f"Rank of {e.n:,}", f"{e.rank:,}", help="by mean influence, 1 = the most helpful")  # fits its column
     m3.metric("Seeds helped", f"{e.frac_helped:.0%}")
     m4.metric("Loss", f"{e.loss:.3f}")
     m5.metric("Cluster", "-" if e.cluster is None else e.cluster)

@@ -151,6 +151,7 @@ def test_explore_shows_every_candidate_even_when_the_rule_keeps_none(app, runs):
     assert at.caption[0].value.startswith("40 of 40 candidates")
     assert set(at.dataframe[0].value["decision"]) == {"rejected"}
     assert _metric(at, "Decision") == "rejected"
+    assert 1 <= int(_metric(at, "Rank of 40")) <= 40  # the total in the label: the value fits a fifth of the row
 
 
 def test_explore_include_exclude_persist(app, runs):
