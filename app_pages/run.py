@@ -65,7 +65,9 @@ def _data_input(label: str, key: str, help_: str):
     return st.text_input(f"{label} file", key=f"{key}_path", help=help_ + " Two text files: `src.txt,tgt.txt`.")
 
 
-def _form() -> None:
+def _form(buttons: str = "") -> None:
+    """The new-run form; `buttons` suffixes its buttons' keys: the form under a started run has other buttons, so
+    the second click of a double-click on Start, addressed to the first form's button, starts nothing."""
     if "new_name" not in st.session_state:  # a fresh default once per form, never on every rerun
         st.session_state["new_name"] = dt.datetime.now().strftime("run-%Y%m%d-%H%M%S")
     name = st.text_input("Run name", key="new_name", help="A folder of this name is made under the runs folder.")
@@ -101,7 +103,7 @@ def _form() -> None:
     files = [f if isinstance(f, str) or f is None else (f.name, f.getvalue()) for f in (cands, seeds)]
     if st.button(
         "Plan memory and time",
-        key="plan",
+        key=f"plan{buttons}",
         help="Loads the model in a separate process and runs a few "
         "of the longest batches: the memory each stage needs and about how long it takes.",
     ):
@@ -110,7 +112,7 @@ def _form() -> None:
                 st.code(plan_new_run(runs_dir(), name, model, files, s), language=None)
         except ValueError as e:
             st.error(str(e))
-    if st.button("Start", type="primary", key="start"):
+    if st.button("Start", type="primary", key=f"start{buttons}"):
         try:
             start_new_run(runs_dir(), name, model, files, s, processes=int(processes))
         except ValueError as e:
@@ -168,6 +170,6 @@ with guard():
         live(progress, f"run-{current}", job_state(folder).running, folder)
         st.divider()
         with st.expander("Start another run"):
-            _form()
+            _form(buttons="_another")
     else:
         _form()

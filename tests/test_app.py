@@ -305,6 +305,9 @@ def test_new_run_keeps_its_name_then_switches_to_the_started_run(app, runs, tmp_
         assert any(s.value == "Run `my-named-run`" for s in at.subheader)  # its progress, not the form
         assert at.expander[0].label == "Start another run"
         assert at.text_input(key="new_name").value != "my-named-run"  # a second click cannot reuse the name
+        keys = [b.key for b in at.button]  # nor start another job: a double-click's second click goes to "start"
+        assert "start" not in keys and "start_another" in keys
+        assert sorted(p.name for p in runs.iterdir() if not p.name.startswith(".")) == ["demo", "my-named-run"]
     finally:
         cancel_job(runs / "my-named-run", grace_seconds=30)
         delete_run(runs, "my-named-run")
