@@ -70,10 +70,14 @@ with guard():
     if not ids:
         st.info("No candidate matches.")
         st.stop()
-    if st.session_state.get("ex_id") not in ids:
+    rows_of = dict(zip(ids, (int(i) for i in shown), strict=True))
+    decided = st.session_state.get("ex_decided")  # (id, decision before it) of the last button pressed here
+    if decided and decided[0] not in rows_of and st.session_state.get("ex_id") == decided[0]:
+        rows_of = {decided[0]: run.id_index[decided[0]]} | rows_of  # stays in view after leaving the filter
+    if st.session_state.get("ex_id") not in rows_of:
         st.session_state["ex_id"] = ids[0]
-    chosen = st.selectbox("Candidate", ids, key="ex_id")
-    index = int(shown[ids.index(chosen)])
+    chosen = st.selectbox("Candidate", list(rows_of), key="ex_id")
+    index = rows_of[chosen]
     e = explain(
         run,
         index,
@@ -98,8 +102,21 @@ with guard():
         (b3, "Back to the rule", None),
     ):
         if col.button(label, key=f"ov_{decision}"):
+            before = "include" if e.id in ov.include else "exclude" if e.id in ov.exclude else None
             ov.set(e.id, decision)
             save_overrides(run.path, ov)
+            st.session_state["ex_decided"] = (e.id, before)
+            st.rerun()
+    if decided and decided[0] == e.id:
+        note = f"{e.id} is now {status[index]}"
+        if e.id not in ids:
+            note += f"; it no longer matches “{show}” and leaves the list when you pick another candidate"
+        n1, n2 = st.columns([5, 1])
+        n1.info(note + ".")
+        if n2.button("Undo", key="ov_undo"):
+            ov.set(e.id, decided[1])
+            save_overrides(run.path, ov)
+            st.session_state.pop("ex_decided")
             st.rerun()
     h, u = st.columns(2)
     h.markdown("**Seeds it helps most**")

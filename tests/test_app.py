@@ -505,3 +505,20 @@ def test_seeds_page_refuses_a_pair_longer_than_the_runs_max_length(app, runs):
     assert not at.exception, at.exception
     assert any("longer than the run's max length" in e.value for e in at.error)
     assert not (runs / "too-long").exists() and at.session_state["run_name"] == "demo"
+
+
+def test_including_a_row_of_a_filtered_list_keeps_it_in_view_says_so_and_undoes(app, runs):
+    """Item 5 of the second-hour walk: the decided candidate used to vanish and the panel jump to another one."""
+    _rule(runs, rule="fraction", tau=1.0)
+    at = _page(app, "explore")
+    at.selectbox(key="ex_show").set_value("rejected").run()
+    target = at.selectbox(key="ex_id").options[1]
+    at.selectbox(key="ex_id").set_value(target).run()
+    at.button(key="ov_include").click().run()
+    assert not at.exception
+    assert target not in at.dataframe[0].value["id"].tolist()  # it left the filter...
+    assert at.selectbox(key="ex_id").value == target  # ...but the panel stays on it
+    assert any(f"{target} is now included by hand; it no longer matches" in i.value for i in at.info)
+    at.button(key="ov_undo").click().run()
+    assert json.loads((runs / "demo" / "overrides.json").read_text())["include"] == []
+    assert target in at.dataframe[0].value["id"].tolist()
