@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import CACHE, machine, save_report, timed  # noqa: E402
 from gdig.demo import DemoConfig, build_demo  # noqa: E402
 from gdig.demo.evaluate import detection_auroc  # noqa: E402
-from gdig.index import PROJECTIONS, Anchor, IndexRows, index_scores  # noqa: E402
+from gdig.index import PROJECTIONS  # noqa: E402
+from gdig.index_scoring import Anchor, IndexRows, index_scores  # noqa: E402
 from gdig.rundir.index import INDEX_FILES, has_index, load_index  # noqa: E402
 from gdig.rundir.results import load_run  # noqa: E402
 from gdig.select import SelectionConfig, apply_rule  # noqa: E402

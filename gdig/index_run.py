@@ -16,7 +16,8 @@ from gdig.config import ScoreConfig
 from gdig.curvature import Curvature
 from gdig.data import Example, TokenizedExample, tokenize_example
 from gdig.hooks import GradientCapture, make_batches
-from gdig.index import Anchor, IndexRows, agreement, index_scores, make_projection
+from gdig.index import make_projection
+from gdig.index_scoring import Anchor, IndexRows, agreement, index_scores
 from gdig.model import TrackedModule, find_tracked_modules, load_model, model_fingerprint, prepare_tokenizer
 from gdig.rundir.index import HOW_TO_INDEX, load_index
 from gdig.rundir.layout import FACTORS, INFLUENCE, read_config

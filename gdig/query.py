@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 
 from gdig.data import Example, build_example
-from gdig.index import index_scores
 from gdig.index_run import RunModel, run_anchor
+from gdig.index_scoring import index_scores
 from gdig.rundir.index import RunIndex
 from gdig.rundir.results import RunResults
 

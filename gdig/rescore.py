@@ -23,8 +23,8 @@ import pandas as pd
 
 from gdig.atomic import atomic_path
 from gdig.data import Dataset, load_dataset
-from gdig.index import Anchor, IndexRows, index_scores
 from gdig.index_run import RunModel, examples_from_table, run_anchor
+from gdig.index_scoring import Anchor, IndexRows, index_scores
 from gdig.rundir.index import INDEX, INDEX_META, INDEX_NORMS, index_note, load_index, write_index_seeds
 from gdig.rundir.layout import CANDIDATES, CONFIG, FACTORS, INFLUENCE, SEED_GRADS, SEEDS, SKETCH, UMAP, prepare
 from gdig.rundir.results import RunResults, load_run

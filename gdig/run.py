@@ -20,8 +20,8 @@ from gdig.atomic import atomic_path
 from gdig.config import ScoreConfig
 from gdig.context import ScoreContext, build_context, config_record, read_inputs, settings_fingerprint
 from gdig.distributed import World, join_world, leave_world
-from gdig.index import IndexRows
 from gdig.index_run import index_meta, measure_agreement
+from gdig.index_scoring import IndexRows
 from gdig.influence import Scorer, SeedGradients, mean_seed_direction
 from gdig.measure import resident_bytes
 from gdig.memory import free_memory_mb, release_freed_memory

@@ -13,7 +13,8 @@ import torch
 from gdig.context import ScoreContext, by_length, factors_fingerprint, fit_subset, short_hash
 from gdig.curvature import Curvature, fit_curvature
 from gdig.hooks import Captured, GradientCapture, per_example_gradient
-from gdig.index import IndexRows, make_projection
+from gdig.index import make_projection
+from gdig.index_scoring import IndexRows
 from gdig.influence import Scorer, SeedBuilder, SeedGradients, group_seed_gradients
 from gdig.memory import SEED_WORK_BYTES, budget_mb, captures_fit, captures_reusable, free_memory_mb, seed_rank
 from gdig.rundir.checkpoint import FitCheckpoint

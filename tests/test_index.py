@@ -10,18 +10,9 @@ import torch
 from conftest import make_pairs
 from gdig.atomic import write_jsonl
 from gdig.config import ScoreConfig
-from gdig.index import (
-    HALF_PRODUCT_QUERIES,
-    PROJECTIONS,
-    Anchor,
-    CountSketchProjection,
-    IndexRows,
-    KroneckerProjection,
-    allocate,
-    index_scores,
-    quantize,
-)
+from gdig.index import PROJECTIONS, CountSketchProjection, KroneckerProjection, allocate
 from gdig.index_run import build_index
+from gdig.index_scoring import HALF_PRODUCT_QUERIES, Anchor, IndexRows, index_scores, quantize
 from gdig.run import score
 from gdig.rundir.index import NoIndexError, has_index, load_index
 from gdig.rundir.results import load_run

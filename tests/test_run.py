@@ -186,9 +186,14 @@ def test_ctrl_c_in_the_fit_keeps_its_sums_like_cancel_and_resume_continues_from_
             sent.append(True)
             os.kill(os.getpid(), signal.SIGINT)
 
-    with interrupt_cancels(run), pytest.raises(Cancelled):
-        score(cfg, model=model, tokenizer=tokenizer, on_progress=ctrl_c)
-    assert sent and not (run / "cancel").exists() and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    outside = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (CI may ignore SIGINT)
+    try:
+        with interrupt_cancels(run), pytest.raises(Cancelled):
+            score(cfg, model=model, tokenizer=tokenizer, on_progress=ctrl_c)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back
+    finally:
+        signal.signal(signal.SIGINT, outside)
+    assert sent and not (run / "cancel").exists()
     assert (run / PARTIAL / "fit_covariance.safetensors").exists()
     seen = []
     score(cfg, resume=True, model=model, tokenizer=tokenizer, on_progress=seen.append)

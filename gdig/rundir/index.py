@@ -14,7 +14,7 @@ from gdig.atomic import save_npy_atomic, save_npz_atomic, write_json_atomic
 from gdig.rundir.layout import INDEX, INDEX_META, INDEX_NORMS, INDEX_SEEDS
 
 if TYPE_CHECKING:
-    from gdig.index import IndexRows
+    from gdig.index_scoring import IndexRows
 
 INDEX_ROWS = "index_rows"  # keys of a scored chunk (gdig.rundir.chunks)
 INDEX_PROJECTED_NORM = "index_projected_norm"
@@ -54,7 +54,7 @@ def has_index(run_dir: str | Path) -> bool:
 
 def load_index(run_dir: str | Path) -> RunIndex:
     """The run's index; NoIndexError says how to add one to a run made without it."""
-    from gdig.index import IndexRows
+    from gdig.index_scoring import IndexRows
 
     run = Path(run_dir)
     if not has_index(run):

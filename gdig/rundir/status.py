@@ -206,8 +206,8 @@ def interrupt_cancels(run_dir: str | Path) -> Iterator[None]:
     """For a job in the foreground: the first Ctrl-C (SIGINT) asks it to stop between batches, as the app's Cancel
     does, so that the fit's partial sums and the finished chunks are kept for --resume; a second Ctrl-C stops at
     once. The request is removed when the job ends, so --resume starts clean."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        yield  # not ours to handle: a worker thread, or a job started with SIGINT ignored (nohup, background)
         return
     asked = []
 
