@@ -294,7 +294,9 @@ def second_seed_set(
     }
 
 
-def pretrained_pool(seed: int, ks: list[int], draws: int, sweep: list[int] | None = None, dtypes=("int8",)) -> dict:
+def pretrained_pool(
+    seed: int, ks: list[int], draws: int, sweep: list[int] | None = None, dtypes=("int8",), second: bool = True
+) -> dict:
     """One of bench_pretrained.py's SmolLM2 pools (its step-1 LoRA model, its default run: 256 seeds of the
     pool's domains): a second set of 256 other domain pairs scored exactly and from the index at each k."""
     from bench.bench_pretrained import PretrainedConfig, base_model, lora_finetune, make_pool, score_config, score_pool
@@ -323,6 +325,8 @@ def pretrained_pool(seed: int, ks: list[int], draws: int, sweep: list[int] | Non
     if sweep:
         out["sweep"] = sketched_sweep(run_dir, seeds, exact_dir, sweep, dtypes, draws)
     rows = agreement_rows(run_dir, seeds, exact_dir, ks, ["countsketch"], label_column="corruption", draws=draws)
+    if not second:
+        return out | {"agreement": rows}
     exact_seconds = json.loads((exact_dir / "seconds.json").read_text())["seconds"]
     second = second_seed_set(run_dir, seeds, exact_dir, exact_seconds, max(ks), f"second-from-index-pool{seed}")
     print(json.dumps(second), flush=True)
@@ -546,7 +550,9 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def pretrained_main(report: dict, pools: list[int], ks: list[int], draws: int, sweep=None, dtypes=("int8",)) -> None:
+def pretrained_main(
+    report: dict, pools: list[int], ks: list[int], draws: int, sweep=None, dtypes=("int8",), second: bool = True
+) -> None:
     """The SmolLM2 pools of bench_pretrained.py (skipped without the shared data or SmolLM2)."""
     from bench.bench_pretrained import missing_requirements
 
@@ -554,8 +560,8 @@ def pretrained_main(report: dict, pools: list[int], ks: list[int], draws: int, s
     if missing:
         print(f"skipped: {missing}")
         return
-    report["pretrained"] = [pretrained_pool(p, ks, draws, sweep, dtypes) for p in pools]
-    name = "index-pretrained-" + "-".join(map(str, pools))
+    report["pretrained"] = [pretrained_pool(p, ks, draws, sweep, dtypes, second) for p in pools]
+    name = "index-pretrained-" + "-".join(map(str, pools)) + ("-sweep" if sweep else "")
     print(save_report(name, report, pretrained_markdown(report)))
 
 
@@ -613,7 +619,9 @@ def main() -> None:
     report = {"date": datetime.date.today().isoformat(), "machine": machine()}
     report["command"] = " ".join(["python bench/bench_index.py", *sys.argv[1:]])
     if a.pretrained is not None:
-        return pretrained_main(report, a.pretrained or [0], a.ks, a.draws, a.sweep, tuple(a.dtypes))
+        return pretrained_main(
+            report, a.pretrained or [0], a.ks, a.draws, a.sweep, tuple(a.dtypes), second=not a.skip_second
+        )
     cfg, run_dir = demo()
     seeds = other_seeds(cfg, 256)
     exact_dir, exact_seconds = exact_second_run(cfg, seeds)
