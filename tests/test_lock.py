@@ -76,6 +76,10 @@ def test_a_scoring_run_holds_the_lock_while_it_writes_and_gives_it_back(tmp_path
     score(_cfg(run, data_files), model=model, tokenizer=tokenizer, on_progress=lambda s: seen.append(lock_holder(run)))
     assert seen and all(h is not None and "pid" in h for h in seen)
     assert lock_holder(run) is None
+    from gdig.rundir.status import read_status, summary_line
+
+    line = summary_line(read_status(run), run)  # the CLI's last line lists the run's files, not its lock
+    assert "influence.npy" in line and "writer.lock" not in line
 
 
 def test_indexing_a_run_being_written_is_refused(tmp_path, data_files, model, tokenizer):

@@ -284,7 +284,7 @@ def summary_line(state: dict[str, Any], run_dir: str | Path) -> str:
     stages = " · ".join(f"{k} {format_seconds(v)}" for k, v in state.get("stage_seconds", {}).items())
     total = float(state.get("updated", 0) - state.get("started", 0))
     files = sorted(p for p in Path(run_dir).iterdir() if p.is_file() and not p.name.startswith("."))
-    listed = ", ".join(f"{p.name} ({_size(p.stat().st_size)})" for p in files if p.suffix != ".log")
+    listed = ", ".join(f"{p.name} ({_size(p.stat().st_size)})" for p in files if p.suffix not in (".log", ".lock"))
     return f"done in {format_seconds(total)} ({stages}); wrote {listed}"
 
 
