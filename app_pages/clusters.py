@@ -5,6 +5,7 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
+from app_pages.bulk import bulk_controls
 from app_pages.common import (
     MAP_POINTS,
     clamp_clusters,
@@ -106,6 +107,7 @@ with guard():
         if c2.button("Clear the selection", key="clear_lasso"):
             st.session_state["lasso_rows"] = []
             st.rerun()
+        bulk_controls(run, decision, rows, "in the selection", key="map_bulk")
 
     st.subheader("Cluster summary")
     st.dataframe(cluster_summary(run, sel), hide_index=True, height=240)

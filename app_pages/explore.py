@@ -3,6 +3,7 @@ exclude it by hand (saved in the run, wins over every rule)."""
 
 import streamlit as st
 
+from app_pages.bulk import bulk_controls
 from app_pages.common import (
     cached_run,
     clamp_clusters,
@@ -64,6 +65,9 @@ with guard():
         view, hide_index=True, height=300, on_select="rerun", selection_mode="single-row", key="ex_table"
     )
     picked_rows = event.selection.rows if event else []
+    if len(rows):
+        listed = "listed" if query or show != "all" else "candidates of the run"
+        bulk_controls(run, status, rows, listed, key="ex_bulk")
     ids = view["id"].tolist()
     if picked_rows:
         st.session_state["ex_id"] = ids[picked_rows[0]]

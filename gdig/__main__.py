@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from gdig.cli_curate import add_curate_command, run_curate
 from gdig.cli_index import INDEX_COMMANDS, add_index_commands
 from gdig.config import DataConfig, ScoreConfig
 from gdig.options import add_options, from_args, specs
@@ -231,6 +232,7 @@ def _main(argv: list[str] | None = None) -> int:
     _add_finetune(sub)
     _add_demo(sub)
     add_index_commands(sub)
+    add_curate_command(sub)
     args = parser.parse_args(argv)
     try:
         if args.command == "score" and args.plan:
@@ -261,6 +263,8 @@ def _main(argv: list[str] | None = None) -> int:
             run_finetune(args)
         elif args.command == "demo":
             run_demo(args)
+        elif args.command == "curate":
+            run_curate(args)
         else:
             INDEX_COMMANDS[args.command](args)
     except (ValueError, FileNotFoundError) as e:  # DataError, RunExistsError and bad settings

@@ -522,3 +522,53 @@ def test_including_a_row_of_a_filtered_list_keeps_it_in_view_says_so_and_undoes(
     at.button(key="ov_undo").click().run()
     assert json.loads((runs / "demo" / "overrides.json").read_text())["include"] == []
     assert target in at.dataframe[0].value["id"].tolist()
+
+
+def _clear_decisions(runs: Path) -> None:
+    for name in ("overrides.json", "last_bulk.json"):
+        (runs / "demo" / name).unlink(missing_ok=True)
+
+
+def test_explore_bulk_decision_on_a_search_counts_first_applies_and_undoes(app, runs):
+    _clear_decisions(runs)
+    _rule(runs, rule="fraction", tau=0.0)
+    run = load_run(runs / "demo")
+    at = _page(app, "explore")
+    word = run.candidates["target"].iloc[0].split()[0]
+    at.text_input(key="ex_query").set_value(word).run()
+    listed = at.dataframe[0].value["id"].tolist()
+    assert 1 < len(listed) < run.n
+    at.selectbox(key="ex_id").set_value(listed[0]).run()
+    at.button(key="ov_exclude").click().run()  # one already excluded by hand: the bulk count leaves it out
+    assert at.selectbox(key="ex_bulk_choice").label == f"For all {len(listed)} listed"
+    assert any(c.value.startswith(f"{len(listed) - 1} of them would change; 1 are excluded") for c in at.caption)
+    at.button(key="ex_bulk_apply").click().run()
+    assert not at.exception
+    saved = json.loads((runs / "demo" / "overrides.json").read_text())
+    assert sorted(saved["exclude"]) == sorted(listed) and saved["include"] == []
+    assert any(f"excluded {len(listed) - 1} candidates" in i.value for i in at.info)
+    assert at.button(key="ex_bulk_apply").disabled  # nothing left to change
+    at.button(key="ex_bulk_undo").click().run()
+    assert json.loads((runs / "demo" / "overrides.json").read_text())["exclude"] == [listed[0]]
+    assert not (runs / "demo" / "last_bulk.json").exists()
+    _clear_decisions(runs)
+
+
+def test_clusters_bulk_decision_on_the_box_selection(app, runs):
+    _clear_decisions(runs)
+    _rule(runs, rule="fraction", tau=0.0)
+    run = load_run(runs / "demo")
+    app.session_state["lasso_rows"] = [3, 5, 8]
+    app.session_state["_lasso_run"] = str(runs / "demo")
+    at = _page(app, "clusters")
+    at.selectbox(key="map_bulk_choice").set_value("Include").run()
+    assert at.button(key="map_bulk_apply").label == "Include 3 candidates"
+    at.button(key="map_bulk_apply").click().run()
+    assert not at.exception
+    assert sorted(json.loads((runs / "demo" / "overrides.json").read_text())["include"]) == sorted(
+        run.ids[i] for i in (3, 5, 8)
+    )
+    assert set(at.dataframe[1].value["decision"]) == {"included by hand"}
+    at.button(key="map_bulk_undo").click().run()
+    assert json.loads((runs / "demo" / "overrides.json").read_text())["include"] == []
+    _clear_decisions(runs)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -119,3 +120,87 @@ def test_browser_session_threshold_explore_and_export(server, tmp_path):
     assert not elsewhere, elsewhere
     if not os.environ.get("GDIG_UPDATE_SCREENSHOTS"):
         shutil.rmtree(shots, ignore_errors=True)
+
+
+def _export_ids(page, url: str) -> list[str]:
+    page.goto(f"{url}/export?run=demo")
+    page.get_by_text("Download JSONL").wait_for(timeout=60_000)
+    _settle(page)
+    with page.expect_download(timeout=60_000) as dl:
+        page.get_by_role("button", name="Download JSONL").click()
+    text = Path(dl.value.path()).read_text(encoding="utf-8")
+    return [json.loads(x)["gdig"]["id"] for x in text.splitlines()]
+
+
+def _caption_count(page, pattern: str) -> int:
+    """The number a caption starts with (e.g. '12 of them would change')."""
+    text = page.locator('[data-testid="stCaptionContainer"]', has_text=pattern).first.inner_text()
+    return int(text.split()[0].replace(",", ""))
+
+
+def _a_word_of_some(run_dir: Path) -> str:
+    """A word that the search finds in some candidates but not all (ids, prompts and targets, any case)."""
+    import pandas as pd
+
+    cands = pd.read_parquet(run_dir / "candidates.parquet")
+    texts = (cands["id"].astype(str) + " " + cands["prompt"] + " " + cands["target"]).str.lower()
+    words = sorted({w for t in texts for w in t.split() if w.isalpha() and len(w) > 3})
+    return next(w for w in words if 3 <= texts.str.contains(w, regex=False).sum() <= len(texts) // 2)
+
+
+def test_browser_bulk_decisions_on_a_search_and_a_box_selection_undo_and_the_export_follows(server):
+    url, runs = server
+    (runs / "demo" / "curation.json").write_text('{"rule": "fraction", "tau": 0.0, "combine": "influence"}')
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        before = _export_ids(page, url)
+
+        page.goto(f"{url}/explore?run=demo")
+        page.get_by_text("Token-level influence").wait_for(timeout=60_000)
+        search = page.get_by_label("Search id, source or target text")
+        search.fill(_a_word_of_some(runs / "demo"))
+        search.press("Enter")
+        page.get_by_text(re.compile(r"^For all \d+ listed$")).wait_for(timeout=60_000)  # the bulk box's count
+        _settle(page)
+        listed = _caption_count(page, "of 80 candidates")
+        assert 1 < listed < 80 and _caption_count(page, "of them would change") == listed
+        page.get_by_role("button", name=f"Exclude {listed} candidates").click()
+        page.get_by_text(f"Last bulk decision: excluded {listed} candidates").wait_for(timeout=60_000)
+        excluded = set(json.loads((runs / "demo" / "overrides.json").read_text())["exclude"])
+        assert len(excluded) == listed
+        after = _export_ids(page, url)
+        assert after and not excluded & set(after) and excluded & set(before)
+
+        page.goto(f"{url}/explore?run=demo")
+        page.get_by_role("button", name="Undo the bulk decision").click()
+        page.get_by_text("Last bulk decision").wait_for(state="detached", timeout=60_000)
+        assert json.loads((runs / "demo" / "overrides.json").read_text())["exclude"] == []
+        assert _export_ids(page, url) == before
+
+        page.goto(f"{url}/clusters?run=demo")
+        page.get_by_text("Cluster summary").wait_for(timeout=120_000)
+        _settle(page)
+        page.locator(".modebar-btn[data-val='select']").first.click(force=True)  # box select
+        area = page.locator(".js-plotly-plot .nsewdrag").first.bounding_box()
+        page.mouse.move(area["x"] + 2, area["y"] + 2)
+        page.mouse.down()
+        page.mouse.move(area["x"] + area["width"] * 0.6, area["y"] + area["height"] * 0.6, steps=10)
+        page.mouse.up()
+        page.get_by_text("candidates in the lasso/box selection").wait_for(timeout=60_000)
+        _settle(page)
+        boxed = _caption_count(page, "in the lasso/box selection")
+        assert 0 < boxed < 80
+        page.get_by_label(f"For all {boxed} in the selection").click()
+        page.get_by_role("option", name="Include", exact=True).click()
+        page.get_by_role("button", name=f"Include {boxed} candidates").click()
+        page.get_by_text(f"Last bulk decision: included {boxed} candidates").wait_for(timeout=60_000)
+        included = json.loads((runs / "demo" / "overrides.json").read_text())["include"]
+        assert len(included) == boxed
+        page.get_by_role("button", name="Undo the bulk decision").click()
+        page.get_by_text("Last bulk decision").wait_for(state="detached", timeout=60_000)
+        assert json.loads((runs / "demo" / "overrides.json").read_text())["include"] == []
+        browser.close()
+    assert not errors, errors

@@ -26,6 +26,7 @@ PARTIAL = "partial"  # chunks and checkpoints of a run in progress; removed when
 CANCEL = "cancel"  # its appearance asks the worker to stop between batches
 OVERRIDES = "overrides.json"
 CURATION = "curation.json"
+LAST_BULK = "last_bulk.json"  # the last bulk decision: the ids it changed and their decisions before (undo)
 DEMO_REPORT = "demo_report.json"
 JOB = "job.json"  # the app's worker: pid and command
 WRITER_LOCK = "writer.lock"  # held (flock) by the job writing the run: one writer at a time (gdig.rundir.lock)

@@ -216,3 +216,15 @@ def map_sample(n: int, limit: int, seed: int = 0) -> np.ndarray:
 def legend_order(groups: np.ndarray) -> list[str]:
     """Map legend groups: clusters by number, then the named groups alphabetically."""
     return sorted(set(groups.tolist()), key=lambda g: (not g.isdigit(), int(g) if g.isdigit() else 0, g))
+
+
+HAND_LABELS = {"include": "included by hand", "exclude": "excluded by hand"}
+
+
+def bulk_changes(status: np.ndarray, rows: np.ndarray, decision: str | None) -> int:
+    """How many of `rows` a bulk decision would change, from the decision labels (no id work: a count over
+    1,000,000 rows in milliseconds, shown before the curator applies it)."""
+    picked = status[rows]
+    if decision is None:
+        return int(np.isin(picked, list(HAND_LABELS.values())).sum())
+    return int((picked != HAND_LABELS[decision]).sum())
