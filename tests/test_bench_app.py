@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.bench_app import controls, make_run
+from bench.bench_app import bulk_on_the_map, controls, make_run
 from gdig.export import verify_export
 from gdig.rundir.results import load_run
 
@@ -28,7 +28,11 @@ def test_bench_app_run_folder_and_every_control(tmp_path, monkeypatch):
     at.session_state["run_name"] = run.name
     (run / "curation.json").write_text(json.dumps({"rule": "fraction", "tau": 0.9}))
     seconds = controls(at)
-    assert len(seconds) == 16 and all(v > 0 for v in seconds.values())
+    assert len(seconds) == 18 and all(v > 0 for v in seconds.values())
+    assert not (run / "last_bulk.json").exists()  # the bulk decision on the search was applied, then undone
     out = run / "selections" / "selection.jsonl"  # the last control saved the selection into the run
     kept = json.loads(out.with_suffix(".json").read_text())["counts"]["kept_by_quality_rule"]
     assert 0 < kept < 3000 and len(out.read_text().splitlines()) == min(5000, kept) and verify_export(out)
+    on_map = bulk_on_the_map(at, 3000, 1000)
+    assert len(on_map) == 3 and all(v > 0 for v in on_map.values())
+    assert json.loads((run / "overrides.json").read_text())["include"] == []  # included, then undone
