@@ -18,7 +18,7 @@ from app_pages.common import (
     setting,
     widget_kwargs,
 )
-from gdig.select import cluster_names, decision_labels
+from gdig.decisions import cluster_names, decision_labels
 from gdig.studio.views import candidate_table, cluster_summary, legend_order, map_sample
 from gdig.umap_map import ensure_umap
 

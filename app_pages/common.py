@@ -39,6 +39,7 @@ SETTINGS = (
     "strategy",
     "within",
     "seed",
+    "dedupe",
 )
 UI_DEFAULTS = {"color_by": "cluster"}
 MAP_POINTS = 20_000  # the map shows at most this many points (a fixed random sample), and says so

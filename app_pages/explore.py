@@ -14,10 +14,17 @@ from app_pages.common import (
     selection_config,
 )
 from app_pages.heatmap import heatmap_html
+from gdig.decisions import DECISIONS, cluster_names, decision_labels
 from gdig.rundir.curation import load_overrides, save_overrides
-from gdig.select import DECISIONS, cluster_names, decision_labels
 from gdig.studio.explain import explain, nearest, token_influence
-from gdig.studio.views import SORT_KEYS, SearchIndex, candidate_table, find_rows
+from gdig.studio.views import (
+    DUPLICATES_FILTER,
+    SORT_KEYS,
+    SearchIndex,
+    candidate_table,
+    duplicate_rows,
+    find_rows,
+)
 
 TABLE_ROWS = 1_000  # rows sent to the browser: a table of 1,000,000 would take seconds and hundreds of MB
 
@@ -52,11 +59,19 @@ with guard():
     status = decision_labels(sel, run.id_index, ov.include, ov.exclude)
     f1, f2, f3 = st.columns([3, 2, 2])
     query = f1.text_input("Search id, source or target text", key="ex_query")
-    show = f2.selectbox("Show", ["all", *DECISIONS], key="ex_show")
+    show = f2.selectbox("Show", ["all", *DECISIONS, DUPLICATES_FILTER], key="ex_show")
     sort = f3.selectbox("Sort by", SORT_KEYS, key="ex_sort")
-    rows = find_rows(run, _search_index(str(run.path), run_stamp(str(run.path))), status, query, show, sort)
+    search = _search_index(str(run.path), run_stamp(str(run.path)))
+    rows = find_rows(run, search, status, query, "all" if show == DUPLICATES_FILTER else show, sort)
+    if show == DUPLICATES_FILTER:
+        with st.spinner("Finding duplicates (once per run)…"):
+            groups = run.duplicates.near
+        rows = duplicate_rows(rows, groups)
     shown = rows[:TABLE_ROWS]
     view = candidate_table(run, status, cluster_names(sel.labels[shown]), rows=shown)
+    if show == DUPLICATES_FILTER:
+        view.insert(1, "duplicate group", groups[shown])
+        view.insert(2, "exact", run.duplicates.exact[shown] >= 0)
     more = (
         f"; the table shows the first {TABLE_ROWS:,} (search or filter to narrow it)" if len(rows) > TABLE_ROWS else ""
     )

@@ -10,14 +10,13 @@ from app_pages.common import (
     current_run,
     guard,
     help_for,
-    kept_mask,
     label_for,
     run_stamp,
     selection_config,
     widget_kwargs,
 )
-from gdig.select import COMBINATIONS
-from gdig.studio.views import fraction_bins, histogram_counts, nothing_kept_reason, seed_table
+from gdig.select import COMBINATIONS, DEDUPE
+from gdig.studio.views import fraction_bins, histogram_counts, nothing_kept_reason, rule_on_run, seed_table
 
 BLUE = "#2563eb"
 
@@ -66,6 +65,24 @@ def signals_controls() -> None:
         )
 
 
+def duplicates_controls(run) -> None:
+    """Keep one pair per duplicate group (exact or near), with the pool's duplicate counts once asked for."""
+    with st.expander("Duplicates: keep one pair per group"):
+        level = st.radio(
+            label_for("dedupe"), list(DEDUPE), horizontal=True, help=help_for("dedupe"), **widget_kwargs("dedupe")
+        )
+        if level == "off":
+            st.caption("Choose exact or near to find the pool's duplicates (seconds even at 1,000,000 pairs).")
+            return
+        with st.spinner("Finding duplicates (once per run)…"):
+            c = run.duplicates.counts()
+        st.caption(
+            f"{c['exact_duplicates']:,} pairs have an exact duplicate ({c['exact_extra']:,} beyond one per group); "
+            f"{c['near_duplicates']:,} a near one ({c['near_extra']:,} beyond one per group). Explore's "
+            "“with a duplicate” lists them group by group."
+        )
+
+
 st.header("Influence")
 run = current_run()
 with guard():
@@ -99,13 +116,17 @@ with guard():
             **widget_kwargs("min_mean"),
         )
     signals_controls()
+    duplicates_controls(run)
     st.caption("The rule is saved with the run: a reload, another tab and the other pages use it.")
     cfg = selection_config(run)
-    kept = kept_mask(run, cfg)
+    kept, _, dropped = rule_on_run(run, cfg)
     a, b, c = st.columns(3)
     a.metric("Kept", f"{int(kept.sum()):,}")
-    b.metric("Rejected", f"{int((~kept).sum()):,}")
+    rejected = f"of them {dropped:,} as duplicates" if cfg.dedupe != "off" else None
+    b.metric("Rejected", f"{int((~kept).sum()):,}", help=rejected)
     c.metric("Kept share", f"{kept.mean():.1%}")
+    if cfg.dedupe != "off":
+        st.caption(f"Rejected as duplicates of a better pair ({cfg.dedupe}): {dropped:,}.")
     reason = nothing_kept_reason(run, cfg, kept)
     if reason:
         st.warning(reason)

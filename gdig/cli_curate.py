@@ -14,6 +14,7 @@ ACTIONS = {"include_ids": "include", "exclude_ids": "exclude", "reset_ids": None
 
 
 def add_curate_command(sub) -> None:
+    """`gdig curate`: exactly one of the bulk decisions, the undo, or the summary."""
     p = sub.add_parser("curate", help="include, exclude or reset many candidates at once; undo; show the decisions")
     p.add_argument("run_dir", help="a finished run directory")
     what = p.add_mutually_exclusive_group(required=True)

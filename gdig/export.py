@@ -58,6 +58,7 @@ def manifest(run: RunResults, sel: Selection, cfg: SelectionConfig, jsonl_bytes:
         "counts": {
             "candidates": run.n,
             "kept_by_quality_rule": int(sel.kept.sum()),
+            "dropped_as_duplicates": sel.dropped_duplicates,
             "selected": len(sel.indices),
             "per_cluster": {str(k): v for k, v in sel.cluster_counts().items()},
         },

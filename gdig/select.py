@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from gdig.clusters import GradientClusterer, best_first, resample
+from gdig.decisions import id_index, positions
+from gdig.duplicates import LEVELS, Duplicates, one_per_group
 from gdig.options import option
 from gdig.signals import check_fraction, lowest_rank, mean_rank, rank_average, rank_matrix, signal_filters
 
@@ -21,6 +23,7 @@ METHODS = ("gdig", "random", "loss", "mean-influence", "length-ratio")
 
 RULES = ("mean", "fraction")
 COMBINATIONS = ("weakest", "influence", "rank-average")
+DEDUPE = ("off", *LEVELS)
 
 
 @dataclass
@@ -99,6 +102,13 @@ class SelectionConfig:
         "quality", "order inside a cluster: best quality first, or random", choices=WITHIN, label="Within a cluster"
     )
     seed: int = option(0, "seed of the clustering and random choices", label="Random seed")
+    dedupe: str = option(
+        "off",
+        "keep one pair per duplicate group, the best by the rule's order: exact (same texts after case, Unicode "
+        "and whitespace) or near (also the same once punctuation and digits are dropped); off: keep every pair",
+        choices=DEDUPE,
+        label="Keep one per duplicate group",
+    )
     include: list[str] = option(
         help="ids kept whatever the rule (the run's overrides)", cli=False, default_factory=list
     )
@@ -112,6 +122,7 @@ class SelectionConfig:
             ("rule", self.rule, RULES),
             ("strategy", self.strategy, STRATEGIES),
             ("within", self.within, WITHIN),
+            ("dedupe", self.dedupe, DEDUPE),
         ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
@@ -153,6 +164,7 @@ class Selection:
     labels: np.ndarray  # (N,) int cluster of each kept row, -1 elsewhere
     quality: np.ndarray  # (N,) the ordering score used (higher is better)
     messages: list[str] = field(default_factory=list)
+    dropped_duplicates: int = 0  # rows the rule kept but "keep one per duplicate group" dropped
 
     def cluster_counts(self) -> dict[int, int]:
         """How many selected rows each cluster gave."""
@@ -208,14 +220,17 @@ def select(
     labels: np.ndarray | None = None,
     signals: dict[str, np.ndarray] | None = None,
     quality: np.ndarray | None = None,
+    duplicates: Duplicates | None = None,
 ) -> Selection:
     """One selection. `labels` (cluster of each kept row) may be passed to skip re-clustering; `signals` are the
     higher-is-better scores beside influence (gdig.signals.signal_scores) for the combined rule and filters;
-    `quality` is quality_score's result when the caller keeps it (two sorts of every row saved)."""
+    `quality` is quality_score's result when the caller keeps it (two sorts of every row saved); `duplicates`
+    the candidates' duplicate groups, needed when cfg.dedupe is on."""
     n = len(frac_helped)
     msgs: list[str] = []
+    dropped = 0
     if cfg.method == "gdig":
-        kept, quality = apply_rule(frac_helped, mean_influence, ids, cfg, signals, quality)
+        kept, quality, dropped = rule_decisions(frac_helped, mean_influence, ids, cfg, signals, quality, duplicates)
     else:
         kept = quality_mask(frac_helped, mean_influence, None, None, ids, cfg.include, cfg.exclude)
         quality = _baseline_score(cfg.method, n, cfg.seed, mean_influence, loss, length_score)
@@ -224,7 +239,7 @@ def select(
     if budget > len(rows):
         msgs.append(f"budget {budget} is more than the {len(rows)} candidates kept; returning all {len(rows)}")
         budget = len(rows)
-    forced = _positions(ids, dict.fromkeys(cfg.include))  # included by hand: taken first
+    forced = positions(ids, dict.fromkeys(cfg.include))  # included by hand: taken first
     if len(forced) > budget:
         msgs.append(f"{len(forced)} candidates are included by hand, more than the budget {budget}; all are kept")
     free = rows[~np.isin(rows, forced)] if len(forced) else rows  # np.setdiff1d hashes: 0.4 s at 1,000,000
@@ -238,13 +253,19 @@ def select(
     else:
         chosen = best_first(free, quality, n_free)
     chosen = np.concatenate([forced, chosen])
-    return Selection(chosen.astype(np.int64), kept, full_labels, quality.astype(np.float32), msgs)
+    return Selection(chosen.astype(np.int64), kept, full_labels, quality.astype(np.float32), msgs, dropped)
 
 
 def apply_rule(frac_helped, mean_influence, ids, cfg: SelectionConfig, signals: dict | None = None, quality=None):
     """(kept, quality): the quality rule in force, on G-DIG's score alone or together with the signals beside it
     (weakest link or rank average), within the signals' thresholds, overrides applied; and the order it ranks
     by. `quality`: quality_score(frac_helped, mean_influence) when the caller has it."""
+    return rule_decisions(frac_helped, mean_influence, ids, cfg, signals, quality)[:2]
+
+
+def rule_decisions(frac_helped, mean_influence, ids, cfg, signals=None, quality=None, duplicates=None):
+    """apply_rule's (kept, quality), with one pair per duplicate group when cfg.dedupe asks (the best of each
+    group by the rule's order), and how many kept pairs that dropped."""
     signals = signals or {}
     quality = quality_score(frac_helped, mean_influence) if quality is None else quality
     allowed = signal_filters(cfg, signals, len(quality))
@@ -263,7 +284,15 @@ def apply_rule(frac_helped, mean_influence, ids, cfg: SelectionConfig, signals: 
             combined = rank_average(scores) + TIE_BREAK * rank01(quality)
             allowed &= combined >= cfg.min_combined
             thresholds = (None, None)
-    return quality_mask(frac_helped, mean_influence, *thresholds, ids, cfg.include, cfg.exclude, allowed), combined
+    dropped = 0
+    if cfg.dedupe != "off":
+        if duplicates is None:
+            raise ValueError("keeping one pair per duplicate group needs the candidates' duplicate groups")
+        ruled = quality_mask(frac_helped, mean_influence, *thresholds, ids, (), cfg.exclude, allowed)  # by hand first
+        best = one_per_group(ruled, duplicates.groups(cfg.dedupe), combined)
+        dropped, allowed = int((ruled & ~best).sum()), allowed & best
+    kept = quality_mask(frac_helped, mean_influence, *thresholds, ids, cfg.include, cfg.exclude, allowed)
+    return kept, combined, dropped
 
 
 TIE_BREAK = 1e-6  # below the gap 1/M between two fractions of M seeds, for any M < 1,000,000
@@ -311,38 +340,5 @@ def select_run(run, cfg: SelectionConfig, labels: np.ndarray | None = None) -> S
         labels=labels,
         signals=signals,
         quality=run.quality,
+        duplicates=run.duplicates if cfg.dedupe != "off" else None,
     )
-
-
-DECISIONS = ("selected", "kept", "rejected", "included by hand", "excluded by hand")
-
-
-def decision_labels(sel: Selection, ids: list[str] | dict[str, int], include=(), exclude=()) -> np.ndarray:
-    """One word per candidate, the same on every page: selected (in the budget), kept (passed the rule, not in
-    the budget), rejected, or included / excluded by hand (overrides win over the rule)."""
-    code = np.where(sel.kept, 1, 2)  # codes index DECISIONS: one small array indexed, no million-string work
-    code[sel.indices] = 0
-    code[_positions(ids, include, missing_ok=True)] = 3
-    code[_positions(ids, exclude, missing_ok=True)] = 4
-    return np.array(DECISIONS)[code]
-
-
-def id_index(ids) -> dict[str, int]:
-    """Row of each id: `ids` as a list, or the index itself (a run keeps one: built per call it costs a quarter
-    of a second at 1,000,000 candidates)."""
-    return ids if isinstance(ids, dict) else {v: i for i, v in enumerate(ids)}
-
-
-def _positions(ids: list[str] | dict[str, int], wanted, missing_ok: bool = False) -> np.ndarray:
-    """Rows of the `wanted` ids, in their order (the id index is built only when some are wanted: at 1,000,000
-    candidates it costs a quarter of a second)."""
-    wanted = list(wanted)
-    if not wanted:
-        return np.zeros(0, np.int64)
-    pos = id_index(ids)
-    return np.array([pos[i] for i in wanted if not missing_ok or i in pos], np.int64)
-
-
-def cluster_names(labels: np.ndarray) -> np.ndarray:
-    """Cluster labels as text, with the rows that were not clustered (rejected by the rule) named as such."""
-    return np.where(labels < 0, "not clustered (rejected)", labels.astype(str))

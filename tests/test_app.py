@@ -572,3 +572,36 @@ def test_clusters_bulk_decision_on_the_box_selection(app, runs):
     at.button(key="map_bulk_undo").click().run()
     assert json.loads((runs / "demo" / "overrides.json").read_text())["include"] == []
     _clear_decisions(runs)
+
+
+def test_keep_one_per_duplicate_group_counts_them_and_explore_lists_the_group(runs, monkeypatch):
+    import pandas as pd
+
+    dups = runs / "dups"
+    shutil.copytree(runs / "demo", dups)
+    try:
+        cands = pd.read_parquet(dups / "candidates.parquet")
+        for row, change in ((1, str.upper), (2, lambda t: "  " + t + " ")):  # exact duplicates of row 0
+            cands.loc[row, "src_text"] = change(cands.loc[0, "src_text"])
+            cands.loc[row, "trg_text"] = change(cands.loc[0, "trg_text"])
+        cands.to_parquet(dups / "candidates.parquet")
+        (dups / CURATION).write_text(json.dumps({"rule": "fraction", "tau": 0.0, "combine": "influence"}))
+        monkeypatch.setenv("GDIG_RUNS_DIR", str(runs))
+        monkeypatch.chdir(ROOT)
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+        at.session_state["run_name"] = "dups"
+        at = _page(at, "influence")
+        assert _metric(at, "Kept") == "40"
+        at.radio(key="w_dedupe").set_value("exact").run()
+        assert not at.exception
+        assert any("3 pairs have an exact duplicate (2 beyond one per group)" in c.value for c in at.caption)
+        assert _metric(at, "Kept") == "38"
+        assert any("Rejected as duplicates of a better pair (exact): 2" in c.value for c in at.caption)
+        assert json.loads((dups / CURATION).read_text())["dedupe"] == "exact"
+        at.switch_page("app_pages/explore.py").run()
+        at.selectbox(key="ex_show").set_value("with a duplicate").run()
+        table = at.dataframe[0].value
+        assert sorted(table["id"]) == sorted(cands["id"].iloc[:3]) and table["duplicate group"].nunique() == 1
+        assert table["exact"].all() and sorted(table["decision"]) == ["rejected", "rejected", "selected"]
+    finally:
+        shutil.rmtree(dups)

@@ -154,7 +154,11 @@ def test_help_lists_only_the_public_commands(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    assert "{score,select,finetune,demo,index,rescore,query,curate}" in out and "SUPPRESS" not in out and "worker" not in out
+    assert (
+        "{score,select,finetune,demo,index,rescore,query,curate}" in out
+        and "SUPPRESS" not in out
+        and "worker" not in out
+    )
 
 
 def test_model_source_names_each_place_it_looked(tmp_path):

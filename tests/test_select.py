@@ -130,7 +130,7 @@ def test_best_first_is_the_head_of_a_stable_sort_ties_included(k):
 
 
 def test_a_run_id_index_gives_the_same_selection_and_decisions_as_the_id_list():
-    from gdig.select import decision_labels, id_index
+    from gdig.decisions import decision_labels, id_index
 
     rng = np.random.default_rng(0)
     frac, mean = rng.random(50).astype(np.float32), rng.normal(size=50).astype(np.float32)

@@ -69,6 +69,7 @@ class BulkRecord:
     at: float = 0.0
 
     def describe(self) -> str:
+        """What it did, in the words the app and the CLI show."""
         return f"{VERBS[self.decision]} {len(self.before):,} candidates" + (f" ({self.source})" if self.source else "")
 
 

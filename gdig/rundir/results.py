@@ -64,6 +64,13 @@ class RunResults:
         return signal_scores(self.candidates)
 
     @cached_property
+    def duplicates(self):
+        """Each candidate's exact and near duplicate groups (gdig.duplicates), found once per run."""
+        from gdig.duplicates import find_duplicates, pair_texts
+
+        return find_duplicates(*pair_texts(self.candidates))
+
+    @cached_property
     def quality(self) -> np.ndarray:
         """The order the rule and the selection rank by (gdig.select.quality_score), computed once per run."""
         from gdig.select import quality_score

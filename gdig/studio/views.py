@@ -11,12 +11,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from gdig.rundir.results import RunResults
-from gdig.select import Selection, SelectionConfig, apply_rule, select_run
+from gdig.select import Selection, SelectionConfig, rule_decisions, select_run
 
 
 def kept_mask(run: RunResults, cfg: SelectionConfig) -> np.ndarray:
-    """Which candidates pass the selection's quality rule (with the signals' thresholds), overrides applied."""
-    return apply_rule(run.frac_helped, run.mean_influence, run.id_index, cfg, run.signals, run.quality)[0]
+    """Which candidates pass the selection's quality rule (with the signals' thresholds and one pair per
+    duplicate group when asked), overrides applied."""
+    return rule_on_run(run, cfg)[0]
+
+
+def rule_on_run(run: RunResults, cfg: SelectionConfig) -> tuple[np.ndarray, np.ndarray, int]:
+    """(kept, the rule's order, kept pairs dropped as duplicates) on a loaded run."""
+    duplicates = run.duplicates if cfg.dedupe != "off" else None
+    return rule_decisions(run.frac_helped, run.mean_influence, run.id_index, cfg, run.signals, run.quality, duplicates)
 
 
 def nothing_kept_reason(run: RunResults, cfg: SelectionConfig, kept: np.ndarray) -> str | None:
@@ -228,3 +235,17 @@ def bulk_changes(status: np.ndarray, rows: np.ndarray, decision: str | None) -> 
     if decision is None:
         return int(np.isin(picked, list(HAND_LABELS.values())).sum())
     return int((picked != HAND_LABELS[decision]).sum())
+
+
+DUPLICATES_FILTER = "with a duplicate"
+
+
+def duplicate_rows(rows: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """The rows with a duplicate, group by group (groups in the order their first member comes in `rows`, and
+    each group's members in that order): a curator sees each group together."""
+    rows = rows[groups[rows] >= 0]
+    g = groups[rows]
+    _, first = np.unique(g, return_index=True)
+    rank = np.empty(g.max() + 1 if len(g) else 0, np.int64)
+    rank[g[np.sort(first)]] = np.arange(len(first))
+    return rows[np.argsort(rank[g], kind="stable")]
