@@ -48,7 +48,7 @@ if st.session_state.get("_lasso_run") != str(run.path):  # a lasso belongs to on
 with guard():
     c1, c2, c3 = st.columns(3)
     c1.slider(label_for("clusters"), 2, 100, help=help_for("clusters"), **widget_kwargs("clusters"))
-    c2.number_input(label_for("budget"), min_value=0, step=100, help=help_for("budget"), **widget_kwargs("budget"))
+    c2.number_input(label_for("budget"), step=100, help=help_for("budget"), **widget_kwargs("budget"))
     c3.selectbox("Colour by", ["cluster", "mean influence", "fraction helped", "decision"], **widget_kwargs("color_by"))
     cfg = selection_config(run)
     clamp_clusters(run, cfg)
@@ -96,7 +96,7 @@ with guard():
         height=520,
         margin=dict(l=10, r=10, t=10, b=10),
         dragmode="lasso",
-        showlegend=True,
+        showlegend=colour in ("cluster", "decision"),  # a score's colour bar is its legend: both would overlap
         legend=dict(title=dict(text=colour), itemsizing="constant"),
     )
     st.plotly_chart(fig, key="umap", on_select=_keep_lasso, selection_mode=("lasso", "box"))

@@ -24,7 +24,7 @@ st.header("Export")
 run = current_run()
 with guard():
     a, b, c, d = st.columns(4)
-    a.number_input(label_for("budget"), min_value=0, step=100, help=help_for("budget"), **widget_kwargs("budget"))
+    a.number_input(label_for("budget"), step=100, help=help_for("budget"), **widget_kwargs("budget"))
     b.selectbox(label_for("strategy"), STRATEGIES, help=help_for("strategy"), **widget_kwargs("strategy"))
     c.selectbox(label_for("within"), WITHIN, help=help_for("within"), **widget_kwargs("within"))
     d.number_input(label_for("seed"), min_value=0, help=help_for("seed"), **widget_kwargs("seed"))

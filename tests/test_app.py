@@ -605,3 +605,25 @@ def test_keep_one_per_duplicate_group_counts_them_and_explore_lists_the_group(ru
         assert table["exact"].all() and sorted(table["decision"]) == ["rejected", "rejected", "selected"]
     finally:
         shutil.rmtree(dups)
+
+
+def test_a_negative_budget_gets_a_specific_message_not_streamlits_box(app, runs):
+    """Item 9 of the second-hour walk: -5 typed into Export's budget."""
+    at = _page(app, "export")
+    at.number_input(key="w_budget").set_value(-5).run()
+    assert not at.exception
+    assert any("budget must be >= 0 (0 or none: every kept candidate), got -5" in e.value for e in at.error)
+    at.number_input(key="w_budget").set_value(5).run()
+    assert not at.exception and not at.error and _metric(at, "Selected") == "5"
+
+
+def test_colouring_by_score_shows_the_colour_bar_alone(app, runs):
+    """Item 9: the colour bar's title overlapped the legend when colouring by a score."""
+    _rule(runs, rule="fraction", tau=0.0, combine="influence")
+    at = _page(app, "clusters")
+    at.selectbox(key="w_color_by").set_value("mean influence").run()
+    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert fig["data"][0]["marker"]["colorbar"]["title"]["text"] == "mean influence"
+    assert fig["layout"]["showlegend"] is False
+    at.selectbox(key="w_color_by").set_value("decision").run()
+    assert json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]["showlegend"] is True
