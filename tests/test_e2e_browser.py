@@ -204,3 +204,74 @@ def test_browser_bulk_decisions_on_a_search_and_a_box_selection_undo_and_the_exp
         assert json.loads((runs / "demo" / "overrides.json").read_text())["include"] == []
         browser.close()
     assert not errors, errors
+
+
+def test_browser_including_a_row_of_a_filtered_list_keeps_the_panel_on_it_and_undoes(server):
+    """Item 5 of the second-hour walk: the included row left the list and the panel jumped to another one."""
+    url, runs = server
+    (runs / "demo" / "curation.json").write_text('{"rule": "fraction", "tau": 1.0, "combine": "influence"}')
+    (runs / "demo" / "overrides.json").unlink(missing_ok=True)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{url}/explore?run=demo")
+        page.get_by_text("Token-level influence").wait_for(timeout=60_000)
+        page.get_by_label("Show", exact=True).click()
+        page.get_by_role("option", name="rejected", exact=True).click()
+        page.get_by_text(re.compile(r"^For all \d+ listed$")).wait_for(timeout=60_000)
+        _settle(page)
+        box = page.get_by_role("combobox", name="Candidate", exact=True)
+        box.click()
+        second = page.get_by_role("option").nth(1)
+        target = second.inner_text().strip()
+        second.click()
+        page.get_by_text(f"Candidate {target}", exact=True).wait_for(timeout=60_000)
+        _settle(page)
+        page.get_by_role("button", name="Include", exact=True).click()
+        page.get_by_text(f"{target} is now included by hand; it no longer matches").wait_for(timeout=60_000)
+        _settle(page)
+        assert page.get_by_text(f"Candidate {target}", exact=True).is_visible()  # the panel stays on it
+        assert json.loads((runs / "demo" / "overrides.json").read_text())["include"] == [target]
+        page.get_by_role("button", name="Undo", exact=True).click()
+        page.get_by_text("is now included by hand").wait_for(state="detached", timeout=60_000)
+        assert json.loads((runs / "demo" / "overrides.json").read_text())["include"] == []
+        browser.close()
+
+
+def test_browser_double_click_on_start_starts_one_job_under_the_typed_name(server, tmp_path, llama_dir):
+    """Item 1 of the second-hour walk: a double-click started the typed run and one with an automatic name."""
+    from gdig.studio.jobs import cancel_job, delete_run
+
+    url, runs = server
+    cands = write_jsonl(tmp_path / "c.jsonl", make_pairs(30, seed=3))
+    seeds = write_jsonl(tmp_path / "s.jsonl", make_pairs(4, seed=4))
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{url}/run")
+        page.get_by_role("textbox", name="Run name", exact=True).wait_for(timeout=60_000)
+        _settle(page)
+        for label, value in (
+            ("Run name", "typed"),
+            ("Model", str(llama_dir)),
+            ("Candidates file", str(cands)),
+            ("Seeds file", str(seeds)),
+        ):
+            field = page.get_by_role("textbox", name=label, exact=True)
+            field.fill(value)
+            field.press("Enter")
+            _settle(page)
+        try:
+            box = page.get_by_role("button", name="Start", exact=True).bounding_box()
+            x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+            page.mouse.click(x, y)
+            page.wait_for_timeout(250)  # a curator's double-click: the second lands on whatever is there then
+            page.mouse.click(x, y)
+            page.get_by_role("heading", name="Run typed").wait_for(timeout=60_000)
+            _settle(page)
+            page.wait_for_timeout(3000)  # time for a second job to appear, were one started
+            assert sorted(p.name for p in runs.iterdir() if p.is_dir()) == ["demo", "typed"]
+        finally:
+            browser.close()
+            cancel_job(runs / "typed", grace_seconds=30)
+            delete_run(runs, "typed")
