@@ -122,13 +122,18 @@ def test_browser_session_threshold_explore_and_export(server, tmp_path):
         shutil.rmtree(shots, ignore_errors=True)
 
 
-def _export_ids(page, url: str) -> list[str]:
+def _export_ids(page, url: str, runs: Path, name: str) -> list[str]:
+    """The ids of the export as the page saves it into the run (Save, then the file it wrote)."""
     page.goto(f"{url}/export?run=demo")
-    page.get_by_text("Download JSONL").wait_for(timeout=60_000)
+    page.get_by_text("Save into the run as").wait_for(timeout=60_000)
     _settle(page)
-    with page.expect_download(timeout=60_000) as dl:
-        page.get_by_role("button", name="Download JSONL").click()
-    text = Path(dl.value.path()).read_text(encoding="utf-8")
+    field = page.get_by_role("textbox", name="Save into the run as", exact=True)
+    field.fill(name)
+    field.press("Enter")
+    _settle(page)
+    page.get_by_role("button", name="Save", exact=True).click()
+    page.get_by_text(f"Saved {name}.jsonl").wait_for(timeout=60_000)
+    text = (runs / "demo" / "selections" / f"{name}.jsonl").read_text(encoding="utf-8")
     return [json.loads(x)["gdig"]["id"] for x in text.splitlines()]
 
 
@@ -156,7 +161,7 @@ def test_browser_bulk_decisions_on_a_search_and_a_box_selection_undo_and_the_exp
         page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
-        before = _export_ids(page, url)
+        before = _export_ids(page, url, runs, "before")
 
         page.goto(f"{url}/explore?run=demo")
         page.get_by_text("Token-level influence").wait_for(timeout=60_000)
@@ -171,14 +176,14 @@ def test_browser_bulk_decisions_on_a_search_and_a_box_selection_undo_and_the_exp
         page.get_by_text(f"Last bulk decision: excluded {listed} candidates").wait_for(timeout=60_000)
         excluded = set(json.loads((runs / "demo" / "overrides.json").read_text())["exclude"])
         assert len(excluded) == listed
-        after = _export_ids(page, url)
+        after = _export_ids(page, url, runs, "after")
         assert after and not excluded & set(after) and excluded & set(before)
 
         page.goto(f"{url}/explore?run=demo")
         page.get_by_role("button", name="Undo the bulk decision").click()
         page.get_by_text("Last bulk decision").wait_for(state="detached", timeout=60_000)
         assert json.loads((runs / "demo" / "overrides.json").read_text())["exclude"] == []
-        assert _export_ids(page, url) == before
+        assert _export_ids(page, url, runs, "undone") == before
 
         page.goto(f"{url}/clusters?run=demo")
         page.get_by_text("Cluster summary").wait_for(timeout=120_000)
