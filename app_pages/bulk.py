@@ -22,15 +22,21 @@ def bulk_controls(run, status: np.ndarray, rows: np.ndarray, what: str, key: str
     rest = len(rows) - changes
     already = f"{rest:,} are {VERBS[decision]} by hand already" if decision else f"{rest:,} follow the rule already"
     label = f"{choice} {len(rows):,} candidates" if decision else f"Return {len(rows):,} to the rule"
-    if c2.button(label, key=f"{key}_apply", disabled=changes == 0, help="a bulk decision can be undone"):
-        ids = np.asarray(run.ids, dtype=object)[rows]
-        apply_bulk(run.path, ids.tolist(), decision, source="app")
-        st.rerun()
+    c2.button(
+        label,
+        key=f"{key}_apply",
+        disabled=changes == 0,
+        help="a bulk decision can be undone",
+        on_click=_apply,  # before the next run of the page: one run shows the result, not two
+        args=(run, rows, decision),
+    )
     st.caption(f"{changes:,} of them would change; {already}.")
     last = last_bulk(run.path)
     if last is not None:
         n1, n2 = st.columns([4, 2], vertical_alignment="center")
         n1.info(f"Last bulk decision: {last.describe()}.")
-        if n2.button("Undo the bulk decision", key=f"{key}_undo"):
-            undo_bulk(run.path)
-            st.rerun()
+        n2.button("Undo the bulk decision", key=f"{key}_undo", on_click=undo_bulk, args=(run.path,))
+
+
+def _apply(run, rows: np.ndarray, decision: str | None) -> None:
+    apply_bulk(run.path, np.asarray(run.ids, dtype=object)[rows].tolist(), decision, source="app")

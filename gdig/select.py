@@ -14,7 +14,7 @@ from gdig.clusters import GradientClusterer, best_first, resample
 from gdig.decisions import id_index, positions
 from gdig.duplicates import LEVELS, Duplicates, one_per_group
 from gdig.options import option
-from gdig.signals import check_fraction, lowest_rank, mean_rank, rank_average, rank_matrix, signal_filters
+from gdig.signals import check_fraction, lowest_rank, mean_rank, rank_matrix, rule_scores, signal_filters
 
 STRATEGIES = ("uniform", "proportional")
 WITHIN = ("quality", "random")
@@ -105,7 +105,7 @@ class SelectionConfig:
     dedupe: str = option(
         "off",
         "keep one pair per duplicate group, the best by the rule's order: exact (same texts after case, Unicode "
-        "and whitespace) or near (also the same once punctuation and digits are dropped); off: keep every pair",
+        "and whitespace) or near (also the same once punctuation and spacing are dropped); off: keep every pair",
         choices=DEDUPE,
         label="Keep one per duplicate group",
     )
@@ -221,6 +221,7 @@ def select(
     signals: dict[str, np.ndarray] | None = None,
     quality: np.ndarray | None = None,
     duplicates: Duplicates | None = None,
+    ranks: np.ndarray | None = None,
 ) -> Selection:
     """One selection. `labels` (cluster of each kept row) may be passed to skip re-clustering; `signals` are the
     higher-is-better scores beside influence (gdig.signals.signal_scores) for the combined rule and filters;
@@ -230,7 +231,9 @@ def select(
     msgs: list[str] = []
     dropped = 0
     if cfg.method == "gdig":
-        kept, quality, dropped = rule_decisions(frac_helped, mean_influence, ids, cfg, signals, quality, duplicates)
+        kept, quality, dropped = rule_decisions(
+            frac_helped, mean_influence, ids, cfg, signals, quality, duplicates, ranks
+        )
     else:
         kept = quality_mask(frac_helped, mean_influence, None, None, ids, cfg.include, cfg.exclude)
         quality = _baseline_score(cfg.method, n, cfg.seed, mean_influence, loss, length_score)
@@ -263,9 +266,10 @@ def apply_rule(frac_helped, mean_influence, ids, cfg: SelectionConfig, signals: 
     return rule_decisions(frac_helped, mean_influence, ids, cfg, signals, quality)[:2]
 
 
-def rule_decisions(frac_helped, mean_influence, ids, cfg, signals=None, quality=None, duplicates=None):
+def rule_decisions(frac_helped, mean_influence, ids, cfg, signals=None, quality=None, duplicates=None, ranks=None):
     """apply_rule's (kept, quality), with one pair per duplicate group when cfg.dedupe asks (the best of each
-    group by the rule's order), and how many kept pairs that dropped."""
+    group by the rule's order), and how many kept pairs that dropped. `ranks`: the run's rank matrix of the
+    rule's scores when the caller keeps it (RunResults.rule_ranks: a second saved per call at 1,000,000)."""
     signals = signals or {}
     quality = quality_score(frac_helped, mean_influence) if quality is None else quality
     allowed = signal_filters(cfg, signals, len(quality))
@@ -273,15 +277,15 @@ def rule_decisions(frac_helped, mean_influence, ids, cfg, signals=None, quality=
     if cfg.combine == "influence":
         combined = quality
     else:
-        scores = [mean_influence if cfg.rule == "mean" else quality, *signals.values()]  # G-DIG's as the rule reads
+        if ranks is None:  # row 0 G-DIG's statistic as the rule reads it, then the signals'
+            ranks = rank_matrix(rule_scores(cfg.rule, mean_influence, quality, signals))
         if cfg.combine == "weakest":  # G-DIG's rule, no signal in its bottom min_weakest, ranked by the worst
-            ranks = rank_matrix(scores)  # row 0 G-DIG's, then the signals'
             combined = lowest_rank(ranks) + TIE_BREAK * mean_rank(ranks)
             if signals:
                 floor = lowest_rank(ranks[1:])
                 allowed &= np.isnan(floor) | (floor >= cfg.min_weakest)
         else:  # rank-average: the mean rank decides alone
-            combined = rank_average(scores) + TIE_BREAK * rank01(quality)
+            combined = mean_rank(ranks) + TIE_BREAK * rank01(quality)
             allowed &= combined >= cfg.min_combined
             thresholds = (None, None)
     dropped = 0
@@ -341,4 +345,5 @@ def select_run(run, cfg: SelectionConfig, labels: np.ndarray | None = None) -> S
         signals=signals,
         quality=run.quality,
         duplicates=run.duplicates if cfg.dedupe != "off" else None,
+        ranks=None if cfg.combine == "influence" else run.rule_ranks(cfg.rule),
     )

@@ -147,6 +147,12 @@ def weakest_rank(scores: Sequence[np.ndarray]) -> np.ndarray:
     return lowest_rank(rank_matrix(scores))
 
 
+def rule_scores(rule: str, mean_influence, quality, signals: dict) -> list[np.ndarray]:
+    """The scores the combined rules rank: G-DIG's statistic as the rule reads it (mean influence, or the
+    fraction of seeds helped with its tie-break), then each signal."""
+    return [mean_influence if rule == "mean" else quality, *signals.values()]
+
+
 def rank_matrix(scores: Sequence[np.ndarray]) -> np.ndarray:
     """(k, N) percentile ranks of k scores (NaN where a score is missing): ranked once, then combined as many
     ways as needed (ranking is most of a combination's time: 0.2 s a score at 1,000,000 candidates)."""

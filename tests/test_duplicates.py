@@ -28,13 +28,13 @@ TRG = ["Die Katze schläft.", "die katze schläft.", "Die Katze schläft", "Die 
 TRG += ["Ein Hund", "Eine Katze"]  # the same source with another translation is no duplicate pair
 
 
-def test_exact_groups_fold_case_whitespace_and_unicode_width_and_near_groups_also_punctuation_and_digits():
+def test_exact_groups_fold_case_whitespace_and_unicode_width_and_near_groups_also_punctuation_not_numbers():
     d = find_duplicates(SRC, TRG)
     assert d.exact.tolist()[:4] == [d.exact[0], d.exact[0], -1, d.exact[0]] and d.exact[0] >= 0
     assert (d.exact[4:] == -1).all()
     assert len(set(d.near[:4])) == 1 and d.near[0] >= 0  # "!" and the dropped full stop: near only
-    assert d.near[4] == d.near[5] != d.near[0] and (d.near[6:] == -1).all()
-    assert d.counts() == {"exact_duplicates": 3, "exact_extra": 2, "near_duplicates": 6, "near_extra": 4}
+    assert (d.near[4:] == -1).all()  # "Room 1" and "Room 2" are two pairs: a number is content
+    assert d.counts() == {"exact_duplicates": 3, "exact_extra": 2, "near_duplicates": 4, "near_extra": 3}
     with pytest.raises(ValueError, match="duplicate level"):
         d.groups("fuzzy")
 
@@ -79,7 +79,7 @@ def test_the_rule_keeps_one_per_group_and_overrides_still_win(run):
     assert dropped == 2 and kept.tolist() == [False, True, True, False, True, True, True, True]
     near = SelectionConfig(rule="fraction", tau=0.0, combine="influence", clusters=1, dedupe="near")
     sel = select_run(run, near)
-    assert sel.dropped_duplicates == 4 and sel.kept[1] and sel.kept[:4].sum() == 1 and sel.kept[4:6].sum() == 1
+    assert sel.dropped_duplicates == 3 and sel.kept[1] and sel.kept[:4].sum() == 1 and sel.kept[4:].all()
     runner_up = max((0, 2, 3), key=lambda i: run.quality[i])
     other = next(i for i in (0, 2, 3) if i != runner_up)
     by_hand = SelectionConfig(
@@ -106,5 +106,5 @@ def test_the_manifest_counts_the_pairs_dropped_as_duplicates(run, tmp_path):
     cfg = SelectionConfig(rule="fraction", tau=0.0, combine="influence", clusters=1, dedupe="near")
     out, man = export_selection(run, select_run(run, cfg), cfg, tmp_path / "picked.jsonl")
     manifest = json.loads(man.read_text())
-    assert manifest["counts"]["dropped_as_duplicates"] == 4 and manifest["selection"]["dedupe"] == "near"
-    assert len(out.read_text().splitlines()) == len(SRC) - 4
+    assert manifest["counts"]["dropped_as_duplicates"] == 3 and manifest["selection"]["dedupe"] == "near"
+    assert len(out.read_text().splitlines()) == len(SRC) - 3

@@ -109,3 +109,17 @@ def test_a_rule_that_keeps_nothing_says_why_and_what_would_keep_some(run):
     high = SelectionConfig(min_mean=1e9)
     assert "the highest is" in nothing_kept_reason(run, high, none_kept)
     assert nothing_kept_reason(run, SelectionConfig(), kept_mask(run, SelectionConfig())) is None
+
+
+@pytest.mark.parametrize("combine", ["weakest", "rank-average"])
+@pytest.mark.parametrize("rule", ["mean", "fraction"])
+def test_the_runs_cached_ranks_give_the_rules_own_decisions(run, rule, combine):
+    """The pages pass RunResults.rule_ranks (ranked once per run and rule) instead of ranking on every rerun."""
+    from gdig.select import apply_rule
+    from gdig.studio.views import rule_on_run
+
+    cfg = SelectionConfig(rule=rule, tau=0.5, min_mean=0.0, combine=combine, min_weakest=0.3, min_combined=0.4)
+    kept, order, _ = rule_on_run(run, cfg)
+    assert "_rule_ranks" in run.__dict__ and rule in run.__dict__["_rule_ranks"]
+    fresh_kept, fresh_order = apply_rule(run.frac_helped, run.mean_influence, run.id_index, cfg, run.signals)
+    assert np.array_equal(kept, fresh_kept) and np.array_equal(order, fresh_order)

@@ -63,6 +63,16 @@ class RunResults:
 
         return signal_scores(self.candidates)
 
+    def rule_ranks(self, rule: str) -> np.ndarray:
+        """The percentile ranks of the rule's statistic and the signals (gdig.signals.rank_matrix of
+        rule_scores), once per run and rule: the combined rules rank 1,000,000 rows in about a second."""
+        cache = self.__dict__.setdefault("_rule_ranks", {})
+        if rule not in cache:
+            from gdig.signals import rank_matrix, rule_scores
+
+            cache[rule] = rank_matrix(rule_scores(rule, self.mean_influence, self.quality, self.signals))
+        return cache[rule]
+
     @cached_property
     def duplicates(self):
         """Each candidate's exact and near duplicate groups (gdig.duplicates), found once per run."""
