@@ -33,6 +33,7 @@ QUICK = {
     "quality": ["--quick"],
     "demo": ["--quick"],
     "index": ["--ks", "4096", "--projections", "countsketch", "--skip-speed"],
+    "duplicates": ["--n", "100000", "--repeats", "1"],
 }
 FULL = {
     "engine": ["--repeats", "1"],
@@ -46,6 +47,7 @@ FULL = {
     "index": [],  # the demo's k sweep, a second seed set, and speed at 1,000,000 (a 33 GB file on disk)
     "pretrained": ["--runs", "lora ekfac", "lora kfac", "lora identity"],  # about an hour more, with SmolLM2
     "plan": [],  # SmolLM2 at 2,000 x 256: about an hour more
+    "duplicates": [],  # 1,000,000 pairs: under a minute
 }
 
 
