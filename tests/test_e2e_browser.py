@@ -280,3 +280,70 @@ def test_browser_double_click_on_start_starts_one_job_under_the_typed_name(serve
             browser.close()
             cancel_job(runs / "typed", grace_seconds=30)
             delete_run(runs, "typed")
+
+
+def _progress_text(page) -> str:
+    bar = page.locator('[data-testid="stProgress"]')
+    return bar.first.inner_text() if bar.count() else ""
+
+
+def test_browser_a_resumed_run_shows_where_it_stopped_not_zero(server, tmp_path, llama_dir):
+    """Item 4 of the second-hour walk: right after Resume the progress read "Overall 0% · load 0/1" for seconds."""
+    from gdig.rundir.status import read_status
+    from gdig.studio.jobs import cancel_job, delete_run
+
+    url, runs = server
+    cands = write_jsonl(tmp_path / "c.jsonl", make_pairs(600, seed=5))
+    seeds = write_jsonl(tmp_path / "s.jsonl", make_pairs(4, seed=6))
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{url}/run")
+        page.get_by_role("textbox", name="Run name", exact=True).wait_for(timeout=60_000)
+        _settle(page)
+        for label, value in (
+            ("Run name", "resumed"),
+            ("Model", str(llama_dir)),
+            ("Candidates file", str(cands)),
+            ("Seeds file", str(seeds)),
+        ):
+            field = page.get_by_role("textbox", name=label, exact=True)
+            field.fill(value)
+            field.press("Enter")
+            _settle(page)
+        page.get_by_text("Settings", exact=True).click()
+        batch = page.get_by_role("spinbutton", name="Batch size", exact=True)
+        batch.fill("1")  # thousands of batches: a fit of seconds to stop in the middle of
+        batch.press("Enter")
+        _settle(page)
+        try:
+            page.get_by_role("button", name="Start", exact=True).click()
+            stopped_at = None
+            for _ in range(1200):  # until the fit is a third done
+                m = re.search(r"fit_covariance: ([\d,]+)/([\d,]+)", _progress_text(page))
+                if m and int(m[1].replace(",", "")) >= int(m[2].replace(",", "")) / 3:
+                    stopped_at = int(m[1].replace(",", ""))
+                    break
+                page.wait_for_timeout(100)
+            assert stopped_at, _progress_text(page)
+            page.get_by_role("button", name="Cancel", exact=True).click()
+            page.get_by_role("button", name="Resume", exact=True).click(timeout=60_000)
+            seen, restarted, resumed_fit = [], False, None
+            for _ in range(80):  # the first seconds after Resume, as a curator watches them
+                text = _progress_text(page)
+                if text and (not seen or seen[-1] != text):
+                    seen.append(text)
+                state = read_status(runs / "resumed") or {}
+                restarted = restarted or state.get("stage") in ("starting", "load")  # the new job's, not the old
+                if restarted and resumed_fit is None and state.get("stage") == "fit_covariance":
+                    resumed_fit = state
+                page.wait_for_timeout(250)
+            assert seen, "no progress after Resume"
+            assert not any(t.startswith("Overall 0%") for t in seen), seen
+            fit = [re.search(r"fit_covariance: ([\d,]+)/", t) for t in seen]
+            assert any(m and int(m[1].replace(",", "")) >= stopped_at for m in fit), seen  # the saved sums count
+            assert resumed_fit["stage_done_at_start"] >= stopped_at  # the pace counts from there, not from 0
+        finally:
+            browser.close()
+            cancel_job(runs / "resumed", grace_seconds=30)
+            delete_run(runs, "resumed")

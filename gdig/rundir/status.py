@@ -185,10 +185,12 @@ def read_status(run_dir: str | Path) -> dict[str, Any] | None:
 
 def mark_starting(run_dir: str | Path) -> None:
     """A fresh "starting" status before a worker starts: a resumed job must not look like the failure it
-    resumes until its worker writes its own."""
+    resumes until its worker writes its own, nor start again from 0%: the share it stopped at is kept (the
+    worker's Status carries it until its plan is known)."""
     now = time.time()
+    fraction = float((read_status(run_dir) or {}).get("job_fraction", 0.0))
     state = {"stage": "starting", "done": 0, "total": 1, "started": now, "updated": now, "pid": None, "error": None}
-    write_json_atomic(Path(run_dir) / STATUS, state)
+    write_json_atomic(Path(run_dir) / STATUS, state | {"job_fraction": fraction})
 
 
 def request_cancel(run_dir: str | Path) -> None:
