@@ -21,7 +21,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import CACHE, SHARED_DATA, have_shared_data, machine, read_lines, save_report  # noqa: E402
+from bench.common import (  # noqa: E402
+    CACHE,
+    SHARED_DATA,
+    have_shared_data,
+    machine,
+    read_lines,
+    save_report,
+    synthetic_pairs,
+)
 from gdig.duplicates import LEVELS, find_duplicates, one_per_group  # noqa: E402
 
 PRETRAINED = CACHE / "pretrained"
@@ -53,28 +61,8 @@ def big_pool(n: int) -> tuple[list[str], list[str]]:
     changed) and 1% near copies (a mark added) of their neighbours; synthetic words without ../shared/data."""
     if have_shared_data():
         pairs = [p for src, trg in list(real_pairs().values())[:2] for p in zip(src, trg, strict=True)]
-    else:
-        rng = np.random.default_rng(0)
-        words = np.array(
-            [
-                "the",
-                "a",
-                "cat",
-                "dog",
-                "house",
-                "tree",
-                "sees",
-                "runs",
-                "big",
-                "small",
-                "red",
-                "green",
-                "river",
-                "sun",
-                "moon",
-            ]
-        )
-        pairs = [(" ".join(w), " ".join(w[::-1])) for w in words[rng.integers(0, len(words), (10_000, 12))]]
+    else:  # the pairs made unique: only the planted copies are duplicates
+        pairs = list(dict.fromkeys((r["src_text"], r["trg_text"]) for r in synthetic_pairs(10_000, 0)))
     src, trg = [], []
     for i in range(n):
         if i % 100 == 1:

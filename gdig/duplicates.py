@@ -46,7 +46,7 @@ class Duplicates:
 
 def _normal(text: pa.Array) -> pa.Array:
     text = pc.utf8_normalize(text, "NFKC")
-    text = pc.utf8_lower(text)  # case folding for the scripts translation pools hold
+    text = pc.replace_substring(pc.utf8_lower(text), "ß", "ss")  # case folding: "STRASSE" is "Straße"
     return pc.utf8_trim_whitespace(pc.replace_substring_regex(text, r"\s+", " "))
 
 

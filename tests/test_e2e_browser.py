@@ -243,6 +243,23 @@ def test_browser_including_a_row_of_a_filtered_list_keeps_the_panel_on_it_and_un
         browser.close()
 
 
+def _fill_new_run(page, url: str, name: str, model: Path, cands: Path, seeds: Path) -> None:
+    """The New run page with its name, model and data paths typed in."""
+    page.goto(f"{url}/run")
+    page.get_by_role("textbox", name="Run name", exact=True).wait_for(timeout=60_000)
+    _settle(page)
+    for label, value in (
+        ("Run name", name),
+        ("Model", str(model)),
+        ("Candidates file", str(cands)),
+        ("Seeds file", str(seeds)),
+    ):
+        field = page.get_by_role("textbox", name=label, exact=True)
+        field.fill(str(value))
+        field.press("Enter")
+        _settle(page)
+
+
 def test_browser_double_click_on_start_starts_one_job_under_the_typed_name(server, tmp_path, llama_dir):
     """Item 1 of the second-hour walk: a double-click started the typed run and one with an automatic name."""
     from gdig.studio.jobs import cancel_job, delete_run
@@ -253,19 +270,7 @@ def test_browser_double_click_on_start_starts_one_job_under_the_typed_name(serve
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(f"{url}/run")
-        page.get_by_role("textbox", name="Run name", exact=True).wait_for(timeout=60_000)
-        _settle(page)
-        for label, value in (
-            ("Run name", "typed"),
-            ("Model", str(llama_dir)),
-            ("Candidates file", str(cands)),
-            ("Seeds file", str(seeds)),
-        ):
-            field = page.get_by_role("textbox", name=label, exact=True)
-            field.fill(value)
-            field.press("Enter")
-            _settle(page)
+        _fill_new_run(page, url, "typed", llama_dir, cands, seeds)
         try:
             box = page.get_by_role("button", name="Start", exact=True).bounding_box()
             x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
@@ -298,19 +303,7 @@ def test_browser_a_resumed_run_shows_where_it_stopped_not_zero(server, tmp_path,
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(f"{url}/run")
-        page.get_by_role("textbox", name="Run name", exact=True).wait_for(timeout=60_000)
-        _settle(page)
-        for label, value in (
-            ("Run name", "resumed"),
-            ("Model", str(llama_dir)),
-            ("Candidates file", str(cands)),
-            ("Seeds file", str(seeds)),
-        ):
-            field = page.get_by_role("textbox", name=label, exact=True)
-            field.fill(value)
-            field.press("Enter")
-            _settle(page)
+        _fill_new_run(page, url, "resumed", llama_dir, cands, seeds)
         page.get_by_text("Settings", exact=True).click()
         batch = page.get_by_role("spinbutton", name="Batch size", exact=True)
         batch.fill("1")  # thousands of batches: a fit of seconds to stop in the middle of
