@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 DECISIONS = ("selected", "kept", "rejected", "included by hand", "excluded by hand")
+HAND_LABELS = {"include": DECISIONS[3], "exclude": DECISIONS[4]}  # the words of a decision made by hand
 
 
 def decision_labels(sel, ids: list[str] | dict[str, int], include=(), exclude=()) -> np.ndarray:

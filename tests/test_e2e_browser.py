@@ -4,6 +4,7 @@ export and checks it; saves screenshots (to docs/screenshots with GDIG_UPDATE_SC
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -260,31 +261,40 @@ def _fill_new_run(page, url: str, name: str, model: Path, cands: Path, seeds: Pa
         _settle(page)
 
 
-def test_browser_double_click_on_start_starts_one_job_under_the_typed_name(server, tmp_path, llama_dir):
-    """Item 1 of the second-hour walk: a double-click started the typed run and one with an automatic name."""
+@contextlib.contextmanager
+def _new_run_page(server, name: str, model: Path, cands: Path, seeds: Path):
+    """A browser page on the New run form filled in for run `name`; the run's job and folder go afterwards."""
     from gdig.studio.jobs import cancel_job, delete_run
 
     url, runs = server
-    cands = write_jsonl(tmp_path / "c.jsonl", make_pairs(30, seed=3))
-    seeds = write_jsonl(tmp_path / "s.jsonl", make_pairs(4, seed=4))
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        _fill_new_run(page, url, "typed", llama_dir, cands, seeds)
         try:
-            box = page.get_by_role("button", name="Start", exact=True).bounding_box()
-            x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-            page.mouse.click(x, y)
-            page.wait_for_timeout(250)  # a curator's double-click: the second lands on whatever is there then
-            page.mouse.click(x, y)
-            page.get_by_role("heading", name="Run typed").wait_for(timeout=60_000)
-            _settle(page)
-            page.wait_for_timeout(3000)  # time for a second job to appear, were one started
-            assert sorted(p.name for p in runs.iterdir() if p.is_dir()) == ["demo", "typed"]
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            _fill_new_run(page, url, name, model, cands, seeds)
+            yield page
         finally:
             browser.close()
-            cancel_job(runs / "typed", grace_seconds=30)
-            delete_run(runs, "typed")
+            if (runs / name).exists():  # a test that failed before Start leaves no run
+                cancel_job(runs / name, grace_seconds=30)
+                delete_run(runs, name)
+
+
+def test_browser_double_click_on_start_starts_one_job_under_the_typed_name(server, tmp_path, llama_dir):
+    """Item 1 of the second-hour walk: a double-click started the typed run and one with an automatic name."""
+    runs = server[1]
+    cands = write_jsonl(tmp_path / "c.jsonl", make_pairs(30, seed=3))
+    seeds = write_jsonl(tmp_path / "s.jsonl", make_pairs(4, seed=4))
+    with _new_run_page(server, "typed", llama_dir, cands, seeds) as page:
+        box = page.get_by_role("button", name="Start", exact=True).bounding_box()
+        x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        page.mouse.click(x, y)
+        page.wait_for_timeout(250)  # a curator's double-click: the second lands on whatever is there then
+        page.mouse.click(x, y)
+        page.get_by_role("heading", name="Run typed").wait_for(timeout=60_000)
+        _settle(page)
+        page.wait_for_timeout(3000)  # time for a second job to appear, were one started
+        assert sorted(p.name for p in runs.iterdir() if p.is_dir()) == ["demo", "typed"]
 
 
 def _progress_text(page) -> str:
@@ -295,48 +305,39 @@ def _progress_text(page) -> str:
 def test_browser_a_resumed_run_shows_where_it_stopped_not_zero(server, tmp_path, llama_dir):
     """Item 4 of the second-hour walk: right after Resume the progress read "Overall 0% · load 0/1" for seconds."""
     from gdig.rundir.status import read_status
-    from gdig.studio.jobs import cancel_job, delete_run
 
-    url, runs = server
+    runs = server[1]
     cands = write_jsonl(tmp_path / "c.jsonl", make_pairs(600, seed=5))
     seeds = write_jsonl(tmp_path / "s.jsonl", make_pairs(4, seed=6))
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        _fill_new_run(page, url, "resumed", llama_dir, cands, seeds)
+    with _new_run_page(server, "resumed", llama_dir, cands, seeds) as page:
         page.get_by_text("Settings", exact=True).click()
         batch = page.get_by_role("spinbutton", name="Batch size", exact=True)
         batch.fill("1")  # thousands of batches: a fit of seconds to stop in the middle of
         batch.press("Enter")
         _settle(page)
-        try:
-            page.get_by_role("button", name="Start", exact=True).click()
-            stopped_at = None
-            for _ in range(1200):  # until the fit is a third done
-                m = re.search(r"fit_covariance: ([\d,]+)/([\d,]+)", _progress_text(page))
-                if m and int(m[1].replace(",", "")) >= int(m[2].replace(",", "")) / 3:
-                    stopped_at = int(m[1].replace(",", ""))
-                    break
-                page.wait_for_timeout(100)
-            assert stopped_at, _progress_text(page)
-            page.get_by_role("button", name="Cancel", exact=True).click()
-            page.get_by_role("button", name="Resume", exact=True).click(timeout=60_000)
-            seen, restarted, resumed_fit = [], False, None
-            for _ in range(80):  # the first seconds after Resume, as a curator watches them
-                text = _progress_text(page)
-                if text and (not seen or seen[-1] != text):
-                    seen.append(text)
-                state = read_status(runs / "resumed") or {}
-                restarted = restarted or state.get("stage") in ("starting", "load")  # the new job's, not the old
-                if restarted and resumed_fit is None and state.get("stage") == "fit_covariance":
-                    resumed_fit = state
-                page.wait_for_timeout(250)
-            assert seen, "no progress after Resume"
-            assert not any(t.startswith("Overall 0%") for t in seen), seen
-            fit = [re.search(r"fit_covariance: ([\d,]+)/", t) for t in seen]
-            assert any(m and int(m[1].replace(",", "")) >= stopped_at for m in fit), seen  # the saved sums count
-            assert resumed_fit["stage_done_at_start"] >= stopped_at  # the pace counts from there, not from 0
-        finally:
-            browser.close()
-            cancel_job(runs / "resumed", grace_seconds=30)
-            delete_run(runs, "resumed")
+        page.get_by_role("button", name="Start", exact=True).click()
+        stopped_at = None
+        for _ in range(1200):  # until the fit is a third done
+            m = re.search(r"fit_covariance: ([\d,]+)/([\d,]+)", _progress_text(page))
+            if m and int(m[1].replace(",", "")) >= int(m[2].replace(",", "")) / 3:
+                stopped_at = int(m[1].replace(",", ""))
+                break
+            page.wait_for_timeout(100)
+        assert stopped_at, _progress_text(page)
+        page.get_by_role("button", name="Cancel", exact=True).click()
+        page.get_by_role("button", name="Resume", exact=True).click(timeout=60_000)
+        seen, restarted, resumed_fit = [], False, None
+        for _ in range(80):  # the first seconds after Resume, as a curator watches them
+            text = _progress_text(page)
+            if text and (not seen or seen[-1] != text):
+                seen.append(text)
+            state = read_status(runs / "resumed") or {}
+            restarted = restarted or state.get("stage") in ("starting", "load")  # the new job's, not the old
+            if restarted and resumed_fit is None and state.get("stage") == "fit_covariance":
+                resumed_fit = state
+            page.wait_for_timeout(250)
+        assert seen, "no progress after Resume"
+        assert not any(t.startswith("Overall 0%") for t in seen), seen
+        fit = [re.search(r"fit_covariance: ([\d,]+)/", t) for t in seen]
+        assert any(m and int(m[1].replace(",", "")) >= stopped_at for m in fit), seen  # the saved sums count
+        assert resumed_fit["stage_done_at_start"] >= stopped_at  # the pace counts from there, not from 0

@@ -52,12 +52,6 @@ class Overrides:
             self.exclude = [i for i, d in state.items() if d == "exclude"]
         return before
 
-    def count_changes(self, ids: Iterable[str], decision: str | None) -> int:
-        """How many of `ids` a bulk decision would change (the count shown before it applies)."""
-        _check(decision)
-        state = self.decisions()
-        return sum(state.get(i) != decision for i in dict.fromkeys(ids))
-
 
 @dataclass
 class BulkRecord:

@@ -10,6 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from gdig.decisions import HAND_LABELS
 from gdig.rundir.results import RunResults
 from gdig.select import Selection, SelectionConfig, rule_decisions, select_run
 
@@ -225,9 +226,6 @@ def map_sample(n: int, limit: int, seed: int = 0) -> np.ndarray:
 def legend_order(groups: np.ndarray) -> list[str]:
     """Map legend groups: clusters by number, then the named groups alphabetically."""
     return sorted(set(groups.tolist()), key=lambda g: (not g.isdigit(), int(g) if g.isdigit() else 0, g))
-
-
-HAND_LABELS = {"include": "included by hand", "exclude": "excluded by hand"}
 
 
 def bulk_changes(status: np.ndarray, rows: np.ndarray, decision: str | None) -> int:
