@@ -113,14 +113,29 @@ def _form(buttons: str = "") -> None:
         except ValueError as e:
             st.error(str(e))
     if st.button("Start", type="primary", key=f"start{buttons}"):
-        try:
-            start_new_run(runs_dir(), name, model, files, s, processes=int(processes))
-        except ValueError as e:
-            st.error(str(e))
-            return
-        choose_run(name.strip())
-        del st.session_state["new_name"]  # the next run gets a fresh default name
-        st.rerun()
+        _start(name, model, files, s, int(processes))
+
+
+def _start(name: str, model: str, files: list, settings: dict, processes: int) -> None:
+    """Start the run and follow it. The session follows the new run before the job starts: a second click that
+    lands while the job starts interrupts this script run at its next Streamlit call, and the rerun it causes
+    must find the started run, not the form again (whose Start would then fail as "already exists")."""
+    before = st.session_state.get(RUN_KEY)
+    st.session_state[RUN_KEY] = name.strip()  # session state only: no Streamlit call, no interruption here
+    started = False
+    try:
+        start_new_run(runs_dir(), name, model, files, settings, processes=processes)
+        started = True
+    except ValueError as e:
+        st.error(str(e))
+    finally:
+        if not started:
+            st.session_state[RUN_KEY] = before
+    if not started:
+        return
+    del st.session_state["new_name"]  # the next run gets a fresh default name
+    choose_run(name.strip())
+    st.rerun()
 
 
 def progress_label(state) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -70,3 +71,31 @@ def test_a_job_of_two_processes_runs_under_torchrun_and_cancels_like_one(tmp_pat
     cancel_job(run_dir, grace_seconds=60)
     state = _wait(run_dir, lambda s: not s.running)
     assert not state.finished and state.error == "cancelled"
+
+
+def test_a_finished_worker_not_yet_reaped_by_the_app_counts_as_stopped(tmp_path):
+    """The app server starts the workers, so a finished one stays a zombie of the server until reaped; seen from
+    another process (a second session, the CLI, a test) it had counted as running: cancel_job then waited its
+    whole grace period and job_state said "running"."""
+    import subprocess
+    import sys
+
+    from gdig.rundir.layout import JOB
+    from gdig.studio.jobs import pid_alive
+
+    script = "import subprocess, sys, time; p = subprocess.Popen(['true']); print(p.pid, flush=True); time.sleep(30)"
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(parent.stdout.readline())
+        deadline = time.time() + 10
+        while pid_alive(child) and time.time() < deadline:
+            time.sleep(0.05)
+        assert not pid_alive(child)  # a zombie of the parent, never reaped while it sleeps
+        assert pid_alive(parent.pid)
+        (tmp_path / JOB).write_text(json.dumps({"pid": child}))
+        started = time.time()
+        cancel_job(tmp_path, grace_seconds=30)  # the worker has stopped: no grace period to wait out
+        assert time.time() - started < 5
+    finally:
+        parent.kill()
+        parent.wait()

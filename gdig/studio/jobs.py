@@ -58,7 +58,17 @@ def pid_alive(pid: int | None) -> bool:
         waited, _ = os.waitpid(pid, os.WNOHANG)
         return waited == 0
     except ChildProcessError:
-        return True
+        return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """Whether pid is a zombie of another process (the app server's finished worker, not yet reaped): on Linux
+    its state in /proc; elsewhere no process counts as one."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[:1] == ["Z"]
 
 
 def start_job(cfg: ScoreConfig, resume: bool = False, processes: int | None = None) -> Path:
