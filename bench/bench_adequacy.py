@@ -1,0 +1,221 @@
+"""Real translation quality: which of two system outputs of the same source human judges scored higher.
+
+WMT21 news German->English (`../shared/data/wmt21-da-deen/segments.jsonl`: every system output with its
+segment-level direct assessment). A pool of every system output of `--segments` random source segments (human
+translations left out); SmolLM2-135M-Instruct as it is, or with a LoRA step-1 fine-tune on the pool
+(`--step1`, as a G-DIG run would). For every signal (higher = better):
+
+- pairwise accuracy: over the pairs of outputs of one source whose DA scores differ by at least 10 (20) points,
+  the share the signal orders as the judges did (ties count half);
+- Spearman with the judges' z-scores over the whole pool;
+
+each with a 95% bootstrap interval over source segments. Signals: the adequacy signals of `gdig.adequacy`
+(conditional information, dual conditional cross-entropy), the model's loss, the length ratio, language id,
+and, with `--gdig-run RUN` (a `gdig score` run on the pool file this writes), G-DIG's mean and fraction.
+
+    python bench/bench_adequacy.py [--segments 150] [--step1] [--gdig-run RUN]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import CACHE, SHARED_DATA, machine, save_report  # noqa: E402
+
+DATA = SHARED_DATA / "wmt21-da-deen" / "segments.jsonl"
+GAPS = (10, 20)
+MAX_LENGTH = 256
+
+
+def pool(segments: int, seed: int = 0) -> list[dict]:
+    """Every system output of `segments` random sources, as translation records with their DA scores."""
+    by_source = collections.defaultdict(list)
+    for line in DATA.read_text("utf-8").splitlines():
+        r = json.loads(line)
+        if r["system"] != "HUMAN":
+            by_source[r["sid"]].append(r)
+    chosen = sorted(random.Random(seed).sample(sorted(by_source), segments))
+    return [
+        {"id": f"{r['sid']}-{r['system']}", "src_lang": "de", "trg_lang": "en"}
+        | {k: r[k] for k in ("sid", "system", "src_text", "trg_text", "da_raw", "da_z")}
+        for sid in chosen
+        for r in by_source[sid]
+    ]
+
+
+def write_pool(records: list[dict], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), "utf-8")
+    return path
+
+
+def step1(base: Path, data: Path, out: Path) -> Path:
+    """A LoRA fine-tune of one epoch on the pool, as bench_pretrained's step 1 (cached)."""
+    from bench.bench_pretrained import PretrainedConfig, lora_finetune
+
+    lora_finetune(PretrainedConfig(), base, data, out, seed=0, epochs=1.0)
+    return out
+
+
+def model_signals(model_dir: Path, adapter: Path | None, data: Path) -> tuple[dict[str, np.ndarray], dict]:
+    """The adequacy signals and the loss of every pool record, with the seconds they took."""
+    import torch
+
+    from gdig.adequacy import adequacy_signals, token_losses
+    from gdig.config import DEFAULT_PROMPT
+    from gdig.data import load_dataset
+    from gdig.model import load_model
+
+    torch.manual_seed(0)
+    model, tok = load_model(str(model_dir), "cpu", "float32", adapter=str(adapter) if adapter else None)
+    examples = load_dataset(data).examples
+    t0 = time.perf_counter()
+    forward = token_losses(model, tok, examples, MAX_LENGTH, batch_size=16)
+    signals, reasons = adequacy_signals(
+        model, tok, examples, DEFAULT_PROMPT, MAX_LENGTH, batch_size=16, forward=forward
+    )
+    seconds = time.perf_counter() - t0
+    signals["loss"] = -np.array([f.mean() for f in forward])
+    print(f"model signals: {seconds:.0f} s for {len(examples)} records (3 forward passes each)", flush=True)
+    return signals, {"seconds": seconds, "reasons": reasons}
+
+
+def surface_signals(records: list[dict]) -> dict[str, np.ndarray]:
+    from gdig.signals import candidate_signals, length_score
+
+    src, tgt = [r["src_text"] for r in records], [r["trg_text"] for r in records]
+    cols = candidate_signals(src, tgt, ["de"] * len(records), ["en"] * len(records))
+    out = {"length": length_score(cols["length_ratio"])}
+    if "language_score" in cols:
+        out["language"] = np.asarray(cols["language_score"], np.float64)
+    return out
+
+
+def gdig_signals(run_dir: Path, records: list[dict]) -> dict[str, np.ndarray]:
+    """G-DIG's mean influence and fraction of seeds helped, and the default rule's quality order, by record id."""
+    from gdig.rundir.results import load_run
+
+    run = load_run(run_dir)
+    at = {str(i): n for n, i in enumerate(run.candidates["id"].astype(str))}
+    rows = np.array([at[r["id"]] for r in records])
+    m = np.asarray(run.influence, np.float64)[rows]
+    return {"gdig_mean": m.mean(1), "gdig_fraction": (m > 0).mean(1)}
+
+
+def pairwise(score: np.ndarray, da: np.ndarray, sid: np.ndarray, gap: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per source segment: agreements (ties half) and the number of pairs at least `gap` DA points apart."""
+    agree, count = [], []
+    for s in np.unique(sid):
+        rows = np.flatnonzero(sid == s)
+        d = da[rows][:, None] - da[rows][None, :]
+        x = score[rows][:, None] - score[rows][None, :]
+        pairs = d >= gap
+        agree.append(float(((x > 0) + 0.5 * (x == 0))[pairs].sum()))
+        count.append(int(pairs.sum()))
+    return np.array(agree), np.array(count)
+
+
+def measure(score: np.ndarray, records: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
+    """Pairwise accuracies and Spearman, each with a bootstrap interval over source segments."""
+    from scipy.stats import spearmanr
+
+    score = np.nan_to_num(np.asarray(score, np.float64), nan=-np.inf)
+    sid = np.array([r["sid"] for r in records])
+    da, z = np.array([r["da_raw"] for r in records]), np.array([r["da_z"] for r in records])
+    segments = np.unique(sid)
+    rng = np.random.default_rng(seed)
+    draws = [rng.integers(0, len(segments), len(segments)) for _ in range(n_boot)]
+    out = {}
+    for gap in GAPS:
+        agree, count = pairwise(score, da, sid, gap)
+        boot = [agree[d].sum() / count[d].sum() for d in draws]
+        out[f"pairwise_{gap}"] = _with_interval(agree.sum() / count.sum(), boot) | {"pairs": int(count.sum())}
+    rows_of = {s: np.flatnonzero(sid == s) for s in segments}
+    finite = np.where(np.isfinite(score), score, np.nanmin(score[np.isfinite(score)]) - 1)
+    boot = []
+    for d in draws[:200]:
+        rows = np.concatenate([rows_of[segments[i]] for i in d])
+        boot.append(spearmanr(finite[rows], z[rows])[0])
+    out["spearman_z"] = _with_interval(spearmanr(finite, z)[0], boot)
+    return out
+
+
+def _with_interval(value: float, boot) -> dict:
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return {"value": round(float(value), 4), "low": round(float(lo), 4), "high": round(float(hi), 4)}
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        f"# Adequacy on WMT21 de->en human judgements ({report['date']})",
+        "",
+        f"Machine: {report['machine']}. Command: `{report['command']}`.",
+        f"Pool: {report['records']} system outputs of {report['segments']} source segments; model: {report['model']}.",
+        f"Model signals took {report['model_seconds']:.0f} s (three forward passes per record).",
+        "",
+        "| signal | pairwise, gap >= 10 | pairwise, gap >= 20 | Spearman with DA z |",
+        "|---|---|---|---|",
+    ]
+    for name, m in report["signals"].items():
+        cells = [_cell(m[f"pairwise_{g}"]) for g in GAPS] + [_cell(m["spearman_z"])]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    pairs = next(iter(report["signals"].values()))
+    lines += ["", f"Pairs: {pairs['pairwise_10']['pairs']:,} at gap 10, {pairs['pairwise_20']['pairs']:,} at gap 20."]
+    if report.get("reasons"):
+        lines.append(f"Records without a signal: {report['reasons']}.")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(m: dict) -> str:
+    return f"{m['value']:.3f} ({m['low']:.3f} to {m['high']:.3f})"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--segments", type=int, default=150)
+    ap.add_argument("--step1", action="store_true", help="LoRA fine-tune on the pool first (as a G-DIG run)")
+    ap.add_argument("--gdig-run", type=Path, help="a gdig score run on the pool file, for G-DIG's scores")
+    args = ap.parse_args()
+    if not DATA.exists():
+        print(f"{DATA} not found: skipped (benchmarks need ../shared/data)")
+        return
+    from bench.bench_pretrained import base_model
+
+    records = pool(args.segments)
+    folder = CACHE / "adequacy" / f"segments-{args.segments}"
+    data = write_pool(records, folder / "pool.jsonl")
+    base = base_model()
+    adapter = step1(base, data, folder / "step1") / "adapter" if args.step1 else None
+    signals, info = model_signals(base, adapter, data)
+    signals |= surface_signals(records)
+    if args.gdig_run:
+        signals |= gdig_signals(args.gdig_run, records)
+    report = {
+        "date": datetime.date.today().isoformat(),
+        "machine": machine(),
+        "command": "python bench/bench_adequacy.py " + " ".join(sys.argv[1:]),
+        "records": len(records),
+        "segments": args.segments,
+        "model": "SmolLM2-135M-Instruct" + (" + LoRA step 1 on the pool" if args.step1 else ""),
+        "model_seconds": info["seconds"],
+        "reasons": info["reasons"],
+        "signals": {name: measure(score, records) for name, score in signals.items()},
+    }
+    text = markdown(report)
+    print(text)
+    print(save_report("adequacy" + ("-step1" if args.step1 else ""), report, text))
+
+
+if __name__ == "__main__":
+    main()

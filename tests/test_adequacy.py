@@ -1,0 +1,77 @@
+"""Adequacy signals: the conditional information against plain forward passes, the reverse prompt, and the
+records that cannot have a signal."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_pairs, write_jsonl
+from gdig.adequacy import adequacy_signals, conditional_information, dual_xent, token_losses, variants
+from gdig.config import DEFAULT_PROMPT
+from gdig.data import build_example, load_dataset, tokenize_example
+
+
+@pytest.fixture(scope="module")
+def examples(tmp_path_factory):
+    path = write_jsonl(tmp_path_factory.mktemp("adequacy") / "c.jsonl", make_pairs(9, seed=5))
+    return load_dataset(path).examples
+
+
+def _plain_loss(model, tokenizer, example) -> float:
+    tok = tokenize_example(tokenizer, example, 512)
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([tok.input_ids]), labels=torch.tensor([tok.labels]))
+    return float(out.loss)
+
+
+def test_conditional_information_is_the_difference_of_two_plain_forward_passes(model, tokenizer, examples):
+    signals, reasons = adequacy_signals(model, tokenizer, examples, DEFAULT_PROMPT, max_length=512, batch_size=4)
+    v = variants(examples, DEFAULT_PROMPT)
+    for i, e in enumerate(examples):
+        expected = _plain_loss(model, tokenizer, v.no_source[i]) - _plain_loss(model, tokenizer, e)
+        assert signals["conditional_information"][i] == pytest.approx(expected, abs=1e-5)
+        h_f, h_b = _plain_loss(model, tokenizer, e), _plain_loss(model, tokenizer, v.reverse[i])
+        assert signals["dual_xent"][i] == pytest.approx(-(abs(h_f - h_b) + (h_f + h_b) / 2), abs=1e-5)
+    assert reasons == {}
+    assert np.ptp(signals["conditional_information"]) > 0  # the examples differ: the test could fail
+
+
+def test_token_losses_do_not_depend_on_the_batch_size(model, tokenizer, examples):
+    one = token_losses(model, tokenizer, examples, 512, batch_size=1)
+    many = token_losses(model, tokenizer, examples, 512, batch_size=5)
+    for a, b in zip(one, many, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_the_reverse_prompt_asks_for_the_records_source_language():
+    rec = {"src_text": "Guten Morgen", "trg_text": "Good morning", "src_lang": "de", "trg_lang": "en"}
+    e = build_example("x.jsonl", 1, rec)
+    v = variants([e], DEFAULT_PROMPT)
+    assert v.reverse[0].prompt == DEFAULT_PROMPT.format(src_text="Good morning", trg_lang="German", src_lang="English")
+    assert v.reverse[0].target == "Guten Morgen"
+    assert v.no_source[0].prompt == DEFAULT_PROMPT.format(src_text="", trg_lang="English", src_lang="German")
+    assert v.no_source[0].target == "Good morning"
+    plain = build_example("x.jsonl", 1, {"src_text": "Guten Morgen", "trg_text": "Good morning"}, trg_lang="en")
+    assert variants([plain], DEFAULT_PROMPT, src_lang="de").reverse[0].prompt == v.reverse[0].prompt
+
+
+def test_records_without_a_source_or_its_language_get_nan_and_a_reason(model, tokenizer):
+    unknown = build_example("x.jsonl", 1, {"src_text": "a b", "trg_text": "c d"}, trg_lang="de")
+    instruction = build_example("x.jsonl", 2, {"instruction": "Say hello", "input": "", "output": "hallo"})
+    signals, reasons = adequacy_signals(model, tokenizer, [unknown, instruction], DEFAULT_PROMPT, max_length=64)
+    assert math.isfinite(signals["conditional_information"][0]) and math.isnan(signals["dual_xent"][0])
+    assert math.isnan(signals["conditional_information"][1]) and math.isnan(signals["dual_xent"][1])
+    assert reasons == {
+        "no source language for the reverse prompt (give src_lang or --src-lang)": 1,
+        "instruction records have no separate source": 1,
+    }
+
+
+def test_a_truncated_target_is_compared_on_the_tokens_both_prompts_kept():
+    assert conditional_information(np.array([1.0, 2.0, 3.0]), np.array([2.0, 4.0])) == pytest.approx(1.5)
+    assert math.isnan(conditional_information(np.array([], np.float32), np.array([1.0])))
+    assert math.isnan(dual_xent(None, np.array([1.0])))
