@@ -1,8 +1,9 @@
 """Real translation quality: which of two system outputs of the same source human judges scored higher.
 
 WMT21 news German->English (`../shared/data/wmt21-da-deen/segments.jsonl`: every system output with its
-segment-level direct assessment). A pool of every system output of `--segments` random source segments (human
-translations left out); SmolLM2-135M-Instruct as it is, or with a LoRA step-1 fine-tune on the pool
+segment-level direct assessment). A pool of every system output of `--segments` random source segments among the
+193 whose human translation was scored too (the human translations left out of the pool, kept as a reference);
+SmolLM2-135M-Instruct as it is, or with a LoRA step-1 fine-tune on the pool
 (`--step1`, as a G-DIG run would). For every signal (higher = better):
 
 - pairwise accuracy: over the pairs of outputs of one source whose DA scores differ by at least 10 (20) points,
@@ -11,7 +12,8 @@ translations left out); SmolLM2-135M-Instruct as it is, or with a LoRA step-1 fi
 
 each with a 95% bootstrap interval over source segments. Signals: the adequacy signals of `gdig.adequacy`
 (conditional information, dual conditional cross-entropy), the model's loss, the length ratio, language id,
-and, with `--gdig-run RUN` (a `gdig score` run on the pool file this writes), G-DIG's mean and fraction.
+and, with `--gdig-run RUN` (a `gdig score` run on the pool file this writes), G-DIG's mean and fraction. Two
+anchors that no curation signal has: chrF against the human translation, and consensus with the other outputs.
 
     python bench/bench_adequacy.py [--segments 150] [--step1] [--gdig-run RUN]
 """
@@ -38,20 +40,42 @@ GAPS = (10, 20)
 MAX_LENGTH = 256
 
 
-def pool(segments: int, seed: int = 0) -> list[dict]:
-    """Every system output of `segments` random sources, as translation records with their DA scores."""
-    by_source = collections.defaultdict(list)
+def pool(segments: int, seed: int = 0) -> tuple[list[dict], dict[int, str]]:
+    """Every system output of `segments` random sources among those with a scored human translation, as
+    translation records with their DA scores; and the human translation of each (the reference-based anchor)."""
+    by_source, human = collections.defaultdict(list), {}
     for line in DATA.read_text("utf-8").splitlines():
         r = json.loads(line)
-        if r["system"] != "HUMAN":
+        if r["system"] == "HUMAN":
+            human[r["sid"]] = r["trg_text"]
+        else:
             by_source[r["sid"]].append(r)
-    chosen = sorted(random.Random(seed).sample(sorted(by_source), segments))
-    return [
+    chosen = sorted(random.Random(seed).sample(sorted(human), segments))
+    records = [
         {"id": f"{r['sid']}-{r['system']}", "src_lang": "de", "trg_lang": "en"}
         | {k: r[k] for k in ("sid", "system", "src_text", "trg_text", "da_raw", "da_z")}
         for sid in chosen
         for r in by_source[sid]
     ]
+    return records, {sid: human[sid] for sid in chosen}
+
+
+def anchors(records: list[dict], human: dict[int, str]) -> dict[str, np.ndarray]:
+    """What no curation signal can use, as the scale's anchors: sentence chrF against the human translation
+    (a reference-based metric), and the mean chrF against the other systems' outputs of the same source
+    (consensus, as minimum-Bayes-risk decoding uses it)."""
+    from sacrebleu.metrics import CHRF
+
+    chrf = CHRF()
+    outputs = collections.defaultdict(list)
+    for r in records:
+        outputs[r["sid"]].append(r["trg_text"])
+    ref = [chrf.sentence_score(r["trg_text"], [human[r["sid"]]]).score for r in records]
+    consensus = [
+        np.mean([chrf.sentence_score(r["trg_text"], [o]).score for o in outputs[r["sid"]] if o is not r["trg_text"]])
+        for r in records
+    ]
+    return {"anchor: chrF vs the human translation": np.array(ref), "anchor: consensus chrF": np.array(consensus)}
 
 
 def write_pool(records: list[dict], path: Path) -> Path:
@@ -183,7 +207,7 @@ def _cell(m: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--segments", type=int, default=150)
+    ap.add_argument("--segments", type=int, default=150, help="source segments (of the 193 with a human translation)")
     ap.add_argument("--step1", action="store_true", help="LoRA fine-tune on the pool first (as a G-DIG run)")
     ap.add_argument("--gdig-run", type=Path, help="a gdig score run on the pool file, for G-DIG's scores")
     args = ap.parse_args()
@@ -192,7 +216,7 @@ def main() -> None:
         return
     from bench.bench_pretrained import base_model
 
-    records = pool(args.segments)
+    records, human = pool(args.segments)
     folder = CACHE / "adequacy" / f"segments-{args.segments}"
     data = write_pool(records, folder / "pool.jsonl")
     base = base_model()
@@ -201,6 +225,7 @@ def main() -> None:
     signals |= surface_signals(records)
     if args.gdig_run:
         signals |= gdig_signals(args.gdig_run, records)
+    signals |= anchors(records, human)
     report = {
         "date": datetime.date.today().isoformat(),
         "machine": machine(),
