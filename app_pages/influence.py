@@ -16,6 +16,7 @@ from app_pages.common import (
     widget_kwargs,
 )
 from gdig.select import COMBINATIONS, DEDUPE
+from gdig.signals import SIGNAL_NAMES
 from gdig.studio.views import fraction_bins, histogram_counts, nothing_kept_reason, rule_on_run, seed_table
 
 BLUE = "#2563eb"
@@ -31,10 +32,11 @@ def _histogram(path: str, stamp: float, what: str | int, bins: int) -> tuple[np.
     return histogram_counts(values, bins)
 
 
-def signals_controls() -> None:
-    """The signals beside influence: combined with it (weakest link or rank average), and thresholds of their
-    own."""
-    with st.expander("Signals beside influence: length ratio, language identification, loss"):
+def signals_controls(run) -> None:
+    """The signals beside influence (those the run has): combined with it (weakest link or rank average), and
+    thresholds of their own."""
+    names = ", ".join(SIGNAL_NAMES.get(k, k) for k in run.signals)
+    with st.expander(f"Signals beside influence: {names}"):
         combine = st.radio(
             label_for("combine"),
             list(COMBINATIONS),
@@ -115,7 +117,7 @@ with guard():
             format="%.6g",
             **widget_kwargs("min_mean"),
         )
-    signals_controls()
+    signals_controls(run)
     duplicates_controls(run)
     st.caption("The rule is saved with the run: a reload, another tab and the other pages use it.")
     cfg = selection_config(run)

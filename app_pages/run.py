@@ -30,7 +30,7 @@ GRID = (
     "device",
     "checkpoint_seconds",
 )
-WIDE = ("modules", "adapter", "trg_lang", "trust_remote_code")
+WIDE = ("modules", "adapter", "trg_lang", "adequacy", "trust_remote_code")
 FORM_SPECS = specs(ScoreConfig) | specs(DataConfig)
 DEVICES = ("auto", "cpu", "cuda")
 

@@ -1,10 +1,10 @@
 """Real translation quality: which of two system outputs of the same source human judges scored higher.
 
 WMT21 news German->English (`../shared/data/wmt21-da-deen/segments.jsonl`: every system output with its
-segment-level direct assessment). A pool of every system output of `--segments` random source segments among the
-193 whose human translation was scored too (the human translations left out of the pool, kept as a reference);
-SmolLM2-135M-Instruct as it is, or with a LoRA step-1 fine-tune on the pool
-(`--step1`, as a G-DIG run would). For every signal (higher = better):
+segment-level direct assessment). A pool of `--per-segment` system outputs (the best- and the worst-judged,
+others at random) of `--segments` random source segments among the 193 whose human translation was scored too
+(the human translations left out of the pool, kept as a reference); SmolLM2-135M-Instruct as it is, or with a
+LoRA step-1 fine-tune on the pool (`--step1`, as a G-DIG run would). For every signal (higher = better):
 
 - pairwise accuracy: over the pairs of outputs of one source whose DA scores differ by at least 10 (20) points,
   the share the signal orders as the judges did (ties count half);
@@ -40,9 +40,10 @@ GAPS = (10, 20)
 MAX_LENGTH = 256
 
 
-def pool(segments: int, seed: int = 0) -> tuple[list[dict], dict[int, str]]:
-    """Every system output of `segments` random sources among those with a scored human translation, as
-    translation records with their DA scores; and the human translation of each (the reference-based anchor)."""
+def pool(segments: int, per_segment: int, seed: int = 0) -> tuple[list[dict], dict[int, str]]:
+    """System outputs of `segments` random sources among those with a scored human translation: of each, the
+    best- and the worst-judged output and `per_segment - 2` others at random; as translation records with their
+    DA scores. And the human translation of each source (the reference-based anchor)."""
     by_source, human = collections.defaultdict(list), {}
     for line in DATA.read_text("utf-8").splitlines():
         r = json.loads(line)
@@ -50,13 +51,18 @@ def pool(segments: int, seed: int = 0) -> tuple[list[dict], dict[int, str]]:
             human[r["sid"]] = r["trg_text"]
         else:
             by_source[r["sid"]].append(r)
-    chosen = sorted(random.Random(seed).sample(sorted(human), segments))
-    records = [
-        {"id": f"{r['sid']}-{r['system']}", "src_lang": "de", "trg_lang": "en"}
-        | {k: r[k] for k in ("sid", "system", "src_text", "trg_text", "da_raw", "da_z")}
-        for sid in chosen
-        for r in by_source[sid]
-    ]
+    rng = random.Random(seed)
+    chosen = sorted(rng.sample(sorted(human), min(segments, len(human))))
+    records = []
+    for sid in chosen:
+        outputs = sorted(by_source[sid], key=lambda r: (r["da_raw"], r["system"]))
+        middle = outputs[1:-1]
+        picked = [outputs[0], outputs[-1]] + rng.sample(middle, min(max(per_segment - 2, 0), len(middle)))
+        records += [
+            {"id": f"{r['sid']}-{r['system']}", "src_lang": "de", "trg_lang": "en"}
+            | {k: r[k] for k in ("sid", "system", "src_text", "trg_text", "da_raw", "da_z")}
+            for r in sorted(picked, key=lambda r: r["system"])
+        ]
     return records, {sid: human[sid] for sid in chosen}
 
 
@@ -207,7 +213,8 @@ def _cell(m: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--segments", type=int, default=150, help="source segments (of the 193 with a human translation)")
+    ap.add_argument("--segments", type=int, default=193, help="source segments (of the 193 with a human translation)")
+    ap.add_argument("--per-segment", type=int, default=4, help="outputs per source: the best, the worst, others")
     ap.add_argument("--step1", action="store_true", help="LoRA fine-tune on the pool first (as a G-DIG run)")
     ap.add_argument("--gdig-run", type=Path, help="a gdig score run on the pool file, for G-DIG's scores")
     args = ap.parse_args()
@@ -216,8 +223,8 @@ def main() -> None:
         return
     from bench.bench_pretrained import base_model
 
-    records, human = pool(args.segments)
-    folder = CACHE / "adequacy" / f"segments-{args.segments}"
+    records, human = pool(args.segments, args.per_segment)
+    folder = CACHE / "adequacy" / f"segments-{args.segments}-{args.per_segment}"
     data = write_pool(records, folder / "pool.jsonl")
     base = base_model()
     adapter = step1(base, data, folder / "step1") / "adapter" if args.step1 else None
@@ -232,6 +239,7 @@ def main() -> None:
         "command": "python bench/bench_adequacy.py " + " ".join(sys.argv[1:]),
         "records": len(records),
         "segments": args.segments,
+        "per_segment": args.per_segment,
         "model": "SmolLM2-135M-Instruct" + (" + LoRA step 1 on the pool" if args.step1 else ""),
         "model_seconds": info["seconds"],
         "reasons": info["reasons"],

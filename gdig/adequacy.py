@@ -134,14 +134,24 @@ def adequacy_signals(
     trg_lang: str | None = None,
     batch_size: int = 8,
     forward: list[np.ndarray | None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """Both signals per example (ADEQUACY_SIGNALS order) and the reasons some are NaN. `forward`: the
-    examples' own per-token losses where the caller has them already (the scoring pass)."""
+    examples' own per-token losses where the caller has them already. `progress(done, total)` over the
+    forward passes of all three prompts."""
     v = variants(examples, template, src_lang, trg_lang)
-    if forward is None:
-        forward = token_losses(model, tokenizer, examples, max_length, batch_size)
-    without = token_losses(model, tokenizer, v.no_source, max_length, batch_size)
-    backward = token_losses(model, tokenizer, v.reverse, max_length, batch_size)
+    passes = ([] if forward is not None else [list(examples)]) + [v.no_source, v.reverse]
+    total, done = sum(e is not None for p in passes for e in p), 0
+
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress:
+            progress(done, total)
+
+    losses = [token_losses(model, tokenizer, p, max_length, batch_size, advance) for p in passes]
+    forward = forward if forward is not None else losses.pop(0)
+    without, backward = losses
     signals = {
         "conditional_information": np.array(
             [conditional_information(f, w) for f, w in zip(forward, without, strict=True)]

@@ -126,6 +126,13 @@ class ScoreConfig:
         label="Save the fit's progress every (s)",
         minimum=1.0,
     )
+    adequacy: bool = option(
+        False,
+        "also store two adequacy signals per candidate from the same model (gdig.adequacy): the information of the "
+        "target its source explains, and the dual conditional cross-entropy with the reverse direction; three "
+        "forward passes per candidate (bench/README.md: what they catch and what they do not)",
+        label="Adequacy signals",
+    )
     umap: bool = option(
         True,
         "compute the 2-D map of the sketches at the end (the app computes it when first shown otherwise)",

@@ -139,6 +139,8 @@ def settings_fingerprint(ctx: ScoreContext) -> str:
     settings = ctx.cfg.to_dict()
     for volatile in VOLATILE_SETTINGS:
         settings.pop(volatile)
+    if not settings["adequacy"]:  # off: the fingerprint of a run made before the signals existed
+        settings.pop("adequacy")
     if not settings["index_dim"]:  # no index: the fingerprint of a run made before the index existed
         for key in INDEX_SETTINGS:
             settings.pop(key)

@@ -16,7 +16,15 @@ from gdig.rundir.results import RunResults
 from gdig.select import Selection, SelectionConfig
 
 META_FIELD = "gdig"
-SIGNAL_COLUMNS = ("loss", "length_ratio", "language_score", "src_lang_detected", "trg_lang_detected")
+SIGNAL_COLUMNS = (
+    "loss",
+    "length_ratio",
+    "language_score",
+    "src_lang_detected",
+    "trg_lang_detected",
+    "conditional_information",
+    "dual_xent",
+)
 
 
 def _plain(value):

@@ -123,6 +123,8 @@ def plan_run(cfg: ScoreConfig, w: Workload, available_bytes: float) -> Plan:
         scoring["index rows (batch)"] = 2 * 4 * cfg.batch_size * cfg.index_dim
         scoring["index hashes"] = BYTES_PER_COORDINATE * min(rect, CACHED_COORDINATES)
     stages["score"] = base | ({} if scored_from_cache else batch) | kept | scoring
+    if cfg.adequacy:  # forward passes only: at most a scoring batch's activations
+        stages["adequacy"] = base | batch
     stages["finalize"] = base | {
         "factors": factors,
         "seeds": seeds,
@@ -210,6 +212,8 @@ def _seconds(
     score_pass = 0.3 * one_pass if reused and len(w.fit_set) == w.n_candidates else one_pass
     per_example = flops["score per example"] * w.n_candidates
     out["score"] = score_pass + (flops["score per token"] * tokens + per_example) / rate
+    if cfg.adequacy:  # three forward passes of each candidate: about one forward and backward
+        out["adequacy"] = one_pass
     return out
 
 

@@ -52,7 +52,15 @@ from gdig.rundir.seeds import save_mean_direction
 from gdig.rundir.status import Cancelled, Status
 from gdig.rundir.tables import records_table, write_tables
 from gdig.sketch import Sketcher
-from gdig.stages import dampings_for, fit_stage, index_projection, load_or_make_seeds, score_stage, umap_stage
+from gdig.stages import (
+    adequacy_stage,
+    dampings_for,
+    fit_stage,
+    index_projection,
+    load_or_make_seeds,
+    score_stage,
+    umap_stage,
+)
 
 
 def job_plan(cfg: ScoreConfig, n_candidates: int, n_seeds: int) -> dict[str, float]:
@@ -63,7 +71,10 @@ def job_plan(cfg: ScoreConfig, n_candidates: int, n_seeds: int) -> dict[str, flo
         plan["fit_covariance"] = n_fit
     if cfg.hessian == "ekfac":
         plan["fit_eigen"] = n_fit
-    plan |= {"seeds": 1.5 * n_seeds, "score": n_candidates, "finalize": 0.02 * n_candidates}
+    plan |= {"seeds": 1.5 * n_seeds, "score": n_candidates}
+    if cfg.adequacy:  # three forward passes of a candidate: about its forward and backward
+        plan["adequacy"] = n_candidates
+    plan["finalize"] = 0.02 * n_candidates
     if cfg.umap:
         plan["umap"] = 600 + 0.3 * n_candidates
     return plan
@@ -242,8 +253,12 @@ def _run_stages(ctx: ScoreContext, run_dir: Path, status: Status) -> None:
         "world_size": ctx.world.size,
         "collective_bytes": dict(ctx.world.traffic),  # the tensors' sizes, by purpose (rank 0's view)
     }
+    adequacy: dict[str, np.ndarray] = {}
+    if ctx.cfg.adequacy:
+        adequacy, missing = adequacy_stage(ctx, run_dir, status)
+        extra["adequacy_missing"] = missing  # why some candidates have no adequacy signal -> how many
     status.update("finalize", 0, 1, force=True)
-    finalize(ctx, run_dir, seed_loss, seed_ntok, extra, seeds)
+    finalize(ctx, run_dir, seed_loss, seed_ntok, extra, seeds, adequacy)
     if ctx.cfg.umap:
         umap_stage(run_dir, ctx.cfg.random_state, status)
 
@@ -282,10 +297,11 @@ def signals_of(dataset, data) -> dict[str, np.ndarray]:
 
 
 def finalize(
-    ctx: ScoreContext, run_dir: Path, seed_loss, seed_ntok, extra: dict[str, Any], seeds: SeedGradients
+    ctx: ScoreContext, run_dir: Path, seed_loss, seed_ntok, extra: dict[str, Any], seeds: SeedGradients, adequacy
 ) -> None:
     """Assemble the chunks into the final files (the matrices streamed to disk, never whole in memory), the
-    index's last; config.json says `finished` last, then partial/ goes."""
+    index's last, with the candidates' signals (`adequacy`: those columns when asked for); config.json says
+    `finished` last, then partial/ goes."""
     t0 = time.time()
     with ExitStack() as stack:
         streams = {key: stack.enter_context(atomic_path(run_dir / name)) for key, name in _streamed(seeds).items()}
@@ -298,7 +314,7 @@ def finalize(
     if "self_influence" in merged:
         cand_cols["self_influence"] = merged["self_influence"]
     t_signals = time.time()
-    cand_cols |= signals_of(ctx.candidates, ctx.cfg.data)
+    cand_cols |= signals_of(ctx.candidates, ctx.cfg.data) | adequacy
     ctx.timings["signals"] = time.time() - t_signals
     seed_batch = np.arange(len(ctx.seeds), dtype=np.int64) // ctx.cfg.seed_batch
     seed_cols = {"loss": seed_loss, "n_tokens": seed_ntok, "seed_batch": seed_batch}

@@ -41,6 +41,18 @@ COMMON_LANGUAGES = (
 )
 
 
+# The adequacy columns (gdig.adequacy, higher is better already) and their signal names.
+ADEQUACY_SCORES = {"conditional_information": "adequacy", "dual_xent": "dual"}
+# What each signal of signal_scores is called on a page.
+SIGNAL_NAMES = {
+    "length": "length ratio",
+    "language": "language identification",
+    "loss": "loss",
+    "adequacy": "adequacy (what the source explains of the target)",
+    "dual": "dual cross-entropy",
+}
+
+
 def length_ratio(src: Sequence[str], tgt: Sequence[str]) -> np.ndarray:
     """Target characters over source characters per pair (characters: fair to unsegmented scripts)."""
     ls = np.array([max(len(s), 1) for s in src], np.float64)
@@ -131,6 +143,9 @@ def signal_scores(candidates) -> dict[str, np.ndarray]:
         out["language"] = candidates["language_score"].to_numpy(np.float64)
     if "loss" in candidates:
         out["loss"] = -candidates["loss"].to_numpy(np.float64)
+    for column, name in ADEQUACY_SCORES.items():  # computed when the run asked for them (--adequacy)
+        if column in candidates:
+            out[name] = candidates[column].to_numpy(np.float64)
     return out
 
 

@@ -299,3 +299,34 @@ def load_or_make_seeds(
     ctx.world.barrier("saving the seeds", status.refresh)
     seeds, _ = load_seed_gradients(path, ctx.device)  # same bytes as a resumed run
     return seeds, seed_loss, seed_ntok, rank
+
+
+def adequacy_stage(ctx: ScoreContext, run_dir: Path, status: Status) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """The adequacy signals of every candidate (gdig.adequacy) and why some have none, by rank 0 with the loaded
+    model; kept in partial/ once complete, so a resumed run does not compute them again."""
+    import json
+
+    from gdig.adequacy import adequacy_signals
+    from gdig.atomic import save_npz_atomic
+
+    path = partial_dir(run_dir) / "adequacy.npz"
+    if path.exists():
+        with np.load(path) as saved:
+            return {k: saved[k] for k in saved.files if k != "reasons"}, json.loads(str(saved["reasons"]))
+    data = ctx.cfg.data
+    t0 = time.time()
+    signals, reasons = adequacy_signals(
+        ctx.model,
+        ctx.tokenizer,
+        ctx.candidates.examples,
+        data.prompt_template,
+        data.max_length,
+        data.src_lang,
+        data.trg_lang,
+        ctx.cfg.batch_size,
+        progress=lambda done, total: status.update("adequacy", done, total),
+    )
+    ctx.timings["adequacy"] = time.time() - t0
+    signals = {k: v.astype(np.float32) for k, v in signals.items()}
+    save_npz_atomic(path, reasons=np.array(json.dumps(reasons)), **signals)
+    return signals, reasons

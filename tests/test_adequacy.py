@@ -75,3 +75,29 @@ def test_a_truncated_target_is_compared_on_the_tokens_both_prompts_kept():
     assert conditional_information(np.array([1.0, 2.0, 3.0]), np.array([2.0, 4.0])) == pytest.approx(1.5)
     assert math.isnan(conditional_information(np.array([], np.float32), np.array([1.0])))
     assert math.isnan(dual_xent(None, np.array([1.0])))
+
+
+def test_a_run_asked_for_them_stores_them_and_the_rule_reads_them(tmp_path, tokenizer, data_files, model):
+    from gdig.config import ScoreConfig
+    from gdig.run import job_plan, score
+    from gdig.rundir.results import load_run
+    from gdig.select import SelectionConfig, apply_rule
+
+    cands, seeds = data_files
+    cfg = ScoreConfig(model="m", candidates=str(cands), seeds=str(seeds), out=str(tmp_path / "r"), umap=False)
+    plain = load_run(score(cfg, model=model, tokenizer=tokenizer))
+    assert "conditional_information" not in plain.candidates and "adequacy" not in plain.signals
+    asked = ScoreConfig(**(cfg.to_dict() | {"out": str(tmp_path / "a"), "adequacy": True}))
+    run = load_run(score(asked, model=model, tokenizer=tokenizer))
+    expected, _ = adequacy_signals(model, tokenizer, load_dataset(cands).examples, DEFAULT_PROMPT, max_length=256)
+    for column in ("conditional_information", "dual_xent"):
+        np.testing.assert_allclose(run.candidates[column], expected[column], atol=1e-5)
+    np.testing.assert_allclose(run.signals["adequacy"], expected["conditional_information"], atol=1e-5)
+    np.testing.assert_allclose(plain.influence, run.influence)  # the scores do not move
+    assert run.config["adequacy_missing"] == {} and "adequacy" in run.config["timings"]
+    assert "adequacy" in job_plan(asked, 24, 5) and "adequacy" not in job_plan(cfg, 24, 5)
+    weakest = SelectionConfig(min_weakest=0.2)
+    kept_with, _ = apply_rule(run.frac_helped, run.mean_influence, run.id_index, weakest, run.signals)
+    kept_without, _ = apply_rule(plain.frac_helped, plain.mean_influence, plain.id_index, weakest, plain.signals)
+    worst = np.argsort(run.signals["adequacy"])[:4]  # the bottom fifth of the adequacy signal is dropped
+    assert not kept_with[worst].any() and kept_without.sum() > kept_with.sum()

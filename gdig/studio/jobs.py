@@ -62,8 +62,7 @@ def pid_alive(pid: int | None) -> bool:
 
 
 def _zombie(pid: int) -> bool:
-    """Whether pid is a zombie of another process (the app server's finished worker, not yet reaped): on Linux
-    its state in /proc; elsewhere no process counts as one."""
+    """Whether pid is another process's zombie (the app server's finished worker, not yet reaped; Linux)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:

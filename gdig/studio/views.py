@@ -117,7 +117,13 @@ def cluster_summary(run: RunResults, sel: Selection) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["cluster", "size", "selected", "mean influence", "fraction helped", "example"])
 
 
-SIGNAL_LABELS = {"length_ratio": "length ratio", "language_score": "language", "trg_lang_detected": "target lang"}
+SIGNAL_LABELS = {
+    "length_ratio": "length ratio",
+    "language_score": "language",
+    "trg_lang_detected": "target lang",
+    "conditional_information": "adequacy",
+    "dual_xent": "dual xent",
+}
 
 
 def candidate_table(
