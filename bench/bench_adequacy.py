@@ -84,6 +84,38 @@ def anchors(records: list[dict], human: dict[int, str]) -> dict[str, np.ndarray]
     return {"anchor: chrF vs the human translation": np.array(ref), "anchor: consensus chrF": np.array(consensus)}
 
 
+def label_check() -> dict:
+    """Whether the file's DA scores can rank outputs at all: the outputs without a letter (placeholders) and their
+    mean DA against the others; and the mean DA difference of two identical outputs of one source against two
+    different ones (scores that follow the text differ less for identical texts)."""
+    rows = [json.loads(line) for line in DATA.read_text("utf-8").splitlines()]
+    placeholder = np.array([not any(c.isalpha() for c in r["trg_text"]) for r in rows])
+    da = np.array([r["da_raw"] for r in rows])
+    by_source = collections.defaultdict(list)
+    for r in rows:
+        if r["system"] != "HUMAN":
+            by_source[r["sid"]].append(r)
+    same, other = [], []
+    for outputs in by_source.values():
+        for i, a in enumerate(outputs):
+            for b in outputs[i + 1 :]:
+                (same if a["trg_text"].strip() == b["trg_text"].strip() else other).append(
+                    abs(a["da_raw"] - b["da_raw"])
+                )
+    single = float(np.mean([r["n_judgements"] == 1 for r in rows]))
+    return {
+        "placeholder_rows": int(placeholder.sum()),
+        "placeholder_systems": sorted({r["system"] for r, p in zip(rows, placeholder, strict=True) if p}),
+        "placeholder_mean_da": round(float(da[placeholder].mean()), 1) if placeholder.any() else None,
+        "other_mean_da": round(float(da[~placeholder].mean()), 1),
+        "identical_pairs": len(same),
+        "identical_mean_gap": round(float(np.mean(same)), 2),
+        "different_pairs": len(other),
+        "different_mean_gap": round(float(np.mean(other)), 2),
+        "single_judgement_share": round(single, 3),
+    }
+
+
 def write_pool(records: list[dict], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), "utf-8")
@@ -186,6 +218,97 @@ def _with_interval(value: float, boot) -> dict:
     return {"value": round(float(value), 4), "low": round(float(lo), 4), "high": round(float(hi), 4)}
 
 
+NOISE_RUN = "lora8-16-1.0-0.001-8-128/runs/lora-ekfac-domain-s=256-fit128"  # bench_pretrained's default run
+
+
+def noise_pool(index: int) -> dict | None:
+    """On bench_pretrained's injected-noise pool `index` (its default run cached: SmolLM2 + the step-1 adapter,
+    EK-FAC, 256 domain seeds): the corrupted-pair AUROC of each adequacy signal alone and of the default rule
+    with and without them, with paired bootstrap intervals of the change."""
+    from gdig.adequacy import adequacy_signals
+    from gdig.data import load_dataset
+    from gdig.demo.evaluate import detection_auroc
+    from gdig.model import load_model
+    from gdig.rundir.results import load_run
+    from gdig.select import SelectionConfig, apply_rule
+
+    run_dir = next((CACHE / "pretrained").glob(f"p-*-{index}"), Path("-")) / NOISE_RUN
+    if not (run_dir / "config.json").exists():
+        print(f"pool {index}: no cached default run ({run_dir}); run bench_pretrained.py first; skipped")
+        return None
+    run = load_run(run_dir)
+    st = run.config["settings"]
+    model, tok = load_model(st["model"], "cpu", "float32", adapter=st["adapter"])
+    examples = load_dataset(st["candidates"]).examples
+    t0 = time.perf_counter()
+    data = st["data"]
+    adequacy, _ = adequacy_signals(model, tok, examples, data["prompt_template"], data["max_length"], batch_size=16)
+    seconds = time.perf_counter() - t0
+    names = {"conditional_information": "adequacy", "dual_xent": "dual"}
+    extra = {names[k]: v.astype(np.float64) for k, v in adequacy.items()}
+    records = [json.loads(line) for line in Path(st["candidates"]).read_text("utf-8").splitlines()]
+    labelled = np.array([r["origin"] != "opennmt" for r in records])
+    corrupted = np.array([r["corruption"] is not None for r in records])[labelled]
+    base = dict(run.signals)
+    variants = {"default rule": base} | {f"default rule + {k}": base | {k: v} for k, v in extra.items()}
+    variants["default rule + both"] = base | extra
+    orders = {
+        name: apply_rule(run.frac_helped, run.mean_influence, None, SelectionConfig(), sig)[1]
+        for name, sig in variants.items()
+    }
+    orders |= {f"{k} alone": v for k, v in extra.items()}
+    rng = np.random.default_rng(0)
+    boots = [rng.integers(0, int(labelled.sum()), int(labelled.sum())) for _ in range(500)]
+
+    def aurocs(score: np.ndarray) -> np.ndarray:
+        good = np.nan_to_num(score[labelled], nan=float(np.nanmedian(score)))
+        return np.array([detection_auroc(good[b], corrupted[b])["auroc"] for b in boots])
+
+    reference = aurocs(orders["default rule"])
+    rows = {}
+    for name, order in orders.items():
+        good = np.nan_to_num(order[labelled], nan=float(np.nanmedian(order)))
+        boot = aurocs(order)
+        rows[name] = {
+            "auroc": round(detection_auroc(good, corrupted)["auroc"], 4),
+            "interval": [round(float(x), 4) for x in np.percentile(boot, [2.5, 97.5])],
+            "minus_default": [round(float(x), 4) for x in np.percentile(boot - reference, [2.5, 50, 97.5])],
+        }
+        print(f"pool {index}: {name}: {rows[name]}", flush=True)
+    return {"pool": index, "candidates": len(records), "labelled": int(labelled.sum()), "seconds": seconds} | {
+        "rows": rows
+    }
+
+
+def noise_markdown(report: dict) -> str:
+    lines = [
+        f"# Adequacy signals on the injected-noise pools ({report['date']})",
+        "",
+        f"Machine: {report['machine']}. Command: `{report['command']}`.",
+        "bench_pretrained.py's pools and default runs (SmolLM2 + the step-1 LoRA adapter, EK-FAC, 256 domain seeds);",
+        "the adequacy signals computed with the run's own model; AUROC over the labelled pairs (clean against",
+        "corrupted), 95% bootstrap intervals; the change against the default rule on the same resamples (2.5%,",
+        "median, 97.5%).",
+        "",
+    ]
+    for pool in report["pools"]:
+        lines += [
+            f"## Pool {pool['pool']} ({pool['candidates']} candidates, {pool['labelled']} labelled; the three "
+            f"forward passes took {pool['seconds']:.0f} s)",
+            "",
+            "| order | AUROC | interval | change against the default rule |",
+            "|---|---|---|---|",
+        ]
+        for name, r in pool["rows"].items():
+            lo, mid, hi = r["minus_default"]
+            lines.append(
+                f"| {name} | {r['auroc']:.4f} | {r['interval'][0]:.3f} to {r['interval'][1]:.3f} | "
+                f"{mid:+.4f} ({lo:+.4f} to {hi:+.4f}) |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
 def markdown(report: dict) -> str:
     lines = [
         f"# Adequacy on WMT21 de->en human judgements ({report['date']})",
@@ -200,6 +323,16 @@ def markdown(report: dict) -> str:
     for name, m in report["signals"].items():
         cells = [_cell(m[f"pairwise_{g}"]) for g in GAPS] + [_cell(m["spearman_z"])]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    c = report["label_check"]
+    lines += [
+        "",
+        "Can these labels rank outputs at all (`label_check`, the whole file): "
+        f"{c['placeholder_rows']:,} outputs without a letter ({', '.join(c['placeholder_systems'])}: `####`) have a "
+        f"mean DA of {c['placeholder_mean_da']} against {c['other_mean_da']} for the rest; two identical outputs "
+        f"of one source differ by {c['identical_mean_gap']} DA points on average ({c['identical_pairs']:,} pairs), "
+        f"two different ones by {c['different_mean_gap']} ({c['different_pairs']:,}); "
+        f"{c['single_judgement_share']:.0%} of the scores are one judge's.",
+    ]
     pairs = next(iter(report["signals"].values()))
     lines += ["", f"Pairs: {pairs['pairwise_10']['pairs']:,} at gap 10, {pairs['pairwise_20']['pairs']:,} at gap 20."]
     if report.get("reasons"):
@@ -217,7 +350,15 @@ def main() -> None:
     ap.add_argument("--per-segment", type=int, default=4, help="outputs per source: the best, the worst, others")
     ap.add_argument("--step1", action="store_true", help="LoRA fine-tune on the pool first (as a G-DIG run)")
     ap.add_argument("--gdig-run", type=Path, help="a gdig score run on the pool file, for G-DIG's scores")
+    ap.add_argument("--noise-pools", type=int, nargs="*", help="instead: bench_pretrained's injected-noise pools")
     args = ap.parse_args()
+    if args.noise_pools is not None:
+        report = {"date": datetime.date.today().isoformat(), "machine": machine()}
+        report["command"] = "python bench/bench_adequacy.py " + " ".join(sys.argv[1:])
+        report["pools"] = [r for r in (noise_pool(i) for i in args.noise_pools or [0, 1, 2]) if r]
+        if report["pools"]:
+            print(save_report("adequacy-noise", report, noise_markdown(report)))
+        return
     if not DATA.exists():
         print(f"{DATA} not found: skipped (benchmarks need ../shared/data)")
         return
@@ -228,7 +369,13 @@ def main() -> None:
     data = write_pool(records, folder / "pool.jsonl")
     base = base_model()
     adapter = step1(base, data, folder / "step1") / "adapter" if args.step1 else None
-    signals, info = model_signals(base, adapter, data)
+    cached = folder / ("signals-step1.npz" if args.step1 else "signals.npz")
+    if cached.exists():
+        with np.load(cached) as z:
+            signals, info = {k: z[k] for k in z.files if k != "info"}, json.loads(str(z["info"]))
+    else:
+        signals, info = model_signals(base, adapter, data)
+        np.savez(cached, info=np.array(json.dumps(info)), **signals)
     signals |= surface_signals(records)
     if args.gdig_run:
         signals |= gdig_signals(args.gdig_run, records)
@@ -242,6 +389,7 @@ def main() -> None:
         "per_segment": args.per_segment,
         "model": "SmolLM2-135M-Instruct" + (" + LoRA step 1 on the pool" if args.step1 else ""),
         "model_seconds": info["seconds"],
+        "label_check": label_check(),
         "reasons": info["reasons"],
         "signals": {name: measure(score, records) for name, score in signals.items()},
     }

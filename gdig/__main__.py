@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from gdig.cli_curate import add_curate_command, run_curate
 from gdig.cli_index import INDEX_COMMANDS, add_index_commands
@@ -212,6 +213,15 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def _say_missing_adequacy(run_dir) -> None:
+    """Why some candidates have no adequacy signal (an instruction record, an unknown source language)."""
+    import json
+
+    missing = json.loads((Path(run_dir) / "config.json").read_text()).get("adequacy_missing") or {}
+    for why, n in missing.items():
+        print(f"gdig: note: {n:,} candidate(s) without adequacy signals: {why}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse and run one command; bad input is one `gdig: error:` line and exit status 2, never a traceback.
     Under torchrun an unexpected error is also recorded for torchrun's summary of the failed rank."""
@@ -257,6 +267,7 @@ def _main(argv: list[str] | None = None) -> int:
                 progress.close()
             if not quiet:
                 print(f"[gdig] {run_dir}: {summary_line(read_status(run_dir) or {}, run_dir)}", file=sys.stderr)
+                _say_missing_adequacy(run_dir)
         elif args.command == "select":
             run_select(args)
         elif args.command == "finetune":

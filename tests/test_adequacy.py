@@ -101,3 +101,21 @@ def test_a_run_asked_for_them_stores_them_and_the_rule_reads_them(tmp_path, toke
     kept_without, _ = apply_rule(plain.frac_helped, plain.mean_influence, plain.id_index, weakest, plain.signals)
     worst = np.argsort(run.signals["adequacy"])[:4]  # the bottom fifth of the adequacy signal is dropped
     assert not kept_with[worst].any() and kept_without.sum() > kept_with.sum()
+
+
+def test_the_cli_says_which_candidates_have_no_adequacy_signal(tmp_path, llama_dir, capsys):
+    from gdig.__main__ import main
+    from gdig.rundir.results import load_run
+
+    pairs = make_pairs(10, seed=7)
+    for p in pairs[:3]:
+        del p["src_lang"]  # and no --src-lang: no reverse prompt for these
+    cands = write_jsonl(tmp_path / "c.jsonl", pairs)
+    seeds = write_jsonl(tmp_path / "s.jsonl", make_pairs(3, seed=8))
+    argv = ["score", "--model", str(llama_dir), "--candidates", str(cands), "--seeds", str(seeds)]
+    assert main([*argv, "--out", str(tmp_path / "r"), "--no-umap", "--adequacy"]) in (0, None)
+    err = capsys.readouterr().err
+    assert "gdig: note: 3 candidate(s) without adequacy signals: no source language for the reverse prompt" in err
+    run = load_run(tmp_path / "r")
+    assert np.isnan(run.candidates["dual_xent"][:3]).all() and np.isfinite(run.candidates["dual_xent"][3:]).all()
+    assert np.isfinite(run.candidates["conditional_information"]).all()
