@@ -16,7 +16,7 @@ from app_pages.common import (
     widget_kwargs,
 )
 from gdig.select import COMBINATIONS, DEDUPE
-from gdig.signals import SIGNAL_NAMES
+from gdig.signals import SIGNAL_NAMES, WHAT_SIGNALS_CATCH
 from gdig.studio.views import fraction_bins, histogram_counts, nothing_kept_reason, rule_on_run, seed_table
 
 BLUE = "#2563eb"
@@ -37,6 +37,7 @@ def signals_controls(run) -> None:
     thresholds of their own."""
     names = ", ".join(SIGNAL_NAMES.get(k, k) for k in run.signals)
     with st.expander(f"Signals beside influence: {names}"):
+        st.caption(WHAT_SIGNALS_CATCH)
         combine = st.radio(
             label_for("combine"),
             list(COMBINATIONS),

@@ -52,6 +52,15 @@ SIGNAL_NAMES = {
     "dual": "dual cross-entropy",
 }
 
+# What the benchmarks say each one catches (bench/README.md: pretrained pools, Adequacy), for the pages.
+WHAT_SIGNALS_CATCH = (
+    "What each catches (German->English with SmolLM2, bench/README.md): G-DIG misaligned, untranslated, "
+    "wrong-language, truncated and repeated pairs; the length ratio truncations and additions; language "
+    "identification untranslated and wrong-language targets; the loss disfluent targets; adequacy (a run made with "
+    "--adequacy) fluent additions and misaligned pairs. None reliably catches a translation that is fluent but "
+    "wrong in one detail (a flipped negation)."
+)
+
 
 def length_ratio(src: Sequence[str], tgt: Sequence[str]) -> np.ndarray:
     """Target characters over source characters per pair (characters: fair to unsegmented scripts)."""
