@@ -199,3 +199,16 @@ def test_the_plans_fit_set_is_the_runs(tmp_path):
     chosen = fit_subset(40, 7, 3)
     assert len(set(chosen)) == 7 and fit_lengths(cfg, lengths) == sorted((lengths[i] for i in chosen), reverse=True)
     assert fit_lengths(dataclasses.replace(cfg, fit_examples=None), lengths) is None
+
+
+def test_the_adequacy_signals_have_a_stage_in_the_plan_and_its_time():
+    """Three forward passes per candidate: the memory of a scoring batch at most, and one pass's time."""
+    from gdig.plan import Workload, plan_run
+
+    w = Workload({"m": (40, 60)}, 10**6, 10**6, [50] * 100, [5] * 4, 1000.0, seconds_per_token=1e-4)
+    cfg = ScoreConfig(model="m", candidates="c", seeds="s", out="o", batch_size=5)
+    plain, asked = plan_run(cfg, w, 2**34), plan_run(dataclasses.replace(cfg, adequacy=True), w, 2**34)
+    assert "adequacy" not in plain.stages and "adequacy" not in plain.seconds
+    parts = {"runtime", "model", "activations (one batch)", "captures (one batch)"}
+    assert set(asked.stages["adequacy"]) == parts  # the model and a batch, nothing more
+    assert asked.seconds["adequacy"] == pytest.approx(1e-4 * 50 * 100)  # one pass over the padded pool
