@@ -32,6 +32,7 @@ SETTINGS = (
     "combine",
     "min_weakest",
     "min_combined",
+    "adequacy",
     "max_length_deviation",
     "min_language_score",
     "clusters",

@@ -16,7 +16,7 @@ from app_pages.common import (
     widget_kwargs,
 )
 from gdig.select import COMBINATIONS, DEDUPE
-from gdig.signals import SIGNAL_NAMES, WHAT_SIGNALS_CATCH
+from gdig.signals import ADEQUACY_SCORES, SIGNAL_NAMES, WHAT_SIGNALS_CATCH
 from gdig.studio.views import fraction_bins, histogram_counts, nothing_kept_reason, rule_on_run, seed_table
 
 BLUE = "#2563eb"
@@ -38,6 +38,8 @@ def signals_controls(run) -> None:
     names = ", ".join(SIGNAL_NAMES.get(k, k) for k in run.signals)
     with st.expander(f"Signals beside influence: {names}"):
         st.caption(WHAT_SIGNALS_CATCH)
+        if set(ADEQUACY_SCORES.values()) & set(run.signals):  # a run made with --adequacy
+            st.checkbox(label_for("adequacy"), help=help_for("adequacy"), **widget_kwargs("adequacy"))
         combine = st.radio(
             label_for("combine"),
             list(COMBINATIONS),

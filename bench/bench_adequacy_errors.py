@@ -67,8 +67,9 @@ def negation(words: list[str], other: list[str], rng: random.Random) -> str | No
     text = " ".join(words)
     if re.search(r"\bnot\b", text):
         return re.sub(r"\s*\bnot\b", "", text, count=1)
-    if re.search(r"n't\b", text):
-        return re.sub(r"n't\b", "", text, count=1)
+    if re.search(r"n't\b", text):  # can't -> can, won't -> will, isn't -> is
+        whole = {"can't": "can", "won't": "will", "shan't": "shall"}
+        return re.sub(r"\b(\w+)n't\b", lambda m: whole.get(m[0].lower(), m[1]), text, count=1)
     out, n = re.subn(AUXILIARIES, r"\1 not", text, count=1)
     return out if n else None
 

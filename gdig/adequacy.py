@@ -85,16 +85,18 @@ def token_losses(
     max_length: int,
     batch_size: int = 8,
     progress: Callable[[int], None] | None = None,
+    token_budget: int | None = None,
+    padding_side: str = "right",
 ) -> list[np.ndarray | None]:
     """Each example's per-target-token loss (nats, float32), by plain forward passes in batches of similar
-    length; None stays None. `progress(n)` after each batch of n examples."""
+    length (the run's batching rule); None stays None. `progress(n)` after each batch of n examples."""
     present = [i for i, e in enumerate(examples) if e is not None]
     toks = {i: tokenize_example(tokenizer, examples[i], max_length) for i in present}
     listed = [toks.get(i) for i in range(len(examples))]
     order = sorted(present, key=lambda i: -len(toks[i].input_ids))
     device = next(model.parameters()).device
     out: list[np.ndarray | None] = [None] * len(examples)
-    for batch in make_batches(listed, order, tokenizer.pad_token_id, batch_size):
+    for batch in make_batches(listed, order, tokenizer.pad_token_id, batch_size, token_budget, padding_side):
         logits = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device)).logits
         labels = batch.labels[:, 1:].to(device)
         loss = nn.functional.cross_entropy(
@@ -135,6 +137,8 @@ def adequacy_signals(
     batch_size: int = 8,
     forward: list[np.ndarray | None] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    token_budget: int | None = None,
+    padding_side: str = "right",
 ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """Both signals per example (ADEQUACY_SIGNALS order) and the reasons some are NaN. `forward`: the
     examples' own per-token losses where the caller has them already. `progress(done, total)` over the
@@ -149,7 +153,8 @@ def adequacy_signals(
         if progress:
             progress(done, total)
 
-    losses = [token_losses(model, tokenizer, p, max_length, batch_size, advance) for p in passes]
+    batching = {"token_budget": token_budget, "padding_side": padding_side}
+    losses = [token_losses(model, tokenizer, p, max_length, batch_size, advance, **batching) for p in passes]
     forward = forward if forward is not None else losses.pop(0)
     without, backward = losses
     signals = {
@@ -158,4 +163,7 @@ def adequacy_signals(
         ),
         "dual_xent": np.array([dual_xent(f, b) for f, b in zip(forward, backward, strict=True)]),
     }
+    cut = int(sum(np.isnan(x) for x in signals["conditional_information"])) - sum(e is None for e in v.no_source)
+    if cut:  # a prompt that fills max_length leaves no target token to compare
+        v.reasons["no target token within --max-length"] = cut
     return signals, v.reasons

@@ -123,8 +123,8 @@ def plan_run(cfg: ScoreConfig, w: Workload, available_bytes: float) -> Plan:
         scoring["index rows (batch)"] = 2 * 4 * cfg.batch_size * cfg.index_dim
         scoring["index hashes"] = BYTES_PER_COORDINATE * min(rect, CACHED_COORDINATES)
     stages["score"] = base | ({} if scored_from_cache else batch) | kept | scoring
-    if cfg.adequacy:  # forward passes only: at most a scoring batch's activations
-        stages["adequacy"] = base | batch
+    if cfg.adequacy:  # forward passes only (at most a scoring batch's activations); factors and seeds still held
+        stages["adequacy"] = base | batch | {"factors": factors, "seeds": seeds}
     stages["finalize"] = base | {
         "factors": factors,
         "seeds": seeds,

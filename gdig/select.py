@@ -54,9 +54,8 @@ class SelectionConfig:
         "candidates that help the seeds on average)",
         cli=False,
     )
-    # weakest by measurement: on three real de->en pools G-DIG alone (256 domain seeds) ranks corrupted pairs at
-    # AUROC 0.93 / 0.90 / 0.92, with the signals by the weakest link 0.95 / 0.94 / 0.95, by rank average 0.92 /
-    # 0.94 / 0.88 (bench/README.md)
+    # weakest by measurement (bench/README.md): corrupted-pair AUROC on three real de->en pools, G-DIG alone 0.93 /
+    # 0.90 / 0.92, with the signals by the weakest link 0.95 / 0.94 / 0.95, by rank average 0.92 / 0.94 / 0.88
     combine: str = option(
         "weakest",
         "weakest: G-DIG's quality rule, and no signal beside it (length ratio, language identification, loss) in "
@@ -75,6 +74,8 @@ class SelectionConfig:
     min_combined: float = option(
         0.5, "with rank-average: the lowest mean percentile rank kept (0..1)", minimum=0.0, label="Min combined rank"
     )
+    # off by measurement: joined to the default rule they moved its AUROC by +0.000 / -0.009 (bench/README.md)
+    adequacy: bool = option(False, "the adequacy signals (gdig score --adequacy) join the rule", label="Use adequacy")
     max_length_deviation: float | None = option(
         None,
         "drop pairs whose length ratio is more than e^X off the pool's typical ratio (1: about 2.7 times; 0 or "
@@ -185,8 +186,7 @@ def quality_mask(
     exclude=(),
     allowed: np.ndarray | None = None,
 ) -> np.ndarray:
-    """G-DIG quality rule: frac_helped >= tau (or mean >= min_mean), within `allowed` (the signals' filters);
-    manual overrides always win."""
+    """G-DIG's rule: frac_helped >= tau (or mean >= min_mean), within `allowed`; manual overrides always win."""
     if min_mean is not None:
         keep = mean_influence >= min_mean
     elif tau is not None:
@@ -270,7 +270,9 @@ def rule_decisions(frac_helped, mean_influence, ids, cfg, signals=None, quality=
     """apply_rule's (kept, quality), with one pair per duplicate group when cfg.dedupe asks (the best of each
     group by the rule's order), and how many kept pairs that dropped. `ranks`: the run's rank matrix of the
     rule's scores when the caller keeps it (RunResults.rule_ranks: a second saved per call at 1,000,000)."""
-    signals = signals or {}
+    from gdig.signals import rule_signals
+
+    signals = rule_signals(signals or {}, cfg.adequacy)
     quality = quality_score(frac_helped, mean_influence) if quality is None else quality
     allowed = signal_filters(cfg, signals, len(quality))
     thresholds = cfg.thresholds
@@ -303,8 +305,7 @@ TIE_BREAK = 1e-6  # below the gap 1/M between two fractions of M seeds, for any 
 
 
 def quality_score(frac_helped: np.ndarray, mean_influence: np.ndarray) -> np.ndarray:
-    """The fraction of seeds helped, ties broken by mean influence: one order for the rule, the selection and
-    the figures, which never puts a lower fraction above a higher one."""
+    """The fraction of seeds helped, ties broken by mean influence (never a lower fraction above a higher)."""
     return frac_helped.astype(np.float64) + TIE_BREAK * rank01(mean_influence)
 
 
@@ -345,5 +346,5 @@ def select_run(run, cfg: SelectionConfig, labels: np.ndarray | None = None) -> S
         signals=signals,
         quality=run.quality,
         duplicates=run.duplicates if cfg.dedupe != "off" else None,
-        ranks=None if cfg.combine == "influence" else run.rule_ranks(cfg.rule),
+        ranks=None if cfg.combine == "influence" else run.rule_ranks(cfg.rule, cfg.adequacy),
     )

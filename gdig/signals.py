@@ -158,6 +158,11 @@ def signal_scores(candidates) -> dict[str, np.ndarray]:
     return out
 
 
+def rule_signals(signals: dict[str, np.ndarray], adequacy: bool) -> dict[str, np.ndarray]:
+    """The signals the rule reads: the adequacy ones only when asked (SelectionConfig.adequacy)."""
+    return signals if adequacy else {k: v for k, v in signals.items() if k not in ADEQUACY_SCORES.values()}
+
+
 def rank_average(scores: Sequence[np.ndarray]) -> np.ndarray:
     """The mean of each score's percentile rank (0 worst .. 1 best; ties share their mean rank), over the
     scores a candidate has (NaN skipped): a combination that needs no common scale."""

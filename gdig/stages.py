@@ -315,6 +315,7 @@ def adequacy_stage(ctx: ScoreContext, run_dir: Path, status: Status) -> tuple[di
             return {k: saved[k] for k in saved.files if k != "reasons"}, json.loads(str(saved["reasons"]))
     data = ctx.cfg.data
     t0 = time.time()
+    status.update("adequacy", 0, 3 * len(ctx.candidates), force=True)
     signals, reasons = adequacy_signals(
         ctx.model,
         ctx.tokenizer,
@@ -325,6 +326,8 @@ def adequacy_stage(ctx: ScoreContext, run_dir: Path, status: Status) -> tuple[di
         data.trg_lang,
         ctx.cfg.batch_size,
         progress=lambda done, total: status.update("adequacy", done, total),
+        token_budget=ctx.cfg.token_budget,
+        padding_side=ctx.cfg.padding_side,
     )
     ctx.timings["adequacy"] = time.time() - t0
     signals = {k: v.astype(np.float32) for k, v in signals.items()}

@@ -99,10 +99,14 @@ def test_a_run_asked_for_them_stores_them_and_the_rule_reads_them(tmp_path, toke
     assert run.config["adequacy_missing"] == {} and "adequacy" in run.config["timings"]
     assert "adequacy" in job_plan(asked, 24, 5) and "adequacy" not in job_plan(cfg, 24, 5)
     weakest = SelectionConfig(min_weakest=0.2)
-    kept_with, _ = apply_rule(run.frac_helped, run.mean_influence, run.id_index, weakest, run.signals)
     kept_without, _ = apply_rule(plain.frac_helped, plain.mean_influence, plain.id_index, weakest, plain.signals)
+    kept_off, _ = apply_rule(run.frac_helped, run.mean_influence, run.id_index, weakest, run.signals)
+    assert (kept_off == kept_without).all()  # stored, but out of the rule unless asked (measured not to help)
+    asked_rule = SelectionConfig(min_weakest=0.2, adequacy=True)
+    kept_with, _ = apply_rule(run.frac_helped, run.mean_influence, run.id_index, asked_rule, run.signals)
     worst = np.argsort(run.signals["adequacy"])[:4]  # the bottom fifth of the adequacy signal is dropped
     assert not kept_with[worst].any() and kept_without.sum() > kept_with.sum()
+    assert run.rule_ranks("mean", True).shape == (6, 24) and run.rule_ranks("mean").shape == (4, 24)
 
 
 def test_the_cli_says_which_candidates_have_no_adequacy_signal(tmp_path, llama_dir, capsys):

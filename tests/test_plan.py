@@ -209,6 +209,6 @@ def test_the_adequacy_signals_have_a_stage_in_the_plan_and_its_time():
     cfg = ScoreConfig(model="m", candidates="c", seeds="s", out="o", batch_size=5)
     plain, asked = plan_run(cfg, w, 2**34), plan_run(dataclasses.replace(cfg, adequacy=True), w, 2**34)
     assert "adequacy" not in plain.stages and "adequacy" not in plain.seconds
-    parts = {"runtime", "model", "activations (one batch)", "captures (one batch)"}
-    assert set(asked.stages["adequacy"]) == parts  # the model and a batch, nothing more
+    parts = {"runtime", "model", "activations (one batch)", "captures (one batch)", "factors", "seeds"}
+    assert set(asked.stages["adequacy"]) == parts  # a batch beside what the run still holds
     assert asked.seconds["adequacy"] == pytest.approx(1e-4 * 50 * 100)  # one pass over the padded pool

@@ -3,6 +3,7 @@ through status.json, cancel it. A reload or a second tab re-attaches because all
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -97,8 +98,7 @@ def worker_command(module_args: list[str], processes: int = 1) -> list[str]:
 
 
 def process_choices() -> tuple[int, int, str]:
-    """What the New run page offers: (default, most, kind): one process per GPU found, else CPU processes
-    (one thread each under torchrun) up to the cores."""
+    """The New run page's (default, most, kind): a process per GPU, else CPU processes (one thread) to the cores."""
     import torch
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -144,8 +144,7 @@ def plan_new_run(root: str | Path, name: str, model: str, inputs: list, settings
 
 
 def new_run_config(root: str | Path, name: str, model: str, inputs: list, settings: dict) -> ScoreConfig:
-    """The settings of a new run after checking its name, model and files (uploads saved under
-    root/.inputs/NAME, removed again when a check fails)."""
+    """A new run's settings, its name, model and files checked (uploads under root/.inputs/NAME, gone on failure)."""
     from gdig.config import DataConfig
     from gdig.data import load_dataset
     from gdig.model_source import check_model_source
@@ -233,8 +232,9 @@ def cancel_job(run_dir: str | Path, grace_seconds: float = 10.0) -> None:
     deadline = time.time() + grace_seconds
     while pid_alive(pid) and time.time() < deadline:
         time.sleep(0.1)
-    if pid_alive(pid):
-        os.killpg(pid, signal.SIGTERM)
+    if pid_alive(pid) or (pid and _zombie(pid)):  # a leader that ended may leave its ranks in the group
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)
 
 
 def _job_pid(run_dir: Path) -> int | None:

@@ -24,7 +24,7 @@ def kept_mask(run: RunResults, cfg: SelectionConfig) -> np.ndarray:
 def rule_on_run(run: RunResults, cfg: SelectionConfig) -> tuple[np.ndarray, np.ndarray, int]:
     """(kept, the rule's order, kept pairs dropped as duplicates) on a loaded run."""
     duplicates = run.duplicates if cfg.dedupe != "off" else None
-    ranks = None if cfg.combine == "influence" else run.rule_ranks(cfg.rule)
+    ranks = None if cfg.combine == "influence" else run.rule_ranks(cfg.rule, cfg.adequacy)
     args = (run.frac_helped, run.mean_influence, run.id_index, cfg, run.signals, run.quality, duplicates, ranks)
     return rule_decisions(*args)
 
