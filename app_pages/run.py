@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from pathlib import Path
 
 import streamlit as st
@@ -33,6 +34,7 @@ GRID = (
 WIDE = ("modules", "adapter", "trg_lang", "adequacy", "trust_remote_code")
 FORM_SPECS = specs(ScoreConfig) | specs(DataConfig)
 DEVICES = ("auto", "cpu", "cuda")
+DOUBLE_CLICK_S = 3.0  # a second Start this soon after one is the rest of a double-click
 
 
 def option_widget(where, spec: OptionSpec):
@@ -117,10 +119,16 @@ def _form(buttons: str = "") -> None:
 
 
 def _start(name: str, model: str, files: list, settings: dict, processes: int) -> None:
-    """Start the run and follow it. The session follows the new run before the job starts: a second click that
-    lands while the job starts interrupts this script run at its next Streamlit call, and the rerun it causes
-    must find the started run, not the form again (whose Start would then fail as "already exists")."""
+    """Start the run and follow it. A double-click's second click may reach a Start of its own (the first run
+    interrupted at a Streamlit call, or the form redrawn with a fresh name): a Start within DOUBLE_CLICK_S of
+    this session's last one follows that run instead of starting another. The session follows the new run
+    before its job starts, so a rerun caused meanwhile finds it, not the form."""
+    last = st.session_state.get("_started")  # (name, time) of this session's last start
+    if last and time.time() - last[1] < DOUBLE_CLICK_S:
+        choose_run(last[0])
+        st.rerun()
     before = st.session_state.get(RUN_KEY)
+    st.session_state["_started"] = (name.strip(), time.time())
     st.session_state[RUN_KEY] = name.strip()  # session state only: no Streamlit call, no interruption here
     started = False
     try:
@@ -131,6 +139,7 @@ def _start(name: str, model: str, files: list, settings: dict, processes: int) -
     finally:
         if not started:
             st.session_state[RUN_KEY] = before
+            del st.session_state["_started"]
     if not started:
         return
     del st.session_state["new_name"]  # the next run gets a fresh default name

@@ -120,6 +120,6 @@ def test_the_runs_cached_ranks_give_the_rules_own_decisions(run, rule, combine):
 
     cfg = SelectionConfig(rule=rule, tau=0.5, min_mean=0.0, combine=combine, min_weakest=0.3, min_combined=0.4)
     kept, order, _ = rule_on_run(run, cfg)
-    assert "_rule_ranks" in run.__dict__ and rule in run.__dict__["_rule_ranks"]
+    assert "_rule_ranks" in run.__dict__ and (rule, False) in run.__dict__["_rule_ranks"]
     fresh_kept, fresh_order = apply_rule(run.frac_helped, run.mean_influence, run.id_index, cfg, run.signals)
     assert np.array_equal(kept, fresh_kept) and np.array_equal(order, fresh_order)
