@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from gdig.cli_curate import add_curate_command, run_curate
 from gdig.cli_index import INDEX_COMMANDS, add_index_commands
@@ -215,9 +214,9 @@ def _is_main_process() -> bool:
 
 def _say_missing_adequacy(run_dir) -> None:
     """Why some candidates have no adequacy signal (an instruction record, an unknown source language)."""
-    import json
+    from gdig.rundir.layout import read_config
 
-    missing = json.loads((Path(run_dir) / "config.json").read_text()).get("adequacy_missing") or {}
+    missing = (read_config(run_dir) or {}).get("adequacy_missing") or {}
     for why, n in missing.items():
         print(f"gdig: note: {n:,} candidate(s) without adequacy signals: {why}", file=sys.stderr)
 

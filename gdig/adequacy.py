@@ -29,8 +29,6 @@ from gdig.data import IGNORE_INDEX, Example, tokenize_example
 from gdig.hooks import make_batches
 from gdig.readers import language_name
 
-ADEQUACY_SIGNALS = ("conditional_information", "dual_xent")
-
 
 @dataclasses.dataclass
 class Variants:
@@ -140,7 +138,7 @@ def adequacy_signals(
     token_budget: int | None = None,
     padding_side: str = "right",
 ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-    """Both signals per example (ADEQUACY_SIGNALS order) and the reasons some are NaN. `forward`: the
+    """Both signals per example (`conditional_information`, `dual_xent`) and the reasons some are NaN. `forward`: the
     examples' own per-token losses where the caller has them already. `progress(done, total)` over the
     forward passes of all three prompts."""
     v = variants(examples, template, src_lang, trg_lang)
