@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from gdig.cli_curate import add_curate_command, run_curate
+from gdig.cli_evaluate import add_evaluate_command, run_evaluate
 from gdig.cli_index import INDEX_COMMANDS, add_index_commands
 from gdig.config import DataConfig, ScoreConfig
 from gdig.options import add_options, from_args, specs
@@ -242,6 +243,7 @@ def _main(argv: list[str] | None = None) -> int:
     _add_demo(sub)
     add_index_commands(sub)
     add_curate_command(sub)
+    add_evaluate_command(sub)
     args = parser.parse_args(argv)
     try:
         if args.command == "score" and args.plan:
@@ -275,6 +277,8 @@ def _main(argv: list[str] | None = None) -> int:
             run_demo(args)
         elif args.command == "curate":
             run_curate(args)
+        elif args.command == "evaluate":
+            return run_evaluate(args)
         else:
             INDEX_COMMANDS[args.command](args)
     except (ValueError, FileNotFoundError) as e:  # DataError, RunExistsError and bad settings

@@ -13,7 +13,8 @@ from gdig.hooks import collate, per_example_loss
 from gdig.model import load_model
 
 
-def _translate(model, tok, ds, batch_size: int, max_new_tokens: int) -> list[str]:
+def translate(model, tok, ds, batch_size: int, max_new_tokens: int, on_batch=None) -> list[str]:
+    """Greedy translations of every prompt of `ds`; on_batch(examples done) after each batch."""
     side, tok.padding_side = tok.padding_side, "left"  # generation continues after the prompt
     hyps: list[str] = []
     for i in range(0, len(ds), batch_size):
@@ -28,6 +29,8 @@ def _translate(model, tok, ds, batch_size: int, max_new_tokens: int) -> list[str
                 eos_token_id=tok.eos_token_id,
             )
         hyps += [t.strip() for t in tok.batch_decode(out[:, enc.input_ids.shape[1] :], skip_special_tokens=True)]
+        if on_batch is not None:
+            on_batch(len(hyps))
     tok.padding_side = side
     return hyps
 
@@ -75,7 +78,7 @@ def evaluate_model(model_dir: str | Path, test_file: str | Path, max_new_tokens:
     """chrF, BLEU, held-out loss and a few sample translations (the model and the file are read once)."""
     model, tok = load_model(str(model_dir), "auto", "float32")
     ds = load_dataset(test_file)
-    hyps = _translate(model, tok, ds, 32, max_new_tokens)
+    hyps = translate(model, tok, ds, 32, max_new_tokens)
     refs = [e.target for e in ds.examples]
     samples = [
         {"source": e.record.get("src_text", ""), "reference": ref, "output": h}
