@@ -26,7 +26,6 @@ import dataclasses
 import json
 import os
 import random
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_quality import detection_row, gdig_selection, variant_matrices  # noqa: E402
+from bench.bench_quality import detection_row, variant_matrices  # noqa: E402
 from bench.common import CACHE, SHARED_DATA, have_shared_data, machine, read_lines, save_report, write_jsonl  # noqa: E402
 
 LANG = {"de": "deu_Latn", "en": "eng_Latn"}
@@ -70,10 +69,9 @@ class PretrainedConfig:
     fit_examples: int = 128  # the curvature's fit set (a pass over the whole pool is most of a run's time)
     token_level: bool = False  # token-level aggregations of the EK-FAC adapter runs (5 minutes a run)
     runs: tuple[str, ...] = ("lora ekfac domain s=256",)  # 256 seeds from the pool's domains: the measured default
-    budget: int = 100
+    budget: int = 200  # of the 340-pair pool: the default rule keeps about 230, random holds about 40 corrupted
     clusters: int = 5
-    downstream_seeds: int = 3
-    downstream_alone: bool = False  # also fine-tune on G-DIG alone's selection (3 more fine-tunes, ~9 minutes)
+    downstream_seeds: int = 5
     downstream_epochs: float = 1.0
     seed: int = 0
 
@@ -421,69 +419,88 @@ def detection(cfg: PretrainedConfig, scores: dict, pool: list[dict], n_boot: int
 
 
 def methods(cfg: PretrainedConfig, runs: dict[str, Path], scores: dict, pool: list[dict]) -> dict:
-    """Equal budgets, the G-DIG ones from the default run: the default rule (G-DIG with the signals beside it,
-    weakest link: what `gdig select` keeps) and the paper's setting (raw, fraction helped), with G-DIG alone
-    (unit, mean) on request, each with K-means resampling; then the length ratio's top pairs and random."""
+    """Equal budgets: the default rule from the default run (G-DIG with the signals beside it, weakest link, K-means
+    resampling: what `gdig select` keeps), the length ratio's top pairs, random; each a function of a seed."""
     from gdig.rundir.results import load_run
     from gdig.select import SelectionConfig, select_run
 
-    ids = [r["id"] for r in pool]
     label = default_run(runs)
-    loaded, mats = load_run(runs[label]), variant_matrices(runs[label])
+    loaded = load_run(runs[label])
     top = scores[LENGTH_RATIO][1]
-    gdig = {
-        DEFAULT_RULE: lambda s: (
+    return {
+        f"{DEFAULT_RULE}, {label}": lambda s: (
             select_run(loaded, SelectionConfig(clusters=cfg.clusters, budget=cfg.budget, seed=s)).indices
         ),
-        "G-DIG paper (raw, fraction helped)": lambda s: gdig_selection(
-            mats["none"], "fraction helped", loaded.sketch, ids, cfg, s
-        ),
-    }
-    if cfg.downstream_alone:
-        gdig["G-DIG alone (unit, mean)"] = lambda s: gdig_selection(mats["unit"], "mean", loaded.sketch, ids, cfg, s)
-    baselines = {
         LENGTH_RATIO: lambda s: np.argsort(-top, kind="stable")[: cfg.budget],
         RANDOM: lambda s: np.random.default_rng(1000 + s).permutation(len(pool))[: cfg.budget],
     }
-    return {f"{name}, {label}": pick for name, pick in gdig.items()} | baselines  # the run named: a cache each
 
 
-def downstream(cfg: PretrainedConfig, base: Path, files, folder: Path, chosen: dict, pool: list[dict]) -> list[dict]:
-    """A LoRA fine-tune of the base model per method and seed; scores on both held-out sets (weights deleted)."""
-    rows = []
-    for seed in range(cfg.downstream_seeds):
-        for name, pick in chosen.items():
-            idx = pick(seed)
-            sub = folder / f"{''.join(c if c.isalnum() else '-' for c in name.lower())}-s{seed}"
-            rec = {
-                "method": name,
-                "seed": seed,
-                "n_train": len(idx),
-                "corrupted_share": float(np.mean([pool[i]["corruption"] is not None for i in idx])),
-                "opennmt_share": float(np.mean([pool[i]["origin"] == "opennmt" for i in idx])),
-            }
-            if not all((sub / f"eval-{t}.json").exists() for t in ("test-flores", "test-wmt")):
-                data = write_jsonl(sub / "train.jsonl", [pool[i] for i in idx])
-                rec["train_seconds"] = lora_finetune(cfg, base, data, sub / "model", seed, cfg.downstream_epochs)
-            for test in ("test-flores", "test-wmt"):
-                q = evaluate_once(sub / "model", files[test], sub)
-                rec |= {f"{test}-{k}": q[k] for k in ("chrf", "bleu", "loss")}
-            shutil.rmtree(sub / "model", ignore_errors=True)  # 0.5 GB each; the scores are kept
-            print(json.dumps(rec), flush=True)
-            rows.append(rec)
-    return rows
+EVALUATED = {DEFAULT_RULE: "gdig-default", LENGTH_RATIO: "length-ratio", RANDOM: "random"}  # name in `gdig evaluate`
 
 
-def summarise(rows: list[dict]) -> list[dict]:
-    out = []
-    for name in dict.fromkeys(r["method"] for r in rows):
-        rs = [r for r in rows if r["method"] == name]
-        agg = {"method": name, "seeds": len(rs), "corrupted_share": float(np.mean([r["corrupted_share"] for r in rs]))}
-        for k in ("test-flores-chrf", "test-flores-bleu", "test-wmt-chrf", "test-wmt-bleu"):
-            v = np.array([r[k] for r in rs])
-            agg[k] = [float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0]
-        out.append(agg)
-    return out
+def downstream(cfg: PretrainedConfig, base: Path, files, folder: Path, chosen: dict, pool: list[dict]) -> dict:
+    """`gdig evaluate` on the default rule's selection, the length ratio's and a random one at the same budget
+    (each drawn once, seed 0): cfg.downstream_seeds LoRA fine-tunes of the base model each, scored on the held-out
+    FLORES devtest and WMT22 pairs together; resumed from its folder. Its report, with each selection's share of
+    corrupted and OpenNMT pairs."""
+    from gdig.config import DataConfig
+    from gdig.evaluation import SETTINGS, EvaluationConfig, evaluate
+    from gdig.evaluation_report import read_report
+
+    picks = {EVALUATED[k.split(",")[0]]: pick(0) for k, pick in chosen.items() if k.split(",")[0] in EVALUATED}
+    paths = [write_jsonl(folder / f"{name}.jsonl", [pool[i] for i in idx]) for name, idx in picks.items()]
+    test = write_jsonl(folder / "test.jsonl", _read(files["test-flores"]) + _read(files["test-wmt"]))
+    ev = EvaluationConfig(
+        model=str(base),
+        selections=[str(p) for p in paths],
+        names=list(picks),
+        test=str(test),
+        out=str(folder / "evaluate"),
+        seeds=cfg.downstream_seeds,
+        lora_r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        epochs=cfg.downstream_epochs,
+        lr=cfg.lr,
+        batch_size=cfg.batch_size,
+        max_new_tokens=MAX_NEW_TOKENS,
+        data_config=DataConfig(max_length=cfg.max_length),
+    )
+    evaluate(ev, resume=(folder / "evaluate" / SETTINGS).exists())
+    report = read_report(folder / "evaluate")
+    shares = {
+        n: {"corrupted": _share(pool, idx, "corruption"), "opennmt": _share(pool, idx, "origin")}
+        for n, idx in picks.items()
+    }
+    return report | {"shares": shares, "folder": str(folder / "evaluate")}
+
+
+def _share(pool: list[dict], idx, field: str) -> float:
+    if field == "origin":
+        return float(np.mean([pool[i]["origin"] == "opennmt" for i in idx]))
+    return float(np.mean([pool[i][field] is not None for i in idx]))
+
+
+def downstream_lines(report: dict, budget: int, n_pool: int) -> list[str]:
+    """The downstream table and the verdicts of `gdig evaluate`'s report."""
+    from gdig.evaluation_report import METRICS
+
+    c = report["settings"]
+    lines = [
+        "",
+        f"## Downstream (`gdig evaluate`): budget {budget} of {n_pool}; LoRA fine-tunes of the base model, "
+        f"{c['epochs']} epoch(s), lr {c['lr']}; mean ± sd over training seeds {report['seeds']}; "
+        f"{report['n_test']} held-out pairs (FLORES devtest + WMT22), greedy, at most {c['max_new_tokens']} new tokens",
+        "",
+        "| selection | corrupted share | OpenNMT share | chrF | BLEU | held-out loss |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name in report["names"]:
+        s, sh = report["per_selection"][name], report["shares"][name]
+        cells = " | ".join(f"{s[m]['mean']:.2f} ± {s[m]['sd'] or 0:.2f}" for m in METRICS)
+        lines.append(f"| {name} | {sh['corrupted']:.3f} | {sh['opennmt']:.3f} | {cells} |")
+    lines += ["", "Paired differences (second minus first; 95% t interval over seeds):", ""]
+    return lines + [f"- {v}" for v in report["verdicts"]]
 
 
 # -- report ------------------------------------------------------------------------------------------------------
@@ -522,40 +539,9 @@ def markdown(report: dict) -> str:
             + f" | {r['precision_at_clean_share']:.3f} | {r.get('opennmt_percentile', float('nan')):.2f} |"
         )
     if report.get("downstream"):
-        lines += [
-            "",
-            f"## Downstream (budget {c['budget']} of {report['n_pool']}; LoRA fine-tunes of the base model, "
-            f"{c['downstream_epochs']} epochs; mean ± sd over {c['downstream_seeds']} seeds; G-DIG from the run "
-            f'"{report["default_run"]}"; {c["n_test"]} test pairs each, greedy, at most {MAX_NEW_TOKENS} new tokens)',
-            "",
-            "| selection | corrupted share | FLORES chrF | FLORES BLEU | WMT22 chrF | WMT22 BLEU |",
-            "|---|---:|---:|---:|---:|---:|",
-        ]
-        for r in report["downstream"]:
-            keys = ("test-flores-chrf", "test-flores-bleu", "test-wmt-chrf", "test-wmt-bleu")
-            cells = " | ".join(f"{r[k][0]:.2f} ± {r[k][1]:.2f}" for k in keys)
-            lines.append(f"| {r['method']} | {r['corrupted_share']:.3f} | {cells} |")
-        lines += ["", *margins(report["downstream"])]
+        lines += downstream_lines(report["downstream"], c["budget"], report["n_pool"])
     lines += ["", "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in report["timings"].items())]
     return "\n".join(lines) + "\n"
-
-
-def margins(summary: list[dict], prefix: str = DEFAULT_RULE) -> list[str]:
-    """The acceptance test in words: the default rule's mean chrF minus each baseline's, against the larger of
-    the two standard deviations."""
-    rows = {r["method"]: r for r in summary}
-    method = next((m for m in rows if m.startswith(prefix)), None)
-    if method is None or not {LENGTH_RATIO, RANDOM} <= rows.keys():
-        return []
-    out = []
-    for ref in (LENGTH_RATIO, RANDOM):
-        for key, name in (("test-flores-chrf", "FLORES"), ("test-wmt-chrf", "WMT22")):
-            (m, sd), (rm, rsd) = rows[method][key], rows[ref][key]
-            verdict = "more" if m - rm > max(sd, rsd) else "less"
-            out.append(
-                f"- {method} minus {ref}, {name} chrF: {m - rm:+.2f} ({verdict} than one sd, {max(sd, rsd):.2f})"
-            )
-    return out
 
 
 def _diff(row: dict) -> str:
@@ -605,10 +591,9 @@ def run(cfg: PretrainedConfig, command: str) -> dict:
     if cfg.downstream_seeds:
         t = time.time()
         chosen = methods(cfg, runs, scores, pool)
-        report["downstream_raw"] = downstream(
-            cfg, base, files, folder / cfg.model_key() / f"downstream-{cfg.budget}", chosen, pool
+        report["downstream"] = downstream(
+            cfg, base, files, folder / cfg.model_key() / f"evaluate-{cfg.budget}", chosen, pool
         )
-        report["downstream"] = summarise(report["downstream_raw"])
         timings["downstream"] = time.time() - t
     report["timings"] = timings | {"total": time.time() - t0}
     save_report("pretrained", report, markdown(report))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.bench_pretrained import PretrainedConfig, default_run, margins, score_config
+from bench.bench_pretrained import PretrainedConfig, default_run, downstream_lines, score_config
 
 
 def _files(tmp_path: Path) -> dict[str, Path]:
@@ -40,17 +40,24 @@ def test_default_run_prefers_lora_ekfac_with_domain_seeds():
     assert default_run(dict.fromkeys(["mlp-top ekfac"])) == "mlp-top ekfac"
 
 
-def test_margins_compare_with_the_larger_standard_deviation():
-    def row(method, flores, wmt):
-        return {"method": method, "test-flores-chrf": flores, "test-wmt-chrf": wmt}
+def test_downstream_lines_show_each_selection_and_the_verdicts():
+    from gdig.evaluation_report import paired_difference, verdict
 
-    summary = [
-        row("G-DIG default rule (+ signals), lora ekfac domain s=256", [24.0, 0.5], [22.0, 0.2]),
-        row("length ratio", [23.0, 0.8], [21.5, 0.6]),
-        row("random", [20.0, 1.0], [18.0, 1.0]),
-    ]
-    lines = margins(summary)
-    assert lines[0].endswith("FLORES chrF: +1.00 (more than one sd, 0.80)")
-    assert lines[1].endswith("WMT22 chrF: +0.50 (less than one sd, 0.60)")
-    assert len(lines) == 4 and all("more" in x for x in lines[2:])
-    assert margins(summary[1:]) == []  # no default rule measured: nothing to say
+    def per(chrf):
+        return {"n_train": 200} | {m: {"mean": v, "sd": 0.5} for m, v in (("chrf", chrf), ("bleu", 3.0), ("loss", 2.9))}
+
+    pair = paired_difference([20.0, 21.0, 20.5], [23.0, 23.5, 24.0]) | {"a": "random", "b": "gdig-default"}
+    report = {
+        "settings": {"epochs": 1.0, "lr": 0.001, "max_new_tokens": 96},
+        "seeds": [0, 1, 2],
+        "n_test": 128,
+        "names": ["gdig-default", "random"],
+        "per_selection": {"gdig-default": per(23.5), "random": per(20.5)},
+        "shares": {"gdig-default": {"corrupted": 0.01, "opennmt": 0.05}, "random": {"corrupted": 0.2, "opennmt": 0.1}},
+        "verdicts": [verdict(pair | {"metric": "chrf"})],
+    }
+    lines = downstream_lines(report, 200, 340)
+    assert "| gdig-default | 0.010 | 0.050 | 23.50 ± 0.50 | 3.00 ± 0.50 | 2.90 ± 0.50 |" in lines
+    assert lines[-1].startswith("- chrF: gdig-default - random = +3.000") and lines[-1].endswith(
+        "gdig-default is better"
+    )

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import sacrebleu
 import torch
-from conftest import make_pairs, write_jsonl
 
+from conftest import make_pairs, write_jsonl
 from gdig.__main__ import main
 from gdig.data import DataError, load_dataset, tokenize_example
 from gdig.evaluation import FITS, REPORT, EvaluationConfig, evaluate, fit_name, load_result, read_inputs
