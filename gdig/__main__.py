@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from gdig.cli_compare import add_compare_command, run_compare
 from gdig.cli_curate import add_curate_command, run_curate
 from gdig.cli_evaluate import add_evaluate_command, run_evaluate
 from gdig.cli_index import INDEX_COMMANDS, add_index_commands
@@ -244,6 +245,7 @@ def _main(argv: list[str] | None = None) -> int:
     add_index_commands(sub)
     add_curate_command(sub)
     add_evaluate_command(sub)
+    add_compare_command(sub)
     args = parser.parse_args(argv)
     try:
         if args.command == "score" and args.plan:
@@ -277,6 +279,8 @@ def _main(argv: list[str] | None = None) -> int:
             run_demo(args)
         elif args.command == "curate":
             run_curate(args)
+        elif args.command == "compare":
+            run_compare(args)
         elif args.command == "evaluate":
             return run_evaluate(args)
         else:
