@@ -17,6 +17,7 @@ pages = [
     st.Page("app_pages/influence.py", title="Influence", icon=":material/bar_chart:"),
     st.Page("app_pages/clusters.py", title="Clusters", icon=":material/bubble_chart:"),
     st.Page("app_pages/explore.py", title="Explore", icon=":material/search:"),
+    st.Page("app_pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
     st.Page("app_pages/export.py", title="Export", icon=":material/download:"),
 ]
 page = st.navigation(pages)

@@ -19,6 +19,7 @@ from gdig.rundir.curation import load_curation, load_overrides, save_curation
 from gdig.rundir.index import index_note
 from gdig.rundir.layout import INFLUENCE, read_config
 from gdig.rundir.results import RunError, RunResults, load_run
+from gdig.rundir.status import format_seconds
 from gdig.select import Selection, SelectionConfig, select_run
 from gdig.studio.jobs import list_runs
 from gdig.studio.views import kept_mask
@@ -166,6 +167,18 @@ def live(body, key: str, running: bool, *args) -> None:
                 st.rerun(scope="app")
 
     st.fragment(wrapped, run_every=1.0 if running else None)()
+
+
+def progress_label(state) -> str:
+    """Stage counter, rate and the time left in the stage and in the whole job."""
+    label = f"{state.stage}: {state.done:,}/{state.total:,}"
+    if state.rate:
+        label += f" · {state.rate:.1f}/s"
+    if state.eta_seconds is not None:
+        label += f" · stage {format_seconds(state.eta_seconds)} left"
+    if state.job_eta_seconds is not None:
+        label += f" · about {format_seconds(state.job_eta_seconds)} left overall"
+    return label
 
 
 def bars(counts: np.ndarray, edges: np.ndarray, **trace) -> go.Bar:

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import streamlit as st
 
-from app_pages.common import RUN_KEY, choose_run, guard, live, run_dir, runs_dir
+from app_pages.common import RUN_KEY, choose_run, guard, live, progress_label, run_dir, runs_dir
 from gdig.config import DataConfig, ScoreConfig
 from gdig.options import OptionSpec, specs
 from gdig.rundir.layout import JOB_SETTINGS
-from gdig.rundir.status import format_seconds
 from gdig.studio.jobs import cancel_job, job_state, plan_new_run, process_choices, start_job, start_new_run
 
 st.header("New run")
@@ -145,18 +144,6 @@ def _start(name: str, model: str, files: list, settings: dict, processes: int) -
     del st.session_state["new_name"]  # the next run gets a fresh default name
     choose_run(name.strip())
     st.rerun()
-
-
-def progress_label(state) -> str:
-    """Stage counter, rate and the time left in the stage and in the whole job."""
-    label = f"{state.stage}: {state.done:,}/{state.total:,}"
-    if state.rate:
-        label += f" · {state.rate:.1f}/s"
-    if state.eta_seconds is not None:
-        label += f" · stage {format_seconds(state.eta_seconds)} left"
-    if state.job_eta_seconds is not None:
-        label += f" · about {format_seconds(state.job_eta_seconds)} left overall"
-    return label
 
 
 def progress(folder: str) -> bool:

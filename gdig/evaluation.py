@@ -21,12 +21,14 @@ from gdig.config import DataConfig
 from gdig.data import Dataset, load_dataset
 from gdig.names import check_name
 from gdig.options import option
+from gdig.rundir.layout import BOOKKEEPING
 
 SETTINGS = "evaluation.json"  # the settings and the selections' checksums, written first
 REPORT = "report.json"  # written last: its presence means the evaluation is complete
 REPORT_MD = "report.md"
 FITS = "fits"
 RESULT = "result.json"  # in a fit's folder: written when the fit and its evaluation are done
+INPUTS = "inputs"  # the selections as files, when the app started the evaluation (gdig.studio.evaluations)
 
 
 @dataclass
@@ -180,7 +182,7 @@ def _prepare(out: Path, cfg: EvaluationConfig, inputs: Inputs, resume: bool) -> 
         if {k: before.get(k) for k in record} != record:
             raise ValueError(f"{out} was started with other settings or selections; choose another --out")
         return
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(p.name not in BOOKKEEPING | {INPUTS} for p in out.iterdir()):
         raise ValueError(f"{out} exists and is not an evaluation folder; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(saved, record)

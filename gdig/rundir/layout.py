@@ -22,6 +22,7 @@ INDEX_NORMS = "index_norms.npy"  # [N, 2] float32: each row's projected length, 
 INDEX_SEEDS = "index_seeds.npz"  # the seeds' rows, lengths and norms, as INDEX and INDEX_NORMS
 INDEX_META = "index.json"  # k, projection, seed, measured agreement; written last: its presence means complete
 SELECTIONS = "selections"
+EVALUATIONS = "evaluations"  # gdig evaluate's folders started from the Compare page, one per evaluation
 PARTIAL = "partial"  # chunks and checkpoints of a run in progress; removed when it finishes
 CANCEL = "cancel"  # its appearance asks the worker to stop between batches
 OVERRIDES = "overrides.json"

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -86,7 +87,7 @@ def start_job(cfg: ScoreConfig, resume: bool = False, processes: int | None = No
     settings = run_dir / JOB_SETTINGS
     write_json_atomic(settings, cfg.to_dict())
     args = ["gdig.studio.jobs", str(settings)] + (["--resume"] if resume else [])
-    return _spawn(run_dir, worker_command(args, processes), processes)
+    return spawn_worker(run_dir, worker_command(args, processes), processes)
 
 
 def worker_command(module_args: list[str], processes: int = 1) -> list[str]:
@@ -177,8 +178,6 @@ def new_run_config(root: str | Path, name: str, model: str, inputs: list, settin
             model=model.strip(), candidates=paths[0], seeds=paths[1], out=str(run_dir), data=data, **settings
         )
     except (DataError, ValueError) as e:
-        import shutil
-
         shutil.rmtree(folder, ignore_errors=True)
         raise ValueError(f"Bad input file: {e}" if isinstance(e, DataError) else str(e)) from None
     return cfg
@@ -194,10 +193,11 @@ def start_demo_job(run_dir: str | Path, cache: str | None = None, base: str | No
     clear_cancel(run_dir)
     cmd = [sys.executable, "-m", "gdig", "demo", "--out", str(run_dir)] + (["--cache", cache] if cache else [])
     cmd += ["--pretrained", "--base", str(base)] if base else []
-    return _spawn(run_dir, cmd)
+    return spawn_worker(run_dir, cmd)
 
 
-def _spawn(run_dir: Path, cmd: list[str], processes: int = 1) -> Path:
+def spawn_worker(run_dir: Path, cmd: list[str], processes: int = 1) -> Path:
+    """Run `cmd` in its own session (it outlives the page), its output in run_dir's worker.log, its pid in job.json."""
     log = open(run_dir / WORKER_LOG, "ab")  # noqa: SIM115 - handed to the child
     env = os.environ | {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
     root = Path(__file__).resolve().parents[2]  # the checkout, so `python -m gdig` finds this package

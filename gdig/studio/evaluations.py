@@ -1,0 +1,130 @@
+"""The Compare page's closed loop: the compared selections written as files in RUN/evaluations/NAME/inputs, checked,
+then `gdig evaluate` started there as a background job (progress, cancel and resume like a scoring run); the
+evaluations of a run listed with their state and report."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from gdig.atomic import write_bytes_atomic
+from gdig.compare import NamedSelection
+from gdig.config import DataConfig
+from gdig.evaluation import INPUTS, EvaluationConfig, read_inputs
+from gdig.evaluation_report import read_report
+from gdig.names import check_name
+from gdig.rundir.layout import EVALUATIONS, JOB
+from gdig.rundir.results import RunResults
+from gdig.rundir.status import clear_cancel
+from gdig.studio.jobs import JobState, job_state, spawn_worker
+
+
+def default_model(run: RunResults) -> tuple[str, str | None]:
+    """The base model to fine-tune: the run's model (with an adapter run, the base the adapter sat on)."""
+    settings = run.config.get("settings", {})
+    return str(settings.get("model", "")), settings.get("gguf_file")
+
+
+def default_test(run: RunResults) -> str:
+    """A test.jsonl beside the run's candidate file (the demos have one), else nothing."""
+    candidates = run.config.get("settings", {}).get("candidates")
+    guess = Path(candidates).with_name("test.jsonl") if candidates else None
+    return str(guess) if guess is not None and guess.is_file() else ""
+
+
+def file_name(selection: str) -> str:
+    """A compared selection's name as `gdig evaluate` names it (letters, digits, '-', '_', '.')."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", selection).strip("-._") or "selection"
+
+
+def start_evaluation(run: RunResults, sels: list[NamedSelection], name: str, cfg: EvaluationConfig) -> Path:
+    """Write the selections' original records as inputs, check everything as `gdig evaluate` would (an empty
+    selection, unequal sizes, a bad test file: ValueError, nothing left behind), then start the job. `cfg`
+    gives the model, test and training settings; its selections, names and out are set here."""
+    name = check_name(name, "evaluation name")
+    out = run.path / EVALUATIONS / name
+    if out.exists():
+        raise ValueError(f"an evaluation named {name!r} exists in this run; choose another name")
+    names = [file_name(s.name) for s in sels]
+    if len(set(names)) != len(names):
+        raise ValueError("compare different selections: two of them have the same name")
+    for s in sels:
+        if not len(s.rows):
+            raise ValueError(f"the selection {s.name!r} is empty: nothing to train on")
+    try:
+        files = [_write_records(run, s, out / INPUTS / f"{n}.jsonl") for s, n in zip(sels, names, strict=True)]
+        cfg.selections, cfg.names, cfg.out = [str(f) for f in files], names, str(out)
+        read_inputs(cfg)
+    except (ValueError, OSError) as e:
+        shutil.rmtree(out, ignore_errors=True)
+        raise ValueError(str(e)) from None
+    clear_cancel(out)
+    return spawn_worker(out, evaluate_command(cfg))
+
+
+def _write_records(run: RunResults, sel: NamedSelection, path: Path) -> Path:
+    records = run.candidates["record"].iloc[sel.rows].tolist()  # each pair's original record, as scored
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(path, "".join(r + "\n" for r in records).encode("utf-8"))
+    return path
+
+
+def evaluate_command(cfg: EvaluationConfig) -> list[str]:
+    """`python -m gdig evaluate ...` for these settings."""
+    cmd = [sys.executable, "-m", "gdig", "evaluate", "--model", cfg.model, "--test", cfg.test, "--out", cfg.out]
+    cmd += ["--selections", *cfg.selections, "--names", *cfg.names, "--seeds", str(cfg.seeds)]
+    cmd += ["--epochs", str(cfg.epochs), "--lr", str(cfg.lr), "--batch-size", str(cfg.batch_size)]
+    cmd += [
+        "--lora-r",
+        str(cfg.lora_r),
+        "--lora-alpha",
+        str(cfg.lora_alpha),
+        "--max-new-tokens",
+        str(cfg.max_new_tokens),
+    ]
+    cmd += ["--device", cfg.device, "--max-length", str(cfg.data_config.max_length), "--quiet"]
+    cmd += ["--gguf-file", cfg.gguf_file] if cfg.gguf_file else []
+    cmd += ["--allow-unequal"] if cfg.allow_unequal else []
+    for flag, value in (("--src-lang", cfg.data_config.src_lang), ("--trg-lang", cfg.data_config.trg_lang)):
+        cmd += [flag, value] if value else []
+    return cmd
+
+
+def resume_evaluation(out: str | Path) -> Path:
+    """Start a stopped evaluation again with its own command and --resume (its finished fine-tunes are kept)."""
+    out = Path(out)
+    state = job_state(out)
+    if state.running:
+        raise ValueError(f"the evaluation {out.name!r} is running")
+    cmd = json.loads((out / JOB).read_text())["cmd"]
+    clear_cancel(out)
+    return spawn_worker(out, cmd + ([] if "--resume" in cmd else ["--resume"]))
+
+
+@dataclass
+class EvaluationEntry:
+    """One evaluation of a run, as the Compare page lists it."""
+
+    name: str
+    path: Path
+    state: JobState
+    report: dict | None
+
+
+def list_evaluations(run_dir: str | Path) -> list[EvaluationEntry]:
+    """The run's evaluations, newest first."""
+    root = Path(run_dir) / EVALUATIONS
+    folders = (
+        sorted((d for d in root.glob("*") if d.is_dir()), key=lambda d: -d.stat().st_mtime) if root.is_dir() else []
+    )
+    return [EvaluationEntry(d.name, d, job_state(d), read_report(d)) for d in folders]
+
+
+def evaluation_config(model: str, test: str, gguf_file: str | None = None, **settings) -> EvaluationConfig:
+    """Settings for start_evaluation from the page's fields (unknown keys refused by the dataclass)."""
+    data = DataConfig(**{k: settings.pop(k) for k in ("src_lang", "trg_lang", "max_length") if k in settings})
+    return EvaluationConfig(model=model, test=test, out="", gguf_file=gguf_file, data_config=data, **settings)

@@ -1,0 +1,101 @@
+"""The Compare page driven by AppTest: it agrees with `gdig compare`, lists the pairs in one selection only, and
+Train and compare starts `gdig evaluate` in the background and shows its report (or refuses bad input)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from conftest import make_pairs, write_jsonl
+from gdig.__main__ import main
+from gdig.config import ScoreConfig
+from gdig.run import score
+from gdig.rundir.layout import EVALUATIONS
+from gdig.studio.jobs import job_state
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, llama_dir):
+    root = tmp_path_factory.mktemp("runs")
+    data = tmp_path_factory.mktemp("data")
+    pool = make_pairs(40, seed=31)
+    for i, r in enumerate(pool):
+        r["corruption"] = "truncated" if i % 4 == 0 else None
+    cands = write_jsonl(data / "c.jsonl", pool)
+    write_jsonl(data / "test.jsonl", make_pairs(4, seed=33))  # beside the pool: the page's default test file
+    seeds = write_jsonl(data / "s.jsonl", make_pairs(5, seed=32))
+    cfg = ScoreConfig(model=str(llama_dir), candidates=str(cands), seeds=str(seeds), out=str(root / "r"), sketch_dim=32)
+    score(cfg)
+    return root
+
+
+@pytest.fixture()
+def page(runs, monkeypatch):
+    monkeypatch.setenv("GDIG_RUNS_DIR", str(runs))
+    monkeypatch.chdir(ROOT)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.session_state["run_name"] = "r"
+    at.run()
+    at.switch_page("app_pages/compare.py")
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_the_page_agrees_with_the_cli(page, runs, capsys):
+    page.selectbox(key="cmp_a").set_value("Default rule")
+    page.selectbox(key="cmp_b").set_value("Length ratio")
+    page.number_input(key="cmp_budget").set_value(12).run()
+    assert not page.exception, page.exception
+    assert main(["compare", str(runs / "r"), "default", "length-ratio", "--budget", "12", "--json"]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    overlap = next(m.value for m in page.markdown if m.value.startswith("**Overlap**"))
+    for region, count in cli["regions"].items():
+        assert f"{region}: **{count:,}**" in overlap
+    assert [m.value for m in page.metric] == ["12 pairs", "12 pairs"]
+    kinds = next(d.value for d in page.dataframe if d.value.index.name == "kind")
+    for name in ("default", "length-ratio"):
+        assert {k: int(v) for k, v in kinds[name].items()} == {k: v[name] for k, v in cli["per_kind"].items()}
+    only = page.dataframe(key="cmp_only_length-ratio").value
+    assert len(only) == len(cli["only"]["length-ratio"]) and set(only["id"]) == set(cli["only"]["length-ratio"])
+
+
+def test_train_and_compare_runs_in_the_background_and_shows_the_report(page, runs):
+    page.selectbox(key="cmp_a").set_value("Default rule")
+    page.number_input(key="cmp_budget").set_value(6).run()
+    page.text_input(key="cmp_eval_name").set_value("first")
+    page.number_input(key="cmp_eval_seeds").set_value(1)
+    page.number_input(key="cmp_eval_tokens").set_value(3)
+    _submit(page)
+    folder = runs / "r" / EVALUATIONS / "first"
+    assert (folder / "inputs" / "default.jsonl").exists() and (folder / "inputs" / "random.jsonl").exists()
+    deadline = time.time() + 240
+    while not (folder / "report.json").exists() and time.time() < deadline:
+        assert not job_state(folder).error, job_state(folder).error
+        time.sleep(1)
+    page.run()
+    assert not page.exception, page.exception
+    table = next(d.value for d in page.dataframe if "pairs" in d.value.columns)
+    assert table["selection"].tolist() == ["default", "random"] and table["pairs"].tolist() == [6, 6]
+    assert any("one seed, no interval" in m.value for m in page.markdown)
+
+
+def test_bad_input_is_refused_and_nothing_is_left(page, runs):
+    page.number_input(key="cmp_budget").set_value(6).run()
+    page.text_input(key="cmp_eval_name").set_value("broken")
+    page.text_input(key="cmp_eval_test").set_value(str(runs / "no-such-test.jsonl"))
+    _submit(page)
+    assert any("Not started" in e.value and "no-such-test.jsonl" in e.value for e in page.error)
+    assert not (runs / "r" / EVALUATIONS / "broken").exists()
+
+
+def _submit(at: AppTest) -> None:
+    (button,) = [b for b in at.button if b.label.startswith("Train and compare")]
+    button.click().run()
+    assert not at.exception, at.exception
