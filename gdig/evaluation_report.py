@@ -114,3 +114,20 @@ def read_report(out: str | Path) -> dict | None:
 
     path = Path(out) / REPORT
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def evaluations_summary(run_dir: str | Path) -> list[dict]:
+    """The finished evaluations of a run (RUN/evaluations/*), in a few lines each: recorded in every export's
+    manifest, so that a selection ships with the evidence of what training on it did."""
+    from gdig.rundir.layout import EVALUATIONS
+
+    out = []
+    for folder in sorted((Path(run_dir) / EVALUATIONS).glob("*")):
+        report = read_report(folder) if folder.is_dir() else None
+        if report is not None:
+            means = {n: {m: round(s[m]["mean"], 4) for m in METRICS} for n, s in report["per_selection"].items()}
+            out.append(
+                {"name": folder.name, "report": f"{EVALUATIONS}/{folder.name}/report.json", "seeds": report["seeds"]}
+                | {"means": means, "verdicts": report["verdicts"]}
+            )
+    return out

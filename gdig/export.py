@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from gdig.atomic import write_bytes_atomic
+from gdig.evaluation_report import evaluations_summary
 from gdig.names import check_name
 from gdig.rundir.results import RunResults
 from gdig.select import Selection, SelectionConfig
@@ -71,6 +72,7 @@ def manifest(run: RunResults, sel: Selection, cfg: SelectionConfig, jsonl_bytes:
             "per_cluster": {str(k): v for k, v in sel.cluster_counts().items()},
         },
         "messages": sel.messages,
+        "evaluations": evaluations_summary(run.path),
         "sha256": hashlib.sha256(jsonl_bytes).hexdigest(),
     }
 

@@ -13,8 +13,11 @@ from streamlit.testing.v1 import AppTest
 from conftest import make_pairs, write_jsonl
 from gdig.__main__ import main
 from gdig.config import ScoreConfig
+from gdig.export import save_into_run
 from gdig.run import score
 from gdig.rundir.layout import EVALUATIONS
+from gdig.rundir.results import load_run
+from gdig.select import SelectionConfig, select_run
 from gdig.studio.jobs import job_state
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,6 +87,12 @@ def test_train_and_compare_runs_in_the_background_and_shows_the_report(page, run
     table = next(d.value for d in page.dataframe if "pairs" in d.value.columns)
     assert table["selection"].tolist() == ["default", "random"] and table["pairs"].tolist() == [6, 6]
     assert any("one seed, no interval" in m.value for m in page.markdown)
+    run = load_run(runs / "r")  # an export of the run carries the evaluation's figures in its manifest
+    cfg = SelectionConfig(budget=6, clusters=2)
+    _, manifest = save_into_run(run, select_run(run, cfg), cfg, "shipped")
+    (evaluation,) = json.loads(manifest.read_text())["evaluations"]
+    assert evaluation["name"] == "first" and evaluation["report"] == "evaluations/first/report.json"
+    assert evaluation["means"]["default"]["chrf"] == pytest.approx(table_mean(table, "chrF"), abs=1e-3)
 
 
 def test_bad_input_is_refused_and_nothing_is_left(page, runs):
@@ -93,6 +102,10 @@ def test_bad_input_is_refused_and_nothing_is_left(page, runs):
     _submit(page)
     assert any("Not started" in e.value and "no-such-test.jsonl" in e.value for e in page.error)
     assert not (runs / "r" / EVALUATIONS / "broken").exists()
+
+
+def table_mean(table, column: str) -> float:
+    return float(str(table[column].iloc[0]).split(" ")[0])
 
 
 def _submit(at: AppTest) -> None:
