@@ -15,6 +15,11 @@ New seed sets and questions from the run's gradient index, without another pass 
     rescore(run_dir, "runs/pool-other-seeds", SeedEdit(add=read_seed_file(run, "other.jsonl"), replace=True))
     (answer,) = ask(run, load_index(run_dir), RunModel(run_dir), [pair_example(run, "Hallo Welt", "Hello world")])
 
+Two selections side by side, and the same LoRA fine-tune on each, judged on a test set:
+
+    compare_selections(run, ["default", "random"], budget=5000).regions
+    evaluate(EvaluationConfig(model="base", selections=["a.jsonl", "b.jsonl"], test="test.jsonl", out="ev"))
+
 Names are imported on first use, so `import gdig` stays light (no torch until a model is needed).
 """
 
@@ -35,6 +40,9 @@ _WHERE = {
     "SelectionConfig": "gdig.select",
     "select_run": "gdig.select",
     "export_selection": "gdig.export",
+    "compare_selections": "gdig.compare",
+    "EvaluationConfig": "gdig.evaluation",
+    "evaluate": "gdig.evaluation",
     "rescore": "gdig.rescore",
     "SeedEdit": "gdig.rescore",
     "read_seed_file": "gdig.rescore",

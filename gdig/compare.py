@@ -274,3 +274,8 @@ def current_config(run_dir: str | Path) -> SelectionConfig:
         return SelectionConfig(**saved, include=ov.include, exclude=ov.exclude)
     except (TypeError, ValueError):  # settings saved by another version: the rule's defaults and the decisions
         return SelectionConfig(include=ov.include, exclude=ov.exclude)
+
+
+def compare_selections(run: RunResults, specs: list[str], budget: int | None = None, clusters: int = 10, seed: int = 0):
+    """resolve + compare in one call (the Python API): `compare_selections(run, ["default", "random"], 5000)`."""
+    return compare(run, resolve(run, specs, budget), clusters, seed)
