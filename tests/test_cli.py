@@ -219,7 +219,9 @@ def test_pip_install_gives_a_gdig_console_script(tmp_path):
         timeout=120,
         env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"},
     )
-    assert res.returncode == 0 and "{score,select,finetune,demo,index,rescore,query,curate,evaluate,compare}" in res.stdout
+    assert (
+        res.returncode == 0 and "{score,select,finetune,demo,index,rescore,query,curate,evaluate,compare}" in res.stdout
+    )
     subpackages = "import gdig.rundir.layout, gdig.studio.views, gdig.demo.corpus, gdig.distributed"
     res = subprocess.run(
         [sys.executable, "-c", subpackages],
