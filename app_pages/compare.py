@@ -57,7 +57,9 @@ def _overview(result, sels) -> None:
     regions = {k: v for k, v in result.regions.items() if v}
     st.markdown("**Overlap** " + " · ".join(f"{k}: **{v:,}**" for k, v in result.regions.items()))
     fig = go.Figure(go.Bar(x=list(regions.values()), y=list(regions), orientation="h", marker_color="#64748b"))
-    fig.update_layout(height=60 + 28 * len(regions), margin=dict(l=10, r=10, t=10, b=10))
+    fig.update_layout(
+        height=60 + 28 * len(regions), margin=dict(l=10, r=10, t=10, b=10), yaxis=dict(autorange="reversed")
+    )
     st.plotly_chart(fig, key="cmp_overlap")
 
 

@@ -48,6 +48,7 @@ class EvaluationConfig:
     epochs: float = option(1.0, "passes over each selection")
     lr: float = option(1e-3, "peak learning rate of the LoRA fine-tunes (AdamW, warm-up and decay)")
     batch_size: int = option(8, "examples per optimizer step", minimum=1)
+    eval_batch_size: int = option(32, "test examples translated and scored at once", minimum=1)
     max_new_tokens: int = option(64, "longest greedy translation", minimum=1)
     device: str = option("auto", "auto, cpu, cuda, cuda:1, mps")
     data_config: DataConfig = field(default_factory=DataConfig)
@@ -55,8 +56,8 @@ class EvaluationConfig:
     def __post_init__(self) -> None:
         if isinstance(self.data_config, dict):
             self.data_config = DataConfig(**self.data_config)
-        if self.seeds < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
-            raise ValueError("--seeds, --batch-size and --max-new-tokens must be >= 1")
+        if min(self.seeds, self.batch_size, self.eval_batch_size, self.max_new_tokens) < 1:
+            raise ValueError("--seeds, --batch-size, --eval-batch-size and --max-new-tokens must be >= 1")
         if self.lr <= 0 or self.epochs <= 0:
             raise ValueError("--lr and --epochs must be > 0")
 
@@ -231,8 +232,8 @@ def score_model(model_dir: Path, test: Dataset, cfg: EvaluationConfig, progress:
 
     model, tok = load_model(str(model_dir), cfg.device, "float32")
     model.eval()
-    hyps = translate(model, tok, test, cfg.batch_size, cfg.max_new_tokens, on_batch=progress)
-    losses = example_losses(model, tok, test, cfg.batch_size, cfg.data_config.max_length)
+    hyps = translate(model, tok, test, cfg.eval_batch_size, cfg.max_new_tokens, on_batch=progress)
+    losses = example_losses(model, tok, test, cfg.eval_batch_size, cfg.data_config.max_length)
     refs = [e.target for e in test.examples]
     return translation_metrics(hyps, refs) | {"loss": float(losses.mean()), "hypotheses": hyps}
 

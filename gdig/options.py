@@ -107,3 +107,18 @@ def from_args(cls: type, args: argparse.Namespace, **given: Any) -> Any:
     known = specs(cls)
     values = {k: v for k, v in vars(args).items() if k in known and (v is not None or known[k].optional)}
     return cls(**(values | given))
+
+
+def to_args(obj: Any, only: tuple[str, ...] | None = None) -> list[str]:
+    """The command line that `add_options` + `from_args` read back as `obj` (every documented CLI field that is
+    set; a bool only when it differs from its default): how the app starts a command as a worker."""
+    out: list[str] = []
+    for name, s in specs(type(obj)).items():
+        value = getattr(obj, name)
+        if not s.cli or (only is not None and name not in only) or value is None:
+            continue
+        if s.kind is bool:
+            out += [s.flag] if value != s.default else []
+        else:
+            out += [s.flag, str(value)]
+    return out

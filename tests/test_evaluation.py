@@ -144,3 +144,20 @@ def test_cli_prints_the_report(tmp_path, llama_dir, two_selections, capsys):
     printed = capsys.readouterr().out
     assert "| rule | 6 |" in printed and "| random | 6 |" in printed and "one seed, no interval" in printed
     assert json.loads((out / "evaluation.json").read_text())["names"] == ["rule", "random"]
+
+
+def test_the_apps_command_reads_back_as_the_same_settings():
+    import argparse
+
+    from gdig.cli_evaluate import add_evaluate_command
+    from gdig.config import DataConfig
+    from gdig.options import from_args
+    from gdig.studio.evaluations import evaluate_command, evaluation_config
+
+    cfg = evaluation_config("base", "t.jsonl", "m.gguf", seeds=2, allow_unequal=True, lr=0.01, trg_lang="de")
+    cfg.selections, cfg.names, cfg.out = ["a.jsonl", "b.jsonl"], ["a", "b"], "out"
+    parser = argparse.ArgumentParser()
+    add_evaluate_command(parser.add_subparsers())
+    args = parser.parse_args(evaluate_command(cfg)[3:])
+    data = from_args(DataConfig, args)
+    assert from_args(EvaluationConfig, args, selections=args.selections, names=args.names, data_config=data) == cfg

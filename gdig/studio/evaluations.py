@@ -17,6 +17,7 @@ from gdig.config import DataConfig
 from gdig.evaluation import INPUTS, EvaluationConfig, read_inputs
 from gdig.evaluation_report import read_report
 from gdig.names import check_name
+from gdig.options import to_args
 from gdig.rundir.layout import EVALUATIONS, JOB
 from gdig.rundir.results import RunResults
 from gdig.rundir.status import clear_cancel
@@ -75,23 +76,9 @@ def _write_records(run: RunResults, sel: NamedSelection, path: Path) -> Path:
 
 def evaluate_command(cfg: EvaluationConfig) -> list[str]:
     """`python -m gdig evaluate ...` for these settings."""
-    cmd = [sys.executable, "-m", "gdig", "evaluate", "--model", cfg.model, "--test", cfg.test, "--out", cfg.out]
-    cmd += ["--selections", *cfg.selections, "--names", *cfg.names, "--seeds", str(cfg.seeds)]
-    cmd += ["--epochs", str(cfg.epochs), "--lr", str(cfg.lr), "--batch-size", str(cfg.batch_size)]
-    cmd += [
-        "--lora-r",
-        str(cfg.lora_r),
-        "--lora-alpha",
-        str(cfg.lora_alpha),
-        "--max-new-tokens",
-        str(cfg.max_new_tokens),
-    ]
-    cmd += ["--device", cfg.device, "--max-length", str(cfg.data_config.max_length), "--quiet"]
-    cmd += ["--gguf-file", cfg.gguf_file] if cfg.gguf_file else []
-    cmd += ["--allow-unequal"] if cfg.allow_unequal else []
-    for flag, value in (("--src-lang", cfg.data_config.src_lang), ("--trg-lang", cfg.data_config.trg_lang)):
-        cmd += [flag, value] if value else []
-    return cmd
+    cmd = [sys.executable, "-m", "gdig", "evaluate", *to_args(cfg), "--selections", *cfg.selections]
+    cmd += ["--names", *cfg.names, *to_args(cfg.data_config, only=("max_length", "src_lang", "trg_lang"))]
+    return [*cmd, "--quiet"]
 
 
 def resume_evaluation(out: str | Path) -> Path:
