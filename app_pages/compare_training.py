@@ -118,15 +118,16 @@ def _report(name: str, report: dict) -> None:
         label, higher = METRICS[metric]
         per = [report["per_selection"][s][metric] for s in report["names"]]
         fig = go.Figure(
-            go.Bar(
+            go.Scatter(
                 x=report["names"],
                 y=[p["mean"] for p in per],
                 error_y=dict(type="data", array=[p["sd"] or 0 for p in per]),
-                marker_color="#2563eb",
+                mode="markers",
+                marker=dict(size=12, color="#2563eb"),
             )
         )
         fig.update_layout(
-            title=f"{label} ({'higher' if higher else 'lower'} is better)",
+            title=f"{label}, mean ± sd over seeds ({'higher' if higher else 'lower'} is better)",
             height=260,
             margin=dict(l=10, r=10, t=40, b=10),
         )
