@@ -10,7 +10,7 @@ import streamlit as st
 
 from app_pages.common import bars, cached_run, current_run, guard, run_stamp, selection_config
 from app_pages.compare_training import training_panel
-from gdig.compare import RULES, compare, resolve, rows_table, saved_exports
+from gdig.compare import RULES, compare, resolve, rows_table, saved_exports, score_columns
 from gdig.select import SelectionConfig
 from gdig.studio.views import histogram_counts
 
@@ -22,18 +22,22 @@ RULE_LABELS = {
     "random": "Random",
 }
 NONE = "—"
+TABLE_ROWS = 1_000  # rows sent to the browser per table, as in Explore
 COLOURS = ("#2563eb", "#f97316", "#16a34a")
 
 
 @st.cache_data(max_entries=8, show_spinner="Comparing…")
-def _compared(path: str, stamp: float, specs: tuple, budget: int | None, cfg_json: str, k: int, seed: int):
+def _compared(path: str, stamp: float, specs: tuple, budget: int | None, cfg_json: str, saved: tuple):
+    """Cached per run, choice, rule settings and saved exports (`saved`: their names and times, so that a file
+    saved again is read again)."""
     run = cached_run(path, stamp)
-    sels = resolve(run, list(specs), budget, SelectionConfig(**json.loads(cfg_json)))
-    return sels, compare(run, sels, k, seed)
+    cfg = SelectionConfig(**json.loads(cfg_json))
+    sels = resolve(run, list(specs), budget, cfg, cfg.seed)
+    return sels, compare(run, sels, cfg.clusters, cfg.seed)
 
 
 def _pickers(run) -> tuple[list[str], int | None]:
-    options = {RULE_LABELS[k]: k for k in RULES} | {f"Saved: {p.stem}": p.stem for p in saved_exports(run)}
+    options = {RULE_LABELS[k]: k for k in RULES} | {f"Saved: {p.stem}": str(p) for p in saved_exports(run)}
     labels = list(options)
     c = st.columns(4)
     a = c[0].selectbox("Selection A", labels, index=0, key="cmp_a")
@@ -81,8 +85,7 @@ def _clusters_and_kinds(result, k: int) -> None:
 def _distributions(run, result, sels) -> None:
     scores = list(dict.fromkeys(s for s, _ in result.distributions.index))
     score = st.selectbox("Distribution of", scores, key="cmp_score")
-    values = {"mean influence": run.mean_influence, "share of seeds helped": run.frac_helped} | run.signals
-    v = np.asarray(values[score], np.float64)
+    v = np.asarray(score_columns(run)[score], np.float64)
     rows = np.concatenate([s.rows for s in sels])
     finite = v[rows][np.isfinite(v[rows])]
     if not len(finite):
@@ -102,7 +105,10 @@ def _only_rows(run, result) -> None:
     st.subheader("Pairs in one selection only")
     tabs = st.tabs([f"Only in {n} ({len(result.only(n)):,})" for n in result.names])
     for tab, name in zip(tabs, result.names, strict=True):
-        table = rows_table(run, result.only(name), result.labels)
+        rows = result.only(name)
+        table = rows_table(run, rows, result.labels).head(TABLE_ROWS)
+        if len(rows) > TABLE_ROWS:
+            tab.caption(f"The {TABLE_ROWS:,} with the highest mean influence of {len(rows):,}.")
         event = tab.dataframe(
             table, hide_index=True, on_select="rerun", selection_mode="single-row", key=f"cmp_only_{name}", height=300
         )
@@ -119,15 +125,9 @@ run = current_run()
 with guard():
     specs, budget = _pickers(run)
     cfg = selection_config(run)
-    sels, result = _compared(
-        str(run.path),
-        run_stamp(str(run.path)),
-        tuple(specs),
-        budget,
-        json.dumps(cfg.to_dict(), sort_keys=True),
-        cfg.clusters,
-        cfg.seed,
-    )
+    saved = tuple((p.name, p.stat().st_mtime) for p in saved_exports(run))
+    settings = json.dumps(cfg.to_dict(), sort_keys=True)
+    sels, result = _compared(str(run.path), run_stamp(str(run.path)), tuple(specs), budget, settings, saved)
     _overview(result, sels)
     _clusters_and_kinds(result, cfg.clusters)
     _distributions(run, result, sels)

@@ -14,6 +14,7 @@ from gdig.evaluation import EvaluationConfig
 from gdig.evaluation_report import METRICS, markdown
 from gdig.options import specs
 from gdig.studio.evaluations import (
+    default_data,
     default_model,
     default_test,
     evaluation_config,
@@ -67,6 +68,7 @@ def _form(run, sels) -> None:
             base.strip(),
             test.strip(),
             gguf if base.strip() == model else None,
+            default_data(run),
             seeds=int(seeds),
             epochs=float(epochs),
             lr=float(lr),
@@ -93,7 +95,11 @@ def _progress(folder: str) -> bool:
         st.warning(f"Stopped: {state.error}")
         st.caption("Resume keeps every finished fine-tune and trains the rest.")
         if st.button("Resume", key=f"resume_{folder}"):
-            resume_evaluation(folder)
+            try:
+                resume_evaluation(folder)
+            except (ValueError, OSError) as err:  # started from another tab meanwhile, or its job file is gone
+                st.error(f"Not resumed: {err}")
+                return False
             st.rerun(scope="app")
         return False
     st.progress(state.job_fraction, text=f"Overall {state.job_fraction:.0%} · " + progress_label(state))

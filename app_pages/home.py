@@ -10,6 +10,7 @@ import streamlit as st
 from app_pages.common import RUN_KEY, choose_run, guard, live, run_dir, runs_dir
 from gdig import model_source
 from gdig.rundir.status import format_seconds
+from gdig.studio.evaluations import running_evaluations
 from gdig.studio.jobs import delete_run, job_state, list_runs, start_demo_job
 
 st.header("Runs")
@@ -121,7 +122,10 @@ def manage(names: list[str]) -> None:
         st.switch_page("app_pages/influence.py")
     with b.popover("Delete…"):
         st.write(f"Delete run **{chosen}** and everything in its folder?")
-        if st.button(f"Delete {chosen}", type="primary", key="home_delete"):
+        busy = running_evaluations(run_dir(chosen))
+        if busy:
+            st.warning(f"Its evaluation {', '.join(busy)} is running: cancel it on the Compare page first.")
+        elif st.button(f"Delete {chosen}", type="primary", key="home_delete"):
             delete_run(runs_dir(), chosen)
             if st.session_state.get(RUN_KEY) == chosen:
                 st.session_state[RUN_KEY] = None

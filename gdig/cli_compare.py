@@ -17,7 +17,11 @@ def add_compare_command(sub) -> None:
     p.add_argument("run_dir", help="a finished run directory")
     rules = "; ".join(f"{k}: {v}" for k, v in RULES.items())
     p.add_argument(
-        "selections", nargs="+", metavar="SELECTION", help=f"a rule ({rules}), a selection saved in the run, or a file"
+        "selections",
+        nargs="+",
+        metavar="SELECTION",
+        help=f"a rule ({rules}), a selection saved in the run (a rule's name wins: give such a file by its path), "
+        "or a JSONL file",
     )
     p.add_argument(
         "--budget",
@@ -27,7 +31,9 @@ def add_compare_command(sub) -> None:
         "length-ratio and random take the size of the first selection)",
     )
     p.add_argument("--clusters", type=int, default=10, help="K of the one clustering of the pool (default: 10)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the clustering and of random (default: 0)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the clustering, the rules' K-means and random (default: 0)"
+    )
     p.add_argument("--rows", type=int, default=10, help="pairs listed from each selection's own part (default: 10)")
     p.add_argument("--json", action="store_true", help="the comparison as JSON")
 
@@ -37,7 +43,7 @@ def run_compare(a: argparse.Namespace) -> None:
     if a.budget is not None and a.budget < 1:
         raise ValueError(f"--budget {a.budget}: give a positive number of pairs (or leave it out)")
     run = load_run(a.run_dir)
-    sels = resolve(run, a.selections, a.budget, current_config(run.path))
+    sels = resolve(run, a.selections, a.budget, current_config(run.path), a.seed)
     result = compare(run, sels, a.clusters, a.seed)
     if a.json:
         only = {n: run.candidates["id"].astype(str).iloc[result.only(n)].tolist() for n in result.names}

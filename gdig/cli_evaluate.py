@@ -8,6 +8,8 @@ import sys
 from gdig.config import DataConfig
 from gdig.options import add_options, from_args
 
+DATA_FLAGS = ("prompt_template", "src_lang", "trg_lang", "max_length")  # how records become prompts, as in scoring
+
 
 def add_evaluate_command(sub) -> None:
     """`gdig evaluate --model BASE --selections A.jsonl B.jsonl ... --test TEST --out DIR`."""
@@ -19,21 +21,27 @@ def add_evaluate_command(sub) -> None:
     p.add_argument("--selections", nargs="+", required=True, metavar="JSONL", help="two or more selection files")
     p.add_argument("--names", nargs="+", default=[], help="a name per selection (default: the file names)")
     add_options(p, EvaluationConfig)
-    add_options(p, DataConfig, only=("max_length", "src_lang", "trg_lang"))
+    add_options(p, DataConfig, only=DATA_FLAGS)
     p.add_argument("--resume", action="store_true", help="continue a stopped evaluation in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def run_evaluate(a: argparse.Namespace) -> int:
     """Check everything, train and evaluate, print the report; 130 when stopped (finished fits are kept)."""
-    from gdig.__main__ import _Progress
+    from gdig.__main__ import _Progress, unescape
     from gdig.evaluation import EvaluationConfig, evaluate
     from gdig.evaluation_report import markdown, read_report
     from gdig.model_source import check_model_source
     from gdig.rundir.status import Cancelled, interrupt_cancels
 
     check_model_source(a.model, gguf_file=a.gguf_file)
-    cfg = from_args(EvaluationConfig, a, selections=a.selections, names=a.names, data_config=from_args(DataConfig, a))
+    cfg = from_args(
+        EvaluationConfig,
+        a,
+        selections=a.selections,
+        names=a.names,
+        data_config=from_args(DataConfig, a, prompt_template=unescape(a.prompt_template)),
+    )
     progress = _Progress(a.quiet)
     try:
         with interrupt_cancels(cfg.out):

@@ -38,8 +38,11 @@ class NamedSelection:
     source: str
 
 
-def rule_config(rule: str, budget: int | None, current: SelectionConfig | None = None) -> SelectionConfig:
-    """The settings of a rule applied live at `budget` (None: every candidate the rule keeps)."""
+def rule_config(
+    rule: str, budget: int | None, current: SelectionConfig | None = None, seed: int = 0
+) -> SelectionConfig:
+    """The settings of a rule applied live at `budget` (None: every candidate the rule keeps; the current rule
+    then keeps its own budget and seed), drawn with `seed` (random, K-means)."""
     if rule not in RULES:
         raise ValueError(f"unknown rule {rule!r}; expected one of {', '.join(RULES)}")
     base = {
@@ -49,17 +52,20 @@ def rule_config(rule: str, budget: int | None, current: SelectionConfig | None =
         "length-ratio": SelectionConfig(method="length-ratio"),
         "random": SelectionConfig(method="random"),
     }[rule]
-    return dataclasses.replace(base, budget=budget)
+    if rule == "current":
+        return dataclasses.replace(base, budget=budget or base.budget)
+    return dataclasses.replace(base, budget=budget, seed=seed)
 
 
-def rule_selection(run: RunResults, rule: str, budget: int | None, current=None) -> NamedSelection:
+def rule_selection(run: RunResults, rule: str, budget: int | None, current=None, seed: int = 0) -> NamedSelection:
     """A rule applied to the run now ("current": `current`, else the run's saved settings)."""
     if rule in BASELINES and not budget:
-        raise ValueError(f"the {rule} selection needs a budget (--budget, or an export or rule listed before it)")
+        raise ValueError(f"the {rule} selection needs a budget (--budget, or a non-empty selection listed before it)")
     if rule == "current" and current is None:
         current = current_config(run.path)
-    sel = select_run(run, rule_config(rule, budget, current))
-    shown = f"{budget:,}" if budget else "every kept candidate"
+    cfg = rule_config(rule, budget, current, seed)
+    sel = select_run(run, cfg)
+    shown = f"{cfg.budget:,}" if cfg.budget else "every kept candidate"
     return NamedSelection(rule, np.sort(sel.indices), f"{RULES[rule]}, budget {shown}")
 
 
@@ -78,6 +84,7 @@ def read_export(run: RunResults, path: str | Path) -> NamedSelection:
                 f"{run.path.name}'s): compare selections of one run"
             )
     by_record = None
+    records = run.candidates["record"].tolist()
     rows = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -87,11 +94,14 @@ def read_export(run: RunResults, path: str | Path) -> NamedSelection:
         except json.JSONDecodeError as e:
             raise ValueError(f"{path} line {number}: not JSON ({e.msg})") from None
         meta = rec.pop("gdig", None) if isinstance(rec, dict) else None
-        if isinstance(meta, dict) and str(meta.get("id")) in run.id_index:
-            rows.append(run.id_index[str(meta["id"])])
+        row = run.id_index.get(str(meta.get("id"))) if isinstance(meta, dict) else None
+        if row is not None and _canonical(json.loads(records[row])) == _canonical(rec):
+            rows.append(row)  # its id, and the same pair: ids alone are row numbers in pools without their own
             continue
-        by_record = by_record if by_record is not None else _record_rows(run)
-        row = by_record.get(json.dumps(rec, ensure_ascii=False, sort_keys=True))
+        by_record = (
+            by_record if by_record is not None else {_canonical(json.loads(r)): i for i, r in enumerate(records)}
+        )
+        row = by_record.get(_canonical(rec))
         if row is None:
             raise ValueError(
                 f"{path} line {number}: not a pair of {run.path.name}'s pool (a selection of another "
@@ -103,11 +113,8 @@ def read_export(run: RunResults, path: str | Path) -> NamedSelection:
     return NamedSelection(path.stem, np.unique(np.asarray(rows, np.int64)), f"export {path.name}")
 
 
-def _record_rows(run: RunResults) -> dict[str, int]:
-    return {
-        json.dumps(json.loads(r), ensure_ascii=False, sort_keys=True): i
-        for i, r in enumerate(run.candidates["record"].tolist())
-    }
+def _canonical(record) -> str:
+    return json.dumps(record, ensure_ascii=False, sort_keys=True)
 
 
 def saved_exports(run: RunResults) -> list[Path]:
@@ -115,16 +122,19 @@ def saved_exports(run: RunResults) -> list[Path]:
     return sorted((run.path / SELECTIONS).glob("*.jsonl"))
 
 
-def resolve(run: RunResults, specs: list[str], budget: int | None = None, current=None) -> list[NamedSelection]:
-    """Each spec as a selection: a rule's name (RULES), a selection saved in the run, or a JSONL file. Rules
-    without a budget of their own (the baselines) take --budget or the size of the first selection before them."""
+def resolve(
+    run: RunResults, specs: list[str], budget: int | None = None, current=None, seed: int = 0
+) -> list[NamedSelection]:
+    """Each spec as a selection: a rule's name (RULES: a rule's name wins over a saved selection of that name;
+    give such a one by its path), a selection saved in the run, or a JSONL file. Rules without a budget of their
+    own (the baselines) take --budget or the size of the first selection before them."""
     if not 2 <= len(specs) <= 3:
         raise ValueError(f"compare two or three selections, not {len(specs)}")
     out: list[NamedSelection] = []
     for spec in specs:
         if spec in RULES:
             size = budget or (len(out[0].rows) if out else None)
-            out.append(rule_selection(run, spec, size if spec in BASELINES else budget, current))
+            out.append(rule_selection(run, spec, size if spec in BASELINES else budget, current, seed))
         else:
             saved = run.path / SELECTIONS / f"{spec}.jsonl"
             out.append(read_export(run, saved if saved.is_file() else spec))
@@ -161,7 +171,10 @@ class Comparison:
             "regions": self.regions,
             "per_cluster": {str(k): v for k, v in self.per_cluster.to_dict(orient="index").items()},
             "per_kind": None if self.per_kind is None else self.per_kind.to_dict(orient="index"),
-            "distributions": self.distributions.reset_index().to_dict(orient="records"),
+            "distributions": [
+                {k: None if isinstance(v, float) and not np.isfinite(v) else v for k, v in row.items()}
+                for row in self.distributions.reset_index().to_dict(orient="records")
+            ],
         }
 
 
@@ -212,12 +225,22 @@ def _counts(labels: np.ndarray, member: np.ndarray, names: list[str]) -> pd.Data
 def _kinds(run: RunResults, member: np.ndarray, names: list[str]) -> pd.DataFrame | None:
     if KIND_COLUMN not in run.candidates:
         return None
-    kinds = run.candidates[KIND_COLUMN].fillna("clean").astype(str).replace("", "clean").to_numpy()
+    kinds = kind_labels(run.candidates[KIND_COLUMN])
     return _counts(kinds, member, names).rename_axis("kind")
 
 
+def kind_labels(column: pd.Series) -> np.ndarray:
+    """Each pair's labelled kind: its corruption, or "clean" where it has none."""
+    return column.fillna("clean").astype(str).replace("", "clean").to_numpy()
+
+
+def score_columns(run: RunResults) -> dict[str, np.ndarray]:
+    """The scores whose distributions are compared: influence's two statistics and the signals (higher better)."""
+    return {"mean influence": run.mean_influence, "fraction helped": run.frac_helped} | run.signals
+
+
 def _distributions(run: RunResults, member: np.ndarray, names: list[str]) -> pd.DataFrame:
-    scores = {"mean influence": run.mean_influence, "share of seeds helped": run.frac_helped} | run.signals
+    scores = score_columns(run)
     rows = []
     for score, values in scores.items():
         for j, n in enumerate(names):
@@ -247,13 +270,13 @@ def rows_table(run: RunResults, rows: np.ndarray, labels: np.ndarray | None = No
             "source": source.astype(str).to_numpy(),
             "target": df["target"].to_numpy(),
             "mean influence": run.mean_influence[rows],
-            "share helped": run.frac_helped[rows],
+            "fraction helped": run.frac_helped[rows],
         }
     )
     if labels is not None:
         table["cluster"] = labels[rows]
     if KIND_COLUMN in df:
-        table["kind"] = df[KIND_COLUMN].fillna("clean").to_numpy()
+        table["kind"] = kind_labels(df[KIND_COLUMN])
     return table.sort_values("mean influence", ascending=False, kind="stable").reset_index(drop=True)
 
 

@@ -90,7 +90,7 @@ def read_inputs(cfg: EvaluationConfig) -> Inputs:
     if len(names) != len(cfg.selections):
         raise ValueError(f"{len(names)} names for {len(cfg.selections)} selections")
     for n in names:
-        check_name(n, "selection name")
+        check_name(n, "selection name" + ("" if cfg.names else " (from its file's name; give --names)"))
     if len(set(names)) != len(names):
         raise ValueError(f"selection names must differ: {', '.join(names)}")
     d = cfg.data_config
@@ -123,33 +123,45 @@ def evaluate(cfg: EvaluationConfig, resume: bool = False, on_progress: Callable[
     """Fine-tune on every selection for every seed (seed by seed, so that a stopped evaluation has every selection
     at its first seeds), evaluate each on the test set, and write the report; returns the folder. Cancelled
     (gdig.rundir.status) when a cancel file appears; the finished fits are kept for resume=True."""
-    from gdig.evaluation_report import build_report, write_report
     from gdig.rundir.lock import writer_lock
-    from gdig.rundir.status import Status
+    from gdig.rundir.status import Cancelled, Status, clear_cancel
 
     inputs = read_inputs(cfg)
     out = Path(cfg.out)
     _prepare(out, cfg, inputs, resume)
     with writer_lock(out):
+        if resume:
+            clear_cancel(out)  # a Cancel that stopped the last job is not this one's
         status = Status(out, on_progress)
-        status.set_plan({"evaluate": 1.0})
-        todo = [(n, s) for s in range(cfg.seeds) for n in inputs.names]
-        units = _Units(cfg, inputs)
-        status.update("evaluate", units.done(out, todo), units.total(todo), force=True)
-        for name, seed in todo:
-            if not (out / FITS / fit_name(name, seed) / RESULT).exists():
-                run_fit(
-                    cfg,
-                    inputs,
-                    name,
-                    seed,
-                    out,
-                    lambda k: status.update("evaluate", units.done(out, todo) + k, units.total(todo)),
-                )
-        results = [load_result(out, n, s) for n, s in todo]
-        write_report(out, build_report(cfg, inputs, results))
-        status.update("done", 1, 1, force=True)
+        try:
+            _fits_and_report(cfg, inputs, out, status)
+        except BaseException as e:  # the app shows this, not the log's last lines
+            status.fail("cancelled" if isinstance(e, Cancelled | KeyboardInterrupt) else f"{type(e).__name__}: {e}")
+            raise
     return out
+
+
+def _fits_and_report(cfg: EvaluationConfig, inputs: Inputs, out: Path, status) -> None:
+    from gdig.evaluation_report import build_report, write_report
+
+    status.set_plan({"evaluate": 1.0})
+    todo = [(n, s) for s in range(cfg.seeds) for n in inputs.names]
+    units = _Units(cfg, inputs)
+    status.update("evaluate", units.done(out, todo), units.total(todo), force=True)
+    for name, seed in todo:
+        if not (out / FITS / fit_name(name, seed) / RESULT).exists():
+            done = units.done(out, todo)
+            run_fit(
+                cfg,
+                inputs,
+                name,
+                seed,
+                out,
+                lambda k, done=done: status.update("evaluate", done + k, units.total(todo)),
+            )
+    results = [load_result(out, n, s) for n, s in todo]
+    write_report(out, build_report(cfg, inputs, results))
+    status.update("done", 1, 1, force=True)
 
 
 class _Units:
@@ -175,13 +187,14 @@ def steps(n: int, cfg: EvaluationConfig) -> int:
 def _prepare(out: Path, cfg: EvaluationConfig, inputs: Inputs, resume: bool) -> None:
     """Create the folder with its settings, or on resume check that the settings and selections are the same."""
     record = {"settings": cfg.to_dict(), "names": inputs.names, "sha256": inputs.sha256, "sizes": inputs.sizes}
+    record["test_fingerprint"] = inputs.test.fingerprint  # a test file changed in place would mix two test sets
     saved = out / SETTINGS
     if saved.exists():
         if not resume:
             raise ValueError(f"{out} already holds an evaluation; choose another --out (or --resume it)")
         before = json.loads(saved.read_text())
         if {k: before.get(k) for k in record} != record:
-            raise ValueError(f"{out} was started with other settings or selections; choose another --out")
+            raise ValueError(f"{out} was started with other settings, selections or test set; choose another --out")
         return
     if out.exists() and any(p.name not in BOOKKEEPING | {INPUTS} for p in out.iterdir()):
         raise ValueError(f"{out} exists and is not an evaluation folder; choose another --out")

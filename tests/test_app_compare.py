@@ -102,6 +102,11 @@ def test_bad_input_is_refused_and_nothing_is_left(page, runs):
     _submit(page)
     assert any("Not started" in e.value and "no-such-test.jsonl" in e.value for e in page.error)
     assert not (runs / "r" / EVALUATIONS / "broken").exists()
+    page.text_input(key="cmp_eval_test").set_value(str(runs.parent / "data0" / "test.jsonl"))
+    page.text_input(key="cmp_eval_model").set_value(str(runs / "no-such-model"))
+    _submit(page)
+    assert any("Not started" in e.value and "no-such-model" in e.value for e in page.error)
+    assert not (runs / "r" / EVALUATIONS / "broken").exists()
 
 
 def table_mean(table, column: str) -> float:

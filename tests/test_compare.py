@@ -81,6 +81,12 @@ def test_selections_of_another_run_or_pool_are_refused(runs, tmp_path):
     theirs, _ = export_selection(other, select_run(other, cfg), cfg, tmp_path / "theirs.jsonl")
     with pytest.raises(ValueError, match="exported from another run"):
         read_export(run, theirs)
+    ours, _ = export_selection(run, select_run(run, cfg), cfg, tmp_path / "ours.jsonl")
+    lines = ours.read_text().splitlines()
+    changed = json.loads(lines[1]) | {"src_text": "a pair of another pool with a colliding id"}
+    (tmp_path / "copied.jsonl").write_text("\n".join([lines[0], json.dumps(changed)]) + "\n")  # no manifest
+    with pytest.raises(ValueError, match="copied.jsonl line 2: not a pair of run's pool"):
+        read_export(run, tmp_path / "copied.jsonl")
     foreign = write_jsonl(tmp_path / "foreign.jsonl", _pool(3, 99))
     with pytest.raises(ValueError, match="foreign.jsonl line 1: not a pair of run's pool"):
         read_export(run, foreign)
@@ -97,12 +103,16 @@ def test_selections_of_another_run_or_pool_are_refused(runs, tmp_path):
 
 def test_the_current_rule_reads_the_saved_settings(runs):
     path = runs[0]
-    (path / CURATION).write_text(json.dumps({"rule": "fraction", "tau": 0.5, "combine": "influence", "x": 1}))
+    saved = {"rule": "fraction", "tau": 0.5, "combine": "influence", "budget": 7, "clusters": 2, "x": 1}
+    (path / CURATION).write_text(json.dumps(saved))
     try:
         cfg = current_config(path)
-        assert (cfg.rule, cfg.tau, cfg.combine) == ("fraction", 0.5, "influence")
-        (current,) = resolve(load_run(path), ["current", "default"])[:1]
+        assert (cfg.rule, cfg.tau, cfg.combine, cfg.budget) == ("fraction", 0.5, "influence", 7)
+        current, _ = resolve(load_run(path), ["current", "default"])
+        assert len(current.rows) == 7, "the current rule keeps its own budget"
         assert set(current.rows) == set(select_run(load_run(path), cfg).indices)
+        current, _ = resolve(load_run(path), ["current", "default"], budget=5)
+        assert len(current.rows) == 5
     finally:
         (path / CURATION).unlink()
 

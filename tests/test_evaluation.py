@@ -78,6 +78,7 @@ def test_cancel_keeps_finished_fits_and_resume_finishes(tmp_path, llama_dir, two
     a, b, test = two_selections
     out = tmp_path / "ev"
     cfg = _cfg(llama_dir, [a, b], test, out, seeds=1)
+    original_test = test.read_text()
 
     def stop_after_first(state):
         if (out / FITS / fit_name("a", 0) / "result.json").exists():
@@ -87,12 +88,16 @@ def test_cancel_keeps_finished_fits_and_resume_finishes(tmp_path, llama_dir, two
         evaluate(cfg, on_progress=stop_after_first)
     first = (out / FITS / fit_name("a", 0) / "result.json").read_text()
     assert not (out / REPORT).exists() and not (out / FITS / fit_name("b", 0) / "result.json").exists()
-    (out / "cancel").unlink()
+    assert json.loads((out / "status.json").read_text())["error"] == "cancelled"  # what the app shows
     with pytest.raises(ValueError, match="already holds an evaluation"):
         evaluate(cfg)
     with pytest.raises(ValueError, match="other settings"):
         evaluate(_cfg(llama_dir, [a, b], test, out, seeds=1, lr=1e-2), resume=True)
-    evaluate(cfg, resume=True)
+    test.write_text(original_test + json.dumps(make_pairs(1, seed=5)[0]) + "\n")
+    with pytest.raises(ValueError, match="other settings, selections or test set"):
+        evaluate(cfg, resume=True)  # the test file changed in place: the finished fit scored the old one
+    test.write_text(original_test)
+    evaluate(cfg, resume=True)  # the cancel file left by the stopped job is not this job's
     assert (out / FITS / fit_name("a", 0) / "result.json").read_text() == first, "the finished fit was kept"
     assert read_report(out)["fits"][1]["selection"] == "b"
 
@@ -127,7 +132,8 @@ def test_paired_difference_and_verdicts():
     p = paired_difference([50.0, 51.0, 52.0], [52.0, 53.5, 53.5])
     d = np.array([2.0, 2.5, 1.5])
     half = 4.302652729911275 * d.std(ddof=1) / np.sqrt(3)  # t(0.975, 2)
-    assert p["mean"] == pytest.approx(2.0) and p["low"] == pytest.approx(2.0 - half)
+    assert p["mean"] == pytest.approx(2.0) and p["sd"] == pytest.approx(0.5) and p["n"] == 3
+    assert p["low"] == pytest.approx(2.0 - half) and p["high"] == pytest.approx(2.0 + half)
     assert verdict(p | {"a": "random", "b": "gdig", "metric": "chrf"}).endswith("gdig is better")
     assert verdict(p | {"a": "random", "b": "gdig", "metric": "loss"}).endswith("random is better")
     tie = paired_difference([1.0, 2.0], [2.0, 1.0])
@@ -154,10 +160,11 @@ def test_the_apps_command_reads_back_as_the_same_settings():
     from gdig.options import from_args
     from gdig.studio.evaluations import evaluate_command, evaluation_config
 
-    cfg = evaluation_config("base", "t.jsonl", "m.gguf", seeds=2, allow_unequal=True, lr=0.01, trg_lang="de")
+    data = DataConfig(prompt_template="Translate: {src_text}\n", trg_lang="de", max_length=99)
+    cfg = evaluation_config("base", "t.jsonl", "m.gguf", data, seeds=2, allow_unequal=True, lr=0.01)
     cfg.selections, cfg.names, cfg.out = ["a.jsonl", "b.jsonl"], ["a", "b"], "out"
     parser = argparse.ArgumentParser()
     add_evaluate_command(parser.add_subparsers())
     args = parser.parse_args(evaluate_command(cfg)[3:])
-    data = from_args(DataConfig, args)
+    data = from_args(DataConfig, args)  # the app's worker gets the template's line break itself, not typed
     assert from_args(EvaluationConfig, args, selections=args.selections, names=args.names, data_config=data) == cfg

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gdig.atomic import write_bytes_atomic
+from gdig.cli_evaluate import DATA_FLAGS
 from gdig.compare import NamedSelection
 from gdig.config import DataConfig
 from gdig.evaluation import INPUTS, EvaluationConfig, read_inputs
@@ -28,6 +29,13 @@ def default_model(run: RunResults) -> tuple[str, str | None]:
     """The base model to fine-tune: the run's model (with an adapter run, the base the adapter sat on)."""
     settings = run.config.get("settings", {})
     return str(settings.get("model", "")), settings.get("gguf_file")
+
+
+def default_data(run: RunResults) -> DataConfig:
+    """How the run made prompts (template, languages, length): the fine-tunes and the test use the same."""
+    saved = run.config.get("settings", {}).get("data") or {}
+    known = {k: v for k, v in saved.items() if k in DataConfig.__dataclass_fields__}
+    return DataConfig(**known)
 
 
 def default_test(run: RunResults) -> str:
@@ -56,6 +64,9 @@ def start_evaluation(run: RunResults, sels: list[NamedSelection], name: str, cfg
     for s in sels:
         if not len(s.rows):
             raise ValueError(f"the selection {s.name!r} is empty: nothing to train on")
+    from gdig.model_source import check_model_source
+
+    check_model_source(cfg.model, gguf_file=cfg.gguf_file)
     try:
         files = [_write_records(run, s, out / INPUTS / f"{n}.jsonl") for s, n in zip(sels, names, strict=True)]
         cfg.selections, cfg.names, cfg.out = [str(f) for f in files], names, str(out)
@@ -77,7 +88,7 @@ def _write_records(run: RunResults, sel: NamedSelection, path: Path) -> Path:
 def evaluate_command(cfg: EvaluationConfig) -> list[str]:
     """`python -m gdig evaluate ...` for these settings."""
     cmd = [sys.executable, "-m", "gdig", "evaluate", *to_args(cfg), "--selections", *cfg.selections]
-    cmd += ["--names", *cfg.names, *to_args(cfg.data_config, only=("max_length", "src_lang", "trg_lang"))]
+    cmd += ["--names", *cfg.names, *to_args(cfg.data_config, only=DATA_FLAGS)]
     return [*cmd, "--quiet"]
 
 
@@ -103,15 +114,29 @@ class EvaluationEntry:
 
 
 def list_evaluations(run_dir: str | Path) -> list[EvaluationEntry]:
-    """The run's evaluations, newest first."""
+    """The run's evaluations, the last started first (a running one does not move as it writes its status)."""
     root = Path(run_dir) / EVALUATIONS
-    folders = (
-        sorted((d for d in root.glob("*") if d.is_dir()), key=lambda d: -d.stat().st_mtime) if root.is_dir() else []
-    )
+    folders = [d for d in root.glob("*") if d.is_dir()] if root.is_dir() else []
+    folders.sort(key=_started, reverse=True)
     return [EvaluationEntry(d.name, d, job_state(d), read_report(d)) for d in folders]
 
 
-def evaluation_config(model: str, test: str, gguf_file: str | None = None, **settings) -> EvaluationConfig:
+def _started(folder: Path) -> float:
+    try:
+        return float(json.loads((folder / JOB).read_text())["started"])
+    except (OSError, ValueError, KeyError, json.JSONDecodeError):
+        return folder.stat().st_mtime
+
+
+def running_evaluations(run_dir: str | Path) -> list[str]:
+    """The names of the run's evaluations whose job is running (the run cannot be deleted under them)."""
+    return [e.name for e in list_evaluations(run_dir) if e.state.running]
+
+
+def evaluation_config(
+    model: str, test: str, gguf_file: str | None = None, data: DataConfig | None = None, **settings
+) -> EvaluationConfig:
     """Settings for start_evaluation from the page's fields (unknown keys refused by the dataclass)."""
-    data = DataConfig(**{k: settings.pop(k) for k in ("src_lang", "trg_lang", "max_length") if k in settings})
-    return EvaluationConfig(model=model, test=test, out="", gguf_file=gguf_file, data_config=data, **settings)
+    return EvaluationConfig(
+        model=model, test=test, out="", gguf_file=gguf_file, data_config=data or DataConfig(), **settings
+    )
