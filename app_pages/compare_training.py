@@ -38,7 +38,7 @@ def training_panel(run, sels) -> None:
     _form(run, sels)
     for i, entry in enumerate(list_evaluations(run.path)):
         with st.expander(f"{entry.name}: {_state_word(entry)}", expanded=i == 0):
-            if entry.report is not None:
+            if entry.report is not None and not entry.state.running:  # a resume that adds seeds runs again
                 _report(entry.name, entry.report)
             else:
                 live(_progress, f"eval-{run.path.name}-{entry.name}", entry.state.running, str(entry.path))
@@ -84,9 +84,11 @@ def _form(run, sels) -> None:
 
 
 def _state_word(entry) -> str:
+    if entry.state.running:
+        return "running"
     if entry.report is not None:
         return "finished"
-    return "running" if entry.state.running else "stopped" if entry.state.error else entry.state.stage
+    return "stopped" if entry.state.error else entry.state.stage
 
 
 def _progress(folder: str) -> bool:

@@ -185,7 +185,9 @@ def steps(n: int, cfg: EvaluationConfig) -> int:
 
 
 def _prepare(out: Path, cfg: EvaluationConfig, inputs: Inputs, resume: bool) -> None:
-    """Create the folder with its settings, or on resume check that the settings and selections are the same."""
+    """Create the folder with its settings, or on resume check that the settings, selections and test set are
+    the same. The number of seeds may change on resume: a fit depends on its own seed only, so more seeds extend
+    an evaluation (tighter intervals) and fewer report on the first ones."""
     record = {"settings": cfg.to_dict(), "names": inputs.names, "sha256": inputs.sha256, "sizes": inputs.sizes}
     record["test_fingerprint"] = inputs.test.fingerprint  # a test file changed in place would mix two test sets
     saved = out / SETTINGS
@@ -193,13 +195,18 @@ def _prepare(out: Path, cfg: EvaluationConfig, inputs: Inputs, resume: bool) -> 
         if not resume:
             raise ValueError(f"{out} already holds an evaluation; choose another --out (or --resume it)")
         before = json.loads(saved.read_text())
-        if {k: before.get(k) for k in record} != record:
+        if _without_seeds({k: before.get(k) for k in record}) != _without_seeds(record):
             raise ValueError(f"{out} was started with other settings, selections or test set; choose another --out")
+        write_json_atomic(saved, record)
         return
     if out.exists() and any(p.name not in BOOKKEEPING | {INPUTS} for p in out.iterdir()):
         raise ValueError(f"{out} exists and is not an evaluation folder; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(saved, record)
+
+
+def _without_seeds(record: dict) -> dict:
+    return record | {"settings": {k: v for k, v in (record.get("settings") or {}).items() if k != "seeds"}}
 
 
 def run_fit(cfg: EvaluationConfig, inputs: Inputs, name: str, seed: int, out: Path, progress: Callable[[int], None]):

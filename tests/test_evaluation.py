@@ -100,6 +100,10 @@ def test_cancel_keeps_finished_fits_and_resume_finishes(tmp_path, llama_dir, two
     evaluate(cfg, resume=True)  # the cancel file left by the stopped job is not this job's
     assert (out / FITS / fit_name("a", 0) / "result.json").read_text() == first, "the finished fit was kept"
     assert read_report(out)["fits"][1]["selection"] == "b"
+    more = _cfg(llama_dir, [a, b], test, out, seeds=2)  # more seeds later: the finished fits are reused
+    evaluate(more, resume=True)
+    assert read_report(out)["seeds"] == [0, 1] and len(read_report(out)["fits"]) == 4
+    assert (out / FITS / fit_name("a", 0) / "result.json").read_text() == first
 
 
 def test_bad_input_is_refused_before_anything_trains(tmp_path, llama_dir, two_selections):
