@@ -117,3 +117,30 @@ def _submit(at: AppTest) -> None:
     (button,) = [b for b in at.button if b.label.startswith("Train and compare")]
     button.click().run()
     assert not at.exception, at.exception
+
+
+def test_a_cancelled_evaluation_says_so_and_resumes_from_the_page(page, runs):
+    from gdig.compare import resolve
+    from gdig.rundir.status import request_cancel
+    from gdig.studio.evaluations import default_data, default_model, default_test, evaluation_config, start_evaluation
+
+    run = load_run(runs / "r")
+    cfg = evaluation_config(
+        default_model(run)[0], default_test(run), data=default_data(run), seeds=1, max_new_tokens=3, batch_size=4
+    )
+    folder = start_evaluation(run, resolve(run, ["default", "random"], 6), "stopped", cfg)
+    request_cancel(folder)  # before the worker's first step: it stops there, as after Cancel
+    deadline = time.time() + 120
+    while job_state(folder).running or not job_state(folder).error:
+        assert time.time() < deadline, "the worker neither stopped nor failed"
+        time.sleep(0.5)
+    assert job_state(folder).error == "cancelled"
+    page.run()
+    assert any(w.value == "Stopped: cancelled" for w in page.warning)
+    page.button(key=f"resume_{folder}").click().run()
+    assert not page.exception, page.exception
+    while not (folder / "report.json").exists():
+        assert time.time() < deadline + 120 and not job_state(folder).error, job_state(folder).error
+        time.sleep(0.5)
+    page.run()
+    assert any("stopped: finished" in e.label for e in page.expander)
