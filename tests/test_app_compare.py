@@ -144,3 +144,25 @@ def test_a_cancelled_evaluation_says_so_and_resumes_from_the_page(page, runs):
         time.sleep(0.5)
     page.run()
     assert any("stopped: finished" in e.label for e in page.expander)
+
+
+def test_a_run_is_not_deleted_under_a_running_evaluation(runs, monkeypatch):
+    import os
+    import shutil
+
+    shutil.copytree(runs / "r", runs / "busy", ignore=shutil.ignore_patterns(EVALUATIONS))
+    folder = runs / "busy" / EVALUATIONS / "going"
+    folder.mkdir(parents=True)
+    (folder / "job.json").write_text(json.dumps({"pid": os.getppid(), "started": time.time(), "cmd": []}))
+    (folder / "status.json").write_text(json.dumps({"stage": "evaluate", "done": 1, "total": 9, "error": None}))
+    monkeypatch.setenv("GDIG_RUNS_DIR", str(runs))
+    monkeypatch.chdir(ROOT)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    at.run()
+    at.selectbox(key="home_open").set_value("busy").run()
+    assert any("going is running" in w.value for w in at.warning)
+    assert not [b for b in at.button if b.key == "home_delete"] and (runs / "busy").exists()
+    shutil.rmtree(folder)  # no longer running: it can go
+    at.run()
+    at.button(key="home_delete").click().run()
+    assert not (runs / "busy").exists()
