@@ -49,7 +49,7 @@ from gdig.rundir.layout import (
 )
 from gdig.rundir.lock import writer_lock
 from gdig.rundir.seeds import save_mean_direction
-from gdig.rundir.status import Cancelled, Status
+from gdig.rundir.status import Cancelled, Status, clear_cancel
 from gdig.rundir.tables import records_table, write_tables
 from gdig.sketch import Sketcher
 from gdig.stages import (
@@ -205,6 +205,8 @@ def _prepare(run_dir: Path, resume: bool, world: World, lock: ExitStack) -> dict
             saved = prepare(run_dir, resume)
             if not existed:
                 lock.enter_context(writer_lock(run_dir))
+            if resume:
+                clear_cancel(run_dir)  # a Cancel that stopped the last job (the app's, or Ctrl-C) is not this one's
         except BaseException:
             lock.close()
             raise

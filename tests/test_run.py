@@ -75,6 +75,8 @@ def test_cancel_file_stops_the_run_and_is_recorded(tmp_path, tokenizer, data_fil
     with pytest.raises(Cancelled):
         score(cfg, on_progress=cancel)
     assert read_status(tmp_path / "c")["error"] == "cancelled"
+    score(cfg, resume=True)  # from a terminal, after the app's Cancel: the old request is not this job's
+    assert read_status(tmp_path / "c")["stage"] == "done" and not (tmp_path / "c" / "cancel").exists()
 
 
 def test_fit_subset_and_token_budget(tmp_path, tokenizer, data_files, llama_dir):
