@@ -153,7 +153,8 @@ def _fit_on(basis: torch.Tensor, q: torch.Tensor) -> tuple[np.ndarray, torch.Ten
     residuals (n_q, k)."""
     b, x = basis.double(), q.double()
     gram = b @ b.T
-    ridge = RIDGE * float(gram.diagonal().mean()) if len(b) else 0.0
+    scale = float(gram.diagonal().mean()) if len(b) else 0.0
+    ridge = RIDGE * scale if scale > 0 else 1.0  # anchor rows all zero (seeds with no target token): nothing to fit
     coef = torch.linalg.solve(gram + ridge * torch.eye(len(b), dtype=b.dtype), b @ x.T)
     return coef.float().numpy(), (x - coef.T @ b).float()
 

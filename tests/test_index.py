@@ -155,6 +155,17 @@ def test_index_scores_of_zero_gradient_are_zero():
         assert np.all(index_scores(pool, q, normalize) == 0)
 
 
+def test_an_anchor_of_zero_rows_leaves_the_plain_scores():
+    """Seeds with no target token within the max length have zero gradients: an anchor of only those explains
+    nothing (it made the ridge system singular and failed the run at its very end)."""
+    rng = np.random.default_rng(1)
+    pool = IndexRows.from_projected(torch.from_numpy(rng.standard_normal((6, 4))).float(), torch.ones(6))
+    new = IndexRows.from_projected(torch.from_numpy(rng.standard_normal((2, 4))).float(), torch.ones(2))
+    zero = IndexRows(np.zeros((3, 4), np.float16), np.zeros(3, np.float32), np.zeros(3, np.float32))
+    anchor = Anchor(np.zeros((6, 3), np.float32), zero)
+    np.testing.assert_allclose(index_scores(pool, new, "none", anchor), index_scores(pool, new, "none"), atol=1e-6)
+
+
 def test_int8_rows_quantize_within_half_a_step_and_zero_rows_stay_zero():
     x = torch.randn(5, 300, generator=torch.Generator().manual_seed(3))
     x[2] = 0
