@@ -42,6 +42,7 @@ def _choose(page, label: str, option: str) -> None:
     _settle(page)
 
 
+@pytest.mark.slow  # about a minute; the same flow runs in the default suite through AppTest (test_app_compare.py)
 def test_browser_compare_two_rules_and_train_on_them(server, tmp_path):
     url, runs = server
     shots = ROOT / "docs" / "screenshots" if os.environ.get("GDIG_UPDATE_SCREENSHOTS") else tmp_path / "shots"
