@@ -3,7 +3,7 @@ help it most and hurt it most, from the run's gradient index; a click opens one 
 
 import streamlit as st
 
-from app_pages.common import clamp_clusters, current_run, current_selection, guard, selection_config
+from app_pages.common import clamp_clusters, current_run, current_selection, guard, open_in_explore, selection_config
 from app_pages.index_common import index_or_hint, run_model
 from gdig.decisions import cluster_names
 from gdig.query import answer_table, ask, pair_example
@@ -53,8 +53,5 @@ with guard():
                 key=f"ask_{which}",
             )
             if event and event.selection.rows:
-                chosen = str(table["id"].iloc[event.selection.rows[0]])
-                st.session_state["ex_query"] = chosen
-                st.session_state["ex_id"] = chosen
-                st.switch_page("app_pages/explore.py")
+                open_in_explore(str(table["id"].iloc[event.selection.rows[0]]))
         st.caption("Click a row to open its explanation in Explore.")

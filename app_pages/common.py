@@ -181,6 +181,13 @@ def progress_label(state) -> str:
     return label
 
 
+def open_in_explore(candidate_id: str) -> None:
+    """Open one candidate's explanation on the Explore page (a click on a row of pairs elsewhere)."""
+    st.session_state["ex_query"] = candidate_id
+    st.session_state["ex_id"] = candidate_id
+    st.switch_page("app_pages/explore.py")
+
+
 def bars(counts: np.ndarray, edges: np.ndarray, **trace) -> go.Bar:
     """A histogram's bars from counts computed on the server (gdig.studio.views.histogram_counts): a million
     values never travel to the browser."""

@@ -8,7 +8,7 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from app_pages.common import bars, cached_run, current_run, guard, run_stamp, selection_config
+from app_pages.common import bars, cached_run, current_run, guard, open_in_explore, run_stamp, selection_config
 from app_pages.compare_training import training_panel
 from gdig.compare import RULES, compare, resolve, rows_table, saved_exports, score_columns
 from gdig.select import SelectionConfig
@@ -113,10 +113,7 @@ def _only_rows(run, result) -> None:
             table, hide_index=True, on_select="rerun", selection_mode="single-row", key=f"cmp_only_{name}", height=300
         )
         if event and event.selection.rows:
-            chosen = str(table["id"].iloc[event.selection.rows[0]])
-            st.session_state["ex_query"] = chosen
-            st.session_state["ex_id"] = chosen
-            st.switch_page("app_pages/explore.py")
+            open_in_explore(str(table["id"].iloc[event.selection.rows[0]]))
     st.caption("Click a column's header to sort; click a row to open its explanation in Explore.")
 
 
