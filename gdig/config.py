@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from gdig.hessians import HESSIANS, hessian
 from gdig.options import option
 
 DEFAULT_PROMPT = 'Translate the following text into {trg_lang}\n\nText:\n"{src_text}"\n\n'
@@ -16,7 +17,6 @@ DEFAULT_MODULES = r"(^|\.)(mlp|feed_forward|ffn)\.[A-Za-z0-9_]+$|(^|\.)fc[12]$"
 # The adapters' matrices of a PEFT LoRA model (`...q_proj.lora_A.default`): tracked when --adapter is given.
 LORA_MODULES = r"\.lora_[AB]\.[A-Za-z0-9_]+$"
 
-HESSIANS = ("ekfac", "kfac", "identity")
 NORMALIZATIONS = ("none", "unit", "relatif")
 INDEX_DTYPES = ("int8", "float16", "float32")
 INDEX_PROJECTIONS = ("countsketch", "kronecker")  # gdig.index.PROJECTIONS (config stays torch-free)
@@ -57,7 +57,7 @@ class ScoreConfig:
     )
     gguf_file: str | None = option(None, "GGUF file in the --model folder (or give the .gguf file as --model)")
     hessian: str = option(
-        "ekfac", "EK-FAC (default), K-FAC, or identity (plain gradient dot products)", choices=HESSIANS, label="Hessian"
+        "ekfac", "; ".join(h.help for h in HESSIANS.values()), choices=tuple(HESSIANS), label="Hessian"
     )
     damping: float | None = option(None, "absolute damping lambda (instead of --damping-relative)")
     damping_relative: float | None = option(
@@ -158,8 +158,7 @@ class ScoreConfig:
 
     def validate(self) -> None:
         """Refuse impossible settings with the flag to change, before any work starts."""
-        if self.hessian not in HESSIANS:
-            raise ValueError(f"--hessian must be one of {', '.join(HESSIANS)}, got {self.hessian!r}")
+        hessian(self.hessian)
         if self.normalize not in NORMALIZATIONS:
             raise ValueError(f"--normalize must be one of {', '.join(NORMALIZATIONS)}, got {self.normalize!r}")
         if self.damping is not None and self.damping < 0:

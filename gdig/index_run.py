@@ -112,8 +112,7 @@ class RunModel:
         self.tracked = find_tracked_modules(model, self.cfg.tracked_modules())
         self.device = next(model.parameters()).device
         factors = self.run_dir / FACTORS
-        self.curvature = Curvature.load(factors, self.device) if self.cfg.hessian != "identity" else None
-        self.curvature = self.curvature or Curvature("identity")
+        self.curvature = Curvature.of_run(factors, self.cfg.hessian, self.device)
         self.dampings = {t.name: float(self.config.get("damping", {}).get(t.name, 0.0)) for t in self.tracked}
         self.projection = None
 
@@ -212,16 +211,8 @@ class RunModel:
         weight = norm.reciprocal() if how == "unit" else torch.ones_like(norm)
         weight = torch.where(torch.isfinite(weight), weight, torch.zeros_like(weight)).float()
         for name, w in whitened.items():
-            v = self._unwhiten(name, torch.einsum("b,boi->oi", weight, w))
+            v = self.curvature.unwhiten(name, torch.einsum("b,boi->oi", weight, w), self.dampings[name])
             sums[name] = v if name not in sums else sums[name] + v
-
-    def _unwhiten(self, name: str, w: torch.Tensor) -> torch.Tensor:
-        """(F + lambda)^(-1/2) applied once more and rotated back: the preconditioned gradient of a whitened one."""
-        if self.curvature.kind == "identity":
-            return w
-        f = self.curvature.modules[name]
-        x = w / (f.lam.to(w.device) + self.dampings[name]).sqrt()
-        return f.q_g.to(w.device) @ x @ f.q_a.T.to(w.device)
 
 
 def examples_from_table(table, role: str) -> list[Example]:

@@ -114,16 +114,15 @@ class SeedBuilder:
         cols = slice(start, start + a.shape[0])
         x, self_inf = self.curvature.precondition_rotated(name, a, g, self.dampings[name])
         self.out.self_influence[cols] += self_inf
-        f = self.curvature.modules[name]
         if self.projection is not None:  # (F + lambda)^(-1/2) G = sqrt(Lambda + lambda) X in the eigenbasis
-            whitened = x * (f.lam.to(x.device) + self.dampings[name]).sqrt()
+            whitened = x * (self.curvature.modules[name].lam.to(x.device) + self.dampings[name]).sqrt()
             self.out.index[cols] += self.projection.project(name, whitened)
         if name in self.out.dense:
-            self.out.dense[name][cols] = f.q_g.to(x.device) @ x @ f.q_a.T.to(x.device)
+            self.out.dense[name][cols] = self.curvature.rotate_back(name, x)
             return
         u, s, w = low_rank(x, self.ranks[name])
-        self.out.left[name][cols] = f.q_g.to(u.device) @ (u * s[..., None, :])
-        self.out.right[name][cols] = f.q_a.to(w.device) @ w
+        left, right = self.curvature.rotate_back_factors(name, u * s[..., None, :], w)
+        self.out.left[name][cols], self.out.right[name][cols] = left, right
         self._record_loss(name, cols, x, s)
 
     def _record_loss(self, name: str, cols: slice, v: torch.Tensor, s: torch.Tensor) -> None:
@@ -142,7 +141,7 @@ class SeedBuilder:
     def takes_tokens(self, name: str) -> bool:
         """Whether module `name`'s columns are built from their tokens (add_tokens): with any curvature; with
         none, preconditioning is nothing and the per-example gradient is what is kept."""
-        return self.curvature.kind != "identity"
+        return self.curvature.preconditions
 
     def finish(self) -> SeedGradients:
         """The seeds, with each low-rank module's relative truncation error (Frobenius, max and mean over seeds)."""

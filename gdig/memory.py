@@ -10,6 +10,8 @@ import os
 
 import torch
 
+from gdig.hessians import hessian as approximation
+
 
 def free_memory_mb(device: torch.device) -> int:
     """Memory that can be used without swapping (MemAvailable on Linux, free memory on a GPU), in MiB."""
@@ -36,9 +38,10 @@ def budget_mb(setting: float | None, free_mb: float, share: int) -> float:
 
 
 def captures_reusable(hessian: str, n_fit: int, n_candidates: int) -> bool:
-    """Whether keeping the curvature pass's captures pays: EK-FAC's second pass replays them, or scoring meets
-    the same batches (the fit set is every candidate)."""
-    return hessian != "identity" and (hessian == "ekfac" or n_fit == n_candidates)
+    """Whether keeping the curvature fit's captures pays: a second pass of the fit replays them (EK-FAC's), or
+    scoring meets the same batches (the fit set is every candidate)."""
+    passes = approximation(hessian).passes
+    return bool(passes) and (len(passes) > 1 or n_fit == n_candidates)
 
 
 def seed_rank(dims: dict[str, tuple[int, int]], n_columns: int, budget_bytes: float) -> int | None:

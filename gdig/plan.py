@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gdig.config import ScoreConfig
+from gdig.hessians import hessian
+from gdig.hessians.base import COVARIANCE_PASS, EIGENVALUE_PASS
 from gdig.hooks import padded_batches
 from gdig.index import BYTES_PER_COORDINATE, CACHED_COORDINATES
 from gdig.memory import SEED_WORK_BYTES, budget_mb, captures_fit, captures_reusable, keeps_dense, seed_rank
@@ -91,7 +93,8 @@ def plan_run(cfg: ScoreConfig, w: Workload, available_bytes: float) -> Plan:
     widest = max((d_in * d_out for d_in, d_out in w.dims.values()), default=0)
     sq = sum(d_in * d_in + d_out * d_out for d_in, d_out in w.dims.values())
     rect = sum(d_in * d_out for d_in, d_out in w.dims.values())
-    factors = 4 * (sq + rect) if cfg.hessian != "identity" else 0
+    h = hessian(cfg.hessian)
+    factors = 4 * sum(h.factor_numbers(d_in, d_out) for d_in, d_out in w.dims.values())
     cand_batches = padded_batches(w.cand_lengths, cfg.batch_size, cfg.token_budget)
     fit_batches = padded_batches(w.fit_set, cfg.batch_size, cfg.token_budget)
     base = {"runtime": w.runtime_bytes, "model": w.model_bytes}
@@ -99,15 +102,15 @@ def plan_run(cfg: ScoreConfig, w: Workload, available_bytes: float) -> Plan:
     rank, seeds = _seed_bytes(cfg, w, available_bytes)
     batch = _batch(w, max(cand_batches, default=0), capture)
     stages = {"load": dict(base)}
-    if cfg.hessian != "identity":
-        fit = _growing_cache(w, fit_batches, capture) if reuse else _batch(w, max(fit_batches, default=0), capture)
-        stages["fit_covariance"] = base | fit | {"factor sums (float64)": 8 * sq}
+    fit = _growing_cache(w, fit_batches, capture) if reuse else _batch(w, max(fit_batches, default=0), capture)
+    if h.eigendecomposes:
+        stages[COVARIANCE_PASS] = base | fit | {"factor sums (float64)": 8 * sq}
         beyond = reuse + _eigendecomposition_peak(w.dims) - sum(fit.values()) - 8 * sq
         if beyond > 0:
-            stages["fit_covariance"]["factors beyond the sums (eigh)"] = beyond
-        if cfg.hessian == "ekfac":  # replays the kept captures, or runs the model again
-            replay = {"reused captures": reuse} if reuse else fit
-            stages["fit_eigen"] = base | replay | {"factors": factors, "eigenvalue sums (float64)": 8 * rect}
+            stages[COVARIANCE_PASS]["factors beyond the sums (eigh)"] = beyond
+    if EIGENVALUE_PASS in h.passes:  # replays the kept captures of an earlier pass, or runs the model
+        replay = {"reused captures": reuse} if reuse and h.passes[0] != EIGENVALUE_PASS else fit
+        stages[EIGENVALUE_PASS] = base | replay | {"factors": factors, "eigenvalue sums (float64)": 8 * rect}
     chunks = max(1, -(-capture * w.seed_tokens // SEED_WORK_BYTES))
     seed_work = min(SEED_WORK_BYTES, capture * w.seed_tokens) + 3 * 4 * w.n_seeds * widest / chunks
     seed_batch = _batch(w, max(padded_batches(w.seed_lengths, cfg.batch_size, cfg.token_budget), default=0), capture)
@@ -165,7 +168,7 @@ def _reused_captures(cfg: ScoreConfig, w: Workload, fit_batches: list[int], per_
 
 def _eigendecomposition_peak(dims: dict[str, tuple[int, int]]) -> float:
     """Bytes held while the factors are made module by module, each module's float64 sums released once its
-    float32 factors exist (gdig.curvature.CovarianceFitter.eigendecompose)."""
+    float32 factors exist (gdig.hessians.fit.CovarianceFitter.eigendecompose)."""
     sums = [8 * (d_in * d_in + d_out * d_out) for d_in, d_out in dims.values()]
     made = [4 * (d_in * d_in + d_out * d_out + d_in * d_out) for d_in, d_out in dims.values()]
     peak, left, done = float(sum(sums)), float(sum(sums)), 0.0
@@ -201,12 +204,13 @@ def _seconds(
     rate = w.flops_per_second or float("inf")
     flops = module_flops(cfg, w, rank)
     out = {}
-    if cfg.hessian != "identity":
+    h = hessian(cfg.hessian)
+    if h.eigendecomposes:
         eigh = sum(9 * (d_in**3 + d_out**3) for d_in, d_out in w.dims.values()) / (w.eigh_flops_per_second or rate)
-        out["fit_covariance"] = fit_pass + flops["covariance"] * fit_tokens / rate + eigh
-    if cfg.hessian == "ekfac":
-        replay = 0.1 * fit_pass if reused else fit_pass
-        out["fit_eigen"] = replay + flops["rotation"] * fit_tokens / rate
+        out[COVARIANCE_PASS] = fit_pass + flops["covariance"] * fit_tokens / rate + eigh
+    if EIGENVALUE_PASS in h.passes:
+        replay = 0.1 * fit_pass if reused and h.passes[0] != EIGENVALUE_PASS else fit_pass
+        out[EIGENVALUE_PASS] = replay + flops["rotation"] * fit_tokens / rate
     seed_math = (flops["rotation"] * w.seed_tokens + flops["factorisation"] * w.n_seeds) / rate
     out["seeds"] = w.seconds_per_token * w.seed_tokens * 1.5 + seed_math
     score_pass = 0.3 * one_pass if reused and len(w.fit_set) == w.n_candidates else one_pass
@@ -224,11 +228,11 @@ def module_flops(cfg: ScoreConfig, w: Workload, rank: int | None) -> dict[str, f
     2 S r (d_in + d_out) per token; dense: the per-example gradient per token and 2 S d_in d_out per example);
     per seed, the randomised factorisation at rank r."""
     columns = w.n_columns(cfg.seed_batch)
-    rotate = 0 if cfg.hessian == "identity" else 1
+    h = hessian(cfg.hessian)
     out = dict.fromkeys(["covariance", "rotation", "score per token", "score per example", "factorisation"], 0.0)
     for d_in, d_out in w.dims.values():
         out["covariance"] += 2 * (d_in * d_in + d_out * d_out)
-        out["rotation"] += rotate * 2 * (d_in * d_in + d_out * d_out + d_in * d_out)
+        out["rotation"] += h.rotation_flops(d_in, d_out)
         if keeps_dense(rank, d_in, d_out):
             out["score per token"] += 2 * d_in * d_out
             out["score per example"] += 2 * columns * d_in * d_out

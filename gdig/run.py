@@ -20,6 +20,7 @@ from gdig.atomic import atomic_path
 from gdig.config import ScoreConfig
 from gdig.context import ScoreContext, build_context, config_record, read_inputs, settings_fingerprint
 from gdig.distributed import World, join_world, leave_world
+from gdig.hessians import hessian
 from gdig.index_run import index_meta, measure_agreement
 from gdig.index_scoring import IndexRows
 from gdig.influence import Scorer, SeedGradients, mean_seed_direction
@@ -67,10 +68,7 @@ def job_plan(cfg: ScoreConfig, n_candidates: int, n_seeds: int) -> dict[str, flo
     """Expected relative cost of each stage, in candidate forward+backward passes (for the overall ETA)."""
     n_fit = min(cfg.fit_examples or n_candidates, n_candidates)
     plan = {"load": 0.05 * n_candidates}
-    if cfg.hessian != "identity":
-        plan["fit_covariance"] = n_fit
-    if cfg.hessian == "ekfac":
-        plan["fit_eigen"] = n_fit
+    plan |= dict.fromkeys(hessian(cfg.hessian).passes, n_fit)
     plan |= {"seeds": 1.5 * n_seeds, "score": n_candidates}
     if cfg.adequacy:  # three forward passes of a candidate: about its forward and backward
         plan["adequacy"] = n_candidates

@@ -11,7 +11,9 @@ import numpy as np
 import torch
 
 from gdig.context import ScoreContext, by_length, factors_fingerprint, fit_subset, short_hash
-from gdig.curvature import Curvature, fit_curvature
+from gdig.curvature import Curvature
+from gdig.hessians import hessian
+from gdig.hessians.fit import fit_curvature
 from gdig.hooks import Captured, GradientCapture, per_example_gradient
 from gdig.index import make_projection
 from gdig.index_scoring import IndexRows
@@ -30,8 +32,9 @@ def fit_stage(ctx: ScoreContext, run_dir: Path, status: Status) -> Curvature:
     each process on its share of the fit set's batches)."""
     path = run_dir / FACTORS
     fp = factors_fingerprint(ctx)
-    if ctx.cfg.hessian == "identity":
-        return Curvature("identity")
+    fit_passes = hessian(ctx.cfg.hessian).passes
+    if not fit_passes:
+        return Curvature(ctx.cfg.hessian)
     if ctx.world.is_main and read_fingerprint(path) != fp:
         donor = _find_factors(run_dir.parent, fp, exclude=run_dir)
         if donor is not None:
@@ -54,10 +57,10 @@ def fit_stage(ctx: ScoreContext, run_dir: Path, status: Status) -> Curvature:
         status.update(stage, done, total, force=True)
         with GradientCapture(ctx.model, ctx.tracked) as capture:
             for b in mine:
-                cap = cache.get(b) if cache is not None and stage == "fit_eigen" else None
+                cap = cache.get(b) if cache is not None and stage != fit_passes[0] else None
                 if cap is None:
                     cap = capture.run(ctx.collate(ctx.cand_tok, batches[b]))
-                    if cache is not None and stage == "fit_covariance":
+                    if cache is not None and stage == fit_passes[0]:
                         cache[b] = _detached(cap)
                 yield b, cap
                 done += len(batches[b])

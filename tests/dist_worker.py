@@ -26,7 +26,7 @@ def _install() -> None:
     if "GDIG_TEST_FAULT" not in os.environ:
         return
     import gdig.stages as stages
-    from gdig.curvature import CovarianceFitter
+    from gdig.hessians.fit import CovarianceFitter
 
     stage = os.environ["GDIG_TEST_FAULT"].split(":")[2]
     if stage == "score":

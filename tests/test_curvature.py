@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from gdig.curvature import fit_curvature
+from gdig.hessians.fit import fit_curvature
 from gdig.hooks import GradientCapture, make_batches
 from gdig.rundir.checkpoint import FitCheckpoint
 from gdig.rundir.status import Cancelled
@@ -96,7 +96,7 @@ def test_a_cancelled_fit_resumes_to_the_same_factors_bit_for_bit(setup, tmp_path
 
 
 def test_eigendecomposing_with_release_frees_the_sums_and_gives_the_same_factors(setup):
-    from gdig.curvature import CovarianceFitter
+    from gdig.hessians.fit import CovarianceFitter
 
     model, tracked, toks, _, _ = setup
     dims = {t.name: (t.d_in, t.d_out) for t in tracked}

@@ -160,7 +160,7 @@ def _seed_column_direction(run: RunResults, column: int, tokenizer, cap, device)
     ]
     got = cap.run(_collate(toks, 0, tokenizer))
     factors = Path(run.path) / FACTORS
-    cur = Curvature.load(factors, device) if settings["hessian"] != "identity" else Curvature("identity")
+    cur = Curvature.of_run(factors, settings["hessian"], device)
     dampings = run.config.get("damping", {})
     out = {}
     with torch.no_grad():
