@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from gdig.hessians import HESSIANS, hessian
+from gdig.hessians import APPROXIMATIONS, HESSIANS, hessian
 from gdig.options import option
 
 DEFAULT_PROMPT = 'Translate the following text into {trg_lang}\n\nText:\n"{src_text}"\n\n'
@@ -57,7 +57,7 @@ class ScoreConfig:
     )
     gguf_file: str | None = option(None, "GGUF file in the --model folder (or give the .gguf file as --model)")
     hessian: str = option(
-        "ekfac", "; ".join(h.help for h in HESSIANS.values()), choices=tuple(HESSIANS), label="Hessian"
+        APPROXIMATIONS[0], "; ".join(h.help for h in HESSIANS.values()), choices=APPROXIMATIONS, label="Hessian"
     )
     damping: float | None = option(None, "absolute damping lambda (instead of --damping-relative)")
     damping_relative: float | None = option(

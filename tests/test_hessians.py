@@ -10,11 +10,16 @@ import pytest
 
 import gdig
 from gdig.config import ScoreConfig
-from gdig.hessians import HESSIANS, hessian
+from gdig.hessians import APPROXIMATIONS, HESSIANS, hessian
 from gdig.hessians.base import COVARIANCE_PASS, EIGENVALUE_PASS, FITTED, IDENTITY, KRONECKER, PRODUCT
 from gdig.options import specs
 
 PACKAGE = Path(gdig.__file__).parent
+
+
+def test_each_module_is_named_for_its_approximation():
+    assert list(HESSIANS) == list(APPROXIMATIONS) and all(h.name == name for name, h in HESSIANS.items())
+    assert specs(ScoreConfig)["hessian"].default == APPROXIMATIONS[0] == "ekfac"  # the first is the default
 
 
 def test_the_setting_offers_exactly_the_table_with_each_entrys_help():

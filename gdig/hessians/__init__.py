@@ -1,19 +1,16 @@
-"""The table of Hessian approximations: one module each, one line here. Everything else asks this table (through
-`hessian(name)`) and never compares an approximation's name."""
+"""The table of Hessian approximations: one module each (gdig/hessians/NAME.py defines HESSIAN), one line here.
+Everything else asks this table (through `hessian(name)`) and never compares an approximation's name."""
+
+from importlib import import_module
 
 from gdig.hessians.base import Hessian
-from gdig.hessians.ekfac import EKFAC
-from gdig.hessians.identity import IDENTITY_HESSIAN
-from gdig.hessians.kfac import KFAC
 
-HESSIANS: dict[str, Hessian] = {
-    h.name: h
-    for h in (
-        EKFAC,
-        KFAC,
-        IDENTITY_HESSIAN,
-    )
-}
+APPROXIMATIONS = (  # in the order the settings offer them; the first is the default
+    "ekfac",
+    "kfac",
+    "identity",
+)
+HESSIANS: dict[str, Hessian] = {m: import_module(f"{__name__}.{m}").HESSIAN for m in APPROXIMATIONS}
 
 
 def hessian(name: str) -> Hessian:
@@ -23,4 +20,4 @@ def hessian(name: str) -> Hessian:
     return HESSIANS[name]
 
 
-__all__ = ["HESSIANS", "Hessian", "hessian"]
+__all__ = ["APPROXIMATIONS", "HESSIANS", "Hessian", "hessian"]

@@ -4,4 +4,4 @@ The default: exact on a layer's own per-example second moments in its basis (tes
 
 from gdig.hessians.base import FITTED, KRONECKER, Hessian
 
-EKFAC = Hessian("ekfac", "EK-FAC", "EK-FAC (default): K-FAC's eigenbasis, eigenvalues refitted", KRONECKER, FITTED)
+HESSIAN = Hessian("ekfac", "EK-FAC", "EK-FAC (default): K-FAC's eigenbasis, eigenvalues refitted", KRONECKER, FITTED)

@@ -2,4 +2,4 @@
 
 from gdig.hessians.base import IDENTITY, Hessian
 
-IDENTITY_HESSIAN = Hessian("identity", "Identity", "identity: plain gradient dot products", IDENTITY, None)
+HESSIAN = Hessian("identity", "Identity", "identity: plain gradient dot products", IDENTITY, None)

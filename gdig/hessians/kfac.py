@@ -2,4 +2,4 @@
 
 from gdig.hessians.base import KRONECKER, PRODUCT, Hessian
 
-KFAC = Hessian("kfac", "K-FAC", "K-FAC: Kronecker factors, one pass", KRONECKER, PRODUCT)
+HESSIAN = Hessian("kfac", "K-FAC", "K-FAC: Kronecker factors, one pass", KRONECKER, PRODUCT)
