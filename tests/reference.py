@@ -83,6 +83,10 @@ def token_statistics(model, tracked: list[TrackedModule], toks):
 
 def dense_inverse(stats, grads: np.ndarray, name: str, kind: str, damping: float | None, relative: float | None):
     """Explicit (F + lambda)^-1 (P x P) for one module from the DESIGN formulas, in float64."""
+    if kind == "diagonal":  # diag(mean squared per-example gradient), no rotation
+        lam = (grads**2).mean(0).reshape(-1)
+        lmb = damping if damping is not None else relative * lam.mean()
+        return np.diag(1.0 / (lam + lmb))
     a_sum = sum(s[name][0].T @ s[name][0] for s in stats)
     g_sum = sum(s[name][1].T @ s[name][1] for s in stats)
     n_tokens = sum(s[name][0].shape[0] for s in stats)

@@ -59,7 +59,17 @@ def test_each_layers_factors_equal_the_explicit_statistics(setup, kind):
         assert rel(f.lam.double().numpy(), expected) < 1e-4, t.name
 
 
-@pytest.mark.parametrize("kind", ["kfac", "ekfac"])
+def test_the_diagonals_eigenvalues_are_each_weights_mean_squared_gradient(setup):
+    model, tracked, toks, _, grads = setup
+    cur = fit(model, tracked, toks, "diagonal", batch_size=5)
+    assert cur.n_examples == len(toks)
+    for t in tracked:
+        f = cur.modules[t.name]
+        assert f.q_a is None and f.q_g is None  # the identity basis: nothing but Lambda is stored
+        assert rel(f.lam.double().numpy(), (grads[t.name] ** 2).mean(0)) < 1e-4, t.name
+
+
+@pytest.mark.parametrize("kind", ["kfac", "ekfac", "diagonal"])
 def test_each_layers_damped_inverse_equals_the_dense_one(setup, kind):
     model, tracked, toks, stats, grads = setup
     cur = fit(model, tracked, toks, kind, batch_size=4)

@@ -53,7 +53,16 @@ def test_identity_equals_dot_product_of_autograd_gradients(tmp_path, model, toke
     assert rel_err(infl, ref) < 1e-5
 
 
-@pytest.mark.parametrize("kind,damping,relative", [("ekfac", 1e-6, None), ("kfac", 1e-6, None), ("ekfac", None, 0.1)])
+@pytest.mark.parametrize(
+    "kind,damping,relative",
+    [
+        ("ekfac", 1e-6, None),
+        ("kfac", 1e-6, None),
+        ("ekfac", None, 0.1),
+        ("diagonal", 1e-6, None),
+        ("diagonal", None, 0.1),
+    ],
+)
 def test_kfac_and_ekfac_equal_dense_reference(tmp_path, model, tokenizer, data_files, kind, damping, relative):
     infl, _ = run(tmp_path, model, tokenizer, data_files, hessian=kind, damping=damping, damping_relative=relative)
     tracked, c_tok, _, gc, gs = references(model, tokenizer, data_files)
@@ -92,7 +101,13 @@ def test_left_and_right_padding_give_same_per_token_statistics(model, tokenizer,
 
 @pytest.mark.parametrize(
     ("normalize", "hessian", "seed_batch"),
-    [("none", "ekfac", 1), ("unit", "ekfac", 1), ("relatif", "kfac", 2), ("unit", "identity", 1)],
+    [
+        ("none", "ekfac", 1),
+        ("unit", "ekfac", 1),
+        ("relatif", "kfac", 2),
+        ("unit", "identity", 1),
+        ("unit", "diagonal", 1),
+    ],
 )
 def test_token_contributions_sum_to_the_score(tmp_path, model, tokenizer, data_files, normalize, hessian, seed_batch):
     """Token explanations (one seed column recomputed from its text, or the stored seed mean) sum to the stored
@@ -231,7 +246,7 @@ def _lora_model(base):
     return model.eval()
 
 
-@pytest.mark.parametrize("kind", ["ekfac", "kfac"])
+@pytest.mark.parametrize("kind", ["ekfac", "kfac", "diagonal"])
 def test_lora_adapter_influence_equals_the_dense_reference(tmp_path, tokenizer, data_files, kind):
     from gdig.config import LORA_MODULES
 

@@ -35,6 +35,7 @@ def _helper(mode: str, settings: Path) -> dict:
     [
         ("llama", {"hidden": 96, "ffn": 384, "layers": 3, "heads": 4}, 300, 64, {}),
         ("llama", {"hidden": 96, "ffn": 384, "layers": 3, "heads": 4}, 300, 64, {"fit_examples": 75}),
+        ("llama", {"hidden": 96, "ffn": 384, "layers": 3, "heads": 4}, 300, 64, {"hessian": "diagonal"}),
         (
             "gpt2",
             {"hidden": 128, "ffn": 512, "layers": 2, "heads": 4},

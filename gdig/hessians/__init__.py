@@ -8,6 +8,7 @@ from gdig.hessians.base import Hessian
 APPROXIMATIONS = (  # in the order the settings offer them; the first is the default
     "ekfac",
     "kfac",
+    "diagonal",
     "identity",
 )
 HESSIANS: dict[str, Hessian] = {m: import_module(f"{__name__}.{m}").HESSIAN for m in APPROXIMATIONS}
