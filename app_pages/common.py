@@ -25,24 +25,9 @@ from gdig.studio.jobs import list_runs
 from gdig.studio.views import kept_mask
 
 RUN_KEY = "run_name"  # the chosen run: a folder name under runs_dir(), never a path
-# The selection settings a page can change: their defaults are SelectionConfig's; colour_by is the map's.
-SETTINGS = (
-    "rule",
-    "tau",
-    "min_mean",
-    "combine",
-    "min_weakest",
-    "min_combined",
-    "adequacy",
-    "max_length_deviation",
-    "min_language_score",
-    "clusters",
-    "budget",
-    "strategy",
-    "within",
-    "seed",
-    "dedupe",
-)
+# The selection settings a page can change, derived from SelectionConfig (their defaults and help too): every one
+# but the method (the pages show G-DIG's) and the hand decisions (saved apart: gdig.decisions).
+SETTINGS = tuple(name for name in specs(SelectionConfig) if name not in ("method", "include", "exclude"))
 UI_DEFAULTS = {"color_by": "cluster"}
 MAP_POINTS = 20_000  # the map shows at most this many points (a fixed random sample), and says so
 

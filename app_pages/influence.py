@@ -16,7 +16,7 @@ from app_pages.common import (
     widget_kwargs,
 )
 from gdig.select import COMBINATIONS, DEDUPE
-from gdig.signals import ADEQUACY_SCORES, SIGNAL_NAMES, WHAT_SIGNALS_CATCH
+from gdig.signal_table import BY_NAME, label, thresholded, what_signals_catch
 from gdig.studio.views import fraction_bins, histogram_counts, nothing_kept_reason, rule_on_run, seed_table
 
 BLUE = "#2563eb"
@@ -35,10 +35,10 @@ def _histogram(path: str, stamp: float, what: str | int, bins: int) -> tuple[np.
 def signals_controls(run) -> None:
     """The signals beside influence (those the run has): combined with it (weakest link or rank average), and
     thresholds of their own."""
-    names = ", ".join(SIGNAL_NAMES.get(k, k) for k in run.signals)
+    names = ", ".join(label(k) for k in run.signals)
     with st.expander(f"Signals beside influence: {names}"):
-        st.caption(WHAT_SIGNALS_CATCH)
-        if set(ADEQUACY_SCORES.values()) & set(run.signals):  # a run made with --adequacy
+        st.caption(what_signals_catch())
+        if any(BY_NAME[k].adequacy for k in run.signals if k in BY_NAME):  # a run made with --adequacy
             st.checkbox(label_for("adequacy"), help=help_for("adequacy"), **widget_kwargs("adequacy"))
         combine = st.radio(
             label_for("combine"),
@@ -50,24 +50,16 @@ def signals_controls(run) -> None:
         if combine in ("weakest", "rank-average"):
             name = "min_weakest" if combine == "weakest" else "min_combined"
             st.slider(label_for(name), 0.0, 1.0, step=0.01, help=help_for(name), **widget_kwargs(name))
-        a, b = st.columns(2)
-        a.number_input(
-            label_for("max_length_deviation"),
-            min_value=0.0,
-            step=0.1,
-            help=help_for("max_length_deviation"),
-            placeholder="off",
-            **widget_kwargs("max_length_deviation"),
-        )
-        b.number_input(
-            label_for("min_language_score"),
-            min_value=0.0,
-            max_value=1.0,
-            step=0.05,
-            help=help_for("min_language_score"),
-            placeholder="off",
-            **widget_kwargs("min_language_score"),
-        )
+        for column, signal in zip(st.columns(len(thresholded())), thresholded(), strict=True):
+            column.number_input(
+                label_for(signal.threshold),
+                min_value=0.0,
+                max_value=signal.threshold_max,
+                step=signal.threshold_step,
+                help=help_for(signal.threshold),
+                placeholder="off",
+                **widget_kwargs(signal.threshold),
+            )
 
 
 def duplicates_controls(run) -> None:

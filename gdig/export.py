@@ -15,17 +15,9 @@ from gdig.evaluation_report import evaluations_summary
 from gdig.names import check_name
 from gdig.rundir.results import RunResults
 from gdig.select import Selection, SelectionConfig
+from gdig.signal_table import exported_columns
 
 META_FIELD = "gdig"
-SIGNAL_COLUMNS = (
-    "loss",
-    "length_ratio",
-    "language_score",
-    "src_lang_detected",
-    "trg_lang_detected",
-    "conditional_information",
-    "dual_xent",
-)
 
 
 def _plain(value):
@@ -40,7 +32,7 @@ def selection_lines(run: RunResults, sel: Selection, metadata: bool = True) -> l
     """One JSON line per selected example: its original record, and optionally a `gdig` field."""
     records = run.candidates["record"].iloc[sel.indices].tolist()  # the selected rows only, not the whole pool
     ids = run.ids
-    signals = {k: run.candidates[k].to_numpy() for k in SIGNAL_COLUMNS if k in run.candidates}
+    signals = {k: run.candidates[k].to_numpy() for k in exported_columns() if k in run.candidates}
     lines = []
     for record, i in zip(records, sel.indices.tolist(), strict=True):
         rec: dict[str, Any] = json.loads(record)

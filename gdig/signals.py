@@ -2,7 +2,8 @@
 is from the pool's typical one, whether both sides are in their declared languages (lingua: offline models,
 Apache-2.0), and the fine-tuned model's loss (stored by scoring). Each becomes a per-candidate score where
 higher is better, so that it can be thresholded alone or combined with G-DIG's score: by the weakest link (a
-pair is as good as its worst percentile rank, the rule of a filter chain) or by a rank average.
+pair is as good as its worst percentile rank, the rule of a filter chain) or by a rank average. What each signal
+is called, which column it reads and which way is better: gdig.signal_table.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
+
+from gdig import signal_table
+from gdig.signal_table import LOWER, TYPICAL, Signal
 
 DETECTOR_BYTES = 450 * 2**20  # lingua's models for these languages and a pool's, held once loaded (417 MiB measured)
 
@@ -38,27 +42,6 @@ COMMON_LANGUAGES = (
     "uk",
     "el",
     "hi",
-)
-
-
-# The adequacy columns (gdig.adequacy, higher is better already) and their signal names.
-ADEQUACY_SCORES = {"conditional_information": "adequacy", "dual_xent": "dual"}
-# What each signal of signal_scores is called on a page.
-SIGNAL_NAMES = {
-    "length": "length ratio",
-    "language": "language identification",
-    "loss": "loss",
-    "adequacy": "adequacy (what the source explains of the target)",
-    "dual": "dual cross-entropy",
-}
-
-# What the benchmarks say each one catches (bench/README.md: pretrained pools, Adequacy), for the pages.
-WHAT_SIGNALS_CATCH = (
-    "What each catches (German->English with SmolLM2, bench/README.md): G-DIG misaligned, untranslated, "
-    "wrong-language, truncated and repeated pairs; the length ratio truncations and additions; language "
-    "identification untranslated and wrong-language targets; the loss disfluent targets; adequacy (a run made with "
-    "--adequacy) fluent additions and misaligned pairs. None reliably catches a translation that is fluent but "
-    "wrong in one detail (a flipped negation)."
 )
 
 
@@ -139,28 +122,31 @@ def candidate_signals(src: Sequence[str], tgt: Sequence[str], src_langs: Sequenc
 
 
 def signal_scores(candidates) -> dict[str, np.ndarray]:
-    """Each signal as a higher-is-better score per candidate, from a run's candidates table (the ones it has;
-    a run scored before signals were stored gets its length score from its texts)."""
-    out = {}
-    if "length_ratio" in candidates:
-        out["length"] = length_score(candidates["length_ratio"].to_numpy())
-    else:
+    """Each signal of gdig.signal_table that a run's candidates table has, as a higher-is-better score per
+    candidate, in the table's order (a run scored before signals were stored gets its length ratio from its
+    texts)."""
+    if "length_ratio" not in candidates:
         src = candidates["src_text"] if "src_text" in candidates else candidates["prompt"]
         tgt = candidates["trg_text"] if "trg_text" in candidates else candidates["target"]
-        out["length"] = length_ratio_score(src.astype(str).tolist(), tgt.astype(str).tolist())
-    if "language_score" in candidates:
-        out["language"] = candidates["language_score"].to_numpy(np.float64)
-    if "loss" in candidates:
-        out["loss"] = -candidates["loss"].to_numpy(np.float64)
-    for column, name in ADEQUACY_SCORES.items():  # computed when the run asked for them (--adequacy)
-        if column in candidates:
-            out[name] = candidates[column].to_numpy(np.float64)
-    return out
+        candidates = candidates.assign(length_ratio=length_ratio(src.astype(str).tolist(), tgt.astype(str).tolist()))
+    return {s.name: _as_score(s, candidates[s.column]) for s in signal_table.SIGNALS if s.column in candidates}
+
+
+def _as_score(signal: Signal, column) -> np.ndarray:
+    """A stored column as a higher-is-better score, by the signal's direction."""
+    if signal.direction == TYPICAL:
+        return length_score(column.to_numpy())
+    values = column.to_numpy(np.float64)
+    return -values if signal.direction == LOWER else values
 
 
 def rule_signals(signals: dict[str, np.ndarray], adequacy: bool) -> dict[str, np.ndarray]:
     """The signals the rule reads: the adequacy ones only when asked (SelectionConfig.adequacy)."""
-    return signals if adequacy else {k: v for k, v in signals.items() if k not in ADEQUACY_SCORES.values()}
+    return {
+        k: v
+        for k, v in signals.items()
+        if adequacy or not (k in signal_table.BY_NAME and signal_table.BY_NAME[k].adequacy)
+    }
 
 
 def rank_average(scores: Sequence[np.ndarray]) -> np.ndarray:
@@ -214,18 +200,19 @@ def _percentile_ranks(x: np.ndarray) -> np.ndarray:
 
 
 def signal_filters(cfg, signals: dict[str, np.ndarray], n: int) -> np.ndarray:
-    """The candidates that a SelectionConfig's thresholds on the signals let through (a missing language score
-    is no evidence: kept)."""
+    """The candidates that a SelectionConfig's thresholds on the signals let through (a missing score, such as an
+    undecided language, is no evidence: kept)."""
     ok = np.ones(n, bool)
-    for name, limit, bound in (
-        ("length", cfg.max_length_deviation, lambda s, x: s >= -x),
-        ("language", cfg.min_language_score, lambda s, x: np.isnan(s) | (s >= x)),
-    ):
+    for signal in signal_table.thresholded():
+        limit = getattr(cfg, signal.threshold)
         if limit is None:
             continue
-        if name not in signals:
-            raise ValueError(f"this run has no {name} signal (scored before signals were stored); clear the filter")
-        ok &= bound(np.asarray(signals[name], np.float64), limit)
+        if signal.name not in signals:
+            raise ValueError(
+                f"this run has no {signal.name} signal (scored before signals were stored); clear the filter"
+            )
+        score = np.asarray(signals[signal.name], np.float64)
+        ok &= np.isnan(score) | (score >= signal.threshold_sign * limit)
     return ok
 
 

@@ -13,7 +13,7 @@ from conftest import make_pairs, write_jsonl
 from gdig.adequacy import adequacy_signals, conditional_information, dual_xent, token_losses, variants
 from gdig.config import DEFAULT_PROMPT
 from gdig.data import build_example, load_dataset, tokenize_example
-from gdig.signals import SIGNAL_NAMES
+from gdig.signal_table import BY_NAME
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,7 @@ def test_a_run_asked_for_them_stores_them_and_the_rule_reads_them(tmp_path, toke
     for column in ("conditional_information", "dual_xent"):
         np.testing.assert_allclose(run.candidates[column], expected[column], atol=1e-5)
     np.testing.assert_allclose(run.signals["adequacy"], expected["conditional_information"], atol=1e-5)
-    assert set(run.signals) == {"length", "language", "loss", "adequacy", "dual"} <= set(SIGNAL_NAMES)
+    assert set(run.signals) == {"length", "language", "loss", "adequacy", "dual"} <= set(BY_NAME)
     np.testing.assert_allclose(plain.influence, run.influence)  # the scores do not move
     assert run.config["adequacy_missing"] == {} and "adequacy" in run.config["timings"]
     assert "adequacy" in job_plan(asked, 24, 5) and "adequacy" not in job_plan(cfg, 24, 5)

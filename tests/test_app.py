@@ -16,7 +16,8 @@ from gdig.config import ScoreConfig
 from gdig.run import score
 from gdig.rundir.layout import CURATION
 from gdig.rundir.results import load_run
-from gdig.signals import WHAT_SIGNALS_CATCH, weakest_rank
+from gdig.signal_table import what_signals_catch
+from gdig.signals import weakest_rank
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,7 +109,7 @@ def test_the_signals_panel_filters_and_combines_and_is_saved(app, runs):
     at = _page(app, "influence")
     labels = [e.label for e in at.expander]
     assert "Signals beside influence: length ratio, language identification, loss" in labels  # the run's own
-    assert any(c.value == WHAT_SIGNALS_CATCH for c in at.caption)  # and what each catches
+    assert any(c.value == what_signals_catch() for c in at.caption)  # and what each catches
     base = int(_metric(at, "Kept").replace(",", ""))
     at.number_input(key="w_max_length_deviation").set_value(0.05).run()
     assert not at.exception

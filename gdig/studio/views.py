@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 from gdig.decisions import HAND_LABELS
 from gdig.rundir.results import RunResults
 from gdig.select import Selection, SelectionConfig, rule_decisions, select_run
+from gdig.signal_table import shown_columns
 
 
 def kept_mask(run: RunResults, cfg: SelectionConfig) -> np.ndarray:
@@ -117,15 +118,6 @@ def cluster_summary(run: RunResults, sel: Selection) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["cluster", "size", "selected", "mean influence", "fraction helped", "example"])
 
 
-SIGNAL_LABELS = {
-    "length_ratio": "length ratio",
-    "language_score": "language",
-    "trg_lang_detected": "target lang",
-    "conditional_information": "adequacy",
-    "dual_xent": "dual xent",
-}
-
-
 def candidate_table(
     run: RunResults, decisions: np.ndarray, clusters: np.ndarray, rows: np.ndarray | None = None
 ) -> pd.DataFrame:
@@ -140,7 +132,7 @@ def candidate_table(
             "mean influence": run.mean_influence[rows],
             "fraction helped": run.frac_helped[rows],
             "loss": cand["loss"].to_numpy()[rows],
-            **{label: cand[column].to_numpy()[rows] for column, label in SIGNAL_LABELS.items() if column in cand},
+            **{label: cand[column].to_numpy()[rows] for column, label in shown_columns().items() if column in cand},
             "cluster": clusters,
             "prompt": cand["prompt"].iloc[rows].astype(str).to_numpy(),
             "target": cand["target"].iloc[rows].astype(str).to_numpy(),
