@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gdig.config import DataConfig, ScoreConfig
-from gdig.finetune import FinetuneConfig
+from gdig.finetuning import FinetuneConfig
 
 BASE = {"model": "m", "candidates": "c", "seeds": "s", "out": "o"}
 
@@ -13,7 +13,7 @@ BASE = {"model": "m", "candidates": "c", "seeds": "s", "out": "o"}
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"hessian": "fisher"}, "--hessian must be one of ekfac, kfac, identity"),
+        ({"hessian": "fisher"}, "--hessian must be one of ekfac, kfac, diagonal, identity, got .fisher."),
         ({"normalize": "cosine"}, "--normalize must be one of"),
         ({"damping": -1.0}, "--damping must be >= 0"),
         ({"damping_relative": 0.0}, "--damping-relative R > 0"),
