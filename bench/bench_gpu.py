@@ -69,7 +69,7 @@ def step1_and_scoring(tiny: bool, folder: Path) -> dict:
     from scipy.stats import spearmanr
 
     from gdig.config import DataConfig, ScoreConfig
-    from gdig.finetune import FinetuneConfig, finetune
+    from gdig.finetuning import FinetuneConfig, finetune
     from gdig.rundir.results import load_run
 
     cands, seeds, base = data(tiny, folder)

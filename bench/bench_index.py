@@ -95,7 +95,7 @@ def exact_columns(truth, ids: list[str]) -> np.ndarray:
 def fitting_pairs(run_dir: Path, seeds: Path) -> Path:
     """`seeds` without the pairs longer than the run's max length (as `gdig rescore` would refuse them)."""
     from gdig.index_run import RunModel
-    from gdig.rescore import read_seed_file
+    from gdig.rescoring import read_seed_file
 
     run = load_run(run_dir)
     examples = read_seed_file(run, seeds).examples
@@ -132,7 +132,7 @@ def agreement_rows(
     """The second seed set scored from each index (plain, and anchored on the run's own 256 seeds) against the
     exact run with that seed set."""
     from gdig.index_run import RunModel, measure_agreement, run_anchor
-    from gdig.rescore import read_seed_file
+    from gdig.rescoring import read_seed_file
 
     run, truth = load_run(run_dir), load_run(exact_dir)
     examples = read_seed_file(run, new_seeds).examples
@@ -191,7 +191,7 @@ def sketched_sweep(run_dir: Path, new_seeds: Path, exact_dir: Path, ks: list[int
     (the same hash of each coordinate's position; rows, lengths and norms as the run would store them)."""
     from gdig.index import CountSketchProjection
     from gdig.index_run import RunModel, run_anchor
-    from gdig.rescore import read_seed_file
+    from gdig.rescoring import read_seed_file
     from gdig.rundir.index import RunIndex
 
     run, truth = load_run(run_dir), load_run(exact_dir)
@@ -271,7 +271,7 @@ def second_seed_set(
     run_dir: Path, seeds: Path, exact_dir: Path, exact_seconds: float, k: int, out_name: str = "second-from-index"
 ) -> dict:
     """The second seed set from the index at k (`gdig rescore`, timed) against the exact run."""
-    from gdig.rescore import SeedEdit, read_seed_file, rescore
+    from gdig.rescoring import SeedEdit, read_seed_file, rescore
 
     folder, _ = indexed_copy(run_dir, k, "countsketch")
     out = INDEX_CACHE / out_name

@@ -204,7 +204,7 @@ def base_model() -> Path:
 def lora_finetune(cfg: PretrainedConfig, base: Path, data: Path, out: Path, seed: int, epochs: float) -> float:
     """`gdig finetune --lora` (cached); returns the training seconds."""
     from gdig.config import DataConfig
-    from gdig.finetune import FinetuneConfig, finetune
+    from gdig.finetuning import FinetuneConfig, finetune
 
     if not (out / "finetune.json").exists():
         ft = FinetuneConfig(

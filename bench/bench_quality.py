@@ -152,7 +152,7 @@ def _texts(*files: Path) -> list[str]:
 def train_model(cfg: QualityConfig, data: Path, out: Path, init: Path, seed: int, epochs: float) -> tuple[Path, float]:
     """`gdig finetune` from the initial weights in `init`; cached. Returns the folder and training seconds."""
     from gdig.config import DataConfig
-    from gdig.finetune import FinetuneConfig, finetune
+    from gdig.finetuning import FinetuneConfig, finetune
 
     if not (out / "finetune.json").exists():
         ft = FinetuneConfig(

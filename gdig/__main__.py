@@ -106,7 +106,7 @@ def _why_empty(run, cfg) -> str:
 
 
 def _add_finetune(sub) -> None:
-    from gdig.finetune import FinetuneConfig
+    from gdig.finetuning import FinetuneConfig
 
     p = sub.add_parser("finetune", help="train a causal LM on a data file (G-DIG step 1), full or LoRA")
     add_options(p, FinetuneConfig)
@@ -116,7 +116,7 @@ def _add_finetune(sub) -> None:
 
 def run_finetune(a: argparse.Namespace) -> None:
     """`gdig finetune`: check the model source, then train and save a Hugging Face folder."""
-    from gdig.finetune import FinetuneConfig, finetune
+    from gdig.finetuning import FinetuneConfig, finetune
     from gdig.model_source import check_model_source
 
     check_model_source(a.model, gguf_file=a.gguf_file)

@@ -60,7 +60,7 @@ def run_index(a: argparse.Namespace) -> None:
 
 def run_rescore(a: argparse.Namespace) -> None:
     """`gdig rescore`: the run's seeds replaced, added to or thinned, scored from its index."""
-    from gdig.rescore import SeedEdit, describe, read_seed_file, rescore
+    from gdig.rescoring import SeedEdit, describe, read_seed_file, rescore
     from gdig.rundir.results import load_run
 
     if a.seeds is None and not a.drop:
@@ -82,7 +82,7 @@ def run_query(a: argparse.Namespace) -> None:
 
     from gdig.index_run import RunModel
     from gdig.query import answer_table, ask, pair_example
-    from gdig.rescore import read_seed_file
+    from gdig.rescoring import read_seed_file
     from gdig.rundir.index import load_index
     from gdig.rundir.results import load_run
 

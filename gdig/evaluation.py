@@ -180,7 +180,7 @@ class _Units:
 
 
 def steps(n: int, cfg: EvaluationConfig) -> int:
-    """Optimizer steps of one fine-tune on n examples (as gdig.finetune counts them)."""
+    """Optimizer steps of one fine-tune on n examples (as gdig.finetuning counts them)."""
     return max(1, int(round(cfg.epochs * math.ceil(n / cfg.batch_size))))
 
 
@@ -211,7 +211,7 @@ def _without_seeds(record: dict) -> dict:
 
 def run_fit(cfg: EvaluationConfig, inputs: Inputs, name: str, seed: int, out: Path, progress: Callable[[int], None]):
     """One fine-tune and its evaluation; result.json last, the merged weights deleted (the adapter is kept)."""
-    from gdig.finetune import FinetuneConfig, finetune
+    from gdig.finetuning import FinetuneConfig, finetune
 
     folder = out / FITS / fit_name(name, seed)
     shutil.rmtree(folder, ignore_errors=True)  # a fit stopped half-way starts again

@@ -180,6 +180,10 @@ def test_explore_token_heatmap_renders_escaped_text(app, runs):
     at.button(key="ex_tokens").click().run()
     assert not at.exception
     assert "Contributions sum to" in at.caption[-1].value
+    body = at.get("html")[0].proto.body
+    # the tokenizer's "<s>" is shown as text, never passed on as a tag; one span per token, each with its value
+    assert "&lt;s&gt;" in body and "<s>" not in body
+    assert body.count("<span title=") > 5 and "<script" not in body
 
 
 def test_export_writes_the_expected_jsonl(app, runs):

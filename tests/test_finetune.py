@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from gdig.__main__ import main
 from gdig.config import ScoreConfig
-from gdig.finetune import FinetuneConfig, finetune
+from gdig.finetuning import FinetuneConfig, finetune
 from gdig.model import load_model
 from gdig.run import score
 

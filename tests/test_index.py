@@ -220,7 +220,7 @@ def test_index_added_later_equals_the_one_written_by_the_run(tmp_path, model, to
 def test_an_int8_index_is_written_read_added_later_and_rescored_like_a_float_one(
     tmp_path, model, tokenizer, data_files
 ):
-    from gdig.rescore import SeedEdit, rescore
+    from gdig.rescoring import SeedEdit, rescore
 
     settings = {"index_dim": 256, "index_dtype": "int8", "hessian": "ekfac"}
     run = scored(tmp_path, model, tokenizer, data_files, "a", **settings)

@@ -3,6 +3,9 @@ given back between stages."""
 
 from __future__ import annotations
 
+import os
+
+import pytest
 import torch
 
 from gdig.memory import captures_fit, free_memory_mb
@@ -17,8 +20,17 @@ def test_captures_fit_counts_padded_tokens_per_batch_with_a_margin():
     assert not captures_fit(lengths, per_token, batch_size=4, by_tokens=False, budget_mb=39)  # 4 * 10 * 1.1 = 44
 
 
-def test_free_memory_is_a_positive_number_of_mib_on_this_machine():
-    assert 0 < free_memory_mb(torch.device("cpu")) < 2**30
+def test_free_memory_is_the_kernels_available_memory_or_the_free_pages_without_it(monkeypatch):
+    with open("/proc/meminfo") as f:
+        available = next(int(line.split()[1]) // 1024 for line in f if line.startswith("MemAvailable:"))
+    assert free_memory_mb(torch.device("cpu")) == pytest.approx(available, abs=512)  # it moves a little meanwhile
+
+    def no_meminfo(*args, **kwargs):
+        raise OSError("no /proc here")
+
+    monkeypatch.setattr("builtins.open", no_meminfo)
+    free_pages = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2**20
+    assert free_memory_mb(torch.device("cpu")) == pytest.approx(free_pages, abs=512)
 
 
 FREED_BLOCKS = """

@@ -14,7 +14,7 @@ from streamlit.testing.v1 import AppTest
 
 from gdig.__main__ import main, score_config_from_args
 from gdig.config import DataConfig, ScoreConfig
-from gdig.finetune import FinetuneConfig
+from gdig.finetuning import FinetuneConfig
 from gdig.options import add_options, from_args, option, specs
 from gdig.select import SelectionConfig
 

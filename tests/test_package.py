@@ -4,6 +4,7 @@ no Streamlit in gdig/, and the formatter decides the layout."""
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
 
 import pytest
@@ -42,8 +43,16 @@ def test_the_package_has_no_streamlit_and_the_formatter_decides():
 
 
 def test_the_public_api_is_exported_with_an_example():
+    import inspect
+
     import gdig
 
-    for name in gdig.__all__:
-        assert getattr(gdig, name) is not None
+    assert gdig.__version__.count(".") == 2
+    for name in (n for n in gdig.__all__ if n != "__version__"):
+        obj = getattr(gdig, name)
+        assert inspect.isclass(obj) or inspect.isfunction(obj), name  # no module or constant re-exported by chance
+        assert obj.__module__.startswith("gdig.") and inspect.getdoc(obj), name
+    for module in ("finetuning", "rescoring", "query", "evaluation"):  # a submodule imported since, as here,
+        importlib.import_module(f"gdig.{module}")  # must not shadow a public name of the same spelling
+    assert all(not inspect.ismodule(getattr(gdig, n)) for n in gdig.__all__)
     assert "score(ScoreConfig(" in gdig.__doc__ and "select_run(run" in gdig.__doc__

@@ -15,7 +15,7 @@ from gdig.data import load_dataset
 from gdig.index_run import PairError, RunModel
 from gdig.query import answer_table, ask, pair_example
 from gdig.readers import DataError
-from gdig.rescore import SeedEdit, read_seed_file, rescore
+from gdig.rescoring import SeedEdit, read_seed_file, rescore
 from gdig.run import score
 from gdig.rundir.index import NoIndexError, load_index
 from gdig.rundir.results import load_run

@@ -135,7 +135,7 @@ def build_corpus(cfg: DemoConfig, cache: Path) -> dict[str, Path]:
 def build_model(cfg: DemoConfig, cache: Path, files: dict[str, Path], status) -> Path:
     """Tokenizer trained on the corpus, a Llama from a config, trained by `gdig finetune` on the pool."""
     from gdig.demo.tiny import init_scratch_model
-    from gdig.finetune import FinetuneConfig, finetune
+    from gdig.finetuning import FinetuneConfig, finetune
 
     model_dir = cache / "model"
     if (model_dir / "finetune.json").exists():
@@ -180,7 +180,7 @@ def build_model(cfg: DemoConfig, cache: Path, files: dict[str, Path], status) ->
 
 def _lora_model(cfg: DemoConfig, cache: Path, files: dict[str, Path], status) -> Path:
     """The base model saved once as a plain folder (a GGUF file is dequantised), then `gdig finetune --lora`."""
-    from gdig.finetune import FinetuneConfig, finetune
+    from gdig.finetuning import FinetuneConfig, finetune
     from gdig.model import load_model
 
     base_dir = cache / "base"
