@@ -20,9 +20,9 @@ from gdig.rundir.index import index_note
 from gdig.rundir.layout import INFLUENCE, read_config
 from gdig.rundir.results import RunError, RunResults, load_run
 from gdig.rundir.status import format_seconds
-from gdig.select import Selection, SelectionConfig, select_run
+from gdig.select import Selection, SelectionConfig
 from gdig.studio.jobs import list_runs
-from gdig.studio.views import kept_mask
+from gdig.studio.views import kept_mask, selection_on_run
 
 RUN_KEY = "run_name"  # the chosen run: a folder name under runs_dir(), never a path
 # The selection settings a page can change, derived from SelectionConfig (their defaults and help too): every one
@@ -232,9 +232,9 @@ def current_selection(run: RunResults, cfg: SelectionConfig) -> Selection:
     """Quality rule + clusters (cached per rule and K) + resampling to the budget."""
     kept = kept_mask(run, cfg)
     if not kept.any():
-        return select_run(run, dataclasses.replace(cfg, clusters=1), labels=np.zeros(0, np.int64))
+        return selection_on_run(run, dataclasses.replace(cfg, clusters=1), labels=np.zeros(0, np.int64))
     labels = _cached_labels(str(run.path), run_stamp(str(run.path)), kept.tobytes(), cfg.clusters, cfg.seed)
-    return select_run(run, cfg, labels=labels)
+    return selection_on_run(run, cfg, labels=labels)
 
 
 def clamp_clusters(run: RunResults, cfg: SelectionConfig, stop_when_empty: bool = True) -> int:

@@ -222,16 +222,16 @@ def select(
     quality: np.ndarray | None = None,
     duplicates: Duplicates | None = None,
     ranks: np.ndarray | None = None,
+    decisions: tuple | None = None,
 ) -> Selection:
     """One selection. `labels` (cluster of each kept row) may be passed to skip re-clustering; `signals` are the
     higher-is-better scores beside influence (gdig.signals.signal_scores) for the combined rule and filters;
     `quality` is quality_score's result when the caller keeps it (two sorts of every row saved); `duplicates`
-    the candidates' duplicate groups, needed when cfg.dedupe is on."""
-    n = len(frac_helped)
-    msgs: list[str] = []
-    dropped = 0
+    the candidates' duplicate groups, needed when cfg.dedupe is on; `decisions` rule_decisions' result when
+    the caller has it for these settings."""
+    n, msgs, dropped = len(frac_helped), [], 0
     if cfg.method == "gdig":
-        kept, quality, dropped = rule_decisions(
+        kept, quality, dropped = decisions or rule_decisions(
             frac_helped, mean_influence, ids, cfg, signals, quality, duplicates, ranks
         )
     else:
@@ -329,9 +329,8 @@ def _baseline_score(method, n, seed, mean_influence, loss, length_score) -> np.n
     return np.asarray(length_score, np.float64)
 
 
-def select_run(run, cfg: SelectionConfig, labels: np.ndarray | None = None) -> Selection:
+def select_run(run, cfg: SelectionConfig, labels: np.ndarray | None = None, decisions=None) -> Selection:
     """`select` on a loaded run (gdig.results.RunResults), with its losses and length ratios for baselines."""
-    df = run.candidates
     signals = run.signals
     clustering = cfg.method == "gdig" and labels is None
     return select(
@@ -340,11 +339,12 @@ def select_run(run, cfg: SelectionConfig, labels: np.ndarray | None = None) -> S
         run.cluster_features if clustering else run.sketch,  # the reduced space is made only when clustered
         run.id_index,
         cfg,
-        loss=df["loss"].to_numpy(),
+        loss=run.candidates["loss"].to_numpy(),
         length_score=signals["length"],
         labels=labels,
         signals=signals,
         quality=run.quality,
         duplicates=run.duplicates if cfg.dedupe != "off" else None,
-        ranks=None if cfg.combine == "influence" else run.rule_ranks(cfg.rule, cfg.adequacy),
+        ranks=None if cfg.combine == "influence" or decisions else run.rule_ranks(cfg.rule, cfg.adequacy),
+        decisions=decisions,
     )

@@ -635,3 +635,24 @@ def test_colouring_by_score_shows_the_colour_bar_alone(app, runs):
     assert fig["layout"]["showlegend"] is False
     at.selectbox(key="w_color_by").set_value("decision").run()
     assert json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]["showlegend"] is True
+
+
+def test_each_page_applies_the_rule_once_per_setting(app, runs, monkeypatch):
+    import traceback
+
+    import gdig.studio.views as views
+
+    calls = []  # where each application of the rule came from
+    real = views.rule_decisions
+    monkeypatch.setattr(
+        views, "rule_decisions", lambda *a, **k: calls.append(traceback.format_stack(limit=8)) or real(*a, **k)
+    )
+    _rule(runs, min_mean=-123.0)  # a rule no earlier test used: nothing cached for it
+    at = _page(app, "export")
+    assert len(calls) == 1, calls  # the K check, the selection and the counts share one application of the rule
+    at.number_input(key="w_budget").set_value(5).run()
+    at.number_input(key="w_seed").set_value(3).run()
+    assert not at.exception and len(calls) == 2  # the budget only resamples; a new seed is a new setting
+    at.switch_page("app_pages/clusters.py").run()
+    at.switch_page("app_pages/explore.py").run()
+    assert not at.exception and len(calls) == 2

@@ -3,6 +3,7 @@ Pure functions (no Streamlit) so that each is tested; the pages only lay them ou
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,12 +23,33 @@ def kept_mask(run: RunResults, cfg: SelectionConfig) -> np.ndarray:
     return rule_on_run(run, cfg)[0]
 
 
+# Settings that only cluster and resample the kept set: changing them leaves the rule's decisions as they were.
+AFTER_THE_RULE = ("clusters", "budget", "strategy", "within")
+
+
 def rule_on_run(run: RunResults, cfg: SelectionConfig) -> tuple[np.ndarray, np.ndarray, int]:
-    """(kept, the rule's order, kept pairs dropped as duplicates) on a loaded run."""
-    duplicates = run.duplicates if cfg.dedupe != "off" else None
-    ranks = None if cfg.combine == "influence" else run.rule_ranks(cfg.rule, cfg.adequacy)
-    args = (run.frac_helped, run.mean_influence, run.id_index, cfg, run.signals, run.quality, duplicates, ranks)
-    return rule_decisions(*args)
+    """(kept, the rule's order, kept pairs dropped as duplicates) on a loaded run: computed once per run and rule
+    setting, however many times a page asks in a rerun (the K check, the selection, the counts) and across the
+    reruns that move only K or the budget. The arrays are read-only: they are shared."""
+    key = json.dumps({k: v for k, v in cfg.to_dict().items() if k not in AFTER_THE_RULE}, sort_keys=True)
+    memo = run.__dict__.setdefault("_rule_decisions", {})
+    found = memo.get(key)
+    if found is None:
+        duplicates = run.duplicates if cfg.dedupe != "off" else None
+        ranks = None if cfg.combine == "influence" else run.rule_ranks(cfg.rule, cfg.adequacy)
+        args = (run.frac_helped, run.mean_influence, run.id_index, cfg, run.signals, run.quality, duplicates, ranks)
+        kept, order, dropped = rule_decisions(*args)
+        for array in (kept, order):
+            array.setflags(write=False)
+        if len(memo) >= 8:  # a curator trying thresholds: keep the last few, not every one
+            memo.clear()
+        found = memo[key] = (kept, order, dropped)
+    return found
+
+
+def selection_on_run(run: RunResults, cfg: SelectionConfig, labels: np.ndarray | None = None) -> Selection:
+    """`select_run` with the rule's decisions from `rule_on_run` (the rule is applied once per setting)."""
+    return select_run(run, cfg, labels=labels, decisions=rule_on_run(run, cfg) if cfg.method == "gdig" else None)
 
 
 def nothing_kept_reason(run: RunResults, cfg: SelectionConfig, kept: np.ndarray) -> str | None:
