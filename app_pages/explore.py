@@ -154,10 +154,8 @@ with guard():
         format_func=lambda j: "the mean over seeds" if j < 0 else f"seed column {j}",
     )
     if st.button("Show token influence", key="ex_tokens"):
-        s = run.config["settings"]
-        model, tok = _model(
-            s["model"], s.get("device", "auto"), bool(s.get("trust_remote_code")), s.get("adapter"), s.get("gguf_file")
-        )
+        s = run.settings
+        model, tok = _model(s.model, s.device, s.trust_remote_code, s.adapter, s.gguf_file)
         ti = token_influence(run, index, model, tok, None if target < 0 else int(target))
         st.html(heatmap_html(ti))
         st.caption(f"Green helps, red hurts; the prompt is faded. Contributions sum to {ti.total:+.4g}.")

@@ -9,6 +9,7 @@ import streamlit as st
 
 from app_pages.common import RUN_KEY, choose_run, guard, live, run_dir, runs_dir
 from gdig import model_source
+from gdig.rundir.layout import DEMO_REPORT
 from gdig.rundir.status import format_seconds
 from gdig.studio.evaluations import running_evaluations
 from gdig.studio.jobs import delete_run, job_state, list_runs, start_demo_job
@@ -60,7 +61,7 @@ def runs_table() -> bool:
 
 
 def demo_report(name: str) -> None:
-    report = runs_dir() / name / "demo_report.json"
+    report = runs_dir() / name / DEMO_REPORT
     if not report.exists():
         return
     rep = json.loads(report.read_text())

@@ -16,6 +16,7 @@ from gdig.data import Dataset, TokenizationReport, TokenizedExample, load_datase
 from gdig.distributed import SINGLE, World
 from gdig.hooks import Batch, Captured, batch_indices, collate, make_batches
 from gdig.model import TrackedModule, find_tracked_modules, load_model, model_fingerprint, prepare_tokenizer
+from gdig.rundir.format import FORMAT
 from gdig.rundir.layout import versions
 
 # Settings that only say where things are or pace the work: the model's and the data's own fingerprints cover them.
@@ -150,6 +151,7 @@ def settings_fingerprint(ctx: ScoreContext) -> str:
 def config_record(ctx: ScoreContext, extra: dict[str, Any]) -> dict[str, Any]:
     """config.json: every setting, versions, fingerprints, modules, tokenization and timings, plus `extra`."""
     return {
+        "format": FORMAT,
         "settings": ctx.cfg.to_dict(),
         "fingerprints": ctx.fingerprints | {"settings": settings_fingerprint(ctx)},
         "versions": versions(),

@@ -13,6 +13,7 @@ from typing import Any
 from gdig.atomic import write_bytes_atomic
 from gdig.evaluation_report import evaluations_summary
 from gdig.names import check_name
+from gdig.rundir.layout import SELECTIONS
 from gdig.rundir.results import RunResults
 from gdig.select import Selection, SelectionConfig
 from gdig.signal_table import exported_columns
@@ -90,7 +91,7 @@ def save_into_run(run: RunResults, sel: Selection, cfg: SelectionConfig, name: s
     name = check_name(name, "selection name")
     if name.endswith((".jsonl", ".json")):
         raise ValueError(f"selection name {name!r}: give it without an extension")
-    return export_selection(run, sel, cfg, run.path / "selections" / f"{name}.jsonl", metadata)
+    return export_selection(run, sel, cfg, run.path / SELECTIONS / f"{name}.jsonl", metadata)
 
 
 def verify_export(path: str | Path) -> bool:

@@ -113,7 +113,7 @@ class RunModel:
         self.device = next(model.parameters()).device
         factors = self.run_dir / FACTORS
         self.curvature = Curvature.of_run(factors, self.cfg.hessian, self.device)
-        self.dampings = {t.name: float(self.config.get("damping", {}).get(t.name, 0.0)) for t in self.tracked}
+        self.dampings = {t.name: float(self.config.get("module_damping", {}).get(t.name, 0.0)) for t in self.tracked}
         self.projection = None
 
     def _check_model(self) -> None:
@@ -255,7 +255,7 @@ def _write_index(
 
     if has_index(run.path):
         raise RunError(f"{run.path} already has a gradient index")
-    if int(run.config["settings"].get("seed_batch", 1)) != 1:
+    if run.settings.seed_batch != 1:
         raise RunError(f"{run.path} averages seeds in groups (--seed-batch); index it by scoring it again")
     cfg = ScoreConfig.from_dict(run.config["settings"])
     cfg.index_dim = index_dim if index_dim is not None else cfg.index_dim

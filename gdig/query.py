@@ -32,11 +32,11 @@ def pair_example(
 ) -> Example:
     """A typed pair as the run would have read it: its prompt template, and the languages given, else the run's
     defaults, else the ones most of its pool declares."""
-    data = run.config["settings"]["data"]
     rec = {"src_text": src, "trg_text": trg}
     rec |= {k: v for k, v in (("src_lang", src_lang), ("trg_lang", trg_lang)) if v}
     langs = pool_languages(run)
-    ex = build_example("query", None, rec, data["prompt_template"], langs.get("src_lang"), langs.get("trg_lang"))
+    template = run.settings.data.prompt_template
+    ex = build_example("query", None, rec, template, langs.get("src_lang"), langs.get("trg_lang"))
     ex.id = id_
     return ex
 
@@ -44,11 +44,11 @@ def pair_example(
 def pool_languages(run: RunResults) -> dict[str, str]:
     """The source and target languages a new pair gets: the run's defaults, else the ones most of its pool
     declares (absent when neither says)."""
-    data = run.config["settings"]["data"]
+    data = run.settings.data
     out = {}
     for column in ("src_lang", "trg_lang"):
         counts = run.candidates[column].dropna().astype(str).value_counts() if column in run.candidates else []
-        lang = data.get(column) or (str(counts.index[0]) if len(counts) else None)
+        lang = getattr(data, column) or (str(counts.index[0]) if len(counts) else None)
         if lang:
             out[column] = lang
     return out
@@ -59,7 +59,7 @@ def ask(run: RunResults, index: RunIndex, runner: RunModel, pairs: list[Example]
     runner.use_index(index)
     got = runner.gradients(pairs, "query")
     anchor = run_anchor(run.influence, run.seeds, index)
-    scores = index_scores(index.pool, got.rows, run.config["settings"]["normalize"], anchor)
+    scores = index_scores(index.pool, got.rows, run.settings.normalize, anchor)
     answers = []
     for j, pair in enumerate(pairs):
         col = scores[:, j]

@@ -48,8 +48,8 @@ class SeedEdit:
 
 def read_seed_file(run: RunResults, path: str | Path) -> Dataset:
     """A seed file read with the run's own prompt template and default languages (clear errors: DataError)."""
-    data = run.config["settings"]["data"]
-    return load_dataset(path, data["prompt_template"], data.get("src_lang"), data.get("trg_lang"), role="seed")
+    data = run.settings.data
+    return load_dataset(path, data.prompt_template, data.src_lang, data.trg_lang, role="seed")
 
 
 def with_fresh_ids(add: Dataset, taken: set[str]) -> Dataset:
@@ -74,7 +74,7 @@ def check_edit(run: RunResults, edit: SeedEdit) -> list[int]:
     unknown = sorted(set(map(str, edit.drop)) - set(ids))
     if unknown:
         raise ValueError(f"no seed with id {', '.join(unknown[:10])} in {run.path}")
-    batch = int(run.config["settings"].get("seed_batch", 1))
+    batch = run.settings.seed_batch
     if batch != 1 and not edit.replace:
         raise ValueError(
             f"{run.path} averages seeds in groups of {batch}: its seeds can only be replaced as a whole (--seeds "
@@ -115,7 +115,7 @@ def rescore(
         runner = runner or RunModel(run.path, device, model, tokenizer)
         runner.use_index(index)
         progress = on_progress or (lambda *a: None)
-        normalize = run.config["settings"]["normalize"]
+        normalize = run.settings.normalize
         dropped = run.seeds.iloc[sorted(set(range(len(run.seeds))) - set(kept))]
         added = edit.add.examples if edit.add is not None else []
         new = runner.gradients(added, "new seeds", normalize, lambda d, n: progress("new seeds", d, n))
@@ -255,7 +255,7 @@ def _write_config(run: RunResults, index, edit: SeedEdit, kept: list[int], secon
         cfg["settings"]["seeds"] = edit.add.path
         cfg["fingerprints"]["seeds"] = edit.add.fingerprint
     cfg["n_seeds"] = cfg["n_seed_columns"] = len(kept) + n_new
-    cfg["seed_rank"] = None
+    cfg["seed_rank_kept"] = None
     cfg["timings"] = {"rescore": seconds["total"]}
     cfg["scored_from_index"] = {
         "parent": str(run.path),

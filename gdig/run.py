@@ -244,8 +244,8 @@ def _run_stages(ctx: ScoreContext, run_dir: Path, status: Status) -> None:
     mean = mean_seed_direction(seeds, ctx.cfg.normalize)
     save_mean_direction(run_dir / SEED_GRADS, mean, seeds, ctx.cfg.normalize, fp)
     extra = {
-        "damping": dampings,
-        "seed_rank": rank,
+        "module_damping": dampings,
+        "seed_rank_kept": rank,
         "seed_lowrank_error": seeds.lowrank_error,
         "n_seed_columns": seeds.n_seeds,
         "sketch_dim": sketcher.dim,

@@ -13,6 +13,7 @@ import torch
 
 from gdig.influence import SeedGradients
 from gdig.rundir.chunks import collect_chunks, write_chunk
+from gdig.rundir.format import FORMAT
 from gdig.rundir.layout import CONFIG, RunExistsError, is_finished, prepare, read_fingerprint, write_config
 from gdig.rundir.seeds import load_seed_gradients, save_seed_gradients
 from gdig.rundir.status import Status, read_status
@@ -41,7 +42,7 @@ def test_prepare_refuses_a_finished_run_or_a_foreign_folder(tmp_path):
     write_config(run, {"finished": True, "settings": {}})
     with pytest.raises(RunExistsError, match="--resume"):
         prepare(run, resume=False)
-    assert prepare(run, resume=True) == {"finished": True, "settings": {}} and is_finished(run)
+    assert prepare(run, resume=True) == {"finished": True, "settings": {}, "format": FORMAT} and is_finished(run)
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")

@@ -52,7 +52,7 @@ def test_seeds_fit_the_budget_dense_and_chunking_changes_nothing(tmp_path, model
     dense, _ = run(tmp_path, model, tokenizer, data_files, name="dense", damping=1e-3)
     same, out = run(tmp_path, model, tokenizer, data_files, name="fits", damping=1e-3, seed_memory_mb=1)
     assert np.array_equal(same, dense)  # 5 seeds of a tiny model fit in 1 MiB: dense, exact
-    assert json.loads((out / "config.json").read_text())["seed_rank"] is None
+    assert json.loads((out / "config.json").read_text())["seed_rank_kept"] is None
     monkeypatch.setattr(stages, "SEED_WORK_BYTES", 1)  # one seed per chunk
     chunked, _ = run(tmp_path, model, tokenizer, data_files, name="chunked", damping=1e-3)
     assert rel_err(chunked, dense) < 1e-6

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from gdig.atomic import write_json_atomic
+from gdig.rundir.format import upgrade
 
 CONFIG = "config.json"
 STATUS = "status.json"
@@ -59,7 +60,7 @@ def prepare(run_dir: Path, resume: bool) -> dict[str, Any] | None:
             raise RunExistsError(
                 f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out"
             )
-        return json.loads((run_dir / CONFIG).read_text())
+        return upgrade(json.loads((run_dir / CONFIG).read_text()))
     if run_dir.exists() and any(p.name not in BOOKKEEPING for p in run_dir.iterdir()) and not resume:
         raise RunExistsError(f"{run_dir} is not empty; choose a new folder for --out")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -67,9 +68,10 @@ def prepare(run_dir: Path, resume: bool) -> dict[str, Any] | None:
 
 
 def read_config(run_dir: str | Path) -> dict[str, Any] | None:
-    """config.json of a run, or None when there is none (or it cannot be read)."""
+    """config.json of a run in the current format (gdig.rundir.format.upgrade), or None when there is none (or it
+    cannot be read)."""
     try:
-        return json.loads((Path(run_dir) / CONFIG).read_text())
+        return upgrade(json.loads((Path(run_dir) / CONFIG).read_text()))
     except (OSError, ValueError):
         return None
 

@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from gdig.config import ScoreConfig
+from gdig.rundir.format import upgrade
 from gdig.rundir.layout import CANDIDATES, CONFIG, INFLUENCE, REQUIRED, SEEDS, SKETCH
 from gdig.rundir.status import read_status
 
@@ -35,6 +37,13 @@ class RunResults:
     def n(self) -> int:
         """Number of candidates."""
         return self.influence.shape[0]
+
+    @cached_property
+    def settings(self) -> ScoreConfig:
+        """The settings the run was scored with, typed (a field the record lacks takes its default). Shared by
+        every reader of the run: copy it (dataclasses.replace) before changing it."""
+        required = dict.fromkeys(("model", "candidates", "seeds", "out"), "")
+        return ScoreConfig.from_dict(required | self.config.get("settings", {}))
 
     @cached_property
     def ids(self) -> list[str]:
@@ -138,7 +147,7 @@ def load_run(path: str | Path) -> RunResults:
         status = _status_line(run)
         raise RunError(f"{run}: missing {', '.join(missing)}; the run has not finished ({status})")
     try:
-        config = json.loads((run / CONFIG).read_text())
+        config = upgrade(json.loads((run / CONFIG).read_text()))
         influence = np.load(run / INFLUENCE, mmap_mode="r", allow_pickle=False)
         sketch = np.load(run / SKETCH, mmap_mode="r", allow_pickle=False)
         candidates = pd.read_parquet(run / CANDIDATES)

@@ -4,6 +4,7 @@ evaluations of a run listed with their state and report."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -27,20 +28,17 @@ from gdig.studio.jobs import JobState, job_state, spawn_worker
 
 def default_model(run: RunResults) -> tuple[str, str | None]:
     """The base model to fine-tune: the run's model (with an adapter run, the base the adapter sat on)."""
-    settings = run.config.get("settings", {})
-    return str(settings.get("model", "")), settings.get("gguf_file")
+    return run.settings.model, run.settings.gguf_file
 
 
 def default_data(run: RunResults) -> DataConfig:
     """How the run made prompts (template, languages, length): the fine-tunes and the test use the same."""
-    saved = run.config.get("settings", {}).get("data") or {}
-    known = {k: v for k, v in saved.items() if k in DataConfig.__dataclass_fields__}
-    return DataConfig(**known)
+    return dataclasses.replace(run.settings.data)
 
 
 def default_test(run: RunResults) -> str:
     """A test.jsonl beside the run's candidate file (the demos have one), else nothing."""
-    candidates = run.config.get("settings", {}).get("candidates")
+    candidates = run.settings.candidates
     guess = Path(candidates).with_name("test.jsonl") if candidates else None
     return str(guess) if guess is not None and guess.is_file() else ""
 

@@ -105,16 +105,14 @@ def token_influence(run: RunResults, index: int, model, tokenizer, seed: int | N
     over seeds), in the run's normalisation; the contributions sum to that score. Needs the run's model."""
     import torch
 
-    from gdig.config import ScoreConfig
     from gdig.hooks import GradientCapture
     from gdig.influence import token_contributions
     from gdig.model import find_tracked_modules, prepare_tokenizer
 
-    settings = run.config["settings"]
     prepare_tokenizer(tokenizer, model.get_input_embeddings().num_embeddings)
-    tracked = find_tracked_modules(model, ScoreConfig.from_dict(settings).tracked_modules())
+    tracked = find_tracked_modules(model, run.settings.tracked_modules())
     c = run.candidates.iloc[index]
-    tok = _tokenize(tokenizer, str(c["id"]), str(c["prompt"]), str(c["target"]), settings["data"]["max_length"])
+    tok = _tokenize(tokenizer, str(c["id"]), str(c["prompt"]), str(c["target"]), run.settings.data.max_length)
     device = next(model.parameters()).device
     stored = load_mean_direction(Path(run.path) / SEED_GRADS, device)
     with GradientCapture(model, tracked) as cap:
@@ -123,7 +121,7 @@ def token_influence(run: RunResults, index: int, model, tokenizer, seed: int | N
     direction = stored["mean"] if column is None else column
     with torch.no_grad():
         contrib = token_contributions(got, direction).double().cpu().numpy()
-    contrib /= _normaliser(run, index, stored["self_influence"], seed, settings["normalize"])
+    contrib /= _normaliser(run, index, stored["self_influence"], seed, run.settings.normalize)
     tokens = [tokenizer.decode([t]) for t in tok.input_ids]
     n_prompt = next((i for i, lab in enumerate(tok.labels) if lab != -100), len(tok.labels))
     return TokenInfluence(tokens, contrib, n_prompt, float(contrib.sum()))
@@ -149,19 +147,18 @@ def _seed_column_direction(run: RunResults, column: int, tokenizer, cap, device)
     from gdig.curvature import Curvature
     from gdig.hooks import per_example_gradient
 
-    settings = run.config["settings"]
     members = seed_members(run, column)
     if members.empty:
         raise ValueError(f"seed column {column} is not in this run ({run.influence.shape[1]} columns)")
-    max_length = settings["data"]["max_length"]
+    max_length = run.settings.data.max_length
     toks = [
         _tokenize(tokenizer, str(r["id"]), str(r["prompt"]), str(r["target"]), max_length)
         for _, r in members.iterrows()
     ]
     got = cap.run(_collate(toks, 0, tokenizer))
     factors = Path(run.path) / FACTORS
-    cur = Curvature.of_run(factors, settings["hessian"], device)
-    dampings = run.config.get("damping", {})
+    cur = Curvature.of_run(factors, run.settings.hessian, device)
+    dampings = run.config.get("module_damping", {})
     out = {}
     with torch.no_grad():
         for name in got.acts:

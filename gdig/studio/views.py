@@ -75,7 +75,7 @@ def nothing_kept_reason(run: RunResults, cfg: SelectionConfig, kept: np.ndarray)
 
 def seed_members(run: RunResults, column: int) -> pd.DataFrame:
     """The seeds averaged into influence column `column` (--seed-batch of them, one by default)."""
-    batch = int(run.config.get("settings", {}).get("seed_batch", 1))
+    batch = run.settings.seed_batch
     return run.seeds.iloc[column * batch : (column + 1) * batch]
 
 
