@@ -208,6 +208,23 @@ class _Progress:
 _JOB_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]"
 
 
+def run_stoppable(out: str, work, kept: str, quiet: bool = False):
+    """`work(progress)` with its progress bars, Ctrl-C asking it to stop between batches (the job keeps what it
+    finished, gdig.rundir.status.interrupt_cancels); None, after saying what a stop keeps (`kept`), when stopped."""
+    from gdig.rundir.status import Cancelled, interrupt_cancels
+
+    progress = _Progress(quiet)
+    try:
+        with interrupt_cancels(out):
+            return work(progress)
+    except Cancelled:
+        progress.close()
+        print(f"gdig: stopped; {kept}: --resume goes on", file=sys.stderr)
+        return None
+    finally:
+        progress.close()
+
+
 def _is_main_process() -> bool:
     import os
 
@@ -252,22 +269,19 @@ def _main(argv: list[str] | None = None) -> int:
             print_plan(score_config_from_args(args), args.plan_memory_gb)
         elif args.command == "score":
             from gdig.run import score
-            from gdig.rundir.status import Cancelled, interrupt_cancels, read_status, summary_line
+            from gdig.rundir.status import read_status, summary_line
 
             cfg = score_config_from_args(args)
             quiet = args.quiet or not _is_main_process()  # under torchrun only rank 0 talks
-            progress = _Progress(quiet)
-            try:
-                with interrupt_cancels(cfg.out):
-                    run_dir = score(
-                        cfg, resume=args.resume, on_progress=progress, memory_check=not args.no_memory_check
-                    )
-            except Cancelled:
-                progress.close()
-                print("gdig: stopped; the fit's sums and finished chunks are kept: --resume goes on", file=sys.stderr)
+            check = not args.no_memory_check
+            run_dir = run_stoppable(
+                cfg.out,
+                lambda progress: score(cfg, resume=args.resume, on_progress=progress, memory_check=check),
+                "the fit's sums and finished chunks are kept",
+                quiet,
+            )
+            if run_dir is None:
                 return 130
-            finally:
-                progress.close()
             if not quiet:
                 print(f"[gdig] {run_dir}: {summary_line(read_status(run_dir) or {}, run_dir)}", file=sys.stderr)
                 _say_missing_adequacy(run_dir)

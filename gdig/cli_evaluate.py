@@ -28,11 +28,10 @@ def add_evaluate_command(sub) -> None:
 
 def run_evaluate(a: argparse.Namespace) -> int:
     """Check everything, train and evaluate, print the report; 130 when stopped (finished fits are kept)."""
-    from gdig.__main__ import _Progress, unescape
+    from gdig.__main__ import run_stoppable, unescape
     from gdig.evaluation import EvaluationConfig, evaluate
     from gdig.evaluation_report import markdown, read_report
     from gdig.model_source import check_model_source
-    from gdig.rundir.status import Cancelled, interrupt_cancels
 
     check_model_source(a.model, gguf_file=a.gguf_file)
     cfg = from_args(
@@ -42,16 +41,13 @@ def run_evaluate(a: argparse.Namespace) -> int:
         names=a.names,
         data_config=from_args(DataConfig, a, prompt_template=unescape(a.prompt_template)),
     )
-    progress = _Progress(a.quiet)
-    try:
-        with interrupt_cancels(cfg.out):
-            out = evaluate(cfg, resume=a.resume, on_progress=progress)
-    except Cancelled:
-        progress.close()
-        print("gdig: stopped; the finished fine-tunes are kept: --resume goes on", file=sys.stderr)
+
+    def work(progress):
+        return evaluate(cfg, resume=a.resume, on_progress=progress)
+
+    out = run_stoppable(cfg.out, work, "the finished fine-tunes are kept", a.quiet)
+    if out is None:
         return 130
-    finally:
-        progress.close()
     print(markdown(read_report(out)))
     print(f"[gdig] report: {out}/report.json", file=sys.stderr)
     return 0
