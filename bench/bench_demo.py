@@ -32,6 +32,7 @@ ROOT_CACHE = CACHE / "demo"
 VARIANTS = {  # cache folder name: (label, changes to the demo's ScoreConfig)
     "identity": ("identity Hessian", {"hessian": "identity"}),
     "kfac": ("K-FAC", {"hessian": "kfac"}),
+    "diagonal": ("diagonal Hessian", {"hessian": "diagonal"}),
     "raw": ("raw scores (--normalize none)", {"normalize": "none"}),
     "damping0.01": ("relative damping 0.01", {"damping_relative": 0.01}),
     "damping1": ("relative damping 1.0", {"damping_relative": 1.0}),
