@@ -211,7 +211,8 @@ _JOB_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]"
 def run_stoppable(out: str, work, kept: str, quiet: bool = False):
     """`work(progress)` with its progress bars, Ctrl-C asking it to stop between batches (the job keeps what it
     finished, gdig.rundir.status.interrupt_cancels); None, after saying what a stop keeps (`kept`), when stopped."""
-    from gdig.rundir.status import Cancelled, interrupt_cancels
+    from gdig.cancel import Cancelled
+    from gdig.rundir.status import interrupt_cancels
 
     progress = _Progress(quiet)
     try:

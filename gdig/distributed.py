@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from gdig.rundir.status import Cancelled
+from gdig.cancel import Cancelled
 
 DEFAULT_TIMEOUT_S = 1800.0  # a collective waits this long for the slowest rank (GDIG_COLLECTIVE_TIMEOUT)
 

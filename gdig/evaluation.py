@@ -123,8 +123,9 @@ def evaluate(cfg: EvaluationConfig, resume: bool = False, on_progress: Callable[
     """Fine-tune on every selection for every seed (seed by seed, so that a stopped evaluation has every selection
     at its first seeds), evaluate each on the test set, and write the report; returns the folder. Cancelled
     (gdig.rundir.status) when a cancel file appears; the finished fits are kept for resume=True."""
+    from gdig.cancel import Cancelled
     from gdig.rundir.lock import writer_lock
-    from gdig.rundir.status import Cancelled, Status, clear_cancel
+    from gdig.rundir.status import Status, clear_cancel
 
     inputs = read_inputs(cfg)
     out = Path(cfg.out)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from gdig.atomic import atomic_path
+from gdig.cancel import Cancelled
 from gdig.config import ScoreConfig
 from gdig.context import ScoreContext, build_context, config_record, read_inputs, settings_fingerprint
 from gdig.distributed import World, join_world, leave_world
@@ -50,7 +51,7 @@ from gdig.rundir.layout import (
 )
 from gdig.rundir.lock import writer_lock
 from gdig.rundir.seeds import save_mean_direction
-from gdig.rundir.status import Cancelled, Status, clear_cancel
+from gdig.rundir.status import Status, clear_cancel
 from gdig.rundir.tables import records_table, write_tables
 from gdig.sketch import Sketcher
 from gdig.stages import (

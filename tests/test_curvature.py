@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from gdig.cancel import Cancelled
 from gdig.hessians.fit import fit_curvature
 from gdig.hooks import GradientCapture, make_batches
 from gdig.rundir.checkpoint import FitCheckpoint
-from gdig.rundir.status import Cancelled
 from reference import autograd_gradients, dense_inverse, tiny_layer_setup, token_statistics
 
 

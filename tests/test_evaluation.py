@@ -12,11 +12,12 @@ import torch
 
 from conftest import make_pairs, write_jsonl
 from gdig.__main__ import main
+from gdig.cancel import Cancelled
 from gdig.data import DataError, load_dataset, tokenize_example
 from gdig.evaluation import FITS, REPORT, EvaluationConfig, evaluate, fit_name, load_result, read_inputs
 from gdig.evaluation_report import paired_difference, read_report, verdict
 from gdig.model import load_model
-from gdig.rundir.status import Cancelled, request_cancel
+from gdig.rundir.status import request_cancel
 
 
 @pytest.fixture()

@@ -8,10 +8,11 @@ import json
 import numpy as np
 import pytest
 
+from gdig.cancel import Cancelled
 from gdig.config import ScoreConfig
 from gdig.run import score
 from gdig.rundir.layout import PARTIAL
-from gdig.rundir.status import Cancelled, read_status
+from gdig.rundir.status import read_status
 
 
 def _cfg(tmp_path, files, name, **kw):

@@ -260,8 +260,9 @@ def demo_plan(cfg: DemoConfig) -> dict[str, float]:
 
 def build_demo(cfg: DemoConfig | None = None, on_progress=None) -> tuple[Path, dict]:
     """Build (or reuse) the demo run; returns the run folder and the report."""
+    from gdig.cancel import Cancelled
     from gdig.run import score
-    from gdig.rundir.status import Cancelled, Status
+    from gdig.rundir.status import Status
     from gdig.stages import umap_stage
 
     cfg = cfg or DemoConfig()

@@ -8,13 +8,13 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
+from gdig.cancel import Cancelled
 from gdig.curvature import Curvature, ModuleFactors
 from gdig.distributed import SINGLE, World
 from gdig.hessians import hessian
 from gdig.hessians.base import COVARIANCE_PASS, EIGENVALUE_PASS, FITTED
 from gdig.hooks import Captured
 from gdig.rundir.checkpoint import FitCheckpoint
-from gdig.rundir.status import Cancelled
 
 
 class CovarianceFitter:
@@ -128,7 +128,9 @@ class EigenCorrectionFitter:
 def _run_pass(stage: str, fitter, passes: Callable, costs: Sequence[float], checkpoint, world: World, waiting) -> None:
     """One pass over the fit set into `fitter`: this rank's share (by cost) of the batches no checkpoint covers,
     resumable through `checkpoint`, then the sums of every rank added up (float64) on every rank."""
-    covered = checkpoint.restore(stage, fitter, len(costs)) if checkpoint else np.zeros(len(costs), bool)
+    covered = np.zeros(len(costs), bool)
+    if checkpoint:
+        covered = _rank0_mask(checkpoint.restore(stage, fitter, len(costs)), world, stage)
     todo = [b for b in range(len(costs)) if not covered[b]]
     mine = [todo[p] for p in world.mine([costs[b] for b in todo])]
     restored = np.flatnonzero(covered).tolist() if world.is_main else []
@@ -149,6 +151,15 @@ def _run_pass(stage: str, fitter, passes: Callable, costs: Sequence[float], chec
     state = fitter.state()
     world.all_reduce(state.values(), f"adding up the {stage} sums", waiting)
     fitter.restore(state)
+
+
+def _rank0_mask(covered: np.ndarray, world: World, stage: str) -> np.ndarray:
+    """Rank 0's mask of restored batches on every rank (its mask, not the file: rank 0 may save a newer one)."""
+    if not world.active:
+        return covered
+    shared = torch.from_numpy(covered.astype(np.uint8)).to(world.device)
+    world.broadcast([shared], 0, f"restoring the {stage} checkpoint")
+    return shared.cpu().numpy().astype(bool)
 
 
 def fit_curvature(

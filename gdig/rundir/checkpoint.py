@@ -19,11 +19,8 @@ class FitCheckpoint:
     cancelled, and when a pass that another builds on completes. A resumed pass restores them and skips those
     batches; in one process it ends with the same sums bit for bit as an uninterrupted one."""
 
-    def __init__(self, folder: str | Path, fingerprint: str, every_seconds: float = 60.0, world=None):
-        from gdig.distributed import SINGLE
-
-        self.folder, self.fingerprint, self.every = Path(folder), fingerprint, every_seconds
-        self.world = world or SINGLE
+    def __init__(self, folder: str | Path, fingerprint: str, every_seconds: float = 60.0, rank: int = 0):
+        self.folder, self.fingerprint, self.every, self.rank = Path(folder), fingerprint, every_seconds, rank
         self._last = time.time()
 
     def path(self, stage: str, rank: int = 0) -> Path:
@@ -32,17 +29,12 @@ class FitCheckpoint:
 
     def restore(self, stage: str, fitter, n_batches: int):
         """Load the saved sums into `fitter` (rank 0 only: it adds every rank's file it finds and saves them as
-        its own); returns the mask of the batches they cover, the same on every rank."""
+        its own); returns the mask of the batches they cover (on the other ranks, none: the caller shares rank
+        0's)."""
         import numpy as np
-        import torch
 
-        covered = self._gather(stage, fitter, n_batches) if self.world.is_main else None
-        mask = np.zeros(n_batches, np.uint8) if covered is None else covered.astype(np.uint8)
-        if self.world.active:  # rank 0's mask, not the file: rank 0 may save a newer one at any time
-            shared = torch.from_numpy(mask).to(self.world.device)
-            self.world.broadcast([shared], 0, f"restoring the {stage} checkpoint")
-            mask = shared.cpu().numpy()
-        return mask.astype(bool)
+        covered = self._gather(stage, fitter, n_batches) if self.rank == 0 else None
+        return np.zeros(n_batches, bool) if covered is None else covered.astype(bool)
 
     def _gather(self, stage: str, fitter, n_batches: int):
         """Rank 0: its own sums, plus those of other ranks' files over batches it does not cover yet; returns
@@ -87,7 +79,7 @@ class FitCheckpoint:
         tensors = {k: v.detach().contiguous().cpu() for k, v in fitter.state().items()}
         tensors[COVERED] = torch.from_numpy(np.asarray(covered, np.uint8))
         meta = {"fingerprint": self.fingerprint, "n_batches": str(len(covered))}
-        with atomic_path(self.path(stage, self.world.rank)) as tmp:
+        with atomic_path(self.path(stage, self.rank)) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
         self._last = time.time()
 

@@ -18,11 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from gdig.atomic import write_json_atomic
+from gdig.cancel import Cancelled
 from gdig.rundir.layout import CANCEL, PARTIAL, RANK_STATUS, STATUS
-
-
-class Cancelled(RuntimeError):
-    """Raised between batches when a `cancel` file appears in the run directory."""
 
 
 class Status:
