@@ -73,7 +73,7 @@ def test_plan_is_within_15_percent_of_the_measured_peaks(tmp_path, tokenizer, ar
         assert plan[stage] <= 1.25 * measured[stage] and highest >= measured[stage] / 1.25, (stage, plan, measured)
 
 
-@pytest.mark.parametrize(("name", "params_gib"), [("llama-2-7b", 12.55), ("qwen2.5-7b", 14.19)])
+@pytest.mark.parametrize(("name", "params_gib"), [("llama-2-7b", 12.55), ("qwen2.5-7b", 14.19), ("llama-3-8b", 14.96)])
 def test_a_7b_plan_is_built_on_the_meta_device_for_one_80_gb_gpu(tmp_path, name, params_gib, capsys):
     from gdig.__main__ import main
 
