@@ -5,8 +5,8 @@ import streamlit as st
 
 from app_pages.common import clamp_clusters, current_run, current_selection, guard, open_in_explore, selection_config
 from app_pages.index_common import index_or_hint, run_model
-from gdig.decisions import cluster_names
-from gdig.query import answer_table, ask, pair_example
+from gdig.pipeline.query import answer_table, ask, pair_example
+from gdig.selection.decisions import cluster_names
 
 st.header("Ask the pool")
 run = current_run()

@@ -18,9 +18,9 @@ from app_pages.common import (
     setting,
     widget_kwargs,
 )
-from gdig.decisions import cluster_names, decision_labels
+from gdig.pipeline.umap_map import ensure_umap
+from gdig.selection.decisions import cluster_names, decision_labels
 from gdig.studio.views import candidate_table, cluster_summary, legend_order, map_sample
-from gdig.umap_map import ensure_umap
 
 
 def _keep_lasso() -> None:

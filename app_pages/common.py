@@ -12,7 +12,6 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from gdig.clusters import GradientClusterer
 from gdig.names import check_name
 from gdig.options import specs
 from gdig.rundir.curation import load_curation, load_overrides, save_curation
@@ -20,13 +19,14 @@ from gdig.rundir.index import index_note
 from gdig.rundir.layout import INFLUENCE, read_config
 from gdig.rundir.results import RunError, RunResults, load_run
 from gdig.rundir.status import format_seconds
-from gdig.select import Selection, SelectionConfig
+from gdig.selection.clusters import GradientClusterer
+from gdig.selection.select import Selection, SelectionConfig
 from gdig.studio.jobs import list_runs
 from gdig.studio.views import kept_mask, selection_on_run
 
 RUN_KEY = "run_name"  # the chosen run: a folder name under runs_dir(), never a path
 # The selection settings a page can change, derived from SelectionConfig (their defaults and help too): every one
-# but the method (the pages show G-DIG's) and the hand decisions (saved apart: gdig.decisions).
+# but the method (the pages show G-DIG's) and the hand decisions (saved apart: gdig.selection.decisions).
 SETTINGS = tuple(name for name in specs(SelectionConfig) if name not in ("method", "include", "exclude"))
 UI_DEFAULTS = {"color_by": "cluster"}
 MAP_POINTS = 20_000  # the map shows at most this many points (a fixed random sample), and says so

@@ -10,8 +10,8 @@ import streamlit as st
 
 from app_pages.common import bars, cached_run, current_run, guard, open_in_explore, run_stamp, selection_config
 from app_pages.compare_training import training_panel
-from gdig.compare import RULES, compare, resolve, rows_table, saved_exports, score_columns
-from gdig.select import SelectionConfig
+from gdig.outputs.compare import RULES, compare, resolve, rows_table, saved_exports, score_columns
+from gdig.selection.select import SelectionConfig
 from gdig.studio.views import histogram_counts
 
 RULE_LABELS = {

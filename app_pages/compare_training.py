@@ -10,9 +10,9 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from app_pages.common import live, progress_label
-from gdig.evaluation import EvaluationConfig
-from gdig.evaluation_report import METRICS, markdown
 from gdig.options import specs
+from gdig.pipeline.evaluation import EvaluationConfig
+from gdig.pipeline.evaluation_report import METRICS, markdown
 from gdig.studio.evaluations import (
     default_data,
     default_model,

@@ -14,8 +14,8 @@ from app_pages.common import (
     selection_config,
 )
 from app_pages.heatmap import heatmap_html
-from gdig.decisions import DECISIONS, cluster_names, decision_labels
 from gdig.rundir.curation import load_overrides, save_overrides
+from gdig.selection.decisions import DECISIONS, cluster_names, decision_labels
 from gdig.studio.explain import explain, nearest, token_influence
 from gdig.studio.views import (
     DUPLICATES_FILTER,
@@ -45,7 +45,7 @@ def _search_index(path: str, stamp: float) -> SearchIndex:
 
 @st.cache_resource(max_entries=1, show_spinner="Loading the run's model…")
 def _model(path: str, device: str, trust: bool, adapter: str | None, gguf_file: str | None):
-    from gdig.model import load_model
+    from gdig.inputs.model import load_model
 
     return load_model(path, device, "float32", trust, adapter=adapter, gguf_file=gguf_file)
 

@@ -16,8 +16,8 @@ from app_pages.common import (
     selection_config,
     widget_kwargs,
 )
-from gdig.export import save_into_run, selection_lines
-from gdig.select import STRATEGIES, WITHIN
+from gdig.outputs.export import save_into_run, selection_lines
+from gdig.selection.select import STRATEGIES, WITHIN
 from gdig.studio.views import compare_with_random, histogram_counts
 
 st.header("Export")

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from app_pages.common import RUN_KEY, choose_run, guard, live, run_dir, runs_dir
-from gdig import model_source
+from gdig.inputs import model_source
 from gdig.rundir.layout import DEMO_REPORT
 from gdig.rundir.status import format_seconds
 from gdig.studio.evaluations import running_evaluations

@@ -8,8 +8,8 @@ from pathlib import Path
 import streamlit as st
 
 from gdig.atomic import write_jsonl
-from gdig.index_run import RunModel
-from gdig.query import pool_languages
+from gdig.pipeline.index_run import RunModel
+from gdig.pipeline.query import pool_languages
 from gdig.rundir.index import NoIndexError, RunIndex, load_index
 from gdig.rundir.results import RunResults
 

@@ -15,8 +15,8 @@ from app_pages.common import (
     selection_config,
     widget_kwargs,
 )
-from gdig.select import COMBINATIONS, DEDUPE
-from gdig.signal_table import BY_NAME, label, thresholded, what_signals_catch
+from gdig.selection.select import COMBINATIONS, DEDUPE
+from gdig.selection.signal_table import BY_NAME, label, thresholded, what_signals_catch
 from gdig.studio.views import fraction_bins, histogram_counts, nothing_kept_reason, rule_on_run, seed_table
 
 BLUE = "#2563eb"

@@ -10,7 +10,7 @@ import streamlit as st
 from app_pages.common import choose_run, current_run, guard, run_dir, runs_dir
 from app_pages.index_common import index_or_hint, new_pairs_file, run_model, with_languages
 from gdig.names import check_name
-from gdig.rescoring import SeedEdit, describe, read_seed_file, rescore
+from gdig.pipeline.rescoring import SeedEdit, describe, read_seed_file, rescore
 from gdig.studio.seeds import FLAGS, seed_review
 
 st.header("Seeds")

@@ -10,7 +10,7 @@ LoRA step-1 fine-tune on the pool (`--step1`, as a G-DIG run would). For every s
   the share the signal orders as the judges did (ties count half);
 - Spearman with the judges' z-scores over the whole pool;
 
-each with a 95% bootstrap interval over source segments. Signals: the adequacy signals of `gdig.adequacy`
+each with a 95% bootstrap interval over source segments. Signals: the adequacy signals of `gdig.engine.adequacy`
 (conditional information, dual conditional cross-entropy), the model's loss, the length ratio, language id,
 and, with `--gdig-run RUN` (a `gdig score` run on the pool file this writes), G-DIG's mean and fraction. Two
 anchors that no curation signal has: chrF against the human translation, and consensus with the other outputs.
@@ -134,10 +134,10 @@ def model_signals(model_dir: Path, adapter: Path | None, data: Path) -> tuple[di
     """The adequacy signals and the loss of every pool record, with the seconds they took."""
     import torch
 
-    from gdig.adequacy import adequacy_signals, token_losses
     from gdig.config import DEFAULT_PROMPT
-    from gdig.data import load_dataset
-    from gdig.model import load_model
+    from gdig.engine.adequacy import adequacy_signals, token_losses
+    from gdig.inputs.data import load_dataset
+    from gdig.inputs.model import load_model
 
     torch.manual_seed(0)
     model, tok = load_model(str(model_dir), "cpu", "float32", adapter=str(adapter) if adapter else None)
@@ -154,7 +154,7 @@ def model_signals(model_dir: Path, adapter: Path | None, data: Path) -> tuple[di
 
 
 def surface_signals(records: list[dict]) -> dict[str, np.ndarray]:
-    from gdig.signals import candidate_signals, length_score
+    from gdig.selection.signals import candidate_signals, length_score
 
     src, tgt = [r["src_text"] for r in records], [r["trg_text"] for r in records]
     cols = candidate_signals(src, tgt, ["de"] * len(records), ["en"] * len(records))
@@ -225,12 +225,12 @@ def noise_pool(index: int) -> dict | None:
     """On bench_pretrained's injected-noise pool `index` (its default run cached: SmolLM2 + the step-1 adapter,
     EK-FAC, 256 domain seeds): the corrupted-pair AUROC of each adequacy signal alone and of the default rule
     with and without them, with paired bootstrap intervals of the change."""
-    from gdig.adequacy import adequacy_signals
-    from gdig.data import load_dataset
-    from gdig.demo.evaluate import detection_auroc
-    from gdig.model import load_model
+    from gdig.engine.adequacy import adequacy_signals
+    from gdig.inputs.data import load_dataset
+    from gdig.inputs.model import load_model
+    from gdig.pipeline.metrics import detection_auroc
     from gdig.rundir.results import load_run
-    from gdig.select import SelectionConfig, apply_rule
+    from gdig.selection.select import SelectionConfig, apply_rule
 
     run_dir = next((CACHE / "pretrained").glob(f"p-*-{index}"), Path("-")) / NOISE_RUN
     if not (run_dir / "config.json").exists():

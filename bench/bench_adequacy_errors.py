@@ -101,11 +101,11 @@ def make_pool(n: int, seed: int = 0) -> list[dict]:
 def signals_of(records: list[dict], adapter: str | None) -> tuple[dict[str, np.ndarray], float]:
     """The adequacy signals, the loss, the length ratio's and language identification's scores."""
     from bench.bench_pretrained import base_model
-    from gdig.adequacy import adequacy_signals, token_losses
     from gdig.config import DEFAULT_PROMPT
-    from gdig.data import build_example
-    from gdig.model import load_model
-    from gdig.signals import candidate_signals, length_score
+    from gdig.engine.adequacy import adequacy_signals, token_losses
+    from gdig.inputs.data import build_example
+    from gdig.inputs.model import load_model
+    from gdig.selection.signals import candidate_signals, length_score
 
     model, tok = load_model(str(base_model()), "cpu", "float32", adapter=adapter)
     examples = [build_example("pool", i, r) for i, r in enumerate(records)]
@@ -127,9 +127,9 @@ def gdig_scores(records: list[dict], pool: Path, seeds: int, folder: Path) -> tu
     influence and the default rule's order (G-DIG and the signals by the weakest link)."""
     from bench.bench_pretrained import PretrainedConfig, base_model, lora_finetune
     from gdig.config import DataConfig, ScoreConfig
-    from gdig.run import score
+    from gdig.pipeline.run import score
     from gdig.rundir.results import load_run
-    from gdig.select import SelectionConfig, apply_rule
+    from gdig.selection.select import SelectionConfig, apply_rule
 
     cfg = PretrainedConfig()
     base, tuned = base_model(), folder / "step1"

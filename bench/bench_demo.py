@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import CACHE, machine, save_report  # noqa: E402
 from gdig.config import DEFAULT_MODULES  # noqa: E402
 from gdig.demo import REPORT, DemoConfig, build_demo  # noqa: E402
-from gdig.demo.evaluate import detection_auroc  # noqa: E402
+from gdig.pipeline.metrics import detection_auroc  # noqa: E402
 
 ROOT_CACHE = CACHE / "demo"
 VARIANTS = {  # cache folder name: (label, changes to the demo's ScoreConfig)
@@ -106,7 +106,7 @@ def unseen_clean_pairs(cfg: DemoConfig, n: int, seed: int, prefix: str) -> list[
 
 def scored(cfg: DemoConfig, name: str, seeds: Path | None = None, **changes) -> Path:
     """A finished scoring run of the demo's model and pool with the demo's settings plus `changes` (cached)."""
-    from gdig.run import score
+    from gdig.pipeline.run import score
 
     cache, out = cfg.cache_dir(), ROOT_CACHE / f"score-{cfg.seed}-{name}"
     sc = cfg.score_config(cache / "model", cache / "pool.jsonl", seeds or cache / "seeds.jsonl", out)

@@ -1,5 +1,5 @@
-"""Duplicates (gdig.duplicates): how fast exact and near groups are found at 1,000,000 pairs; how many the real
-pools in ../shared/data hold (OpenNMT's noisy mix, Tatoeba, WMT21's system outputs), with examples of near-only
+"""Duplicates (gdig.selection.duplicates): how fast exact and near groups are found at 1,000,000 pairs; how many
+the real pools in ../shared/data hold (OpenNMT's noisy mix, Tatoeba, WMT21's system outputs), with examples of near-only
 groups to judge the near key by; and on the three SmolLM2 de->en pools of bench_pretrained.py, the AUROC of the
 duplicate flag for corrupted pairs and the effect of "keep one per group" on the default rule.
 
@@ -30,7 +30,7 @@ from bench.common import (  # noqa: E402
     save_report,
     synthetic_pairs,
 )
-from gdig.duplicates import LEVELS, find_duplicates, one_per_group  # noqa: E402
+from gdig.selection.duplicates import LEVELS, find_duplicates, one_per_group  # noqa: E402
 
 PRETRAINED = CACHE / "pretrained"
 POOL = "p-150-150-40-0.2-64-64-{seed}"  # bench_pretrained.py's pools (PretrainedConfig.key) and default run
@@ -137,7 +137,7 @@ def pretrained_pools() -> list[dict]:
     """Per pool: the duplicate flag's AUROC for corrupted pairs (labelled pairs: all but OpenNMT's), and where a
     scored run is cached, the default rule with dedupe off / exact / near."""
     from gdig.rundir.results import load_run
-    from gdig.select import SelectionConfig, rule_decisions
+    from gdig.selection.select import SelectionConfig, rule_decisions
 
     rows = []
     for seed in (0, 1, 2):

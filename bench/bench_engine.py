@@ -70,10 +70,10 @@ def prepare(n_cand: int, n_seeds: int, vocab: int) -> dict:
 def child_floor(folder: Path, batch_size: int, max_length: int) -> dict:
     """A plain training epoch's compute: forward + backward with every weight gradient, no optimizer step."""
 
-    from gdig.context import by_length
-    from gdig.data import load_dataset, tokenize_dataset
-    from gdig.hooks import make_batches, per_example_loss
-    from gdig.model import load_model
+    from gdig.engine.hooks import make_batches, per_example_loss
+    from gdig.inputs.data import load_dataset, tokenize_dataset
+    from gdig.inputs.model import load_model
+    from gdig.pipeline.context import by_length
 
     model, tok = load_model(str(folder / "model"), "auto", "auto")
     toks, _ = tokenize_dataset(tok, load_dataset(folder / "candidates.jsonl"), max_length)
@@ -105,7 +105,7 @@ def child_gdig(
     extra: dict | None = None,
 ) -> dict:
     from gdig.config import DataConfig, ScoreConfig
-    from gdig.run import score
+    from gdig.pipeline.run import score
 
     shutil.rmtree(out, ignore_errors=True)
     cfg = ScoreConfig(

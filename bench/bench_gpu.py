@@ -69,7 +69,7 @@ def step1_and_scoring(tiny: bool, folder: Path) -> dict:
     from scipy.stats import spearmanr
 
     from gdig.config import DataConfig, ScoreConfig
-    from gdig.finetuning import FinetuneConfig, finetune
+    from gdig.pipeline.finetuning import FinetuneConfig, finetune
     from gdig.rundir.results import load_run
 
     cands, seeds, base = data(tiny, folder)
@@ -106,7 +106,7 @@ def step1_and_scoring(tiny: bool, folder: Path) -> dict:
 
 
 def _score(cfg) -> None:
-    from gdig.run import score
+    from gdig.pipeline.run import score
 
     score(cfg, memory_check=False)
 
@@ -136,7 +136,7 @@ def plan_against_peak(tiny: bool, folder: Path) -> dict:
 
     from gdig.config import ScoreConfig
     from gdig.demo.tiny import build_tiny_model, train_tokenizer
-    from gdig.run import make_plan
+    from gdig.pipeline.run import make_plan
 
     n = SIZES["tiny" if tiny else "gpu"]["plan"]
     cands, seeds = synthetic_pairs(n, 2), synthetic_pairs(8, 3)

@@ -33,12 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import CACHE, machine, save_report, timed  # noqa: E402
 from gdig.demo import DemoConfig, build_demo  # noqa: E402
-from gdig.demo.evaluate import detection_auroc  # noqa: E402
-from gdig.index import PROJECTIONS  # noqa: E402
-from gdig.index_scoring import Anchor, IndexRows, index_scores  # noqa: E402
+from gdig.engine.index import PROJECTIONS  # noqa: E402
+from gdig.engine.index_scoring import Anchor, IndexRows, index_scores  # noqa: E402
+from gdig.pipeline.metrics import detection_auroc  # noqa: E402
 from gdig.rundir.index import INDEX_FILES, has_index, load_index  # noqa: E402
 from gdig.rundir.results import load_run  # noqa: E402
-from gdig.select import SelectionConfig, apply_rule  # noqa: E402
+from gdig.selection.select import SelectionConfig, apply_rule  # noqa: E402
 
 ROOT_CACHE = CACHE / "demo"
 INDEX_CACHE = CACHE / "index"
@@ -56,7 +56,7 @@ def indexed_copy(
 ) -> tuple[Path, float | None]:
     """The run's files (hard links) with an index of k dimensions added by `gdig index` (projection seed: the
     run's random_state + draw); its seconds. The run itself (seconds None) when its scoring pass wrote that index."""
-    from gdig.index_run import build_index
+    from gdig.pipeline.index_run import build_index
 
     seed = int(load_run(run_dir).config["settings"]["random_state"]) + draw
     if _has_this_index(run_dir, k, projection, dtype, seed):  # the one the scoring run wrote: no extra pass
@@ -94,8 +94,8 @@ def exact_columns(truth, ids: list[str]) -> np.ndarray:
 
 def fitting_pairs(run_dir: Path, seeds: Path) -> Path:
     """`seeds` without the pairs longer than the run's max length (as `gdig rescore` would refuse them)."""
-    from gdig.index_run import RunModel
-    from gdig.rescoring import read_seed_file
+    from gdig.pipeline.index_run import RunModel
+    from gdig.pipeline.rescoring import read_seed_file
 
     run = load_run(run_dir)
     examples = read_seed_file(run, seeds).examples
@@ -131,8 +131,8 @@ def agreement_rows(
 ):
     """The second seed set scored from each index (plain, and anchored on the run's own 256 seeds) against the
     exact run with that seed set."""
-    from gdig.index_run import RunModel, measure_agreement, run_anchor
-    from gdig.rescoring import read_seed_file
+    from gdig.pipeline.index_run import RunModel, measure_agreement, run_anchor
+    from gdig.pipeline.rescoring import read_seed_file
 
     run, truth = load_run(run_dir), load_run(exact_dir)
     examples = read_seed_file(run, new_seeds).examples
@@ -189,9 +189,9 @@ def sketched_sweep(run_dir: Path, new_seeds: Path, exact_dir: Path, ks: list[int
     """The agreement at every k with one model pass in all: the run's whitened gradients stored exactly once (an
     index with k at least their dimension, float32), then CountSketched here as a run at that k sketches them
     (the same hash of each coordinate's position; rows, lengths and norms as the run would store them)."""
-    from gdig.index import CountSketchProjection
-    from gdig.index_run import RunModel, run_anchor
-    from gdig.rescoring import read_seed_file
+    from gdig.engine.index import CountSketchProjection
+    from gdig.pipeline.index_run import RunModel, run_anchor
+    from gdig.pipeline.rescoring import read_seed_file
     from gdig.rundir.index import RunIndex
 
     run, truth = load_run(run_dir), load_run(exact_dir)
@@ -252,7 +252,7 @@ def other_seeds(cfg: DemoConfig, n: int) -> Path:
 def exact_second_run(cfg: DemoConfig, seeds: Path) -> tuple[Path, float]:
     """The demo's pool scored exactly against the second seed set (a whole `gdig score`, factors fitted afresh),
     cached; its seconds."""
-    from gdig.run import score
+    from gdig.pipeline.run import score
 
     out = INDEX_CACHE / f"second-exact-{seeds.stem}"
     if (out / "seconds.json").exists():
@@ -271,7 +271,7 @@ def second_seed_set(
     run_dir: Path, seeds: Path, exact_dir: Path, exact_seconds: float, k: int, out_name: str = "second-from-index"
 ) -> dict:
     """The second seed set from the index at k (`gdig rescore`, timed) against the exact run."""
-    from gdig.rescoring import SeedEdit, read_seed_file, rescore
+    from gdig.pipeline.rescoring import SeedEdit, read_seed_file, rescore
 
     folder, _ = indexed_copy(run_dir, k, "countsketch")
     out = INDEX_CACHE / out_name
@@ -301,7 +301,7 @@ def pretrained_pool(
     pool's domains): a second set of 256 other domain pairs scored exactly and from the index at each k."""
     from bench.bench_pretrained import PretrainedConfig, base_model, lora_finetune, make_pool, score_config, score_pool
     from bench.common import write_jsonl
-    from gdig.run import score
+    from gdig.pipeline.run import score
 
     cfg = PretrainedConfig(seed=seed, downstream_seeds=0)
     folder = CACHE / "pretrained" / cfg.key()
@@ -432,7 +432,7 @@ def writing_cost(cfg: DemoConfig, repeats: int = 3) -> dict:
     """The demo's scoring run (factors and seeds' model reused from the demo) with and without the index,
     alternated `repeats` times: each stage's median seconds, and what the index adds to the stages it touches
     and to a whole `gdig score` (the demo run's own fitting included)."""
-    from gdig.run import score
+    from gdig.pipeline.run import score
 
     cache = cfg.cache_dir()
     times: dict[str, list[dict]] = {"without": [], "with": []}

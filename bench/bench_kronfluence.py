@@ -33,10 +33,10 @@ def child_kronfluence(folder: Path, batch_size: int, max_length: int, out: Path)
     from kronfluence.task import Task
     from kronfluence.utils.dataset import DataLoaderKwargs
 
-    from gdig.context import by_length
-    from gdig.data import load_dataset, tokenize_dataset
-    from gdig.hooks import collate, per_example_loss
-    from gdig.model import find_tracked_modules, load_model
+    from gdig.engine.hooks import collate, per_example_loss
+    from gdig.inputs.data import load_dataset, tokenize_dataset
+    from gdig.inputs.model import find_tracked_modules, load_model
+    from gdig.pipeline.context import by_length
 
     t0 = time.perf_counter()
     model, tok = load_model(str(folder / "model"), "cpu", "float32")

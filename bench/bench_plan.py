@@ -94,7 +94,7 @@ def main() -> None:
     ap.add_argument("--seed-rank", type=int, default=8, help="none: the rank the memory budget allows")
     ap.add_argument("--max-length", type=int, default=128)
     args = ap.parse_args()
-    from gdig.model_source import smollm2_gguf
+    from gdig.inputs.model_source import smollm2_gguf
 
     if not have_shared_data() or smollm2_gguf() is None:
         print("skipped: needs ../shared/data and SmolLM2 (see bench/README.md)")

@@ -185,8 +185,8 @@ def _read(path: Path) -> list[dict]:
 
 def base_model() -> Path:
     """SmolLM2-135M-Instruct as a plain Hugging Face folder (dequantised from the GGUF once, then reused)."""
-    from gdig.model import load_model
-    from gdig.model_source import SMOLLM2_INSTALL, smollm2_gguf
+    from gdig.inputs.model import load_model
+    from gdig.inputs.model_source import SMOLLM2_INSTALL, smollm2_gguf
 
     out = CACHE / "pretrained" / "smollm2-135m-instruct"
     if not (out / "config.json").exists():
@@ -204,7 +204,7 @@ def base_model() -> Path:
 def lora_finetune(cfg: PretrainedConfig, base: Path, data: Path, out: Path, seed: int, epochs: float) -> float:
     """`gdig finetune --lora` (cached); returns the training seconds."""
     from gdig.config import DataConfig
-    from gdig.finetuning import FinetuneConfig, finetune
+    from gdig.pipeline.finetuning import FinetuneConfig, finetune
 
     if not (out / "finetune.json").exists():
         ft = FinetuneConfig(
@@ -228,7 +228,7 @@ def lora_finetune(cfg: PretrainedConfig, base: Path, data: Path, out: Path, seed
 
 def evaluate_once(model: Path, test: Path, into: Path) -> dict:
     """Greedy chrF / BLEU / loss of `model` on `test`, remembered in `into` (the model folder may be deleted)."""
-    from gdig.demo.evaluate import evaluate_model
+    from gdig.pipeline.metrics import evaluate_model
 
     path = into / f"eval-{test.stem}.json"
     if not path.exists():
@@ -239,9 +239,9 @@ def evaluate_once(model: Path, test: Path, into: Path) -> dict:
 
 def base_perplexity(cfg: PretrainedConfig, base: Path, pool: Path, folder: Path) -> np.ndarray:
     """Each pool pair's mean target-token loss under the base model (the perplexity heuristic); cached."""
-    from gdig.data import load_dataset
-    from gdig.demo.evaluate import example_losses
-    from gdig.model import load_model
+    from gdig.inputs.data import load_dataset
+    from gdig.inputs.model import load_model
+    from gdig.pipeline.metrics import example_losses
 
     path = folder / "base-loss.npy"
     if not path.exists():
@@ -293,7 +293,7 @@ def score_config(cfg: PretrainedConfig, spec: str, base: Path, tuned: Path, file
 
 
 def score_pool(cfg, spec: str, base: Path, tuned: Path, files: dict[str, Path], runs: Path) -> Path:
-    from gdig.run import score
+    from gdig.pipeline.run import score
 
     out = runs / f"{spec.replace(' ', '-')}-fit{cfg.fit_examples}"
     cfg_file = out / "config.json"
@@ -305,7 +305,7 @@ def score_pool(cfg, spec: str, base: Path, tuned: Path, files: dict[str, Path], 
 def aggregates(m: np.ndarray) -> dict[str, np.ndarray]:
     """Per-candidate scores over the seeds (higher = better): the paper's fraction helped, the mean, and a low
     quantile (a pair that hurts a tenth of the seeds badly is suspect even when it helps the rest)."""
-    from gdig.select import quality_score
+    from gdig.selection.select import quality_score
 
     mean = m.mean(1)
     return {"fraction helped": quality_score((m > 0).mean(1), mean), "mean": mean, "q10": np.quantile(m, 0.1, axis=1)}
@@ -313,11 +313,12 @@ def aggregates(m: np.ndarray) -> dict[str, np.ndarray]:
 
 def all_scores(cfg: PretrainedConfig, runs: dict[str, Path], pool: list[dict], base_loss: np.ndarray) -> dict:
     """name -> (kind, higher-is-better score): heuristics, G-DIG variants, and the signals combined with and
-    without G-DIG, by the weakest link (the default rule's order, gdig.select.apply_rule) and by rank average."""
+    without G-DIG, by the weakest link (the default rule's order, gdig.selection.select.apply_rule) and by rank
+    average."""
     import pandas as pd
 
-    from gdig.select import SelectionConfig, apply_rule
-    from gdig.signals import candidate_signals, length_score, rank_average, weakest_rank
+    from gdig.selection.select import SelectionConfig, apply_rule
+    from gdig.selection.signals import candidate_signals, length_score, rank_average, weakest_rank
 
     src, tgt = [r["src_text"] for r in pool], [r["trg_text"] for r in pool]
     sig = candidate_signals(src, tgt, [r["src_lang"] for r in pool], [r["trg_lang"] for r in pool])
@@ -340,7 +341,7 @@ def all_scores(cfg: PretrainedConfig, runs: dict[str, Path], pool: list[dict], b
         for variant, m in mats.items():
             for agg, good in aggregates(m).items():
                 out[f"G-DIG {label} {variant} {agg}"] = ("gdig", good)
-        unit = mats["unit"]  # the default rule's order (gdig.select.apply_rule) on each run
+        unit = mats["unit"]  # the default rule's order (gdig.selection.select.apply_rule) on each run
         order = apply_rule((unit > 0).mean(1), unit.mean(1), None, SelectionConfig(), signals)[1]
         combined[f"G-DIG {label} + signals (weakest link: the default rule)"] = ("combined", order)
     for label in [r for r in runs if r.startswith("lora ekfac") and cfg.token_level]:  # a pass per candidate
@@ -357,7 +358,7 @@ def token_aggregates(run: Path, folder: Path) -> dict[str, np.ndarray]:
     """Token-level aggregations of each candidate's mean score over the seeds, from the Explore page's token
     influence (gdig.studio.explain.token_influence: contributions that sum to the unit mean score) over the
     positions that predict target tokens: the lowest, a low quantile, the share that help; cached."""
-    from gdig.model import load_model
+    from gdig.inputs.model import load_model
     from gdig.rundir.results import load_run
     from gdig.studio.explain import token_influence
 
@@ -387,7 +388,7 @@ def default_run(runs: dict) -> str:
 def detection(cfg: PretrainedConfig, scores: dict, pool: list[dict], n_boot: int = 200) -> list[dict]:
     """detection_row for every score plus bootstrap 95% intervals (pairs resampled) of its AUROC and of its
     difference to the length ratio's AUROC on the same resamples."""
-    from gdig.demo.evaluate import detection_auroc
+    from gdig.pipeline.metrics import detection_auroc
 
     lab = np.array([r["origin"] != "opennmt" for r in pool])
     corrupted = np.array([r["corruption"] is not None for r in pool])[lab]
@@ -422,7 +423,7 @@ def methods(cfg: PretrainedConfig, runs: dict[str, Path], scores: dict, pool: li
     """Equal budgets: the default rule from the default run (G-DIG with the signals beside it, weakest link, K-means
     resampling: what `gdig select` keeps), the length ratio's top pairs, random; each a function of a seed."""
     from gdig.rundir.results import load_run
-    from gdig.select import SelectionConfig, select_run
+    from gdig.selection.select import SelectionConfig, select_run
 
     label = default_run(runs)
     loaded = load_run(runs[label])
@@ -445,8 +446,8 @@ def downstream(cfg: PretrainedConfig, base: Path, files, folder: Path, chosen: d
     FLORES devtest and WMT22 pairs together; resumed from its folder. Its report, with each selection's share of
     corrupted and OpenNMT pairs."""
     from gdig.config import DataConfig
-    from gdig.evaluation import SETTINGS, EvaluationConfig, evaluate
-    from gdig.evaluation_report import read_report
+    from gdig.pipeline.evaluation import SETTINGS, EvaluationConfig, evaluate
+    from gdig.pipeline.evaluation_report import read_report
 
     picks = {EVALUATED[k.split(",")[0]]: pick(0) for k, pick in chosen.items() if k.split(",")[0] in EVALUATED}
     paths = [write_jsonl(folder / f"{name}.jsonl", [pool[i] for i in idx]) for name, idx in picks.items()]
@@ -483,7 +484,7 @@ def _share(pool: list[dict], idx, field: str) -> float:
 
 def downstream_lines(report: dict, budget: int, n_pool: int) -> list[str]:
     """The downstream table and the verdicts of `gdig evaluate`'s report."""
-    from gdig.evaluation_report import METRICS
+    from gdig.pipeline.evaluation_report import METRICS
 
     c = report["settings"]
     lines = [
@@ -603,7 +604,7 @@ def run(cfg: PretrainedConfig, command: str) -> dict:
 
 def missing_requirements() -> str | None:
     """Why this benchmark cannot run here (no real data, no SmolLM2), or None."""
-    from gdig.model_source import SMOLLM2_INSTALL, smollm2_gguf
+    from gdig.inputs.model_source import SMOLLM2_INSTALL, smollm2_gguf
 
     if not have_shared_data() or not (SHARED_DATA / "wmt22" / "de-en").is_dir():
         return f"no real data at {SHARED_DATA} (see ../shared/data/SOURCES.md)"

@@ -32,8 +32,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import CACHE, SHARED_DATA, have_shared_data, machine, read_lines, save_report, write_jsonl  # noqa: E402
-from gdig.influence import normalisation_divisor  # noqa: E402
-from gdig.select import quality_score, rank01  # noqa: E402
+from gdig.engine.influence import normalisation_divisor  # noqa: E402
+from gdig.selection.select import quality_score, rank01  # noqa: E402
 
 
 @dataclass
@@ -152,7 +152,7 @@ def _texts(*files: Path) -> list[str]:
 def train_model(cfg: QualityConfig, data: Path, out: Path, init: Path, seed: int, epochs: float) -> tuple[Path, float]:
     """`gdig finetune` from the initial weights in `init`; cached. Returns the folder and training seconds."""
     from gdig.config import DataConfig
-    from gdig.finetuning import FinetuneConfig, finetune
+    from gdig.pipeline.finetuning import FinetuneConfig, finetune
 
     if not (out / "finetune.json").exists():
         ft = FinetuneConfig(
@@ -173,8 +173,8 @@ def train_model(cfg: QualityConfig, data: Path, out: Path, init: Path, seed: int
 
 
 def evaluate_cached(model: Path, test: Path, max_new_tokens: int = 64) -> dict:
-    """gdig.demo.evaluate.evaluate_model, remembered in the model folder."""
-    from gdig.demo.evaluate import evaluate_model
+    """gdig.pipeline.metrics.evaluate_model, remembered in the model folder."""
+    from gdig.pipeline.metrics import evaluate_model
 
     path = model / f"eval-{test.stem}-{max_new_tokens}.json"
     if not path.exists():
@@ -222,7 +222,7 @@ def parse_run(spec: str) -> dict:
 def score_pool(cfg: QualityConfig, model: Path, files: dict[str, Path], runs: Path, spec: str) -> Path:
     """One G-DIG run with unit normalisation (it also stores the self-influences that give the other variants)."""
     from gdig.config import DataConfig, ScoreConfig
-    from gdig.run import score
+    from gdig.pipeline.run import score
 
     p = parse_run(spec)
     out = runs / p["folder"]
@@ -271,8 +271,8 @@ def aggregates(m: np.ndarray) -> dict[str, np.ndarray]:
 
 def heuristics(pool: list[dict], loss: np.ndarray | None, seed: int) -> dict[str, np.ndarray]:
     """The scores a curator would use instead (higher = better): loss, length ratio, language identification,
-    the rank average of the last two (gdig.signals), and random."""
-    from gdig.signals import candidate_signals, length_score, rank_average
+    the rank average of the last two (gdig.selection.signals), and random."""
+    from gdig.selection.signals import candidate_signals, length_score, rank_average
 
     src, tgt = [r["src_text"] for r in pool], [r["trg_text"] for r in pool]
     sig = candidate_signals(src, tgt, [r.get("src_lang") for r in pool], [r.get("trg_lang") for r in pool])
@@ -286,7 +286,7 @@ def heuristics(pool: list[dict], loss: np.ndarray | None, seed: int) -> dict[str
 def signals_only(cfg: QualityConfig, command: str) -> dict:
     """The signals beside influence alone on the real pool (no model): AUROC overall and per kind, with a
     bootstrap 95% interval over the pool's pairs."""
-    from gdig.demo.evaluate import detection_auroc
+    from gdig.pipeline.metrics import detection_auroc
 
     pool = [json.loads(x) for x in make_pool(cfg, CACHE / "quality" / cfg.key())["pool"].read_text().splitlines()]
     tat = np.array([r["origin"] == "tatoeba" for r in pool])
@@ -316,7 +316,7 @@ def signals_only(cfg: QualityConfig, command: str) -> dict:
 def detection_row(name: str, good: np.ndarray, pool: list[dict], frac: np.ndarray | None = None) -> dict:
     """AUROC on the labelled pairs (all but OpenNMT's), per kind; precision at tau = 1 (G-DIG) and at the clean
     share."""
-    from gdig.demo.evaluate import detection_auroc
+    from gdig.pipeline.metrics import detection_auroc
 
     tat = np.array([r["origin"] != "opennmt" for r in pool])
     kinds = np.array([r["corruption"] or "" for r in pool])[tat]
@@ -366,7 +366,7 @@ def gdig_selection(
 ) -> np.ndarray:
     """G-DIG alone: the quality rule (tau on the fraction of seeds helped, or a floor on the mean influence,
     whichever the variant ranks by) set to keep 1.25 x budget, then K-means diversity resampling to the budget."""
-    from gdig.select import SelectionConfig, select
+    from gdig.selection.select import SelectionConfig, select
 
     frac, mean = (m > 0).mean(1), m.mean(1)
     keep = int(min(len(m), 1.25 * cfg.budget))

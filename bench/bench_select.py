@@ -19,8 +19,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import machine, save_report, timed  # noqa: E402
-from gdig.clusters import GradientClusterer  # noqa: E402
-from gdig.select import SelectionConfig, quality_mask, select  # noqa: E402
+from gdig.selection.clusters import GradientClusterer  # noqa: E402
+from gdig.selection.select import SelectionConfig, quality_mask, select  # noqa: E402
 
 
 def synthetic(n: int, m: int, d: int, centres: int = 50, seed: int = 0):
@@ -58,7 +58,7 @@ def main() -> None:
     select_s = timed(lambda: select(frac, mean, sketch, ids, cfg), repeats=1)
     umap_s = None
     if not args.no_umap:
-        from gdig.umap_map import compute_umap
+        from gdig.pipeline.umap_map import compute_umap
 
         compute_umap(sketch[:200])  # compile numba once; that cost is per process, not per run
         t0 = time.perf_counter()

@@ -57,7 +57,7 @@ def skip_reason(name: str) -> str | None:
     if name in ("quality", "pretrained", "plan") and not have_shared_data():
         return "no real data at ../shared/data"
     if name in ("pretrained", "plan"):
-        from gdig.model_source import SMOLLM2_INSTALL, smollm2_gguf
+        from gdig.inputs.model_source import SMOLLM2_INSTALL, smollm2_gguf
 
         if smollm2_gguf() is None:
             return f"SmolLM2 not installed ({SMOLLM2_INSTALL})"

@@ -40,8 +40,8 @@ def score_config_from_args(a: argparse.Namespace) -> ScoreConfig:
 
 def print_plan(cfg: ScoreConfig, memory_gb: float | None) -> None:
     """`gdig score --plan`: the plan per stage, and when it does not fit, what each knob would save."""
-    from gdig.plan import plan_report
-    from gdig.run import make_plan
+    from gdig.pipeline.run import make_plan
+    from gdig.planning.plan import plan_report
 
     print(plan_report(make_plan(cfg, memory_gb), cfg))
 
@@ -52,7 +52,7 @@ def unescape(text: str) -> str:
 
 
 def _add_select(sub) -> None:
-    from gdig.select import SelectionConfig
+    from gdig.selection.select import SelectionConfig
 
     p = sub.add_parser("select", help="quality rule, gradient clusters and resampling; writes JSONL + manifest")
     p.add_argument("run_dir", help="a finished run directory")
@@ -68,10 +68,10 @@ def _add_select(sub) -> None:
 
 def run_select(a: argparse.Namespace) -> None:
     """`gdig select`: the run's rule, clusters and budget into a JSONL and its manifest (never an empty file)."""
-    from gdig.export import export_selection
+    from gdig.outputs.export import export_selection
     from gdig.rundir.curation import load_overrides
     from gdig.rundir.results import load_run
-    from gdig.select import SelectionConfig, select_run
+    from gdig.selection.select import SelectionConfig, select_run
 
     run = load_run(a.run_dir)
     ov = load_overrides(run.path)
@@ -90,7 +90,7 @@ def run_select(a: argparse.Namespace) -> None:
 
 
 def _why_empty(run, cfg) -> str:
-    from gdig.select import SelectionConfig, apply_rule
+    from gdig.selection.select import SelectionConfig, apply_rule
 
     alone = SelectionConfig(rule=cfg.rule, tau=cfg.tau, min_mean=cfg.min_mean, combine="influence")
     if cfg.combine != "influence" and apply_rule(run.frac_helped, run.mean_influence, None, alone)[0].any():
@@ -106,7 +106,7 @@ def _why_empty(run, cfg) -> str:
 
 
 def _add_finetune(sub) -> None:
-    from gdig.finetuning import FinetuneConfig
+    from gdig.pipeline.finetuning import FinetuneConfig
 
     p = sub.add_parser("finetune", help="train a causal LM on a data file (G-DIG step 1), full or LoRA")
     add_options(p, FinetuneConfig)
@@ -116,8 +116,8 @@ def _add_finetune(sub) -> None:
 
 def run_finetune(a: argparse.Namespace) -> None:
     """`gdig finetune`: check the model source, then train and save a Hugging Face folder."""
-    from gdig.finetuning import FinetuneConfig, finetune
-    from gdig.model_source import check_model_source
+    from gdig.inputs.model_source import check_model_source
+    from gdig.pipeline.finetuning import FinetuneConfig, finetune
 
     check_model_source(a.model, gguf_file=a.gguf_file)
     cfg = from_args(FinetuneConfig, a, data_config=from_args(DataConfig, a))
@@ -269,7 +269,7 @@ def _main(argv: list[str] | None = None) -> int:
         if args.command == "score" and args.plan:
             print_plan(score_config_from_args(args), args.plan_memory_gb)
         elif args.command == "score":
-            from gdig.run import score
+            from gdig.pipeline.run import score
             from gdig.rundir.status import read_status, summary_line
 
             cfg = score_config_from_args(args)

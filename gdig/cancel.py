@@ -1,5 +1,5 @@
 """The stop a job is asked for: its own module, so that the storage layer (a cancel file in the run, gdig.rundir.status)
-and the process layer (a peer that stopped, gdig.distributed) both know it without leaning on each other."""
+and the process layer (a peer that stopped, gdig.engine.distributed) both know it without leaning on each other."""
 
 
 class Cancelled(RuntimeError):

@@ -1,4 +1,5 @@
-"""`gdig compare RUN SEL_A SEL_B [SEL_C]`: selections of one run side by side (gdig.compare), as text or JSON."""
+"""`gdig compare RUN SEL_A SEL_B [SEL_C]`: selections of one run side by side (gdig.outputs.compare), as text or
+JSON."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 
 import pandas as pd
 
-from gdig.compare import RULES, compare, current_config, resolve, rows_table
+from gdig.outputs.compare import RULES, compare, current_config, resolve, rows_table
 from gdig.rundir.results import load_run
 
 

@@ -1,4 +1,4 @@
-"""`gdig evaluate`: train on two or more selections and say which makes the better model (gdig.evaluation)."""
+"""`gdig evaluate`: train on two or more selections and say which makes the better model (gdig.pipeline.evaluation)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,12 @@ import sys
 
 from gdig.config import DataConfig
 from gdig.options import add_options, from_args
-
-DATA_FLAGS = ("prompt_template", "src_lang", "trg_lang", "max_length")  # how records become prompts, as in scoring
+from gdig.pipeline.evaluation import DATA_FLAGS
 
 
 def add_evaluate_command(sub) -> None:
     """`gdig evaluate --model BASE --selections A.jsonl B.jsonl ... --test TEST --out DIR`."""
-    from gdig.evaluation import EvaluationConfig
+    from gdig.pipeline.evaluation import EvaluationConfig
 
     p = sub.add_parser(
         "evaluate", help="LoRA fine-tune the base model on each selection (several seeds), compare on a test set"
@@ -29,9 +28,9 @@ def add_evaluate_command(sub) -> None:
 def run_evaluate(a: argparse.Namespace) -> int:
     """Check everything, train and evaluate, print the report; 130 when stopped (finished fits are kept)."""
     from gdig.__main__ import run_stoppable, unescape
-    from gdig.evaluation import EvaluationConfig, evaluate
-    from gdig.evaluation_report import markdown, read_report
-    from gdig.model_source import check_model_source
+    from gdig.inputs.model_source import check_model_source
+    from gdig.pipeline.evaluation import EvaluationConfig, evaluate
+    from gdig.pipeline.evaluation_report import markdown, read_report
 
     check_model_source(a.model, gguf_file=a.gguf_file)
     cfg = from_args(

@@ -44,7 +44,7 @@ def add_index_commands(sub) -> None:
 
 def run_index(a: argparse.Namespace) -> None:
     """`gdig index`: the index of an older run, with its measured agreement."""
-    from gdig.index_run import build_index
+    from gdig.pipeline.index_run import build_index
 
     meta = build_index(
         a.run_dir, a.index_dim, a.index_dtype, a.device, on_progress=_stage_printer(), projection=a.index_projection
@@ -60,7 +60,7 @@ def run_index(a: argparse.Namespace) -> None:
 
 def run_rescore(a: argparse.Namespace) -> None:
     """`gdig rescore`: the run's seeds replaced, added to or thinned, scored from its index."""
-    from gdig.rescoring import SeedEdit, describe, read_seed_file, rescore
+    from gdig.pipeline.rescoring import SeedEdit, describe, read_seed_file, rescore
     from gdig.rundir.results import load_run
 
     if a.seeds is None and not a.drop:
@@ -80,9 +80,9 @@ def run_query(a: argparse.Namespace) -> None:
     """`gdig query`: for each pair, the pool pairs that help and hurt it most."""
     import json
 
-    from gdig.index_run import RunModel
-    from gdig.query import answer_table, ask, pair_example
-    from gdig.rescoring import read_seed_file
+    from gdig.pipeline.index_run import RunModel
+    from gdig.pipeline.query import answer_table, ask, pair_example
+    from gdig.pipeline.rescoring import read_seed_file
     from gdig.rundir.index import load_index
     from gdig.rundir.results import load_run
 

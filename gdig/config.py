@@ -19,7 +19,7 @@ LORA_MODULES = r"\.lora_[AB]\.[A-Za-z0-9_]+$"
 
 NORMALIZATIONS = ("none", "unit", "relatif")
 INDEX_DTYPES = ("int8", "float16", "float32")
-INDEX_PROJECTIONS = ("countsketch", "kronecker")  # gdig.index.PROJECTIONS (config stays torch-free)
+INDEX_PROJECTIONS = ("countsketch", "kronecker")  # gdig.engine.index.PROJECTIONS (config stays torch-free)
 
 
 @dataclass
@@ -128,8 +128,8 @@ class ScoreConfig:
     )
     adequacy: bool = option(
         False,
-        "also store two adequacy signals per candidate from the same model (gdig.adequacy): the information of the "
-        "target its source explains, and the dual conditional cross-entropy with the reverse direction; three "
+        "also store two adequacy signals per candidate from the same model (gdig.engine.adequacy): the information "
+        "of the target its source explains, and the dual conditional cross-entropy with the reverse direction; three "
         "forward passes per candidate (bench/README.md: what they catch and what they do not)",
         label="Adequacy signals",
     )

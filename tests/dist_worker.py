@@ -25,8 +25,8 @@ def _fault() -> None:
 def _install() -> None:
     if "GDIG_TEST_FAULT" not in os.environ:
         return
-    import gdig.stages as stages
-    from gdig.hessians.fit import CovarianceFitter
+    import gdig.pipeline.stages as stages
+    from gdig.engine.curvature_fit import CovarianceFitter
 
     stage = os.environ["GDIG_TEST_FAULT"].split(":")[2]
     if stage == "score":

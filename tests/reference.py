@@ -5,17 +5,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from gdig.data import IGNORE_INDEX
-from gdig.model import TrackedModule
+from gdig.inputs.data import IGNORE_INDEX
+from gdig.inputs.model import TrackedModule
 
 
 def tiny_layer_setup(tokenizer, folder, n: int, seed: int):
     """A tiny Llama, its tracked MLP projections and n tokenized pairs: the per-layer tests' ground."""
     from conftest import make_pairs
     from gdig.atomic import write_jsonl
-    from gdig.data import load_dataset, tokenize_dataset
     from gdig.demo.tiny import build_tiny_model
-    from gdig.model import find_tracked_modules
+    from gdig.inputs.data import load_dataset, tokenize_dataset
+    from gdig.inputs.model import find_tracked_modules
 
     model = build_tiny_model("llama", tokenizer, hidden=16, ffn=24, heads=2)
     toks, _ = tokenize_dataset(tokenizer, load_dataset(write_jsonl(folder / "cands.jsonl", make_pairs(n, seed))), 512)

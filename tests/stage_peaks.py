@@ -1,4 +1,4 @@
-"""Helpers for tests/test_plan.py, each run in a fresh process so its memory is this run's alone.
+"""Helpers for tests/planning/test_plan.py, each run in a fresh process so its memory is this run's alone.
 
 python tests/stage_peaks.py plan SETTINGS.json      the plan's peak and seconds per stage and its seed rank,
                                                     as JSON
@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 from gdig.config import ScoreConfig
-from gdig.measure import resident_bytes
-from gdig.run import make_plan, score
+from gdig.engine.measure import resident_bytes
+from gdig.pipeline.run import make_plan, score
 
 
 def measure(cfg: ScoreConfig) -> dict[str, dict]:

@@ -13,11 +13,11 @@ from streamlit.testing.v1 import AppTest
 
 from conftest import make_pairs, write_jsonl
 from gdig.config import ScoreConfig
-from gdig.run import score
+from gdig.pipeline.run import score
 from gdig.rundir.layout import CURATION
 from gdig.rundir.results import load_run
-from gdig.signal_table import what_signals_catch
-from gdig.signals import weakest_rank
+from gdig.selection.signal_table import what_signals_catch
+from gdig.selection.signals import weakest_rank
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -372,7 +372,7 @@ def test_first_screen_offers_the_demo_and_shows_its_overall_progress(monkeypatch
 
 
 def test_first_screen_offers_the_pretrained_demo_or_says_how_to_install_it(monkeypatch, tmp_path):
-    from gdig import model_source
+    from gdig.inputs import model_source
     from gdig.studio import jobs
 
     monkeypatch.setenv("GDIG_RUNS_DIR", str(tmp_path))

@@ -13,11 +13,11 @@ from streamlit.testing.v1 import AppTest
 from conftest import make_pairs, write_jsonl
 from gdig.__main__ import main
 from gdig.config import ScoreConfig
-from gdig.export import save_into_run
-from gdig.run import score
+from gdig.outputs.export import save_into_run
+from gdig.pipeline.run import score
 from gdig.rundir.layout import EVALUATIONS
 from gdig.rundir.results import load_run
-from gdig.select import SelectionConfig, select_run
+from gdig.selection.select import SelectionConfig, select_run
 from gdig.studio.jobs import job_state
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,7 +120,7 @@ def _submit(at: AppTest) -> None:
 
 
 def test_a_cancelled_evaluation_says_so_and_resumes_from_the_page(page, runs):
-    from gdig.compare import resolve
+    from gdig.outputs.compare import resolve
     from gdig.rundir.status import request_cancel
     from gdig.studio.evaluations import default_data, default_model, default_test, evaluation_config, start_evaluation
 

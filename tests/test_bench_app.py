@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.bench_app import bulk_on_the_map, controls, make_run
-from gdig.export import verify_export
+from gdig.outputs.export import verify_export
 from gdig.rundir.results import load_run
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ import numpy as np
 
 from conftest import make_pairs, write_jsonl
 from gdig.config import ScoreConfig
-from gdig.run import score
+from gdig.pipeline.run import score
 
 
 def test_fewer_seeds_are_a_column_subset_of_more(tmp_path, tokenizer):

@@ -8,9 +8,9 @@ import pytest
 
 from bench.bench_index import _sketch
 from gdig.config import ScoreConfig
-from gdig.index import CountSketchProjection
-from gdig.model import find_tracked_modules
-from gdig.run import score
+from gdig.engine.index import CountSketchProjection
+from gdig.inputs.model import find_tracked_modules
+from gdig.pipeline.run import score
 from gdig.rundir.index import load_index
 
 

@@ -41,7 +41,7 @@ def test_default_run_prefers_lora_ekfac_with_domain_seeds():
 
 
 def test_downstream_lines_show_each_selection_and_the_verdicts():
-    from gdig.evaluation_report import paired_difference, verdict
+    from gdig.pipeline.evaluation_report import paired_difference, verdict
 
     def per(chrf):
         return {"n_train": 200} | {m: {"mean": v, "sd": 0.5} for m, v in (("chrf", chrf), ("bleu", 3.0), ("loss", 2.9))}

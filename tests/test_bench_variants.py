@@ -7,7 +7,7 @@ import numpy as np
 
 from bench.bench_quality import variant_matrices
 from gdig.config import ScoreConfig
-from gdig.run import score
+from gdig.pipeline.run import score
 
 
 def test_variants_from_a_unit_run_equal_direct_runs(tmp_path, tokenizer, data_files):

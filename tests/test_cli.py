@@ -162,7 +162,7 @@ def test_help_lists_only_the_public_commands(capsys):
 
 
 def test_model_source_names_each_place_it_looked(tmp_path):
-    from gdig.model_source import ModelSourceError, check_model_source
+    from gdig.inputs.model_source import ModelSourceError, check_model_source
 
     (tmp_path / "folder").mkdir()
     with pytest.raises(ModelSourceError, match="has no config.json"):
@@ -222,7 +222,7 @@ def test_pip_install_gives_a_gdig_console_script(tmp_path):
     assert (
         res.returncode == 0 and "{score,select,finetune,demo,index,rescore,query,curate,evaluate,compare}" in res.stdout
     )
-    subpackages = "import gdig.rundir.layout, gdig.studio.views, gdig.demo.corpus, gdig.distributed"
+    subpackages = "import gdig.rundir.layout, gdig.studio.views, gdig.demo.corpus, gdig.engine.distributed"
     res = subprocess.run(
         [sys.executable, "-c", subpackages],
         capture_output=True,

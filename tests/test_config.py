@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gdig.config import DataConfig, ScoreConfig
-from gdig.finetuning import FinetuneConfig
+from gdig.pipeline.finetuning import FinetuneConfig
 
 BASE = {"model": "m", "candidates": "c", "seeds": "s", "out": "o"}
 

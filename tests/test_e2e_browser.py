@@ -18,7 +18,7 @@ from browser import metric as _metric
 from browser import settle as _settle
 from conftest import make_pairs, write_jsonl
 from gdig.config import ScoreConfig
-from gdig.run import score
+from gdig.pipeline.run import score
 
 playwright = require_browser()
 

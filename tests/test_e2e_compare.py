@@ -12,9 +12,9 @@ import pytest
 from browser import CHROMIUM, CHROMIUM_ARGS, ROOT, require_browser, start_server, stop_server
 from browser import settle as _settle
 from conftest import make_pairs, write_jsonl
-from gdig.compare import compare, resolve
 from gdig.config import ScoreConfig
-from gdig.run import score
+from gdig.outputs.compare import compare, resolve
+from gdig.pipeline.run import score
 from gdig.rundir.results import load_run
 
 playwright = require_browser()

@@ -14,7 +14,7 @@ from browser import metric as _metric
 from browser import settle as _settle
 from conftest import make_pairs, write_jsonl
 from gdig.config import ScoreConfig
-from gdig.run import score
+from gdig.pipeline.run import score
 from gdig.rundir.results import load_run
 
 playwright = require_browser()

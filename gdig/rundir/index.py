@@ -14,7 +14,7 @@ from gdig.atomic import save_npy_atomic, save_npz_atomic, write_json_atomic
 from gdig.rundir.layout import INDEX, INDEX_META, INDEX_NORMS, INDEX_SEEDS
 
 if TYPE_CHECKING:
-    from gdig.index_scoring import IndexRows
+    from gdig.engine.index_scoring import IndexRows
 
 INDEX_ROWS = "index_rows"  # keys of a scored chunk (gdig.rundir.chunks)
 INDEX_PROJECTED_NORM = "index_projected_norm"
@@ -43,7 +43,7 @@ class RunIndex:
 
     @property
     def projection(self) -> str:
-        """Which projection made the rows (gdig.index.PROJECTIONS)."""
+        """Which projection made the rows (gdig.engine.index.PROJECTIONS)."""
         return str(self.meta["projection"])
 
 
@@ -54,7 +54,7 @@ def has_index(run_dir: str | Path) -> bool:
 
 def load_index(run_dir: str | Path) -> RunIndex:
     """The run's index; NoIndexError says how to add one to a run made without it."""
-    from gdig.index_scoring import IndexRows
+    from gdig.engine.index_scoring import IndexRows
 
     run = Path(run_dir)
     if not has_index(run):

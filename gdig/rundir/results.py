@@ -67,18 +67,19 @@ class RunResults:
 
     @cached_property
     def signals(self) -> dict[str, np.ndarray]:
-        """The signals beside influence, higher is better (gdig.signals.signal_scores), computed once per run."""
-        from gdig.signals import signal_scores
+        """The signals beside influence, higher is better (gdig.selection.signals.signal_scores), computed once per
+        run."""
+        from gdig.selection.signals import signal_scores
 
         return signal_scores(self.candidates)
 
     def rule_ranks(self, rule: str, adequacy: bool = False) -> np.ndarray:
-        """The percentile ranks of the rule's statistic and the signals it reads (gdig.signals.rank_matrix of
+        """The percentile ranks of the rule's statistic and the signals it reads (gdig.selection.signals.rank_matrix of
         rule_scores), once per run, rule and choice of signals: the combined rules rank 1,000,000 rows in about
         a second."""
         cache = self.__dict__.setdefault("_rule_ranks", {})
         if (rule, adequacy) not in cache:
-            from gdig.signals import rank_matrix, rule_scores, rule_signals
+            from gdig.selection.signals import rank_matrix, rule_scores, rule_signals
 
             signals = rule_signals(self.signals, adequacy)
             cache[rule, adequacy] = rank_matrix(rule_scores(rule, self.mean_influence, self.quality, signals))
@@ -86,23 +87,23 @@ class RunResults:
 
     @cached_property
     def duplicates(self):
-        """Each candidate's exact and near duplicate groups (gdig.duplicates), found once per run."""
-        from gdig.duplicates import find_duplicates, pair_texts
+        """Each candidate's exact and near duplicate groups (gdig.selection.duplicates), found once per run."""
+        from gdig.selection.duplicates import find_duplicates, pair_texts
 
         return find_duplicates(*pair_texts(self.candidates))
 
     @cached_property
     def quality(self) -> np.ndarray:
-        """The order the rule and the selection rank by (gdig.select.quality_score), computed once per run."""
-        from gdig.select import quality_score
+        """The order the rule and the selection rank by (gdig.selection.select.quality_score), computed once per run."""
+        from gdig.selection.select import quality_score
 
         return quality_score(self.frac_helped, self.mean_influence)
 
     @cached_property
     def cluster_features(self) -> np.ndarray:
         """What K-means clusters: the sketches, or for a large run their top principal components
-        (gdig.clusters.cluster_space), computed once per run."""
-        from gdig.clusters import cluster_space
+        (gdig.selection.clusters.cluster_space), computed once per run."""
+        from gdig.selection.clusters import cluster_space
 
         return cluster_space(self.sketch)
 

@@ -15,7 +15,7 @@ from gdig.rundir.chunks import partial_dir
 if TYPE_CHECKING:
     import torch
 
-    from gdig.influence import SeedGradients
+    from gdig.engine.influence import SeedGradients
 
 
 def seeds_path(run_dir: str | Path) -> Path:
@@ -48,7 +48,7 @@ def load_seed_gradients(path: Path, device: torch.device | str = "cpu") -> tuple
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from gdig.influence import SeedGradients
+    from gdig.engine.influence import SeedGradients
 
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
@@ -81,7 +81,7 @@ def load_seed_meta(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray, int | N
 def save_mean_direction(
     path: Path, mean: dict[str, torch.Tensor], seeds: SeedGradients, normalize: str, fingerprint: str
 ) -> None:
-    """The mean seed direction per module (see gdig.influence.mean_seed_direction) and each column's
+    """The mean seed direction per module (see gdig.engine.influence.mean_seed_direction) and each column's
     self-influence: one seed's worth of bytes instead of all seeds."""
     extra = {"fingerprint": fingerprint, "lowrank_error": json.dumps(seeds.lowrank_error)}
     save_mean_direction_tensors(path, mean, seeds.self_influence, normalize, extra)

@@ -14,7 +14,7 @@ from gdig.rundir.layout import CANDIDATES, SEEDS
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from gdig.data import Dataset, TokenizedExample
+    from gdig.inputs.data import Dataset, TokenizedExample
 
 
 def records_table(ds: Dataset, tok: list[TokenizedExample], columns: dict[str, np.ndarray]) -> pa.Table:

@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gdig.atomic import write_bytes_atomic
-from gdig.cli_evaluate import DATA_FLAGS
-from gdig.compare import NamedSelection
 from gdig.config import DataConfig
-from gdig.evaluation import INPUTS, EvaluationConfig, read_inputs
-from gdig.evaluation_report import read_report
 from gdig.names import check_name
 from gdig.options import to_args
+from gdig.outputs.compare import NamedSelection
+from gdig.pipeline.evaluation import DATA_FLAGS, INPUTS, EvaluationConfig, read_inputs
+from gdig.pipeline.evaluation_report import read_report
 from gdig.rundir.layout import EVALUATIONS, JOB
 from gdig.rundir.results import RunResults
 from gdig.rundir.status import clear_cancel
@@ -62,7 +61,7 @@ def start_evaluation(run: RunResults, sels: list[NamedSelection], name: str, cfg
     for s in sels:
         if not len(s.rows):
             raise ValueError(f"the selection {s.name!r} is empty: nothing to train on")
-    from gdig.model_source import check_model_source
+    from gdig.inputs.model_source import check_model_source
 
     check_model_source(cfg.model, gguf_file=cfg.gguf_file)
     try:

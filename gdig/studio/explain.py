@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gdig.clusters import cosine_to
-from gdig.influence import normalisation_divisor
+from gdig.engine.influence import normalisation_divisor
 from gdig.rundir.layout import FACTORS, SEED_GRADS
 from gdig.rundir.results import RunResults
 from gdig.rundir.seeds import load_mean_direction
+from gdig.selection.clusters import cosine_to
 from gdig.studio.views import seed_members, seed_rows
 
 
@@ -105,9 +105,9 @@ def token_influence(run: RunResults, index: int, model, tokenizer, seed: int | N
     over seeds), in the run's normalisation; the contributions sum to that score. Needs the run's model."""
     import torch
 
-    from gdig.hooks import GradientCapture
-    from gdig.influence import token_contributions
-    from gdig.model import find_tracked_modules, prepare_tokenizer
+    from gdig.engine.hooks import GradientCapture
+    from gdig.engine.influence import token_contributions
+    from gdig.inputs.model import find_tracked_modules, prepare_tokenizer
 
     prepare_tokenizer(tokenizer, model.get_input_embeddings().num_embeddings)
     tracked = find_tracked_modules(model, run.settings.tracked_modules())
@@ -128,13 +128,13 @@ def token_influence(run: RunResults, index: int, model, tokenizer, seed: int | N
 
 
 def _tokenize(tokenizer, id_: str, prompt: str, target: str, max_length: int):
-    from gdig.data import Example, tokenize_example
+    from gdig.inputs.data import Example, tokenize_example
 
     return tokenize_example(tokenizer, Example(id_, prompt, target, {}, ""), max_length)
 
 
 def _collate(toks, first_index: int, tokenizer):
-    from gdig.hooks import collate
+    from gdig.engine.hooks import collate
 
     return collate(toks, list(range(first_index, first_index + len(toks))), tokenizer.pad_token_id)
 
@@ -144,8 +144,8 @@ def _seed_column_direction(run: RunResults, column: int, tokenizer, cap, device)
     the seed texts, the run's factors and damping: exact, where scoring may have used a low-rank copy."""
     import torch
 
-    from gdig.curvature import Curvature
-    from gdig.hooks import per_example_gradient
+    from gdig.engine.curvature import Curvature
+    from gdig.engine.hooks import per_example_gradient
 
     members = seed_members(run, column)
     if members.empty:

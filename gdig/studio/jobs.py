@@ -147,10 +147,10 @@ def plan_new_run(root: str | Path, name: str, model: str, inputs: list, settings
 def new_run_config(root: str | Path, name: str, model: str, inputs: list, settings: dict) -> ScoreConfig:
     """A new run's settings, its name, model and files checked (uploads under root/.inputs/NAME, gone on failure)."""
     from gdig.config import DataConfig
-    from gdig.data import load_dataset
-    from gdig.model_source import check_model_source
+    from gdig.inputs.data import load_dataset
+    from gdig.inputs.model_source import check_model_source
+    from gdig.inputs.readers import DataError
     from gdig.names import safe_file_name
-    from gdig.readers import DataError
 
     root = Path(root)
     run_dir = root / check_name(name, "run name")
@@ -213,12 +213,12 @@ def run_worker(settings_path: str | Path, resume: bool = False, plan: bool = Fal
     """Entry point of the worker process: `python -m gdig.studio.jobs SETTINGS.json [--resume | --plan]`."""
     cfg = ScoreConfig.from_dict(json.loads(Path(settings_path).read_text()))
     if plan:
-        from gdig.plan import plan_report
-        from gdig.run import make_plan
+        from gdig.pipeline.run import make_plan
+        from gdig.planning.plan import plan_report
 
         print(plan_report(make_plan(cfg), cfg))
         return 0
-    from gdig.run import score
+    from gdig.pipeline.run import score
 
     score(cfg, resume=resume)
     return 0

@@ -11,10 +11,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from gdig.decisions import HAND_LABELS
 from gdig.rundir.results import RunResults
-from gdig.select import Selection, SelectionConfig, rule_decisions, select_run
-from gdig.signal_table import shown_columns
+from gdig.selection.decisions import HAND_LABELS
+from gdig.selection.select import Selection, SelectionConfig, rule_decisions, select_run
+from gdig.selection.signal_table import shown_columns
 
 
 def kept_mask(run: RunResults, cfg: SelectionConfig) -> np.ndarray:

@@ -1,0 +1,188 @@
+"""The curvature of DESIGN section 1 (gdig.hessians: K-FAC, EK-FAC, identity, ...), fitted from streamed
+(a_t, g_t) captures and applied to gradients.
+
+A = sum a a^T / n_tokens,  G = sum g g^T / N,  eigendecomposed;
+KFAC Lambda = e_G e_A^T;  EK-FAC Lambda = mean_z (Q_G^T grad_W L(z) Q_A)^2; a module without a basis (Q = I)
+keeps only its Lambda; an approximation with nothing fitted has no modules and preconditions with the identity.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from gdig.atomic import atomic_path
+from gdig.engine.hooks import per_example_gradient
+from gdig.hessians import hessian
+
+FACTOR_KEYS = ("q_a", "e_a", "q_g", "e_g", "lam")
+
+
+@dataclass
+class ModuleFactors:
+    """One module's factors: eigenbases of A and G (None: the identity basis) and the eigenvalues in their
+    Kronecker basis."""
+
+    q_a: torch.Tensor | None = None  # (d_in, d_in) eigenvectors of A
+    e_a: torch.Tensor | None = None  # (d_in,)
+    q_g: torch.Tensor | None = None  # (d_out, d_out) eigenvectors of G
+    e_g: torch.Tensor | None = None  # (d_out,)
+    lam: torch.Tensor | None = None  # (d_out, d_in) eigenvalues in the Kronecker eigenbasis
+
+
+@dataclass
+class Curvature:
+    """The fitted curvature of every tracked module, and (F + lambda)^-1 applied to gradients. A module with no
+    factors (every module, when the approximation fits nothing) is preconditioned by the identity, undamped."""
+
+    kind: str  # a name of gdig.hessians.HESSIANS
+    modules: dict[str, ModuleFactors] = field(default_factory=dict)
+    n_examples: int = 0
+    n_tokens: int = 0
+
+    @property
+    def preconditions(self) -> bool:
+        """Whether the approximation fits anything (false: plain gradient dot products)."""
+        return hessian(self.kind).fitted
+
+    def damping(self, name: str, absolute: float | None, relative: float | None) -> float:
+        """lambda for a module: absolute, or relative * mean(Lambda); 0 without curvature."""
+        if name not in self.modules:
+            return 0.0
+        if absolute is not None:
+            return float(absolute)
+        return float(relative) * float(self.modules[name].lam.mean())
+
+    def precondition(self, name: str, v: torch.Tensor, damping: float) -> torch.Tensor:
+        """(F + lambda)^-1 v for gradients v of shape (..., d_out, d_in)."""
+        if name not in self.modules:
+            return v
+        rot = self.rotate(name, v) / (self.modules[name].lam.to(v.device) + damping)
+        return self.rotate_back(name, rot)
+
+    def precondition_rotated(self, name: str, a: torch.Tensor, g: torch.Tensor, damping: float):
+        """(F + lambda)^-1 G for G = sum_t g_t a_t^T, kept in the eigenbasis (the caller rotates back:
+        `rotate_back`), rotated by the cheaper route (tokens first for short examples: T (d_in^2 + d_out^2)
+        instead of d_out d_in (d_in + d_out)). a: (c, T, d_in), g: (c, T, d_out). Returns X (c, d_out, d_in) and
+        <G, (F + lambda)^-1 G> (c,)."""
+        f = self.modules[name]
+        rot = self.rotated_gradient(name, a, g)
+        x = rot / (f.lam.to(rot.device) + damping)
+        return x, (rot * x).sum((-2, -1))
+
+    def rotate(self, name: str, v: torch.Tensor) -> torch.Tensor:
+        """Q_G^T V Q_A: gradients in the module's Kronecker eigenbasis (V itself in the identity basis)."""
+        f = self.modules[name]
+        if f.q_g is None:
+            return v
+        return f.q_g.T.to(v.device) @ v @ f.q_a.to(v.device)
+
+    def rotate_back(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """Q_G X Q_A^T: from the eigenbasis back to the weights' coordinates."""
+        f = self.modules.get(name)
+        if f is None or f.q_g is None:
+            return x
+        return f.q_g.to(x.device) @ x @ f.q_a.T.to(x.device)
+
+    def rotate_back_factors(self, name: str, left: torch.Tensor, right: torch.Tensor):
+        """(Q_G L, Q_A R): a low-rank X = L R^T rotated back through its factors, Q_G X Q_A^T = (Q_G L)(Q_A R)^T."""
+        f = self.modules.get(name)
+        if f is None or f.q_g is None:
+            return left, right
+        return f.q_g.to(left.device) @ left, f.q_a.to(right.device) @ right
+
+    def rotate_tokens(self, name: str, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """Q_G^T G Q_A per example for G = sum_t g_t a_t^T, rotating the T tokens before the sum."""
+        f = self.modules[name]
+        return per_example_gradient(a @ f.q_a.to(a.device), g @ f.q_g.to(g.device))
+
+    def rotated_gradient(self, name: str, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """Q_G^T G Q_A per example, by whichever route is cheaper (tokens first, or the dense gradient)."""
+        f = self.modules.get(name)
+        if f is not None and f.q_g is not None and tokens_cheaper(a.shape[1], a.shape[-1], g.shape[-1]):
+            return self.rotate_tokens(name, a, g)
+        return self.rotate(name, per_example_gradient(a, g)) if f is not None else per_example_gradient(a, g)
+
+    def whiten(self, name: str, v: torch.Tensor, damping: float) -> torch.Tensor:
+        """(F + lambda)^(-1/2) v in the module's eigenbasis, (Q_G^T v Q_A) / sqrt(Lambda + lambda), for gradients
+        (..., d_out, d_in): two whitened gradients' dot product is their raw influence (DESIGN: the index). With no
+        curvature, the gradient itself."""
+        if name not in self.modules:
+            return v
+        return self.rotate(name, v) / (self.modules[name].lam.to(v.device) + damping).sqrt()
+
+    def unwhiten(self, name: str, w: torch.Tensor, damping: float) -> torch.Tensor:
+        """(F + lambda)^(-1/2) applied once more to a whitened gradient and rotated back: its preconditioned
+        gradient."""
+        if name not in self.modules:
+            return w
+        return self.rotate_back(name, w / (self.modules[name].lam.to(w.device) + damping).sqrt())
+
+    def whiten_tokens(self, name: str, a: torch.Tensor, g: torch.Tensor, damping: float) -> torch.Tensor:
+        """`whiten` of G = sum_t g_t a_t^T per example, from the tokens (B, T, d_in), (B, T, d_out), rotated by the
+        cheaper route."""
+        rot = self.rotated_gradient(name, a, g)
+        if name not in self.modules:
+            return rot
+        return rot / (self.modules[name].lam.to(rot.device) + damping).sqrt()
+
+    def self_influence(self, name: str, v: torch.Tensor, damping: float) -> torch.Tensor:
+        """<v, (F + lambda)^-1 v> for a batch of gradients (..., d_out, d_in)."""
+        if name not in self.modules:
+            return (v * v).sum((-2, -1))
+        rot = self.rotate(name, v)
+        return (rot * rot / (self.modules[name].lam.to(v.device) + damping)).sum((-2, -1))
+
+    def self_influence_tokens(self, name: str, a: torch.Tensor, g: torch.Tensor, damping: float) -> torch.Tensor:
+        """<G, (F + lambda)^-1 G> per example for G = sum_t g_t a_t^T, from the tokens (B, T, d_in), (B, T, d_out):
+        the rotation is applied to the tokens when that is cheaper than to the dense gradient."""
+        if name not in self.modules:
+            return self.self_influence(name, per_example_gradient(a, g), damping)
+        rot = self.rotated_gradient(name, a, g)
+        return (rot * rot / (self.modules[name].lam.to(rot.device) + damping)).sum((-2, -1))
+
+    # -- persistence (safetensors, never pickle) ---------------------------------------------------------------
+    def save(self, path: str | Path, fingerprint: str) -> None:
+        """Write the factors as safetensors (never pickle) with the fingerprint that makes them reusable."""
+        tensors = {}
+        for name, f in self.modules.items():
+            for key in FACTOR_KEYS:
+                if getattr(f, key) is not None:
+                    tensors[f"{name}::{key}"] = getattr(f, key).detach().float().contiguous().cpu()
+        meta = {
+            "kind": self.kind,
+            "fingerprint": fingerprint,
+            "n_examples": str(self.n_examples),
+            "n_tokens": str(self.n_tokens),
+            "modules": json.dumps(list(self.modules)),
+        }
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+
+    @classmethod
+    def load(cls, path: str | Path, device: torch.device | str = "cpu") -> Curvature:
+        """Factors written by save, onto `device`."""
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(str(path), device=str(device))
+        cur = cls(meta["kind"], n_examples=int(meta["n_examples"]), n_tokens=int(meta["n_tokens"]))
+        for name in json.loads(meta["modules"]):
+            cur.modules[name] = ModuleFactors(**{k: tensors.get(f"{name}::{k}") for k in FACTOR_KEYS})
+        return cur
+
+    @classmethod
+    def of_run(cls, path: str | Path, kind: str, device: torch.device | str = "cpu") -> Curvature:
+        """A run's curvature: its saved factors, or none to load when approximation `kind` fits nothing."""
+        return cls.load(path, device) if hessian(kind).fitted else cls(kind)
+
+
+def tokens_cheaper(tokens: int, d_in: int, d_out: int) -> bool:
+    """Whether rotating T tokens into the eigenbasis (T (d_in^2 + d_out^2)) costs less than rotating the dense
+    gradient (d_out d_in (d_in + d_out)): true for long layers and short examples, e.g. LLM MLPs."""
+    return tokens * (d_out * d_out + d_in * d_in) < d_out * d_in * (d_out + d_in)

@@ -1,0 +1,216 @@
+"""How every approximation of gdig.hessians is fitted: streamed passes over the fit set into float64 sums
+(resumable, shared between processes), the covariance pass's eigendecomposition, the eigenvalue pass."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from gdig.cancel import Cancelled
+from gdig.engine.curvature import Curvature, ModuleFactors
+from gdig.engine.distributed import SINGLE, World
+from gdig.engine.hooks import Captured
+from gdig.hessians import hessian
+from gdig.hessians.base import COVARIANCE_PASS, EIGENVALUE_PASS, FITTED
+
+if TYPE_CHECKING:  # the run directory sits above the engine: the fit is handed a checkpoint, never makes one
+    from gdig.rundir.checkpoint import FitCheckpoint
+
+
+class CovarianceFitter:
+    """Accumulates A and G over captured batches (first pass)."""
+
+    def __init__(self, dims: dict[str, tuple[int, int]], device: torch.device):
+        self.a = {n: torch.zeros(di, di, dtype=torch.float64, device=device) for n, (di, do) in dims.items()}
+        self.g = {n: torch.zeros(do, do, dtype=torch.float64, device=device) for n, (di, do) in dims.items()}
+        self.n_tokens = 0
+        self.n_examples = 0
+        self._device = device
+
+    def update(self, cap: Captured) -> None:
+        """Add one captured batch's a a^T (per target token) and g g^T (per example)."""
+        self.n_tokens += int(cap.mask.sum())
+        self.n_examples += len(cap.index)
+        for name in self.a:
+            a = cap.acts[name].reshape(-1, cap.acts[name].shape[-1])
+            g = cap.grads[name].reshape(-1, cap.grads[name].shape[-1])
+            self.a[name] += (a.T @ a).double()
+            self.g[name] += (g.T @ g).double()
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The partial sums and counts, for a checkpoint (exact: float64 as accumulated)."""
+        return (
+            {f"a::{n}": v for n, v in self.a.items()}
+            | {f"g::{n}": v for n, v in self.g.items()}
+            | {"counts": torch.tensor([self.n_tokens, self.n_examples], dtype=torch.int64, device=self._device)}
+        )
+
+    def restore(self, state: dict[str, torch.Tensor]) -> None:
+        """Continue from sums saved by a checkpoint."""
+        for n in self.a:
+            self.a[n].copy_(state[f"a::{n}"])
+            self.g[n].copy_(state[f"g::{n}"])
+        self.n_tokens, self.n_examples = (int(x) for x in state["counts"].tolist())
+
+    def merge(self, state: dict[str, torch.Tensor]) -> None:
+        """Add sums over other batches (another rank's checkpoint)."""
+        for n in self.a:
+            self.a[n] += state[f"a::{n}"].to(self.a[n].device)
+            self.g[n] += state[f"g::{n}"].to(self.g[n].device)
+        tokens, examples = (int(x) for x in state["counts"].tolist())
+        self.n_tokens, self.n_examples = self.n_tokens + tokens, self.n_examples + examples
+
+    def eigendecompose(self, kind: str, names=None, release: bool = False) -> Curvature:
+        """A and G from the sums, eigendecomposed (all modules, or `names`; the others get empty factors of their
+        shapes): K-FAC, or the basis of EK-FAC's second pass. `release`: drop each module's float64 sums once
+        its factors are made (the fit no longer needs them), so the peak is the sums, not sums plus factors."""
+        cur = Curvature(kind, n_examples=self.n_examples, n_tokens=self.n_tokens)
+        for name in list(self.a):
+            a_sum, g_sum = (self.a.pop(name), self.g.pop(name)) if release else (self.a[name], self.g[name])
+            if names is not None and name not in names:
+                d_in, d_out = a_sum.shape[0], g_sum.shape[0]
+                z = lambda *shape: torch.empty(*shape, device=self._device)  # noqa: E731
+                cur.modules[name] = ModuleFactors(z(d_in, d_in), z(d_in), z(d_out, d_out), z(d_out), z(d_out, d_in))
+                continue
+            e_a, q_a = torch.linalg.eigh(a_sum / max(self.n_tokens, 1))
+            e_g, q_g = torch.linalg.eigh(g_sum / max(self.n_examples, 1))
+            del a_sum, g_sum
+            e_a, e_g = e_a.clamp(min=0), e_g.clamp(min=0)
+            lam = torch.outer(e_g, e_a)  # K-FAC eigenvalues; EK-FAC replaces them in a second pass
+            # eigh's vectors come column-major: made contiguous, so every consumer (a broadcast too) sees one layout
+            factors = (t.float().contiguous() for t in (q_a, e_a, q_g, e_g, lam))
+            cur.modules[name] = ModuleFactors(*factors)
+        return cur
+
+
+class EigenCorrectionFitter:
+    """The eigenvalue pass (EK-FAC's second, the diagonal's only): Lambda = mean over examples of the squared
+    per-example gradient in the basis."""
+
+    def __init__(self, curvature: Curvature):
+        self.cur = curvature
+        self.sums = {n: torch.zeros_like(f.lam, dtype=torch.float64) for n, f in curvature.modules.items()}
+        self.n_examples = 0
+
+    def update(self, cap: Captured) -> None:
+        """Add one batch's squared per-example gradients in the eigenbasis."""
+        self.n_examples += len(cap.index)
+        for name in self.cur.modules:
+            rot = self.cur.rotated_gradient(name, cap.acts[name], cap.grads[name])
+            self.sums[name] += (rot * rot).sum(0).double()
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The running sums, for a checkpoint."""
+        device = next(iter(self.sums.values())).device
+        counts = torch.tensor([self.n_examples], device=device)
+        return {f"lam::{n}": v for n, v in self.sums.items()} | {"counts": counts}
+
+    def restore(self, state: dict[str, torch.Tensor]) -> None:
+        """Continue from sums saved by a checkpoint."""
+        for n in self.sums:
+            self.sums[n].copy_(state[f"lam::{n}"])
+        self.n_examples = int(state["counts"][0])
+
+    def merge(self, state: dict[str, torch.Tensor]) -> None:
+        """Add sums over other batches (another rank's checkpoint)."""
+        for n in self.sums:
+            self.sums[n] += state[f"lam::{n}"].to(self.sums[n].device)
+        self.n_examples += int(state["counts"][0])
+
+    def finish(self) -> Curvature:
+        """The eigenvalues replaced by the mean squared gradient in the basis."""
+        for name, f in self.cur.modules.items():
+            f.lam = (self.sums[name] / max(self.n_examples, 1)).float()
+        self.cur.n_examples = self.cur.n_examples or self.n_examples
+        return self.cur
+
+
+def _run_pass(stage: str, fitter, passes: Callable, costs: Sequence[float], checkpoint, world: World, waiting) -> None:
+    """One pass over the fit set into `fitter`: this rank's share (by cost) of the batches no checkpoint covers,
+    resumable through `checkpoint`, then the sums of every rank added up (float64) on every rank."""
+    covered = np.zeros(len(costs), bool)
+    if checkpoint:
+        covered = _rank0_mask(checkpoint.restore(stage, fitter, len(costs)), world, stage)
+    todo = [b for b in range(len(costs)) if not covered[b]]
+    mine = [todo[p] for p in world.mine([costs[b] for b in todo])]
+    restored = np.flatnonzero(covered).tolist() if world.is_main else []
+    if not world.is_main:
+        covered = np.zeros(len(costs), bool)  # rank 0 holds the restored sums; the others only their own
+    try:
+        for batch, cap in passes(stage, mine, restored):
+            fitter.update(cap)
+            covered[batch] = True
+            if checkpoint:
+                checkpoint.maybe_save(stage, fitter, covered)
+    except Cancelled:  # raised between batches: the sums are whole, keep them for --resume
+        if checkpoint:
+            checkpoint.save(stage, fitter, covered)
+        raise
+    if checkpoint and world.active:  # this rank's share is done: keep it, whoever fails while the others finish
+        checkpoint.save(stage, fitter, covered)
+    state = fitter.state()
+    world.all_reduce(state.values(), f"adding up the {stage} sums", waiting)
+    fitter.restore(state)
+
+
+def _rank0_mask(covered: np.ndarray, world: World, stage: str) -> np.ndarray:
+    """Rank 0's mask of restored batches on every rank (its mask, not the file: rank 0 may save a newer one)."""
+    if not world.active:
+        return covered
+    shared = torch.from_numpy(covered.astype(np.uint8)).to(world.device)
+    world.broadcast([shared], 0, f"restoring the {stage} checkpoint")
+    return shared.cpu().numpy().astype(bool)
+
+
+def fit_curvature(
+    kind: str,
+    dims: dict[str, tuple[int, int]],
+    passes: Callable[[str, list[int], list[int]], Iterable[tuple[int, Captured]]],
+    costs: Sequence[float],
+    device: torch.device,
+    checkpoint: FitCheckpoint | None = None,
+    world: World = SINGLE,
+    waiting: Callable[[], None] | None = None,
+) -> Curvature:
+    """Fit approximation `kind` (gdig.hessians) from `passes(stage, batches, restored)`, which yields
+    (batch, Captured) for the listed batches of the fit set (`costs`: one per batch, e.g. its tokens; `restored`:
+    those a checkpoint already covers); it is called once per pass the approximation needs (`Hessian.passes`:
+    the covariance pass of an eigenbasis, then the eigenvalue pass where Lambda is fitted). With several
+    processes each fits its share of the batches, the float64 sums are added up, and each module is
+    eigendecomposed once (by one rank, the modules shared by cost) and broadcast, so every rank preconditions
+    with the same bases (`waiting` is called while a rank waits for the others)."""
+    h = hessian(kind)
+    if not h.fitted:
+        return Curvature(kind)
+    if h.eigendecomposes:
+        cov = CovarianceFitter(dims, device)
+        _run_pass(COVARIANCE_PASS, cov, passes, costs, checkpoint, world, waiting)
+        if checkpoint and len(h.passes) > 1 and world.is_main:  # the next pass builds on it: keep it whole
+            checkpoint.save(COVARIANCE_PASS, cov, np.ones(len(costs), bool))
+            checkpoint.remove_others(COVARIANCE_PASS)
+        cur = _shared_eigendecomposition(cov, kind, dims, world)
+    else:  # the identity basis: only the eigenvalues, fitted below
+        cur = Curvature(
+            kind, {n: ModuleFactors(lam=torch.zeros(d_out, d_in, device=device)) for n, (d_in, d_out) in dims.items()}
+        )
+    if h.eigenvalues == FITTED:
+        corr = EigenCorrectionFitter(cur)
+        _run_pass(EIGENVALUE_PASS, corr, passes, costs, checkpoint, world, waiting)
+        cur = corr.finish()
+        world.broadcast([f.lam for f in cur.modules.values()], 0, "sharing the fitted eigenvalues")
+    return cur
+
+
+def _shared_eigendecomposition(cov: CovarianceFitter, kind: str, dims: dict[str, tuple[int, int]], world: World):
+    """Each module's eigendecomposition made by one rank (the modules shared by their cost, d^3 per side) and
+    broadcast from it: once per module, in parallel across ranks."""
+    names = list(dims)
+    owners = world.owners([d_in**3 + d_out**3 for d_in, d_out in dims.values()])
+    cur = cov.eigendecompose(kind, {n for n, r in zip(names, owners, strict=True) if r == world.rank}, release=True)
+    for name, owner in zip(names, owners, strict=True):
+        f = cur.modules[name]
+        world.broadcast([f.q_a, f.e_a, f.q_g, f.e_g, f.lam], owner, "sharing the eigendecomposition")
+    return cur

@@ -1,0 +1,1 @@
+"""What leaves a run: exports and comparisons of selections."""

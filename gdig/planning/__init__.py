@@ -1,0 +1,1 @@
+"""Memory and time of a run before it starts: the plan and the probe."""

@@ -1,0 +1,311 @@
+"""A memory and time plan before a long run (`gdig score --plan`): per stage, the bytes each part needs (model,
+activations and captures of one batch, reused captures, factors, seeds at their rank, result buffers) and a
+time estimate from a short probe; and when the plan does not fit, which knob saves how much.
+
+Works for models too large for this machine: built on the meta device from their config (no weights), where
+the activations come from a formula instead of the probe and token counts from the text length."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gdig.config import ScoreConfig
+from gdig.engine.hooks import padded_batches
+from gdig.engine.index import BYTES_PER_COORDINATE, CACHED_COORDINATES
+from gdig.engine.memory import SEED_WORK_BYTES, budget_mb, captures_fit, captures_reusable, keeps_dense, seed_rank
+from gdig.hessians import hessian
+from gdig.hessians.base import COVARIANCE_PASS, EIGENVALUE_PASS
+from gdig.selection.signals import DETECTOR_BYTES
+
+GiB = 2**30
+
+
+@dataclass
+class Workload:
+    """What a run will process: tracked module sizes, model bytes and every example's token count (in batch
+    order, longest first)."""
+
+    dims: dict[str, tuple[int, int]]
+    model_bytes: int
+    runtime_bytes: int  # the process before the model (interpreter, libraries)
+    cand_lengths: list[int]
+    seed_lengths: list[int]
+    activation_bytes_per_token: float  # forward + backward of the model, per padded token of a batch
+    fit_lengths: list[int] | None = None  # the curvature's fit set (longest first); None: every candidate
+    seconds_per_token: float | None = None  # from the probe
+    flops_per_second: float | None = None  # float32 matrix products on the device, from the probe
+    eigh_flops_per_second: float | None = None  # float64 eigendecompositions, counted as 9 n^3, from the probe
+
+    @property
+    def n_candidates(self) -> int:
+        """Number of candidates."""
+        return len(self.cand_lengths)
+
+    @property
+    def fit_set(self) -> list[int]:
+        """Token counts of the examples the curvature is fitted on, longest first."""
+        return self.cand_lengths if self.fit_lengths is None else self.fit_lengths
+
+    @property
+    def n_seeds(self) -> int:
+        """Number of seeds."""
+        return len(self.seed_lengths)
+
+    def n_columns(self, seed_batch: int) -> int:
+        """Seed columns: the seeds in groups of --seed-batch."""
+        return -(-self.n_seeds // seed_batch)
+
+    @property
+    def seed_tokens(self) -> int:
+        """Tokens of all seeds, unpadded."""
+        return sum(self.seed_lengths)
+
+
+@dataclass
+class Plan:
+    """Bytes per stage and part, the time per stage, and the memory the device has."""
+
+    stages: dict[str, dict[str, float]]
+    seconds: dict[str, float]
+    available_bytes: float
+    seed_rank: int | None
+    notes: list[str] = field(default_factory=list)
+
+    def peak(self, stage: str) -> float:
+        """The most memory stage `stage` holds at once."""
+        return sum(self.stages[stage].values())
+
+    @property
+    def worst(self) -> tuple[str, float]:
+        """The stage with the highest peak, and that peak."""
+        stage = max(self.stages, key=self.peak)
+        return stage, self.peak(stage)
+
+    @property
+    def fits(self) -> bool:
+        """Whether every stage's peak fits in the memory available."""
+        return self.worst[1] <= self.available_bytes
+
+
+def plan_run(cfg: ScoreConfig, w: Workload, available_bytes: float) -> Plan:
+    """The plan of `gdig score` with these settings on this workload."""
+    capture = 4 * sum(d_in + d_out for d_in, d_out in w.dims.values())  # a and g of one token, float32
+    widest = max((d_in * d_out for d_in, d_out in w.dims.values()), default=0)
+    sq = sum(d_in * d_in + d_out * d_out for d_in, d_out in w.dims.values())
+    rect = sum(d_in * d_out for d_in, d_out in w.dims.values())
+    h = hessian(cfg.hessian)
+    factors = 4 * sum(h.factor_numbers(d_in, d_out) for d_in, d_out in w.dims.values())
+    cand_batches = padded_batches(w.cand_lengths, cfg.batch_size, cfg.token_budget)
+    fit_batches = padded_batches(w.fit_set, cfg.batch_size, cfg.token_budget)
+    base = {"runtime": w.runtime_bytes, "model": w.model_bytes}
+    reuse = _reused_captures(cfg, w, fit_batches, capture, available_bytes - sum(base.values()))
+    rank, seeds = _seed_bytes(cfg, w, available_bytes)
+    batch = _batch(w, max(cand_batches, default=0), capture)
+    stages = {"load": dict(base)}
+    fit = _growing_cache(w, fit_batches, capture) if reuse else _batch(w, max(fit_batches, default=0), capture)
+    if h.eigendecomposes:
+        stages[COVARIANCE_PASS] = base | fit | {"factor sums (float64)": 8 * sq}
+        beyond = reuse + _eigendecomposition_peak(w.dims) - sum(fit.values()) - 8 * sq
+        if beyond > 0:
+            stages[COVARIANCE_PASS]["factors beyond the sums (eigh)"] = beyond
+    if EIGENVALUE_PASS in h.passes:  # replays the kept captures of an earlier pass, or runs the model
+        replay = {"reused captures": reuse} if reuse and h.passes[0] != EIGENVALUE_PASS else fit
+        stages[EIGENVALUE_PASS] = base | replay | {"factors": factors, "eigenvalue sums (float64)": 8 * rect}
+    chunks = max(1, -(-capture * w.seed_tokens // SEED_WORK_BYTES))
+    seed_work = min(SEED_WORK_BYTES, capture * w.seed_tokens) + 3 * 4 * w.n_seeds * widest / chunks
+    seed_batch = _batch(w, max(padded_batches(w.seed_lengths, cfg.batch_size, cfg.token_budget), default=0), capture)
+    scored_from_cache = reuse > 0 and len(w.fit_set) == w.n_candidates  # scoring meets the fit's batches
+    kept = {"reused captures": reuse if scored_from_cache else 0.0, "factors": factors, "seeds": seeds}
+    kept["seeds' index rows"] = 4 * w.n_seeds * cfg.index_dim
+    stages["seeds"] = base | seed_batch | kept | {"seed chunk work": seed_work}
+    scoring = {
+        "per-example gradient (one module)": 4 * cfg.batch_size * widest,
+        "chunk buffers": 4 * cfg.chunk_size * (w.n_seeds + cfg.sketch_dim + 4) + 6 * cfg.chunk_size * cfg.index_dim,
+    }
+    if cfg.index_dim:  # a module's projected rows before they are added up, the batch's sum, the kept hashes
+        scoring["index rows (batch)"] = 2 * 4 * cfg.batch_size * cfg.index_dim
+        scoring["index hashes"] = BYTES_PER_COORDINATE * min(rect, CACHED_COORDINATES)
+    stages["score"] = base | ({} if scored_from_cache else batch) | kept | scoring
+    if cfg.adequacy:  # forward passes only (at most a scoring batch's activations); factors and seeds still held
+        stages["adequacy"] = base | batch | {"factors": factors, "seeds": seeds}
+    stages["finalize"] = base | {
+        "factors": factors,
+        "seeds": seeds,
+        "mean seed direction": 4 * rect,
+        "language identification": DETECTOR_BYTES,
+        "result columns": 64 * w.n_candidates,
+    }
+    notes = [] if w.seconds_per_token else ["no probe (no weights): time not estimated"]
+    seconds = _seconds(cfg, w, sum(cand_batches), sum(fit_batches), reuse > 0, rank)
+    return Plan(stages, seconds, available_bytes, rank, notes)
+
+
+def _batch(w: Workload, tokens: int, capture: float) -> dict[str, float]:
+    return {"activations (one batch)": w.activation_bytes_per_token * tokens, "captures (one batch)": capture * tokens}
+
+
+def _growing_cache(w: Workload, cand_batches: list[int], capture: float) -> dict[str, float]:
+    """The fit pass keeps every batch's captures: its peak is the largest (kept so far + this batch's
+    activations), batches coming longest first."""
+    best, kept = (0.0, 0.0), 0.0
+    for tokens in cand_batches:
+        kept += capture * tokens
+        now = (kept, w.activation_bytes_per_token * tokens)
+        best = max(best, now, key=sum)
+    return {"reused captures (kept so far)": best[0], "activations (one batch)": best[1]}
+
+
+def _reused_captures(cfg: ScoreConfig, w: Workload, fit_batches: list[int], per_token: float, free: float) -> float:
+    """Bytes of the fit pass's captures kept for reuse, by the fit stage's own rules (gdig.engine.memory) with the
+    memory left once the model is loaded (`free`)."""
+    budget = budget_mb(cfg.fit_cache_mb, free / 2**20, 3)
+    by_tokens = cfg.token_budget is not None
+    keep = captures_reusable(cfg.hessian, len(w.fit_set), w.n_candidates) and captures_fit(
+        w.fit_set, per_token, cfg.batch_size, by_tokens, budget
+    )
+    return per_token * sum(fit_batches) if keep else 0.0
+
+
+def _eigendecomposition_peak(dims: dict[str, tuple[int, int]]) -> float:
+    """Bytes held while the factors are made module by module, each module's float64 sums released once its
+    float32 factors exist (gdig.engine.curvature_fit.CovarianceFitter.eigendecompose)."""
+    sums = [8 * (d_in * d_in + d_out * d_out) for d_in, d_out in dims.values()]
+    made = [4 * (d_in * d_in + d_out * d_out + d_in * d_out) for d_in, d_out in dims.values()]
+    peak, left, done = float(sum(sums)), float(sum(sums)), 0.0
+    for s, f in zip(sums, made, strict=True):
+        done += f
+        peak = max(peak, left + done)
+        left -= s
+    return peak
+
+
+def _seed_bytes(cfg: ScoreConfig, w: Workload, available: float) -> tuple[int | None, float]:
+    """The seeds' rank (None: dense) and bytes, by the seed stage's own rule (gdig.engine.memory.seed_rank)."""
+    columns = w.n_columns(cfg.seed_batch)
+    rank = cfg.seed_rank
+    if rank is None:
+        rank = seed_rank(w.dims, columns, budget_mb(cfg.seed_memory_mb, available / 2**20, 4) * 2**20)
+    dense = 4 * columns * sum(d_in * d_out for d_in, d_out in w.dims.values())
+    per_rank = 4 * columns * sum(d_in + d_out for d_in, d_out in w.dims.values())
+    return rank, dense if rank is None else min(dense, per_rank * rank)
+
+
+def _seconds(
+    cfg: ScoreConfig, w: Workload, tokens: int, fit_tokens: int, reused: bool, rank: int | None
+) -> dict[str, float]:
+    """Seconds per stage: the model's passes from the probe's seconds per padded token, plus the per-module
+    algebra of each stage (floating-point operations per token, gdig.planning.plan.module_flops) at the probe's rate,
+    plus the factors' eigendecompositions (about 9 n^3 each, at the probe's eigh rate: on a CPU they, not the
+    passes, were most of a SmolLM2 fit)."""
+    if not w.seconds_per_token:
+        return {}
+    one_pass = w.seconds_per_token * tokens
+    fit_pass = w.seconds_per_token * fit_tokens
+    rate = w.flops_per_second or float("inf")
+    flops = module_flops(cfg, w, rank)
+    out = {}
+    h = hessian(cfg.hessian)
+    if h.eigendecomposes:
+        eigh = sum(9 * (d_in**3 + d_out**3) for d_in, d_out in w.dims.values()) / (w.eigh_flops_per_second or rate)
+        out[COVARIANCE_PASS] = fit_pass + flops["covariance"] * fit_tokens / rate + eigh
+    if EIGENVALUE_PASS in h.passes:
+        replay = 0.1 * fit_pass if reused and h.passes[0] != EIGENVALUE_PASS else fit_pass
+        out[EIGENVALUE_PASS] = replay + flops["rotation"] * fit_tokens / rate
+    seed_math = (flops["rotation"] * w.seed_tokens + flops["factorisation"] * w.n_seeds) / rate
+    out["seeds"] = w.seconds_per_token * w.seed_tokens * 1.5 + seed_math
+    score_pass = 0.3 * one_pass if reused and len(w.fit_set) == w.n_candidates else one_pass
+    per_example = flops["score per example"] * w.n_candidates
+    out["score"] = score_pass + (flops["score per token"] * tokens + per_example) / rate
+    if cfg.adequacy:  # three forward passes of each candidate: about one forward and backward
+        out["adequacy"] = one_pass
+    return out
+
+
+def module_flops(cfg: ScoreConfig, w: Workload, rank: int | None) -> dict[str, float]:
+    """Floating-point operations of the tracked modules' algebra, summed over modules: per token for the
+    covariance sums (a a^T, g g^T), for a rotation into the eigenbasis (EK-FAC's eigenvalue pass, the seeds'
+    preconditioning, a candidate's self-influence), and for scoring against S seed columns (low rank r:
+    2 S r (d_in + d_out) per token; dense: the per-example gradient per token and 2 S d_in d_out per example);
+    per seed, the randomised factorisation at rank r."""
+    columns = w.n_columns(cfg.seed_batch)
+    h = hessian(cfg.hessian)
+    out = dict.fromkeys(["covariance", "rotation", "score per token", "score per example", "factorisation"], 0.0)
+    for d_in, d_out in w.dims.values():
+        out["covariance"] += 2 * (d_in * d_in + d_out * d_out)
+        out["rotation"] += h.rotation_flops(d_in, d_out)
+        if keeps_dense(rank, d_in, d_out):
+            out["score per token"] += 2 * d_in * d_out
+            out["score per example"] += 2 * columns * d_in * d_out
+        else:
+            out["score per token"] += 2 * columns * rank * (d_in + d_out)
+            out["factorisation"] += 12 * d_in * d_out * (rank + 8)  # range finder, 2 power iterations, SVD
+    if cfg.normalize != "none":
+        out["score per token"] += out["rotation"]
+    return out
+
+
+MODULE_PARTS = (
+    "captures (one batch)",
+    "reused captures",
+    "factor sums (float64)",
+    "factors",
+    "eigenvalue sums (float64)",
+    "seeds",
+    "seed chunk work",
+)
+
+
+def advice(plan: Plan, cfg: ScoreConfig) -> list[str]:
+    """What each knob would save at the worst stage, largest first."""
+    stage, _ = plan.worst
+    parts = plan.stages[stage]
+    batch = parts.get("activations (one batch)", 0) + parts.get("captures (one batch)", 0)
+    per_module = sum(parts.get(k, 0) for k in MODULE_PARTS)
+    tips = [
+        (
+            per_module / 2,
+            "--modules tracking half of the layers: captures, factors and seeds scale with the tracked modules' sizes",
+        ),
+        (
+            batch / 2,
+            f"--batch-size {max(1, cfg.batch_size // 2)} (or a --token-budget): halves one batch's "
+            "activations and captures",
+        ),
+        (
+            parts.get("seeds", 0) * 0.75,
+            "--seed-rank (a quarter of the current rank) or a smaller "
+            "--seed-memory-mb: seeds at a quarter of their size",
+        ),
+        (
+            max(parts.get("reused captures", 0), parts.get("reused captures (kept so far)", 0)),
+            "--fit-cache-mb 0: recompute captures instead of keeping them",
+        ),
+    ]
+    if cfg.dtype == "float32":
+        tips.append((parts.get("model", 0) / 2, "--dtype bfloat16 (on a GPU): halves the model and its activations"))
+    return [f"{text}: saves about {_fmt(saved)}" for saved, text in sorted(tips, reverse=True) if saved > 0]
+
+
+def format_plan(plan: Plan) -> str:
+    """The plan as a table a person reads: one line per stage and its parts, then time and the verdict."""
+    lines = [f"memory available: {_fmt(plan.available_bytes)}"]
+    for stage, parts in plan.stages.items():
+        secs = plan.seconds.get(stage)
+        when = f", about {secs:,.0f} s" if secs is not None else ""
+        lines.append(f"{stage:15s} {_fmt(plan.peak(stage)):>10s}{when}")
+        lines += [f"    {name:34s} {_fmt(b):>10s}" for name, b in parts.items() if b > 0]
+    seeds = "dense" if plan.seed_rank is None else f"rank {plan.seed_rank}"
+    stage, peak = plan.worst
+    verdict = "fits" if plan.fits else "DOES NOT FIT"
+    lines.append(f"seeds kept {seeds}; peak {_fmt(peak)} at {stage}: {verdict}")
+    return "\n".join(lines + [f"note: {n}" for n in plan.notes])
+
+
+def plan_report(plan: Plan, cfg: ScoreConfig) -> str:
+    """The plan's table and, when it does not fit, what each knob would save: what --plan prints."""
+    tips = "" if plan.fits else "\nto fit, try:\n  " + "\n  ".join(advice(plan, cfg))
+    return format_plan(plan) + tips
+
+
+def _fmt(n: float) -> str:
+    return f"{n / GiB:.2f} GiB" if n >= GiB / 10 else f"{n / 2**20:.1f} MiB"

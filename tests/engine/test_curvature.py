@@ -1,0 +1,123 @@
+"""K-FAC / EK-FAC per layer against explicit float64 statistics (as Bergson's ground-truth tests): the factors A
+and G, EK-FAC's eigenvalue correction and the damped inverse of each tracked module; the same factors for any
+batch size; a resumed fit equals an uninterrupted one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from gdig.cancel import Cancelled
+from gdig.engine.curvature_fit import fit_curvature
+from gdig.engine.hooks import GradientCapture, make_batches
+from gdig.rundir.checkpoint import FitCheckpoint
+from reference import autograd_gradients, dense_inverse, tiny_layer_setup, token_statistics
+
+
+@pytest.fixture(scope="module")
+def setup(tokenizer, tmp_path_factory):
+    model, tracked, toks = tiny_layer_setup(tokenizer, tmp_path_factory.mktemp("curvature"), n=12, seed=5)
+    return model, tracked, toks, token_statistics(model, tracked, toks), autograd_gradients(model, tracked, toks)
+
+
+def fit(model, tracked, toks, kind, batch_size, pad_id=0, checkpoint=None, stop_after=None):
+    batches = list(make_batches(toks, range(len(toks)), pad_id, batch_size))
+
+    def passes(stage, mine, restored):
+        with GradientCapture(model, tracked) as capture:
+            for b in mine:
+                if stop_after is not None and stage == "fit_eigen" and b == stop_after:
+                    raise Cancelled("test")
+                yield b, capture.run(batches[b])
+
+    dims = {t.name: (t.d_in, t.d_out) for t in tracked}
+    costs = [b.input_ids.numel() for b in batches]
+    return fit_curvature(kind, dims, passes, costs, torch.device("cpu"), checkpoint)
+
+
+def rel(a, b) -> float:
+    return float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b))
+
+
+@pytest.mark.parametrize("kind", ["kfac", "ekfac"])
+def test_each_layers_factors_equal_the_explicit_statistics(setup, kind):
+    model, tracked, toks, stats, grads = setup
+    cur = fit(model, tracked, toks, kind, batch_size=3)
+    assert cur.n_examples == len(toks)
+    for t in tracked:
+        f = cur.modules[t.name]
+        a_ref = sum(s[t.name][0].T @ s[t.name][0] for s in stats) / sum(s[t.name][0].shape[0] for s in stats)
+        g_ref = sum(s[t.name][1].T @ s[t.name][1] for s in stats) / len(stats)
+        q_a, q_g = f.q_a.double().numpy(), f.q_g.double().numpy()
+        assert rel(q_a @ np.diag(f.e_a.double().numpy()) @ q_a.T, a_ref) < 1e-5, t.name
+        assert rel(q_g @ np.diag(f.e_g.double().numpy()) @ q_g.T, g_ref) < 1e-5, t.name
+        if kind == "kfac":
+            expected = np.outer(f.e_g.double().numpy(), f.e_a.double().numpy())
+        else:  # EK-FAC: mean squared per-example gradient in the Kronecker eigenbasis
+            expected = (np.einsum("ko,nkl,lj->noj", q_g, grads[t.name], q_a) ** 2).mean(0)
+        assert rel(f.lam.double().numpy(), expected) < 1e-4, t.name
+
+
+def test_the_diagonals_eigenvalues_are_each_weights_mean_squared_gradient(setup):
+    model, tracked, toks, _, grads = setup
+    cur = fit(model, tracked, toks, "diagonal", batch_size=5)
+    assert cur.n_examples == len(toks)
+    for t in tracked:
+        f = cur.modules[t.name]
+        assert f.q_a is None and f.q_g is None  # the identity basis: nothing but Lambda is stored
+        assert rel(f.lam.double().numpy(), (grads[t.name] ** 2).mean(0)) < 1e-4, t.name
+
+
+@pytest.mark.parametrize("kind", ["kfac", "ekfac", "diagonal"])
+def test_each_layers_damped_inverse_equals_the_dense_one(setup, kind):
+    model, tracked, toks, stats, grads = setup
+    cur = fit(model, tracked, toks, kind, batch_size=4)
+    for t in tracked:
+        v = grads[t.name][:2]  # two gradients, (2, d_out, d_in)
+        damping = cur.damping(t.name, None, 0.1)
+        got = cur.precondition(t.name, torch.tensor(v, dtype=torch.float32), damping).double().numpy()
+        dense = dense_inverse(stats, grads[t.name], t.name, kind, None, 0.1)
+        expected = np.stack([(dense @ x.reshape(-1)).reshape(x.shape) for x in v])
+        assert rel(got, expected) < 1e-4, t.name
+        self_inf = cur.self_influence(t.name, torch.tensor(v, dtype=torch.float32), damping).double().numpy()
+        assert np.allclose(self_inf, (v * expected).sum((1, 2)), rtol=1e-4), t.name
+
+
+def test_factors_do_not_depend_on_the_batch_size(setup):
+    model, tracked, toks, _, _ = setup
+    one, many = fit(model, tracked, toks, "ekfac", batch_size=1), fit(model, tracked, toks, "ekfac", batch_size=5)
+    for t in tracked:
+        a, b = one.modules[t.name], many.modules[t.name]
+        assert torch.allclose(a.e_a, b.e_a, rtol=1e-4, atol=1e-7) and torch.allclose(a.e_g, b.e_g, rtol=1e-4, atol=1e-9)
+        assert rel(b.lam.double().numpy(), a.lam.double().numpy()) < 1e-4
+
+
+def test_a_cancelled_fit_resumes_to_the_same_factors_bit_for_bit(setup, tmp_path):
+    model, tracked, toks, _, _ = setup
+    whole = fit(model, tracked, toks, "ekfac", batch_size=2)
+    checkpoint = FitCheckpoint(tmp_path, "fp", every_seconds=0.0)
+    with pytest.raises(Cancelled):
+        fit(model, tracked, toks, "ekfac", batch_size=2, checkpoint=checkpoint, stop_after=3)
+    resumed = fit(model, tracked, toks, "ekfac", batch_size=2, checkpoint=FitCheckpoint(tmp_path, "fp"))
+    for t in tracked:
+        assert torch.equal(whole.modules[t.name].lam, resumed.modules[t.name].lam)
+        assert torch.equal(whole.modules[t.name].q_a, resumed.modules[t.name].q_a)
+
+
+def test_eigendecomposing_with_release_frees_the_sums_and_gives_the_same_factors(setup):
+    from gdig.engine.curvature_fit import CovarianceFitter
+
+    model, tracked, toks, _, _ = setup
+    dims = {t.name: (t.d_in, t.d_out) for t in tracked}
+    fitters = [CovarianceFitter(dims, torch.device("cpu")) for _ in range(2)]
+    with GradientCapture(model, tracked) as capture:
+        for batch in make_batches(toks, range(len(toks)), 0, 4):
+            cap = capture.run(batch)
+            for fitter in fitters:
+                fitter.update(cap)
+    kept, released = fitters[0].eigendecompose("kfac"), fitters[1].eigendecompose("kfac", release=True)
+    assert len(fitters[0].a) == len(dims) and not fitters[1].a and not fitters[1].g  # the float64 sums are gone
+    for name in dims:
+        assert torch.equal(kept.modules[name].lam, released.modules[name].lam)
+        assert torch.equal(kept.modules[name].q_g, released.modules[name].q_g)

@@ -1,0 +1,217 @@
+"""Run directory behaviour: chunked resume gives identical results, factors are reused, status is kept."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from gdig.cancel import Cancelled
+from gdig.config import ScoreConfig
+from gdig.pipeline.run import score
+from gdig.rundir.layout import PARTIAL
+from gdig.rundir.status import read_status
+
+
+def _cfg(tmp_path, files, name, **kw):
+    cands, seeds = files
+    return ScoreConfig(
+        model="m", candidates=str(cands), seeds=str(seeds), out=str(tmp_path / name), **({"umap": False} | kw)
+    )
+
+
+def test_killed_run_resumes_from_its_last_chunk_with_identical_results(tmp_path, tokenizer, data_files):
+    from gdig.demo.tiny import build_tiny_model
+
+    model = build_tiny_model("llama", tokenizer, hidden=16, ffn=32, heads=2)
+    full = score(_cfg(tmp_path, data_files, "full", chunk_size=5), model=model, tokenizer=tokenizer)
+
+    def kill_after_two_chunks(state):
+        if state["stage"] == "score" and state["done"] >= 12:
+            raise KeyboardInterrupt
+
+    cfg = _cfg(tmp_path, data_files, "killed", chunk_size=5)
+    with pytest.raises(KeyboardInterrupt):
+        score(cfg, model=model, tokenizer=tokenizer, on_progress=kill_after_two_chunks)
+    run = tmp_path / "killed"
+    chunks = sorted((run / PARTIAL).glob("chunk_*.npz"))
+    assert len(chunks) == 2 and not (run / "influence.npy").exists()
+    assert read_status(run)["error"] == "cancelled"
+    assert not json.loads((run / "config.json").read_text())["finished"]
+
+    seen = []
+    score(cfg, resume=True, model=model, tokenizer=tokenizer, on_progress=seen.append)
+    first_score = next(s for s in seen if s["stage"] == "score")
+    assert first_score["done"] == 10  # two chunks of 5 were kept, at most the third was lost
+    assert not any(s["stage"].startswith("fit") for s in seen)  # factors were reused
+    for name in ("influence.npy", "sketch.npy"):
+        np.testing.assert_array_equal(np.load(run / name), np.load(full / name))
+    assert not (run / PARTIAL).exists() and read_status(run)["stage"] == "done"
+
+
+def test_factors_are_reused_by_a_sibling_run_with_the_same_fingerprint(tmp_path, tokenizer, data_files):
+    from gdig.demo.tiny import build_tiny_model
+
+    model = build_tiny_model("llama", tokenizer, hidden=16, ffn=32, heads=2)
+    score(_cfg(tmp_path, data_files, "a", damping=1e-3), model=model, tokenizer=tokenizer)
+    seen = []
+    b = score(_cfg(tmp_path, data_files, "b", damping=1e-2), model=model, tokenizer=tokenizer, on_progress=seen.append)
+    assert not any(s["stage"].startswith("fit") for s in seen)
+    assert json.loads((b / "config.json").read_text())["timings"]["factors_reused"] == 1.0
+    seen.clear()
+    score(_cfg(tmp_path, data_files, "c", fit_examples=10), model=model, tokenizer=tokenizer, on_progress=seen.append)
+    assert any(s["stage"] == "fit_covariance" and s["total"] == 10 for s in seen)  # other fit set: refitted
+
+
+def test_cancel_file_stops_the_run_and_is_recorded(tmp_path, tokenizer, data_files, llama_dir):
+    cfg = _cfg(tmp_path, data_files, "c")
+    cfg.model = str(llama_dir)
+
+    def cancel(state):
+        if state["stage"] == "seeds":
+            (tmp_path / "c" / "cancel").touch()
+
+    with pytest.raises(Cancelled):
+        score(cfg, on_progress=cancel)
+    assert read_status(tmp_path / "c")["error"] == "cancelled"
+    score(cfg, resume=True)  # from a terminal, after the app's Cancel: the old request is not this job's
+    assert read_status(tmp_path / "c")["stage"] == "done" and not (tmp_path / "c" / "cancel").exists()
+
+
+def test_fit_subset_and_token_budget(tmp_path, tokenizer, data_files, llama_dir):
+    cfg = _cfg(tmp_path, data_files, "s", fit_examples=8, token_budget=200, hessian="kfac")
+    cfg.model = str(llama_dir)
+    out = score(cfg)
+    conf = json.loads((out / "config.json").read_text())
+    assert conf["factors"]["n_examples"] == 8
+    assert np.load(out / "influence.npy").shape == (24, 5)
+
+
+def test_fit_captures_are_reused_exactly(tmp_path, tokenizer, data_files):
+    """The fit cache changes time only: same factors and scores, two model passes fewer (EK-FAC's second pass
+    and scoring reuse the first pass's captures; separate folders, so that factors are not reused from a sibling)."""
+    from safetensors.numpy import load_file
+
+    from gdig.demo.tiny import build_tiny_model
+
+    model = build_tiny_model("llama", tokenizer, hidden=16, ffn=32, heads=2)
+    calls = []
+    model.model.layers[0].register_forward_hook(lambda *_: calls.append(1))
+    runs, n_forward = {}, {}
+    for name, mb in (("recompute", 0), ("cached", 64)):
+        calls.clear()
+        runs[name] = score(
+            _cfg(tmp_path / name, data_files, "run", fit_cache_mb=mb, batch_size=4), model=model, tokenizer=tokenizer
+        )
+        n_forward[name] = len(calls)
+    n_candidates = len(data_files[0].read_text().splitlines())
+    assert n_forward["recompute"] - n_forward["cached"] == 2 * -(-n_candidates // 4)  # two passes, batches of 4
+    a, b = (load_file(str(runs[n] / "factors.safetensors")) for n in ("recompute", "cached"))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    np.testing.assert_array_equal(
+        np.load(runs["recompute"] / "influence.npy"), np.load(runs["cached"] / "influence.npy")
+    )
+    with pytest.raises(ValueError, match="fit-cache-mb"):
+        _cfg(tmp_path, data_files, "bad", fit_cache_mb=-1)
+
+
+@pytest.mark.parametrize(("stage", "cache_mb"), [("fit_covariance", 0), ("fit_eigen", 0), ("fit_covariance", 64)])
+def test_cancelled_fit_resumes_where_it_stopped_with_identical_factors(
+    tmp_path, tokenizer, data_files, stage, cache_mb
+):
+    """A fit cancelled mid-pass keeps its partial sums; --resume restores them, skips the batches they cover
+    and ends with the same factors and scores bit for bit as an uninterrupted run."""
+    from gdig.demo.tiny import build_tiny_model
+
+    model = build_tiny_model("llama", tokenizer, hidden=16, ffn=32, heads=2)
+    kw = {"batch_size": 4, "fit_cache_mb": cache_mb, "checkpoint_seconds": 3600}
+    full = score(_cfg(tmp_path / "full", data_files, "run", **kw), model=model, tokenizer=tokenizer)
+    cfg = _cfg(tmp_path / "cut", data_files, "run", **kw)
+    run = tmp_path / "cut" / "run"
+
+    def cancel_mid_pass(state):
+        if state["stage"] == stage and state["done"] >= 12:
+            (run / "cancel").touch()
+
+    with pytest.raises(Cancelled):
+        score(cfg, model=model, tokenizer=tokenizer, on_progress=cancel_mid_pass)
+    (run / "cancel").unlink()
+    assert (run / PARTIAL / f"{stage}.safetensors").exists() and not (run / "factors.safetensors").exists()
+    seen = []
+    score(cfg, resume=True, model=model, tokenizer=tokenizer, on_progress=seen.append)
+    first = next(s for s in seen if s["stage"] == stage)
+    assert first["done"] == 12  # continued after the three batches of 4 it had summed
+    if stage == "fit_eigen":
+        assert next(s for s in seen if s["stage"] == "fit_covariance")["done"] == 24  # the first pass was kept
+    for name in ("factors.safetensors", "influence.npy", "sketch.npy"):
+        assert (run / name).read_bytes() == (full / name).read_bytes() or name == "factors.safetensors"
+    from safetensors.numpy import load_file
+
+    a, b = load_file(str(run / "factors.safetensors")), load_file(str(full / "factors.safetensors"))
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("bad_line", ['{"src_text": "Hallo"', '{"src_text": "Hallo"}'])
+def test_a_bad_data_line_is_reported_before_the_model_loads_and_leaves_no_run_folder(
+    tmp_path, data_files, llama_dir, monkeypatch, bad_line
+):
+    """A malformed line or a missing field: the file and line named at once, no model loaded, no folder."""
+    import gdig.pipeline.context
+
+    cands, seeds = data_files
+    seeds.write_text(seeds.read_text("utf-8") + bad_line + "\n", "utf-8")
+    loaded = []
+    monkeypatch.setattr(gdig.pipeline.context, "load_model", lambda *a, **k: loaded.append(1))
+    cfg = dataclasses.replace(_cfg(tmp_path, data_files, "run"), model=str(llama_dir))
+    n_lines = len(seeds.read_text("utf-8").splitlines())
+    with pytest.raises(ValueError, match=rf"{seeds.name}:{n_lines}: "):
+        score(cfg)
+    assert not loaded and not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_in_the_fit_keeps_its_sums_like_cancel_and_resume_continues_from_them(tmp_path, tokenizer, data_files):
+    """The first SIGINT asks the job to stop between batches (gdig.rundir.status.interrupt_cancels, around the
+    CLI's score): the fit's partial sums are saved, the request is removed, --resume continues from them."""
+    import os
+    import signal
+
+    from gdig.demo.tiny import build_tiny_model
+    from gdig.rundir.status import interrupt_cancels
+
+    model = build_tiny_model("llama", tokenizer, hidden=16, ffn=32, heads=2)
+    cfg = _cfg(tmp_path, data_files, "run", batch_size=4, checkpoint_seconds=3600)
+    run, sent = tmp_path / "run", []
+
+    def ctrl_c(state):
+        if state["stage"] == "fit_covariance" and state["done"] >= 12 and not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    outside = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (CI may ignore SIGINT)
+    try:
+        with interrupt_cancels(run), pytest.raises(Cancelled):
+            score(cfg, model=model, tokenizer=tokenizer, on_progress=ctrl_c)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back
+    finally:
+        signal.signal(signal.SIGINT, outside)
+    assert sent and not (run / "cancel").exists()
+    assert (run / PARTIAL / "fit_covariance.safetensors").exists()
+    seen = []
+    score(cfg, resume=True, model=model, tokenizer=tokenizer, on_progress=seen.append)
+    assert next(s for s in seen if s["stage"] == "fit_covariance")["done"] == 12
+
+
+def test_the_cli_reports_a_stopped_job_without_a_traceback(monkeypatch, capsys, tmp_path, data_files):
+    import gdig.pipeline.run
+    from gdig.__main__ import main
+
+    def stopped(*a, **k):
+        raise Cancelled("cancelled by the user")
+
+    monkeypatch.setattr(gdig.pipeline.run, "score", stopped)
+    cands, seeds = data_files
+    args = ["score", "--model", "m", "--candidates", str(cands), "--seeds", str(seeds), "--out", str(tmp_path / "r")]
+    assert main([*args, "--quiet"]) == 130
+    assert "--resume goes on" in capsys.readouterr().err

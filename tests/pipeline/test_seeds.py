@@ -1,0 +1,98 @@
+"""Seeds are never held dense: built one (module, chunk) at a time, kept at the rank a memory budget allows,
+their truncation error measured; at full rank, the same seeds as preconditioning all of them at once."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_influence import rel_err, run
+
+from gdig.engine.curvature import Curvature
+from gdig.engine.influence import SeedBuilder, low_rank, precondition_seeds
+
+
+def test_chunked_building_equals_all_at_once_bit_for_bit():
+    gen = torch.Generator().manual_seed(0)
+    grads = {"a": torch.randn(7, 5, 4, generator=gen), "b": torch.randn(7, 3, 6, generator=gen)}
+    cur = Curvature("identity")
+    whole = precondition_seeds(grads, cur, {"a": 0.0, "b": 0.0})
+    builder = SeedBuilder({"a": (4, 5), "b": (6, 3)}, 7, cur, {"a": 0.0, "b": 0.0}, {"a": None, "b": None})
+    for start, stop in ((0, 3), (3, 7)):
+        for name, g in grads.items():
+            builder.add(name, start, g[start:stop])
+    chunked = builder.finish()
+    assert torch.equal(chunked.dense["a"], whole.dense["a"]) and torch.equal(chunked.dense["b"], whole.dense["b"])
+    assert torch.allclose(chunked.self_influence, whole.self_influence, rtol=1e-6)
+
+
+def test_randomised_low_rank_is_as_good_as_the_exact_one_and_its_error_is_exact():
+    gen = torch.Generator().manual_seed(1)
+    u, v = torch.randn(3, 300, 8, generator=gen), torch.randn(3, 8, 200, generator=gen)
+    m = (u @ v + 0.05 * torch.randn(3, 300, 200, generator=gen)).double()  # rank 8 plus noise
+    us, s, w = low_rank(m, 8)
+    assert us.shape == (3, 300, 8) and s.shape == (3, 8) and w.shape == (3, 200, 8)
+    approx = (us * s[..., None, :]) @ w.transpose(-2, -1)
+    best = torch.linalg.svdvals(m)
+    optimal = (best[..., 8:] ** 2).sum(-1).sqrt()
+    got = torch.linalg.norm(m - approx, dim=(-2, -1))
+    assert torch.all(got <= 1.001 * optimal)  # as good as the exact truncation
+    claimed = ((m**2).sum((-2, -1)) - (s**2).sum(-1)).sqrt()
+    assert torch.allclose(claimed, got, rtol=1e-6)  # the error recorded is the error made
+    assert torch.equal(low_rank(m, 8)[1], s)  # reproducible
+    full = low_rank(m[:, :20, :12], 12)  # the whole space: exact
+    assert torch.allclose((full[0] * full[1][..., None, :]) @ full[2].transpose(-2, -1), m[:, :20, :12])
+
+
+def test_seeds_fit_the_budget_dense_and_chunking_changes_nothing(tmp_path, model, tokenizer, data_files, monkeypatch):
+    from gdig.pipeline import stages
+
+    dense, _ = run(tmp_path, model, tokenizer, data_files, name="dense", damping=1e-3)
+    same, out = run(tmp_path, model, tokenizer, data_files, name="fits", damping=1e-3, seed_memory_mb=1)
+    assert np.array_equal(same, dense)  # 5 seeds of a tiny model fit in 1 MiB: dense, exact
+    assert json.loads((out / "config.json").read_text())["seed_rank_kept"] is None
+    monkeypatch.setattr(stages, "SEED_WORK_BYTES", 1)  # one seed per chunk
+    chunked, _ = run(tmp_path, model, tokenizer, data_files, name="chunked", damping=1e-3)
+    assert rel_err(chunked, dense) < 1e-6
+
+
+@pytest.mark.parametrize(("budget_mb", "expected"), [(1000, None), (1, 2), (0.01, 1)])
+def test_seed_ranks_follow_the_budget(budget_mb, expected):
+    from types import SimpleNamespace
+
+    from gdig.engine.distributed import SINGLE
+    from gdig.pipeline.stages import seed_ranks
+
+    dims = {"m1": (64, 128), "m2": (128, 64)}  # dense: 2 * 8192 * 4 bytes per seed = 64 KiB
+    cfg = SimpleNamespace(seed_rank=None, seed_memory_mb=budget_mb)
+    ctx = SimpleNamespace(cfg=cfg, dims=dims, device=torch.device("cpu"), world=SINGLE)
+    ranks = seed_ranks(ctx, n_columns=256)  # dense 16 MiB; rank r costs 256 * 2 * 192 * 4 * r bytes = 384 KiB * r
+    assert ranks == dict.fromkeys(dims, expected)
+
+
+@pytest.mark.parametrize(("seed_batch", "rank"), [(1, None), (2, None), (1, 15), (2, 15), (1, 3), (2, 3)])
+def test_seeds_from_tokens_equal_preconditioning_the_whole_gradient(
+    tmp_path, model, tokenizer, data_files, monkeypatch, seed_batch, rank
+):
+    settings = {"damping": 1e-3, "seed_rank": rank, "seed_batch": seed_batch, "hessian": "ekfac"}
+    tokens, out = run(tmp_path, model, tokenizer, data_files, name="tokens", **settings)
+    monkeypatch.setattr(SeedBuilder, "takes_tokens", lambda self, name: False)  # the dense-gradient route
+    whole, _ = run(tmp_path, model, tokenizer, data_files, name="whole", **settings)
+    assert rel_err(tokens, whole) < (1e-3 if rank == 3 else 1e-5)
+    errors = json.loads((out / "config.json").read_text())["seed_lowrank_error"]
+    assert (not errors) if rank is None else (errors and all(0 < e["max"] < 1 for e in errors.values()))
+
+
+def test_the_mean_seed_direction_weights_each_low_rank_seed_by_its_norm():
+    from gdig.engine.influence import SeedGradients, mean_seed_direction
+
+    gen = torch.Generator().manual_seed(0)
+    left, right = torch.randn(5, 6, 2, generator=gen), torch.randn(5, 4, 2, generator=gen)
+    self_inf = torch.rand(5, generator=gen) + 0.5
+    seeds = SeedGradients(left={"m": left}, right={"m": right}, self_influence=self_inf)
+    expected = sum(left[s] @ right[s].T / self_inf[s].sqrt() for s in range(5)) / 5
+    assert torch.allclose(mean_seed_direction(seeds, "unit")["m"], expected, atol=1e-5)
+    plain = sum(left[s] @ right[s].T for s in range(5)) / 5
+    assert torch.allclose(mean_seed_direction(seeds, "none")["m"], plain, atol=1e-5)
