@@ -210,6 +210,10 @@ class ScoreConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ScoreConfig:
-        """Settings saved by to_dict (unknown keys from other versions are ignored)."""
+        """Settings saved by to_dict (unknown keys from other versions are ignored, the data settings' too)."""
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        kept = {k: v for k, v in d.items() if k in known}
+        if isinstance(kept.get("data"), dict):
+            data_fields = {f.name for f in dataclasses.fields(DataConfig)}
+            kept["data"] = DataConfig(**{k: v for k, v in kept["data"].items() if k in data_fields})
+        return cls(**kept)

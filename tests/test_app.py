@@ -652,7 +652,10 @@ def test_each_page_applies_the_rule_once_per_setting(app, runs, monkeypatch):
     assert len(calls) == 1, calls  # the K check, the selection and the counts share one application of the rule
     at.number_input(key="w_budget").set_value(5).run()
     at.number_input(key="w_seed").set_value(3).run()
-    assert not at.exception and len(calls) == 2  # the budget only resamples; a new seed is a new setting
+    assert not at.exception and len(calls) == 1  # the budget and the seed only cluster and resample
     at.switch_page("app_pages/clusters.py").run()
     at.switch_page("app_pages/explore.py").run()
-    assert not at.exception and len(calls) == 2
+    assert not at.exception and len(calls) == 1
+    at.switch_page("app_pages/influence.py").run()
+    at.number_input(key="w_min_mean").set_value(-124.0).run()
+    assert not at.exception and len(calls) == 2  # a new rule is applied once

@@ -49,9 +49,14 @@ class Curvature:
         """Whether the approximation fits anything (false: plain gradient dot products)."""
         return hessian(self.kind).fitted
 
+    def _factors(self, name: str) -> ModuleFactors | None:
+        """Module `name`'s factors; None without curvature. A fitted curvature that lacks the module is an error
+        (KeyError), never a silent identity."""
+        return self.modules[name] if self.preconditions else None
+
     def damping(self, name: str, absolute: float | None, relative: float | None) -> float:
         """lambda for a module: absolute, or relative * mean(Lambda); 0 without curvature."""
-        if name not in self.modules:
+        if self._factors(name) is None:
             return 0.0
         if absolute is not None:
             return float(absolute)
@@ -59,7 +64,7 @@ class Curvature:
 
     def precondition(self, name: str, v: torch.Tensor, damping: float) -> torch.Tensor:
         """(F + lambda)^-1 v for gradients v of shape (..., d_out, d_in)."""
-        if name not in self.modules:
+        if self._factors(name) is None:
             return v
         rot = self.rotate(name, v) / (self.modules[name].lam.to(v.device) + damping)
         return self.rotate_back(name, rot)
@@ -83,14 +88,14 @@ class Curvature:
 
     def rotate_back(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """Q_G X Q_A^T: from the eigenbasis back to the weights' coordinates."""
-        f = self.modules.get(name)
+        f = self._factors(name)
         if f is None or f.q_g is None:
             return x
         return f.q_g.to(x.device) @ x @ f.q_a.T.to(x.device)
 
     def rotate_back_factors(self, name: str, left: torch.Tensor, right: torch.Tensor):
         """(Q_G L, Q_A R): a low-rank X = L R^T rotated back through its factors, Q_G X Q_A^T = (Q_G L)(Q_A R)^T."""
-        f = self.modules.get(name)
+        f = self._factors(name)
         if f is None or f.q_g is None:
             return left, right
         return f.q_g.to(left.device) @ left, f.q_a.to(right.device) @ right
@@ -102,7 +107,7 @@ class Curvature:
 
     def rotated_gradient(self, name: str, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         """Q_G^T G Q_A per example, by whichever route is cheaper (tokens first, or the dense gradient)."""
-        f = self.modules.get(name)
+        f = self._factors(name)
         if f is not None and f.q_g is not None and tokens_cheaper(a.shape[1], a.shape[-1], g.shape[-1]):
             return self.rotate_tokens(name, a, g)
         return self.rotate(name, per_example_gradient(a, g)) if f is not None else per_example_gradient(a, g)
@@ -111,14 +116,14 @@ class Curvature:
         """(F + lambda)^(-1/2) v in the module's eigenbasis, (Q_G^T v Q_A) / sqrt(Lambda + lambda), for gradients
         (..., d_out, d_in): two whitened gradients' dot product is their raw influence (DESIGN: the index). With no
         curvature, the gradient itself."""
-        if name not in self.modules:
+        if self._factors(name) is None:
             return v
         return self.rotate(name, v) / (self.modules[name].lam.to(v.device) + damping).sqrt()
 
     def unwhiten(self, name: str, w: torch.Tensor, damping: float) -> torch.Tensor:
         """(F + lambda)^(-1/2) applied once more to a whitened gradient and rotated back: its preconditioned
         gradient."""
-        if name not in self.modules:
+        if self._factors(name) is None:
             return w
         return self.rotate_back(name, w / (self.modules[name].lam.to(w.device) + damping).sqrt())
 
@@ -126,13 +131,13 @@ class Curvature:
         """`whiten` of G = sum_t g_t a_t^T per example, from the tokens (B, T, d_in), (B, T, d_out), rotated by the
         cheaper route."""
         rot = self.rotated_gradient(name, a, g)
-        if name not in self.modules:
+        if self._factors(name) is None:
             return rot
         return rot / (self.modules[name].lam.to(rot.device) + damping).sqrt()
 
     def self_influence(self, name: str, v: torch.Tensor, damping: float) -> torch.Tensor:
         """<v, (F + lambda)^-1 v> for a batch of gradients (..., d_out, d_in)."""
-        if name not in self.modules:
+        if self._factors(name) is None:
             return (v * v).sum((-2, -1))
         rot = self.rotate(name, v)
         return (rot * rot / (self.modules[name].lam.to(v.device) + damping)).sum((-2, -1))
@@ -140,7 +145,7 @@ class Curvature:
     def self_influence_tokens(self, name: str, a: torch.Tensor, g: torch.Tensor, damping: float) -> torch.Tensor:
         """<G, (F + lambda)^-1 G> per example for G = sum_t g_t a_t^T, from the tokens (B, T, d_in), (B, T, d_out):
         the rotation is applied to the tokens when that is cheaper than to the dense gradient."""
-        if name not in self.modules:
+        if self._factors(name) is None:
             return self.self_influence(name, per_example_gradient(a, g), damping)
         rot = self.rotated_gradient(name, a, g)
         return (rot * rot / (self.modules[name].lam.to(rot.device) + damping)).sum((-2, -1))

@@ -69,7 +69,7 @@ def fit_stage(ctx: ScoreContext, run_dir: Path, status: Status) -> Curvature:
 
     batching = [ctx.cfg.batch_size, ctx.cfg.token_budget]
     checkpoint = FitCheckpoint(
-        partial_dir(run_dir), short_hash([fp, batching, "v2"]), ctx.cfg.checkpoint_seconds, ctx.world.rank
+        partial_dir(run_dir), short_hash([fp, batching, "v2"]), ctx.cfg.checkpoint_seconds, rank=ctx.world.rank
     )
     cur = fit_curvature(ctx.cfg.hessian, ctx.dims, passes, costs, ctx.device, checkpoint, ctx.world, status.refresh)
     if ctx.world.is_main:

@@ -14,7 +14,7 @@ from gdig.engine.hooks import padded_batches
 from gdig.engine.index import BYTES_PER_COORDINATE, CACHED_COORDINATES
 from gdig.engine.memory import SEED_WORK_BYTES, budget_mb, captures_fit, captures_reusable, keeps_dense, seed_rank
 from gdig.hessians import hessian
-from gdig.hessians.base import COVARIANCE_PASS, EIGENVALUE_PASS
+from gdig.hessians.base import COVARIANCE_PASS, EIGENVALUE_PASS, IDENTITY
 from gdig.selection.signals import DETECTOR_BYTES
 
 GiB = 2**30
@@ -111,6 +111,8 @@ def plan_run(cfg: ScoreConfig, w: Workload, available_bytes: float) -> Plan:
     if EIGENVALUE_PASS in h.passes:  # replays the kept captures of an earlier pass, or runs the model
         replay = {"reused captures": reuse} if reuse and h.passes[0] != EIGENVALUE_PASS else fit
         stages[EIGENVALUE_PASS] = base | replay | {"factors": factors, "eigenvalue sums (float64)": 8 * rect}
+        if h.basis == IDENTITY:  # no rotation by tokens: each module's per-example gradient, and its square
+            stages[EIGENVALUE_PASS]["per-example gradient and its square (one module)"] = 8 * cfg.batch_size * widest
     chunks = max(1, -(-capture * w.seed_tokens // SEED_WORK_BYTES))
     seed_work = min(SEED_WORK_BYTES, capture * w.seed_tokens) + 3 * 4 * w.n_seeds * widest / chunks
     seed_batch = _batch(w, max(padded_batches(w.seed_lengths, cfg.batch_size, cfg.token_budget), default=0), capture)

@@ -19,7 +19,7 @@ class FitCheckpoint:
     cancelled, and when a pass that another builds on completes. A resumed pass restores them and skips those
     batches; in one process it ends with the same sums bit for bit as an uninterrupted one."""
 
-    def __init__(self, folder: str | Path, fingerprint: str, every_seconds: float = 60.0, rank: int = 0):
+    def __init__(self, folder: str | Path, fingerprint: str, every_seconds: float = 60.0, *, rank: int):
         self.folder, self.fingerprint, self.every, self.rank = Path(folder), fingerprint, every_seconds, rank
         self._last = time.time()
 

