@@ -3,7 +3,7 @@ help it most and hurt it most, from the run's gradient index; a click opens one 
 
 import streamlit as st
 
-from app_pages.common import clamp_clusters, current_run, current_selection, guard, open_in_explore, selection_config
+from app_pages.common import current_run, current_selection, guard, open_in_explore
 from app_pages.index_common import index_or_hint, run_model
 from gdig.pipeline.query import answer_table, ask, pair_example
 from gdig.selection.decisions import cluster_names
@@ -37,9 +37,7 @@ with guard():
     held = st.session_state.get("ask_answer")
     if held and held[0] == str(run.path):
         answer = held[1]
-        cfg = selection_config(run)
-        clamp_clusters(run, cfg, stop_when_empty=False)
-        sel = current_selection(run, cfg)
+        cfg, sel = current_selection(run, stop_when_empty=False)
         labels = cluster_names(sel.labels)
         st.metric("Loss of the pair under the run's model", f"{answer.loss:.3f}")
         for which, title in (("helps", "Pool pairs that help it most"), ("hurts", "Pool pairs that hurt it most")):

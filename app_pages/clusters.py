@@ -8,13 +8,11 @@ import streamlit as st
 from app_pages.bulk import bulk_controls
 from app_pages.common import (
     MAP_POINTS,
-    clamp_clusters,
     current_run,
     current_selection,
     guard,
     help_for,
     label_for,
-    selection_config,
     setting,
     widget_kwargs,
 )
@@ -50,9 +48,7 @@ with guard():
     c1.slider(label_for("clusters"), 2, 100, help=help_for("clusters"), **widget_kwargs("clusters"))
     c2.number_input(label_for("budget"), step=100, help=help_for("budget"), **widget_kwargs("budget"))
     c3.selectbox("Colour by", ["cluster", "mean influence", "fraction helped", "decision"], **widget_kwargs("color_by"))
-    cfg = selection_config(run)
-    clamp_clusters(run, cfg)
-    sel = current_selection(run, cfg)
+    cfg, sel = current_selection(run)
     for msg in sel.messages:
         st.caption(msg)
     with st.spinner("Computing the 2-D map (once per run)…"):

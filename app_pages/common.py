@@ -228,8 +228,16 @@ def _cached_labels(path: str, stamp: float, kept_bytes: bytes, k: int, seed: int
     return GradientClusterer(k, seed).fit_predict(run.cluster_features[rows])
 
 
-def current_selection(run: RunResults, cfg: SelectionConfig) -> Selection:
-    """Quality rule + clusters (cached per rule and K) + resampling to the budget."""
+def current_selection(run: RunResults, stop_when_empty: bool = True) -> tuple[SelectionConfig, Selection]:
+    """The page's settings and selection: quality rule + clusters (cached per rule and K) + resampling to the
+    budget; K lowered to the kept set (and, unless `stop_when_empty` is false, the page stopped with a word when
+    the rule keeps nothing)."""
+    cfg = selection_config(run)
+    clamp_clusters(run, cfg, stop_when_empty)
+    return cfg, _selection(run, cfg)
+
+
+def _selection(run: RunResults, cfg: SelectionConfig) -> Selection:
     kept = kept_mask(run, cfg)
     if not kept.any():
         return selection_on_run(run, dataclasses.replace(cfg, clusters=1), labels=np.zeros(0, np.int64))

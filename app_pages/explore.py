@@ -6,12 +6,10 @@ import streamlit as st
 from app_pages.bulk import bulk_controls
 from app_pages.common import (
     cached_run,
-    clamp_clusters,
     current_run,
     current_selection,
     guard,
     run_stamp,
-    selection_config,
 )
 from app_pages.heatmap import heatmap_html
 from gdig.rundir.curation import load_overrides, save_overrides
@@ -51,9 +49,7 @@ def _model(path: str, device: str, trust: bool, adapter: str | None, gguf_file: 
 
 
 with guard():
-    cfg = selection_config(run)
-    clamp_clusters(run, cfg, stop_when_empty=False)  # every candidate can be browsed, kept or not
-    sel = current_selection(run, cfg)
+    cfg, sel = current_selection(run, stop_when_empty=False)  # every candidate can be browsed, kept or not
     cand = run.candidates
     ov = load_overrides(run.path)
     status = decision_labels(sel, run.id_index, ov.include, ov.exclude)

@@ -7,13 +7,11 @@ import streamlit as st
 
 from app_pages.common import (
     bars,
-    clamp_clusters,
     current_run,
     current_selection,
     guard,
     help_for,
     label_for,
-    selection_config,
     widget_kwargs,
 )
 from gdig.outputs.export import save_into_run, selection_lines
@@ -28,9 +26,7 @@ with guard():
     b.selectbox(label_for("strategy"), STRATEGIES, help=help_for("strategy"), **widget_kwargs("strategy"))
     c.selectbox(label_for("within"), WITHIN, help=help_for("within"), **widget_kwargs("within"))
     d.number_input(label_for("seed"), min_value=0, help=help_for("seed"), **widget_kwargs("seed"))
-    cfg = selection_config(run)
-    clamp_clusters(run, cfg)
-    sel = current_selection(run, cfg)
+    cfg, sel = current_selection(run)
     for msg in sel.messages:
         st.warning(msg)
     n_sel = len(sel.indices)

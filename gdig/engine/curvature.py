@@ -8,14 +8,10 @@ keeps only its Lambda; an approximation with nothing fitted has no modules and p
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from gdig.atomic import atomic_path
 from gdig.engine.hooks import per_example_gradient
 from gdig.hessians import hessian
 
@@ -149,42 +145,6 @@ class Curvature:
             return self.self_influence(name, per_example_gradient(a, g), damping)
         rot = self.rotated_gradient(name, a, g)
         return (rot * rot / (self.modules[name].lam.to(rot.device) + damping)).sum((-2, -1))
-
-    # -- persistence (safetensors, never pickle) ---------------------------------------------------------------
-    def save(self, path: str | Path, fingerprint: str) -> None:
-        """Write the factors as safetensors (never pickle) with the fingerprint that makes them reusable."""
-        tensors = {}
-        for name, f in self.modules.items():
-            for key in FACTOR_KEYS:
-                if getattr(f, key) is not None:
-                    tensors[f"{name}::{key}"] = getattr(f, key).detach().float().contiguous().cpu()
-        meta = {
-            "kind": self.kind,
-            "fingerprint": fingerprint,
-            "n_examples": str(self.n_examples),
-            "n_tokens": str(self.n_tokens),
-            "modules": json.dumps(list(self.modules)),
-        }
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata=meta)
-
-    @classmethod
-    def load(cls, path: str | Path, device: torch.device | str = "cpu") -> Curvature:
-        """Factors written by save, onto `device`."""
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        tensors = load_file(str(path), device=str(device))
-        cur = cls(meta["kind"], n_examples=int(meta["n_examples"]), n_tokens=int(meta["n_tokens"]))
-        for name in json.loads(meta["modules"]):
-            cur.modules[name] = ModuleFactors(**{k: tensors.get(f"{name}::{k}") for k in FACTOR_KEYS})
-        return cur
-
-    @classmethod
-    def of_run(cls, path: str | Path, kind: str, device: torch.device | str = "cpu") -> Curvature:
-        """A run's curvature: its saved factors, or none to load when approximation `kind` fits nothing."""
-        return cls.load(path, device) if hessian(kind).fitted else cls(kind)
 
 
 def tokens_cheaper(tokens: int, d_in: int, d_out: int) -> bool:

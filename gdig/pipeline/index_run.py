@@ -13,12 +13,12 @@ import numpy as np
 import torch
 
 from gdig.config import ScoreConfig
-from gdig.engine.curvature import Curvature
 from gdig.engine.hooks import GradientCapture, make_batches
 from gdig.engine.index import make_projection
 from gdig.engine.index_scoring import Anchor, IndexRows, agreement, index_scores
 from gdig.inputs.data import Example, TokenizedExample, tokenize_example
 from gdig.inputs.model import TrackedModule, find_tracked_modules, load_model, model_fingerprint, prepare_tokenizer
+from gdig.rundir.factors import run_curvature
 from gdig.rundir.index import HOW_TO_INDEX, load_index
 from gdig.rundir.layout import FACTORS, INFLUENCE, read_config
 from gdig.rundir.results import RunError
@@ -112,7 +112,7 @@ class RunModel:
         self.tracked = find_tracked_modules(model, self.cfg.tracked_modules())
         self.device = next(model.parameters()).device
         factors = self.run_dir / FACTORS
-        self.curvature = Curvature.of_run(factors, self.cfg.hessian, self.device)
+        self.curvature = run_curvature(factors, self.cfg.hessian, self.device)
         self.dampings = {t.name: float(self.config.get("module_damping", {}).get(t.name, 0.0)) for t in self.tracked}
         self.projection = None
 

@@ -22,6 +22,7 @@ from gdig.hessians import hessian
 from gdig.pipeline.context import ScoreContext, by_length, factors_fingerprint, fit_subset, short_hash
 from gdig.rundir.checkpoint import FitCheckpoint
 from gdig.rundir.chunks import chunk_path, partial_dir, write_chunk
+from gdig.rundir.factors import load_factors, save_factors
 from gdig.rundir.index import INDEX_PROJECTED_NORM, INDEX_ROW_SCALE, INDEX_ROWS
 from gdig.rundir.layout import CONFIG, FACTORS, read_config, read_fingerprint, write_config
 from gdig.rundir.status import Status
@@ -42,7 +43,7 @@ def fit_stage(ctx: ScoreContext, run_dir: Path, status: Status) -> Curvature:
     ctx.world.barrier("looking for reusable factors", status.refresh)
     if read_fingerprint(path) == fp:
         ctx.timings["factors_reused"] = 1.0
-        return Curvature.load(path, ctx.device)
+        return load_factors(path, ctx.device)
     fit_idx = fit_subset(len(ctx.cand_tok), ctx.cfg.fit_examples, ctx.cfg.random_state)
     order = by_length(ctx.cand_tok, fit_idx)
     batches = ctx.batch_indices(ctx.cand_tok, order)
@@ -73,13 +74,13 @@ def fit_stage(ctx: ScoreContext, run_dir: Path, status: Status) -> Curvature:
     )
     cur = fit_curvature(ctx.cfg.hessian, ctx.dims, passes, costs, ctx.device, checkpoint, ctx.world, status.refresh)
     if ctx.world.is_main:
-        cur.save(path, fp)
+        save_factors(cur, path, fp)
     del cur  # reloaded below: never two copies of the factors
     ctx.world.barrier("saving the factors", status.refresh)
     if cache and len(fit_idx) == len(ctx.cand_tok) and not ctx.world.active:  # scoring meets the same batches
         ctx.captures = {tuple(batches[b]): c for b, c in cache.items()}
     cache = None  # the captures go now, not when this returns: their memory is back before the seeds need it
-    return Curvature.load(path, ctx.device)  # a fresh and a resumed run compute from the same bytes
+    return load_factors(path, ctx.device)  # a fresh and a resumed run compute from the same bytes
 
 
 def _captures_fit(ctx: ScoreContext, order: list[int]) -> bool:

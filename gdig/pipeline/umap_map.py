@@ -6,8 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gdig.atomic import save_npy_atomic
-from gdig.rundir.layout import SKETCH, UMAP
+from gdig.rundir.map import read_map, read_sketch, write_map
 
 FIT_SAMPLE = 20_000  # larger runs: fit on a random sample of this size, transform the rest
 
@@ -44,9 +43,8 @@ def compute_umap(sketch: np.ndarray, random_state: int = 0, fit_sample: int = FI
 
 def ensure_umap(run_dir: str | Path, random_state: int = 0) -> np.ndarray:
     """umap.npy of the run, computing and caching it (atomically) the first time."""
-    path = Path(run_dir) / UMAP
-    if path.exists():
-        return np.load(path, allow_pickle=False)
-    emb = compute_umap(np.load(Path(run_dir) / SKETCH, mmap_mode="r", allow_pickle=False), random_state)
-    save_npy_atomic(path, emb)
+    emb = read_map(run_dir)
+    if emb is None:
+        emb = compute_umap(read_sketch(run_dir), random_state)
+        write_map(run_dir, emb)
     return emb

@@ -21,28 +21,7 @@ from gdig.selection.signal_table import LOWER, TYPICAL, Signal
 DETECTOR_BYTES = 450 * 2**20  # lingua's models for these languages and a pool's, held once loaded (417 MiB measured)
 
 # Languages the detector always considers besides the pool's own, so that a third language is recognised.
-COMMON_LANGUAGES = (
-    "en",
-    "de",
-    "fr",
-    "es",
-    "it",
-    "pt",
-    "nl",
-    "ru",
-    "zh",
-    "ja",
-    "ko",
-    "ar",
-    "tr",
-    "pl",
-    "cs",
-    "sv",
-    "fi",
-    "uk",
-    "el",
-    "hi",
-)
+COMMON_LANGUAGES = "en de fr es it pt nl ru zh ja ko ar tr pl cs sv fi uk el hi"  # ISO 639-1, space-separated
 
 
 def length_ratio(src: Sequence[str], tgt: Sequence[str]) -> np.ndarray:
@@ -89,7 +68,7 @@ def language_scores(src: Sequence[str], tgt: Sequence[str], src_langs: Sequence,
 
     declared_src = [lingua_language(c) for c in src_langs]
     declared_trg = [lingua_language(c) for c in trg_langs]
-    languages = {lingua_language(c) for c in COMMON_LANGUAGES} | set(declared_src) | set(declared_trg)
+    languages = {lingua_language(c) for c in COMMON_LANGUAGES.split()} | set(declared_src) | set(declared_trg)
     detector = LanguageDetectorBuilder.from_languages(*(x for x in languages if x is not None)).build()
     out = {}
     for side, texts, declared in (("src", src, declared_src), ("trg", tgt, declared_trg)):

@@ -144,8 +144,8 @@ def _seed_column_direction(run: RunResults, column: int, tokenizer, cap, device)
     the seed texts, the run's factors and damping: exact, where scoring may have used a low-rank copy."""
     import torch
 
-    from gdig.engine.curvature import Curvature
     from gdig.engine.hooks import per_example_gradient
+    from gdig.rundir.factors import run_curvature
 
     members = seed_members(run, column)
     if members.empty:
@@ -157,7 +157,7 @@ def _seed_column_direction(run: RunResults, column: int, tokenizer, cap, device)
     ]
     got = cap.run(_collate(toks, 0, tokenizer))
     factors = Path(run.path) / FACTORS
-    cur = Curvature.of_run(factors, run.settings.hessian, device)
+    cur = run_curvature(factors, run.settings.hessian, device)
     dampings = run.config.get("module_damping", {})
     out = {}
     with torch.no_grad():

@@ -142,11 +142,11 @@ def test_token_contributions_of_an_older_run_with_every_seed_stored(tmp_path, mo
     infl, out = run(tmp_path, model, tokenizer, data_files, damping=1e-3, normalize="none")
     cands, seeds = (load_dataset(f) for f in data_files)
     s_tok, _ = tokenize_dataset(tokenizer, seeds, 512)
-    from gdig.engine.curvature import Curvature
     from gdig.engine.hooks import per_example_gradient
     from gdig.engine.influence import precondition_seeds
+    from gdig.rundir.factors import load_factors
 
-    cur = Curvature.load(out / "factors.safetensors")
+    cur = load_factors(out / "factors.safetensors")
     with GradientCapture(model, find_tracked_modules(model)) as cap:
         got = cap.run(collate(s_tok, range(len(s_tok)), tokenizer.pad_token_id))
     grads = {n: per_example_gradient(got.acts[n], got.grads[n]) for n in got.acts}
