@@ -4,7 +4,6 @@ follows through status.json (a reload or another tab re-attaches)."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 import time
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import streamlit as st
 from app_pages.common import RUN_KEY, choose_run, guard, live, progress_label, run_dir, runs_dir
 from gdig.config import DataConfig, ScoreConfig
 from gdig.options import OptionSpec, specs
-from gdig.rundir.layout import JOB_SETTINGS
+from gdig.rundir.job import read_job_settings
 from gdig.studio.jobs import cancel_job, job_state, plan_new_run, process_choices, start_job, start_new_run
 
 st.header("New run")
@@ -156,14 +155,14 @@ def progress(folder: str) -> bool:
         return False
     if state.error:
         st.error(f"The run stopped: {state.error}")
-        settings = Path(folder) / JOB_SETTINGS
-        if settings.exists():
+        settings = read_job_settings(Path(folder))
+        if settings is not None:
             st.caption(
                 "Resume keeps every complete chunk of scores and the curvature fit's saved partial sums "
                 "(saved when you cancel, and every few seconds): it continues from there."
             )
             if st.button("Resume", key="resume"):
-                start_job(ScoreConfig.from_dict(json.loads(settings.read_text())), resume=True)
+                start_job(ScoreConfig.from_dict(settings), resume=True)
                 st.rerun(scope="app")
         return False
     st.progress(state.job_fraction, text=f"Overall {state.job_fraction:.0%} · " + progress_label(state))

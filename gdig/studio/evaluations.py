@@ -5,7 +5,6 @@ evaluations of a run listed with their state and report."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import shutil
 import sys
@@ -19,7 +18,8 @@ from gdig.options import to_args
 from gdig.outputs.compare import NamedSelection
 from gdig.pipeline.evaluation import DATA_FLAGS, INPUTS, EvaluationConfig, read_inputs
 from gdig.pipeline.evaluation_report import read_report
-from gdig.rundir.layout import EVALUATIONS, JOB
+from gdig.rundir.job import read_job_record
+from gdig.rundir.layout import EVALUATIONS
 from gdig.rundir.results import RunResults
 from gdig.rundir.status import clear_cancel
 from gdig.studio.jobs import JobState, job_state, spawn_worker
@@ -95,7 +95,9 @@ def resume_evaluation(out: str | Path) -> Path:
     state = job_state(out)
     if state.running:
         raise ValueError(f"the evaluation {out.name!r} is running")
-    cmd = json.loads((out / JOB).read_text())["cmd"]
+    cmd = (read_job_record(out) or {}).get("cmd")
+    if not cmd:
+        raise ValueError(f"the evaluation {out.name!r} was not started from here: run gdig evaluate --resume")
     clear_cancel(out)
     return spawn_worker(out, cmd + ([] if "--resume" in cmd else ["--resume"]))
 
@@ -120,8 +122,8 @@ def list_evaluations(run_dir: str | Path) -> list[EvaluationEntry]:
 
 def _started(folder: Path) -> float:
     try:
-        return float(json.loads((folder / JOB).read_text())["started"])
-    except (OSError, ValueError, KeyError, json.JSONDecodeError):
+        return float((read_job_record(folder) or {})["started"])
+    except (KeyError, TypeError, ValueError):
         return folder.stat().st_mtime
 
 

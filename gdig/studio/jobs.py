@@ -19,7 +19,8 @@ from typing import Any
 from gdig.atomic import write_json_atomic
 from gdig.config import ScoreConfig
 from gdig.names import check_name
-from gdig.rundir.layout import CONFIG, INDEX_META, JOB, JOB_SETTINGS, STATUS, WORKER_LOG, read_config
+from gdig.rundir import job as job_files
+from gdig.rundir.layout import CONFIG, INDEX_META, JOB, STATUS, read_config
 from gdig.rundir.lock import lock_holder
 from gdig.rundir.status import clear_cancel, estimate, mark_starting, read_status, request_cancel
 
@@ -84,8 +85,7 @@ def start_job(cfg: ScoreConfig, resume: bool = False, processes: int | None = No
         raise ValueError(f"{run_dir} is being written by another job ({holder})")
     processes = processes or job_processes(run_dir)
     clear_cancel(run_dir)
-    settings = run_dir / JOB_SETTINGS
-    write_json_atomic(settings, cfg.to_dict())
+    settings = job_files.write_job_settings(run_dir, cfg.to_dict())
     args = ["gdig.studio.jobs", str(settings)] + (["--resume"] if resume else [])
     return spawn_worker(run_dir, worker_command(args, processes), processes)
 
@@ -111,8 +111,8 @@ def process_choices() -> tuple[int, int, str]:
 def job_processes(run_dir: Path) -> int:
     """How many processes the run's last job had (1 when unknown)."""
     try:
-        return int(json.loads((run_dir / JOB).read_text()).get("processes", 1))
-    except (OSError, ValueError, json.JSONDecodeError):
+        return int((job_files.read_job_record(run_dir) or {}).get("processes", 1))
+    except (TypeError, ValueError):
         return 1
 
 
@@ -198,14 +198,14 @@ def start_demo_job(run_dir: str | Path, cache: str | None = None, base: str | No
 
 def spawn_worker(run_dir: Path, cmd: list[str], processes: int = 1) -> Path:
     """Run `cmd` in its own session (it outlives the page), its output in run_dir's worker.log, its pid in job.json."""
-    log = open(run_dir / WORKER_LOG, "ab")  # noqa: SIM115 - handed to the child
+    log = job_files.open_worker_log(run_dir)
     env = os.environ | {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
     root = Path(__file__).resolve().parents[2]  # the checkout, so `python -m gdig` finds this package
     mark_starting(run_dir)
     proc = subprocess.Popen(
         cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=root, env=env, start_new_session=True
     )
-    write_json_atomic(run_dir / JOB, {"pid": proc.pid, "started": time.time(), "cmd": cmd, "processes": processes})
+    job_files.write_job_record(run_dir, proc.pid, cmd, processes)
     return run_dir
 
 
@@ -239,8 +239,8 @@ def cancel_job(run_dir: str | Path, grace_seconds: float = 10.0) -> None:
 
 def _job_pid(run_dir: Path) -> int | None:
     try:
-        return int(json.loads((run_dir / JOB).read_text())["pid"])
-    except (OSError, ValueError, KeyError, json.JSONDecodeError):
+        return int((job_files.read_job_record(run_dir) or {})["pid"])
+    except (KeyError, TypeError, ValueError):
         status = read_status(run_dir)
         return status.get("pid") if status else None
 
@@ -253,7 +253,7 @@ def job_state(run_dir: str | Path) -> JobState:
     alive = pid_alive(_job_pid(run_dir)) or (pid_alive(st.get("pid")) and st.get("pid") != os.getpid())
     running = alive and not finished and not st.get("error")
     error = st.get("error")
-    started_job = (run_dir / JOB).exists()
+    started_job = job_files.job_started(run_dir)
     if not finished and not running and not error and (st or started_job):
         error = "the worker stopped without finishing" + _log_tail(run_dir)
     done, total = int(st.get("done", 0)), int(st.get("total", 0))
@@ -275,10 +275,7 @@ def job_state(run_dir: str | Path) -> JobState:
 
 
 def _log_tail(run_dir: Path, lines: int = 3) -> str:
-    try:
-        tail = (run_dir / WORKER_LOG).read_text(errors="replace").strip().splitlines()[-lines:]
-    except OSError:
-        return ""
+    tail = job_files.worker_log_tail(run_dir, lines)
     return (": " + " | ".join(tail)) if tail else ""
 
 
@@ -307,9 +304,8 @@ def settings_summary(run_dir: Path) -> str:
         cfg = read_config(run_dir) or {}
         s, n, m = cfg["settings"], cfg.get("n_candidates"), cfg.get("n_seeds")
     except KeyError:
-        try:
-            s, n, m = json.loads((run_dir / JOB_SETTINGS).read_text()), None, None
-        except (OSError, ValueError):
+        s, n, m = job_files.read_job_settings(run_dir), None, None
+        if s is None:
             return ""
     damping = f"λ={s['damping']:g}" if s.get("damping") is not None else f"λ={s.get('damping_relative')}×mean"
     sizes = f"{n:,} x {m:,} · " if n is not None and m is not None else ""
