@@ -58,25 +58,12 @@ def test_the_public_api_is_exported_with_an_example():
     assert "score(ScoreConfig(" in gdig.__doc__ and "select_run(run" in gdig.__doc__
 
 
-def _gdig_imports(path: Path) -> set[str]:
-    """Every gdig module `path` imports, at the top or inside a function."""
-    import ast
-
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("gdig"):
-            found.add(node.module)
-        elif isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.startswith("gdig")}
-    return found
-
-
 def test_the_storage_and_the_process_layers_do_not_lean_on_each_other():
     process = {"gdig.engine.distributed", "gdig.pipeline.run", "gdig.pipeline.stages", "gdig.engine.curvature_fit"}
     for path in (ROOT / "gdig" / "rundir").glob("*.py"):
-        assert not _gdig_imports(path) & process, path  # the run directory's files know no process or collective
-    assert not any(m.startswith("gdig.rundir") for m in _gdig_imports(ROOT / "gdig" / "engine" / "distributed.py"))
-    assert _gdig_imports(ROOT / "gdig" / "cancel.py") == set()  # the stop both of them know, owned by neither
+        assert not _runtime_imports(path) & process, path  # the run directory's files know no process or collective
+    assert not any(m.startswith("gdig.rundir") for m in _runtime_imports(ROOT / "gdig" / "engine" / "distributed.py"))
+    assert _runtime_imports(ROOT / "gdig" / "cancel.py") == set()  # the stop both of them know, owned by neither
 
 
 # The layers of gdig, lowest first: a module imports only from its own layer or below (docs/ARCHITECTURE.md).
