@@ -307,7 +307,9 @@ def test_browser_a_resumed_run_shows_where_it_stopped_not_zero(server, tmp_path,
     from gdig.rundir.status import read_status
 
     runs = server[1]
-    cands = write_jsonl(tmp_path / "c.jsonl", make_pairs(600, seed=5))
+    # 1,800 candidates: the fit left after Cancel (the worker stops a second or two after the click) must outlast
+    # several of the page's one-second refreshes, or the resumed fit can pass unseen (CI, 2026-12-06, with 600)
+    cands = write_jsonl(tmp_path / "c.jsonl", make_pairs(1800, seed=5))
     seeds = write_jsonl(tmp_path / "s.jsonl", make_pairs(4, seed=6))
     with _new_run_page(server, "resumed", llama_dir, cands, seeds) as page:
         page.get_by_text("Settings", exact=True).click()
