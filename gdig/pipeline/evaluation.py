@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -197,7 +198,7 @@ def _prepare(out: Path, cfg: EvaluationConfig, inputs: Inputs, resume: bool) -> 
         if not resume:
             raise ValueError(f"{out} already holds an evaluation; choose another --out (or --resume it)")
         before = json.loads(saved.read_text())
-        if _without_seeds({k: before.get(k) for k in record}) != _without_seeds(record):
+        if _comparable({k: before.get(k) for k in record}) != _comparable(record):
             raise ValueError(f"{out} was started with other settings, selections or test set; choose another --out")
         write_json_atomic(saved, record)
         return
@@ -207,8 +208,17 @@ def _prepare(out: Path, cfg: EvaluationConfig, inputs: Inputs, resume: bool) -> 
     write_json_atomic(saved, record)
 
 
-def _without_seeds(record: dict) -> dict:
-    return record | {"settings": {k: v for k, v in (record.get("settings") or {}).items() if k != "seeds"}}
+def _comparable(record: dict) -> dict:
+    """What must match on resume. Not the number of seeds (see _prepare), nor where the files lie: the
+    selections and the test set are compared by content (checksums, fingerprint), the model by its resolved
+    path, and the folder is the one being resumed: an evaluation reached through a link, or moved with its
+    inputs, resumes."""
+    settings = {
+        k: v for k, v in (record.get("settings") or {}).items() if k not in ("seeds", "selections", "test", "out")
+    }
+    if settings.get("model"):
+        settings["model"] = os.path.realpath(settings["model"])
+    return record | {"settings": settings}
 
 
 def run_fit(cfg: EvaluationConfig, inputs: Inputs, name: str, seed: int, out: Path, progress: Callable[[int], None]):

@@ -15,6 +15,7 @@ from gdig.__main__ import main
 from gdig.cancel import Cancelled
 from gdig.inputs.data import DataError, load_dataset, tokenize_example
 from gdig.inputs.model import load_model
+from gdig.pipeline import evaluation
 from gdig.pipeline.evaluation import FITS, REPORT, EvaluationConfig, evaluate, fit_name, load_result, read_inputs
 from gdig.pipeline.evaluation_report import paired_difference, read_report, verdict
 from gdig.rundir.status import request_cancel
@@ -75,7 +76,7 @@ def test_report_equals_a_direct_computation(tmp_path, llama_dir, two_selections)
     assert load_result(out, "a", 0)["loss"] != load_result(out, "a", 1)["loss"]
 
 
-def test_cancel_keeps_finished_fits_and_resume_finishes(tmp_path, llama_dir, two_selections):
+def test_cancel_keeps_finished_fits_and_resume_finishes(tmp_path, llama_dir, two_selections, monkeypatch):
     a, b, test = two_selections
     out = tmp_path / "ev"
     cfg = _cfg(llama_dir, [a, b], test, out, seeds=1)
@@ -105,6 +106,17 @@ def test_cancel_keeps_finished_fits_and_resume_finishes(tmp_path, llama_dir, two
     evaluate(more, resume=True)
     assert read_report(out)["seeds"] == [0, 1] and len(read_report(out)["fits"]) == 4
     assert (out / FITS / fit_name("a", 0) / "result.json").read_text() == first
+    # moved with its inputs, the model reached through a link: the same evaluation, nothing retrained
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for f in (a, b, test, out):
+        f.rename(moved / f.name)
+    (tmp_path / "model-link").symlink_to(llama_dir, target_is_directory=True)
+    files = [moved / a.name, moved / b.name]
+    again = _cfg(tmp_path / "model-link", files, moved / test.name, moved / out.name, seeds=2)
+    monkeypatch.setattr(evaluation, "run_fit", lambda *a, **k: pytest.fail("a finished fit was trained again"))
+    evaluate(again, resume=True)
+    assert (moved / out.name / FITS / fit_name("a", 0) / "result.json").read_text() == first
 
 
 def test_bad_input_is_refused_before_anything_trains(tmp_path, llama_dir, two_selections):
