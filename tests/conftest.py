@@ -93,3 +93,16 @@ def data_files(tmp_path) -> tuple[Path, Path]:
 def model(tokenizer):
     """The maths tests' tiny Llama (hidden 16, MLP 32, 2 layers)."""
     return build_tiny_model("llama", tokenizer, hidden=16, ffn=32, heads=2)
+
+
+def lora_model(base):
+    """`base` with LoRA adapters (unmerged) whose B matrices are not zero, so both A and B have gradients."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj", "down_proj"], lora_dropout=0.0)
+    model = get_peft_model(base, lora)
+    gen = torch.Generator().manual_seed(0)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    return model.eval()

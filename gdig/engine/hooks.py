@@ -123,13 +123,17 @@ def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.
 class GradientCapture:
     """Context manager: hooks on the tracked modules; `run(batch)` returns their a_t and g_t."""
 
-    def __init__(self, model: nn.Module, tracked: Sequence[TrackedModule]):
+    def __init__(
+        self, model: nn.Module, tracked: Sequence[TrackedModule], every: Sequence[TrackedModule] | None = None
+    ):
+        """`every`: the run's tracked modules when `tracked` is one group of them (gdig.pipeline.partitions), so
+        that every group computes the loss the same way, bit for bit."""
         self.model = model
         self.tracked = list(tracked)
         self.device = next(model.parameters()).device
         self._position_ids = accepts_position_ids(model)
         head = model.get_output_embeddings()
-        head_tracked = any(t.module is head for t in self.tracked)  # its inputs must then be per position
+        head_tracked = any(t.module is head for t in (every or self.tracked))  # its inputs must then be per position
         self.labelled_head = getattr(model.config, "model_type", None) in LABELLED_HEAD_FAMILIES and not head_tracked
         self._handles: list = []
         self._acts: dict[str, torch.Tensor] = {}

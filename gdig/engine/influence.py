@@ -29,14 +29,15 @@ class SeedGradients:
 
     @property
     def names(self) -> list[str]:
-        """The modules the seeds are stored for."""
-        return list(self.dense or self.left)
+        """The modules the seeds are stored for, dense and low-rank (a rank can keep small modules dense)."""
+        return [*self.dense, *self.left]
 
     @property
     def n_seeds(self) -> int:
         """Number of seed columns (seeds, or seed groups with --seed-batch)."""
-        t = next(iter((self.dense or self.left).values()))
-        return t.shape[0]
+        if self.self_influence is not None:
+            return self.self_influence.shape[0]
+        return next(iter((self.dense or self.left).values())).shape[0]
 
     def matrix(self, name: str, seed: int | None = None) -> torch.Tensor:
         """Dense V for one seed (column) or, with seed=None, the mean over seeds."""
@@ -73,11 +74,18 @@ class SeedBuilder:
         ranks: dict[str, int | None],
         device: torch.device | str = "cpu",
         projection=None,
+        carried: SeedGradients | None = None,
     ):
+        """`carried`: the seeds of the modules before these (a run in module groups), whose self-influence and
+        index rows are added to in module order, as one pass over every module would."""
         self.curvature, self.dampings, self.ranks, self.projection = curvature, dampings, ranks, projection
         self.out = SeedGradients(self_influence=torch.zeros(n_columns, device=device))
         if projection is not None:
             self.out.index = projection.empty(n_columns, device)
+        if carried is not None:
+            self.out.self_influence.copy_(carried.self_influence)
+            if projection is not None:
+                self.out.index.copy_(carried.index)
         self._lost = {}  # per low-rank module: squared norm truncated away, and the whole squared norm, per seed
         for name, (d_in, d_out) in dims.items():
             r = ranks.get(name)
@@ -202,19 +210,24 @@ class Scorer:
         dampings: dict[str, float],
         normalize: str = "none",
         projection=None,
+        modules: list[str] | None = None,
     ):
+        """`modules`: the order of the sums over modules (the model's; default, the seeds' stored order)."""
         self.seeds = seeds
         self.curvature = curvature
         self.dampings = dampings
         self.normalize = normalize
         self.projection = projection
+        self.modules = modules or seeds.names
 
-    def raw_scores(self, cap: Captured) -> ScoredBatch:
-        """(B, S) raw influence; self-influence (B,) when normalising or indexing; the index rows when indexing."""
-        out = ScoredBatch(scores=None)
-        if self.projection is not None:
+    def raw_scores(self, cap: Captured, carried: ScoredBatch | None = None) -> ScoredBatch:
+        """(B, S) raw influence; self-influence (B,) when normalising or indexing; the index rows when indexing.
+        `carried`: the sums over the modules before these (a run in module groups), added to in module order,
+        so that the sums are the same, bit for bit, as one pass over every module."""
+        out = carried or ScoredBatch(scores=None)
+        if self.projection is not None and out.index is None:
             out.index = self.projection.empty(len(cap.index), cap.loss.device)
-        for name in self.seeds.names:
+        for name in self.modules:
             a, g = cap.acts[name], cap.grads[name]
             if name in self.seeds.dense:
                 s = per_example_gradient(a, g).flatten(1) @ self.seeds.dense[name].flatten(1).T
@@ -249,9 +262,13 @@ class Scorer:
             return None
         return normalisation_divisor(self_inf, self.seeds.self_influence.to(self_inf.device), self.normalize)
 
-    def __call__(self, cap: Captured) -> ScoredBatch:
-        """Normalised scores (B, S), self-influence (B,) and index rows of one captured batch."""
-        out = self.raw_scores(cap)
+    def __call__(self, cap: Captured, carried: ScoredBatch | None = None) -> ScoredBatch:
+        """Normalised scores (B, S), self-influence (B,) and index rows of one captured batch (`carried`: see
+        raw_scores)."""
+        return self.normalised(self.raw_scores(cap, carried))
+
+    def normalised(self, out: ScoredBatch) -> ScoredBatch:
+        """Raw scores divided by the chosen normalisation (in place)."""
         div = self.scale(out.self_influence)
         if div is not None:
             out.scores = torch.where(div > 0, out.scores / div.clamp(min=1e-30), torch.zeros_like(out.scores))

@@ -8,6 +8,7 @@ import ctypes.util
 import functools
 import os
 
+import numpy as np
 import torch
 
 from gdig.hessians import hessian as approximation
@@ -83,3 +84,17 @@ def _malloc_trim():
         return ctypes.CDLL(name).malloc_trim if name else None
     except (OSError, AttributeError):
         return None
+
+
+def module_groups(dims: list[tuple[int, int]], parts: int) -> list[range]:
+    """At most `parts` groups of consecutive modules (their sums then keep the modules' order), given each
+    module's (d_in, d_out), balanced by the size of its factors, d_in^2 + d_out^2 + d_in d_out; never empty.
+    What --module-partitions runs and plans by."""
+    parts = max(1, min(parts, len(dims)))
+    cumulative = np.cumsum([d_in**2 + d_out**2 + d_in * d_out for d_in, d_out in dims])
+    bounds = [0]
+    for k in range(1, parts):
+        cut = int(np.searchsorted(cumulative, k * cumulative[-1] / parts)) + 1
+        bounds.append(min(max(cut, bounds[-1] + 1), len(dims) - (parts - k)))
+    bounds.append(len(dims))
+    return [range(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]

@@ -34,10 +34,20 @@ class Sketcher:
         self.dim = sum(self.p_in[n].shape[1] * self.p_out[n].shape[1] for n in dims)
 
     def __call__(self, cap: Captured) -> torch.Tensor:
+        """The batch's sketches (B, dim), L2-normed."""
+        return self.normed(self.parts(cap, list(self.p_in)))
+
+    def parts(self, cap: Captured, names: list[str]) -> torch.Tensor:
+        """The columns of modules `names` (consecutive, in module order), not yet normed: a run that captures its
+        modules in groups concatenates them, then norms the whole."""
         parts = []
-        for name in self.p_in:
+        for name in names:
             ga = cap.grads[name] @ self.p_out[name]  # (B, T, k_out)
             aa = cap.acts[name] @ self.p_in[name]  # (B, T, k_in)
             parts.append(torch.bmm(ga.transpose(1, 2), aa).flatten(1))
-        sketch = torch.cat(parts, dim=1)
+        return torch.cat(parts, dim=1)
+
+    @staticmethod
+    def normed(sketch: torch.Tensor) -> torch.Tensor:
+        """Each row divided by its L2 norm."""
         return sketch / sketch.norm(dim=1, keepdim=True).clamp(min=1e-30)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import lora_model
 from gdig.config import ScoreConfig
 from gdig.demo.tiny import build_tiny_model
 from gdig.engine.hooks import GradientCapture, collate
@@ -233,24 +234,11 @@ def test_labelled_positions_head_equals_full_logits(tokenizer, data_files, arch)
         torch.testing.assert_close(fast.grads[name], full.grads[name], rtol=1e-4, atol=1e-8)
 
 
-def _lora_model(base):
-    """`base` with LoRA adapters (unmerged) whose B matrices are not zero, so both A and B have gradients."""
-    from peft import LoraConfig, get_peft_model
-
-    lora = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj", "down_proj"], lora_dropout=0.0)
-    model = get_peft_model(base, lora)
-    gen = torch.Generator().manual_seed(0)
-    for name, p in model.named_parameters():
-        if "lora_B" in name:
-            p.data.copy_(torch.randn(p.shape, generator=gen) * 0.3)
-    return model.eval()
-
-
 @pytest.mark.parametrize("kind", ["ekfac", "kfac", "diagonal"])
 def test_lora_adapter_influence_equals_the_dense_reference(tmp_path, tokenizer, data_files, kind):
     from gdig.config import LORA_MODULES
 
-    model = _lora_model(build_tiny_model("llama", tokenizer, hidden=16, ffn=32, heads=2))
+    model = lora_model(build_tiny_model("llama", tokenizer, hidden=16, ffn=32, heads=2))
     infl, out = run(tmp_path, model, tokenizer, data_files, hessian=kind, damping=1e-6, modules=LORA_MODULES)
     tracked = find_tracked_modules(model, LORA_MODULES)
     assert len(tracked) == 2 * 3 * 2 and all(".lora_" in t.name for t in tracked)  # A and B, 3 modules, 2 layers
@@ -274,7 +262,7 @@ def test_an_adapter_folder_is_scored_unmerged_over_its_matrices(tmp_path, tokeni
 
     adapter = tmp_path / "adapter"
     base, _ = load_model(str(llama_dir), "cpu", "float32")
-    _lora_model(base).save_pretrained(adapter)
+    lora_model(base).save_pretrained(adapter)
     model, tok = load_model(str(llama_dir), "cpu", "float32", adapter=str(adapter))
     assert isinstance(model, PeftModel)
     cands, seeds = data_files
@@ -290,3 +278,31 @@ def test_an_adapter_folder_is_scored_unmerged_over_its_matrices(tmp_path, tokeni
     np.testing.assert_array_equal(np.load(out / "influence.npy"), np.load(same / "influence.npy"))
     with pytest.raises(ValueError, match="adapter_config.json"):
         load_model(str(llama_dir), "cpu", "float32", adapter=str(tmp_path))
+
+
+def test_seeds_kept_dense_for_some_modules_and_low_rank_for_others_score_every_module():
+    """A rank can keep a small module's seeds dense and a large one's factorised: both count in the scores and
+    the mean seed direction (the scorer once read only the dense ones)."""
+    from gdig.engine.curvature import Curvature
+    from gdig.engine.hooks import Captured
+    from gdig.engine.influence import Scorer, SeedGradients, mean_seed_direction
+
+    gen = torch.Generator().manual_seed(0)
+    small, big = (
+        torch.randn(3, 2, 4, generator=gen),
+        (torch.randn(3, 6, 2, generator=gen), torch.randn(3, 5, 2, generator=gen)),
+    )
+    seeds = SeedGradients(
+        dense={"small": small}, left={"big": big[0]}, right={"big": big[1]}, self_influence=torch.ones(3)
+    )
+    assert seeds.names == ["small", "big"] and seeds.n_seeds == 3
+    acts = {"small": torch.randn(2, 7, 4, generator=gen), "big": torch.randn(2, 7, 5, generator=gen)}
+    grads = {"small": torch.randn(2, 7, 2, generator=gen), "big": torch.randn(2, 7, 6, generator=gen)}
+    cap = Captured([0, 1], torch.zeros(2), torch.full((2,), 7), torch.ones(2, 7), acts, grads)
+    dense = {"small": small, "big": torch.einsum("sor,sir->soi", *big)}
+    expected = sum(torch.einsum("bto,bti,soi->bs", grads[n], acts[n], dense[n]) for n in dense)
+    scored = Scorer(seeds, Curvature("identity"), {"small": 0.0, "big": 0.0}).raw_scores(cap)
+    torch.testing.assert_close(scored.scores, expected, rtol=1e-5, atol=1e-5)
+    mean = mean_seed_direction(seeds, "none")
+    assert set(mean) == {"small", "big"}
+    torch.testing.assert_close(mean["big"], dense["big"].mean(0), rtol=1e-5, atol=1e-6)
