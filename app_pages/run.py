@@ -28,6 +28,7 @@ GRID = (
     "sketch_dim",
     "device",
     "checkpoint_seconds",
+    "module_partitions",
 )
 WIDE = ("modules", "adapter", "trg_lang", "adequacy", "trust_remote_code")
 FORM_SPECS = specs(ScoreConfig) | specs(DataConfig)

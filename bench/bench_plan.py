@@ -4,6 +4,7 @@ corruptions) and 256 FLORES dev seeds. The plan (`gdig score --plan`, its probe 
 a fresh process; the run's resident memory is sampled every millisecond per stage.
 
     python bench/bench_plan.py [--candidates 2000] [--seeds 256] [--fit-examples 128] [--seed-rank 8]
+                               [--module-partitions P]
 
 Needs SmolLM2 (see bench/README.md) and ../shared/data; skips cleanly without them. Writes
 bench/reports/plan-<date>.{md,json}: planned and measured peak per stage, planned and measured seconds, the
@@ -43,6 +44,7 @@ def settings(args: argparse.Namespace, folder: Path) -> Path:
         out=str(folder / "run"),
         fit_examples=args.fit_examples,
         seed_rank=args.seed_rank,
+        module_partitions=args.module_partitions,
         umap=False,
         device="cpu",
         data=DataConfig(max_length=args.max_length),
@@ -93,13 +95,15 @@ def main() -> None:
     ap.add_argument("--fit-examples", type=int, default=128)
     ap.add_argument("--seed-rank", type=int, default=8, help="none: the rank the memory budget allows")
     ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--module-partitions", type=int, default=1, help="the modules in P groups (0: as the plan says)")
     args = ap.parse_args()
     from gdig.inputs.model_source import smollm2_gguf
 
     if not have_shared_data() or smollm2_gguf() is None:
         print("skipped: needs ../shared/data and SmolLM2 (see bench/README.md)")
         return
-    folder = CACHE / f"plan-{args.candidates}-{args.seeds}-{args.fit_examples}-{args.seed_rank}-{args.max_length}"
+    key = f"{args.candidates}-{args.seeds}-{args.fit_examples}-{args.seed_rank}-{args.max_length}"
+    folder = CACHE / ("plan-" + key + (f"-p{args.module_partitions}" if args.module_partitions != 1 else ""))
     folder.mkdir(parents=True, exist_ok=True)
     path = settings(args, folder)
     planned = child("plan", path)
@@ -117,7 +121,7 @@ def main() -> None:
         "workload": (
             f"SmolLM2-135M-Instruct (float32, all 90 MLP projections), {args.candidates} candidates, {args.seeds} "
             f"seeds, curvature fitted on {args.fit_examples}, seed rank {args.seed_rank or 'by memory'}, max length "
-            f"{args.max_length}"
+            f"{args.max_length}, module groups {args.module_partitions}"
         ),
         "settings": vars(args),
         "plan": planned,

@@ -41,7 +41,7 @@ def score_config_from_args(a: argparse.Namespace) -> ScoreConfig:
 def print_plan(cfg: ScoreConfig, memory_gb: float | None) -> None:
     """`gdig score --plan`: the plan per stage, and when it does not fit, what each knob would save."""
     from gdig.pipeline.run import make_plan
-    from gdig.planning.plan import plan_report
+    from gdig.planning.report import plan_report
 
     print(plan_report(make_plan(cfg, memory_gb), cfg))
 

@@ -119,6 +119,16 @@ class ScoreConfig:
         "quarter of available memory, at most 8192)",
     )
     chunk_size: int = option(256, "candidates per resumable chunk", minimum=1)
+    # Exact for any P (tests/pipeline/test_partitions.py): only the memory and the passes change.
+    module_partitions: int = option(
+        0,
+        "process the tracked modules in P groups, one pass over the data each (fit, seeds, scores): the peak "
+        "memory is the largest group's factors and captures instead of all of them, the time about P forward "
+        "and backward passes; the results are the same, bit for bit (0: one group when the memory plan fits, "
+        "else the fewest that fit)",
+        label="Module partitions (0 = auto)",
+        minimum=0,
+    )
     # Each save writes the factors' size in float64 (about 2x factors.safetensors).
     checkpoint_seconds: float = option(
         60.0,

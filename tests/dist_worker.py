@@ -1,5 +1,6 @@
 """`gdig` as torchrun runs it, with one fault injected for the distributed tests: GDIG_TEST_FAULT=ACTION:RANK:STAGE
-makes rank RANK, in STAGE (score: after writing its first chunk; fit: after its first fit batch), `kill` itself
+makes rank RANK, in STAGE (score: after writing its first chunk; fit: after its first fit batch; group: after
+its first module group's chunk), `kill` itself
 (SIGKILL, as the OOM killer would), `raise` a RuntimeError, or `cancel` the job (as the app's Cancel button)."""
 
 from __future__ import annotations
@@ -45,6 +46,16 @@ def _install() -> None:
             _fault()
 
         CovarianceFitter.update = faulty_update
+    elif stage == "group":  # a module group's sums (--module-partitions), before the last group
+        from gdig.pipeline.partitions import PartSums
+
+        save = PartSums.save
+
+        def faulty_save(self, *args, **kwargs):
+            save(self, *args, **kwargs)
+            _fault()
+
+        PartSums.save = faulty_save
 
 
 if __name__ == "__main__":

@@ -29,9 +29,10 @@ def measure(cfg: ScoreConfig) -> dict[str, dict]:
 
     def progress(status: dict) -> None:
         now = time.perf_counter()
-        if status["stage"] != stage["now"]:
+        name = status["stage"].split(" [")[0]  # a module group's stage (" [2/3]") counts as the stage
+        if name != stage["now"]:
             seconds[stage["now"]] = seconds.get(stage["now"], 0.0) + now - stage["since"]
-            stage["now"], stage["since"] = status["stage"], now
+            stage["now"], stage["since"] = name, now
 
     def sample() -> None:
         while not stop.wait(0.001):

@@ -3,6 +3,7 @@ fingerprints and the timings so far; and the record of it all written to config.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ import torch
 
 from gdig.config import ScoreConfig
 from gdig.engine.distributed import SINGLE, World
-from gdig.engine.hooks import Batch, Captured, batch_indices, collate, make_batches
+from gdig.engine.hooks import Batch, Captured, GradientCapture, batch_indices, collate, make_batches
 from gdig.inputs.data import Dataset, TokenizationReport, TokenizedExample, load_dataset, tokenize_dataset
 from gdig.inputs.model import TrackedModule, find_tracked_modules, load_model, model_fingerprint, prepare_tokenizer
 from gdig.rundir.format import FORMAT
@@ -30,6 +31,7 @@ VOLATILE_SETTINGS = (
     "seeds",
     "umap",
     "checkpoint_seconds",
+    "module_partitions",
 )
 
 
@@ -54,11 +56,30 @@ class ScoreContext:
     timings: dict[str, float] = field(default_factory=dict)
     captures: dict[tuple[int, ...], Captured] = field(default_factory=dict)  # the fit pass's, kept for scoring
     world: World = SINGLE  # this process's place among the job's processes (torchrun)
+    part: list[TrackedModule] | None = None  # the group of tracked modules this pass works on (--module-partitions)
 
     @property
     def dims(self) -> dict[str, tuple[int, int]]:
         """(d_in, d_out) of every tracked module."""
         return {t.name: (t.d_in, t.d_out) for t in self.tracked}
+
+    @property
+    def work(self) -> list[TrackedModule]:
+        """The modules this pass captures, fits and scores: its group, or every tracked module."""
+        return self.tracked if self.part is None else self.part
+
+    @property
+    def work_dims(self) -> dict[str, tuple[int, int]]:
+        """(d_in, d_out) of the modules this pass works on."""
+        return {t.name: (t.d_in, t.d_out) for t in self.work}
+
+    def for_part(self, part: list[TrackedModule]) -> ScoreContext:
+        """This context working on one group of its modules (timings shared, captures its own)."""
+        return dataclasses.replace(self, part=part, captures={})
+
+    def capture(self) -> GradientCapture:
+        """Hooks on the modules this pass works on, the loss computed as with every tracked module."""
+        return GradientCapture(self.model, self.work, self.tracked)
 
     def batches(self, toks: list[TokenizedExample], order: list[int]):
         """Padded batches of `toks` in `order`, by the run's batch size or token budget."""

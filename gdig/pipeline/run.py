@@ -29,16 +29,19 @@ from gdig.hessians import hessian
 from gdig.inputs.model_source import check_model_source
 from gdig.pipeline.context import ScoreContext, build_context, config_record, read_inputs, settings_fingerprint
 from gdig.pipeline.index_run import index_meta, measure_agreement
+from gdig.pipeline.partitions import group_label, score_in_parts
+from gdig.pipeline.seed_stage import load_or_make_seeds
 from gdig.pipeline.stages import (
+    StageResults,
     adequacy_stage,
     dampings_for,
     fit_stage,
     index_projection,
-    load_or_make_seeds,
     score_stage,
     umap_stage,
 )
-from gdig.planning.plan import Plan, advice, plan_run
+from gdig.planning.plan import Plan, plan_run
+from gdig.planning.report import advice
 from gdig.rundir.chunks import collect_chunks, remove_partial
 from gdig.rundir.index import (
     INDEX_PROJECTED_NORM,
@@ -69,8 +72,11 @@ def job_plan(cfg: ScoreConfig, n_candidates: int, n_seeds: int) -> dict[str, flo
     """Expected relative cost of each stage, in candidate forward+backward passes (for the overall ETA)."""
     n_fit = min(cfg.fit_examples or n_candidates, n_candidates)
     plan = {"load": 0.05 * n_candidates}
-    plan |= dict.fromkeys(hessian(cfg.hessian).passes, n_fit)
-    plan |= {"seeds": 1.5 * n_seeds, "score": n_candidates}
+    parts = max(cfg.module_partitions, 1)
+    for g in range(parts):  # each module group makes its own passes over the data
+        group = group_label(g, parts)
+        plan |= {stage + group: n_fit for stage in hessian(cfg.hessian).passes}
+        plan |= {"seeds" + group: 1.5 * n_seeds, "score" + group: n_candidates}
     if cfg.adequacy:  # three forward passes of a candidate: about its forward and backward
         plan["adequacy"] = n_candidates
     plan["finalize"] = 0.02 * n_candidates
@@ -127,10 +133,12 @@ def _available(device, memory_gb: float | None) -> float:
 
 
 def check_memory(ctx: ScoreContext) -> None:
-    """Refuse, before any stage runs, a job whose plan (without a probe) does not fit, naming the knobs."""
+    """Refuse, before any stage runs, a job whose plan (without a probe) does not fit, naming the knobs; with
+    --module-partitions 0, choose the module groups by the plan (every process the most any of them needs)."""
     from gdig.planning.probe import workload_from_context
 
     plan = plan_run(ctx.cfg, workload_from_context(ctx, runtime_bytes(ctx), probe=False), _available(ctx.device, None))
+    ctx.cfg.module_partitions = -ctx.world.all_reduce_min(-plan.partitions, "agreeing on the module groups")
     if not plan.fits:
         stage, peak = plan.worst
         tips = "\n  ".join(advice(plan, ctx.cfg))
@@ -174,6 +182,7 @@ def score(
         ctx.timings["load"] = time.time() - t0
         if memory_check:
             check_memory(ctx)
+        ctx.cfg.module_partitions = ctx.cfg.module_partitions or 1  # auto without a plan: one group
         if own_status:
             status.set_plan(job_plan(cfg, len(ctx.candidates), len(ctx.seeds)))
         if saved is None or not _resume_finished(ctx, run_dir, saved, status):
@@ -230,27 +239,22 @@ def _resume_finished(ctx: ScoreContext, run_dir: Path, saved: dict[str, Any], st
 
 def _run_stages(ctx: ScoreContext, run_dir: Path, status: Status) -> None:
     fp = settings_fingerprint(ctx)
-    cur = fit_stage(ctx, run_dir, status)
-    release_freed_memory()  # each stage's peak is its own, not the earlier stages' freed blocks
-    dampings = dampings_for(ctx, cur)
-    seeds, seed_loss, seed_ntok, rank = load_or_make_seeds(ctx, cur, dampings, run_dir, status, fp)
-    release_freed_memory()
-    scorer = Scorer(seeds, cur, dampings, ctx.cfg.normalize, index_projection(ctx))
     sketcher = Sketcher(ctx.dims, ctx.cfg.sketch_dim, ctx.cfg.random_state, ctx.device)
-    score_stage(ctx, scorer, sketcher, run_dir, status)
-    release_freed_memory()
-    ctx.world.barrier("waiting for every rank's scores", status.refresh)
+    if ctx.cfg.module_partitions > 1:
+        done = score_in_parts(ctx, run_dir, status, fp, sketcher)
+    else:
+        done = _score_whole(ctx, run_dir, status, fp, sketcher)
     if not ctx.world.is_main:
         return
-    mean = mean_seed_direction(seeds, ctx.cfg.normalize)
-    save_mean_direction(run_dir / SEED_GRADS, mean, seeds, ctx.cfg.normalize, fp)
+    seeds = done.seeds
+    save_mean_direction(run_dir / SEED_GRADS, done.mean, seeds, ctx.cfg.normalize, fp)
     extra = {
-        "module_damping": dampings,
-        "seed_rank_kept": rank,
+        "module_damping": done.dampings,
+        "seed_rank_kept": done.rank,
         "seed_lowrank_error": seeds.lowrank_error,
         "n_seed_columns": seeds.n_seeds,
         "sketch_dim": sketcher.dim,
-        "factors": {"n_examples": cur.n_examples, "n_tokens": cur.n_tokens, "kind": cur.kind},
+        "factors": done.factors,
         "world_size": ctx.world.size,
         "collective_bytes": dict(ctx.world.traffic),  # the tensors' sizes, by purpose (rank 0's view)
     }
@@ -259,9 +263,26 @@ def _run_stages(ctx: ScoreContext, run_dir: Path, status: Status) -> None:
         adequacy, missing = adequacy_stage(ctx, run_dir, status)
         extra["adequacy_missing"] = missing  # why some candidates have no adequacy signal -> how many
     status.update("finalize", 0, 1, force=True)
-    finalize(ctx, run_dir, seed_loss, seed_ntok, extra, seeds, adequacy)
+    finalize(ctx, run_dir, done.seed_loss, done.seed_ntok, extra, seeds, adequacy)
     if ctx.cfg.umap:
         umap_stage(run_dir, ctx.cfg.random_state, status)
+
+
+def _score_whole(ctx: ScoreContext, run_dir: Path, status: Status, fp: str, sketcher: Sketcher) -> StageResults:
+    """The fit, the seeds and the scores over every tracked module at once."""
+    cur = fit_stage(ctx, run_dir, status)
+    release_freed_memory()  # each stage's peak is its own, not the earlier stages' freed blocks
+    dampings = dampings_for(ctx, cur)
+    seeds, seed_loss, seed_ntok, rank = load_or_make_seeds(ctx, cur, dampings, run_dir, status, fp)
+    release_freed_memory()
+    modules = [t.name for t in ctx.tracked]
+    scorer = Scorer(seeds, cur, dampings, ctx.cfg.normalize, index_projection(ctx), modules)
+    score_stage(ctx, scorer, sketcher, run_dir, status)
+    release_freed_memory()
+    ctx.world.barrier("waiting for every rank's scores", status.refresh)
+    factors = {"n_examples": cur.n_examples, "n_tokens": cur.n_tokens, "kind": cur.kind}
+    mean = mean_seed_direction(seeds, ctx.cfg.normalize) if ctx.world.is_main else {}
+    return StageResults(seeds, seed_loss, seed_ntok, rank, dampings, factors, mean)
 
 
 def _streamed(seeds: SeedGradients) -> dict[str, str]:

@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from gdig.engine.curvature import Curvature
 from gdig.engine.curvature_fit import fit_curvature
-from gdig.engine.hooks import Captured, GradientCapture, per_example_gradient
+from gdig.engine.hooks import Captured
 from gdig.engine.index import make_projection
 from gdig.engine.index_scoring import IndexRows
-from gdig.engine.influence import Scorer, SeedBuilder, SeedGradients, group_seed_gradients
-from gdig.engine.memory import SEED_WORK_BYTES, budget_mb, captures_fit, captures_reusable, free_memory_mb, seed_rank
+from gdig.engine.influence import ScoredBatch, Scorer, SeedGradients
+from gdig.engine.memory import budget_mb, captures_fit, captures_reusable, free_memory_mb
 from gdig.engine.sketch import Sketcher
 from gdig.hessians import hessian
 from gdig.pipeline.context import ScoreContext, by_length, factors_fingerprint, fit_subset, short_hash
@@ -27,23 +29,53 @@ from gdig.rundir.index import INDEX_PROJECTED_NORM, INDEX_ROW_SCALE, INDEX_ROWS
 from gdig.rundir.layout import CONFIG, FACTORS, read_config, read_fingerprint, write_config
 from gdig.rundir.status import Status
 
+if TYPE_CHECKING:  # the partitions call the stages
+    from gdig.pipeline.partitions import PartSums
+
+
+@dataclass
+class StageResults:
+    """What the fit, seed and score stages leave for the run's last files (rank 0's `mean` only)."""
+
+    seeds: SeedGradients  # their self-influences and index rows are every module's
+    seed_loss: np.ndarray
+    seed_ntok: np.ndarray
+    rank: int | None  # the seeds' rank, when one rank for every module
+    dampings: dict[str, float]  # lambda per module
+    factors: dict  # n_examples, n_tokens, kind of the fitted curvature
+    mean: dict[str, torch.Tensor] = field(default_factory=dict)  # the mean seed direction per module
+
 
 def fit_stage(ctx: ScoreContext, run_dir: Path, status: Status) -> Curvature:
     """The run's curvature: reused from this run or another with the same fingerprint, or fitted (resumably,
     each process on its share of the fit set's batches)."""
+    if not hessian(ctx.cfg.hessian).passes:
+        return Curvature(ctx.cfg.hessian)
+    if reusable_factors(ctx, run_dir, status):
+        return load_factors(run_dir / FACTORS, ctx.device)
+    return fit_factors(ctx, run_dir / FACTORS, factors_fingerprint(ctx), partial_dir(run_dir), status)
+
+
+def reusable_factors(ctx: ScoreContext, run_dir: Path, status: Status) -> bool:
+    """Whether the run's factors file holds factors of this fingerprint: its own (a resumed run), or another
+    run's under the same folder, copied (a run on the same model, pool and curvature settings)."""
     path = run_dir / FACTORS
     fp = factors_fingerprint(ctx)
-    fit_passes = hessian(ctx.cfg.hessian).passes
-    if not fit_passes:
-        return Curvature(ctx.cfg.hessian)
     if ctx.world.is_main and read_fingerprint(path) != fp:
         donor = _find_factors(run_dir.parent, fp, exclude=run_dir)
         if donor is not None:
             shutil.copyfile(donor, path)
     ctx.world.barrier("looking for reusable factors", status.refresh)
-    if read_fingerprint(path) == fp:
+    reused = read_fingerprint(path) == fp
+    if reused:
         ctx.timings["factors_reused"] = 1.0
-        return load_factors(path, ctx.device)
+    return reused
+
+
+def fit_factors(ctx: ScoreContext, path: Path, fp: str, checkpoints: Path, status: Status) -> Curvature:
+    """Fit the curvature of the modules this pass works on into `path` (with fingerprint `fp`; the fit's
+    checkpoints in the folder `checkpoints`) and load it back."""
+    fit_passes = hessian(ctx.cfg.hessian).passes
     fit_idx = fit_subset(len(ctx.cand_tok), ctx.cfg.fit_examples, ctx.cfg.random_state)
     order = by_length(ctx.cand_tok, fit_idx)
     batches = ctx.batch_indices(ctx.cand_tok, order)
@@ -56,23 +88,26 @@ def fit_stage(ctx: ScoreContext, run_dir: Path, status: Status) -> Curvature:
         done = sum(len(batches[b]) for b in covered)  # rank 0 reports the batches its checkpoint covers as done
         total = done + sum(len(batches[b]) for b in mine)
         status.update(stage, done, total, force=True)
-        with GradientCapture(ctx.model, ctx.tracked) as capture:
+        with ctx.capture() as capture:
             for b in mine:
                 cap = cache.get(b) if cache is not None and stage != fit_passes[0] else None
                 if cap is None:
                     cap = capture.run(ctx.collate(ctx.cand_tok, batches[b]))
                     if cache is not None and stage == fit_passes[0]:
-                        cache[b] = _detached(cap)
+                        cache[b] = detached(cap)
                 yield b, cap
                 done += len(batches[b])
                 status.update(stage, done, total)
         ctx.timings[stage] = ctx.timings.get(stage, 0.0) + time.time() - t0
 
     batching = [ctx.cfg.batch_size, ctx.cfg.token_budget]
+    checkpoints.mkdir(parents=True, exist_ok=True)
     checkpoint = FitCheckpoint(
-        partial_dir(run_dir), short_hash([fp, batching, "v2"]), ctx.cfg.checkpoint_seconds, rank=ctx.world.rank
+        checkpoints, short_hash([fp, batching, "v2"]), ctx.cfg.checkpoint_seconds, rank=ctx.world.rank
     )
-    cur = fit_curvature(ctx.cfg.hessian, ctx.dims, passes, costs, ctx.device, checkpoint, ctx.world, status.refresh)
+    cur = fit_curvature(
+        ctx.cfg.hessian, ctx.work_dims, passes, costs, ctx.device, checkpoint, ctx.world, status.refresh
+    )
     if ctx.world.is_main:
         save_factors(cur, path, fp)
     del cur  # reloaded below: never two copies of the factors
@@ -86,12 +121,13 @@ def fit_stage(ctx: ScoreContext, run_dir: Path, status: Status) -> Curvature:
 def _captures_fit(ctx: ScoreContext, order: list[int]) -> bool:
     """Whether every fit batch's captured a and g fit in --fit-cache-mb (auto: a third of free memory, <= 8 GiB)."""
     budget = budget_mb(ctx.cfg.fit_cache_mb, free_memory_mb(ctx.device), 3)
-    per_token = 4 * sum(t.d_in + t.d_out for t in ctx.tracked)
+    per_token = 4 * sum(t.d_in + t.d_out for t in ctx.work)
     lengths = [len(ctx.cand_tok[i].input_ids) for i in order]
     return captures_fit(lengths, per_token, ctx.cfg.batch_size, ctx.cfg.token_budget is not None, budget)
 
 
-def _detached(cap: Captured) -> Captured:
+def detached(cap: Captured) -> Captured:
+    """The capture without its autograd graph (kept past its batch)."""
     acts = {k: v.detach() for k, v in cap.acts.items()}
     grads = {k: v.detach() for k, v in cap.grads.items()}
     return Captured(cap.index, cap.loss.detach(), cap.n_target.detach(), cap.mask, acts, grads)
@@ -108,37 +144,7 @@ def _find_factors(runs_root: Path, fingerprint: str, exclude: Path) -> Path | No
 
 def dampings_for(ctx: ScoreContext, cur: Curvature) -> dict[str, float]:
     """lambda per tracked module: absolute, or relative to the module's mean eigenvalue."""
-    return {t.name: cur.damping(t.name, ctx.cfg.damping, ctx.cfg.damping_relative) for t in ctx.tracked}
-
-
-def seed_ranks(ctx: ScoreContext, n_columns: int) -> dict[str, int | None]:
-    """The rank each module's seeds are kept at: --seed-rank when given; otherwise dense when all seeds fit in
-    --seed-memory-mb (auto: a quarter of the free memory, at most 8 GiB), else the largest common rank that
-    fits (per seed and token, a rank-r module costs r (d_in + d_out) multiply-adds to score). Every process
-    uses the smallest rank any of them can hold."""
-    if ctx.cfg.seed_rank is not None:
-        return dict.fromkeys(ctx.dims, ctx.cfg.seed_rank)
-    budget = budget_mb(ctx.cfg.seed_memory_mb, free_memory_mb(ctx.device), 4)
-    rank = seed_rank(ctx.dims, n_columns, budget * 2**20)
-    dense = 2**62
-    rank = ctx.world.all_reduce_min(dense if rank is None else rank, "agreeing on the seeds' rank")
-    return dict.fromkeys(ctx.dims, None if rank == dense else rank)
-
-
-def seed_chunks(ctx: ScoreContext) -> list[list[int]]:
-    """Seeds in chunks of whole --seed-batch groups, each chunk's captured activations and gradients within
-    SEED_WORK_BYTES (estimated from the token counts), so their memory does not grow with the number of seeds."""
-    k = ctx.cfg.seed_batch
-    per_token = 4 * sum(d_in + d_out for d_in, d_out in ctx.dims.values())
-    chunks, current, size = [], [], 0
-    for start in range(0, len(ctx.seed_tok), k):
-        group = list(range(start, min(start + k, len(ctx.seed_tok))))
-        cost = per_token * sum(len(ctx.seed_tok[i].input_ids) for i in group)
-        if current and size + cost > SEED_WORK_BYTES:
-            chunks.append(current)
-            current, size = [], 0
-        current, size = current + group, size + cost
-    return chunks + ([current] if current else [])
+    return {t.name: cur.damping(t.name, ctx.cfg.damping, ctx.cfg.damping_relative) for t in ctx.work}
 
 
 def index_projection(ctx: ScoreContext):
@@ -149,121 +155,62 @@ def index_projection(ctx: ScoreContext):
     return make_projection(cfg.index_projection, ctx.dims, cfg.index_dim, cfg.random_state, ctx.device)
 
 
-def seed_stage(ctx: ScoreContext, cur: Curvature, dampings: dict[str, float], status: Status):
-    """Seed gradients, grouped by --seed-batch and preconditioned one (module, chunk) at a time; also each
-    seed's loss and token count, and the ranks used. With several processes each does its share of the chunks
-    (by tokens), then every chunk is broadcast from the rank that made it, so all hold every seed."""
-    t0 = time.time()
-    m, k = len(ctx.seed_tok), ctx.cfg.seed_batch
-    n_columns = -(-m // k)
-    ranks = seed_ranks(ctx, n_columns)
-    builder = SeedBuilder(ctx.dims, n_columns, cur, dampings, ranks, ctx.device, index_projection(ctx))
-    loss = torch.zeros(m, dtype=torch.float32, device=ctx.device)
-    n_tok = torch.zeros(m, dtype=torch.int64, device=ctx.device)
-    chunks = seed_chunks(ctx)
-    owners = ctx.world.owners([sum(len(ctx.seed_tok[i].input_ids) for i in c) for c in chunks])
-    mine = [c for c, owner in zip(chunks, owners, strict=True) if owner == ctx.world.rank]
-    total = sum(len(c) for c in mine)
-    status.update("seeds", 0, total, force=True)
-    done = 0
-    with GradientCapture(ctx.model, ctx.tracked) as capture:
-        for chunk in mine:
-            caps = []
-            for batch in ctx.batches(ctx.seed_tok, by_length(ctx.seed_tok, chunk)):
-                cap = capture.run(batch)
-                caps.append(_detached(cap))
-                loss[batch.index] = cap.loss.detach().float()
-                n_tok[batch.index] = cap.n_target.to(torch.int64)
-                done += len(batch.index)
-                status.update("seeds", done, total)
-            _add_chunk(ctx, builder, caps, chunk)
-    if ctx.world.active:
-        ctx.world.barrier("waiting for every rank's seeds", status.refresh)
-        for chunk, owner in zip(chunks, owners, strict=True):
-            rows, cols = slice(chunk[0], chunk[-1] + 1), slice(chunk[0] // k, chunk[-1] // k + 1)
-            ctx.world.broadcast([loss[rows], n_tok[rows], *builder.column_views(cols)], owner, "sharing the seeds")
-    ctx.timings["seeds"] = time.time() - t0
-    rank = next(iter(ranks.values())) if len(set(ranks.values())) == 1 else None
-    return builder.finish(), loss.cpu().numpy(), n_tok.cpu().numpy(), rank
-
-
-def _add_chunk(ctx: ScoreContext, builder: SeedBuilder, caps: list[Captured], chunk: list[int]) -> None:
-    """Each module's seed columns for one chunk of seeds, handed to the builder as their tokens (cheaper to
-    precondition, see add_tokens); with no curvature, as grouped per-example gradients."""
-    first, k = chunk[0], ctx.cfg.seed_batch
-    for t in ctx.tracked:
-        if builder.takes_tokens(t.name):
-            a, g = _column_tokens(caps, t.name, first, len(chunk), k)
-            builder.add_tokens(t.name, first // k, a, g)
-            continue
-        grads = torch.zeros(len(chunk), t.d_out, t.d_in, device=ctx.device)
-        for cap in caps:
-            idx = torch.tensor(cap.index, device=ctx.device) - first
-            grads[idx] = per_example_gradient(cap.acts[t.name], cap.grads[t.name])
-        grouped = group_seed_gradients({t.name: grads}, k)[t.name]
-        builder.add(t.name, first // k, grouped)
-
-
-def _column_tokens(caps: list[Captured], name: str, first: int, n: int, k: int):
-    """The tokens of each seed column, (columns, k * T, d): a column's gradient sum_t g_t a_t^T is then the mean
-    of its k seeds' gradients (g scaled by 1 / the group's size; padding positions are zero)."""
-    width = max(cap.acts[name].shape[1] for cap in caps)
-    columns = -(-n // k)
-    sample = caps[0]
-    a = sample.acts[name].new_zeros(columns * k, width, sample.acts[name].shape[-1])
-    g = sample.grads[name].new_zeros(columns * k, width, sample.grads[name].shape[-1])
-    for cap in caps:
-        rows = torch.tensor(cap.index, device=a.device) - first
-        a[rows, : cap.acts[name].shape[1]] = cap.acts[name]
-        g[rows, : cap.grads[name].shape[1]] = cap.grads[name]
-    sizes = torch.full((columns,), float(k), device=g.device)
-    sizes[-1] = n - (columns - 1) * k
-    g = g / sizes.repeat_interleave(k)[:, None, None]
-    return a.reshape(columns, k * width, -1), g.reshape(columns, k * width, -1)
-
-
-def score_stage(ctx: ScoreContext, scorer: Scorer, sketcher: Sketcher, run_dir: Path, status: Status) -> None:
+def score_stage(
+    ctx: ScoreContext, scorer: Scorer, sketcher: Sketcher, run_dir: Path, status: Status, carry: PartSums | None = None
+) -> None:
     """Stream candidates in chunks of --chunk-size; each complete chunk is one file, written atomically. The
-    chunks are the same for any number of processes; those not yet written are shared among them by tokens."""
+    chunks are the same for any number of processes; those not yet written are shared among them by tokens.
+    `carry`: the module group this pass scores (gdig.pipeline.partitions): its sums continue the last group's,
+    and only the last group's pass writes the chunks."""
     t0 = time.time()
     order = by_length(ctx.cand_tok)
     chunks = [order[i : i + ctx.cfg.chunk_size] for i in range(0, len(order), ctx.cfg.chunk_size)]
     partial_dir(run_dir).mkdir(exist_ok=True)
-    todo = [i for i in range(len(chunks)) if not chunk_path(run_dir, i).exists()]
+    todo = [i for i in range(len(chunks)) if not chunk_path(run_dir, i).exists() and not (carry and carry.done(i))]
     ctx.world.barrier("listing the chunks already scored", status.refresh)  # before any rank writes one
     mine = [todo[p] for p in ctx.world.mine([sum(len(ctx.cand_tok[j].input_ids) for j in chunks[i]) for i in todo])]
     waiting = set(todo)
     done = 0 if not ctx.world.is_main else sum(len(c) for i, c in enumerate(chunks) if i not in waiting)
     total = done + sum(len(chunks[i]) for i in mine)
     status.update("score", done, total, force=True)
-    with GradientCapture(ctx.model, ctx.tracked) as capture:
+    names = [t.name for t in ctx.work]
+    with ctx.capture() as capture:
         for i in mine:
             parts: list[dict[str, np.ndarray]] = []
+            before = carry.carried(i) if carry else None
             for batch in ctx.batches(ctx.cand_tok, chunks[i]):
                 cap = ctx.captures.pop(tuple(batch.index), None) or capture.run(batch)
-                parts.append(_score_batch(cap, scorer, sketcher, ctx.cfg.index_dtype))
+                carried = before.next(len(batch.index), cap.loss.device) if before else (None, None)
+                with torch.no_grad():
+                    scored = scorer.raw_scores(cap, carried[0])
+                    sketch = sketcher.parts(cap, names)
+                    sketch = sketch if carried[1] is None else torch.cat([carried[1], sketch], dim=1)
+                    if carry and not carry.last:
+                        parts.append(carry.arrays(cap, scored, sketch))
+                    else:
+                        parts.append(_score_batch(cap, scorer.normalised(scored), sketcher.normed(sketch), ctx.cfg))
                 done += len(batch.index)
                 status.update("score", done, total)
-            write_chunk(run_dir, i, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+            if carry and not carry.last:
+                carry.save(i, {k: torch.cat([p[k] for p in parts]) for k in parts[0]})
+            else:
+                write_chunk(run_dir, i, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
     ctx.captures.clear()
     ctx.timings["score"] = ctx.timings.get("score", 0.0) + time.time() - t0
 
 
-def _score_batch(cap: Captured, scorer: Scorer, sketcher: Sketcher, index_dtype: str) -> dict[str, np.ndarray]:
-    with torch.no_grad():
-        scored = scorer(cap)
-        sketch = sketcher(cap)
+def _score_batch(cap: Captured, scored: ScoredBatch, sketch: torch.Tensor, cfg) -> dict[str, np.ndarray]:
     out = {
         "index": np.asarray(cap.index, np.int64),
         "influence": scored.scores.float().cpu().numpy(),
         "sketch": sketch.float().cpu().numpy(),
-        "loss": cap.loss.cpu().numpy().astype(np.float32),
+        "loss": cap.loss.detach().cpu().numpy().astype(np.float32),
         "n_tokens": cap.n_target.cpu().numpy().astype(np.int64),
     }
     if scored.self_influence is not None:
         out["self_influence"] = scored.self_influence.float().cpu().numpy()
     if scored.index is not None:
-        rows = IndexRows.from_projected(scored.index, scored.self_influence, index_dtype)
+        rows = IndexRows.from_projected(scored.index, scored.self_influence, cfg.index_dtype)
         out |= {INDEX_ROWS: rows.rows, INDEX_PROJECTED_NORM: rows.projected_norm}
         if rows.scale is not None:
             out[INDEX_ROW_SCALE] = rows.scale
@@ -282,27 +229,6 @@ def umap_stage(run_dir: Path, random_state: int, status: Status) -> None:
         raise FileNotFoundError(f"{run_dir / CONFIG}: missing; the run has not finished")
     cfg["timings"]["umap"] = time.time() - t0
     write_config(run_dir, cfg)
-
-
-def load_or_make_seeds(
-    ctx: ScoreContext, cur: Curvature, dampings: dict[str, float], run_dir: Path, status: Status, fp: str
-) -> tuple[SeedGradients, np.ndarray, np.ndarray, int | None]:
-    """The preconditioned seeds, reused from partial/ when an earlier process of this run finished them."""
-    from gdig.rundir.seeds import load_seed_gradients, load_seed_meta, save_seed_gradients, save_seed_meta, seeds_path
-
-    path = seeds_path(run_dir)
-    partial_dir(run_dir).mkdir(exist_ok=True)
-    meta = load_seed_meta(run_dir)
-    if meta is not None and read_fingerprint(path) == fp:  # metadata only, not the tensors
-        seeds, _ = load_seed_gradients(path, ctx.device)
-        return (seeds, *meta)
-    seeds, seed_loss, seed_ntok, rank = seed_stage(ctx, cur, dampings, status)
-    if ctx.world.is_main:
-        save_seed_gradients(path, seeds, fp)
-        save_seed_meta(run_dir, seed_loss, seed_ntok, rank)
-    ctx.world.barrier("saving the seeds", status.refresh)
-    seeds, _ = load_seed_gradients(path, ctx.device)  # same bytes as a resumed run
-    return seeds, seed_loss, seed_ntok, rank
 
 
 def adequacy_stage(ctx: ScoreContext, run_dir: Path, status: Status) -> tuple[dict[str, np.ndarray], dict[str, int]]:

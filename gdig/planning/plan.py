@@ -7,12 +7,20 @@ the activations come from a formula instead of the probe and token counts from t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from gdig.config import ScoreConfig
 from gdig.engine.hooks import padded_batches
 from gdig.engine.index import BYTES_PER_COORDINATE, CACHED_COORDINATES
-from gdig.engine.memory import SEED_WORK_BYTES, budget_mb, captures_fit, captures_reusable, keeps_dense, seed_rank
+from gdig.engine.memory import (
+    SEED_WORK_BYTES,
+    budget_mb,
+    captures_fit,
+    captures_reusable,
+    keeps_dense,
+    module_groups,
+    seed_rank,
+)
 from gdig.hessians import hessian
 from gdig.hessians.base import COVARIANCE_PASS, EIGENVALUE_PASS, IDENTITY
 from gdig.selection.signals import DETECTOR_BYTES
@@ -70,6 +78,8 @@ class Plan:
     available_bytes: float
     seed_rank: int | None
     notes: list[str] = field(default_factory=list)
+    partitions: int = 1  # module groups the plan is for (--module-partitions; chosen here when given as 0)
+    partitions_to_fit: int | None = None  # when it does not fit: the fewest module groups that would
 
     def peak(self, stage: str) -> float:
         """The most memory stage `stage` holds at once."""
@@ -88,7 +98,65 @@ class Plan:
 
 
 def plan_run(cfg: ScoreConfig, w: Workload, available_bytes: float) -> Plan:
-    """The plan of `gdig score` with these settings on this workload."""
+    """The plan of `gdig score` with these settings on this workload. In module groups (--module-partitions)
+    every stage holds one group's captures, factors and seeds at a time: its peak is its largest group's, its
+    time the groups' sum (each group makes its own passes over the data)."""
+    whole = _plan(cfg, w, available_bytes)
+    if cfg.module_partitions == 0:  # auto: one group when it fits, else the fewest groups that fit
+        parts = 1 if whole.fits else fewest_partitions(cfg, w, available_bytes)
+        plan = whole if parts in (None, 1) else _in_groups(replace(cfg, module_partitions=parts), w, whole)
+        plan.notes.append(f"--module-partitions 0 (auto): {plan.partitions} group(s)")
+        return plan
+    plan = whole if cfg.module_partitions == 1 or len(w.dims) < 2 else _in_groups(cfg, w, whole)
+    if not plan.fits:
+        plan.partitions_to_fit = fewest_partitions(cfg, w, available_bytes)
+    return plan
+
+
+def _in_groups(cfg: ScoreConfig, w: Workload, whole: Plan) -> Plan:
+    """The plan in cfg.module_partitions groups of modules, from `whole`, the plan in one."""
+    available_bytes = whole.available_bytes
+    names = list(w.dims)
+    groups = module_groups(list(w.dims.values()), cfg.module_partitions)
+    plans = [
+        _plan(cfg, replace(w, dims={names[i]: w.dims[names[i]] for i in g}), available_bytes, whole.seed_rank)
+        for g in groups
+    ]
+    stages = {
+        stage: dict(max((p.stages[stage] for p in plans), key=lambda d: sum(d.values()))) for stage in whole.stages
+    }
+    score = stages["score"]
+    score["index hashes"] = whole.stages["score"].get("index hashes", 0.0)  # kept from group to group
+    score["carried sums (one chunk)"] = score["chunk buffers"]
+    final = whole.stages["finalize"] | {"factors": 0.0, "seeds": stages["finalize"]["seeds"]}  # one group's seeds
+    stages["finalize"] = final
+    seconds = {stage: sum(p.seconds.get(stage, 0.0) for p in plans) for stage in whole.seconds}
+    note = f"in {len(groups)} module groups: each stage's peak is its largest group's, the passes made once per group"
+    return Plan(stages, seconds, available_bytes, whole.seed_rank, whole.notes + [note], len(groups))
+
+
+def fewest_partitions(cfg: ScoreConfig, w: Workload, available_bytes: float) -> int | None:
+    """The fewest module groups (--module-partitions) whose plan fits, or None when even one module per group
+    does not: a bisection, the peak falling as the groups grow in number."""
+    whole = _plan(cfg, w, available_bytes)
+    if whole.fits:
+        return 1
+
+    def fits(parts: int) -> bool:
+        return _in_groups(replace(cfg, module_partitions=parts), w, whole).fits
+
+    low, high = 1, len(w.dims)  # low does not fit; high is the most there can be
+    if not fits(high):
+        return None
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if fits(mid) else (mid, high)
+    return high
+
+
+def _plan(cfg: ScoreConfig, w: Workload, available_bytes: float, rank: int | None = None) -> Plan:
+    """The plan over the workload's modules at once; `rank`: the seeds' rank when a group is planned (the run's,
+    chosen from every module)."""
     capture = 4 * sum(d_in + d_out for d_in, d_out in w.dims.values())  # a and g of one token, float32
     widest = max((d_in * d_out for d_in, d_out in w.dims.values()), default=0)
     sq = sum(d_in * d_in + d_out * d_out for d_in, d_out in w.dims.values())
@@ -99,7 +167,7 @@ def plan_run(cfg: ScoreConfig, w: Workload, available_bytes: float) -> Plan:
     fit_batches = padded_batches(w.fit_set, cfg.batch_size, cfg.token_budget)
     base = {"runtime": w.runtime_bytes, "model": w.model_bytes}
     reuse = _reused_captures(cfg, w, fit_batches, capture, available_bytes - sum(base.values()))
-    rank, seeds = _seed_bytes(cfg, w, available_bytes)
+    rank, seeds = _seed_bytes(cfg, w, available_bytes, rank)
     batch = _batch(w, max(cand_batches, default=0), capture)
     stages = {"load": dict(base)}
     fit = _growing_cache(w, fit_batches, capture) if reuse else _batch(w, max(fit_batches, default=0), capture)
@@ -181,10 +249,11 @@ def _eigendecomposition_peak(dims: dict[str, tuple[int, int]]) -> float:
     return peak
 
 
-def _seed_bytes(cfg: ScoreConfig, w: Workload, available: float) -> tuple[int | None, float]:
-    """The seeds' rank (None: dense) and bytes, by the seed stage's own rule (gdig.engine.memory.seed_rank)."""
+def _seed_bytes(cfg: ScoreConfig, w: Workload, available: float, rank: int | None = None) -> tuple[int | None, float]:
+    """The seeds' rank (None: dense) and bytes, by the seed stage's own rule (gdig.engine.memory.seed_rank), or
+    at the `rank` given."""
     columns = w.n_columns(cfg.seed_batch)
-    rank = cfg.seed_rank
+    rank = cfg.seed_rank if rank is None else rank
     if rank is None:
         rank = seed_rank(w.dims, columns, budget_mb(cfg.seed_memory_mb, available / 2**20, 4) * 2**20)
     dense = 4 * columns * sum(d_in * d_out for d_in, d_out in w.dims.values())
@@ -244,70 +313,3 @@ def module_flops(cfg: ScoreConfig, w: Workload, rank: int | None) -> dict[str, f
     if cfg.normalize != "none":
         out["score per token"] += out["rotation"]
     return out
-
-
-MODULE_PARTS = (
-    "captures (one batch)",
-    "reused captures",
-    "factor sums (float64)",
-    "factors",
-    "eigenvalue sums (float64)",
-    "seeds",
-    "seed chunk work",
-)
-
-
-def advice(plan: Plan, cfg: ScoreConfig) -> list[str]:
-    """What each knob would save at the worst stage, largest first."""
-    stage, _ = plan.worst
-    parts = plan.stages[stage]
-    batch = parts.get("activations (one batch)", 0) + parts.get("captures (one batch)", 0)
-    per_module = sum(parts.get(k, 0) for k in MODULE_PARTS)
-    tips = [
-        (
-            per_module / 2,
-            "--modules tracking half of the layers: captures, factors and seeds scale with the tracked modules' sizes",
-        ),
-        (
-            batch / 2,
-            f"--batch-size {max(1, cfg.batch_size // 2)} (or a --token-budget): halves one batch's "
-            "activations and captures",
-        ),
-        (
-            parts.get("seeds", 0) * 0.75,
-            "--seed-rank (a quarter of the current rank) or a smaller "
-            "--seed-memory-mb: seeds at a quarter of their size",
-        ),
-        (
-            max(parts.get("reused captures", 0), parts.get("reused captures (kept so far)", 0)),
-            "--fit-cache-mb 0: recompute captures instead of keeping them",
-        ),
-    ]
-    if cfg.dtype == "float32":
-        tips.append((parts.get("model", 0) / 2, "--dtype bfloat16 (on a GPU): halves the model and its activations"))
-    return [f"{text}: saves about {_fmt(saved)}" for saved, text in sorted(tips, reverse=True) if saved > 0]
-
-
-def format_plan(plan: Plan) -> str:
-    """The plan as a table a person reads: one line per stage and its parts, then time and the verdict."""
-    lines = [f"memory available: {_fmt(plan.available_bytes)}"]
-    for stage, parts in plan.stages.items():
-        secs = plan.seconds.get(stage)
-        when = f", about {secs:,.0f} s" if secs is not None else ""
-        lines.append(f"{stage:15s} {_fmt(plan.peak(stage)):>10s}{when}")
-        lines += [f"    {name:34s} {_fmt(b):>10s}" for name, b in parts.items() if b > 0]
-    seeds = "dense" if plan.seed_rank is None else f"rank {plan.seed_rank}"
-    stage, peak = plan.worst
-    verdict = "fits" if plan.fits else "DOES NOT FIT"
-    lines.append(f"seeds kept {seeds}; peak {_fmt(peak)} at {stage}: {verdict}")
-    return "\n".join(lines + [f"note: {n}" for n in plan.notes])
-
-
-def plan_report(plan: Plan, cfg: ScoreConfig) -> str:
-    """The plan's table and, when it does not fit, what each knob would save: what --plan prints."""
-    tips = "" if plan.fits else "\nto fit, try:\n  " + "\n  ".join(advice(plan, cfg))
-    return format_plan(plan) + tips
-
-
-def _fmt(n: float) -> str:
-    return f"{n / GiB:.2f} GiB" if n >= GiB / 10 else f"{n / 2**20:.1f} MiB"

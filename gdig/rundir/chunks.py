@@ -22,6 +22,16 @@ def chunk_path(run_dir: str | Path, i: int) -> Path:
     return partial_dir(run_dir) / f"chunk_{i:05d}.npz"
 
 
+def part_name(parts: int, group: int) -> str:
+    """The folder under partial/ of module group `group` of a run in `parts` groups (--module-partitions)."""
+    return f"parts-{parts}/group-{group}"
+
+
+def part_chunk_path(run_dir: str | Path, part: str, i: int) -> Path:
+    """Where a module group's running sums for chunk i are (or will be) written."""
+    return partial_dir(run_dir) / part / f"chunk_{i:05d}.safetensors"
+
+
 def write_chunk(run_dir: str | Path, i: int, arrays: dict[str, np.ndarray]) -> None:
     """One complete chunk (its `index` says which candidates), written whole or not at all."""
     partial_dir(run_dir).mkdir(parents=True, exist_ok=True)

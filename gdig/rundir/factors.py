@@ -4,10 +4,11 @@ reusable by another run of the same model, data and settings. Safetensors, never
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from gdig.atomic import atomic_path
 from gdig.engine.curvature import FACTOR_KEYS, Curvature, ModuleFactors
@@ -32,17 +33,61 @@ def save_factors(cur: Curvature, path: str | Path, fingerprint: str) -> None:
         save_file(tensors, str(tmp), metadata=meta)
 
 
-def load_factors(path: str | Path, device: torch.device | str = "cpu") -> Curvature:
-    """Factors written by save_factors, onto `device`."""
+def load_factors(path: str | Path, device: torch.device | str = "cpu", names: list[str] | None = None) -> Curvature:
+    """Factors written by save_factors, onto `device`: every module's, or those of modules `names` only (one
+    group of a run in module partitions; the others are not read)."""
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
+    with safe_open(str(path), framework="pt", device=str(device)) as f:
         meta = f.metadata() or {}
-    tensors = load_file(str(path), device=str(device))
-    cur = Curvature(meta["kind"], n_examples=int(meta["n_examples"]), n_tokens=int(meta["n_tokens"]))
-    for name in json.loads(meta["modules"]):
-        cur.modules[name] = ModuleFactors(**{k: tensors.get(f"{name}::{k}") for k in FACTOR_KEYS})
+        keys = set(f.keys())
+        cur = Curvature(meta["kind"], n_examples=int(meta["n_examples"]), n_tokens=int(meta["n_tokens"]))
+        for name in json.loads(meta["modules"]):
+            if names is None or name in names:
+                found = {k: f.get_tensor(f"{name}::{k}") for k in FACTOR_KEYS if f"{name}::{k}" in keys}
+                cur.modules[name] = ModuleFactors(**found)
     return cur
+
+
+def join_factors(paths: list[Path], out: str | Path, fingerprint: str) -> None:
+    """The factors files of a run's module groups joined into the run's one file, in group order, with the run's
+    fingerprint. Written tensor by tensor from the groups' bytes (the safetensors layout: a little-endian u64
+    header size, the JSON header, the data), since the library's writer holds every tensor in memory at once and
+    a 7B model's factors are larger than the memory of most machines."""
+    entries: dict[str, dict] = {}
+    pieces: list[tuple[Path, int, int]] = []  # (file, start, size) of each tensor's bytes, in the joined order
+    modules: list[str] = []
+    meta: dict[str, str] = {}
+    size = 0
+    for path in paths:
+        header, data_start = _read_header(Path(path))
+        own = header.pop("__metadata__", {})
+        meta = meta or own
+        modules += json.loads(own["modules"])
+        for key, e in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+            begin, end = e["data_offsets"]
+            entries[key] = {"dtype": e["dtype"], "shape": e["shape"], "data_offsets": [size, size + end - begin]}
+            pieces.append((Path(path), data_start + begin, end - begin))
+            size += end - begin
+    meta = meta | {"fingerprint": fingerprint, "modules": json.dumps(modules)}
+    header = json.dumps({"__metadata__": meta, **entries}, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # the data starts 8-byte aligned, as the library writes it
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(header)) + header)
+        for path, start, n in pieces:
+            with open(path, "rb") as src:
+                src.seek(start)
+                while n:
+                    block = src.read(min(n, 1 << 24))
+                    f.write(block)
+                    n -= len(block)
+
+
+def _read_header(path: Path) -> tuple[dict, int]:
+    """A safetensors file's header and where its data starts."""
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        return json.loads(f.read(n)), 8 + n
 
 
 def run_curvature(path: str | Path, kind: str, device: torch.device | str = "cpu") -> Curvature:

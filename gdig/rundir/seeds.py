@@ -18,14 +18,14 @@ if TYPE_CHECKING:
     from gdig.engine.influence import SeedGradients
 
 
-def seeds_path(run_dir: str | Path) -> Path:
-    """All preconditioned seed gradients of a run in progress."""
-    return partial_dir(run_dir) / "seeds.safetensors"
+def seeds_path(run_dir: str | Path, part: str = "") -> Path:
+    """All preconditioned seed gradients of a run in progress (`part`: of one module group, gdig.rundir.chunks)."""
+    return partial_dir(run_dir) / part / "seeds.safetensors"
 
 
-def seeds_meta_path(run_dir: str | Path) -> Path:
+def seeds_meta_path(run_dir: str | Path, part: str = "") -> Path:
     """Each seed's loss and token count, and the rank used, beside seeds_path."""
-    return partial_dir(run_dir) / "seeds_meta.npz"
+    return partial_dir(run_dir) / part / "seeds_meta.npz"
 
 
 def save_seed_gradients(path: Path, seeds: SeedGradients, fingerprint: str) -> None:
@@ -64,14 +64,16 @@ def load_seed_gradients(path: Path, device: torch.device | str = "cpu") -> tuple
     return seeds, meta.get("fingerprint")
 
 
-def save_seed_meta(run_dir: str | Path, loss: np.ndarray, n_tokens: np.ndarray, rank: int | None) -> None:
+def save_seed_meta(
+    run_dir: str | Path, loss: np.ndarray, n_tokens: np.ndarray, rank: int | None, part: str = ""
+) -> None:
     """What a resumed run needs of the seed stage besides the gradients."""
-    save_npz_atomic(seeds_meta_path(run_dir), loss=loss, n_tokens=n_tokens, rank=np.int64(rank or 0))
+    save_npz_atomic(seeds_meta_path(run_dir, part), loss=loss, n_tokens=n_tokens, rank=np.int64(rank or 0))
 
 
-def load_seed_meta(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray, int | None] | None:
+def load_seed_meta(run_dir: str | Path, part: str = "") -> tuple[np.ndarray, np.ndarray, int | None] | None:
     """(loss, n_tokens, rank) saved by save_seed_meta, or None when the seed stage has not finished."""
-    path = seeds_meta_path(run_dir)
+    path = seeds_meta_path(run_dir, part)
     if not path.exists():
         return None
     with np.load(path, allow_pickle=False) as z:

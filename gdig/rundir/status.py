@@ -37,6 +37,7 @@ class Status:
         self.cancel_path = Path(run_dir) / CANCEL
         self.started = time.time()
         self.on_progress = on_progress
+        self.group = ""  # added to every stage's name while a run works on one module group (" [2/3]")
         self.state: dict[str, Any] = {}  # what status.json says (rank 0: every rank's counters summed)
         self.local: dict[str, Any] = {}  # this rank's own counters
         self._others: list[dict[str, Any]] = []
@@ -67,6 +68,7 @@ class Status:
     def update(self, stage: str, done: int, total: int, error: str | None = None, force: bool = False) -> None:
         """Record progress (written twice a second at most, and at stage boundaries); Cancelled when asked to stop."""
         now = time.time()
+        stage += self.group
         previous = self.local.get("stage")
         if stage != previous:
             if previous is not None:

@@ -214,7 +214,7 @@ def run_worker(settings_path: str | Path, resume: bool = False, plan: bool = Fal
     cfg = ScoreConfig.from_dict(json.loads(Path(settings_path).read_text()))
     if plan:
         from gdig.pipeline.run import make_plan
-        from gdig.planning.plan import plan_report
+        from gdig.planning.report import plan_report
 
         print(plan_report(make_plan(cfg), cfg))
         return 0

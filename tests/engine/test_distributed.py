@@ -110,6 +110,27 @@ def test_many_processes_give_the_run_of_one_bit_for_bit(job, reference, nproc):
     assert not (out / "partial").exists()
 
 
+GROUPS = ("--seed-rank", "3", "--fit-cache-mb", "0", "--module-partitions", "3")
+
+
+@pytest.mark.parametrize("nproc", [2, pytest.param(3, marks=pytest.mark.slow)])
+def test_module_groups_under_torchrun_give_the_run_of_one_bit_for_bit(job, reference, nproc):
+    out, done = run(job, f"groups{nproc}", nproc, *GROUPS)
+    assert done.returncode == 0, done.stderr[-3000:]
+    same_run(reference, out, exact=True)
+    assert json.loads((out / "config.json").read_text())["settings"]["module_partitions"] == 3
+
+
+@pytest.mark.slow
+def test_killed_in_a_module_group_a_run_resumes_with_another_world_size(job, reference):
+    out, done = run(job, "groups-killed", 2, *GROUPS, fault="kill:1:group")
+    assert done.returncode != 0
+    assert list((out / "partial" / "parts-3").glob("group-0/chunk_*")) and not (out / "influence.npy").exists()
+    out, done = run(job, "groups-killed", 3, *GROUPS, resume=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    same_run(reference, out, exact=True)
+
+
 @pytest.mark.parametrize(("killed", "resume_with"), [(1, 1), (0, 3)])
 def test_a_rank_killed_mid_scoring_resumes_with_another_world_size_to_the_same_matrix(
     job, reference, killed, resume_with

@@ -47,13 +47,13 @@ def test_randomised_low_rank_is_as_good_as_the_exact_one_and_its_error_is_exact(
 
 
 def test_seeds_fit_the_budget_dense_and_chunking_changes_nothing(tmp_path, model, tokenizer, data_files, monkeypatch):
-    from gdig.pipeline import stages
+    from gdig.pipeline import seed_stage
 
     dense, _ = run(tmp_path, model, tokenizer, data_files, name="dense", damping=1e-3)
     same, out = run(tmp_path, model, tokenizer, data_files, name="fits", damping=1e-3, seed_memory_mb=1)
     assert np.array_equal(same, dense)  # 5 seeds of a tiny model fit in 1 MiB: dense, exact
     assert json.loads((out / "config.json").read_text())["seed_rank_kept"] is None
-    monkeypatch.setattr(stages, "SEED_WORK_BYTES", 1)  # one seed per chunk
+    monkeypatch.setattr(seed_stage, "SEED_WORK_BYTES", 1)  # one seed per chunk
     chunked, _ = run(tmp_path, model, tokenizer, data_files, name="chunked", damping=1e-3)
     assert rel_err(chunked, dense) < 1e-6
 
@@ -63,7 +63,7 @@ def test_seed_ranks_follow_the_budget(budget_mb, expected):
     from types import SimpleNamespace
 
     from gdig.engine.distributed import SINGLE
-    from gdig.pipeline.stages import seed_ranks
+    from gdig.pipeline.seed_stage import seed_ranks
 
     dims = {"m1": (64, 128), "m2": (128, 64)}  # dense: 2 * 8192 * 4 bytes per seed = 64 KiB
     cfg = SimpleNamespace(seed_rank=None, seed_memory_mb=budget_mb)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,8 @@ from gdig.atomic import write_jsonl
 from gdig.config import DataConfig, ScoreConfig
 from gdig.demo.tiny import build_tiny_model
 from gdig.engine.hooks import padded_batches
-from gdig.planning.plan import Plan, advice, format_plan
+from gdig.planning.plan import Plan
+from gdig.planning.report import advice, format_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "bench" / "configs"
@@ -36,6 +38,15 @@ def _helper(mode: str, settings: Path) -> dict:
         ("llama", {"hidden": 96, "ffn": 384, "layers": 3, "heads": 4}, 300, 64, {}),
         ("llama", {"hidden": 96, "ffn": 384, "layers": 3, "heads": 4}, 300, 64, {"fit_examples": 75}),
         ("llama", {"hidden": 96, "ffn": 384, "layers": 3, "heads": 4}, 300, 64, {"hessian": "diagonal"}),
+        # wide MLPs, whose factors and float64 sums outweigh the rest, in four module groups (2-5 minutes)
+        pytest.param(
+            "llama",
+            {"hidden": 128, "ffn": 1536, "layers": 4, "heads": 4},
+            200,
+            32,
+            {"module_partitions": 4},
+            marks=pytest.mark.slow,
+        ),
         (
             "gpt2",
             {"hidden": 128, "ffn": 512, "layers": 2, "heads": 4},
@@ -97,7 +108,7 @@ def test_a_7b_plan_is_built_on_the_meta_device_for_one_80_gb_gpu(tmp_path, name,
         "--plan-memory-gb",
         "80",
     ]
-    assert main(argv) == 0
+    assert main([*argv, "--module-partitions", "1"]) == 0  # every module at once
     text = capsys.readouterr().out
     assert "memory available: 80.00 GiB" in text and f"model {params_gib:.2f} GiB".replace(" ", "") in text.replace(
         " ", ""
@@ -105,6 +116,11 @@ def test_a_7b_plan_is_built_on_the_meta_device_for_one_80_gb_gpu(tmp_path, name,
     for stage in ("load", "fit_covariance", "fit_eigen", "seeds", "score", "finalize"):
         assert any(line.startswith(stage) for line in text.splitlines()), stage
     assert "DOES NOT FIT" in text and "--modules tracking half of the layers" in text  # the default modules' factors
+    groups = int(re.search(r"--module-partitions (\d+) \(or 0, the default, which chooses it\): fits", text)[1])
+    assert main(argv) == 0  # the default: the fewest module groups that fit
+    text = capsys.readouterr().out
+    assert f"--module-partitions 0 (auto): {groups} group(s)" in text and re.search(r"GiB at \w+: fits", text)
+    assert 2 <= groups <= 4
     assert not (tmp_path / "run").exists()  # a plan writes nothing
 
 
@@ -213,3 +229,51 @@ def test_the_adequacy_signals_have_a_stage_in_the_plan_and_its_time():
     parts = {"runtime", "model", "activations (one batch)", "captures (one batch)", "factors", "seeds"}
     assert set(asked.stages["adequacy"]) == parts  # a batch beside what the run still holds
     assert asked.seconds["adequacy"] == pytest.approx(1e-4 * 50 * 100)  # one pass over the padded pool
+
+
+def test_module_groups_plan_the_largest_group_and_auto_takes_the_fewest_that_fit():
+    from gdig.planning.plan import Workload, fewest_partitions, plan_run
+
+    dims = {f"layers.{i}.mlp": (300, 1200) for i in range(6)}
+    w = Workload(dims, 10**8, 0, cand_lengths=[40] * 64, seed_lengths=[20] * 8, activation_bytes_per_token=1e4)
+    w.seconds_per_token, w.flops_per_second, w.eigh_flops_per_second = 1e-4, 1e10, 1e9
+    cfg = ScoreConfig(model="m", candidates="c", seeds="s", out="o", module_partitions=1, fit_cache_mb=0)
+    one = plan_run(cfg, w, 1e12)
+    sums = one.stages["fit_covariance"]["factor sums (float64)"]
+    assert sums == 8 * 6 * (300**2 + 1200**2)
+    peaks = {p: plan_run(dataclasses.replace(cfg, module_partitions=p), w, 1e12) for p in (2, 3, 6)}
+    for parts, plan in peaks.items():
+        assert plan.partitions == parts
+        assert plan.stages["fit_covariance"]["factor sums (float64)"] == sums / parts  # one group's at a time
+        pass_seconds = 1e-4 * 64 * 40  # the model's pass over the pool; the modules' algebra is split, not repeated
+        assert plan.seconds["score"] == pytest.approx(one.seconds["score"] + (parts - 1) * pass_seconds)
+    assert one.worst[1] > peaks[2].worst[1] > peaks[3].worst[1] > peaks[6].worst[1]
+    available = (peaks[2].worst[1] + peaks[3].worst[1]) / 2  # two groups do not fit, three do
+    assert fewest_partitions(cfg, w, available) == 3
+    assert fewest_partitions(cfg, w, peaks[6].worst[1] - 1) is None
+    auto = plan_run(dataclasses.replace(cfg, module_partitions=0), w, available)
+    assert auto.partitions == 3 and auto.fits and any("(auto): 3 group(s)" in n for n in auto.notes)
+    refused = plan_run(cfg, w, available)
+    assert not refused.fits and refused.partitions_to_fit == 3
+    assert advice(refused, cfg)[0].startswith("--module-partitions 3 (or 0, the default, which chooses it): fits")
+
+
+def test_a_run_takes_the_module_groups_its_plan_chooses(tmp_path, tokenizer, data_files, monkeypatch):
+    from gdig.pipeline import run as run_module
+    from gdig.pipeline.run import score
+
+    model = build_tiny_model("llama", tokenizer, hidden=16, ffn=32, heads=2)
+    choose = run_module.plan_run
+
+    def three_groups(cfg, w, available):
+        plan = choose(dataclasses.replace(cfg, module_partitions=3), w, available)
+        assert cfg.module_partitions == 0  # auto, the default
+        return plan
+
+    monkeypatch.setattr(run_module, "plan_run", three_groups)
+    cfg = ScoreConfig(model="m", candidates=str(data_files[0]), seeds=str(data_files[1]), out=str(tmp_path / "r"))
+    seen = []
+    out = score(dataclasses.replace(cfg, umap=False), model=model, tokenizer=tokenizer, on_progress=seen.append)
+    assert json.loads((out / "config.json").read_text())["settings"]["module_partitions"] == 3
+    assert {"score [1/3]", "score [3/3]"} <= {s["stage"] for s in seen}
+    assert {"fit_covariance [1/3]", "score [3/3]"} <= set(json.loads((out / "status.json").read_text())["plan"])

@@ -1,0 +1,156 @@
+"""The seed stage of `gdig score`: every seed's gradient, grouped by --seed-batch and preconditioned once, kept
+dense or at low rank (gdig.engine.influence.SeedBuilder), shared between processes, saved in partial/ for a
+resumed run."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gdig.engine.curvature import Curvature
+from gdig.engine.hooks import Captured, per_example_gradient
+from gdig.engine.influence import SeedBuilder, SeedGradients, group_seed_gradients
+from gdig.engine.memory import SEED_WORK_BYTES, budget_mb, free_memory_mb, seed_rank
+from gdig.pipeline.context import ScoreContext, by_length
+from gdig.pipeline.stages import detached, index_projection
+from gdig.rundir.layout import read_fingerprint
+from gdig.rundir.status import Status
+
+
+def seed_ranks(ctx: ScoreContext, n_columns: int) -> dict[str, int | None]:
+    """The rank each module's seeds are kept at: --seed-rank when given; otherwise dense when all seeds fit in
+    --seed-memory-mb (auto: a quarter of the free memory, at most 8 GiB), else the largest common rank that
+    fits (per seed and token, a rank-r module costs r (d_in + d_out) multiply-adds to score). Every process
+    uses the smallest rank any of them can hold."""
+    if ctx.cfg.seed_rank is not None:
+        return dict.fromkeys(ctx.dims, ctx.cfg.seed_rank)
+    budget = budget_mb(ctx.cfg.seed_memory_mb, free_memory_mb(ctx.device), 4)
+    rank = seed_rank(ctx.dims, n_columns, budget * 2**20)
+    dense = 2**62
+    rank = ctx.world.all_reduce_min(dense if rank is None else rank, "agreeing on the seeds' rank")
+    return dict.fromkeys(ctx.dims, None if rank == dense else rank)
+
+
+def seed_chunks(ctx: ScoreContext) -> list[list[int]]:
+    """Seeds in chunks of whole --seed-batch groups, each chunk's captured activations and gradients within
+    SEED_WORK_BYTES (estimated from the token counts), so their memory does not grow with the number of seeds."""
+    k = ctx.cfg.seed_batch
+    per_token = 4 * sum(d_in + d_out for d_in, d_out in ctx.dims.values())
+    chunks, current, size = [], [], 0
+    for start in range(0, len(ctx.seed_tok), k):
+        group = list(range(start, min(start + k, len(ctx.seed_tok))))
+        cost = per_token * sum(len(ctx.seed_tok[i].input_ids) for i in group)
+        if current and size + cost > SEED_WORK_BYTES:
+            chunks.append(current)
+            current, size = [], 0
+        current, size = current + group, size + cost
+    return chunks + ([current] if current else [])
+
+
+def seed_stage(
+    ctx: ScoreContext, cur: Curvature, dampings: dict[str, float], status: Status, carried: SeedGradients | None
+):
+    """Seed gradients, grouped by --seed-batch and preconditioned one (module, chunk) at a time; also each
+    seed's loss and token count, and the ranks used. With several processes each does its share of the chunks
+    (by tokens), then every chunk is broadcast from the rank that made it, so all hold every seed. `carried`:
+    the seeds of the module groups before this one (see SeedBuilder)."""
+    t0 = time.time()
+    m, k = len(ctx.seed_tok), ctx.cfg.seed_batch
+    n_columns = -(-m // k)
+    ranks = seed_ranks(ctx, n_columns)
+    projection = index_projection(ctx)
+    builder = SeedBuilder(ctx.work_dims, n_columns, cur, dampings, ranks, ctx.device, projection, carried)
+    loss = torch.zeros(m, dtype=torch.float32, device=ctx.device)
+    n_tok = torch.zeros(m, dtype=torch.int64, device=ctx.device)
+    chunks = seed_chunks(ctx)
+    owners = ctx.world.owners([sum(len(ctx.seed_tok[i].input_ids) for i in c) for c in chunks])
+    mine = [c for c, owner in zip(chunks, owners, strict=True) if owner == ctx.world.rank]
+    total = sum(len(c) for c in mine)
+    status.update("seeds", 0, total, force=True)
+    done = 0
+    with ctx.capture() as capture:
+        for chunk in mine:
+            caps = []
+            for batch in ctx.batches(ctx.seed_tok, by_length(ctx.seed_tok, chunk)):
+                cap = capture.run(batch)
+                caps.append(detached(cap))
+                loss[batch.index] = cap.loss.detach().float()
+                n_tok[batch.index] = cap.n_target.to(torch.int64)
+                done += len(batch.index)
+                status.update("seeds", done, total)
+            _add_chunk(ctx, builder, caps, chunk)
+    if ctx.world.active:
+        ctx.world.barrier("waiting for every rank's seeds", status.refresh)
+        for chunk, owner in zip(chunks, owners, strict=True):
+            rows, cols = slice(chunk[0], chunk[-1] + 1), slice(chunk[0] // k, chunk[-1] // k + 1)
+            ctx.world.broadcast([loss[rows], n_tok[rows], *builder.column_views(cols)], owner, "sharing the seeds")
+    ctx.timings["seeds"] = ctx.timings.get("seeds", 0.0) + time.time() - t0
+    rank = next(iter(ranks.values())) if len(set(ranks.values())) == 1 else None
+    return builder.finish(), loss.cpu().numpy(), n_tok.cpu().numpy(), rank
+
+
+def _add_chunk(ctx: ScoreContext, builder: SeedBuilder, caps: list[Captured], chunk: list[int]) -> None:
+    """Each module's seed columns for one chunk of seeds, handed to the builder as their tokens (cheaper to
+    precondition, see add_tokens); with no curvature, as grouped per-example gradients."""
+    first, k = chunk[0], ctx.cfg.seed_batch
+    for t in ctx.work:
+        if builder.takes_tokens(t.name):
+            a, g = _column_tokens(caps, t.name, first, len(chunk), k)
+            builder.add_tokens(t.name, first // k, a, g)
+            continue
+        grads = torch.zeros(len(chunk), t.d_out, t.d_in, device=ctx.device)
+        for cap in caps:
+            idx = torch.tensor(cap.index, device=ctx.device) - first
+            grads[idx] = per_example_gradient(cap.acts[t.name], cap.grads[t.name])
+        grouped = group_seed_gradients({t.name: grads}, k)[t.name]
+        builder.add(t.name, first // k, grouped)
+
+
+def _column_tokens(caps: list[Captured], name: str, first: int, n: int, k: int):
+    """The tokens of each seed column, (columns, k * T, d): a column's gradient sum_t g_t a_t^T is then the mean
+    of its k seeds' gradients (g scaled by 1 / the group's size; padding positions are zero)."""
+    width = max(cap.acts[name].shape[1] for cap in caps)
+    columns = -(-n // k)
+    sample = caps[0]
+    a = sample.acts[name].new_zeros(columns * k, width, sample.acts[name].shape[-1])
+    g = sample.grads[name].new_zeros(columns * k, width, sample.grads[name].shape[-1])
+    for cap in caps:
+        rows = torch.tensor(cap.index, device=a.device) - first
+        a[rows, : cap.acts[name].shape[1]] = cap.acts[name]
+        g[rows, : cap.grads[name].shape[1]] = cap.grads[name]
+    sizes = torch.full((columns,), float(k), device=g.device)
+    sizes[-1] = n - (columns - 1) * k
+    g = g / sizes.repeat_interleave(k)[:, None, None]
+    return a.reshape(columns, k * width, -1), g.reshape(columns, k * width, -1)
+
+
+def load_or_make_seeds(
+    ctx: ScoreContext,
+    cur: Curvature,
+    dampings: dict[str, float],
+    run_dir: Path,
+    status: Status,
+    fp: str,
+    part: str = "",
+    carried: SeedGradients | None = None,
+) -> tuple[SeedGradients, np.ndarray, np.ndarray, int | None]:
+    """The preconditioned seeds, reused from partial/ when an earlier process of this run finished them (`part`
+    and `carried`: one module group's, see gdig.pipeline.partitions)."""
+    from gdig.rundir.seeds import load_seed_gradients, load_seed_meta, save_seed_gradients, save_seed_meta, seeds_path
+
+    path = seeds_path(run_dir, part)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = load_seed_meta(run_dir, part)
+    if meta is not None and read_fingerprint(path) == fp:  # metadata only, not the tensors
+        seeds, _ = load_seed_gradients(path, ctx.device)
+        return (seeds, *meta)
+    seeds, seed_loss, seed_ntok, rank = seed_stage(ctx, cur, dampings, status, carried)
+    if ctx.world.is_main:
+        save_seed_gradients(path, seeds, fp)
+        save_seed_meta(run_dir, seed_loss, seed_ntok, rank, part)
+    ctx.world.barrier("saving the seeds", status.refresh)
+    seeds, _ = load_seed_gradients(path, ctx.device)  # same bytes as a resumed run
+    return seeds, seed_loss, seed_ntok, rank

@@ -1,0 +1,110 @@
+"""--module-partitions: a run in module groups equals the run in one group bit for bit (every file's arrays and
+tensors), for every approximation, low-rank seeds, adapters, and after a kill and resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import lora_model
+from gdig.config import LORA_MODULES, ScoreConfig
+from gdig.demo.tiny import build_tiny_model
+from gdig.inputs.model import find_tracked_modules
+from gdig.pipeline.partitions import module_groups
+from gdig.pipeline.run import score
+from gdig.rundir.layout import PARTIAL
+
+ARRAYS = ("influence.npy", "sketch.npy", "index.npy", "index_norms.npy")
+TENSORS = ("factors.safetensors", "seed_grads.safetensors")
+RECORDED = ("module_damping", "seed_rank_kept", "seed_lowrank_error", "n_seed_columns", "sketch_dim", "factors")
+
+
+def _cfg(tmp_path, files, name, **kw) -> ScoreConfig:
+    cands, seeds = files
+    settings = {"umap": False, "index_dim": 64, "chunk_size": 7, "batch_size": 4} | kw
+    return ScoreConfig(model="m", candidates=str(cands), seeds=str(seeds), out=str(tmp_path / name), **settings)
+
+
+def assert_same_run(a, b) -> None:
+    """Every result file of run b equals run a's, bit for bit."""
+    for name in ARRAYS:
+        if (a / name).exists() or (b / name).exists():
+            np.testing.assert_array_equal(np.load(b / name), np.load(a / name), err_msg=name)
+    assert (a / "index_seeds.npz").exists() == (b / "index_seeds.npz").exists()
+    if (a / "index_seeds.npz").exists():
+        with np.load(a / "index_seeds.npz") as x, np.load(b / "index_seeds.npz") as y:
+            assert x.files == y.files and all(np.array_equal(x[k], y[k]) for k in x.files)
+    for name in TENSORS:
+        if (a / name).exists() or (b / name).exists():
+            x, y = load_file(str(a / name)), load_file(str(b / name))
+            assert x.keys() == y.keys(), name
+            assert all(torch.equal(x[k], y[k]) for k in x), name
+    assert pq.read_table(b / "candidates.parquet").equals(pq.read_table(a / "candidates.parquet"))
+    ca, cb = (json.loads((r / "config.json").read_text()) for r in (a, b))
+    assert {k: cb[k] for k in RECORDED} == {k: ca[k] for k in RECORDED}
+    assert not (b / PARTIAL).exists()
+
+
+def test_groups_are_consecutive_balanced_and_never_empty(model):
+    tracked = find_tracked_modules(model, ScoreConfig(model="m", candidates="c", seeds="s", out="o").modules)
+    assert len(tracked) == 6
+    for parts in (1, 2, 3, 6, 10):
+        groups = module_groups(tracked, parts)
+        assert [t for g in groups for t in g] == tracked and all(groups)
+        assert len(groups) == min(parts, len(tracked))
+    assert [len(g) for g in module_groups(tracked, 2)] == [3, 3]  # two layers of equal modules
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"hessian": "ekfac"},
+        {"hessian": "kfac", "seed_rank": 4, "normalize": "relatif", "index_projection": "kronecker"},
+        {"hessian": "diagonal", "seed_batch": 2},
+        {"hessian": "identity", "normalize": "none", "index_dim": 0},
+    ],
+    ids=["ekfac", "kfac-lowrank", "diagonal", "identity"],
+)
+def test_a_run_in_module_groups_equals_the_run_in_one(tmp_path, tokenizer, data_files, model, settings):
+    whole = score(_cfg(tmp_path, data_files, "whole", **settings), model=model, tokenizer=tokenizer)
+    for parts in (2, 3):
+        cfg = _cfg(tmp_path, data_files, f"parts{parts}", module_partitions=parts, **settings)
+        assert_same_run(whole, score(cfg, model=model, tokenizer=tokenizer))
+
+
+def test_lora_adapters_in_module_groups(tmp_path, tokenizer, data_files):
+    model = lora_model(build_tiny_model("llama", tokenizer, hidden=16, ffn=32, heads=2))
+    whole = score(_cfg(tmp_path, data_files, "whole", modules=LORA_MODULES), model=model, tokenizer=tokenizer)
+    cfg = _cfg(tmp_path, data_files, "parts", modules=LORA_MODULES, module_partitions=5)
+    assert_same_run(whole, score(cfg, model=model, tokenizer=tokenizer))
+
+
+def test_killed_in_its_second_group_a_run_resumes_and_equals_the_whole(tmp_path, tokenizer, data_files, model):
+    whole = score(_cfg(tmp_path / "elsewhere", data_files, "whole"), model=model, tokenizer=tokenizer)
+    cfg = _cfg(tmp_path, data_files, "killed", module_partitions=3)
+
+    def kill_in_the_second_group(state):
+        if state["stage"] == "score [2/3]" and state["done"] >= 8:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        score(cfg, model=model, tokenizer=tokenizer, on_progress=kill_in_the_second_group)
+    kept = tmp_path / "killed" / PARTIAL / "parts-3"
+    assert len(list(kept.glob("group-0/chunk_*"))) == 4 and len(list(kept.glob("group-1/chunk_*"))) == 1
+    assert not (kept / "group-2").exists()
+    seen = []
+    score(cfg, resume=True, model=model, tokenizer=tokenizer, on_progress=seen.append)
+    stages = [s["stage"] for s in seen]
+    fits = [i for i, s in enumerate(stages) if s.startswith("fit")]
+    assert fits and min(fits) > stages.index("score [2/3]")  # the first two groups' factors kept, the third fitted
+    assert [s["done"] for s in seen if s["stage"].startswith("score")][:2] == [24, 7]  # chunks kept: 4, then 1
+    assert {s["stage"] for s in seen} >= {"fit_covariance [3/3]", "seeds [3/3]", "score [2/3]", "finalize"}
+    assert_same_run(whole, tmp_path / "killed")
+    sibling = score(_cfg(tmp_path, data_files, "sibling", module_partitions=2), model=model, tokenizer=tokenizer)
+    assert json.loads((sibling / "config.json").read_text())["timings"]["factors_reused"] == 1.0  # the joined file
+    assert_same_run(whole, sibling)
