@@ -62,9 +62,13 @@ def keeps_dense(rank: int | None, d_in: int, d_out: int) -> bool:
 def captures_fit(lengths: list[int], per_token_bytes: int, batch_size: int, by_tokens: bool, budget_mb: float) -> bool:
     """Whether every batch's captured a and g fit in `budget_mb` (estimated from the padded lengths, in the
     batches' order; with a token budget each example counts alone), with 10% to spare."""
+    return 1.1 * capture_tokens(lengths, batch_size, by_tokens) * per_token_bytes <= budget_mb * 2**20
+
+
+def capture_tokens(lengths: list[int], batch_size: int, by_tokens: bool) -> int:
+    """The padded tokens captures_fit counts: batches of batch_size in order (one example each by tokens)."""
     step = 1 if by_tokens else batch_size
-    padded = sum(max(lengths[i : i + step]) * len(lengths[i : i + step]) for i in range(0, len(lengths), step))
-    return 1.1 * padded * per_token_bytes <= budget_mb * 2**20
+    return sum(max(lengths[i : i + step]) * len(lengths[i : i + step]) for i in range(0, len(lengths), step))
 
 
 def release_freed_memory() -> None:

@@ -40,7 +40,7 @@ from gdig.rundir.status import Status
 GROUP_FACTORS = "factors.safetensors"  # in a group's folder under partial/
 
 
-def module_groups(tracked: list[TrackedModule], parts: int) -> list[list[TrackedModule]]:
+def tracked_groups(tracked: list[TrackedModule], parts: int) -> list[list[TrackedModule]]:
     """The run's groups: consecutive modules balanced by their factors' size (gdig.engine.memory.module_groups)."""
     return [tracked[r.start : r.stop] for r in memory.module_groups([(t.d_in, t.d_out) for t in tracked], parts)]
 
@@ -57,11 +57,15 @@ class Carried:
     tensors: dict[str, torch.Tensor]
     offset: int = 0
 
-    def next(self, n: int, device) -> tuple[ScoredBatch, torch.Tensor]:
-        """The sums of the next `n` candidates: scores, self-influence and index rows, and the sketch columns."""
+    def next(self, index: list[int], device) -> tuple[ScoredBatch, torch.Tensor]:
+        """The sums of the batch of candidates `index` (the next in the chunk): scores, self-influence and index
+        rows, and the sketch columns."""
+        n = len(index)
         rows = slice(self.offset, self.offset + n)
         self.offset += n
         got = {k: v[rows].to(device).clone() for k, v in self.tensors.items()}
+        if got["index_of"].tolist() != index:  # the groups' batches must be the same, or the sums would mix rows
+            raise RuntimeError("a module group's batches differ from the last group's; delete partial/ and rerun")
         return ScoredBatch(got["scores"], got.get("self_influence"), got.get("index")), got["sketch"]
 
 
@@ -93,7 +97,7 @@ class PartSums:
 
     @staticmethod
     def arrays(cap: Captured, scored: ScoredBatch, sketch: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One batch's sums so far, in their own dtypes (a bfloat16 model's stay bfloat16)."""
+        """One batch's sums so far, in their own dtypes, with the candidates they belong to."""
         out = {"index_of": torch.as_tensor(cap.index, dtype=torch.int64), "scores": scored.scores, "sketch": sketch}
         if scored.self_influence is not None:
             out["self_influence"] = scored.self_influence
@@ -119,9 +123,26 @@ class PartSums:
 def score_in_parts(ctx: ScoreContext, run_dir: Path, status: Status, fp: str, sketcher: Sketcher) -> StageResults:
     """Fit, seeds and scores, one module group at a time (each group's factors, seeds and captures released
     before the next); the run's factors file joined from the groups' unless it was reused whole."""
-    groups = module_groups(ctx.tracked, ctx.cfg.module_partitions)
+    groups = tracked_groups(ctx.tracked, ctx.cfg.module_partitions)
     fitted = bool(hessian(ctx.cfg.hessian).passes)
     reused = fitted and reusable_factors(ctx, run_dir, status)
+    try:
+        result = _each_group(ctx, run_dir, status, fp, sketcher, groups, reused)
+    finally:
+        status.group = ""
+    ctx.world.barrier("waiting for every rank's scores", status.refresh)
+    if ctx.world.is_main:
+        self_influence = result.seeds.self_influence
+        result.mean = _mean_direction(run_dir, len(groups), self_influence, ctx.cfg.normalize, ctx.device)
+        if fitted and not reused:
+            parts = [partial_dir(run_dir) / part_name(len(groups), g) / GROUP_FACTORS for g in range(len(groups))]
+            join_factors(parts, run_dir / FACTORS, factors_fingerprint(ctx))
+    return result
+
+
+def _each_group(ctx: ScoreContext, run_dir: Path, status: Status, fp: str, sketcher, groups, reused) -> StageResults:
+    """Every group's fit, seeds and scores in turn; what the last leaves (its seeds carry every module's sums)."""
+    fitted = bool(hessian(ctx.cfg.hessian).passes)
     projection = index_projection(ctx)
     result = StageResults(SeedGradients(), np.zeros(0), np.zeros(0), None, {}, {})
     carried, lowrank = None, {}
@@ -139,13 +160,6 @@ def score_in_parts(ctx: ScoreContext, run_dir: Path, status: Status, fp: str, sk
         result = StageResults(carried, loss, ntok, rank, result.dampings | dampings, factors)
         del cur, scorer, seeds
         release_freed_memory()
-    status.group = ""
-    ctx.world.barrier("waiting for every rank's scores", status.refresh)
-    if ctx.world.is_main:
-        result.mean = _mean_direction(run_dir, groups, carried.self_influence, ctx.cfg.normalize, ctx.device)
-        if fitted and not reused:
-            parts = [partial_dir(run_dir) / part_name(len(groups), g) / GROUP_FACTORS for g in range(len(groups))]
-            join_factors(parts, run_dir / FACTORS, factors_fingerprint(ctx))
     return result
 
 
@@ -166,12 +180,12 @@ def _group_curvature(
     return fit_factors(ctx, path, fp, folder, status)
 
 
-def _mean_direction(run_dir: Path, groups, self_influence: torch.Tensor, normalize: str, device) -> dict:
+def _mean_direction(run_dir: Path, parts: int, self_influence: torch.Tensor, normalize: str, device) -> dict:
     """The mean seed direction of every module (gdig.engine.influence.mean_seed_direction), read group by group
     from the groups' seeds with the final self-influence (every module's, which the unit weights need)."""
     mean: dict[str, torch.Tensor] = {}
-    for g in range(len(groups)):
-        seeds, _ = load_seed_gradients(seeds_path(run_dir, part_name(len(groups), g)), device)
+    for g in range(parts):
+        seeds, _ = load_seed_gradients(seeds_path(run_dir, part_name(parts, g)), device)
         seeds.self_influence = self_influence
         mean |= mean_seed_direction(seeds, normalize)
     return mean

@@ -68,7 +68,7 @@ from gdig.rundir.status import Status, clear_cancel
 from gdig.rundir.tables import records_table, write_tables
 
 
-def job_plan(cfg: ScoreConfig, n_candidates: int, n_seeds: int) -> dict[str, float]:
+def job_plan(cfg: ScoreConfig, n_candidates: int, n_seeds: int, n_modules: int | None = None) -> dict[str, float]:
     """Expected relative cost of each stage, in candidate forward+backward passes (for the overall ETA)."""
     n_fit = min(cfg.fit_examples or n_candidates, n_candidates)
     plan = {"load": 0.05 * n_candidates}
@@ -184,7 +184,7 @@ def score(
             check_memory(ctx)
         ctx.cfg.module_partitions = ctx.cfg.module_partitions or 1  # auto without a plan: one group
         if own_status:
-            status.set_plan(job_plan(cfg, len(ctx.candidates), len(ctx.seeds)))
+            status.set_plan(job_plan(cfg, len(ctx.candidates), len(ctx.seeds), len(ctx.tracked)))
         if saved is None or not _resume_finished(ctx, run_dir, saved, status):
             if world.is_main:
                 write_config(run_dir, config_record(ctx, {"finished": False, "world_size": world.size}))

@@ -4,34 +4,48 @@ resumed run."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from gdig.atomic import write_json_atomic
 from gdig.engine.curvature import Curvature
 from gdig.engine.hooks import Captured, per_example_gradient
 from gdig.engine.influence import SeedBuilder, SeedGradients, group_seed_gradients
 from gdig.engine.memory import SEED_WORK_BYTES, budget_mb, free_memory_mb, seed_rank
 from gdig.pipeline.context import ScoreContext, by_length
 from gdig.pipeline.stages import detached, index_projection
+from gdig.rundir.chunks import partial_dir
 from gdig.rundir.layout import read_fingerprint
 from gdig.rundir.status import Status
 
+SEED_RANK = "seed_rank.json"  # in partial/: the seeds' rank, once decided
 
-def seed_ranks(ctx: ScoreContext, n_columns: int) -> dict[str, int | None]:
+
+def seed_ranks(ctx: ScoreContext, n_columns: int, run_dir: Path | None = None) -> dict[str, int | None]:
     """The rank each module's seeds are kept at: --seed-rank when given; otherwise dense when all seeds fit in
     --seed-memory-mb (auto: a quarter of the free memory, at most 8 GiB), else the largest common rank that
     fits (per seed and token, a rank-r module costs r (d_in + d_out) multiply-adds to score). Every process
-    uses the smallest rank any of them can hold."""
+    uses the smallest rank any of them can hold. Decided once per run (`run_dir`: kept in partial/), so that
+    every module group and a resumed job, with any number of groups or processes, keep the same rank."""
     if ctx.cfg.seed_rank is not None:
         return dict.fromkeys(ctx.dims, ctx.cfg.seed_rank)
-    budget = budget_mb(ctx.cfg.seed_memory_mb, free_memory_mb(ctx.device), 4)
-    rank = seed_rank(ctx.dims, n_columns, budget * 2**20)
     dense = 2**62
+    path = None if run_dir is None else partial_dir(run_dir) / SEED_RANK
+    if path is not None and path.exists():  # read by every process before rank 0 could write it (collective below)
+        rank = json.loads(path.read_text())["rank"]
+    else:
+        budget = budget_mb(ctx.cfg.seed_memory_mb, free_memory_mb(ctx.device), 4)
+        rank = seed_rank(ctx.dims, n_columns, budget * 2**20)
     rank = ctx.world.all_reduce_min(dense if rank is None else rank, "agreeing on the seeds' rank")
-    return dict.fromkeys(ctx.dims, None if rank == dense else rank)
+    rank = None if rank == dense else rank
+    if path is not None and ctx.world.is_main and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, {"rank": rank})
+    return dict.fromkeys(ctx.dims, rank)
 
 
 def seed_chunks(ctx: ScoreContext) -> list[list[int]]:
@@ -51,7 +65,12 @@ def seed_chunks(ctx: ScoreContext) -> list[list[int]]:
 
 
 def seed_stage(
-    ctx: ScoreContext, cur: Curvature, dampings: dict[str, float], status: Status, carried: SeedGradients | None
+    ctx: ScoreContext,
+    cur: Curvature,
+    dampings: dict[str, float],
+    status: Status,
+    carried: SeedGradients | None,
+    run_dir: Path | None = None,
 ):
     """Seed gradients, grouped by --seed-batch and preconditioned one (module, chunk) at a time; also each
     seed's loss and token count, and the ranks used. With several processes each does its share of the chunks
@@ -60,7 +79,7 @@ def seed_stage(
     t0 = time.time()
     m, k = len(ctx.seed_tok), ctx.cfg.seed_batch
     n_columns = -(-m // k)
-    ranks = seed_ranks(ctx, n_columns)
+    ranks = seed_ranks(ctx, n_columns, run_dir)
     projection = index_projection(ctx)
     builder = SeedBuilder(ctx.work_dims, n_columns, cur, dampings, ranks, ctx.device, projection, carried)
     loss = torch.zeros(m, dtype=torch.float32, device=ctx.device)
@@ -147,7 +166,7 @@ def load_or_make_seeds(
     if meta is not None and read_fingerprint(path) == fp:  # metadata only, not the tensors
         seeds, _ = load_seed_gradients(path, ctx.device)
         return (seeds, *meta)
-    seeds, seed_loss, seed_ntok, rank = seed_stage(ctx, cur, dampings, status, carried)
+    seeds, seed_loss, seed_ntok, rank = seed_stage(ctx, cur, dampings, status, carried, run_dir)
     if ctx.world.is_main:
         save_seed_gradients(path, seeds, fp)
         save_seed_meta(run_dir, seed_loss, seed_ntok, rank, part)

@@ -180,7 +180,7 @@ def score_stage(
             before = carry.carried(i) if carry else None
             for batch in ctx.batches(ctx.cand_tok, chunks[i]):
                 cap = ctx.captures.pop(tuple(batch.index), None) or capture.run(batch)
-                carried = before.next(len(batch.index), cap.loss.device) if before else (None, None)
+                carried = before.next(batch.index, cap.loss.device) if before else (None, None)
                 with torch.no_grad():
                     scored = scorer.raw_scores(cap, carried[0])
                     sketch = sketcher.parts(cap, names)

@@ -15,7 +15,7 @@ from gdig.engine.index import BYTES_PER_COORDINATE, CACHED_COORDINATES
 from gdig.engine.memory import (
     SEED_WORK_BYTES,
     budget_mb,
-    captures_fit,
+    capture_tokens,
     captures_reusable,
     keeps_dense,
     module_groups,
@@ -43,6 +43,23 @@ class Workload:
     seconds_per_token: float | None = None  # from the probe
     flops_per_second: float | None = None  # float32 matrix products on the device, from the probe
     eigh_flops_per_second: float | None = None  # float64 eigendecompositions, counted as 9 n^3, from the probe
+    # padded batch sizes, computed once and shared by the workloads of every module group (dataclasses.replace)
+    _batches: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def padded(self, which: str, cfg: ScoreConfig) -> list[int]:
+        """Padded tokens of each batch of the candidates, the fit set or the seeds (`which`) by cfg's batching."""
+        lengths = {"candidates": self.cand_lengths, "fit": self.fit_set, "seeds": self.seed_lengths}[which]
+        key = (id(lengths), len(lengths), cfg.batch_size, cfg.token_budget)  # these very lengths (alive with self)
+        if key not in self._batches:
+            self._batches[key] = padded_batches(lengths, cfg.batch_size, cfg.token_budget)
+        return self._batches[key]
+
+    def capture_tokens(self, cfg: ScoreConfig) -> int:
+        """The fit set's padded tokens as the fit's capture cache counts them (gdig.engine.memory.capture_tokens)."""
+        key = ("capture", id(self.fit_set), len(self.fit_set), cfg.batch_size, cfg.token_budget is not None)
+        if key not in self._batches:
+            self._batches[key] = capture_tokens(self.fit_set, cfg.batch_size, cfg.token_budget is not None)
+        return self._batches[key]
 
     @property
     def n_candidates(self) -> int:
@@ -105,7 +122,8 @@ def plan_run(cfg: ScoreConfig, w: Workload, available_bytes: float) -> Plan:
     if cfg.module_partitions == 0:  # auto: one group when it fits, else the fewest groups that fit
         parts = 1 if whole.fits else fewest_partitions(cfg, w, available_bytes)
         plan = whole if parts in (None, 1) else _in_groups(replace(cfg, module_partitions=parts), w, whole)
-        plan.notes.append(f"--module-partitions 0 (auto): {plan.partitions} group(s)")
+        chosen = "no number of module groups fits" if parts is None else f"{plan.partitions} group(s)"
+        plan.notes.append(f"--module-partitions 0 (auto): {chosen}")
         return plan
     plan = whole if cfg.module_partitions == 1 or len(w.dims) < 2 else _in_groups(cfg, w, whole)
     if not plan.fits:
@@ -119,7 +137,7 @@ def _in_groups(cfg: ScoreConfig, w: Workload, whole: Plan) -> Plan:
     names = list(w.dims)
     groups = module_groups(list(w.dims.values()), cfg.module_partitions)
     plans = [
-        _plan(cfg, replace(w, dims={names[i]: w.dims[names[i]] for i in g}), available_bytes, whole.seed_rank)
+        _plan(cfg, replace(w, dims={names[i]: w.dims[names[i]] for i in g}), available_bytes, whole.seed_rank, w.dims)
         for g in groups
     ]
     stages = {
@@ -137,7 +155,8 @@ def _in_groups(cfg: ScoreConfig, w: Workload, whole: Plan) -> Plan:
 
 def fewest_partitions(cfg: ScoreConfig, w: Workload, available_bytes: float) -> int | None:
     """The fewest module groups (--module-partitions) whose plan fits, or None when even one module per group
-    does not: a bisection, the peak falling as the groups grow in number."""
+    does not. A bisection: the peak falls as the groups grow in number, but not strictly (the largest group can
+    grow by a few percent from one number to the next), so it may be a group or two more than the fewest."""
     whole = _plan(cfg, w, available_bytes)
     if whole.fits:
         return 1
@@ -154,17 +173,19 @@ def fewest_partitions(cfg: ScoreConfig, w: Workload, available_bytes: float) -> 
     return high
 
 
-def _plan(cfg: ScoreConfig, w: Workload, available_bytes: float, rank: int | None = None) -> Plan:
-    """The plan over the workload's modules at once; `rank`: the seeds' rank when a group is planned (the run's,
-    chosen from every module)."""
+def _plan(
+    cfg: ScoreConfig, w: Workload, available_bytes: float, rank: int | None = None, run_dims: dict | None = None
+) -> Plan:
+    """The plan over the workload's modules at once. When a group is planned: `rank`, the seeds' rank (the run's,
+    chosen from every module) and `run_dims`, every module's sizes (the seeds' chunks are made from them)."""
     capture = 4 * sum(d_in + d_out for d_in, d_out in w.dims.values())  # a and g of one token, float32
     widest = max((d_in * d_out for d_in, d_out in w.dims.values()), default=0)
     sq = sum(d_in * d_in + d_out * d_out for d_in, d_out in w.dims.values())
     rect = sum(d_in * d_out for d_in, d_out in w.dims.values())
     h = hessian(cfg.hessian)
     factors = 4 * sum(h.factor_numbers(d_in, d_out) for d_in, d_out in w.dims.values())
-    cand_batches = padded_batches(w.cand_lengths, cfg.batch_size, cfg.token_budget)
-    fit_batches = padded_batches(w.fit_set, cfg.batch_size, cfg.token_budget)
+    cand_batches = w.padded("candidates", cfg)
+    fit_batches = w.padded("fit", cfg)
     base = {"runtime": w.runtime_bytes, "model": w.model_bytes}
     reuse = _reused_captures(cfg, w, fit_batches, capture, available_bytes - sum(base.values()))
     rank, seeds = _seed_bytes(cfg, w, available_bytes, rank)
@@ -181,9 +202,10 @@ def _plan(cfg: ScoreConfig, w: Workload, available_bytes: float, rank: int | Non
         stages[EIGENVALUE_PASS] = base | replay | {"factors": factors, "eigenvalue sums (float64)": 8 * rect}
         if h.basis == IDENTITY:  # no rotation by tokens: each module's per-example gradient, and its square
             stages[EIGENVALUE_PASS]["per-example gradient and its square (one module)"] = 8 * cfg.batch_size * widest
-    chunks = max(1, -(-capture * w.seed_tokens // SEED_WORK_BYTES))
-    seed_work = min(SEED_WORK_BYTES, capture * w.seed_tokens) + 3 * 4 * w.n_seeds * widest / chunks
-    seed_batch = _batch(w, max(padded_batches(w.seed_lengths, cfg.batch_size, cfg.token_budget), default=0), capture)
+    every = 4 * sum(d_in + d_out for d_in, d_out in (run_dims or w.dims).values())  # seed chunks: every module's
+    chunks = max(1, -(-every * w.seed_tokens // SEED_WORK_BYTES))
+    seed_work = min(SEED_WORK_BYTES * capture / every, capture * w.seed_tokens) + 3 * 4 * w.n_seeds * widest / chunks
+    seed_batch = _batch(w, max(w.padded("seeds", cfg), default=0), capture)
     scored_from_cache = reuse > 0 and len(w.fit_set) == w.n_candidates  # scoring meets the fit's batches
     kept = {"reused captures": reuse if scored_from_cache else 0.0, "factors": factors, "seeds": seeds}
     kept["seeds' index rows"] = 4 * w.n_seeds * cfg.index_dim
@@ -229,10 +251,8 @@ def _reused_captures(cfg: ScoreConfig, w: Workload, fit_batches: list[int], per_
     """Bytes of the fit pass's captures kept for reuse, by the fit stage's own rules (gdig.engine.memory) with the
     memory left once the model is loaded (`free`)."""
     budget = budget_mb(cfg.fit_cache_mb, free / 2**20, 3)
-    by_tokens = cfg.token_budget is not None
-    keep = captures_reusable(cfg.hessian, len(w.fit_set), w.n_candidates) and captures_fit(
-        w.fit_set, per_token, cfg.batch_size, by_tokens, budget
-    )
+    fits = 1.1 * w.capture_tokens(cfg) * per_token <= budget * 2**20  # gdig.engine.memory.captures_fit's rule
+    keep = captures_reusable(cfg.hessian, len(w.fit_set), w.n_candidates) and fits
     return per_token * sum(fit_batches) if keep else 0.0
 
 

@@ -15,7 +15,8 @@ from conftest import lora_model
 from gdig.config import LORA_MODULES, ScoreConfig
 from gdig.demo.tiny import build_tiny_model
 from gdig.inputs.model import find_tracked_modules
-from gdig.pipeline.partitions import module_groups
+from gdig.pipeline import seed_stage
+from gdig.pipeline.partitions import tracked_groups
 from gdig.pipeline.run import score
 from gdig.rundir.layout import PARTIAL
 
@@ -54,10 +55,10 @@ def test_groups_are_consecutive_balanced_and_never_empty(model):
     tracked = find_tracked_modules(model, ScoreConfig(model="m", candidates="c", seeds="s", out="o").modules)
     assert len(tracked) == 6
     for parts in (1, 2, 3, 6, 10):
-        groups = module_groups(tracked, parts)
+        groups = tracked_groups(tracked, parts)
         assert [t for g in groups for t in g] == tracked and all(groups)
         assert len(groups) == min(parts, len(tracked))
-    assert [len(g) for g in module_groups(tracked, 2)] == [3, 3]  # two layers of equal modules
+    assert [len(g) for g in tracked_groups(tracked, 2)] == [3, 3]  # two layers of equal modules
 
 
 @pytest.mark.parametrize(
@@ -84,7 +85,9 @@ def test_lora_adapters_in_module_groups(tmp_path, tokenizer, data_files):
     assert_same_run(whole, score(cfg, model=model, tokenizer=tokenizer))
 
 
-def test_killed_in_its_second_group_a_run_resumes_and_equals_the_whole(tmp_path, tokenizer, data_files, model):
+def test_killed_in_its_second_group_a_run_resumes_and_equals_the_whole(
+    tmp_path, tokenizer, data_files, model, monkeypatch
+):
     whole = score(_cfg(tmp_path / "elsewhere", data_files, "whole"), model=model, tokenizer=tokenizer)
     cfg = _cfg(tmp_path, data_files, "killed", module_partitions=3)
 
@@ -98,13 +101,17 @@ def test_killed_in_its_second_group_a_run_resumes_and_equals_the_whole(tmp_path,
     assert len(list(kept.glob("group-0/chunk_*"))) == 4 and len(list(kept.glob("group-1/chunk_*"))) == 1
     assert not (kept / "group-2").exists()
     seen = []
+    # free memory now would allow a rank of 1 only: the rank decided by the first job (dense) must be kept
+    monkeypatch.setattr(seed_stage, "free_memory_mb", lambda device: 1e-4)
     score(cfg, resume=True, model=model, tokenizer=tokenizer, on_progress=seen.append)
+    assert json.loads((tmp_path / "killed" / "config.json").read_text())["seed_rank_kept"] is None
     stages = [s["stage"] for s in seen]
     fits = [i for i, s in enumerate(stages) if s.startswith("fit")]
     assert fits and min(fits) > stages.index("score [2/3]")  # the first two groups' factors kept, the third fitted
     assert [s["done"] for s in seen if s["stage"].startswith("score")][:2] == [24, 7]  # chunks kept: 4, then 1
     assert {s["stage"] for s in seen} >= {"fit_covariance [3/3]", "seeds [3/3]", "score [2/3]", "finalize"}
     assert_same_run(whole, tmp_path / "killed")
+    monkeypatch.undo()  # a new run decides its own rank
     sibling = score(_cfg(tmp_path, data_files, "sibling", module_partitions=2), model=model, tokenizer=tokenizer)
     assert json.loads((sibling / "config.json").read_text())["timings"]["factors_reused"] == 1.0  # the joined file
     assert_same_run(whole, sibling)
