@@ -174,6 +174,7 @@ def score_stage(
     total = done + sum(len(chunks[i]) for i in mine)
     status.update("score", done, total, force=True)
     names = [t.name for t in ctx.work]
+    intermediate = carry is not None and not carry.last  # a group before the last: keeps its sums, writes no chunk
     with ctx.capture() as capture:
         for i in mine:
             parts: list[dict[str, np.ndarray]] = []
@@ -185,13 +186,13 @@ def score_stage(
                     scored = scorer.raw_scores(cap, carried[0])
                     sketch = sketcher.parts(cap, names)
                     sketch = sketch if carried[1] is None else torch.cat([carried[1], sketch], dim=1)
-                    if carry and not carry.last:
+                    if intermediate:
                         parts.append(carry.arrays(cap, scored, sketch))
                     else:
                         parts.append(_score_batch(cap, scorer.normalised(scored), sketcher.normed(sketch), ctx.cfg))
                 done += len(batch.index)
                 status.update("score", done, total)
-            if carry and not carry.last:
+            if intermediate:
                 carry.save(i, {k: torch.cat([p[k] for p in parts]) for k in parts[0]})
             else:
                 write_chunk(run_dir, i, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
