@@ -26,6 +26,7 @@ from gdig.pipeline.seed_stage import load_or_make_seeds
 from gdig.pipeline.stages import (
     StageResults,
     dampings_for,
+    factors_record,
     fit_factors,
     index_projection,
     reusable_factors,
@@ -127,7 +128,7 @@ def score_in_parts(ctx: ScoreContext, run_dir: Path, status: Status, fp: str, sk
     fitted = bool(hessian(ctx.cfg.hessian).passes)
     reused = fitted and reusable_factors(ctx, run_dir, status)
     try:
-        result = _each_group(ctx, run_dir, status, fp, sketcher, groups, reused)
+        result = _each_group(ctx, run_dir, status, fp, sketcher, groups, fitted, reused)
     finally:
         status.group = ""
     ctx.world.barrier("waiting for every rank's scores", status.refresh)
@@ -140,9 +141,10 @@ def score_in_parts(ctx: ScoreContext, run_dir: Path, status: Status, fp: str, sk
     return result
 
 
-def _each_group(ctx: ScoreContext, run_dir: Path, status: Status, fp: str, sketcher, groups, reused) -> StageResults:
+def _each_group(
+    ctx: ScoreContext, run_dir: Path, status: Status, fp: str, sketcher, groups, fitted: bool, reused: bool
+) -> StageResults:
     """Every group's fit, seeds and scores in turn; what the last leaves (its seeds carry every module's sums)."""
-    fitted = bool(hessian(ctx.cfg.hessian).passes)
     projection = index_projection(ctx)
     result = StageResults(SeedGradients(), np.zeros(0), np.zeros(0), None, {}, {})
     carried, lowrank = None, {}
@@ -154,7 +156,7 @@ def _each_group(ctx: ScoreContext, run_dir: Path, status: Status, fp: str, sketc
         seeds, loss, ntok, rank = load_or_make_seeds(part_ctx, cur, dampings, run_dir, status, fp, part, carried)
         scorer = Scorer(seeds, cur, dampings, ctx.cfg.normalize, projection, [t.name for t in group])
         score_stage(part_ctx, scorer, sketcher, run_dir, status, PartSums(run_dir, len(groups), g))
-        factors = {"n_examples": cur.n_examples, "n_tokens": cur.n_tokens, "kind": cur.kind}
+        factors = factors_record(cur)
         lowrank |= seeds.lowrank_error
         carried = SeedGradients(self_influence=seeds.self_influence, index=seeds.index, lowrank_error=lowrank)
         result = StageResults(carried, loss, ntok, rank, result.dampings | dampings, factors)

@@ -35,6 +35,7 @@ from gdig.pipeline.stages import (
     StageResults,
     adequacy_stage,
     dampings_for,
+    factors_record,
     fit_stage,
     index_projection,
     score_stage,
@@ -280,7 +281,7 @@ def _score_whole(ctx: ScoreContext, run_dir: Path, status: Status, fp: str, sket
     score_stage(ctx, scorer, sketcher, run_dir, status)
     release_freed_memory()
     ctx.world.barrier("waiting for every rank's scores", status.refresh)
-    factors = {"n_examples": cur.n_examples, "n_tokens": cur.n_tokens, "kind": cur.kind}
+    factors = factors_record(cur)
     mean = mean_seed_direction(seeds, ctx.cfg.normalize) if ctx.world.is_main else {}
     return StageResults(seeds, seed_loss, seed_ntok, rank, dampings, factors, mean)
 

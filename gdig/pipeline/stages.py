@@ -46,6 +46,11 @@ class StageResults:
     mean: dict[str, torch.Tensor] = field(default_factory=dict)  # the mean seed direction per module
 
 
+def factors_record(cur: Curvature) -> dict:
+    """What config.json records of the fitted curvature."""
+    return {"n_examples": cur.n_examples, "n_tokens": cur.n_tokens, "kind": cur.kind}
+
+
 def fit_stage(ctx: ScoreContext, run_dir: Path, status: Status) -> Curvature:
     """The run's curvature: reused from this run or another with the same fingerprint, or fitted (resumably,
     each process on its share of the fit set's batches)."""
