@@ -5,6 +5,7 @@ real models), and the curvature fitted on a quarter of the pool (`--fit-examples
 
     python bench/bench_engine.py [--candidates 2000] [--seeds 64] [--repeats 2] [--hessian ekfac]
                                  [--regimes reuse recompute quarter]
+    python bench/bench_engine.py --workload smollm2 --candidates 600 --seeds 256 --batch-size 8 --repeats 1
 
 Each measurement runs in its own process (clean peak memory); repetitions alternate floor and G-DIG. The
 language identification of the candidates (lingua, at finalize) is reported apart: it is text work, not the
@@ -145,7 +146,11 @@ def main() -> None:
     ap.add_argument("--child", choices=["floor", "gdig"])
     ap.add_argument("--folder")
     ap.add_argument("--extra", default="{}", help="child: ScoreConfig fields as JSON")
+    ap.add_argument("--workload", choices=["tiny", "smollm2"], default="tiny", help=WORKLOADS)
     args = ap.parse_args()
+    if args.workload == "smollm2":
+        smollm2(args)
+        return
     if args.child == "floor":
         print(json.dumps(child_floor(Path(args.folder), args.batch_size, args.max_length)))
         return
@@ -156,6 +161,34 @@ def main() -> None:
         print(json.dumps(found))
         return
     print(json.dumps(run(args), indent=2))
+
+
+WORKLOADS = (
+    "tiny: a random tiny Llama, every weight tracked, three regimes; smollm2: SmolLM2-135M-Instruct with its "
+    "step-1 LoRA adapter, `gdig score --adapter` with every default against its floor (bench/engine_smollm2.py)"
+)
+
+
+def smollm2(args) -> None:
+    """The SmolLM2 default path (bench/engine_smollm2.py): a child's measurement, or the whole report."""
+    from bench import engine_smollm2 as w
+
+    if args.child:
+        info = json.loads((Path(args.folder) / "done").read_text())
+        found = (
+            w.child_floor(info, args.batch_size)
+            if args.child == "floor"
+            else w.child_gdig(info, json.loads(args.extra))
+        )
+        print(json.dumps(found))
+        return
+    why = w.missing()
+    if why:
+        print(f"skipped: {why}")
+        return
+    result = w.run(args, __file__)
+    save_report("engine-smollm2", result, w.markdown(result))
+    print(w.markdown(result))
 
 
 def run(args) -> dict:
