@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from gdig.engine.hooks import per_example_gradient
+from gdig.engine.hooks import Captured, per_example_gradient
 from gdig.hessians import hessian
 
 FACTOR_KEYS = ("q_a", "e_a", "q_g", "e_g", "lam")
@@ -80,21 +80,21 @@ class Curvature:
         f = self.modules[name]
         if f.q_g is None:
             return v
-        return f.q_g.T.to(v.device) @ v @ f.q_a.to(v.device)
+        return left_multiply(f.q_g.T.to(v.device), v @ f.q_a.to(v.device))
 
     def rotate_back(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """Q_G X Q_A^T: from the eigenbasis back to the weights' coordinates."""
         f = self._factors(name)
         if f is None or f.q_g is None:
             return x
-        return f.q_g.to(x.device) @ x @ f.q_a.T.to(x.device)
+        return left_multiply(f.q_g.to(x.device), x @ f.q_a.T.to(x.device))
 
     def rotate_back_factors(self, name: str, left: torch.Tensor, right: torch.Tensor):
         """(Q_G L, Q_A R): a low-rank X = L R^T rotated back through its factors, Q_G X Q_A^T = (Q_G L)(Q_A R)^T."""
         f = self._factors(name)
         if f is None or f.q_g is None:
             return left, right
-        return f.q_g.to(left.device) @ left, f.q_a.to(right.device) @ right
+        return left_multiply(f.q_g.to(left.device), left), left_multiply(f.q_a.to(right.device), right)
 
     def rotate_tokens(self, name: str, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         """Q_G^T G Q_A per example for G = sum_t g_t a_t^T, rotating the T tokens before the sum."""
@@ -107,6 +107,28 @@ class Curvature:
         if f is not None and f.q_g is not None and tokens_cheaper(a.shape[1], a.shape[-1], g.shape[-1]):
             return self.rotate_tokens(name, a, g)
         return self.rotate(name, per_example_gradient(a, g)) if f is not None else per_example_gradient(a, g)
+
+    def rotated(self, name: str, cap: Captured) -> torch.Tensor:
+        """rotated_gradient of a captured batch's module, from its per-example gradient when it works from that
+        (Captured.gradient), else from its tokens: the one route every pass over candidates takes."""
+        grad = cap.gradient(name)
+        if grad is None:
+            return self.rotated_gradient(name, cap.acts[name], cap.grads[name])
+        return grad if self._factors(name) is None else self.rotate(name, grad)
+
+    def whiten_captured(self, name: str, cap: Captured, damping: float) -> torch.Tensor:
+        """`whiten` of a captured batch's module (its route: `rotated`)."""
+        rot = self.rotated(name, cap)
+        if self._factors(name) is None:
+            return rot
+        return rot / (self.modules[name].lam.to(rot.device) + damping).sqrt()
+
+    def self_influence_captured(self, name: str, cap: Captured, damping: float) -> torch.Tensor:
+        """`self_influence` of a captured batch's module (its route: `rotated`)."""
+        rot = self.rotated(name, cap)
+        if self._factors(name) is None:
+            return (rot * rot).sum((-2, -1))
+        return (rot * rot / (self.modules[name].lam.to(rot.device) + damping)).sum((-2, -1))
 
     def whiten(self, name: str, v: torch.Tensor, damping: float) -> torch.Tensor:
         """(F + lambda)^(-1/2) v in the module's eigenbasis, (Q_G^T v Q_A) / sqrt(Lambda + lambda), for gradients
@@ -123,14 +145,6 @@ class Curvature:
             return w
         return self.rotate_back(name, w / (self.modules[name].lam.to(w.device) + damping).sqrt())
 
-    def whiten_tokens(self, name: str, a: torch.Tensor, g: torch.Tensor, damping: float) -> torch.Tensor:
-        """`whiten` of G = sum_t g_t a_t^T per example, from the tokens (B, T, d_in), (B, T, d_out), rotated by the
-        cheaper route."""
-        rot = self.rotated_gradient(name, a, g)
-        if self._factors(name) is None:
-            return rot
-        return rot / (self.modules[name].lam.to(rot.device) + damping).sqrt()
-
     def self_influence(self, name: str, v: torch.Tensor, damping: float) -> torch.Tensor:
         """<v, (F + lambda)^-1 v> for a batch of gradients (..., d_out, d_in)."""
         if self._factors(name) is None:
@@ -138,13 +152,11 @@ class Curvature:
         rot = self.rotate(name, v)
         return (rot * rot / (self.modules[name].lam.to(v.device) + damping)).sum((-2, -1))
 
-    def self_influence_tokens(self, name: str, a: torch.Tensor, g: torch.Tensor, damping: float) -> torch.Tensor:
-        """<G, (F + lambda)^-1 G> per example for G = sum_t g_t a_t^T, from the tokens (B, T, d_in), (B, T, d_out):
-        the rotation is applied to the tokens when that is cheaper than to the dense gradient."""
-        if self._factors(name) is None:
-            return self.self_influence(name, per_example_gradient(a, g), damping)
-        rot = self.rotated_gradient(name, a, g)
-        return (rot * rot / (self.modules[name].lam.to(rot.device) + damping)).sum((-2, -1))
+
+def left_multiply(q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """q @ x for a batch x (..., m, n), as (x^T q^T)^T: one matrix product over the whole batch instead of a
+    product per matrix (a tall, narrow x, such as a LoRA B matrix's 1536 x 8 gradient: 4 times faster on CPU)."""
+    return (x.mT @ q.mT).mT
 
 
 def tokens_cheaper(tokens: int, d_in: int, d_out: int) -> bool:

@@ -99,7 +99,7 @@ class EigenCorrectionFitter:
         """Add one batch's squared per-example gradients in the eigenbasis."""
         self.n_examples += len(cap.index)
         for name in self.cur.modules:
-            rot = self.cur.rotated_gradient(name, cap.acts[name], cap.grads[name])
+            rot = self.cur.rotated(name, cap)
             self.sums[name] += (rot * rot).sum(0).double()
 
     def state(self) -> dict[str, torch.Tensor]:

@@ -9,7 +9,7 @@ example's mean target-token loss, so d(loss)/d(output at a position of z) is exa
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -32,9 +32,18 @@ class Batch:
     labels: torch.Tensor  # (B, T)
 
 
+def keeps_gradient(tokens: int, d_in: int, d_out: int) -> bool:
+    """Whether a module's per-example gradient (d_out d_in numbers) is smaller than its T captured tokens
+    (T (d_in + d_out)): a LoRA matrix (rank r on one side), or a small layer and long examples. Such a module's
+    gradient is formed once per batch and every product with a candidate starts from it (the rotation, the
+    scores, the sketch), and a capture kept for a later pass holds it instead of the tokens."""
+    return d_in * d_out < tokens * (d_in + d_out)
+
+
 @dataclass
 class Captured:
-    """What one batch yields: per-example loss and target-token count, per-module a and g (float32, masked)."""
+    """What one batch yields: per-example loss and target-token count, per-module a and g (float32, masked), and
+    the per-example gradients of the modules that work from them (keeps_gradient), formed on first use."""
 
     index: list[int]
     loss: torch.Tensor  # (B,)
@@ -42,6 +51,32 @@ class Captured:
     mask: torch.Tensor  # (B, T) float, 1 at non-padding positions
     acts: dict[str, torch.Tensor]  # name -> (B, T, d_in)
     grads: dict[str, torch.Tensor]  # name -> (B, T, d_out)
+    weight_grads: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (B, d_out, d_in)
+
+    def gradient(self, name: str) -> torch.Tensor | None:
+        """Module `name`'s per-example gradients (B, d_out, d_in) when it works from them (keeps_gradient),
+        formed once per batch; None when it works from its tokens."""
+        if name not in self.weight_grads:
+            a, g = self.acts[name], self.grads[name]
+            if not keeps_gradient(a.shape[1], a.shape[-1], g.shape[-1]):
+                return None
+            self.weight_grads[name] = per_example_gradient(a, g)
+        return self.weight_grads[name]
+
+    def compact(self) -> Captured:
+        """This batch as a later pass needs it, in the least memory: each module's per-example gradient where
+        it works from that, else its tokens."""
+        grads = {name: self.gradient(name) for name in self.acts}
+        tokens = [name for name, grad in grads.items() if grad is None]
+        return Captured(
+            self.index,
+            self.loss,
+            self.n_target,
+            self.mask,
+            {name: self.acts[name] for name in tokens},
+            {name: self.grads[name] for name in tokens},
+            {name: grad for name, grad in grads.items() if grad is not None},
+        )
 
 
 def collate(

@@ -228,23 +228,26 @@ class Scorer:
         if self.projection is not None and out.index is None:
             out.index = self.projection.empty(len(cap.index), cap.loss.device)
         for name in self.modules:
-            a, g = cap.acts[name], cap.grads[name]
+            grad = cap.gradient(name)
             if name in self.seeds.dense:
-                s = per_example_gradient(a, g).flatten(1) @ self.seeds.dense[name].flatten(1).T
+                grad = per_example_gradient(cap.acts[name], cap.grads[name]) if grad is None else grad
+                s = grad.flatten(1) @ self.seeds.dense[name].flatten(1).T
+            elif grad is not None:
+                s = self._low_rank_scores_from_gradient(name, grad)
             else:
-                s = self._low_rank_scores(name, a, g)
+                s = self._low_rank_scores(name, cap.acts[name], cap.grads[name])
             out.scores = s if out.scores is None else out.scores + s
             if self.normalize != "none" or self.projection is not None:
-                si = self._self_influence(name, a, g, out.index)
+                si = self._self_influence(name, cap, out.index)
                 out.self_influence = si if out.self_influence is None else out.self_influence + si
         return out
 
-    def _self_influence(self, name: str, a: torch.Tensor, g: torch.Tensor, index: torch.Tensor | None):
+    def _self_influence(self, name: str, cap: Captured, index: torch.Tensor | None):
         """<G, (F + lambda)^-1 G> per example; the whitened G projected into `index` on the way when given."""
         damping = self.dampings[name]
         if index is None:
-            return self.curvature.self_influence_tokens(name, a, g, damping)
-        whitened = self.curvature.whiten_tokens(name, a, g, damping)
+            return self.curvature.self_influence_captured(name, cap, damping)
+        whitened = self.curvature.whiten_captured(name, cap, damping)
         index += self.projection.project(name, whitened)
         return (whitened * whitened).sum((-2, -1))
 
@@ -255,6 +258,14 @@ class Scorer:
         gu = g @ u.permute(1, 0, 2).reshape(u.shape[1], n_s * r)  # (B, T, S*r)
         aw = a @ w.permute(1, 0, 2).reshape(w.shape[1], n_s * r)
         return (gu * aw).sum(1).view(-1, n_s, r).sum(-1)
+
+    def _low_rank_scores_from_gradient(self, name: str, grad: torch.Tensor) -> torch.Tensor:
+        """<G, U_s W_s^T> = sum over rank of U_s^T G W_s from the per-example gradient G (B, d_out, d_in):
+        S r d_out d_in an example, cheaper than the tokens' route where G is smaller than the tokens."""
+        u, w = self.seeds.left[name], self.seeds.right[name]  # (S, d_out, r), (S, d_in, r)
+        n_s, d_out, r = u.shape
+        gw = grad @ w.permute(1, 0, 2).reshape(w.shape[1], n_s * r)  # (B, d_out, S*r)
+        return (gw * u.permute(1, 0, 2).reshape(d_out, n_s * r)).sum(1).view(-1, n_s, r).sum(-1)
 
     def scale(self, self_inf: torch.Tensor | None) -> torch.Tensor | None:
         """Per-(candidate, seed) divisor of the chosen normalisation, or None for raw scores."""

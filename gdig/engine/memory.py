@@ -59,16 +59,37 @@ def keeps_dense(rank: int | None, d_in: int, d_out: int) -> bool:
     return rank is None or rank >= min(d_in, d_out)
 
 
-def captures_fit(lengths: list[int], per_token_bytes: int, batch_size: int, by_tokens: bool, budget_mb: float) -> bool:
-    """Whether every batch's captured a and g fit in `budget_mb` (estimated from the padded lengths, in the
-    batches' order; with a token budget each example counts alone), with 10% to spare."""
-    return 1.1 * capture_tokens(lengths, batch_size, by_tokens) * per_token_bytes <= budget_mb * 2**20
+def captures_fit(
+    lengths: list[int], dims: list[tuple[int, int]], batch_size: int, by_tokens: bool, budget_mb: float
+) -> bool:
+    """Whether every batch's kept capture fits in `budget_mb` (estimated from the padded lengths in the batches'
+    order, with a token budget each example alone; modules given as (d_in, d_out)), with 10% to spare."""
+    return 1.1 * kept_capture_bytes(lengths, dims, batch_size, by_tokens) <= budget_mb * 2**20
 
 
-def capture_tokens(lengths: list[int], batch_size: int, by_tokens: bool) -> int:
-    """The padded tokens captures_fit counts: batches of batch_size in order (one example each by tokens)."""
+def kept_capture_bytes(lengths: list[int], dims: list[tuple[int, int]], batch_size: int, by_tokens: bool) -> int:
+    """The bytes captures_fit counts: batches of batch_size consecutive lengths (one example each by tokens)."""
     step = 1 if by_tokens else batch_size
-    return sum(max(lengths[i : i + step]) * len(lengths[i : i + step]) for i in range(0, len(lengths), step))
+    shapes = [(len(lengths[i : i + step]), max(lengths[i : i + step])) for i in range(0, len(lengths), step)]
+    return int(capture_bytes(shapes, dims).sum())
+
+
+def capture_bytes(shapes: list[tuple[int, int]], dims: list[tuple[int, int]], part: str = "kept") -> np.ndarray:
+    """Bytes per batch, given as (examples, padded length), of the modules given as (d_in, d_out), float32:
+    "kept", a kept capture (hooks.Captured.compact: per module and example its per-example gradient, d_in d_out,
+    or its tokens, T (d_in + d_out), whichever is smaller, hooks.keeps_gradient); "gradients", the per-example
+    gradients a batch forms (the modules that keep them); "replaced", those modules' tokens."""
+    if not shapes or not dims:
+        return np.zeros(len(shapes), np.int64)
+    n, width = (np.array(x, np.int64)[:, None] for x in zip(*shapes, strict=True))
+    d_in, d_out = (np.array(x, np.int64)[None, :] for x in zip(*dims, strict=True))
+    grad, tokens = d_in * d_out, width * (d_in + d_out)
+    per_example = {
+        "kept": np.minimum(grad, tokens),
+        "gradients": np.where(grad < tokens, grad, 0),
+        "replaced": np.where(grad < tokens, tokens, 0),
+    }[part]
+    return 4 * n[:, 0] * per_example.sum(1)
 
 
 def release_freed_memory() -> None:

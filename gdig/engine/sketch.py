@@ -1,6 +1,7 @@
 """Gradient sketches for diversity (DESIGN section 1): per module P_out^T grad_W L(z) P_in, concatenated, L2-normed.
 
-Computed from a_t and g_t without forming grad_W: sum_t (P_out^T g_t)(P_in^T a_t)^T.
+Computed from a_t and g_t without forming grad_W, sum_t (P_out^T g_t)(P_in^T a_t)^T, or from grad_W where a capture
+holds it (hooks.keeps_gradient).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import math
 
 import torch
 
+from gdig.engine.curvature import left_multiply
 from gdig.engine.hooks import Captured
 
 
@@ -42,6 +44,10 @@ class Sketcher:
         modules in groups concatenates them, then norms the whole."""
         parts = []
         for name in names:
+            grad = cap.gradient(name)
+            if grad is not None:  # P_out^T G P_in
+                parts.append(left_multiply(self.p_out[name].T, grad @ self.p_in[name]).flatten(1))
+                continue
             ga = cap.grads[name] @ self.p_out[name]  # (B, T, k_out)
             aa = cap.acts[name] @ self.p_in[name]  # (B, T, k_in)
             parts.append(torch.bmm(ga.transpose(1, 2), aa).flatten(1))

@@ -199,10 +199,7 @@ class RunModel:
 
     def _whiten(self, cap) -> dict[str, torch.Tensor]:
         with torch.no_grad():
-            return {
-                t.name: self.curvature.whiten_tokens(t.name, cap.acts[t.name], cap.grads[t.name], self.dampings[t.name])
-                for t in self.tracked
-            }
+            return {t.name: self.curvature.whiten_captured(t.name, cap, self.dampings[t.name]) for t in self.tracked}
 
     def _add_directions(self, sums: dict[str, torch.Tensor], whitened: dict[str, torch.Tensor], how: str) -> None:
         """Add sum_z weight_z (F + lambda)^-1 grad L(z) per module: the weighted sum is taken in the eigenbasis

@@ -99,7 +99,7 @@ def fit_factors(ctx: ScoreContext, path: Path, fp: str, checkpoints: Path, statu
                 if cap is None:
                     cap = capture.run(ctx.collate(ctx.cand_tok, batches[b]))
                     if cache is not None and stage == fit_passes[0]:
-                        cache[b] = detached(cap)
+                        cache[b] = detached(cap).compact()
                 yield b, cap
                 done += len(batches[b])
                 status.update(stage, done, total)
@@ -124,11 +124,11 @@ def fit_factors(ctx: ScoreContext, path: Path, fp: str, checkpoints: Path, statu
 
 
 def _captures_fit(ctx: ScoreContext, order: list[int]) -> bool:
-    """Whether every fit batch's captured a and g fit in --fit-cache-mb (auto: a third of free memory, <= 8 GiB)."""
+    """Whether every fit batch's kept capture fits in --fit-cache-mb (auto: a third of free memory, <= 8 GiB)."""
     budget = budget_mb(ctx.cfg.fit_cache_mb, free_memory_mb(ctx.device), 3)
-    per_token = 4 * sum(t.d_in + t.d_out for t in ctx.work)
+    dims = [(t.d_in, t.d_out) for t in ctx.work]
     lengths = [len(ctx.cand_tok[i].input_ids) for i in order]
-    return captures_fit(lengths, per_token, ctx.cfg.batch_size, ctx.cfg.token_budget is not None, budget)
+    return captures_fit(lengths, dims, ctx.cfg.batch_size, ctx.cfg.token_budget is not None, budget)
 
 
 def detached(cap: Captured) -> Captured:

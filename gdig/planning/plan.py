@@ -10,14 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from gdig.config import ScoreConfig
-from gdig.engine.hooks import padded_batches
+from gdig.engine.hooks import batch_groups, padded_batches
 from gdig.engine.index import BYTES_PER_COORDINATE, CACHED_COORDINATES
 from gdig.engine.memory import (
     SEED_WORK_BYTES,
     budget_mb,
-    capture_tokens,
+    capture_bytes,
     captures_reusable,
     keeps_dense,
+    kept_capture_bytes,
     module_groups,
     seed_rank,
 )
@@ -54,12 +55,26 @@ class Workload:
             self._batches[key] = padded_batches(lengths, cfg.batch_size, cfg.token_budget)
         return self._batches[key]
 
-    def capture_tokens(self, cfg: ScoreConfig) -> int:
-        """The fit set's padded tokens as the fit's capture cache counts them (gdig.engine.memory.capture_tokens)."""
-        key = ("capture", id(self.fit_set), len(self.fit_set), cfg.batch_size, cfg.token_budget is not None)
+    def shapes(self, which: str, cfg: ScoreConfig) -> list[tuple[int, int]]:
+        """(examples, padded length) of each batch of `which` (see padded)."""
+        lengths = {"candidates": self.cand_lengths, "fit": self.fit_set, "seeds": self.seed_lengths}[which]
+        key = ("shapes", id(lengths), len(lengths), cfg.batch_size, cfg.token_budget)
         if key not in self._batches:
-            self._batches[key] = capture_tokens(self.fit_set, cfg.batch_size, cfg.token_budget is not None)
+            groups = batch_groups(lengths, cfg.batch_size, cfg.token_budget)
+            self._batches[key] = [(len(g), max(lengths[p] for p in g)) for g in groups]
         return self._batches[key]
+
+    def kept_capture_bytes(self, cfg: ScoreConfig) -> int:
+        """The fit set's kept captures as the fit's budget rule counts them (gdig.engine.memory.captures_fit)."""
+        dims = list(self.dims.values())
+        key = ("kept", id(self.fit_set), len(self.fit_set), cfg.batch_size, cfg.token_budget is not None, *dims)
+        if key not in self._batches:
+            self._batches[key] = kept_capture_bytes(self.fit_set, dims, cfg.batch_size, cfg.token_budget is not None)
+        return self._batches[key]
+
+    def batch_bytes(self, which: str, cfg: ScoreConfig, part: str) -> list[int]:
+        """capture_bytes (gdig.engine.memory) of each batch of `which` over this workload's modules."""
+        return capture_bytes(self.shapes(which, cfg), list(self.dims.values()), part).tolist()
 
     @property
     def n_candidates(self) -> int:
@@ -187,11 +202,12 @@ def _plan(
     cand_batches = w.padded("candidates", cfg)
     fit_batches = w.padded("fit", cfg)
     base = {"runtime": w.runtime_bytes, "model": w.model_bytes}
-    reuse = _reused_captures(cfg, w, fit_batches, capture, available_bytes - sum(base.values()))
+    reuse = _reused_captures(cfg, w, available_bytes - sum(base.values()))
     rank, seeds = _seed_bytes(cfg, w, available_bytes, rank)
     batch = _batch(w, max(cand_batches, default=0), capture)
+    formed = {"per-example gradients (one batch)": max(w.batch_bytes("candidates", cfg, "gradients"), default=0)}
     stages = {"load": dict(base)}
-    fit = _growing_cache(w, fit_batches, capture) if reuse else _batch(w, max(fit_batches, default=0), capture)
+    fit = _growing_cache(w, cfg) if reuse else _batch(w, max(fit_batches, default=0), capture)
     if h.eigendecomposes:
         stages[COVARIANCE_PASS] = base | fit | {"factor sums (float64)": 8 * sq}
         beyond = reuse + _eigendecomposition_peak(w.dims) - sum(fit.values()) - 8 * sq
@@ -199,6 +215,8 @@ def _plan(
             stages[COVARIANCE_PASS]["factors beyond the sums (eigh)"] = beyond
     if EIGENVALUE_PASS in h.passes:  # replays the kept captures of an earlier pass, or runs the model
         replay = {"reused captures": reuse} if reuse and h.passes[0] != EIGENVALUE_PASS else fit
+        if "reused captures" not in replay:  # a batch run now forms its gradients where it works from them
+            replay = replay | {"per-example gradients (one batch)": max(w.batch_bytes("fit", cfg, "gradients"))}
         stages[EIGENVALUE_PASS] = base | replay | {"factors": factors, "eigenvalue sums (float64)": 8 * rect}
         if h.basis == IDENTITY:  # no rotation by tokens: each module's per-example gradient, and its square
             stages[EIGENVALUE_PASS]["per-example gradient and its square (one module)"] = 8 * cfg.batch_size * widest
@@ -217,7 +235,7 @@ def _plan(
     if cfg.index_dim:  # a module's projected rows before they are added up, the batch's sum, the kept hashes
         scoring["index rows (batch)"] = 2 * 4 * cfg.batch_size * cfg.index_dim
         scoring["index hashes"] = BYTES_PER_COORDINATE * min(rect, CACHED_COORDINATES)
-    stages["score"] = base | ({} if scored_from_cache else batch) | kept | scoring
+    stages["score"] = base | ({} if scored_from_cache else batch | formed) | kept | scoring
     if cfg.adequacy:  # forward passes only (at most a scoring batch's activations); factors and seeds still held
         stages["adequacy"] = base | batch | {"factors": factors, "seeds": seeds}
     stages["finalize"] = base | {
@@ -236,24 +254,26 @@ def _batch(w: Workload, tokens: int, capture: float) -> dict[str, float]:
     return {"activations (one batch)": w.activation_bytes_per_token * tokens, "captures (one batch)": capture * tokens}
 
 
-def _growing_cache(w: Workload, cand_batches: list[int], capture: float) -> dict[str, float]:
-    """The fit pass keeps every batch's captures: its peak is the largest (kept so far + this batch's
-    activations), batches coming longest first."""
+def _growing_cache(w: Workload, cfg: ScoreConfig) -> dict[str, float]:
+    """The fit pass keeps every batch's capture: its peak is the largest (kept so far + this batch's tokens that
+    its kept gradients replace, alive until the batch is done + its activations), batches longest first."""
     best, kept = (0.0, 0.0), 0.0
-    for tokens in cand_batches:
-        kept += capture * tokens
-        now = (kept, w.activation_bytes_per_token * tokens)
+    shapes = w.shapes("fit", cfg)
+    kept_bytes, replaced = w.batch_bytes("fit", cfg, "kept"), w.batch_bytes("fit", cfg, "replaced")
+    for (n, width), k, r in zip(shapes, kept_bytes, replaced, strict=True):
+        kept += k
+        now = (kept + r, w.activation_bytes_per_token * n * width)
         best = max(best, now, key=sum)
     return {"reused captures (kept so far)": best[0], "activations (one batch)": best[1]}
 
 
-def _reused_captures(cfg: ScoreConfig, w: Workload, fit_batches: list[int], per_token: float, free: float) -> float:
-    """Bytes of the fit pass's captures kept for reuse, by the fit stage's own rules (gdig.engine.memory) with the
-    memory left once the model is loaded (`free`)."""
+def _reused_captures(cfg: ScoreConfig, w: Workload, free: float) -> float:
+    """Bytes of the fit pass's kept captures, by the fit stage's own rules (gdig.engine.memory) with the memory
+    left once the model is loaded (`free`)."""
     budget = budget_mb(cfg.fit_cache_mb, free / 2**20, 3)
-    fits = 1.1 * w.capture_tokens(cfg) * per_token <= budget * 2**20  # gdig.engine.memory.captures_fit's rule
+    fits = 1.1 * w.kept_capture_bytes(cfg) <= budget * 2**20  # gdig.engine.memory.captures_fit's rule
     keep = captures_reusable(cfg.hessian, len(w.fit_set), w.n_candidates) and fits
-    return per_token * sum(fit_batches) if keep else 0.0
+    return float(sum(w.batch_bytes("fit", cfg, "kept"))) if keep else 0.0
 
 
 def _eigendecomposition_peak(dims: dict[str, tuple[int, int]]) -> float:

@@ -8,16 +8,27 @@ import os
 import pytest
 import torch
 
-from gdig.engine.memory import captures_fit, free_memory_mb
+from gdig.engine.memory import capture_bytes, captures_fit, free_memory_mb, kept_capture_bytes
 
 
 def test_captures_fit_counts_padded_tokens_per_batch_with_a_margin():
     lengths = [10, 8, 6, 2]  # batches of 2 pad to 10 and 6: 2*10 + 2*6 = 32 tokens
-    per_token = 2**20  # 1 MiB per token makes the budget read in tokens
-    assert captures_fit(lengths, per_token, batch_size=2, by_tokens=False, budget_mb=32 * 1.1)
-    assert not captures_fit(lengths, per_token, batch_size=2, by_tokens=False, budget_mb=32)
-    assert captures_fit(lengths, per_token, batch_size=2, by_tokens=True, budget_mb=26 * 1.1)  # unpadded: 26
-    assert not captures_fit(lengths, per_token, batch_size=4, by_tokens=False, budget_mb=39)  # 4 * 10 * 1.1 = 44
+    wide = [(2**17, 2**17)]  # 1 MiB a token (a and g, float32), its gradient far larger: kept as tokens
+    assert captures_fit(lengths, wide, batch_size=2, by_tokens=False, budget_mb=32 * 1.1)
+    assert not captures_fit(lengths, wide, batch_size=2, by_tokens=False, budget_mb=32)
+    assert captures_fit(lengths, wide, batch_size=2, by_tokens=True, budget_mb=26 * 1.1)  # unpadded: 26
+    assert not captures_fit(lengths, wide, batch_size=4, by_tokens=False, budget_mb=39)  # 4 * 10 * 1.1 = 44
+
+
+def test_a_module_whose_gradient_is_smaller_than_its_tokens_is_counted_as_its_gradient():
+    lengths = [10, 8, 6, 2]
+    lora_a = (576, 8)  # a token is 584 numbers, the gradient 4,608: from 8 tokens on, the gradient is smaller
+    tokens = 4 * (2 * 10 + 2 * 6) * 584
+    assert kept_capture_bytes(lengths, [lora_a], 2, False) == 4 * 2 * 4608 + 4 * 2 * 6 * 584 < tokens
+    assert kept_capture_bytes(lengths, [lora_a, (2**17, 2**17)], 2, False) == (
+        kept_capture_bytes(lengths, [lora_a], 2, False) + 32 * 2**20
+    )
+    assert list(capture_bytes([(3, 9), (1, 2)], [(4, 4)])) == [4 * 3 * 16, 4 * 1 * 2 * 8]
 
 
 def test_free_memory_is_the_kernels_available_memory_or_the_free_pages_without_it(monkeypatch):

@@ -110,9 +110,8 @@ def test_fit_captures_are_reused_exactly(tmp_path, tokenizer, data_files):
     assert n_forward["recompute"] - n_forward["cached"] == 2 * -(-n_candidates // 4)  # two passes, batches of 4
     a, b = (load_file(str(runs[n] / "factors.safetensors")) for n in ("recompute", "cached"))
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
-    np.testing.assert_array_equal(
-        np.load(runs["recompute"] / "influence.npy"), np.load(runs["cached"] / "influence.npy")
-    )
+    for name in ("influence.npy", "sketch.npy", "index.npy", "index_norms.npy"):  # the kept per-example gradients
+        np.testing.assert_array_equal(np.load(runs["recompute"] / name), np.load(runs["cached"] / name), name)
     with pytest.raises(ValueError, match="fit-cache-mb"):
         _cfg(tmp_path, data_files, "bad", fit_cache_mb=-1)
 
