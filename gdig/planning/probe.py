@@ -118,6 +118,8 @@ def meta_workload(cfg: ScoreConfig, config_dir: str | Path, dtype: torch.dtype) 
     config = AutoConfig.from_pretrained(config_dir, trust_remote_code=cfg.trust_remote_code)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+        if cfg.adapter:
+            model = meta_adapter(model, cfg.adapter)
     tracked = find_tracked_modules(model, cfg.tracked_modules())
     d = cfg.data
     lengths = []
@@ -133,3 +135,13 @@ def meta_workload(cfg: ScoreConfig, config_dir: str | Path, dtype: torch.dtype) 
         activation_bytes_per_token=activation_formula(model),
         fit_lengths=fit_lengths(cfg, lengths[0]),
     ), model
+
+
+def meta_adapter(model: torch.nn.Module, adapter: str | Path) -> torch.nn.Module:
+    """The meta model with the LoRA adapter its folder's adapter_config.json describes (no weights needed): the
+    plan of `--adapter` for a model known by its config alone. Call under the meta device."""
+    from peft import LoraConfig, get_peft_model
+
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise ValueError(f"--adapter {adapter}: no adapter_config.json there; give the folder of a PEFT adapter")
+    return get_peft_model(model, LoraConfig.from_pretrained(str(adapter)))

@@ -17,7 +17,7 @@ from gdig.atomic import write_jsonl
 from gdig.config import DataConfig, ScoreConfig
 from gdig.demo.tiny import build_tiny_model
 from gdig.engine.hooks import padded_batches
-from gdig.planning.plan import Plan
+from gdig.planning.plan import GiB, Plan, plan_run
 from gdig.planning.report import advice, format_plan
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -277,3 +277,32 @@ def test_a_run_takes_the_module_groups_its_plan_chooses(tmp_path, tokenizer, dat
     assert json.loads((out / "config.json").read_text())["settings"]["module_partitions"] == 3
     assert {"score [1/3]", "score [3/3]"} <= {s["stage"] for s in seen}
     assert {"fit_covariance [1/3]", "score [3/3]"} <= set(json.loads((out / "status.json").read_text())["plan"])
+
+
+def test_a_lora_adapter_is_planned_on_the_meta_device_from_its_config_alone(tmp_path):
+    """`--adapter` with a folder that holds only adapter_config.json (bench/configs/lora-r8): the plan tracks the
+    adapter's A and B matrices; at 7B their EK-FAC factors on the wide side need module groups on 80 GB."""
+    import torch
+
+    from gdig.planning.probe import meta_workload
+
+    cands = write_jsonl(tmp_path / "c.jsonl", make_pairs(50, seed=1))
+    seeds = write_jsonl(tmp_path / "s.jsonl", make_pairs(8, seed=2))
+    cfg = ScoreConfig(
+        model=str(CONFIGS / "llama-2-7b"),
+        adapter=str(CONFIGS / "lora-r8"),
+        candidates=str(cands),
+        seeds=str(seeds),
+        out=str(tmp_path / "run"),
+        module_partitions=1,
+    )
+    w, _ = meta_workload(cfg, cfg.model, torch.bfloat16)
+    assert len(w.dims) == 32 * 7 * 2  # every linear layer of the 32 blocks, A and B
+    gate_a = next(d for n, d in w.dims.items() if n.endswith("mlp.gate_proj.lora_A.default"))
+    gate_b = next(d for n, d in w.dims.items() if n.endswith("mlp.gate_proj.lora_B.default"))
+    assert gate_a == (4096, 8) and gate_b == (8, 11008)
+    assert not plan_run(cfg, w, 80 * GiB).fits
+    auto = plan_run(dataclasses.replace(cfg, module_partitions=0), w, 80 * GiB)
+    assert auto.fits and 2 <= auto.partitions <= 4
+    with pytest.raises(ValueError, match="no adapter_config.json"):
+        meta_workload(dataclasses.replace(cfg, adapter=str(tmp_path)), cfg.model, torch.bfloat16)
