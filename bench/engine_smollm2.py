@@ -86,20 +86,22 @@ def child_floor(info: dict, batch_size: int) -> dict:
         p.requires_grad_("lora_" in name)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     load_s = time.perf_counter() - t0
-    batches = []
-    for file in ("candidates.jsonl", "seeds.jsonl"):
-        toks, _ = tokenize_dataset(tok, load_dataset(Path(info["folder"]) / file), MAX_LENGTH)
-        batches += list(make_batches(toks, by_length(toks), tok.pad_token_id, batch_size))
-    for b in batches:
-        model.zero_grad(set_to_none=True)
-        logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False).logits
-        loss, _ = per_example_loss(logits, b.labels)
-        loss.sum().backward()
+    parts = {}
+    for file in ("candidates", "seeds"):
+        t1 = time.perf_counter()
+        toks, _ = tokenize_dataset(tok, load_dataset(Path(info["folder"]) / f"{file}.jsonl"), MAX_LENGTH)
+        for b in make_batches(toks, by_length(toks), tok.pad_token_id, batch_size):
+            model.zero_grad(set_to_none=True)
+            logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False).logits
+            loss, _ = per_example_loss(logits, b.labels)
+            loss.sum().backward()
+        parts[file] = time.perf_counter() - t1
     return {
         "seconds": time.perf_counter() - t0,
         "load_seconds": load_s,
+        "candidates_seconds": parts["candidates"],
+        "seeds_seconds": parts["seeds"],
         "peak_rss_mb": peak_rss_mb(),
-        "n_batches": len(batches),
         "n_trainable": n_trainable,
     }
 
@@ -172,6 +174,8 @@ def run(args, script: str) -> dict:
         },
         "floor_seconds": floor,
         "floor_load_seconds": statistics.median(f["load_seconds"] for f in floors),
+        "floor_candidates_seconds": statistics.median(f.get("candidates_seconds", 0.0) for f in floors),
+        "floor_seeds_seconds": statistics.median(f.get("seeds_seconds", 0.0) for f in floors),
         "seconds": seconds | {"total": total},
         "per_floor": {k: v / floor for k, v in seconds.items()} | {"total": total / floor},
         "goal": GOAL,
@@ -187,7 +191,8 @@ def markdown(r: dict) -> str:
         "",
         f"Machine: {r['machine']}. Data: {r['data']}. Model: {r['model']}. Settings: {r['settings']}.",
         f"Floor (model load, then one forward+backward epoch over candidates and seeds, gradients on the adapters "
-        f"only): {r['floor_seconds']:.1f} s (load {r['floor_load_seconds']:.1f} s), peak RSS "
+        f"only): {r['floor_seconds']:.1f} s (load {r['floor_load_seconds']:.1f} s, candidates "
+        f"{r.get('floor_candidates_seconds', 0):.1f} s, seeds {r.get('floor_seeds_seconds', 0):.1f} s), peak RSS "
         f"{r['peak_rss_mb']['floor']:.0f} MB. G-DIG peak RSS {r['peak_rss_mb']['gdig']:.0f} MB, factors file "
         f"{r['factors_mb']:.0f} MB.",
         "",

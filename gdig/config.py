@@ -82,8 +82,9 @@ class ScoreConfig:
         label="Fit curvature on (0 = all)",
         minimum=0,
     )
-    # The curvature fit's captured a and g are kept and reused by EK-FAC's second pass and by scoring when they
-    # fit in this many MiB. Exact either way: only time and memory change.
+    # The curvature fit's captures (a and g, or a module's per-example gradients where smaller: LoRA matrices) are
+    # kept and reused by EK-FAC's second pass and by scoring when they fit in this many MiB. Exact either way: only
+    # time and memory change.
     fit_cache_mb: int | None = option(
         None,
         "memory for reusing the curvature pass's captures later (default: a "
