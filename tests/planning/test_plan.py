@@ -167,7 +167,8 @@ def test_padded_batches_follow_the_batching_rule():
 
 
 def test_module_flops_count_each_stage_algebra():
-    from gdig.planning.plan import Workload, module_flops
+    from gdig.planning.plan import Workload
+    from gdig.planning.timing import module_flops
 
     w = Workload({"m": (4, 6)}, 0, 0, cand_lengths=[3], seed_lengths=[2] * 8, activation_bytes_per_token=0.0)
     cfg = ScoreConfig(model="m", candidates="c", seeds="s", out="o")  # EK-FAC, unit normalisation
