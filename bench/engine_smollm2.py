@@ -201,6 +201,13 @@ def markdown(r: dict) -> str:
     ]
     for k, v in r["seconds"].items():
         lines.append(f"| {k} | {v:.1f} | {r['per_floor'][k]:.2f} |")
+    staged = sum(v for k, v in r["seconds"].items() if k not in ("total", "signals"))  # finalize holds signals
+    other = r["seconds"]["total"] - staged
+    lines.insert(
+        -1,
+        f"| between stages (eigendecompositions, factors written and read back) | {other:.1f} | "
+        f"{other / r['floor_seconds']:.2f} |",
+    )
     met = "met" if r["per_floor"]["total"] <= r["goal"] else "not met"
     lines += [
         "",
