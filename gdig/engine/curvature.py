@@ -125,10 +125,7 @@ class Curvature:
 
     def self_influence_captured(self, name: str, cap: Captured, damping: float) -> torch.Tensor:
         """`self_influence` of a captured batch's module (its route: `rotated`)."""
-        rot = self.rotated(name, cap)
-        if self._factors(name) is None:
-            return (rot * rot).sum((-2, -1))
-        return (rot * rot / (self.modules[name].lam.to(rot.device) + damping)).sum((-2, -1))
+        return self._rotated_self_influence(name, self.rotated(name, cap), damping)
 
     def whiten(self, name: str, v: torch.Tensor, damping: float) -> torch.Tensor:
         """(F + lambda)^(-1/2) v in the module's eigenbasis, (Q_G^T v Q_A) / sqrt(Lambda + lambda), for gradients
@@ -147,10 +144,13 @@ class Curvature:
 
     def self_influence(self, name: str, v: torch.Tensor, damping: float) -> torch.Tensor:
         """<v, (F + lambda)^-1 v> for a batch of gradients (..., d_out, d_in)."""
+        return self._rotated_self_influence(name, v if self._factors(name) is None else self.rotate(name, v), damping)
+
+    def _rotated_self_influence(self, name: str, rot: torch.Tensor, damping: float) -> torch.Tensor:
+        """sum rot^2 / (Lambda + lambda) for gradients already in the eigenbasis (sum rot^2 with no curvature)."""
         if self._factors(name) is None:
-            return (v * v).sum((-2, -1))
-        rot = self.rotate(name, v)
-        return (rot * rot / (self.modules[name].lam.to(v.device) + damping)).sum((-2, -1))
+            return (rot * rot).sum((-2, -1))
+        return (rot * rot / (self.modules[name].lam.to(rot.device) + damping)).sum((-2, -1))
 
 
 def left_multiply(q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

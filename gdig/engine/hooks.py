@@ -66,7 +66,7 @@ class Captured:
     def compact(self) -> Captured:
         """This batch as a later pass needs it, in the least memory: each module's per-example gradient where
         it works from that, else its tokens."""
-        grads = {name: self.gradient(name) for name in self.acts}
+        grads = {name: self.gradient(name) for name in dict.fromkeys([*self.acts, *self.weight_grads])}
         tokens = [name for name, grad in grads.items() if grad is None]
         return Captured(
             self.index,

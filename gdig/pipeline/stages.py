@@ -100,6 +100,7 @@ def fit_factors(ctx: ScoreContext, path: Path, fp: str, checkpoints: Path, statu
                     cap = capture.run(ctx.collate(ctx.cand_tok, batches[b]))
                     if cache is not None and stage == fit_passes[0]:
                         cache[b] = detached(cap).compact()
+                        cap.weight_grads = cache[b].weight_grads  # formed once: this pass may use them too
                 yield b, cap
                 done += len(batches[b])
                 status.update(stage, done, total)
@@ -135,7 +136,8 @@ def detached(cap: Captured) -> Captured:
     """The capture without its autograd graph (kept past its batch)."""
     acts = {k: v.detach() for k, v in cap.acts.items()}
     grads = {k: v.detach() for k, v in cap.grads.items()}
-    return Captured(cap.index, cap.loss.detach(), cap.n_target.detach(), cap.mask, acts, grads)
+    weight_grads = {k: v.detach() for k, v in cap.weight_grads.items()}
+    return Captured(cap.index, cap.loss.detach(), cap.n_target.detach(), cap.mask, acts, grads, weight_grads)
 
 
 def _find_factors(runs_root: Path, fingerprint: str, exclude: Path) -> Path | None:

@@ -215,8 +215,10 @@ def _plan(
             stages[COVARIANCE_PASS]["factors beyond the sums (eigh)"] = beyond
     if EIGENVALUE_PASS in h.passes:  # replays the kept captures of an earlier pass, or runs the model
         replay = {"reused captures": reuse} if reuse and h.passes[0] != EIGENVALUE_PASS else fit
-        if "reused captures" not in replay:  # a batch run now forms its gradients where it works from them
-            replay = replay | {"per-example gradients (one batch)": max(w.batch_bytes("fit", cfg, "gradients"))}
+        if not reuse:  # each batch forms its gradients where it works from them (a kept capture counts its own)
+            replay = replay | {
+                "per-example gradients (one batch)": max(w.batch_bytes("fit", cfg, "gradients"), default=0)
+            }
         stages[EIGENVALUE_PASS] = base | replay | {"factors": factors, "eigenvalue sums (float64)": 8 * rect}
         if h.basis == IDENTITY:  # no rotation by tokens: each module's per-example gradient, and its square
             stages[EIGENVALUE_PASS]["per-example gradient and its square (one module)"] = 8 * cfg.batch_size * widest

@@ -11,6 +11,7 @@ GiB = 2**30
 
 MODULE_PARTS = (
     "captures (one batch)",
+    "per-example gradients (one batch)",
     "reused captures",
     "factor sums (float64)",
     "factors",
@@ -18,13 +19,14 @@ MODULE_PARTS = (
     "seeds",
     "seed chunk work",
 )
+BATCH_PARTS = ("activations (one batch)", "captures (one batch)", "per-example gradients (one batch)")
 
 
 def advice(plan: Plan, cfg: ScoreConfig) -> list[str]:
     """What each knob would save at the worst stage, largest first."""
     stage, _ = plan.worst
     parts = plan.stages[stage]
-    batch = parts.get("activations (one batch)", 0) + parts.get("captures (one batch)", 0)
+    batch = sum(parts.get(k, 0) for k in BATCH_PARTS)
     per_module = sum(parts.get(k, 0) for k in MODULE_PARTS)
     tips = [
         (

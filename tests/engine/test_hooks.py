@@ -37,6 +37,8 @@ def test_a_module_keeps_its_gradient_where_it_is_smaller_than_its_tokens():
     assert torch.equal(small.weight_grads["lora_a"], per_example_gradient(cap.acts["lora_a"], cap.grads["lora_a"]))
     assert cap.gradient("lora_a") is cap.gradient("lora_a")  # formed once per batch
     assert cap.gradient("wide") is None
+    again = small.compact()  # a kept capture compacted again keeps its gradients
+    assert again.weight_grads.keys() == small.weight_grads.keys() and set(again.acts) == {"wide"}
 
 
 def fitted(kind: str):
