@@ -104,16 +104,21 @@ def gguf_location(name_or_path: str, gguf_file: str | None = None) -> tuple[str,
 
 def _with_adapter(model, adapter: str):
     """The model with a PEFT adapter on top, unmerged and frozen."""
-    from pathlib import Path
-
     from peft import PeftModel
+
+    check_adapter_folder(adapter)
+    return PeftModel.from_pretrained(model, adapter, is_trainable=False)
+
+
+def check_adapter_folder(adapter) -> None:
+    """A clear error unless `adapter` is a PEFT adapter's folder (it holds adapter_config.json)."""
+    from pathlib import Path
 
     if not (Path(adapter) / "adapter_config.json").is_file():
         raise ValueError(
             f"--adapter {adapter}: no adapter_config.json there; give the folder of a PEFT adapter "
             "(gdig finetune --lora writes it to OUT/adapter)"
         )
-    return PeftModel.from_pretrained(model, adapter, is_trainable=False)
 
 
 def prepare_tokenizer(tokenizer, vocab_size: int | None = None) -> None:

@@ -142,6 +142,7 @@ def meta_adapter(model: torch.nn.Module, adapter: str | Path) -> torch.nn.Module
     plan of `--adapter` for a model known by its config alone. Call under the meta device."""
     from peft import LoraConfig, get_peft_model
 
-    if not (Path(adapter) / "adapter_config.json").is_file():
-        raise ValueError(f"--adapter {adapter}: no adapter_config.json there; give the folder of a PEFT adapter")
+    from gdig.inputs.model import check_adapter_folder
+
+    check_adapter_folder(adapter)
     return get_peft_model(model, LoraConfig.from_pretrained(str(adapter)))
