@@ -118,10 +118,7 @@ class Curvature:
 
     def whiten_captured(self, name: str, cap: Captured, damping: float) -> torch.Tensor:
         """`whiten` of a captured batch's module (its route: `rotated`)."""
-        rot = self.rotated(name, cap)
-        if self._factors(name) is None:
-            return rot
-        return rot / (self.modules[name].lam.to(rot.device) + damping).sqrt()
+        return self._whitened(name, self.rotated(name, cap), damping)
 
     def self_influence_captured(self, name: str, cap: Captured, damping: float) -> torch.Tensor:
         """`self_influence` of a captured batch's module (its route: `rotated`)."""
@@ -131,9 +128,13 @@ class Curvature:
         """(F + lambda)^(-1/2) v in the module's eigenbasis, (Q_G^T v Q_A) / sqrt(Lambda + lambda), for gradients
         (..., d_out, d_in): two whitened gradients' dot product is their raw influence (DESIGN: the index). With no
         curvature, the gradient itself."""
+        return self._whitened(name, v if self._factors(name) is None else self.rotate(name, v), damping)
+
+    def _whitened(self, name: str, rot: torch.Tensor, damping: float) -> torch.Tensor:
+        """rot / sqrt(Lambda + lambda) for gradients already in the eigenbasis (rot itself with no curvature)."""
         if self._factors(name) is None:
-            return v
-        return self.rotate(name, v) / (self.modules[name].lam.to(v.device) + damping).sqrt()
+            return rot
+        return rot / (self.modules[name].lam.to(rot.device) + damping).sqrt()
 
     def unwhiten(self, name: str, w: torch.Tensor, damping: float) -> torch.Tensor:
         """(F + lambda)^(-1/2) applied once more to a whitened gradient and rotated back: its preconditioned
