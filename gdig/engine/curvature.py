@@ -65,16 +65,6 @@ class Curvature:
         rot = self.rotate(name, v) / (self.modules[name].lam.to(v.device) + damping)
         return self.rotate_back(name, rot)
 
-    def precondition_rotated(self, name: str, a: torch.Tensor, g: torch.Tensor, damping: float):
-        """(F + lambda)^-1 G for G = sum_t g_t a_t^T, kept in the eigenbasis (the caller rotates back:
-        `rotate_back`), rotated by the cheaper route (tokens first for short examples: T (d_in^2 + d_out^2)
-        instead of d_out d_in (d_in + d_out)). a: (c, T, d_in), g: (c, T, d_out). Returns X (c, d_out, d_in) and
-        <G, (F + lambda)^-1 G> (c,)."""
-        f = self.modules[name]
-        rot = self.rotated_gradient(name, a, g)
-        x = rot / (f.lam.to(rot.device) + damping)
-        return x, (rot * x).sum((-2, -1))
-
     def rotate(self, name: str, v: torch.Tensor) -> torch.Tensor:
         """Q_G^T V Q_A: gradients in the module's Kronecker eigenbasis (V itself in the identity basis)."""
         f = self.modules[name]

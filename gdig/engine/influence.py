@@ -116,12 +116,22 @@ class SeedBuilder:
         self._record_loss(name, cols, v, s)
 
     def add_tokens(self, name: str, start: int, a: torch.Tensor, g: torch.Tensor) -> None:
-        """Seed columns from their tokens (a: (c, T, d_in), g: (c, T, d_out)), preconditioned in the eigenbasis
-        (rotated there by the cheaper route): a dense module's columns are rotated back (two products a column
-        instead of four); a low-rank module's are factorised there and only the factors rotated back."""
-        cols = slice(start, start + a.shape[0])
-        x, self_inf = self.curvature.precondition_rotated(name, a, g, self.dampings[name])
-        self.out.self_influence[cols] += self_inf
+        """Seed columns from their tokens (a: (c, T, d_in), g: (c, T, d_out)), rotated into the eigenbasis by the
+        cheaper route and preconditioned there (add_rotated)."""
+        self.add_rotated(name, start, self.curvature.rotated_gradient(name, a, g))
+
+    def add_gradients(self, name: str, start: int, grads: torch.Tensor) -> None:
+        """Seed columns from their gradients (c, d_out, d_in), rotated once and preconditioned in the eigenbasis
+        (add_rotated): the route of a module that keeps its per-example gradient (hooks.keeps_gradient)."""
+        self.add_rotated(name, start, self.curvature.rotate(name, grads))
+
+    def add_rotated(self, name: str, start: int, rot: torch.Tensor) -> None:
+        """Seed columns from their gradients already in the eigenbasis (c, d_out, d_in), preconditioned there: a
+        dense module's columns are rotated back (two products a column instead of four); a low-rank module's are
+        factorised there and only the factors rotated back."""
+        cols = slice(start, start + rot.shape[0])
+        x = rot / (self.curvature.modules[name].lam.to(rot.device) + self.dampings[name])
+        self.out.self_influence[cols] += (rot * x).sum((-2, -1))
         if self.projection is not None:  # (F + lambda)^(-1/2) G = sqrt(Lambda + lambda) X in the eigenbasis
             whitened = x * (self.curvature.modules[name].lam.to(x.device) + self.dampings[name]).sqrt()
             self.out.index[cols] += self.projection.project(name, whitened)

@@ -95,7 +95,7 @@ def seed_stage(
             caps = []
             for batch in ctx.batches(ctx.seed_tok, by_length(ctx.seed_tok, chunk)):
                 cap = capture.run(batch)
-                caps.append(detached(cap))
+                caps.append(detached(cap).compact())  # the tokens of a module that keeps its gradient go
                 loss[batch.index] = cap.loss.detach().float()
                 n_tok[batch.index] = cap.n_target.to(torch.int64)
                 done += len(batch.index)
@@ -113,19 +113,29 @@ def seed_stage(
 
 def _add_chunk(ctx: ScoreContext, builder: SeedBuilder, caps: list[Captured], chunk: list[int]) -> None:
     """Each module's seed columns for one chunk of seeds, handed to the builder as their tokens (cheaper to
-    precondition, see add_tokens); with no curvature, as grouped per-example gradients."""
+    precondition, see add_tokens), or as grouped per-example gradients where the captures keep them (a LoRA
+    matrix: hooks.keeps_gradient) or where there is no curvature (preconditioning is nothing)."""
     first, k = chunk[0], ctx.cfg.seed_batch
     for t in ctx.work:
-        if builder.takes_tokens(t.name):
+        if not builder.takes_tokens(t.name):
+            builder.add(t.name, first // k, _column_gradients(caps, t.name, first, len(chunk), k))
+        elif any(t.name in cap.weight_grads for cap in caps):
+            builder.add_gradients(t.name, first // k, _column_gradients(caps, t.name, first, len(chunk), k))
+        else:
             a, g = _column_tokens(caps, t.name, first, len(chunk), k)
             builder.add_tokens(t.name, first // k, a, g)
-            continue
-        grads = torch.zeros(len(chunk), t.d_out, t.d_in, device=ctx.device)
-        for cap in caps:
-            idx = torch.tensor(cap.index, device=ctx.device) - first
-            grads[idx] = per_example_gradient(cap.acts[t.name], cap.grads[t.name])
-        grouped = group_seed_gradients({t.name: grads}, k)[t.name]
-        builder.add(t.name, first // k, grouped)
+
+
+def _column_gradients(caps: list[Captured], name: str, first: int, n: int, k: int) -> torch.Tensor:
+    """The gradient of each seed column (columns, d_out, d_in): its seeds' per-example gradients (kept by the
+    capture, or formed from its tokens), averaged in groups of k."""
+    grads = None
+    for cap in caps:
+        grad = cap.gradient(name)
+        grad = per_example_gradient(cap.acts[name], cap.grads[name]) if grad is None else grad
+        grads = grad.new_zeros(n, *grad.shape[1:]) if grads is None else grads
+        grads[torch.tensor(cap.index, device=grad.device) - first] = grad
+    return group_seed_gradients({name: grads}, k)[name]
 
 
 def _column_tokens(caps: list[Captured], name: str, first: int, n: int, k: int):

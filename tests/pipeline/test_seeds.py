@@ -85,6 +85,36 @@ def test_seeds_from_tokens_equal_preconditioning_the_whole_gradient(
     assert (not errors) if rank is None else (errors and all(0 < e["max"] < 1 for e in errors.values()))
 
 
+@pytest.mark.parametrize(("seed_batch", "rank"), [(1, None), (2, None), (2, 3)])
+def test_seeds_from_kept_gradients_equal_seeds_from_tokens(
+    tmp_path, tokenizer, data_files, monkeypatch, seed_batch, rank
+):
+    from conftest import lora_model
+    from gdig.config import LORA_MODULES
+    from gdig.demo.tiny import build_tiny_model
+    from gdig.engine import hooks
+
+    model = lora_model(build_tiny_model("llama", tokenizer, hidden=16, ffn=32, heads=2))
+    settings = {"damping": 1e-3, "seed_rank": rank, "seed_batch": seed_batch, "modules": LORA_MODULES}
+    calls = []
+    monkeypatch.setattr(SeedBuilder, "add_gradients", _counting(SeedBuilder.add_gradients, calls))
+    kept, _ = run(tmp_path, model, tokenizer, data_files, name="kept", **settings)
+    assert calls  # the LoRA matrices' seeds came from their kept gradients
+    monkeypatch.setattr(hooks, "keeps_gradient", lambda *_: False)
+    calls.clear()
+    tokens, _ = run(tmp_path, model, tokenizer, data_files, name="tokens", **settings)
+    assert not calls  # ... and here from their tokens
+    assert rel_err(kept, tokens) < (1e-3 if rank == 3 else 1e-5)
+
+
+def _counting(method, calls: list):
+    def counted(self, *args):
+        calls.append(args[0])
+        return method(self, *args)
+
+    return counted
+
+
 def test_the_mean_seed_direction_weights_each_low_rank_seed_by_its_norm():
     from gdig.engine.influence import SeedGradients, mean_seed_direction
 
