@@ -21,10 +21,14 @@ if TYPE_CHECKING:  # the run directory sits above the engine: the fit is handed 
 
 
 class CovarianceFitter:
-    """Accumulates A and G over captured batches (first pass)."""
+    """Accumulates A and G over captured batches (first pass). `shared`: modules that read the same input as an
+    earlier one (Captured.same_input, e.g. the q, k and v projections), whose A is that module's: summed,
+    stored and eigendecomposed once."""
 
-    def __init__(self, dims: dict[str, tuple[int, int]], device: torch.device):
+    def __init__(self, dims: dict[str, tuple[int, int]], device: torch.device, shared: dict[str, str] | None = None):
+        self.shared = dict(shared or {})
         self.a = {n: torch.zeros(di, di, dtype=torch.float64, device=device) for n, (di, do) in dims.items()}
+        self.a = {n: v for n, v in self.a.items() if n not in self.shared}
         self.g = {n: torch.zeros(do, do, dtype=torch.float64, device=device) for n, (di, do) in dims.items()}
         self.n_tokens = 0
         self.n_examples = 0
@@ -32,55 +36,75 @@ class CovarianceFitter:
 
     def update(self, cap: Captured) -> None:
         """Add one captured batch's a a^T and g g^T over its tokens (lower triangles: add_lower_gram)."""
+        for name, first in self.shared.items():
+            if cap.same_input.get(name) != first:
+                raise RuntimeError(f"{name} no longer reads the input of {first}; rerun without resuming the fit")
         self.n_tokens += int(cap.mask.sum())
         self.n_examples += len(cap.index)
         for name in self.a:
             add_lower_gram(self.a[name], cap.acts[name].reshape(-1, cap.acts[name].shape[-1]))
+        for name in self.g:
             add_lower_gram(self.g[name], cap.grads[name].reshape(-1, cap.grads[name].shape[-1]))
+
+    def _sides(self) -> list[tuple[str, dict[str, torch.Tensor]]]:
+        """The two sides' sums with their keys' prefixes (A: fewer modules than G where inputs are shared)."""
+        return [("a", self.a), ("g", self.g)]
 
     def state(self) -> dict[str, torch.Tensor]:
         """The partial sums and counts, for a checkpoint (exact: float64 as accumulated)."""
-        return (
-            {f"a::{n}": v for n, v in self.a.items()}
-            | {f"g::{n}": v for n, v in self.g.items()}
-            | {"counts": torch.tensor([self.n_tokens, self.n_examples], dtype=torch.int64, device=self._device)}
-        )
+        return {f"{side}::{n}": v for side, sums in self._sides() for n, v in sums.items()} | {
+            "counts": torch.tensor([self.n_tokens, self.n_examples], dtype=torch.int64, device=self._device)
+        }
 
     def restore(self, state: dict[str, torch.Tensor]) -> None:
         """Continue from sums saved by a checkpoint."""
-        for n in self.a:
-            self.a[n].copy_(state[f"a::{n}"])
-            self.g[n].copy_(state[f"g::{n}"])
+        for side, sums in self._sides():
+            for n, total in sums.items():
+                total.copy_(state[f"{side}::{n}"])
         self.n_tokens, self.n_examples = (int(x) for x in state["counts"].tolist())
 
     def merge(self, state: dict[str, torch.Tensor]) -> None:
         """Add sums over other batches (another rank's checkpoint)."""
-        for n in self.a:
-            self.a[n] += state[f"a::{n}"].to(self.a[n].device)
-            self.g[n] += state[f"g::{n}"].to(self.g[n].device)
+        for side, sums in self._sides():
+            for n, total in sums.items():
+                total += state[f"{side}::{n}"].to(total.device)
         tokens, examples = (int(x) for x in state["counts"].tolist())
         self.n_tokens, self.n_examples = self.n_tokens + tokens, self.n_examples + examples
 
     def eigendecompose(self, kind: str, names=None, release: bool = False) -> Curvature:
-        """A and G from the sums, eigendecomposed (all modules, or `names`; the others get empty factors of their
-        shapes): K-FAC, or the basis of EK-FAC's second pass. `release`: drop each module's float64 sums once
-        its factors are made (the fit no longer needs them), so the peak is the sums, not sums plus factors."""
+        """A and G from the sums, eigendecomposed (all modules, or `names`, which hold every module that shares
+        an input with one of them; the others get empty factors of their shapes): K-FAC, or the basis of
+        EK-FAC's second pass. A module that shares its input keeps the same A factors (the same tensors).
+        `release`: drop each module's float64 sums once its factors are made (the fit no longer needs them),
+        so the peak is the sums, not sums plus factors."""
         cur = Curvature(kind, n_examples=self.n_examples, n_tokens=self.n_tokens)
-        for name in list(self.a):
-            a_sum, g_sum = (self.a.pop(name), self.g.pop(name)) if release else (self.a[name], self.g[name])
+        bases: dict[str, tuple[torch.Tensor, ...]] = {}  # per module that owns an A: (q_a, e_a, e_a in float64)
+        for name in list(self.g):
+            g_sum = self.g.pop(name) if release else self.g[name]
+            first = self.shared.get(name)
+            if first is None:
+                a_sum = self.a.pop(name) if release else self.a[name]
             if names is not None and name not in names:
-                d_in, d_out = a_sum.shape[0], g_sum.shape[0]
+                q_a, e_a = (None, None) if first is None else bases[first][:2]
+                d_in, d_out = (a_sum.shape[0] if q_a is None else q_a.shape[0]), g_sum.shape[0]
                 z = lambda *shape: torch.empty(*shape, device=self._device)  # noqa: E731
-                cur.modules[name] = ModuleFactors(z(d_in, d_in), z(d_in), z(d_out, d_out), z(d_out), z(d_out, d_in))
+                q_a, e_a = (z(d_in, d_in), z(d_in)) if q_a is None else (q_a, e_a)
+                bases[name] = (q_a, e_a, None)
+                cur.modules[name] = ModuleFactors(q_a, e_a, z(d_out, d_out), z(d_out), z(d_out, d_in))
                 continue
-            e_a, q_a = torch.linalg.eigh(a_sum / max(self.n_tokens, 1), UPLO="L")  # the sums' lower triangle
+            if first is None:
+                e_a, q_a = torch.linalg.eigh(a_sum / max(self.n_tokens, 1), UPLO="L")  # the sums' lower triangle
+                e_a = e_a.clamp(min=0)
+                # eigh's vectors come column-major: made contiguous, so every consumer sees one layout
+                bases[name] = (q_a.float().contiguous(), e_a.float().contiguous(), e_a)
+                del a_sum, q_a
             e_g, q_g = torch.linalg.eigh(g_sum / max(self.n_examples, 1), UPLO="L")
-            del a_sum, g_sum
-            e_a, e_g = e_a.clamp(min=0), e_g.clamp(min=0)
-            lam = torch.outer(e_g, e_a)  # K-FAC eigenvalues; EK-FAC replaces them in a second pass
-            # eigh's vectors come column-major: made contiguous, so every consumer (a broadcast too) sees one layout
-            factors = (t.float().contiguous() for t in (q_a, e_a, q_g, e_g, lam))
-            cur.modules[name] = ModuleFactors(*factors)
+            del g_sum
+            e_g = e_g.clamp(min=0)
+            q_a, e_a, e_a64 = bases[first or name]
+            lam = torch.outer(e_g, e_a64)  # K-FAC eigenvalues; EK-FAC replaces them in a second pass
+            factors = (t.float().contiguous() for t in (q_g, e_g, lam))
+            cur.modules[name] = ModuleFactors(q_a, e_a, *factors)
         return cur
 
 
@@ -190,6 +214,7 @@ def fit_curvature(
     checkpoint: FitCheckpoint | None = None,
     world: World = SINGLE,
     waiting: Callable[[], None] | None = None,
+    shared: dict[str, str] | None = None,
 ) -> Curvature:
     """Fit approximation `kind` (gdig.hessians) from `passes(stage, batches, restored)`, which yields
     (batch, Captured) for the listed batches of the fit set (`costs`: one per batch, e.g. its tokens; `restored`:
@@ -197,12 +222,13 @@ def fit_curvature(
     the covariance pass of an eigenbasis, then the eigenvalue pass where Lambda is fitted). With several
     processes each fits its share of the batches, the float64 sums are added up, and each module is
     eigendecomposed once (by one rank, the modules shared by cost) and broadcast, so every rank preconditions
-    with the same bases (`waiting` is called while a rank waits for the others)."""
+    with the same bases (`waiting` is called while a rank waits for the others). `shared`: modules that read
+    the same input as an earlier one (CovarianceFitter)."""
     h = hessian(kind)
     if not h.fitted:
         return Curvature(kind)
     if h.eigendecomposes:
-        cov = CovarianceFitter(dims, device)
+        cov = CovarianceFitter(dims, device, shared)
         _run_pass(COVARIANCE_PASS, cov, passes, costs, checkpoint, world, waiting)
         if checkpoint and len(h.passes) > 1 and world.is_main:  # the next pass builds on it: keep it whole
             checkpoint.save(COVARIANCE_PASS, cov, np.ones(len(costs), bool))
@@ -221,12 +247,16 @@ def fit_curvature(
 
 
 def _shared_eigendecomposition(cov: CovarianceFitter, kind: str, dims: dict[str, tuple[int, int]], world: World):
-    """Each module's eigendecomposition made by one rank (the modules shared by their cost, d^3 per side) and
-    broadcast from it: once per module, in parallel across ranks."""
+    """Each module's eigendecomposition made by one rank (the modules shared by their cost, d^3 per side; a
+    module that shares its input with an earlier one goes to that module's rank) and broadcast from it: once per
+    module, in parallel across ranks."""
     names = list(dims)
-    owners = world.owners([d_in**3 + d_out**3 for d_in, d_out in dims.values()])
-    cur = cov.eigendecompose(kind, {n for n, r in zip(names, owners, strict=True) if r == world.rank}, release=True)
-    for name, owner in zip(names, owners, strict=True):
+    costs = [(0 if n in cov.shared else d_in**3) + d_out**3 for n, (d_in, d_out) in dims.items()]
+    owner = dict(zip(names, world.owners(costs), strict=True))
+    owner |= {name: owner[first] for name, first in cov.shared.items()}
+    cur = cov.eigendecompose(kind, {n for n in names if owner[n] == world.rank}, release=True)
+    for name in names:
         f = cur.modules[name]
-        world.broadcast([f.q_a, f.e_a, f.q_g, f.e_g, f.lam], owner, "sharing the eigendecomposition")
+        shared_a = [] if name in cov.shared else [f.q_a, f.e_a]  # else sent with the first module that reads it
+        world.broadcast([*shared_a, f.q_g, f.e_g, f.lam], owner[name], "sharing the eigendecomposition")
     return cur

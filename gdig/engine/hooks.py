@@ -52,6 +52,7 @@ class Captured:
     acts: dict[str, torch.Tensor]  # name -> (B, T, d_in)
     grads: dict[str, torch.Tensor]  # name -> (B, T, d_out)
     weight_grads: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (B, d_out, d_in)
+    same_input: dict[str, str] = field(default_factory=dict)  # name -> the first module that read the same input
 
     def gradient(self, name: str) -> torch.Tensor | None:
         """Module `name`'s per-example gradients (B, d_out, d_in) when it works from them (keeps_gradient),
@@ -76,6 +77,7 @@ class Captured:
             {name: self.acts[name] for name in tokens},
             {name: self.grads[name] for name in tokens},
             {name: grad for name, grad in grads.items() if grad is not None},
+            self.same_input,
         )
 
 
@@ -172,6 +174,7 @@ class GradientCapture:
         self.labelled_head = getattr(model.config, "model_type", None) in LABELLED_HEAD_FAMILIES and not head_tracked
         self._handles: list = []
         self._acts: dict[str, torch.Tensor] = {}
+        self._inputs_of: dict[str, torch.Tensor] = {}  # each module's input as called (for same_input)
         self._outs: dict[str, torch.Tensor] = {}
         self._frozen: list[tuple[nn.Parameter, bool]] = []
         # the transformer under the LM head (under a PEFT wrapper, the adapted model's own)
@@ -197,6 +200,7 @@ class GradientCapture:
     def _make_hook(self, name: str):
         def hook(module, inputs, output):
             self._acts[name] = inputs[0].detach()
+            self._inputs_of[name] = inputs[0]
             self._outs[name] = output
 
         return hook
@@ -233,7 +237,7 @@ class GradientCapture:
 
     def run(self, batch: Batch) -> Captured:
         """Forward and backward of a batch: per-example losses, a_t and g_t of every tracked module."""
-        self._acts, self._outs = {}, {}
+        self._acts, self._outs, self._inputs_of = {}, {}, {}
         with torch.enable_grad():
             loss, n_target = self.loss(batch)
             mask = batch.attention_mask.to(self.device).float()
@@ -244,9 +248,22 @@ class GradientCapture:
             for t, o, g in zip(self.tracked, outs, got, strict=True):
                 g = torch.zeros_like(o) if g is None else g
                 grads[t.name] = _per_position(g, mask).float() * mask[..., None]
-        acts = {n: _per_position(self._acts[n], mask).float() * mask[..., None] for n in names}
-        self._acts, self._outs = {}, {}
-        return Captured(batch.index, loss.detach().float(), n_target, mask, acts, grads)
+        acts, same_input = self._activations(names, mask)
+        self._acts, self._outs, self._inputs_of = {}, {}, {}
+        return Captured(batch.index, loss.detach().float(), n_target, mask, acts, grads, same_input=same_input)
+
+    def _activations(self, names: list[str], mask: torch.Tensor) -> tuple[dict, dict[str, str]]:
+        """Each module's masked float32 input, made once per input tensor: modules called on the same tensor
+        (the q, k and v projections; gate and up; their LoRA A matrices) share one, and same_input names, for
+        each of the later ones, the first module that read it."""
+        acts, same_input, first = {}, {}, {}
+        for n in names:
+            earlier = first.setdefault(id(self._inputs_of[n]), n)  # the inputs are alive: their ids are unique
+            if earlier != n:
+                acts[n], same_input[n] = acts[earlier], earlier
+                continue
+            acts[n] = _per_position(self._acts[n], mask).float() * mask[..., None]
+        return acts, same_input
 
 
 def _per_position(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -111,8 +111,9 @@ def fit_factors(ctx: ScoreContext, path: Path, fp: str, checkpoints: Path, statu
     checkpoint = FitCheckpoint(
         checkpoints, short_hash([fp, batching, "v2"]), ctx.cfg.checkpoint_seconds, rank=ctx.world.rank
     )
+    shared = shared_inputs(ctx, order[-1]) if hessian(ctx.cfg.hessian).eigendecomposes else {}
     cur = fit_curvature(
-        ctx.cfg.hessian, ctx.work_dims, passes, costs, ctx.device, checkpoint, ctx.world, status.refresh
+        ctx.cfg.hessian, ctx.work_dims, passes, costs, ctx.device, checkpoint, ctx.world, status.refresh, shared
     )
     if ctx.world.is_main:
         save_factors(cur, path, fp)
@@ -122,6 +123,13 @@ def fit_factors(ctx: ScoreContext, path: Path, fp: str, checkpoints: Path, statu
         ctx.captures = {tuple(batches[b]): c for b, c in cache.items()}
     cache = None  # the captures go now, not when this returns: their memory is back before the seeds need it
     return load_factors(path, ctx.device)  # a fresh and a resumed run compute from the same bytes
+
+
+def shared_inputs(ctx: ScoreContext, example: int) -> dict[str, str]:
+    """The modules of this pass that read the same input tensor as an earlier one (Captured.same_input), seen on
+    one example: their A factor is summed and eigendecomposed once."""
+    with ctx.capture() as capture:
+        return capture.run(ctx.collate(ctx.cand_tok, [example])).same_input
 
 
 def _captures_fit(ctx: ScoreContext, order: list[int]) -> bool:
@@ -137,7 +145,9 @@ def detached(cap: Captured) -> Captured:
     acts = {k: v.detach() for k, v in cap.acts.items()}
     grads = {k: v.detach() for k, v in cap.grads.items()}
     weight_grads = {k: v.detach() for k, v in cap.weight_grads.items()}
-    return Captured(cap.index, cap.loss.detach(), cap.n_target.detach(), cap.mask, acts, grads, weight_grads)
+    return Captured(
+        cap.index, cap.loss.detach(), cap.n_target.detach(), cap.mask, acts, grads, weight_grads, cap.same_input
+    )
 
 
 def _find_factors(runs_root: Path, fingerprint: str, exclude: Path) -> Path | None:

@@ -14,13 +14,20 @@ from gdig.atomic import atomic_path
 from gdig.engine.curvature import FACTOR_KEYS, Curvature, ModuleFactors
 from gdig.hessians import hessian
 
+SHARED_KEYS = ("q_a", "e_a")  # what modules that read the same input share
+
 
 def save_factors(cur: Curvature, path: str | Path, fingerprint: str) -> None:
-    """Write the factors (every module's, the ones its approximation has) with their fingerprint."""
-    tensors = {}
+    """Write the factors (every module's, the ones its approximation has) with their fingerprint. A-factors
+    that modules share (the same tensors: gdig.engine.curvature_fit.CovarianceFitter) are written once, under
+    the first module, and the others named in the metadata ("shared_a")."""
+    tensors, owner_of, shared = {}, {}, {}
     for name, f in cur.modules.items():
+        first = owner_of.setdefault(id(f.q_a), name) if f.q_a is not None else name
+        if first != name:
+            shared[name] = first
         for key in FACTOR_KEYS:
-            if getattr(f, key) is not None:
+            if getattr(f, key) is not None and not (first != name and key in SHARED_KEYS):
                 tensors[f"{name}::{key}"] = getattr(f, key).detach().float().contiguous().cpu()
     meta = {
         "kind": cur.kind,
@@ -28,6 +35,7 @@ def save_factors(cur: Curvature, path: str | Path, fingerprint: str) -> None:
         "n_examples": str(cur.n_examples),
         "n_tokens": str(cur.n_tokens),
         "modules": json.dumps(list(cur.modules)),
+        "shared_a": json.dumps(shared),
     }
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
@@ -35,17 +43,25 @@ def save_factors(cur: Curvature, path: str | Path, fingerprint: str) -> None:
 
 def load_factors(path: str | Path, device: torch.device | str = "cpu", names: list[str] | None = None) -> Curvature:
     """Factors written by save_factors, onto `device`: every module's, or those of modules `names` only (one
-    group of a run in module partitions; the others are not read)."""
+    group of a run in module partitions; the others are not read). Shared A-factors are read once and shared."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt", device=str(device)) as f:
         meta = f.metadata() or {}
         keys = set(f.keys())
+        shared = json.loads(meta.get("shared_a", "{}"))
         cur = Curvature(meta["kind"], n_examples=int(meta["n_examples"]), n_tokens=int(meta["n_tokens"]))
+        read: dict[str, torch.Tensor] = {}
+
+        def tensor(key: str) -> torch.Tensor:
+            if key not in read:
+                read[key] = f.get_tensor(key)
+            return read[key]
+
         for name in json.loads(meta["modules"]):
             if names is None or name in names:
-                found = {k: f.get_tensor(f"{name}::{k}") for k in FACTOR_KEYS if f"{name}::{k}" in keys}
-                cur.modules[name] = ModuleFactors(**found)
+                where = {k: f"{shared.get(name, name) if k in SHARED_KEYS else name}::{k}" for k in FACTOR_KEYS}
+                cur.modules[name] = ModuleFactors(**{k: tensor(key) for k, key in where.items() if key in keys})
     return cur
 
 
@@ -57,6 +73,7 @@ def join_factors(paths: list[Path], out: str | Path, fingerprint: str) -> None:
     entries: dict[str, dict] = {}
     pieces: list[tuple[Path, int, int]] = []  # (file, start, size) of each tensor's bytes, in the joined order
     modules: list[str] = []
+    shared: dict[str, str] = {}
     meta: dict[str, str] = {}
     size = 0
     for path in paths:
@@ -64,12 +81,13 @@ def join_factors(paths: list[Path], out: str | Path, fingerprint: str) -> None:
         own = header.pop("__metadata__", {})
         meta = meta or own
         modules += json.loads(own["modules"])
+        shared |= json.loads(own.get("shared_a", "{}"))
         for key, e in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
             begin, end = e["data_offsets"]
             entries[key] = {"dtype": e["dtype"], "shape": e["shape"], "data_offsets": [size, size + end - begin]}
             pieces.append((Path(path), data_start + begin, end - begin))
             size += end - begin
-    meta = meta | {"fingerprint": fingerprint, "modules": json.dumps(modules)}
+    meta = meta | {"fingerprint": fingerprint, "modules": json.dumps(modules), "shared_a": json.dumps(shared)}
     header = json.dumps({"__metadata__": meta, **entries}, separators=(",", ":")).encode()
     header += b" " * (-len(header) % 8)  # the data starts 8-byte aligned, as the library writes it
     with atomic_path(out) as tmp, open(tmp, "wb") as f:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
 from gdig.cancel import Cancelled
 from gdig.engine.curvature_fit import fit_curvature
@@ -21,7 +22,7 @@ def setup(tokenizer, tmp_path_factory):
     return model, tracked, toks, token_statistics(model, tracked, toks), autograd_gradients(model, tracked, toks)
 
 
-def fit(model, tracked, toks, kind, batch_size, pad_id=0, checkpoint=None, stop_after=None):
+def fit(model, tracked, toks, kind, batch_size, pad_id=0, checkpoint=None, stop_after=None, shared=None):
     batches = list(make_batches(toks, range(len(toks)), pad_id, batch_size))
 
     def passes(stage, mine, restored):
@@ -33,7 +34,7 @@ def fit(model, tracked, toks, kind, batch_size, pad_id=0, checkpoint=None, stop_
 
     dims = {t.name: (t.d_in, t.d_out) for t in tracked}
     costs = [b.input_ids.numel() for b in batches]
-    return fit_curvature(kind, dims, passes, costs, torch.device("cpu"), checkpoint)
+    return fit_curvature(kind, dims, passes, costs, torch.device("cpu"), checkpoint, shared=shared)
 
 
 def rel(a, b) -> float:
@@ -93,16 +94,26 @@ def test_factors_do_not_depend_on_the_batch_size(setup):
         assert rel(b.lam.double().numpy(), a.lam.double().numpy()) < 1e-4
 
 
-def test_a_cancelled_fit_resumes_to_the_same_factors_bit_for_bit(setup, tmp_path):
+@pytest.mark.parametrize("share", [False, True])
+def test_a_cancelled_fit_resumes_to_the_same_factors_bit_for_bit(setup, tmp_path, share):
     model, tracked, toks, _, _ = setup
-    whole = fit(model, tracked, toks, "ekfac", batch_size=2)
+    shared = _same_input(model, tracked, toks) if share else None  # gate and up: one A sum, every G sum kept
+    whole = fit(model, tracked, toks, "ekfac", batch_size=2, shared=shared)
     checkpoint = FitCheckpoint(tmp_path, "fp", every_seconds=0.0, rank=0)
     with pytest.raises(Cancelled):
-        fit(model, tracked, toks, "ekfac", batch_size=2, checkpoint=checkpoint, stop_after=3)
-    resumed = fit(model, tracked, toks, "ekfac", batch_size=2, checkpoint=FitCheckpoint(tmp_path, "fp", rank=0))
+        fit(model, tracked, toks, "ekfac", batch_size=2, checkpoint=checkpoint, stop_after=3, shared=shared)
+    resumed = fit(
+        model, tracked, toks, "ekfac", batch_size=2, checkpoint=FitCheckpoint(tmp_path, "fp", rank=0), shared=shared
+    )
     for t in tracked:
         assert torch.equal(whole.modules[t.name].lam, resumed.modules[t.name].lam)
         assert torch.equal(whole.modules[t.name].q_a, resumed.modules[t.name].q_a)
+        assert torch.equal(whole.modules[t.name].q_g, resumed.modules[t.name].q_g)
+
+
+def _same_input(model, tracked, toks) -> dict[str, str]:
+    with GradientCapture(model, tracked) as capture:
+        return capture.run(next(make_batches(toks, range(2), 0, 2))).same_input
 
 
 def test_eigendecomposing_with_release_frees_the_sums_and_gives_the_same_factors(setup):
@@ -139,3 +150,43 @@ def test_the_covariance_sums_are_made_on_and_below_the_diagonal_which_is_all_eig
     assert entries == d * d if d < 512 else entries <= 0.75 * d * d  # a narrow side in one product; 58% at 1536
     e_lower, _ = torch.linalg.eigh(total, UPLO="L")
     torch.testing.assert_close(e_lower, torch.linalg.eigvalsh(full), rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["kfac", "ekfac"])
+def test_modules_that_read_one_input_share_its_factor_bit_for_bit(setup, tmp_path, kind):
+    from gdig.engine.curvature import FACTOR_KEYS
+    from gdig.engine.curvature_fit import CovarianceFitter
+    from gdig.rundir.factors import load_factors, save_factors
+
+    model, tracked, toks, _, _ = setup
+    with GradientCapture(model, tracked) as capture:
+        cap = capture.run(next(make_batches(toks, range(2), 0, 2)))
+    gate, up, down = (f"model.layers.{i}.mlp.{p}" for i, p in ((1, "gate_proj"), (1, "up_proj"), (1, "down_proj")))
+    assert cap.same_input == {"model.layers.0.mlp.up_proj": "model.layers.0.mlp.gate_proj", up: gate}
+    assert cap.acts[up] is cap.acts[gate] and down not in cap.same_input  # down reads the gated product
+    assert up not in CovarianceFitter({t.name: (t.d_in, t.d_out) for t in tracked}, "cpu", cap.same_input).a
+    plain, shared = fit(model, tracked, toks, kind, 3), fit(model, tracked, toks, kind, 3, shared=cap.same_input)
+    for t in tracked:
+        for key in FACTOR_KEYS:
+            assert torch.equal(getattr(plain.modules[t.name], key), getattr(shared.modules[t.name], key))
+    assert shared.modules[up].q_a is shared.modules[gate].q_a  # one tensor in memory
+    save_factors(shared, tmp_path / "f.safetensors", "fp")
+    with safe_open(str(tmp_path / "f.safetensors"), framework="pt") as f:
+        keys = set(f.keys())
+    assert f"{gate}::q_a" in keys and f"{up}::q_a" not in keys and f"{up}::q_g" in keys
+    for names in (None, [up]):
+        loaded = load_factors(tmp_path / "f.safetensors", names=names)
+        assert torch.equal(loaded.modules[up].q_a, plain.modules[up].q_a)
+        assert torch.equal(loaded.modules[up].e_a, plain.modules[up].e_a)
+    assert load_factors(tmp_path / "f.safetensors").modules[up].q_a is not None
+
+
+def test_a_changed_input_sharing_is_an_error_not_wrong_sums(setup):
+    from gdig.engine.curvature_fit import CovarianceFitter
+
+    model, tracked, toks, _, _ = setup
+    with GradientCapture(model, tracked) as capture:
+        cap = capture.run(next(make_batches(toks, range(2), 0, 2)))
+    fitter = CovarianceFitter({t.name: (t.d_in, t.d_out) for t in tracked}, "cpu", {tracked[2].name: tracked[0].name})
+    with pytest.raises(RuntimeError, match="no longer reads the input"):
+        fitter.update(cap)

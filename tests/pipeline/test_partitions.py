@@ -14,14 +14,16 @@ from safetensors.torch import load_file
 from conftest import lora_model
 from gdig.config import LORA_MODULES, ScoreConfig
 from gdig.demo.tiny import build_tiny_model
+from gdig.engine.curvature import FACTOR_KEYS
 from gdig.inputs.model import find_tracked_modules
 from gdig.pipeline import seed_stage
 from gdig.pipeline.partitions import tracked_groups
 from gdig.pipeline.run import score
+from gdig.rundir.factors import load_factors
 from gdig.rundir.layout import PARTIAL
 
 ARRAYS = ("influence.npy", "sketch.npy", "index.npy", "index_norms.npy")
-TENSORS = ("factors.safetensors", "seed_grads.safetensors")
+TENSORS = ("seed_grads.safetensors",)
 RECORDED = ("module_damping", "seed_rank_kept", "seed_lowrank_error", "n_seed_columns", "sketch_dim", "factors")
 
 
@@ -45,10 +47,23 @@ def assert_same_run(a, b) -> None:
             x, y = load_file(str(a / name)), load_file(str(b / name))
             assert x.keys() == y.keys(), name
             assert all(torch.equal(x[k], y[k]) for k in x), name
+    if (a / "factors.safetensors").exists() or (b / "factors.safetensors").exists():
+        _assert_same_factors(a / "factors.safetensors", b / "factors.safetensors")
     assert pq.read_table(b / "candidates.parquet").equals(pq.read_table(a / "candidates.parquet"))
     ca, cb = (json.loads((r / "config.json").read_text()) for r in (a, b))
     assert {k: cb[k] for k in RECORDED} == {k: ca[k] for k in RECORDED}
     assert not (b / PARTIAL).exists()
+
+
+def _assert_same_factors(a, b) -> None:
+    """Every module's factors equal, bit for bit (an A factor that modules reading one input share is written
+    once: a group that holds only one of them writes its own copy, of the same bits)."""
+    x, y = load_factors(a), load_factors(b)
+    assert list(x.modules) == list(y.modules) and (x.n_examples, x.n_tokens) == (y.n_examples, y.n_tokens)
+    for name, f in x.modules.items():
+        for key in FACTOR_KEYS:
+            mine, theirs = getattr(f, key), getattr(y.modules[name], key)
+            assert (mine is None) == (theirs is None) and (mine is None or torch.equal(mine, theirs)), (name, key)
 
 
 def test_groups_are_consecutive_balanced_and_never_empty(model):

@@ -214,3 +214,32 @@ def test_the_cli_reports_a_stopped_job_without_a_traceback(monkeypatch, capsys, 
     args = ["score", "--model", "m", "--candidates", str(cands), "--seeds", str(seeds), "--out", str(tmp_path / "r")]
     assert main([*args, "--quiet"]) == 130
     assert "--resume goes on" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_a_factor_shared_by_modules_that_read_one_input_changes_no_result(
+    tmp_path, tokenizer, data_files, monkeypatch, lora
+):
+    """gate and up (the LoRA A matrices of q and v) read one input: its A factor is fitted and written once, and
+    every result is the same, bit for bit, as with a factor per module."""
+    from safetensors import safe_open
+
+    from conftest import lora_model
+    from gdig.config import LORA_MODULES
+    from gdig.demo.tiny import build_tiny_model
+    from gdig.pipeline import stages
+
+    model = build_tiny_model("llama", tokenizer, hidden=16, ffn=32, heads=2)
+    model, modules = (lora_model(model), LORA_MODULES) if lora else (model, ScoreConfig.modules)
+    shared = score(_cfg(tmp_path / "shared", data_files, "run", modules=modules), model=model, tokenizer=tokenizer)
+    monkeypatch.setattr(stages, "shared_inputs", lambda *_: {})
+    apart = score(_cfg(tmp_path / "apart", data_files, "run", modules=modules), model=model, tokenizer=tokenizer)
+    for out in ("influence.npy", "sketch.npy", "index.npy", "index_norms.npy"):
+        np.testing.assert_array_equal(np.load(shared / out), np.load(apart / out), out)
+    keys = []
+    for run in (shared, apart):
+        with safe_open(str(run / "factors.safetensors"), framework="pt") as f:
+            keys.append(set(f.keys()))
+    dropped = keys[1] - keys[0]
+    assert keys[0] < keys[1] and len(dropped) == 2 * 2  # q_a and e_a of up (of v's A matrix), in 2 layers
+    assert all(k.endswith(("up_proj::q_a", "up_proj::e_a", "v_proj.lora_A.default::q_a", "::e_a")) for k in dropped)
