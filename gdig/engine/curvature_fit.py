@@ -26,9 +26,9 @@ class CovarianceFitter:
     stored and eigendecomposed once."""
 
     def __init__(self, dims: dict[str, tuple[int, int]], device: torch.device, shared: dict[str, str] | None = None):
-        self.shared = dict(shared or {})
-        self.a = {n: torch.zeros(di, di, dtype=torch.float64, device=device) for n, (di, do) in dims.items()}
-        self.a = {n: v for n, v in self.a.items() if n not in self.shared}
+        self.shared = check_shared(dims, shared or {})
+        a_dims = {n: di for n, (di, _) in dims.items() if n not in self.shared}  # one A sum per input
+        self.a = {n: torch.zeros(di, di, dtype=torch.float64, device=device) for n, di in a_dims.items()}
         self.g = {n: torch.zeros(do, do, dtype=torch.float64, device=device) for n, (di, do) in dims.items()}
         self.n_tokens = 0
         self.n_examples = 0
@@ -38,7 +38,7 @@ class CovarianceFitter:
         """Add one captured batch's a a^T and g g^T over its tokens (lower triangles: add_lower_gram)."""
         for name, first in self.shared.items():
             if cap.same_input.get(name) != first:
-                raise RuntimeError(f"{name} no longer reads the input of {first}; rerun without resuming the fit")
+                raise RuntimeError(f"{name} does not read the input of {first} in this batch as it did when probed")
         self.n_tokens += int(cap.mask.sum())
         self.n_examples += len(cap.index)
         for name in self.a:
@@ -106,6 +106,17 @@ class CovarianceFitter:
             factors = (t.float().contiguous() for t in (q_g, e_g, lam))
             cur.modules[name] = ModuleFactors(q_a, e_a, *factors)
         return cur
+
+
+def check_shared(dims: dict[str, tuple[int, int]], shared: dict[str, str]) -> dict[str, str]:
+    """`shared` (module -> the module whose input it reads) checked against the modules' order and widths: each
+    points to an earlier module, of the same input width, that shares with none."""
+    order = {name: i for i, name in enumerate(dims)}
+    for name, first in shared.items():
+        ok = name in order and first in order and order[first] < order[name] and first not in shared
+        if not ok or dims[name][0] != dims[first][0]:
+            raise ValueError(f"{name} cannot share the A factor of {first}")
+    return dict(shared)
 
 
 GRAM_BLOCK = 256  # the narrowest block row of a blocked Gram product (narrower ones multiply less efficiently)
@@ -251,8 +262,10 @@ def _shared_eigendecomposition(cov: CovarianceFitter, kind: str, dims: dict[str,
     module that shares its input with an earlier one goes to that module's rank) and broadcast from it: once per
     module, in parallel across ranks."""
     names = list(dims)
-    costs = [(0 if n in cov.shared else d_in**3) + d_out**3 for n, (d_in, d_out) in dims.items()]
-    owner = dict(zip(names, world.owners(costs), strict=True))
+    costs = {n: d_out**3 + (0 if n in cov.shared else d_in**3) for n, (d_in, d_out) in dims.items()}
+    for name, first in cov.shared.items():  # a module that shares its input goes with the first that reads it
+        costs[first] += costs.pop(name)
+    owner = dict(zip(costs, world.owners(list(costs.values())), strict=True))
     owner |= {name: owner[first] for name, first in cov.shared.items()}
     cur = cov.eigendecompose(kind, {n for n in names if owner[n] == world.rank}, release=True)
     for name in names:

@@ -49,7 +49,7 @@ class Captured:
     loss: torch.Tensor  # (B,)
     n_target: torch.Tensor  # (B,)
     mask: torch.Tensor  # (B, T) float, 1 at non-padding positions
-    acts: dict[str, torch.Tensor]  # name -> (B, T, d_in)
+    acts: dict[str, torch.Tensor]  # name -> (B, T, d_in); one tensor for the modules of same_input: never written
     grads: dict[str, torch.Tensor]  # name -> (B, T, d_out)
     weight_grads: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (B, d_out, d_in)
     same_input: dict[str, str] = field(default_factory=dict)  # name -> the first module that read the same input

@@ -157,8 +157,9 @@ class SeedBuilder:
         return views + [part[cols] for name in sorted(self._lost) for part in self._lost[name]]
 
     def takes_tokens(self, name: str) -> bool:
-        """Whether module `name`'s columns are built from their tokens (add_tokens): with any curvature; with
-        none, preconditioning is nothing and the per-example gradient is what is kept."""
+        """Whether module `name`'s columns are preconditioned in the eigenbasis, from their tokens (add_tokens)
+        or from the per-example gradients their capture keeps (add_gradients): with any curvature; with none,
+        preconditioning is nothing and the per-example gradient is what is kept (add)."""
         return self.curvature.preconditions
 
     def finish(self) -> SeedGradients:

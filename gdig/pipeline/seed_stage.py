@@ -95,7 +95,7 @@ def seed_stage(
             caps = []
             for batch in ctx.batches(ctx.seed_tok, by_length(ctx.seed_tok, chunk)):
                 cap = capture.run(batch)
-                caps.append(detached(cap).compact())  # the tokens of a module that keeps its gradient go
+                caps.append(detached(cap).compact())  # kept gradients in place of their tokens
                 loss[batch.index] = cap.loss.detach().float()
                 n_tok[batch.index] = cap.n_target.to(torch.int64)
                 done += len(batch.index)
@@ -113,8 +113,8 @@ def seed_stage(
 
 def _add_chunk(ctx: ScoreContext, builder: SeedBuilder, caps: list[Captured], chunk: list[int]) -> None:
     """Each module's seed columns for one chunk of seeds, handed to the builder as their tokens (cheaper to
-    precondition, see add_tokens), or as grouped per-example gradients where the captures keep them (a LoRA
-    matrix: hooks.keeps_gradient) or where there is no curvature (preconditioning is nothing)."""
+    precondition, see add_tokens), or as grouped per-example gradients where the captures keep them
+    (hooks.keeps_gradient: a LoRA matrix, or a small layer and long seeds) or where there is no curvature."""
     first, k = chunk[0], ctx.cfg.seed_batch
     for t in ctx.work:
         if not builder.takes_tokens(t.name):

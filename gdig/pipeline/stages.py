@@ -108,10 +108,9 @@ def fit_factors(ctx: ScoreContext, path: Path, fp: str, checkpoints: Path, statu
 
     batching = [ctx.cfg.batch_size, ctx.cfg.token_budget]
     checkpoints.mkdir(parents=True, exist_ok=True)
-    checkpoint = FitCheckpoint(
-        checkpoints, short_hash([fp, batching, "v2"]), ctx.cfg.checkpoint_seconds, rank=ctx.world.rank
-    )
     shared = shared_inputs(ctx, order[-1]) if hessian(ctx.cfg.hessian).eigendecomposes else {}
+    sums = [fp, batching, "v2"] + ([shared] if shared else [])  # a checkpoint holds no A sum of a shared input
+    checkpoint = FitCheckpoint(checkpoints, short_hash(sums), ctx.cfg.checkpoint_seconds, rank=ctx.world.rank)
     cur = fit_curvature(
         ctx.cfg.hessian, ctx.work_dims, passes, costs, ctx.device, checkpoint, ctx.world, status.refresh, shared
     )

@@ -4,10 +4,13 @@ batch size; a resumed fit equals an uninterrupted one."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 
 from gdig.cancel import Cancelled
 from gdig.engine.curvature_fit import fit_curvature
@@ -178,7 +181,22 @@ def test_modules_that_read_one_input_share_its_factor_bit_for_bit(setup, tmp_pat
         loaded = load_factors(tmp_path / "f.safetensors", names=names)
         assert torch.equal(loaded.modules[up].q_a, plain.modules[up].q_a)
         assert torch.equal(loaded.modules[up].e_a, plain.modules[up].e_a)
-    assert load_factors(tmp_path / "f.safetensors").modules[up].q_a is not None
+    old = tmp_path / "old.safetensors"  # a file written before shared A factors: no "shared_a" metadata
+    tensors = {f"{n}::{k}": getattr(f, k) for n, f in plain.modules.items() for k in FACTOR_KEYS}
+    counts = {"n_examples": str(plain.n_examples), "n_tokens": str(plain.n_tokens)}
+    save_file(tensors, str(old), metadata={"kind": kind, "modules": json.dumps(list(plain.modules))} | counts)
+    loaded = load_factors(old)
+    assert all(torch.equal(loaded.modules[t.name].q_a, plain.modules[t.name].q_a) for t in tracked)
+
+
+def test_a_sharing_that_does_not_fit_the_modules_is_refused():
+    from gdig.engine.curvature_fit import CovarianceFitter
+
+    dims = {"a": (4, 3), "b": (4, 5), "c": (6, 5)}
+    for shared in ({"a": "b"}, {"c": "a"}, {"b": "a", "c": "b"}, {"b": "z"}):
+        with pytest.raises(ValueError, match="cannot share"):
+            CovarianceFitter(dims, "cpu", shared)
+    assert CovarianceFitter(dims, "cpu", {"b": "a"}).a.keys() == {"a", "c"}
 
 
 def test_a_changed_input_sharing_is_an_error_not_wrong_sums(setup):
@@ -187,6 +205,7 @@ def test_a_changed_input_sharing_is_an_error_not_wrong_sums(setup):
     model, tracked, toks, _, _ = setup
     with GradientCapture(model, tracked) as capture:
         cap = capture.run(next(make_batches(toks, range(2), 0, 2)))
-    fitter = CovarianceFitter({t.name: (t.d_in, t.d_out) for t in tracked}, "cpu", {tracked[2].name: tracked[0].name})
-    with pytest.raises(RuntimeError, match="no longer reads the input"):
+    wrong = {"model.layers.1.mlp.gate_proj": "model.layers.0.mlp.gate_proj"}  # as wide, but another input
+    fitter = CovarianceFitter({t.name: (t.d_in, t.d_out) for t in tracked}, "cpu", wrong)
+    with pytest.raises(RuntimeError, match="does not read the input"):
         fitter.update(cap)
