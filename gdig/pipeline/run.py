@@ -26,7 +26,7 @@ from gdig.engine.measure import resident_bytes
 from gdig.engine.memory import free_memory_mb, release_freed_memory
 from gdig.engine.sketch import Sketcher
 from gdig.hessians import hessian
-from gdig.inputs.model_source import check_model_source
+from gdig.inputs.model_source import check_model_source, has_weights
 from gdig.pipeline.context import ScoreContext, build_context, config_record, read_inputs, settings_fingerprint
 from gdig.pipeline.index_run import index_meta, measure_agreement
 from gdig.pipeline.partitions import group_label, score_in_parts
@@ -86,23 +86,19 @@ def job_plan(cfg: ScoreConfig, n_candidates: int, n_seeds: int, n_modules: int |
     return plan
 
 
-def has_weights(model: str) -> bool:
-    """Whether a model folder holds weights (a folder with only config.json is planned on the meta device)."""
-    folder = Path(model)
-    return not folder.is_dir() or any(next(folder.glob(p), None) for p in ("*.safetensors", "*.bin", "*.gguf", "*.pt"))
-
-
 def make_plan(cfg: ScoreConfig, memory_gb: float | None = None, model=None, tokenizer=None) -> Plan:
     """The memory and time plan of `gdig score` with these settings (nothing is written): a short probe with
     the real model, or the meta device for a config-only folder. `memory_gb`: plan for that much memory."""
     import torch
 
+    from gdig.inputs.model import resolve_device, resolve_dtype
     from gdig.planning.probe import meta_workload, workload_from_context
 
     if model is None and not has_weights(cfg.model):
-        dtype = torch.bfloat16 if cfg.dtype in ("auto", "bfloat16") else getattr(torch, cfg.dtype)
+        device = resolve_device("auto") if cfg.device == "auto" else torch.device(cfg.device)
+        cuda_auto = device.type == "cuda" and cfg.dtype == "auto"  # bfloat16, as a run on a recent GPU
+        dtype = torch.bfloat16 if cuda_auto else resolve_dtype(cfg.dtype, device)
         w, meta = meta_workload(cfg, cfg.model, dtype)
-        device = torch.device("cuda" if cfg.device == "auto" else cfg.device)
         plan = plan_run(cfg, w, _available(device, memory_gb))
         plan.notes.append(f"{cfg.model} has no weights: built on the meta device in {dtype}, 4 characters per token")
         return plan
@@ -128,8 +124,10 @@ def _available(device, memory_gb: float | None) -> float:
 
     if memory_gb is not None:
         return memory_gb * 2**30
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("no CUDA GPU here to plan for: give its memory with --plan-memory-gb")
     if device.type == "cuda":
-        return float(torch.cuda.mem_get_info(device)[1]) if torch.cuda.is_available() else 0.0
+        return float(torch.cuda.mem_get_info(device)[1])
     return float(free_memory_mb(device)) * 2**20 + resident_bytes()
 
 

@@ -124,6 +124,29 @@ def test_a_7b_plan_is_built_on_the_meta_device_for_one_80_gb_gpu(tmp_path, name,
     assert not (tmp_path / "run").exists()  # a plan writes nothing
 
 
+def test_a_config_only_plan_without_a_gpu_plans_for_this_machine_or_asks_for_the_gpus_memory(
+    tmp_path, capsys, monkeypatch
+):
+    """Device auto on a machine without CUDA plans a CPU run (float32, this machine's memory), as the run would
+    be; --device cuda there needs --plan-memory-gb (it once planned for 0 bytes and said nothing fits)."""
+    import torch
+
+    from gdig.__main__ import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cands = write_jsonl(tmp_path / "c.jsonl", make_pairs(20, seed=1))
+    seeds = write_jsonl(tmp_path / "s.jsonl", make_pairs(4, seed=2))
+    argv = ["score", "--model", str(CONFIGS / "llama-2-7b"), "--candidates", str(cands), "--seeds", str(seeds)]
+    argv += ["--out", str(tmp_path / "run"), "--plan"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    available = float(re.search(r"memory available: ([\d.]+) GiB", text)[1])
+    assert available > 0.5 and "in torch.float32" in text
+    assert main([*argv, "--device", "cuda"]) == 2
+    assert "give its memory with --plan-memory-gb" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_run_that_will_not_fit_is_refused_before_it_starts(tmp_path, tokenizer, data_files, monkeypatch):
     from gdig.pipeline import run as run_module
     from gdig.pipeline.run import MemoryPlanError, score
