@@ -6,9 +6,14 @@ a fresh process; the run's resident memory is sampled every millisecond per stag
     python bench/bench_plan.py [--candidates 2000] [--seeds 256] [--fit-examples 128] [--seed-rank 8]
                                [--module-partitions P]
 
-Needs SmolLM2 (see bench/README.md) and ../shared/data; skips cleanly without them. Writes
-bench/reports/plan-<date>.{md,json}: planned and measured peak per stage, planned and measured seconds, the
-seeds' rank and low-rank error per module."""
+    python bench/bench_plan.py --one-b [--candidates 48] [--seeds 8]
+
+Needs SmolLM2 (see bench/README.md) and ../shared/data; skips cleanly without them. `--one-b` needs neither: a
+random Llama of Llama-3.2-1B's shape (hidden 2,048, MLP 8,192, 16 layers; every MLP projection tracked, the
+default) on synthetic pairs, with the module groups the plan chooses (`--module-partitions 0`): a model whose
+fit does not fit this machine's memory in one group. Writes bench/reports/plan-<date>.{md,json} (plan-one-b-...
+for --one-b): planned and measured peak per stage, planned and measured seconds, the seeds' rank and low-rank
+error per module."""
 
 from __future__ import annotations
 
@@ -30,15 +35,40 @@ STAGES = ("load", "fit_covariance", "fit_eigen", "seeds", "score", "finalize")
 GiB = 2**30
 
 
+ONE_B = {"hidden": 2048, "ffn": 8192, "layers": 16, "heads": 32}  # Llama-3.2-1B's shape, random weights
+
+
+def one_b(args: argparse.Namespace, folder: Path) -> dict[str, Path]:
+    """The 1B-shaped random Llama and synthetic candidates and seeds (cached)."""
+    from bench.common import synthetic_pairs, write_jsonl
+    from gdig.demo.tiny import build_tiny_model, train_tokenizer
+
+    cands, seeds = synthetic_pairs(args.candidates, 0), synthetic_pairs(args.seeds, 1)
+    model = folder / "one-b"
+    if not (model / "config.json").exists():
+        tok = train_tokenizer([r["src_text"] + "\n" + r["trg_text"] for r in cands + seeds], vocab_size=500)
+        build_tiny_model("llama", tok, model, **ONE_B)
+    return {
+        "model": model,
+        "pool": write_jsonl(folder / "c.jsonl", cands),
+        "seeds": write_jsonl(folder / "s.jsonl", seeds),
+    }
+
+
+def real_pool(args: argparse.Namespace, folder: Path) -> dict[str, Path]:
+    """SmolLM2 and bench_pretrained's pool of real pairs (cached)."""
+    half = args.candidates // 2
+    pool_cfg = PretrainedConfig(n_wmt=half, n_tatoeba=args.candidates - half, n_opennmt=0, n_seeds=args.seeds)
+    return make_pool(pool_cfg, folder / pool_cfg.key()) | {"model": base_model()}
+
+
 def settings(args: argparse.Namespace, folder: Path) -> Path:
     """The run's ScoreConfig as JSON (tests/stage_peaks.py reads it)."""
     from gdig.config import DataConfig, ScoreConfig
 
-    half = args.candidates // 2
-    pool_cfg = PretrainedConfig(n_wmt=half, n_tatoeba=args.candidates - half, n_opennmt=0, n_seeds=args.seeds)
-    files = make_pool(pool_cfg, folder / pool_cfg.key())
+    files = (one_b if args.one_b else real_pool)(args, folder)
     cfg = ScoreConfig(
-        model=str(base_model()),
+        model=str(files["model"]),
         candidates=str(files["pool"]),
         seeds=str(files["seeds"]),
         out=str(folder / "run"),
@@ -90,20 +120,30 @@ def markdown(r: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--candidates", type=int, default=2000)
-    ap.add_argument("--seeds", type=int, default=256)
+    ap.add_argument("--one-b", action="store_true", help="a random 1B-shaped Llama on synthetic pairs")
+    ap.add_argument("--candidates", type=int, help="default 2000 (--one-b: 48)")
+    ap.add_argument("--seeds", type=int, help="default 256 (--one-b: 8)")
     ap.add_argument("--fit-examples", type=int, default=128)
     ap.add_argument("--seed-rank", type=int, default=8, help="none: the rank the memory budget allows")
     ap.add_argument("--max-length", type=int, default=128)
-    ap.add_argument("--module-partitions", type=int, default=1, help="the modules in P groups (0: as the plan says)")
+    ap.add_argument(
+        "--module-partitions", type=int, help="the modules in P groups (0: as the plan says; default 1, --one-b: 0)"
+    )
     args = ap.parse_args()
+    args.candidates = args.candidates or (48 if args.one_b else 2000)
+    args.seeds = args.seeds or (8 if args.one_b else 256)
+    if args.module_partitions is None:
+        args.module_partitions = 0 if args.one_b else 1
     from gdig.inputs.model_source import smollm2_gguf
 
-    if not have_shared_data() or smollm2_gguf() is None:
+    if not args.one_b and (not have_shared_data() or smollm2_gguf() is None):
         print("skipped: needs ../shared/data and SmolLM2 (see bench/README.md)")
         return
     key = f"{args.candidates}-{args.seeds}-{args.fit_examples}-{args.seed_rank}-{args.max_length}"
-    folder = CACHE / ("plan-" + key + (f"-p{args.module_partitions}" if args.module_partitions != 1 else ""))
+    key = (
+        ("one-b-" if args.one_b else "") + key + (f"-p{args.module_partitions}" if args.module_partitions != 1 else "")
+    )
+    folder = CACHE / ("plan-" + key)
     folder.mkdir(parents=True, exist_ok=True)
     path = settings(args, folder)
     planned = child("plan", path)
@@ -119,9 +159,14 @@ def main() -> None:
         "date": date.today().isoformat(),
         "machine": machine(),
         "workload": (
-            f"SmolLM2-135M-Instruct (float32, all 90 MLP projections), {args.candidates} candidates, {args.seeds} "
+            (
+                "a random Llama of Llama-3.2-1B's shape (float32, all 48 MLP projections, synthetic pairs)"
+                if args.one_b
+                else "SmolLM2-135M-Instruct (float32, all 90 MLP projections)"
+            )
+            + f", {args.candidates} candidates, {args.seeds} "
             f"seeds, curvature fitted on {args.fit_examples}, seed rank {args.seed_rank or 'by memory'}, max length "
-            f"{args.max_length}, module groups {args.module_partitions}"
+            f"{args.max_length}, module groups {args.module_partitions or 'as the plan chooses'}"
         ),
         "settings": vars(args),
         "plan": planned,
@@ -136,7 +181,9 @@ def main() -> None:
         "lowrank_error_per_module": errors,
     }
     text = markdown(r)
-    save_report("plan", r, text)
+    r["module_groups_run"] = config["settings"]["module_partitions"]
+    text += f"\nModule groups the run used: {r['module_groups_run']}."
+    save_report("plan-one-b" if args.one_b else "plan", r, text)
     print(text)
 
 
