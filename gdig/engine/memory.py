@@ -7,11 +7,15 @@ import ctypes
 import ctypes.util
 import functools
 import os
+from collections.abc import Sequence
+from typing import TypeVar
 
 import numpy as np
 import torch
 
 from gdig.hessians import hessian as approximation
+
+T = TypeVar("T")
 
 
 def free_memory_mb(device: torch.device) -> int:
@@ -123,3 +127,8 @@ def module_groups(dims: list[tuple[int, int]], parts: int) -> list[range]:
         bounds.append(min(max(cut, bounds[-1] + 1), len(dims) - (parts - k)))
     bounds.append(len(dims))
     return [range(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def tracked_groups(tracked: Sequence[T], parts: int) -> list[list[T]]:
+    """A run's module groups (--module-partitions): its tracked modules (with d_in, d_out) in module_groups."""
+    return [list(tracked[r.start : r.stop]) for r in module_groups([(t.d_in, t.d_out) for t in tracked], parts)]

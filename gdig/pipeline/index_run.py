@@ -16,6 +16,7 @@ from gdig.config import ScoreConfig
 from gdig.engine.hooks import GradientCapture, make_batches
 from gdig.engine.index import make_projection
 from gdig.engine.index_scoring import Anchor, IndexRows, agreement, index_scores
+from gdig.engine.memory import tracked_groups
 from gdig.inputs.data import Example, TokenizedExample, tokenize_example
 from gdig.inputs.model import TrackedModule, find_tracked_modules, load_model, model_fingerprint, prepare_tokenizer
 from gdig.rundir.factors import run_curvature
@@ -111,8 +112,9 @@ class RunModel:
         self._check_model()
         self.tracked = find_tracked_modules(model, self.cfg.tracked_modules())
         self.device = next(model.parameters()).device
-        factors = self.run_dir / FACTORS
-        self.curvature = run_curvature(factors, self.cfg.hessian, self.device)
+        self.groups = tracked_groups(self.tracked, self.cfg.module_partitions)
+        # a run in module groups: one group's factors at a time, as the run held them (else all, loaded once)
+        self.curvature = self._curvature(self.tracked) if len(self.groups) == 1 else None
         self.dampings = {t.name: float(self.config.get("module_damping", {}).get(t.name, 0.0)) for t in self.tracked}
         self.projection = None
 
@@ -166,50 +168,92 @@ class RunModel:
         on_batch: Callable[[int, int], None] | None = None,
         tokenized: list[TokenizedExample] | None = None,
     ) -> PairGradients:
-        """Index rows of `examples` (one forward and backward each). `directions` ("unit" or "none"): also the
-        weighted sum of their preconditioned gradients per module, as gdig.engine.influence.mean_seed_direction weighs
-        them (unit: each divided by its norm)."""
+        """Index rows of `examples` (one forward and backward each, per module group). `directions` ("unit" or
+        "none"): also the weighted sum of their preconditioned gradients per module, as
+        gdig.engine.influence.mean_seed_direction weighs them (unit: each divided by its norm, which in module groups
+        needs every group's pass first, so a second pass per group)."""
         toks = tokenized if tokenized is not None else self.tokenize(examples, role)
         n = len(toks)
-        projected = self.projection.empty(n, self.device)
-        self_inf = torch.zeros(n, dtype=torch.float64, device=self.device)
-        loss, n_tok = np.zeros(n, np.float32), np.zeros(n, np.int64)
-        sums: dict[str, torch.Tensor] = {}
+        got = _Sums(self.projection.empty(n, self.device), torch.zeros(n, dtype=torch.float64, device=self.device))
+        got.loss, got.n_tokens = np.zeros(n, np.float32), np.zeros(n, np.int64)
         order = sorted(range(n), key=lambda i: -len(toks[i].input_ids))
+        pad, cfg = self.tokenizer.pad_token_id, self.cfg
+        batches = list(make_batches(toks, order, pad, cfg.batch_size, cfg.token_budget, cfg.padding_side))
+        passes = [(g, directions) for g in self.groups]
+        if directions == "unit" and len(self.groups) > 1:
+            got.norms = torch.zeros(len(self.tracked), n, dtype=torch.float64, device=self.device)
+            passes = [(g, None) for g in self.groups] + [(g, "stored") for g in self.groups]
+        for i, (group, how) in enumerate(passes):
+            tick = None if on_batch is None else _scaled(on_batch, i, len(passes), n)
+            self._group_pass(group, batches, got, how, tick)
+        return PairGradients(
+            IndexRows.from_projected(got.projected, got.self_inf), got.loss, got.n_tokens, toks, got.sums
+        )
+
+    def _group_pass(self, group: list[TrackedModule], batches, got: _Sums, how: str | None, tick) -> None:
+        """One pass over the batches for one module group: the rows' projections and self-influences, continued in
+        module order; the weighted directions when `how` says (stored: the unit weights from the stored norms)."""
+        cur = self.curvature or self._curvature(group)
+        first = next(i for i, t in enumerate(self.tracked) if t.name == group[0].name)
         done = 0
-        pad = self.tokenizer.pad_token_id
-        with GradientCapture(self.model, self.tracked) as capture:
-            batches = make_batches(toks, order, pad, self.cfg.batch_size, self.cfg.token_budget, self.cfg.padding_side)
+        with GradientCapture(self.model, group) as capture:
             for batch in batches:
                 cap = capture.run(batch)
                 rows = torch.tensor(batch.index, device=self.device)
-                whitened = self._whiten(cap)
                 with torch.no_grad():
-                    for name, w in whitened.items():
-                        projected[rows] += self.projection.project(name, w)
-                        self_inf[rows] += (w * w).sum((-2, -1)).double()
-                    if directions is not None:
-                        self._add_directions(sums, whitened, directions)
-                loss[batch.index] = cap.loss.detach().float().cpu().numpy()
-                n_tok[batch.index] = cap.n_target.cpu().numpy()
+                    whitened = {t.name: cur.whiten_captured(t.name, cap, self.dampings[t.name]) for t in group}
+                    norm2 = torch.stack([(w * w).sum((-2, -1)).double() for w in whitened.values()])
+                    if how != "stored":
+                        for name, w in whitened.items():
+                            got.projected[rows] += self.projection.project(name, w)
+                            got.self_inf[rows] += (w * w).sum((-2, -1)).double()
+                    if got.norms is not None and how is None:
+                        got.norms[first : first + len(group), rows] = norm2
+                    if how is not None:
+                        weight = _weights(got.norms[:, rows] if how == "stored" else norm2, how)
+                        self._add_directions(cur, got.sums, whitened, weight)
+                got.loss[batch.index] = cap.loss.detach().float().cpu().numpy()
+                got.n_tokens[batch.index] = cap.n_target.cpu().numpy()
                 done += len(batch.index)
-                if on_batch:
-                    on_batch(done, n)
-        return PairGradients(IndexRows.from_projected(projected, self_inf), loss, n_tok, toks, sums)
+                if tick:
+                    tick(done)
+        del cur
 
-    def _whiten(self, cap) -> dict[str, torch.Tensor]:
-        with torch.no_grad():
-            return {t.name: self.curvature.whiten_captured(t.name, cap, self.dampings[t.name]) for t in self.tracked}
+    def _curvature(self, group: list[TrackedModule]):
+        return run_curvature(self.run_dir / FACTORS, self.cfg.hessian, self.device, [t.name for t in group])
 
-    def _add_directions(self, sums: dict[str, torch.Tensor], whitened: dict[str, torch.Tensor], how: str) -> None:
+    def _add_directions(self, cur, sums: dict[str, torch.Tensor], whitened: dict[str, torch.Tensor], weight) -> None:
         """Add sum_z weight_z (F + lambda)^-1 grad L(z) per module: the weighted sum is taken in the eigenbasis
         and rotated back once per batch (linear, so the same as rotating each example back)."""
-        norm = torch.stack([(w * w).sum((-2, -1)).double() for w in whitened.values()]).sum(0).sqrt()
-        weight = norm.reciprocal() if how == "unit" else torch.ones_like(norm)
-        weight = torch.where(torch.isfinite(weight), weight, torch.zeros_like(weight)).float()
         for name, w in whitened.items():
-            v = self.curvature.unwhiten(name, torch.einsum("b,boi->oi", weight, w), self.dampings[name])
+            v = cur.unwhiten(name, torch.einsum("b,boi->oi", weight, w), self.dampings[name])
             sums[name] = v if name not in sums else sums[name] + v
+
+
+@dataclass
+class _Sums:
+    """What a pass over pairs adds to: index rows, self-influences, loss, target tokens, weighted directions;
+    `norms`: each module's squared norm per pair (module groups with unit directions)."""
+
+    projected: torch.Tensor
+    self_inf: torch.Tensor
+    loss: np.ndarray | None = None
+    n_tokens: np.ndarray | None = None
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    norms: torch.Tensor | None = None
+
+
+def _weights(norm2: torch.Tensor, how: str) -> torch.Tensor:
+    """Each pair's weight in the directions' sum from its modules' squared norms (modules, pairs): unit, one over
+    its norm (0 for a zero gradient); none, 1."""
+    norm = norm2.sum(0).sqrt()
+    weight = norm.reciprocal() if how != "none" else torch.ones_like(norm)
+    return torch.where(torch.isfinite(weight), weight, torch.zeros_like(weight)).float()
+
+
+def _scaled(on_batch: Callable[[int, int], None], i: int, passes: int, n: int) -> Callable[[int], None]:
+    """Progress of pass i of `passes` over n pairs, reported as pairs of n."""
+    return lambda done: on_batch((i * n + done) // passes, n)
 
 
 def examples_from_table(table, role: str) -> list[Example]:

@@ -13,14 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gdig.engine import memory
 from gdig.engine.curvature import Curvature
 from gdig.engine.hooks import Captured
 from gdig.engine.influence import ScoredBatch, Scorer, SeedGradients, mean_seed_direction
-from gdig.engine.memory import release_freed_memory
+from gdig.engine.memory import release_freed_memory, tracked_groups
 from gdig.engine.sketch import Sketcher
 from gdig.hessians import hessian
-from gdig.inputs.model import TrackedModule
 from gdig.pipeline.context import ScoreContext, factors_fingerprint, short_hash
 from gdig.pipeline.seed_stage import load_or_make_seeds
 from gdig.pipeline.stages import (
@@ -39,11 +37,6 @@ from gdig.rundir.seeds import load_seed_gradients, seeds_path
 from gdig.rundir.status import Status
 
 GROUP_FACTORS = "factors.safetensors"  # in a group's folder under partial/
-
-
-def tracked_groups(tracked: list[TrackedModule], parts: int) -> list[list[TrackedModule]]:
-    """The run's groups: consecutive modules balanced by their factors' size (gdig.engine.memory.module_groups)."""
-    return [tracked[r.start : r.stop] for r in memory.module_groups([(t.d_in, t.d_out) for t in tracked], parts)]
 
 
 def group_label(group: int, parts: int) -> str:

@@ -108,6 +108,9 @@ def _read_header(path: Path) -> tuple[dict, int]:
         return json.loads(f.read(n)), 8 + n
 
 
-def run_curvature(path: str | Path, kind: str, device: torch.device | str = "cpu") -> Curvature:
-    """A run's curvature: its saved factors, or none to load when approximation `kind` fits nothing."""
-    return load_factors(path, device) if hessian(kind).fitted else Curvature(kind)
+def run_curvature(
+    path: str | Path, kind: str, device: torch.device | str = "cpu", names: list[str] | None = None
+) -> Curvature:
+    """A run's curvature: its saved factors (of modules `names` only, when given), or none to load when
+    approximation `kind` fits nothing."""
+    return load_factors(path, device, names) if hessian(kind).fitted else Curvature(kind)

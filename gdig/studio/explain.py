@@ -156,15 +156,24 @@ def _seed_column_direction(run: RunResults, column: int, tokenizer, cap, device)
         for _, r in members.iterrows()
     ]
     got = cap.run(_collate(toks, 0, tokenizer))
-    factors = Path(run.path) / FACTORS
-    cur = run_curvature(factors, run.settings.hessian, device)
     dampings = run.config.get("module_damping", {})
     out = {}
-    with torch.no_grad():
-        for name in got.acts:
-            grad = per_example_gradient(got.acts[name], got.grads[name]).mean(0)
-            out[name] = cur.precondition(name, grad, float(dampings.get(name, 0.0)))
+    for group in _module_groups(got, run.settings.module_partitions):  # a run in groups: one group's factors at a time
+        cur = run_curvature(Path(run.path) / FACTORS, run.settings.hessian, device, group)
+        with torch.no_grad():
+            for name in group:
+                grad = per_example_gradient(got.acts[name], got.grads[name]).mean(0)
+                out[name] = cur.precondition(name, grad, float(dampings.get(name, 0.0)))
     return out
+
+
+def _module_groups(got, parts: int) -> list[list[str]]:
+    """The captured modules' names in the run's module groups (gdig.engine.memory.module_groups)."""
+    from gdig.engine.memory import module_groups
+
+    names = list(got.acts)
+    dims = [(got.acts[n].shape[-1], got.grads[n].shape[-1]) for n in names]
+    return [names[r.start : r.stop] for r in module_groups(dims, parts)]
 
 
 def _normaliser(run: RunResults, index: int, seed_self: np.ndarray, seed: int | None, normalize: str) -> float:

@@ -15,9 +15,9 @@ from conftest import lora_model
 from gdig.config import LORA_MODULES, ScoreConfig
 from gdig.demo.tiny import build_tiny_model
 from gdig.engine.curvature import FACTOR_KEYS
+from gdig.engine.memory import tracked_groups
 from gdig.inputs.model import find_tracked_modules
 from gdig.pipeline import seed_stage
-from gdig.pipeline.partitions import tracked_groups
 from gdig.pipeline.run import score
 from gdig.rundir.factors import load_factors
 from gdig.rundir.layout import PARTIAL
@@ -130,3 +130,65 @@ def test_killed_in_its_second_group_a_run_resumes_and_equals_the_whole(
     sibling = score(_cfg(tmp_path, data_files, "sibling", module_partitions=2), model=model, tokenizer=tokenizer)
     assert json.loads((sibling / "config.json").read_text())["timings"]["factors_reused"] == 1.0  # the joined file
     assert_same_run(whole, sibling)
+
+
+def test_a_run_in_module_groups_rescores_queries_indexes_and_explains_one_group_at_a_time(
+    tmp_path, tokenizer, data_files, model, monkeypatch
+):
+    """New pairs put through a finished run in groups (gdig rescore, query, index; a seed's token explanation)
+    read one group's factors at a time and give the one-group run's figures bit for bit."""
+    from gdig.pipeline.index_run import RunModel, build_index
+    from gdig.pipeline.rescoring import SeedEdit, read_seed_file, rescore
+    from gdig.rundir import factors
+    from gdig.rundir.index import load_index
+    from gdig.rundir.results import load_run
+    from gdig.studio.explain import token_influence
+
+    runs = {
+        p: score(_cfg(tmp_path, data_files, f"p{p}", module_partitions=p), model=model, tokenizer=tokenizer)
+        for p in (1, 3)
+    }
+    read = []
+    load = factors.load_factors
+
+    def spy(path, device="cpu", names=None):
+        read.append(names)
+        return load(path, device, names)
+
+    monkeypatch.setattr(factors, "load_factors", spy)
+    new = read_seed_file(load_run(runs[1]), data_files[0])
+    got = {}
+    for p, run in runs.items():
+        read.clear()
+        runner = RunModel(run, model=model, tokenizer=tokenizer)
+        runner.use_index(load_index(run))
+        got[p] = {how: runner.gradients(new.examples[:9], "seeds", directions=how) for how in ("unit", "none")}
+        # one group: every module's factors, read once; three: per group, twice for unit directions, once for none
+        assert [len(r) for r in read] == ([6] if p == 1 else [2] * 9), read
+        rescored = rescore(run, tmp_path / f"r{p}", SeedEdit(add=new, replace=True), model=model, tokenizer=tokenizer)
+        got[p]["rescored"] = rescored
+        read.clear()
+        got[p]["tokens"] = token_influence(load_run(run), 2, model, tokenizer, seed=1).contributions
+        assert [len(r) for r in read] == ([6] if p == 1 else [2] * 3), read
+    for how in ("unit", "none"):
+        a, b = got[1][how], got[3][how]
+        for key in ("rows", "projected_norm", "norm"):
+            np.testing.assert_array_equal(getattr(a.rows, key), getattr(b.rows, key))
+        assert a.direction_sum.keys() == b.direction_sum.keys()
+        assert all(torch.equal(a.direction_sum[k], b.direction_sum[k]) for k in a.direction_sum)
+    np.testing.assert_array_equal(got[1]["tokens"], got[3]["tokens"])
+    for name in ("influence.npy", "index_seeds.npz"):
+        x, y = (np.load(got[p]["rescored"] / name) for p in (1, 3))
+        if name.endswith(".npz"):
+            assert all(np.array_equal(x[k], y[k]) for k in x.files)
+        else:
+            np.testing.assert_array_equal(x, y)
+    plain = {
+        p: score(
+            _cfg(tmp_path, data_files, f"q{p}", module_partitions=p, index_dim=0), model=model, tokenizer=tokenizer
+        )
+        for p in (1, 3)
+    }
+    for run in plain.values():
+        build_index(run, index_dim=64, model=model, tokenizer=tokenizer)
+    np.testing.assert_array_equal(np.load(plain[1] / "index.npy"), np.load(plain[3] / "index.npy"))
