@@ -29,6 +29,7 @@ GRID = (
     "device",
     "checkpoint_seconds",
     "module_partitions",
+    "memory_gb",
 )
 WIDE = ("modules", "adapter", "trg_lang", "adequacy", "trust_remote_code")
 FORM_SPECS = specs(ScoreConfig) | specs(DataConfig)

@@ -130,6 +130,14 @@ class ScoreConfig:
         label="Module partitions (0 = auto)",
         minimum=0,
     )
+    memory_gb: float | None = option(
+        None,
+        "the memory this job may use, in GiB (the GPU's on a GPU): the memory check, the module groups chosen "
+        "(--module-partitions 0), the fit's kept captures and the seeds' rank keep within it, for a machine shared "
+        "with other work (default: what the device has available)",
+        label="Memory limit (GiB, 0 = available)",
+        minimum=0.0,
+    )
     # Each save writes the factors' size in float64 (about 2x factors.safetensors).
     checkpoint_seconds: float = option(
         60.0,
@@ -189,6 +197,8 @@ class ScoreConfig:
             raise ValueError(f"--fit-examples must be >= 1, got {self.fit_examples}")
         if self.seed_memory_mb is not None and self.seed_memory_mb < 1:
             raise ValueError(f"--seed-memory-mb must be >= 1, got {self.seed_memory_mb}")
+        if self.memory_gb is not None and self.memory_gb <= 0:
+            raise ValueError(f"--memory-gb must be > 0, got {self.memory_gb}")
         if self.seed_rank is not None and self.seed_rank < 1:
             raise ValueError(f"--seed-rank must be >= 1, got {self.seed_rank}")
         if self.index_dim < 0:

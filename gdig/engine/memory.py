@@ -33,6 +33,18 @@ def free_memory_mb(device: torch.device) -> int:
         return 0
 
 
+def usable_memory_mb(device: torch.device, limit_gb: float | None) -> int:
+    """What this job may still take, in MiB: the free memory, or with a limit on the job's memory (--memory-gb)
+    the limit less what the process holds (the GPU's allocated memory on a GPU), whichever is smaller."""
+    free = free_memory_mb(device)
+    if limit_gb is None:
+        return free
+    from gdig.engine.measure import resident_bytes
+
+    held = torch.cuda.memory_allocated(device) if device.type == "cuda" else resident_bytes()
+    return max(0, min(free, int(limit_gb * 1024 - held / 2**20)))
+
+
 AUTO_BUDGET_CAP_MB = 8192
 SEED_WORK_BYTES = 1 << 30  # captured a and g of one chunk of seeds
 

@@ -32,6 +32,7 @@ VOLATILE_SETTINGS = (
     "umap",
     "checkpoint_seconds",
     "module_partitions",
+    "memory_gb",
 )
 
 

@@ -88,12 +88,14 @@ def job_plan(cfg: ScoreConfig, n_candidates: int, n_seeds: int, n_modules: int |
 
 def make_plan(cfg: ScoreConfig, memory_gb: float | None = None, model=None, tokenizer=None) -> Plan:
     """The memory and time plan of `gdig score` with these settings (nothing is written): a short probe with
-    the real model, or the meta device for a config-only folder. `memory_gb`: plan for that much memory."""
+    the real model, or the meta device for a config-only folder. `memory_gb`: plan for that much memory (default:
+    --memory-gb, else the device's)."""
     import torch
 
     from gdig.inputs.model import resolve_device, resolve_dtype
     from gdig.planning.probe import meta_workload, workload_from_context
 
+    memory_gb = cfg.memory_gb if memory_gb is None else memory_gb
     if model is None and not has_weights(cfg.model):
         device = resolve_device("auto") if cfg.device == "auto" else torch.device(cfg.device)
         cuda_auto = device.type == "cuda" and cfg.dtype == "auto"  # bfloat16, as a run on a recent GPU
@@ -136,7 +138,8 @@ def check_memory(ctx: ScoreContext) -> None:
     --module-partitions 0, choose the module groups by the plan (every process the most any of them needs)."""
     from gdig.planning.probe import workload_from_context
 
-    plan = plan_run(ctx.cfg, workload_from_context(ctx, runtime_bytes(ctx), probe=False), _available(ctx.device, None))
+    available = _available(ctx.device, ctx.cfg.memory_gb)
+    plan = plan_run(ctx.cfg, workload_from_context(ctx, runtime_bytes(ctx), probe=False), available)
     ctx.cfg.module_partitions = -ctx.world.all_reduce_min(-plan.partitions, "agreeing on the module groups")
     if not plan.fits:
         stage, peak = plan.worst

@@ -15,7 +15,7 @@ from gdig.atomic import write_json_atomic
 from gdig.engine.curvature import Curvature
 from gdig.engine.hooks import Captured, per_example_gradient
 from gdig.engine.influence import SeedBuilder, SeedGradients, group_seed_gradients
-from gdig.engine.memory import SEED_WORK_BYTES, budget_mb, free_memory_mb, seed_rank
+from gdig.engine.memory import SEED_WORK_BYTES, budget_mb, seed_rank, usable_memory_mb
 from gdig.pipeline.context import ScoreContext, by_length
 from gdig.pipeline.stages import detached, index_projection
 from gdig.rundir.chunks import partial_dir
@@ -38,7 +38,7 @@ def seed_ranks(ctx: ScoreContext, n_columns: int, run_dir: Path | None = None) -
     if path is not None and path.exists():  # read by every process before rank 0 could write it (collective below)
         rank = json.loads(path.read_text())["rank"]
     else:
-        budget = budget_mb(ctx.cfg.seed_memory_mb, free_memory_mb(ctx.device), 4)
+        budget = budget_mb(ctx.cfg.seed_memory_mb, usable_memory_mb(ctx.device, ctx.cfg.memory_gb), 4)
         rank = seed_rank(ctx.dims, n_columns, budget * 2**20)
     rank = ctx.world.all_reduce_min(dense if rank is None else rank, "agreeing on the seeds' rank")
     rank = None if rank == dense else rank

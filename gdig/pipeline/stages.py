@@ -18,7 +18,7 @@ from gdig.engine.hooks import Captured
 from gdig.engine.index import make_projection
 from gdig.engine.index_scoring import IndexRows
 from gdig.engine.influence import ScoredBatch, Scorer, SeedGradients
-from gdig.engine.memory import budget_mb, captures_fit, captures_reusable, free_memory_mb
+from gdig.engine.memory import budget_mb, captures_fit, captures_reusable, usable_memory_mb
 from gdig.engine.sketch import Sketcher
 from gdig.hessians import hessian
 from gdig.pipeline.context import ScoreContext, by_length, factors_fingerprint, fit_subset, short_hash
@@ -133,7 +133,7 @@ def shared_inputs(ctx: ScoreContext, example: int) -> dict[str, str]:
 
 def _captures_fit(ctx: ScoreContext, order: list[int]) -> bool:
     """Whether every fit batch's kept capture fits in --fit-cache-mb (auto: a third of free memory, <= 8 GiB)."""
-    budget = budget_mb(ctx.cfg.fit_cache_mb, free_memory_mb(ctx.device), 3)
+    budget = budget_mb(ctx.cfg.fit_cache_mb, usable_memory_mb(ctx.device, ctx.cfg.memory_gb), 3)
     dims = [(t.d_in, t.d_out) for t in ctx.work]
     lengths = [len(ctx.cand_tok[i].input_ids) for i in order]
     return captures_fit(lengths, dims, ctx.cfg.batch_size, ctx.cfg.token_budget is not None, budget)

@@ -44,6 +44,18 @@ def test_free_memory_is_the_kernels_available_memory_or_the_free_pages_without_i
     assert free_memory_mb(torch.device("cpu")) == pytest.approx(free_pages, abs=512)
 
 
+def test_a_memory_limit_leaves_the_job_the_limit_less_what_it_holds_at_most_the_free_memory(monkeypatch):
+    from gdig.engine import measure, memory
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(memory, "free_memory_mb", lambda device: 10_000)
+    monkeypatch.setattr(measure, "resident_bytes", lambda: 3 * 2**30)  # the process holds 3 GiB
+    assert memory.usable_memory_mb(cpu, None) == 10_000
+    assert memory.usable_memory_mb(cpu, 5.0) == 2 * 1024  # 5 GiB allowed, 3 held
+    assert memory.usable_memory_mb(cpu, 50.0) == 10_000  # never more than is free
+    assert memory.usable_memory_mb(cpu, 2.0) == 0  # already over its limit
+
+
 FREED_BLOCKS = """
 import torch
 from gdig.engine.memory import release_freed_memory

@@ -66,7 +66,7 @@ def test_seed_ranks_follow_the_budget(budget_mb, expected):
     from gdig.pipeline.seed_stage import seed_ranks
 
     dims = {"m1": (64, 128), "m2": (128, 64)}  # dense: 2 * 8192 * 4 bytes per seed = 64 KiB
-    cfg = SimpleNamespace(seed_rank=None, seed_memory_mb=budget_mb)
+    cfg = SimpleNamespace(seed_rank=None, seed_memory_mb=budget_mb, memory_gb=None)
     ctx = SimpleNamespace(cfg=cfg, dims=dims, device=torch.device("cpu"), world=SINGLE)
     ranks = seed_ranks(ctx, n_columns=256)  # dense 16 MiB; rank r costs 256 * 2 * 192 * 4 * r bytes = 384 KiB * r
     assert ranks == dict.fromkeys(dims, expected)

@@ -163,6 +163,29 @@ def test_a_run_that_will_not_fit_is_refused_before_it_starts(tmp_path, tokenizer
     assert (out / "influence.npy").exists()
 
 
+def test_a_memory_limit_bounds_the_check_the_plan_and_the_seeds_budget_and_not_the_results(
+    tmp_path, tokenizer, data_files
+):
+    """--memory-gb: the memory check and the plan use it instead of the free memory, the seeds' automatic rank
+    keeps within it; a run resumed without it is the same run (the limit paces the work, it does not score)."""
+    from gdig.pipeline.run import MemoryPlanError, make_plan, score
+
+    model = build_tiny_model("llama", tokenizer, hidden=16, ffn=32, heads=2)
+    cfg = ScoreConfig(
+        model="m", candidates=str(data_files[0]), seeds=str(data_files[1]), out=str(tmp_path / "r"), umap=False
+    )
+    assert (
+        make_plan(dataclasses.replace(cfg, memory_gb=3.5), model=model, tokenizer=tokenizer).available_bytes
+        == 3.5 * GiB
+    )
+    with pytest.raises(MemoryPlanError, match=r"but 0.0 GiB is available"):  # 1 MB: nothing fits
+        score(dataclasses.replace(cfg, memory_gb=1e-3), model=model, tokenizer=tokenizer)
+    assert not (tmp_path / "r" / "config.json").exists()
+    out = score(dataclasses.replace(cfg, memory_gb=1e-3), model=model, tokenizer=tokenizer, memory_check=False)
+    assert json.loads((out / "config.json").read_text())["seed_rank_kept"] == 1  # no memory left for the seeds
+    score(cfg, resume=True, model=model, tokenizer=tokenizer)  # the same settings' fingerprint without the limit
+
+
 def test_advice_names_the_knobs_largest_saving_first():
     plan = Plan(
         {
