@@ -6,7 +6,7 @@ a fresh process; the run's resident memory is sampled every millisecond per stag
     python bench/bench_plan.py [--candidates 2000] [--seeds 256] [--fit-examples 128] [--seed-rank 8]
                                [--module-partitions P]
 
-    python bench/bench_plan.py --one-b [--candidates 48] [--seeds 8]
+    python bench/bench_plan.py --one-b [--candidates 48] [--seeds 8] [--memory-gb G]
 
 Needs SmolLM2 (see bench/README.md) and ../shared/data; skips cleanly without them. `--one-b` needs neither: a
 random Llama of Llama-3.2-1B's shape (hidden 2,048, MLP 8,192, 16 layers; every MLP projection tracked, the
@@ -75,6 +75,7 @@ def settings(args: argparse.Namespace, folder: Path) -> Path:
         fit_examples=args.fit_examples,
         seed_rank=args.seed_rank,
         module_partitions=args.module_partitions,
+        memory_gb=args.memory_gb,
         umap=False,
         device="cpu",
         data=DataConfig(max_length=args.max_length),
@@ -129,6 +130,7 @@ def main() -> None:
     ap.add_argument(
         "--module-partitions", type=int, help="the modules in P groups (0: as the plan says; default 1, --one-b: 0)"
     )
+    ap.add_argument("--memory-gb", type=float, help="the run's memory limit (default: the machine's available)")
     args = ap.parse_args()
     args.candidates = args.candidates or (48 if args.one_b else 2000)
     args.seeds = args.seeds or (8 if args.one_b else 256)
@@ -140,6 +142,7 @@ def main() -> None:
         print("skipped: needs ../shared/data and SmolLM2 (see bench/README.md)")
         return
     key = f"{args.candidates}-{args.seeds}-{args.fit_examples}-{args.seed_rank}-{args.max_length}"
+    key += f"-m{args.memory_gb:g}" if args.memory_gb else ""
     key = (
         ("one-b-" if args.one_b else "") + key + (f"-p{args.module_partitions}" if args.module_partitions != 1 else "")
     )
@@ -167,6 +170,7 @@ def main() -> None:
             + f", {args.candidates} candidates, {args.seeds} "
             f"seeds, curvature fitted on {args.fit_examples}, seed rank {args.seed_rank or 'by memory'}, max length "
             f"{args.max_length}, module groups {args.module_partitions or 'as the plan chooses'}"
+            + (f", memory limit {args.memory_gb} GiB" if args.memory_gb else "")
         ),
         "settings": vars(args),
         "plan": planned,
