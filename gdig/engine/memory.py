@@ -45,6 +45,24 @@ def usable_memory_mb(device: torch.device, limit_gb: float | None) -> int:
     return max(0, min(free, int(limit_gb * 1024 - held / 2**20)))
 
 
+def memory_for_plan(device: torch.device, memory_gb: float | None, limit_gb: float | None = None) -> float:
+    """Bytes a job's plan may use: `memory_gb` (--plan-memory-gb, another machine's), else the GPU's total or this
+    machine's available memory plus what this process holds, at most the job's limit (--memory-gb)."""
+    if memory_gb is not None:
+        return memory_gb * 2**30
+    if device.type == "cuda" and not torch.cuda.is_available():
+        if limit_gb is None:
+            raise ValueError("no CUDA GPU here to plan for: give its memory with --plan-memory-gb")
+        return limit_gb * 2**30
+    if device.type == "cuda":
+        here = float(torch.cuda.mem_get_info(device)[1])
+    else:
+        from gdig.engine.measure import resident_bytes
+
+        here = float(free_memory_mb(device)) * 2**20 + resident_bytes()
+    return here if limit_gb is None else min(here, limit_gb * 2**30)
+
+
 AUTO_BUDGET_CAP_MB = 8192
 SEED_WORK_BYTES = 1 << 30  # captured a and g of one chunk of seeds
 

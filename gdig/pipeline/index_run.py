@@ -16,7 +16,7 @@ from gdig.config import ScoreConfig
 from gdig.engine.hooks import GradientCapture, make_batches
 from gdig.engine.index import make_projection
 from gdig.engine.index_scoring import Anchor, IndexRows, agreement, index_scores
-from gdig.engine.memory import tracked_groups
+from gdig.engine.memory import tracked_groups, usable_memory_mb
 from gdig.inputs.data import Example, TokenizedExample, tokenize_example
 from gdig.inputs.model import TrackedModule, find_tracked_modules, load_model, model_fingerprint, prepare_tokenizer
 from gdig.rundir.factors import run_curvature
@@ -112,8 +112,7 @@ class RunModel:
         self._check_model()
         self.tracked = find_tracked_modules(model, self.cfg.tracked_modules())
         self.device = next(model.parameters()).device
-        self.groups = tracked_groups(self.tracked, self.cfg.module_partitions)
-        # a run in module groups: one group's factors at a time, as the run held them (else all, loaded once)
+        self.groups = self._groups()
         self.curvature = self._curvature(self.tracked) if len(self.groups) == 1 else None
         self.dampings = {t.name: float(self.config.get("module_damping", {}).get(t.name, 0.0)) for t in self.tracked}
         self.projection = None
@@ -168,8 +167,8 @@ class RunModel:
         on_batch: Callable[[int, int], None] | None = None,
         tokenized: list[TokenizedExample] | None = None,
     ) -> PairGradients:
-        """Index rows of `examples` (one forward and backward each, per module group). `directions` ("unit" or
-        "none"): also the weighted sum of their preconditioned gradients per module, as
+        """Index rows of `examples` (one forward and backward each, per module group). `directions` (the run's
+        normalisation): also the weighted sum of their preconditioned gradients per module, as
         gdig.engine.influence.mean_seed_direction weighs them (unit: each divided by its norm, which in module groups
         needs every group's pass first, so a second pass per group)."""
         toks = tokenized if tokenized is not None else self.tokenize(examples, role)
@@ -193,10 +192,10 @@ class RunModel:
     def _group_pass(self, group: list[TrackedModule], batches, got: _Sums, how: str | None, tick) -> None:
         """One pass over the batches for one module group: the rows' projections and self-influences, continued in
         module order; the weighted directions when `how` says (stored: the unit weights from the stored norms)."""
-        cur = self.curvature or self._curvature(group)
+        cur = self.curvature if self.curvature is not None else self._curvature(group)
         first = next(i for i, t in enumerate(self.tracked) if t.name == group[0].name)
         done = 0
-        with GradientCapture(self.model, group) as capture:
+        with GradientCapture(self.model, group, self.tracked) as capture:
             for batch in batches:
                 cap = capture.run(batch)
                 rows = torch.tensor(batch.index, device=self.device)
@@ -204,9 +203,9 @@ class RunModel:
                     whitened = {t.name: cur.whiten_captured(t.name, cap, self.dampings[t.name]) for t in group}
                     norm2 = torch.stack([(w * w).sum((-2, -1)).double() for w in whitened.values()])
                     if how != "stored":
-                        for name, w in whitened.items():
+                        for j, (name, w) in enumerate(whitened.items()):
                             got.projected[rows] += self.projection.project(name, w)
-                            got.self_inf[rows] += (w * w).sum((-2, -1)).double()
+                            got.self_inf[rows] += norm2[j]
                     if got.norms is not None and how is None:
                         got.norms[first : first + len(group), rows] = norm2
                     if how is not None:
@@ -219,7 +218,16 @@ class RunModel:
                     tick(done)
         del cur
 
+    def _groups(self) -> list[list[TrackedModule]]:
+        """The run's module groups when its factors take more than half the memory free now (each pass then holds
+        one group's factors, as the run did), else one group: every factor loaded once, for every call."""
+        groups = tracked_groups(self.tracked, self.cfg.module_partitions)
+        path = self.run_dir / FACTORS
+        size = path.stat().st_size if path.exists() else 0
+        return groups if size > usable_memory_mb(self.device, None) * 2**20 / 2 else [self.tracked]
+
     def _curvature(self, group: list[TrackedModule]):
+        """The factors of `group`'s modules, read from the run's factors file."""
         return run_curvature(self.run_dir / FACTORS, self.cfg.hessian, self.device, [t.name for t in group])
 
     def _add_directions(self, cur, sums: dict[str, torch.Tensor], whitened: dict[str, torch.Tensor], weight) -> None:
@@ -244,10 +252,10 @@ class _Sums:
 
 
 def _weights(norm2: torch.Tensor, how: str) -> torch.Tensor:
-    """Each pair's weight in the directions' sum from its modules' squared norms (modules, pairs): unit, one over
-    its norm (0 for a zero gradient); none, 1."""
+    """Each pair's weight in the directions' sum from its modules' squared norms (modules, pairs): unit (and stored,
+    its second pass), one over its norm (0 for a zero gradient); none and relatif, 1."""
     norm = norm2.sum(0).sqrt()
-    weight = norm.reciprocal() if how != "none" else torch.ones_like(norm)
+    weight = norm.reciprocal() if how in ("unit", "stored") else torch.ones_like(norm)
     return torch.where(torch.isfinite(weight), weight, torch.zeros_like(weight)).float()
 
 

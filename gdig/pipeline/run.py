@@ -23,7 +23,7 @@ from gdig.engine.distributed import World, join_world, leave_world
 from gdig.engine.index_scoring import IndexRows
 from gdig.engine.influence import Scorer, SeedGradients, mean_seed_direction
 from gdig.engine.measure import resident_bytes
-from gdig.engine.memory import free_memory_mb, release_freed_memory
+from gdig.engine.memory import memory_for_plan, release_freed_memory
 from gdig.engine.sketch import Sketcher
 from gdig.hessians import hessian
 from gdig.inputs.model_source import check_model_source, has_weights
@@ -88,27 +88,26 @@ def job_plan(cfg: ScoreConfig, n_candidates: int, n_seeds: int, n_modules: int |
 
 def make_plan(cfg: ScoreConfig, memory_gb: float | None = None, model=None, tokenizer=None) -> Plan:
     """The memory and time plan of `gdig score` with these settings (nothing is written): a short probe with
-    the real model, or the meta device for a config-only folder. `memory_gb`: plan for that much memory (default:
-    --memory-gb, else the device's)."""
+    the real model, or the meta device for a config-only folder. `memory_gb`: plan for that much memory (default: the
+    device's, at most --memory-gb)."""
     import torch
 
     from gdig.inputs.model import resolve_device, resolve_dtype
     from gdig.planning.probe import meta_workload, workload_from_context
 
-    memory_gb = cfg.memory_gb if memory_gb is None else memory_gb
     if model is None and not has_weights(cfg.model):
         device = resolve_device("auto") if cfg.device == "auto" else torch.device(cfg.device)
         cuda_auto = device.type == "cuda" and cfg.dtype == "auto"  # bfloat16, as a run on a recent GPU
         dtype = torch.bfloat16 if cuda_auto else resolve_dtype(cfg.dtype, device)
         w, meta = meta_workload(cfg, cfg.model, dtype)
-        plan = plan_run(cfg, w, _available(device, memory_gb))
+        plan = plan_run(cfg, w, memory_for_plan(device, memory_gb, cfg.memory_gb))
         plan.notes.append(f"{cfg.model} has no weights: built on the meta device in {dtype}, 4 characters per token")
         return plan
     if model is None:
         check_model_source(cfg.model, gguf_file=cfg.gguf_file)
     ctx = build_context(cfg, model, tokenizer)
     w = workload_from_context(ctx, runtime_bytes(ctx), probe=True)
-    return plan_run(cfg, w, _available(ctx.device, memory_gb))
+    return plan_run(cfg, w, memory_for_plan(ctx.device, memory_gb, cfg.memory_gb))
 
 
 def runtime_bytes(ctx: ScoreContext) -> int:
@@ -119,26 +118,12 @@ def runtime_bytes(ctx: ScoreContext) -> int:
     return 0 if ctx.device.type == "cuda" else max(resident_bytes() - model_bytes(ctx.model), 0)
 
 
-def _available(device, memory_gb: float | None) -> float:
-    """Memory the plan may use: as given, the GPU's total, or this machine's available memory plus what this
-    process already holds."""
-    import torch
-
-    if memory_gb is not None:
-        return memory_gb * 2**30
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("no CUDA GPU here to plan for: give its memory with --plan-memory-gb")
-    if device.type == "cuda":
-        return float(torch.cuda.mem_get_info(device)[1])
-    return float(free_memory_mb(device)) * 2**20 + resident_bytes()
-
-
 def check_memory(ctx: ScoreContext) -> None:
     """Refuse, before any stage runs, a job whose plan (without a probe) does not fit, naming the knobs; with
     --module-partitions 0, choose the module groups by the plan (every process the most any of them needs)."""
     from gdig.planning.probe import workload_from_context
 
-    available = _available(ctx.device, ctx.cfg.memory_gb)
+    available = memory_for_plan(ctx.device, None, ctx.cfg.memory_gb)
     plan = plan_run(ctx.cfg, workload_from_context(ctx, runtime_bytes(ctx), probe=False), available)
     ctx.cfg.module_partitions = -ctx.world.all_reduce_min(-plan.partitions, "agreeing on the module groups")
     if not plan.fits:

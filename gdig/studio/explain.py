@@ -117,7 +117,7 @@ def token_influence(run: RunResults, index: int, model, tokenizer, seed: int | N
     stored = load_mean_direction(Path(run.path) / SEED_GRADS, device)
     with GradientCapture(model, tracked) as cap:
         got = cap.run(_collate([tok], index, tokenizer))
-        column = None if seed is None else _seed_column_direction(run, int(seed), tokenizer, cap, device)
+        column = None if seed is None else _seed_column_direction(run, int(seed), tokenizer, cap, tracked, device)
     direction = stored["mean"] if column is None else column
     with torch.no_grad():
         contrib = token_contributions(got, direction).double().cpu().numpy()
@@ -139,12 +139,13 @@ def _collate(toks, first_index: int, tokenizer):
     return collate(toks, list(range(first_index, first_index + len(toks))), tokenizer.pad_token_id)
 
 
-def _seed_column_direction(run: RunResults, column: int, tokenizer, cap, device) -> dict:
+def _seed_column_direction(run: RunResults, column: int, tokenizer, cap, tracked, device) -> dict:
     """(F + lambda)^-1 grad L(s) of one seed column (the mean gradient of its --seed-batch group), recomputed from
     the seed texts, the run's factors and damping: exact, where scoring may have used a low-rank copy."""
     import torch
 
     from gdig.engine.hooks import per_example_gradient
+    from gdig.engine.memory import tracked_groups
     from gdig.rundir.factors import run_curvature
 
     members = seed_members(run, column)
@@ -158,22 +159,14 @@ def _seed_column_direction(run: RunResults, column: int, tokenizer, cap, device)
     got = cap.run(_collate(toks, 0, tokenizer))
     dampings = run.config.get("module_damping", {})
     out = {}
-    for group in _module_groups(got, run.settings.module_partitions):  # a run in groups: one group's factors at a time
-        cur = run_curvature(Path(run.path) / FACTORS, run.settings.hessian, device, group)
+    for group in tracked_groups(tracked, run.settings.module_partitions):  # a run in groups: a group at a time
+        names = [t.name for t in group if t.name in got.acts]
+        cur = run_curvature(Path(run.path) / FACTORS, run.settings.hessian, device, names)
         with torch.no_grad():
-            for name in group:
+            for name in names:
                 grad = per_example_gradient(got.acts[name], got.grads[name]).mean(0)
                 out[name] = cur.precondition(name, grad, float(dampings.get(name, 0.0)))
     return out
-
-
-def _module_groups(got, parts: int) -> list[list[str]]:
-    """The captured modules' names in the run's module groups (gdig.engine.memory.module_groups)."""
-    from gdig.engine.memory import module_groups
-
-    names = list(got.acts)
-    dims = [(got.acts[n].shape[-1], got.grads[n].shape[-1]) for n in names]
-    return [names[r.start : r.stop] for r in module_groups(dims, parts)]
 
 
 def _normaliser(run: RunResults, index: int, seed_self: np.ndarray, seed: int | None, normalize: str) -> float:

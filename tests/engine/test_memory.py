@@ -56,6 +56,22 @@ def test_a_memory_limit_leaves_the_job_the_limit_less_what_it_holds_at_most_the_
     assert memory.usable_memory_mb(cpu, 2.0) == 0  # already over its limit
 
 
+def test_the_plans_memory_is_another_machines_as_given_else_this_ones_at_most_the_jobs_limit(monkeypatch):
+    from gdig.engine import measure, memory
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(memory, "free_memory_mb", lambda device: 10 * 1024)
+    monkeypatch.setattr(measure, "resident_bytes", lambda: 2 * 2**30)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert memory.memory_for_plan(cpu, None) == 12 * 2**30  # free plus what this process holds
+    assert memory.memory_for_plan(cpu, None, 5.0) == 5 * 2**30
+    assert memory.memory_for_plan(cpu, None, 500.0) == 12 * 2**30  # a limit above the machine: the machine
+    assert memory.memory_for_plan(cpu, 80.0, 5.0) == 80 * 2**30  # --plan-memory-gb: another machine, as given
+    assert memory.memory_for_plan(gpu, None, 40.0) == 40 * 2**30  # a GPU not here: its limit is all we know
+    with pytest.raises(ValueError, match="--plan-memory-gb"):
+        memory.memory_for_plan(gpu, None)
+
+
 FREED_BLOCKS = """
 import torch
 from gdig.engine.memory import release_freed_memory

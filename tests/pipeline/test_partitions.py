@@ -117,7 +117,7 @@ def test_killed_in_its_second_group_a_run_resumes_and_equals_the_whole(
     assert not (kept / "group-2").exists()
     seen = []
     # free memory now would allow a rank of 1 only: the rank decided by the first job (dense) must be kept
-    monkeypatch.setattr(seed_stage, "free_memory_mb", lambda device: 1e-4)
+    monkeypatch.setattr(seed_stage, "usable_memory_mb", lambda device, limit: 1e-4)
     score(cfg, resume=True, model=model, tokenizer=tokenizer, on_progress=seen.append)
     assert json.loads((tmp_path / "killed" / "config.json").read_text())["seed_rank_kept"] is None
     stages = [s["stage"] for s in seen]
@@ -132,11 +132,17 @@ def test_killed_in_its_second_group_a_run_resumes_and_equals_the_whole(
     assert_same_run(whole, sibling)
 
 
+HEAD_TOO = r"(^|\.)(mlp\.[a-z_]+|lm_head)$"  # the output head tracked too: every forward computes the full logits
+
+
+@pytest.mark.parametrize("modules", [None, HEAD_TOO], ids=["mlp", "mlp-and-head"])
 def test_a_run_in_module_groups_rescores_queries_indexes_and_explains_one_group_at_a_time(
-    tmp_path, tokenizer, data_files, model, monkeypatch
+    tmp_path, tokenizer, data_files, model, monkeypatch, modules
 ):
     """New pairs put through a finished run in groups (gdig rescore, query, index; a seed's token explanation)
-    read one group's factors at a time and give the one-group run's figures bit for bit."""
+    read one group's factors at a time when they do not fit the free memory, and give the one-group run's figures
+    bit for bit; when they fit, every factor is read once."""
+    from gdig.pipeline import index_run
     from gdig.pipeline.index_run import RunModel, build_index
     from gdig.pipeline.rescoring import SeedEdit, read_seed_file, rescore
     from gdig.rundir import factors
@@ -144,8 +150,9 @@ def test_a_run_in_module_groups_rescores_queries_indexes_and_explains_one_group_
     from gdig.rundir.results import load_run
     from gdig.studio.explain import token_influence
 
+    extra = {} if modules is None else {"modules": modules}
     runs = {
-        p: score(_cfg(tmp_path, data_files, f"p{p}", module_partitions=p), model=model, tokenizer=tokenizer)
+        p: score(_cfg(tmp_path, data_files, f"p{p}", module_partitions=p, **extra), model=model, tokenizer=tokenizer)
         for p in (1, 3)
     }
     read = []
@@ -156,26 +163,37 @@ def test_a_run_in_module_groups_rescores_queries_indexes_and_explains_one_group_
         return load(path, device, names)
 
     monkeypatch.setattr(factors, "load_factors", spy)
+    every = [m["name"] for m in json.loads((runs[3] / "config.json").read_text())["modules"]]
+    RunModel(runs[3], model=model, tokenizer=tokenizer)
+    assert read == [every]  # the factors fit the free memory: read once, whole
+    monkeypatch.setattr(index_run, "usable_memory_mb", lambda device, limit: 0)  # they no longer do
     new = read_seed_file(load_run(runs[1]), data_files[0])
     got = {}
     for p, run in runs.items():
         read.clear()
         runner = RunModel(run, model=model, tokenizer=tokenizer)
         runner.use_index(load_index(run))
-        got[p] = {how: runner.gradients(new.examples[:9], "seeds", directions=how) for how in ("unit", "none")}
-        # one group: every module's factors, read once; three: per group, twice for unit directions, once for none
-        assert [len(r) for r in read] == ([6] if p == 1 else [2] * 9), read
+        hows = ("unit", "none", "relatif")
+        got[p] = {how: runner.gradients(new.examples[:9], "seeds", directions=how) for how in hows}
+        # one group: every factor read once; three: a group at a time, twice for unit directions, once otherwise
+        groups = [read[0]] if p == 1 else read[:3]
+        assert [n for g in groups for n in g] == every and read == groups * (1 if p == 1 else 4), read
         rescored = rescore(run, tmp_path / f"r{p}", SeedEdit(add=new, replace=True), model=model, tokenizer=tokenizer)
         got[p]["rescored"] = rescored
         read.clear()
         got[p]["tokens"] = token_influence(load_run(run), 2, model, tokenizer, seed=1).contributions
-        assert [len(r) for r in read] == ([6] if p == 1 else [2] * 3), read
-    for how in ("unit", "none"):
+        assert read == groups, read
+    for how in ("unit", "none", "relatif"):
         a, b = got[1][how], got[3][how]
         for key in ("rows", "projected_norm", "norm"):
             np.testing.assert_array_equal(getattr(a.rows, key), getattr(b.rows, key))
+        np.testing.assert_array_equal(a.loss, b.loss)
+        np.testing.assert_array_equal(a.n_tokens, b.n_tokens)
         assert a.direction_sum.keys() == b.direction_sum.keys()
         assert all(torch.equal(a.direction_sum[k], b.direction_sum[k]) for k in a.direction_sum)
+    for p in (1, 3):  # relatif weighs each pair 1, as none does (mean_seed_direction); unit does not
+        assert all(torch.equal(v, got[p]["none"].direction_sum[k]) for k, v in got[p]["relatif"].direction_sum.items())
+        assert not all(torch.equal(v, got[p]["none"].direction_sum[k]) for k, v in got[p]["unit"].direction_sum.items())
     np.testing.assert_array_equal(got[1]["tokens"], got[3]["tokens"])
     for name in ("influence.npy", "index_seeds.npz"):
         x, y = (np.load(got[p]["rescored"] / name) for p in (1, 3))
@@ -185,7 +203,9 @@ def test_a_run_in_module_groups_rescores_queries_indexes_and_explains_one_group_
             np.testing.assert_array_equal(x, y)
     plain = {
         p: score(
-            _cfg(tmp_path, data_files, f"q{p}", module_partitions=p, index_dim=0), model=model, tokenizer=tokenizer
+            _cfg(tmp_path, data_files, f"q{p}", module_partitions=p, index_dim=0, **extra),
+            model=model,
+            tokenizer=tokenizer,
         )
         for p in (1, 3)
     }

@@ -152,7 +152,7 @@ def test_a_run_that_will_not_fit_is_refused_before_it_starts(tmp_path, tokenizer
     from gdig.pipeline.run import MemoryPlanError, score
 
     model = build_tiny_model("llama", tokenizer, hidden=16, ffn=32, heads=2)
-    monkeypatch.setattr(run_module, "_available", lambda device, memory_gb: 1e6)  # 1 MB
+    monkeypatch.setattr(run_module, "memory_for_plan", lambda *args: 1e6)  # 1 MB
     cfg = ScoreConfig(
         model="m", candidates=str(data_files[0]), seeds=str(data_files[1]), out=str(tmp_path / "r"), umap=False
     )
