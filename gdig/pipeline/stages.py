@@ -118,6 +118,7 @@ def fit_factors(ctx: ScoreContext, path: Path, fp: str, checkpoints: Path, statu
         save_factors(cur, path, fp)
     del cur  # reloaded below: never two copies of the factors
     ctx.world.barrier("saving the factors", status.refresh)
+    checkpoint.discard(fit_passes)
     if cache and len(fit_idx) == len(ctx.cand_tok) and not ctx.world.active:  # scoring meets the same batches
         ctx.captures = {tuple(batches[b]): c for b, c in cache.items()}
     cache = None  # the captures go now, not when this returns: their memory is back before the seeds need it

@@ -93,6 +93,21 @@ def test_a_run_in_module_groups_equals_the_run_in_one(tmp_path, tokenizer, data_
         assert_same_run(whole, score(cfg, model=model, tokenizer=tokenizer))
 
 
+def test_a_groups_fit_checkpoints_go_once_its_factors_are_saved(tmp_path, tokenizer, data_files, model):
+    """The fit's float64 checkpoints are not kept to the end of the run (twice the factors' disk at 7B): each
+    group's go as soon as its factors are written, and a whole run's likewise."""
+    left = []
+
+    def look(state):
+        if state["stage"].startswith("seeds"):
+            left.extend(str(p) for p in (tmp_path / state["out"] / PARTIAL).rglob("fit_*.safetensors"))
+
+    for name, parts in (("whole", 1), ("parts", 2)):
+        cfg = _cfg(tmp_path, data_files, name, module_partitions=parts, checkpoint_seconds=0.0)
+        score(cfg, model=model, tokenizer=tokenizer, on_progress=lambda s, n=name: look(s | {"out": n}))
+    assert not left, left
+
+
 def test_lora_adapters_in_module_groups(tmp_path, tokenizer, data_files):
     model = lora_model(build_tiny_model("llama", tokenizer, hidden=16, ffn=32, heads=2))
     whole = score(_cfg(tmp_path, data_files, "whole", modules=LORA_MODULES), model=model, tokenizer=tokenizer)
