@@ -86,11 +86,16 @@ def settings(args: argparse.Namespace, folder: Path) -> Path:
 
 
 def child(mode: str, path: Path) -> dict:
-    """`tests/stage_peaks.py MODE`: the plan, or the run with its measured peaks, in a fresh process."""
+    """`tests/stage_peaks.py MODE`: the plan, or the run with its measured peaks, in a fresh process; a run that
+    fails gives the peaks of the stages it reached and its error (`failed`)."""
     env = os.environ | {"PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"}
     command = [sys.executable, str(ROOT / "tests" / "stage_peaks.py"), mode, str(path)]
-    out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True, env=env)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
+    lines = out.stdout.strip().splitlines()
+    if out.returncode != 0 and not (mode == "measure" and lines):
+        raise RuntimeError(f"{mode} failed:\n{out.stderr[-3000:]}")
+    got = json.loads(lines[-1])
+    return got | ({"failed": out.stderr.strip().splitlines()[-1]} if out.returncode != 0 else {})
 
 
 def markdown(r: dict) -> str:
@@ -187,6 +192,8 @@ def main() -> None:
     text = markdown(r)
     r["module_groups_run"] = config["settings"]["module_partitions"]
     text += f"\nModule groups the run used: {r['module_groups_run']}."
+    if "failed" in measured:
+        text += f"\n\n**The run failed** (the peaks above are those of the stages it reached): {measured['failed']}"
     save_report("plan-one-b" if args.one_b else "plan", r, text)
     print(text)
 

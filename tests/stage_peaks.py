@@ -41,10 +41,13 @@ def measure(cfg: ScoreConfig) -> dict[str, dict]:
 
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
-    score(cfg, on_progress=progress)
-    progress({"stage": "end"})
-    stop.set()
-    thread.join()
+    try:
+        score(cfg, on_progress=progress)
+    finally:  # a run that fails still tells what each stage it reached took (bench/bench_plan.py reports it)
+        progress({"stage": "end"})
+        stop.set()
+        thread.join()
+        print(json.dumps({"peaks": peaks, "seconds": seconds}), flush=True)
     return {"peaks": peaks, "seconds": seconds}
 
 
@@ -55,4 +58,4 @@ if __name__ == "__main__":
         peaks = {s: plan.peak(s) for s in plan.stages}
         print(json.dumps({"peaks": peaks, "seconds": plan.seconds, "seed_rank": plan.seed_rank}))
     else:
-        print(json.dumps(measure(settings)))
+        measure(settings)
