@@ -29,13 +29,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import CACHE, machine, save_report, synthetic_pairs, write_jsonl  # noqa: E402
+from bench.common import CACHE, ONE_B, machine, save_report, synthetic_pairs, write_jsonl  # noqa: E402
 
 SIZES = {  # candidates, seeds, engine candidates, plan candidates
     "gpu": {"candidates": 2000, "seeds": 256, "engine": 2000, "plan": 48},
     "tiny": {"candidates": 48, "seeds": 8, "engine": 64, "plan": 8},
 }
-ONE_B = {"hidden": 2048, "ffn": 8192, "layers": 16, "heads": 32}  # Llama-3.2-1B's shape, random weights
 
 
 def cuda() -> bool:

@@ -29,18 +29,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_pretrained import PretrainedConfig, base_model, make_pool  # noqa: E402
-from bench.common import CACHE, have_shared_data, machine, save_report  # noqa: E402
+from bench.common import CACHE, ONE_B, have_shared_data, machine, save_report, synthetic_pairs, write_jsonl  # noqa: E402
 
 STAGES = ("load", "fit_covariance", "fit_eigen", "seeds", "score", "finalize")
 GiB = 2**30
 
 
-ONE_B = {"hidden": 2048, "ffn": 8192, "layers": 16, "heads": 32}  # Llama-3.2-1B's shape, random weights
-
-
 def one_b(args: argparse.Namespace, folder: Path) -> dict[str, Path]:
     """The 1B-shaped random Llama and synthetic candidates and seeds (cached)."""
-    from bench.common import synthetic_pairs, write_jsonl
     from gdig.demo.tiny import build_tiny_model, train_tokenizer
 
     cands, seeds = synthetic_pairs(args.candidates, 0), synthetic_pairs(args.seeds, 1)

@@ -42,6 +42,9 @@ def flores_pairs(n: int, split: str = "dev") -> list[dict]:
     return [{"src_text": s, "trg_text": t, "src_lang": "en", "trg_lang": "de"} for s, t in zip(en, de, strict=True)][:n]
 
 
+ONE_B = {"hidden": 2048, "ffn": 8192, "layers": 16, "heads": 32}  # Llama-3.2-1B's shape (random weights)
+
+
 def synthetic_pairs(n: int, seed: int) -> list[dict]:
     import random
 
