@@ -31,7 +31,7 @@ GRID = (
     "module_partitions",
     "memory_gb",
 )
-WIDE = ("modules", "adapter", "trg_lang", "adequacy", "trust_remote_code")
+WIDE = ("modules", "adapter", "trg_lang", "adequacy", "shard_factors", "trust_remote_code")
 FORM_SPECS = specs(ScoreConfig) | specs(DataConfig)
 DEVICES = ("auto", "cpu", "cuda")
 DOUBLE_CLICK_S = 3.0  # a second Start this soon after one is the rest of a double-click
@@ -111,7 +111,7 @@ def _form(buttons: str = "") -> None:
     ):
         try:
             with st.spinner("Probing the model on the longest batches…"):
-                st.code(plan_new_run(runs_dir(), name, model, files, s), language=None)
+                st.code(plan_new_run(runs_dir(), name, model, files, s, processes=int(processes)), language=None)
         except ValueError as e:
             st.error(str(e))
     if st.button("Start", type="primary", key=f"start{buttons}"):

@@ -6,14 +6,14 @@ a fresh process; the run's resident memory is sampled every millisecond per stag
     python bench/bench_plan.py [--candidates 2000] [--seeds 256] [--fit-examples 128] [--seed-rank 8]
                                [--module-partitions P]
 
-    python bench/bench_plan.py --one-b [--candidates 48] [--seeds 8] [--memory-gb G]
+    python bench/bench_plan.py --one-b [--layers 16] [--candidates 48] [--seeds 8] [--memory-gb G]
 
 Needs SmolLM2 (see bench/README.md) and ../shared/data; skips cleanly without them. `--one-b` needs neither: a
 random Llama of Llama-3.2-1B's shape (hidden 2,048, MLP 8,192, 16 layers; every MLP projection tracked, the
 default) on synthetic pairs, with the module groups the plan chooses (`--module-partitions 0`): a model whose
-fit does not fit this machine's memory in one group. Writes bench/reports/plan-<date>.{md,json} (plan-one-b-...
-for --one-b): planned and measured peak per stage, planned and measured seconds, the seeds' rank and low-rank
-error per module."""
+fit does not fit this machine's memory in one group (`--layers L`: a slice of it, for a quicker check). Writes
+bench/reports/plan-<date>.{md,json} (plan-one-b-... for --one-b, plan-one-b-lL-... for a slice): planned and
+measured peak per stage, planned and measured seconds, the seeds' rank and low-rank error per module."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def one_b(args: argparse.Namespace, folder: Path) -> dict[str, Path]:
     model = folder / "one-b"
     if not (model / "config.json").exists():
         tok = train_tokenizer([r["src_text"] + "\n" + r["trg_text"] for r in cands + seeds], vocab_size=500)
-        build_tiny_model("llama", tok, model, **ONE_B)
+        build_tiny_model("llama", tok, model, **(ONE_B | {"layers": args.layers}))
     return {
         "model": model,
         "pool": write_jsonl(folder / "c.jsonl", cands),
@@ -123,6 +123,7 @@ def markdown(r: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--one-b", action="store_true", help="a random 1B-shaped Llama on synthetic pairs")
+    ap.add_argument("--layers", type=int, default=ONE_B["layers"], help="--one-b: its layers (fewer: a quick slice)")
     ap.add_argument("--candidates", type=int, help="default 2000 (--one-b: 48)")
     ap.add_argument("--seeds", type=int, help="default 256 (--one-b: 8)")
     ap.add_argument("--fit-examples", type=int, default=128)
@@ -144,6 +145,7 @@ def main() -> None:
         return
     key = f"{args.candidates}-{args.seeds}-{args.fit_examples}-{args.seed_rank}-{args.max_length}"
     key += f"-m{args.memory_gb:g}" if args.memory_gb else ""
+    key += f"-l{args.layers}" if args.one_b and args.layers != ONE_B["layers"] else ""
     key = (
         ("one-b-" if args.one_b else "") + key + (f"-p{args.module_partitions}" if args.module_partitions != 1 else "")
     )
@@ -157,14 +159,16 @@ def main() -> None:
 
         shutil.rmtree(folder / "run")
     measured = child("measure", path)
-    config = json.loads((folder / "run" / "config.json").read_text())
+    written = folder / "run" / "config.json"  # a run refused or failed before its first stage writes none
+    config = json.loads(written.read_text()) if written.exists() else {"settings": {"module_partitions": None}}
     errors = config.get("seed_lowrank_error") or {}
     r = {
         "date": date.today().isoformat(),
         "machine": machine(),
         "workload": (
             (
-                "a random Llama of Llama-3.2-1B's shape (float32, all 48 MLP projections, synthetic pairs)"
+                f"a random Llama of Llama-3.2-1B's shape, {args.layers} layers (float32, all {3 * args.layers} MLP "
+                "projections, synthetic pairs)"
                 if args.one_b
                 else "SmolLM2-135M-Instruct (float32, all 90 MLP projections)"
             )
@@ -177,7 +181,7 @@ def main() -> None:
         "plan": planned,
         "measured": measured,
         "planned_peak": max(planned["peaks"].values()),
-        "measured_peak": max(measured["peaks"].values()),
+        "measured_peak": max(measured["peaks"].values(), default=0),
         "seed_rank": planned.get("seed_rank"),
         "lowrank_error": {
             "max": max((e["max"] for e in errors.values()), default=0.0),
@@ -190,7 +194,8 @@ def main() -> None:
     text += f"\nModule groups the run used: {r['module_groups_run']}."
     if "failed" in measured:
         text += f"\n\n**The run failed** (the peaks above are those of the stages it reached): {measured['failed']}"
-    save_report("plan-one-b" if args.one_b else "plan", r, text)
+    slice_ = f"-l{args.layers}" if args.layers != ONE_B["layers"] else ""
+    save_report(f"plan-one-b{slice_}" if args.one_b else "plan", r, text)
     print(text)
 
 

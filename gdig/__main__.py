@@ -28,6 +28,12 @@ def _add_score(sub) -> None:
         "(nothing is written); a folder with only config.json is planned on the meta device",
     )
     p.add_argument("--plan-memory-gb", type=float, help="plan for this much device memory (default: this device's)")
+    p.add_argument(
+        "--plan-processes",
+        type=int,
+        default=1,
+        help="plan each process of a torchrun job of this many (with --shard-factors: its share of the groups)",
+    )
     p.add_argument("--no-memory-check", action="store_true", help="start even when the plan says it will not fit")
 
 
@@ -38,12 +44,12 @@ def score_config_from_args(a: argparse.Namespace) -> ScoreConfig:
     return from_args(ScoreConfig, a, damping_relative=relative, data=data)
 
 
-def print_plan(cfg: ScoreConfig, memory_gb: float | None) -> None:
+def print_plan(cfg: ScoreConfig, memory_gb: float | None, processes: int = 1) -> None:
     """`gdig score --plan`: the plan per stage, and when it does not fit, what each knob would save."""
     from gdig.pipeline.run import make_plan
     from gdig.planning.report import plan_report
 
-    print(plan_report(make_plan(cfg, memory_gb), cfg))
+    print(plan_report(make_plan(cfg, memory_gb, processes=processes), cfg))
 
 
 def unescape(text: str) -> str:
@@ -268,7 +274,7 @@ def _main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "score" and args.plan:
-            print_plan(score_config_from_args(args), args.plan_memory_gb)
+            print_plan(score_config_from_args(args), args.plan_memory_gb, args.plan_processes)
         elif args.command == "score":
             from gdig.pipeline.run import score
             from gdig.rundir.status import read_status, summary_line

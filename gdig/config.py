@@ -130,6 +130,16 @@ class ScoreConfig:
         label="Module partitions (0 = auto)",
         minimum=0,
     )
+    # Exact for any number of processes (tests/engine/test_distributed.py): only where the work runs changes.
+    shard_factors: bool = option(
+        False,
+        "under torchrun: each process takes whole module groups (group g on process g mod N) over all the data, "
+        "instead of a share of the data in every group, so that it holds only its groups' factors and seeds: the "
+        "memory per process falls with the processes (at least one group each: --module-partitions 0 makes as many "
+        "as the processes or more), every process makes every forward and backward pass, and the results are the "
+        "same, bit for bit",
+        label="Shard the factors across processes",
+    )
     memory_gb: float | None = option(
         None,
         "the memory this job may use, in GiB (the GPU's on a GPU): the memory check, the module groups chosen "

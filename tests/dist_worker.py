@@ -1,7 +1,8 @@
 """`gdig` as torchrun runs it, with one fault injected for the distributed tests: GDIG_TEST_FAULT=ACTION:RANK:STAGE
 makes rank RANK, in STAGE (score: after writing its first chunk; fit: after its first fit batch; group: after
 its first module group's chunk), `kill` itself
-(SIGKILL, as the OOM killer would), `raise` a RuntimeError, or `cancel` the job (as the app's Cancel button)."""
+(SIGKILL, as the OOM killer would), `raise` a RuntimeError, or `cancel` the job (as the app's Cancel button).
+GDIG_TEST_GROUPS=FILE records which module groups each rank works on."""
 
 from __future__ import annotations
 
@@ -23,7 +24,25 @@ def _fault() -> None:
     raise RuntimeError(f"injected failure on rank {rank} in {stage}")
 
 
+def _record_groups() -> None:
+    """GDIG_TEST_GROUPS=FILE: each module group a rank fits (or reads) its factors for, a JSON line in FILE."""
+    import json
+
+    import gdig.pipeline.partitions as partitions
+
+    group_curvature = partitions._group_curvature
+
+    def recorded(ctx, run_dir, part, *args, **kwargs):
+        with open(os.environ["GDIG_TEST_GROUPS"], "a") as f:
+            f.write(json.dumps({"rank": int(os.environ.get("RANK", "0")), "group": int(part.split("-")[-1])}) + "\n")
+        return group_curvature(ctx, run_dir, part, *args, **kwargs)
+
+    partitions._group_curvature = recorded
+
+
 def _install() -> None:
+    if "GDIG_TEST_GROUPS" in os.environ:
+        _record_groups()
     if "GDIG_TEST_FAULT" not in os.environ:
         return
     import gdig.pipeline.stages as stages

@@ -1,16 +1,18 @@
 """Helpers for tests/planning/test_plan.py, each run in a fresh process so its memory is this run's alone.
 
-python tests/stage_peaks.py plan SETTINGS.json      the plan's peak and seconds per stage and its seed rank,
-                                                    as JSON
+python tests/stage_peaks.py plan SETTINGS.json [N] the plan's peak and seconds per stage and its seed rank,
+                                                    as JSON (N: per process of a torchrun job of N)
 python tests/stage_peaks.py measure SETTINGS.json   `gdig score`, and the peak resident memory measured
                                                     during each stage (sampled every millisecond) and its
-                                                    seconds, as JSON
+                                                    seconds, as JSON (under torchrun: each rank's, a line
+                                                    each, with its rank)
 (bench/bench_plan.py runs them on a real model.)
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -47,14 +49,15 @@ def measure(cfg: ScoreConfig) -> dict[str, dict]:
         progress({"stage": "end"})
         stop.set()
         thread.join()
-        print(json.dumps({"peaks": peaks, "seconds": seconds}), flush=True)
+        rank = int(os.environ.get("RANK", "0"))
+        print(json.dumps({"peaks": peaks, "seconds": seconds, "rank": rank}), flush=True)
     return {"peaks": peaks, "seconds": seconds}
 
 
 if __name__ == "__main__":
     settings = ScoreConfig.from_dict(json.loads(Path(sys.argv[2]).read_text()))
     if sys.argv[1] == "plan":
-        plan = make_plan(settings)
+        plan = make_plan(settings, processes=int(sys.argv[3]) if len(sys.argv) > 3 else 1)
         peaks = {s: plan.peak(s) for s in plan.stages}
         print(json.dumps({"peaks": peaks, "seconds": plan.seconds, "seed_rank": plan.seed_rank}))
     else:

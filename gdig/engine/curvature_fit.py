@@ -93,13 +93,15 @@ class CovarianceFitter:
                 cur.modules[name] = ModuleFactors(q_a, e_a, z(d_out, d_out), z(d_out), z(d_out, d_in))
                 continue
             if first is None:
-                e_a, q_a = torch.linalg.eigh(a_sum / max(self.n_tokens, 1), UPLO="L")  # the sums' lower triangle
+                a_mean = a_sum.div_(max(self.n_tokens, 1)) if release else a_sum / max(self.n_tokens, 1)
+                e_a, q_a = torch.linalg.eigh(a_mean, UPLO="L")  # the sums' lower triangle
                 e_a = e_a.clamp(min=0)
                 # eigh's vectors come column-major: made contiguous, so every consumer sees one layout
                 bases[name] = (q_a.float().contiguous(), e_a.float().contiguous(), e_a)
-                del a_sum, q_a
-            e_g, q_g = torch.linalg.eigh(g_sum / max(self.n_examples, 1), UPLO="L")
-            del g_sum
+                del a_sum, a_mean, q_a
+            g_mean = g_sum.div_(max(self.n_examples, 1)) if release else g_sum / max(self.n_examples, 1)
+            e_g, q_g = torch.linalg.eigh(g_mean, UPLO="L")
+            del g_sum, g_mean
             e_g = e_g.clamp(min=0)
             q_a, e_a, e_a64 = bases[first or name]
             lam = torch.outer(e_g, e_a64)  # K-FAC eigenvalues; EK-FAC replaces them in a second pass

@@ -13,7 +13,7 @@ import torch
 
 from gdig.engine.curvature import Curvature
 from gdig.engine.hooks import Captured, per_example_gradient
-from gdig.engine.memory import keeps_dense
+from gdig.engine.memory import column_blocks, keeps_dense
 
 
 @dataclass
@@ -117,13 +117,16 @@ class SeedBuilder:
 
     def add_tokens(self, name: str, start: int, a: torch.Tensor, g: torch.Tensor) -> None:
         """Seed columns from their tokens (a: (c, T, d_in), g: (c, T, d_out)), rotated into the eigenbasis by the
-        cheaper route and preconditioned there (add_rotated)."""
-        self.add_rotated(name, start, self.curvature.rotated_gradient(name, a, g))
+        cheaper route and preconditioned there (add_rotated), a block of columns at a time (column_blocks)."""
+        for block in column_blocks(a.shape[0], g.shape[-1], a.shape[-1]):
+            self.add_rotated(name, start + block.start, self.curvature.rotated_gradient(name, a[block], g[block]))
 
     def add_gradients(self, name: str, start: int, grads: torch.Tensor) -> None:
         """Seed columns from their gradients (c, d_out, d_in), rotated once and preconditioned in the eigenbasis
-        (add_rotated): the route of a module that keeps its per-example gradient (hooks.keeps_gradient)."""
-        self.add_rotated(name, start, self.curvature.rotate(name, grads))
+        (add_rotated): the route of a module that keeps its per-example gradient (hooks.keeps_gradient); a block
+        of columns at a time (column_blocks)."""
+        for block in column_blocks(*grads.shape):
+            self.add_rotated(name, start + block.start, self.curvature.rotate(name, grads[block]))
 
     def add_rotated(self, name: str, start: int, rot: torch.Tensor) -> None:
         """Seed columns from their gradients already in the eigenbasis (c, d_out, d_in), preconditioned there: a
@@ -144,7 +147,7 @@ class SeedBuilder:
         self._record_loss(name, cols, x, s)
 
     def _record_loss(self, name: str, cols: slice, v: torch.Tensor, s: torch.Tensor) -> None:
-        whole = (v.double() ** 2).sum((-2, -1))  # Frobenius norms do not change with the rotation
+        whole = v.double().square_().sum((-2, -1))  # Frobenius norms do not change with the rotation
         kept = (s.double() ** 2).sum(-1)
         self._lost[name][0][cols] = (whole - kept).clamp(min=0)
         self._lost[name][1][cols] = whole

@@ -45,11 +45,15 @@ def usable_memory_mb(device: torch.device, limit_gb: float | None) -> int:
     return max(0, min(free, int(limit_gb * 1024 - held / 2**20)))
 
 
-def memory_for_plan(device: torch.device, memory_gb: float | None, limit_gb: float | None = None) -> float:
+def memory_for_plan(
+    device: torch.device, memory_gb: float | None, limit_gb: float | None = None, processes: int = 1
+) -> float:
     """Bytes a job's plan may use: `memory_gb` (--plan-memory-gb, another machine's), else the GPU's total or this
-    machine's available memory plus what this process holds, at most the job's limit (--memory-gb)."""
+    machine's available memory plus what this process holds, at most the job's limit (--memory-gb). Per process
+    of `processes` (torchrun): a GPU each, or on a CPU an equal share of the machine's and the limit."""
+    share = processes if device.type != "cuda" else 1
     if memory_gb is not None:
-        return memory_gb * 2**30
+        return memory_gb * 2**30 / share
     if device.type == "cuda" and not torch.cuda.is_available():
         if limit_gb is None:
             raise ValueError("no CUDA GPU here to plan for: give its memory with --plan-memory-gb")
@@ -59,12 +63,25 @@ def memory_for_plan(device: torch.device, memory_gb: float | None, limit_gb: flo
     else:
         from gdig.engine.measure import resident_bytes
 
-        here = float(free_memory_mb(device)) * 2**20 + resident_bytes()
-    return here if limit_gb is None else min(here, limit_gb * 2**30)
+        here = float(free_memory_mb(device)) * 2**20 / share + resident_bytes()  # the others' growth shares it
+    return here if limit_gb is None else min(here, limit_gb * 2**30 / share)
 
 
 AUTO_BUDGET_CAP_MB = 8192
 SEED_WORK_BYTES = 1 << 30  # captured a and g of one chunk of seeds
+SEED_BLOCK_BYTES = 1 << 27  # one block of seed columns' dense gradients, preconditioned together
+# What preconditioning a block holds at once, in blocks (rotated, scaled, whitened, their products, the truncation
+# error's float64 copy: 1.1 GiB measured for a 1B model's 8,192 x 2,048 projection, 128 MiB blocks), beside two
+# of the module's eigenvalue matrices (Lambda + lambda and its square root)
+SEED_BLOCK_COPIES = 8
+
+
+def column_blocks(n_columns: int, d_out: int, d_in: int) -> list[slice]:
+    """Seed columns in blocks of at most SEED_BLOCK_BYTES of float32 gradients (at least one column each), so
+    that the seed stage's dense work per module stays a few blocks whatever the number of seeds (a 1B model's
+    8,192 x 2,048 projection is 64 MiB a column)."""
+    step = max(1, SEED_BLOCK_BYTES // (4 * d_out * d_in))
+    return [slice(i, min(i + step, n_columns)) for i in range(0, n_columns, step)]
 
 
 def budget_mb(setting: float | None, free_mb: float, share: int) -> float:

@@ -32,6 +32,7 @@ VOLATILE_SETTINGS = (
     "umap",
     "checkpoint_seconds",
     "module_partitions",
+    "shard_factors",
     "memory_gb",
 )
 

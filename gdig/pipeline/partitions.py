@@ -21,6 +21,7 @@ from gdig.engine.sketch import Sketcher
 from gdig.hessians import hessian
 from gdig.pipeline.context import ScoreContext, factors_fingerprint, short_hash
 from gdig.pipeline.seed_stage import load_or_make_seeds
+from gdig.pipeline.sharding import Shards, shards_of
 from gdig.pipeline.stages import (
     StageResults,
     dampings_for,
@@ -71,6 +72,7 @@ class PartSums:
     run_dir: Path
     parts: int
     group: int
+    shards: Shards | None = None  # --shard-factors: the previous group's sums may still be on their way
 
     @property
     def last(self) -> bool:
@@ -87,7 +89,10 @@ class PartSums:
             return None
         from safetensors.torch import load_file
 
-        return Carried(load_file(str(self._path(self.group - 1, i))))
+        path = self._path(self.group - 1, i)
+        if self.shards is not None:
+            self.shards.wait_for(path, self.group - 1)
+        return Carried(load_file(str(path)))
 
     @staticmethod
     def arrays(cap: Captured, scored: ScoredBatch, sketch: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -125,6 +130,8 @@ def score_in_parts(ctx: ScoreContext, run_dir: Path, status: Status, fp: str, sk
     finally:
         status.group = ""
     ctx.world.barrier("waiting for every rank's scores", status.refresh)
+    if ctx.world.is_main and ctx.cfg.shard_factors and ctx.world.active:
+        result = shards_of(ctx, run_dir, len(groups), status).gathered()
     if ctx.world.is_main:
         self_influence = result.seeds.self_influence
         result.mean = _mean_direction(run_dir, len(groups), self_influence, ctx.cfg.normalize, ctx.device)
@@ -137,23 +144,32 @@ def score_in_parts(ctx: ScoreContext, run_dir: Path, status: Status, fp: str, sk
 def _each_group(
     ctx: ScoreContext, run_dir: Path, status: Status, fp: str, sketcher, groups, fitted: bool, reused: bool
 ) -> StageResults:
-    """Every group's fit, seeds and scores in turn; what the last leaves (its seeds carry every module's sums)."""
-    projection = index_projection(ctx)
+    """Every group's fit, seeds and scores in turn; what the last leaves (its seeds carry every module's sums).
+    With --shard-factors, this process's groups only, each in a one-process world (gdig.pipeline.sharding)."""
     result = StageResults(SeedGradients(), np.zeros(0), np.zeros(0), None, {}, {})
     carried, lowrank = None, {}
+    shards = shards_of(ctx, run_dir, len(groups), status)
     for g, group in enumerate(groups):
+        if shards is not None and not shards.owns(g):
+            continue
         part_ctx, part = ctx.for_part(group), part_name(len(groups), g)
+        part_ctx = part_ctx if shards is None else shards.alone(part_ctx)
         status.group = group_label(g, len(groups))
         cur = _group_curvature(part_ctx, run_dir, part, status, fitted, reused)
         dampings = dampings_for(part_ctx, cur)
+        if shards is not None and g > 0:
+            carried = shards.carried_seeds(g, fp)
+        projection = index_projection(ctx)  # its kept hashes are this group's modules' only
         seeds, loss, ntok, rank = load_or_make_seeds(part_ctx, cur, dampings, run_dir, status, fp, part, carried)
         scorer = Scorer(seeds, cur, dampings, ctx.cfg.normalize, projection, [t.name for t in group])
-        score_stage(part_ctx, scorer, sketcher, run_dir, status, PartSums(run_dir, len(groups), g))
+        score_stage(part_ctx, scorer, sketcher, run_dir, status, PartSums(run_dir, len(groups), g, shards))
         factors = factors_record(cur)
+        if shards is not None:
+            shards.save_record(g, dampings, factors)
         lowrank |= seeds.lowrank_error
         carried = SeedGradients(self_influence=seeds.self_influence, index=seeds.index, lowrank_error=lowrank)
         result = StageResults(carried, loss, ntok, rank, result.dampings | dampings, factors)
-        del cur, scorer, seeds
+        del cur, scorer, seeds, projection
         release_freed_memory()
     return result
 

@@ -31,6 +31,7 @@ from gdig.pipeline.context import ScoreContext, build_context, config_record, re
 from gdig.pipeline.index_run import index_meta, measure_agreement
 from gdig.pipeline.partitions import group_label, score_in_parts
 from gdig.pipeline.seed_stage import load_or_make_seeds
+from gdig.pipeline.sharding import least_groups
 from gdig.pipeline.stages import (
     StageResults,
     adequacy_stage,
@@ -86,10 +87,11 @@ def job_plan(cfg: ScoreConfig, n_candidates: int, n_seeds: int, n_modules: int |
     return plan
 
 
-def make_plan(cfg: ScoreConfig, memory_gb: float | None = None, model=None, tokenizer=None) -> Plan:
+def make_plan(cfg: ScoreConfig, memory_gb: float | None = None, model=None, tokenizer=None, processes: int = 1) -> Plan:
     """The memory and time plan of `gdig score` with these settings (nothing is written): a short probe with
     the real model, or the meta device for a config-only folder. `memory_gb`: plan for that much memory (default: the
-    device's, at most --memory-gb)."""
+    device's, at most --memory-gb); `processes`: per process of a torchrun job of that many (--shard-factors)."""
+    least_groups(cfg.shard_factors, cfg.module_partitions, processes)
     import torch
 
     from gdig.inputs.model import resolve_device, resolve_dtype
@@ -100,14 +102,14 @@ def make_plan(cfg: ScoreConfig, memory_gb: float | None = None, model=None, toke
         cuda_auto = device.type == "cuda" and cfg.dtype == "auto"  # bfloat16, as a run on a recent GPU
         dtype = torch.bfloat16 if cuda_auto else resolve_dtype(cfg.dtype, device)
         w, meta = meta_workload(cfg, cfg.model, dtype)
-        plan = plan_run(cfg, w, memory_for_plan(device, memory_gb, cfg.memory_gb))
+        plan = plan_run(cfg, w, memory_for_plan(device, memory_gb, cfg.memory_gb, processes), processes)
         plan.notes.append(f"{cfg.model} has no weights: built on the meta device in {dtype}, 4 characters per token")
         return plan
     if model is None:
         check_model_source(cfg.model, gguf_file=cfg.gguf_file)
     ctx = build_context(cfg, model, tokenizer)
     w = workload_from_context(ctx, runtime_bytes(ctx), probe=True)
-    return plan_run(cfg, w, memory_for_plan(ctx.device, memory_gb, cfg.memory_gb))
+    return plan_run(cfg, w, memory_for_plan(ctx.device, memory_gb, cfg.memory_gb, processes), processes)
 
 
 def runtime_bytes(ctx: ScoreContext) -> int:
@@ -123,8 +125,9 @@ def check_memory(ctx: ScoreContext) -> None:
     --module-partitions 0, choose the module groups by the plan (every process the most any of them needs)."""
     from gdig.planning.probe import workload_from_context
 
-    available = memory_for_plan(ctx.device, None, ctx.cfg.memory_gb)
-    plan = plan_run(ctx.cfg, workload_from_context(ctx, runtime_bytes(ctx), probe=False), available)
+    available = memory_for_plan(ctx.device, None, ctx.cfg.memory_gb, ctx.world.size)
+    workload = workload_from_context(ctx, runtime_bytes(ctx), probe=False)
+    plan = plan_run(ctx.cfg, workload, available, ctx.world.size)
     ctx.cfg.module_partitions = -ctx.world.all_reduce_min(-plan.partitions, "agreeing on the module groups")
     if not plan.fits:
         stage, peak = plan.worst
@@ -156,6 +159,7 @@ def score(
         check_model_source(cfg.model, gguf_file=cfg.gguf_file)
     inputs = read_inputs(cfg)  # a bad file is reported before the model loads and leaves no run folder
     world, device = join_world(cfg.device)
+    least = least_groups(cfg.shard_factors, cfg.module_partitions, world.size)  # a wrong count fails here
     cfg = dataclasses.replace(cfg, device=device)
     run_dir = Path(cfg.out)
     lock = ExitStack()  # rank 0 holds the run's writer lock until the job ends
@@ -169,7 +173,7 @@ def score(
         ctx.timings["load"] = time.time() - t0
         if memory_check:
             check_memory(ctx)
-        ctx.cfg.module_partitions = ctx.cfg.module_partitions or 1  # auto without a plan: one group
+        ctx.cfg.module_partitions = ctx.cfg.module_partitions or least  # auto without a plan: the fewest
         if own_status:
             status.set_plan(job_plan(cfg, len(ctx.candidates), len(ctx.seeds), len(ctx.tracked)))
         if saved is None or not _resume_finished(ctx, run_dir, saved, status):

@@ -13,6 +13,8 @@ from gdig.config import ScoreConfig
 from gdig.engine.hooks import batch_groups, padded_batches
 from gdig.engine.index import BYTES_PER_COORDINATE, CACHED_COORDINATES
 from gdig.engine.memory import (
+    SEED_BLOCK_BYTES,
+    SEED_BLOCK_COPIES,
     SEED_WORK_BYTES,
     budget_mb,
     capture_bytes,
@@ -22,7 +24,7 @@ from gdig.engine.memory import (
     seed_rank,
 )
 from gdig.hessians import hessian
-from gdig.hessians.base import COVARIANCE_PASS, EIGENVALUE_PASS, IDENTITY
+from gdig.hessians.base import COVARIANCE_PASS, EIGENVALUE_PASS
 from gdig.planning.timing import stage_seconds
 from gdig.selection.signals import DETECTOR_BYTES
 
@@ -129,20 +131,37 @@ class Plan:
         return self.worst[1] <= self.available_bytes
 
 
-def plan_run(cfg: ScoreConfig, w: Workload, available_bytes: float) -> Plan:
+def plan_run(cfg: ScoreConfig, w: Workload, available_bytes: float, processes: int = 1) -> Plan:
     """The plan of `gdig score` with these settings on this workload. In module groups (--module-partitions)
     every stage holds one group's captures, factors and seeds at a time: its peak is its largest group's, its
-    time the groups' sum (each group makes its own passes over the data)."""
+    time the groups' sum (each group makes its own passes over the data). With --shard-factors over `processes`
+    processes, each process's: its groups' (at least one group per process), the groups' time shared out."""
+    sharded = cfg.shard_factors and processes > 1
+    least = min(processes, len(w.dims)) if sharded else 1
     whole = _plan(cfg, w, available_bytes)
     if cfg.module_partitions == 0:  # auto: one group when it fits, else the fewest groups that fit
         parts = 1 if whole.fits else fewest_partitions(cfg, w, available_bytes)
+        parts = None if parts is None else max(parts, least)
         plan = whole if parts in (None, 1) else _in_groups(replace(cfg, module_partitions=parts), w, whole)
         chosen = "no number of module groups fits" if parts is None else f"{plan.partitions} group(s)"
         plan.notes.append(f"--module-partitions 0 (auto): {chosen}")
-        return plan
-    plan = whole if cfg.module_partitions == 1 or len(w.dims) < 2 else _in_groups(cfg, w, whole)
-    if not plan.fits:
-        plan.partitions_to_fit = fewest_partitions(cfg, w, available_bytes)
+    else:
+        plan = whole if cfg.module_partitions == 1 or len(w.dims) < 2 else _in_groups(cfg, w, whole)
+        if not plan.fits:
+            plan.partitions_to_fit = fewest_partitions(cfg, w, available_bytes)
+    return _per_process(plan, processes) if sharded else plan
+
+
+def _per_process(plan: Plan, processes: int) -> Plan:
+    """A plan in module groups as each process of a --shard-factors job sees it: the same peaks (one group at a
+    time, over all the data), about 1 / processes of the groups' time (the fits run side by side)."""
+    share = min(processes, plan.partitions)
+    plan.seconds = {stage: s / share for stage, s in plan.seconds.items()}
+    plan.notes.append(
+        f"--shard-factors over {processes} processes: per process, its {plan.partitions // share} or "
+        f"{-(-plan.partitions // share)} of the {plan.partitions} module groups, each over all the data; each "
+        "process holds these peaks at once"
+    )
     return plan
 
 
@@ -159,7 +178,6 @@ def _in_groups(cfg: ScoreConfig, w: Workload, whole: Plan) -> Plan:
         stage: dict(max((p.stages[stage] for p in plans), key=lambda d: sum(d.values()))) for stage in whole.stages
     }
     score = stages["score"]
-    score["index hashes"] = whole.stages["score"].get("index hashes", 0.0)  # kept from group to group
     score["carried sums (one chunk)"] = score["chunk buffers"]
     final = whole.stages["finalize"] | {"factors": 0.0, "seeds": stages["finalize"]["seeds"]}  # one group's seeds
     stages["finalize"] = final
@@ -220,23 +238,29 @@ def _plan(
                 "per-example gradients (one batch)": max(w.batch_bytes("fit", cfg, "gradients"), default=0)
             }
         stages[EIGENVALUE_PASS] = base | replay | {"factors": factors, "eigenvalue sums (float64)": 8 * rect}
-        if h.basis == IDENTITY:  # no rotation by tokens: each module's per-example gradient, and its square
-            stages[EIGENVALUE_PASS]["per-example gradient and its square (one module)"] = 8 * cfg.batch_size * widest
+        # each module's per-example gradients in the basis, and their squares
+        stages[EIGENVALUE_PASS]["per-example gradient and its square (one module)"] = 8 * cfg.batch_size * widest
     every = 4 * sum(d_in + d_out for d_in, d_out in (run_dims or w.dims).values())  # seed chunks: every module's
     chunks = max(1, -(-every * w.seed_tokens // SEED_WORK_BYTES))
-    seed_work = min(SEED_WORK_BYTES * capture / every, capture * w.seed_tokens) + 3 * 4 * w.n_seeds * widest / chunks
-    seed_batch = _batch(w, max(w.padded("seeds", cfg), default=0), capture)
+    columns = w.n_columns(cfg.seed_batch) / chunks  # a chunk's, preconditioned a block of columns at a time
+    block = 4 * widest * min(columns, max(1, SEED_BLOCK_BYTES // (4 * widest)) if widest else columns)
+    block_work = SEED_BLOCK_COPIES * block + 8 * widest
+    chunk_captures = min(SEED_WORK_BYTES * capture / every, capture * w.seed_tokens)
+    batch_work = sum(_batch(w, max(w.padded("seeds", cfg), default=0), capture).values())
+    # a chunk's captures are held while its batches run, then while each module's blocks are preconditioned
+    seed_work = {"seed captures (one chunk)": chunk_captures, "batch or block work": max(batch_work, block_work)}
     scored_from_cache = reuse > 0 and len(w.fit_set) == w.n_candidates  # scoring meets the fit's batches
     kept = {"reused captures": reuse if scored_from_cache else 0.0, "factors": factors, "seeds": seeds}
     kept["seeds' index rows"] = 4 * w.n_seeds * cfg.index_dim
-    stages["seeds"] = base | seed_batch | kept | {"seed chunk work": seed_work}
+    if cfg.index_dim:  # the projection's kept hashes, from the seeds' index rows on (one group's, in groups)
+        kept["index hashes"] = BYTES_PER_COORDINATE * min(rect, CACHED_COORDINATES)
+    stages["seeds"] = base | kept | seed_work
     scoring = {
-        "per-example gradient (one module)": 4 * cfg.batch_size * widest,
+        "per-example gradient, whitened and squared (one module)": 12 * cfg.batch_size * widest,
         "chunk buffers": 4 * cfg.chunk_size * (w.n_seeds + cfg.sketch_dim + 4) + 6 * cfg.chunk_size * cfg.index_dim,
     }
     if cfg.index_dim:  # a module's projected rows before they are added up, the batch's sum, the kept hashes
         scoring["index rows (batch)"] = 2 * 4 * cfg.batch_size * cfg.index_dim
-        scoring["index hashes"] = BYTES_PER_COORDINATE * min(rect, CACHED_COORDINATES)
     stages["score"] = base | ({} if scored_from_cache else batch | formed) | kept | scoring
     if cfg.adequacy:  # forward passes only (at most a scoring batch's activations); factors and seeds still held
         stages["adequacy"] = base | batch | {"factors": factors, "seeds": seeds}
@@ -278,13 +302,20 @@ def _reused_captures(cfg: ScoreConfig, w: Workload, free: float) -> float:
     return float(sum(w.batch_bytes("fit", cfg, "kept"))) if keep else 0.0
 
 
+# torch.linalg.eigh of a float64 n x n matrix on a CPU (LAPACK syevd): its eigenvectors (8 n^2 bytes) and the
+# workspace syevd asks for (1 + 6n + 2n^2 doubles): 2 GiB beside the sums for a 1B model's 8,192-wide factor.
+EIGH_WORK_BYTES_PER_ENTRY = 24
+
+
 def _eigendecomposition_peak(dims: dict[str, tuple[int, int]]) -> float:
     """Bytes held while the factors are made module by module, each module's float64 sums released once its
-    float32 factors exist (gdig.engine.curvature_fit.CovarianceFitter.eigendecompose)."""
+    float32 factors exist (gdig.engine.curvature_fit.CovarianceFitter.eigendecompose), with eigh's own work."""
     sums = [8 * (d_in * d_in + d_out * d_out) for d_in, d_out in dims.values()]
     made = [4 * (d_in * d_in + d_out * d_out + d_in * d_out) for d_in, d_out in dims.values()]
+    work = [EIGH_WORK_BYTES_PER_ENTRY * max(d_in, d_out) ** 2 for d_in, d_out in dims.values()]
     peak, left, done = float(sum(sums)), float(sum(sums)), 0.0
-    for s, f in zip(sums, made, strict=True):
+    for s, f, eigh in zip(sums, made, work, strict=True):
+        peak = max(peak, left + done + eigh)  # while its wider side is decomposed
         done += f
         peak = max(peak, left + done)
         left -= s

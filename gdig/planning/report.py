@@ -17,7 +17,9 @@ MODULE_PARTS = (
     "factors",
     "eigenvalue sums (float64)",
     "seeds",
-    "seed chunk work",
+    "seed captures (one chunk)",
+    "batch or block work",
+    "index hashes",
 )
 BATCH_PARTS = ("activations (one batch)", "captures (one batch)", "per-example gradients (one batch)")
 

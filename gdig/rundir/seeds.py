@@ -64,6 +64,20 @@ def load_seed_gradients(path: Path, device: torch.device | str = "cpu") -> tuple
     return seeds, meta.get("fingerprint")
 
 
+def load_seed_sums(path: Path, device: torch.device | str = "cpu") -> SeedGradients:
+    """Of the seeds saved by save_seed_gradients, only their sums over modules (self-influence, index rows) and
+    low-rank errors: what the next module group carries on, without this group's seed gradients."""
+    from safetensors import safe_open
+
+    from gdig.engine.influence import SeedGradients
+
+    with safe_open(str(path), framework="pt", device=str(device)) as f:
+        meta, keys = f.metadata() or {}, set(f.keys())
+        index = f.get_tensor("index") if "index" in keys else None
+        self_influence = f.get_tensor("self_influence")
+    return SeedGradients(self_influence=self_influence, lowrank_error=json.loads(meta["lowrank_error"]), index=index)
+
+
 def save_seed_meta(
     run_dir: str | Path, loss: np.ndarray, n_tokens: np.ndarray, rank: int | None, part: str = ""
 ) -> None:

@@ -123,9 +123,11 @@ def start_new_run(root: str | Path, name: str, model: str, inputs: list, setting
     return start_job(new_run_config(root, name, model, inputs, settings), processes=processes)
 
 
-def plan_new_run(root: str | Path, name: str, model: str, inputs: list, settings: dict, timeout: float = 600) -> str:
+def plan_new_run(
+    root: str | Path, name: str, model: str, inputs: list, settings: dict, timeout: float = 600, processes: int = 1
+) -> str:
     """The memory and time plan of a new run (`gdig score --plan`, in its own process so the app never loads
-    the model), as text; nothing is kept (uploads saved for the probe are removed)."""
+    the model), as text, per process of `processes`; nothing is kept (uploads saved for the probe are removed)."""
     import shutil
     import tempfile
 
@@ -134,7 +136,7 @@ def plan_new_run(root: str | Path, name: str, model: str, inputs: list, settings
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "settings.json"
             write_json_atomic(path, cfg.to_dict())
-            cmd = [sys.executable, "-m", "gdig.studio.jobs", str(path), "--plan"]
+            cmd = [sys.executable, "-m", "gdig.studio.jobs", str(path), "--plan", str(processes)]
             root_dir = Path(__file__).resolve().parents[2]
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=root_dir)
     finally:
@@ -209,14 +211,15 @@ def spawn_worker(run_dir: Path, cmd: list[str], processes: int = 1) -> Path:
     return run_dir
 
 
-def run_worker(settings_path: str | Path, resume: bool = False, plan: bool = False) -> int:
-    """Entry point of the worker process: `python -m gdig.studio.jobs SETTINGS.json [--resume | --plan]`."""
+def run_worker(settings_path: str | Path, resume: bool = False, plan: int = 0) -> int:
+    """Entry point of the worker process: `python -m gdig.studio.jobs SETTINGS.json [--resume | --plan N]` (the
+    plan per process of N)."""
     cfg = ScoreConfig.from_dict(json.loads(Path(settings_path).read_text()))
     if plan:
         from gdig.pipeline.run import make_plan
         from gdig.planning.report import plan_report
 
-        print(plan_report(make_plan(cfg), cfg))
+        print(plan_report(make_plan(cfg, processes=plan), cfg))
         return 0
     from gdig.pipeline.run import score
 
@@ -343,4 +346,5 @@ def delete_run(root: str | Path, name: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(run_worker(sys.argv[1], resume="--resume" in sys.argv[2:], plan="--plan" in sys.argv[2:]))
+    args = sys.argv[2:]
+    sys.exit(run_worker(sys.argv[1], resume="--resume" in args, plan=int(args[1]) if args[:1] == ["--plan"] else 0))

@@ -37,10 +37,13 @@ def job(tmp_path_factory, tokenizer):
     return root, args
 
 
-def gdig(nproc: int, args: list[str], fault: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def gdig(
+    nproc: int, args: list[str], fault: str | None = None, extra_env: dict | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """`gdig` under torchrun with nproc processes (plain python for 1), one thread each, so that the
     arithmetic, and hence the bits, are the same in every process count."""
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
+    env |= extra_env or {}
     env.pop("GDIG_TEST_FAULT", None)
     if fault:
         env["GDIG_TEST_FAULT"] = fault
@@ -49,10 +52,12 @@ def gdig(nproc: int, args: list[str], fault: str | None = None, timeout: float =
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout)
 
 
-def run(job, name: str, nproc: int, *extra: str, fault: str | None = None, resume: bool = False):
+def run(job, name: str, nproc: int, *extra: str, fault: str | None = None, resume: bool = False, record=False):
+    """`gdig score` into ROOT/NAME/run (`record`: each rank's fitted module groups into ROOT/NAME/fitted.jsonl)."""
     root, args = job
     out = root / name / "run"  # each run in its own folder: no factors borrowed from a sibling
-    done = gdig(nproc, ["score", *args, *extra, "--out", str(out)] + (["--resume"] if resume else []), fault)
+    env = {"GDIG_TEST_GROUPS": str(out.parent / "fitted.jsonl")} if record else {}
+    done = gdig(nproc, ["score", *args, *extra, "--out", str(out)] + (["--resume"] if resume else []), fault, env)
     return out, done
 
 
@@ -119,6 +124,46 @@ def test_module_groups_under_torchrun_give_the_run_of_one_bit_for_bit(job, refer
     assert done.returncode == 0, done.stderr[-3000:]
     same_run(reference, out, exact=True)
     assert json.loads((out / "config.json").read_text())["settings"]["module_partitions"] == 3
+
+
+SHARDED = (*GROUPS, "--shard-factors")
+
+
+def fitted_groups(out: Path) -> dict[int, list[int]]:
+    """Which module groups each rank fitted (dist_worker's record under GDIG_TEST_GROUPS)."""
+    fitted: dict[int, list[int]] = {}
+    for line in (out.parent / "fitted.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        fitted.setdefault(rec["rank"], []).append(rec["group"])
+    return fitted
+
+
+@pytest.mark.parametrize("nproc", [2, pytest.param(3, marks=pytest.mark.slow)])
+def test_sharded_factors_under_torchrun_give_the_run_of_one_bit_for_bit_each_rank_its_own_groups(job, reference, nproc):
+    out, done = run(job, f"sharded{nproc}", nproc, *SHARDED, record=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    same_run(reference, out, exact=True)
+    config = json.loads((out / "config.json").read_text())
+    assert config["seed_lowrank_error"] == json.loads((reference / "config.json").read_text())["seed_lowrank_error"]
+    assert config["module_damping"] == json.loads((reference / "config.json").read_text())["module_damping"]
+    assert fitted_groups(out) == {r: [g for g in range(3) if g % nproc == r] for r in range(nproc)}
+
+
+def test_sharded_factors_need_a_group_per_process_and_say_so_before_writing(job):
+    out, done = run(job, "sharded-too-few", 2, "--module-partitions", "1", "--shard-factors")
+    assert done.returncode != 0
+    assert "--shard-factors with 2 processes needs at least 2 module groups" in done.stderr
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_killed_in_a_sharded_group_a_run_resumes_with_another_world_size(job, reference):
+    out, done = run(job, "sharded-killed", 2, *SHARDED, fault="kill:1:group")
+    assert done.returncode != 0
+    assert list((out / "partial" / "parts-3").glob("group-1/chunk_*")) and not (out / "influence.npy").exists()
+    out, done = run(job, "sharded-killed", 3, *SHARDED, resume=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    same_run(reference, out, exact=True)
 
 
 @pytest.mark.slow

@@ -68,6 +68,11 @@ def test_the_plans_memory_is_another_machines_as_given_else_this_ones_at_most_th
     assert memory.memory_for_plan(cpu, None, 500.0) == 12 * 2**30  # a limit above the machine: the machine
     assert memory.memory_for_plan(cpu, 80.0, 5.0) == 80 * 2**30  # --plan-memory-gb: another machine, as given
     assert memory.memory_for_plan(gpu, None, 40.0) == 40 * 2**30  # a GPU not here: its limit is all we know
+    # torchrun: CPU processes share the machine and the job's limit; GPU processes have a GPU each
+    assert memory.memory_for_plan(cpu, None, None, processes=2) == (5 + 2) * 2**30  # a share of the free memory
+    assert memory.memory_for_plan(cpu, None, 5.0, processes=2) == 2.5 * 2**30
+    assert memory.memory_for_plan(cpu, 80.0, None, processes=4) == 20 * 2**30
+    assert memory.memory_for_plan(gpu, 80.0, None, processes=8) == memory.memory_for_plan(gpu, None, 40.0, 8) * 2
     with pytest.raises(ValueError, match="--plan-memory-gb"):
         memory.memory_for_plan(gpu, None)
 

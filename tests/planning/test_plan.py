@@ -25,38 +25,25 @@ CONFIGS = ROOT / "bench" / "configs"
 MEASURED_STAGES = ("load", "fit_covariance", "fit_eigen", "seeds", "score")  # finalize: after the peak
 
 
-def _helper(mode: str, settings: Path) -> dict:
+def _helper(mode: str, settings: Path, *extra: str) -> dict:
     env = {"PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2"}
-    command = [sys.executable, str(ROOT / "tests" / "stage_peaks.py"), mode, str(settings)]
+    command = [sys.executable, str(ROOT / "tests" / "stage_peaks.py"), mode, str(settings), *extra]
     out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize(
-    ("arch", "sizes", "n_cands", "n_seeds", "extra"),
-    [
-        ("llama", {"hidden": 96, "ffn": 384, "layers": 3, "heads": 4}, 300, 64, {}),
-        ("llama", {"hidden": 96, "ffn": 384, "layers": 3, "heads": 4}, 300, 64, {"fit_examples": 75}),
-        ("llama", {"hidden": 96, "ffn": 384, "layers": 3, "heads": 4}, 300, 64, {"hessian": "diagonal"}),
-        # wide MLPs, whose factors and float64 sums outweigh the rest, in four module groups (2-5 minutes)
-        pytest.param(
-            "llama",
-            {"hidden": 128, "ffn": 1536, "layers": 4, "heads": 4},
-            200,
-            32,
-            {"module_partitions": 4},
-            marks=pytest.mark.slow,
-        ),
-        (
-            "gpt2",
-            {"hidden": 128, "ffn": 512, "layers": 2, "heads": 4},
-            400,
-            64,
-            {"hessian": "kfac", "seed_rank": 8, "fit_cache_mb": 0, "data": DataConfig(max_length=256)},
-        ),
-    ],
-)
-def test_plan_is_within_15_percent_of_the_measured_peaks(tmp_path, tokenizer, arch, sizes, n_cands, n_seeds, extra):
+def _measured_per_rank(settings: Path, nproc: int) -> list[dict]:
+    """stage_peaks.py's measure under torchrun (gloo), one thread per process: each rank's peaks."""
+    env = {"PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    command = [*launcher, str(ROOT / "tests" / "stage_peaks.py"), "measure", str(settings)]
+    out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith('{"peaks"')]
+
+
+def _settings(tmp_path: Path, tokenizer, arch: str, sizes: dict, n_cands: int, n_seeds: int, extra: dict) -> Path:
+    """A tiny model, its candidates and seeds on disk, and the run's settings as JSON (for stage_peaks.py)."""
     model_dir = tmp_path / "model"
     build_tiny_model(arch, tokenizer, out=model_dir, **sizes)
     cands = write_jsonl(tmp_path / "c.jsonl", make_pairs(n_cands, seed=1, max_words=40))
@@ -74,7 +61,11 @@ def test_plan_is_within_15_percent_of_the_measured_peaks(tmp_path, tokenizer, ar
     )
     settings = tmp_path / "settings.json"
     settings.write_text(json.dumps(cfg.to_dict()))
-    plan, measured = _helper("plan", settings)["peaks"], _helper("measure", settings)["peaks"]
+    return settings
+
+
+def _compare(plan: dict, measured: dict) -> None:
+    """The job's planned peak within 15% of the measured one, and each stage's plausible."""
     stages = [s for s in MEASURED_STAGES if s in plan]
     peak_planned, peak_measured = max(plan[s] for s in stages), max(measured[s] for s in stages)
     assert peak_planned == pytest.approx(peak_measured, rel=0.15), (plan, measured)  # the job's peak
@@ -82,6 +73,51 @@ def test_plan_is_within_15_percent_of_the_measured_peaks(tmp_path, tokenizer, ar
     for stage in stages:
         highest = max(highest, plan[stage])
         assert plan[stage] <= 1.25 * measured[stage] and highest >= measured[stage] / 1.25, (stage, plan, measured)
+
+
+WIDE = {"hidden": 128, "ffn": 1536, "layers": 4, "heads": 4}  # wide MLPs: factors and sums outweigh the rest
+
+
+@pytest.mark.parametrize(
+    ("arch", "sizes", "n_cands", "n_seeds", "extra"),
+    [
+        ("llama", {"hidden": 96, "ffn": 384, "layers": 3, "heads": 4}, 300, 64, {}),
+        ("llama", {"hidden": 96, "ffn": 384, "layers": 3, "heads": 4}, 300, 64, {"fit_examples": 75}),
+        ("llama", {"hidden": 96, "ffn": 384, "layers": 3, "heads": 4}, 300, 64, {"hessian": "diagonal"}),
+        # wide MLPs, whose factors and float64 sums outweigh the rest, in four module groups (2-5 minutes)
+        pytest.param(
+            "llama",
+            WIDE,
+            200,
+            32,
+            {"module_partitions": 4},
+            marks=pytest.mark.slow,
+        ),
+        (
+            "gpt2",
+            {"hidden": 128, "ffn": 512, "layers": 2, "heads": 4},
+            400,
+            64,
+            {"hessian": "kfac", "seed_rank": 8, "fit_cache_mb": 0, "data": DataConfig(max_length=256)},
+        ),
+    ],
+)
+def test_plan_is_within_15_percent_of_the_measured_peaks(tmp_path, tokenizer, arch, sizes, n_cands, n_seeds, extra):
+    settings = _settings(tmp_path, tokenizer, arch, sizes, n_cands, n_seeds, extra)
+    _compare(_helper("plan", settings)["peaks"], _helper("measure", settings)["peaks"])
+
+
+@pytest.mark.slow
+def test_a_sharded_plan_is_within_15_percent_of_each_processs_measured_peak(tmp_path, tokenizer):
+    extra = {"module_partitions": 4, "shard_factors": True}
+    settings = _settings(tmp_path, tokenizer, "llama", WIDE, 200, 32, extra)
+    plan = _helper("plan", settings, "2")
+    alone = _helper("plan", settings, "1")
+    assert plan["peaks"] == pytest.approx(alone["peaks"], rel=0.02)  # a process holds one group at a time
+    ranks = _measured_per_rank(settings, 2)
+    assert sorted(r["rank"] for r in ranks) == [0, 1]
+    for measured in ranks:
+        _compare(plan["peaks"], measured["peaks"])
 
 
 @pytest.mark.parametrize(("name", "params_gib"), [("llama-2-7b", 12.55), ("qwen2.5-7b", 14.19), ("llama-3-8b", 14.96)])
@@ -120,7 +156,7 @@ def test_a_7b_plan_is_built_on_the_meta_device_for_one_80_gb_gpu(tmp_path, name,
     assert main(argv) == 0  # the default: the fewest module groups that fit
     text = capsys.readouterr().out
     assert f"--module-partitions 0 (auto): {groups} group(s)" in text and re.search(r"GiB at \w+: fits", text)
-    assert 2 <= groups <= 4
+    assert 2 <= groups <= 5
     assert not (tmp_path / "run").exists()  # a plan writes nothing
 
 
@@ -232,8 +268,11 @@ def test_module_flops_count_each_stage_algebra():
 def test_the_eigendecomposition_peak_counts_sums_left_and_factors_made():
     from gdig.planning.plan import _eigendecomposition_peak
 
-    # sums 8 (4 + 9) = 104 and 8 (1 + 1) = 16; factors 4 (4 + 9 + 6) = 76 and 4 (1 + 1 + 1) = 12
-    assert _eigendecomposition_peak({"m": (2, 3), "n": (1, 1)}) == 120 + 76  # all sums and the first factors
+    # sums 8 (4 + 9) = 104 and 8 (1 + 1) = 16; factors 4 (4 + 9 + 6) = 76 and 4 (1 + 1 + 1) = 12; eigh's own work
+    # (eigenvectors and LAPACK's workspace) 24 d^2 for a module's wider side
+    assert _eigendecomposition_peak({"m": (2, 3), "n": (1, 1)}) == 120 + 24 * 9  # all sums, m's G being decomposed
+    assert _eigendecomposition_peak({"m": (1, 1), "n": (6, 2)}) == 320 + 12 + 24 * 36  # n's sums, m's factors, n's A
+    assert _eigendecomposition_peak({"m": (60, 1), "n": (1, 1)}) == 8 * 3601 + 16 + 24 * 3600
 
 
 def test_the_plan_keeps_only_the_fit_sets_captures_and_drops_them_after_the_fit():
@@ -305,6 +344,28 @@ def test_module_groups_plan_the_largest_group_and_auto_takes_the_fewest_that_fit
     assert advice(refused, cfg)[0].startswith("--module-partitions 3 (or 0, the default, which chooses it): fits")
 
 
+def test_a_sharded_plan_is_each_processs_its_groups_one_at_a_time_and_its_share_of_the_time():
+    from gdig.pipeline.sharding import least_groups
+    from gdig.planning.plan import Workload, plan_run
+
+    dims = {f"layers.{i}.mlp": (300, 1200) for i in range(6)}
+    w = Workload(dims, 10**8, 0, cand_lengths=[40] * 64, seed_lengths=[20] * 8, activation_bytes_per_token=1e4)
+    w.seconds_per_token, w.flops_per_second, w.eigh_flops_per_second = 1e-4, 1e10, 1e9
+    cfg = ScoreConfig(model="m", candidates="c", seeds="s", out="o", module_partitions=0, fit_cache_mb=0)
+    sharded = dataclasses.replace(cfg, shard_factors=True)
+    assert plan_run(sharded, w, 1e12, processes=1).partitions == plan_run(cfg, w, 1e12).partitions == 1
+    for processes, parts in ((3, 3), (4, 4), (8, 6)):  # a group per process at least; never more than the modules
+        plan = plan_run(sharded, w, 1e12, processes)
+        groups = plan_run(dataclasses.replace(cfg, module_partitions=parts), w, 1e12)
+        assert plan.partitions == parts and plan.stages == groups.stages  # each process: one group at a time
+        assert plan.seconds["fit_covariance"] == pytest.approx(groups.seconds["fit_covariance"] / min(processes, 6))
+        assert any(f"--shard-factors over {processes} processes: per process" in n for n in plan.notes)
+    assert plan_run(dataclasses.replace(sharded, module_partitions=6), w, 1e12, 3).partitions == 6
+    assert least_groups(True, 0, 4) == least_groups(True, 5, 4) == 4 and least_groups(False, 1, 4) == 1
+    with pytest.raises(ValueError, match="--shard-factors with 4 processes needs at least 4 module groups"):
+        least_groups(True, 2, 4)
+
+
 def test_a_run_takes_the_module_groups_its_plan_chooses(tmp_path, tokenizer, data_files, monkeypatch):
     from gdig.pipeline import run as run_module
     from gdig.pipeline.run import score
@@ -312,8 +373,8 @@ def test_a_run_takes_the_module_groups_its_plan_chooses(tmp_path, tokenizer, dat
     model = build_tiny_model("llama", tokenizer, hidden=16, ffn=32, heads=2)
     choose = run_module.plan_run
 
-    def three_groups(cfg, w, available):
-        plan = choose(dataclasses.replace(cfg, module_partitions=3), w, available)
+    def three_groups(cfg, w, available, processes=1):
+        plan = choose(dataclasses.replace(cfg, module_partitions=3), w, available, processes)
         assert cfg.module_partitions == 0  # auto, the default
         return plan
 
