@@ -85,6 +85,30 @@ def test_seeds_from_tokens_equal_preconditioning_the_whole_gradient(
     assert (not errors) if rank is None else (errors and all(0 < e["max"] < 1 for e in errors.values()))
 
 
+@pytest.mark.parametrize(("rank", "route"), [(None, "tokens"), (3, "tokens"), (3, "gradients")])
+def test_seed_columns_preconditioned_a_block_at_a_time_give_the_same_seeds(
+    tmp_path, model, tokenizer, data_files, monkeypatch, rank, route
+):
+    from gdig.engine import hooks, memory
+
+    if route == "tokens":  # else the tiny model's captures keep their per-example gradients (add_gradients)
+        monkeypatch.setattr(hooks, "keeps_gradient", lambda *_: False)
+    settings = {"damping": 1e-3, "seed_rank": rank, "hessian": "ekfac"}
+    calls = []
+    monkeypatch.setattr(SeedBuilder, "add_rotated", _counting(SeedBuilder.add_rotated, calls))
+    whole, out = run(tmp_path, model, tokenizer, data_files, name="whole", **settings)
+    per_module = len(calls)
+    monkeypatch.setattr(memory, "SEED_BLOCK_BYTES", 1)  # one column a block
+    calls.clear()
+    blocks, out_blocks = run(tmp_path, model, tokenizer, data_files, name="blocks", **settings)
+    assert len(calls) == 5 * per_module  # the five seeds' columns one at a time
+    assert rel_err(blocks, whole) < 1e-6
+    errors = [json.loads((o / "config.json").read_text())["seed_lowrank_error"] for o in (out, out_blocks)]
+    assert errors[0].keys() == errors[1].keys()
+    for name, e in errors[0].items():
+        assert e == pytest.approx(errors[1][name], rel=1e-5)
+
+
 @pytest.mark.parametrize(("seed_batch", "rank"), [(1, None), (2, None), (2, 3)])
 def test_seeds_from_kept_gradients_equal_seeds_from_tokens(
     tmp_path, tokenizer, data_files, monkeypatch, seed_batch, rank
