@@ -78,6 +78,9 @@ def same_run(a: Path, b: Path, exact: bool) -> None:
             np.testing.assert_allclose(y[key], x[key], rtol=1e-5, atol=1e-6, err_msg=key)
             if exact:
                 np.testing.assert_array_equal(x[key], y[key], err_msg=key)
+    assert (a / "factors.safetensors").exists() == (b / "factors.safetensors").exists()
+    if not (a / "factors.safetensors").exists():  # no curvature fitted (identity)
+        return
     fa, fb = load_file(str(a / "factors.safetensors")), load_file(str(b / "factors.safetensors"))
     for k in fa:
         if exact:
@@ -147,6 +150,28 @@ def test_sharded_factors_under_torchrun_give_the_run_of_one_bit_for_bit_each_ran
     assert config["seed_lowrank_error"] == json.loads((reference / "config.json").read_text())["seed_lowrank_error"]
     assert config["module_damping"] == json.loads((reference / "config.json").read_text())["module_damping"]
     assert fitted_groups(out) == {r: [g for g in range(3) if g % nproc == r] for r in range(nproc)}
+
+
+@pytest.mark.parametrize("kind", ["kfac", "identity", "lora"])
+def test_sharded_factors_give_the_run_of_one_with_kfac_identity_and_lora_adapters(job, kind):
+    extra = ("--hessian", kind) if kind != "lora" else ("--adapter", str(_adapter(job)))
+    one, done = run(job, f"one-{kind}", 1, *GROUPS, *extra)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out, done = run(job, f"sharded-{kind}", 2, *SHARDED, *extra)
+    assert done.returncode == 0, done.stderr[-3000:]
+    same_run(one, out, exact=True)
+
+
+def _adapter(job) -> Path:
+    """A LoRA adapter folder for the job's model (conftest.lora_model: B matrices not zero), made once."""
+    from transformers import AutoModelForCausalLM
+
+    from conftest import lora_model
+
+    folder = job[0] / "adapter"
+    if not (folder / "adapter_config.json").exists():
+        lora_model(AutoModelForCausalLM.from_pretrained(job[0] / "model")).save_pretrained(folder)
+    return folder
 
 
 def test_sharded_factors_need_a_group_per_process_and_say_so_before_writing(job):
