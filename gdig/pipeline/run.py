@@ -42,6 +42,7 @@ from gdig.pipeline.stages import (
     score_stage,
     umap_stage,
 )
+from gdig.planning.disk import disk_shortfall
 from gdig.planning.plan import Plan, plan_run
 from gdig.planning.report import advice
 from gdig.rundir.chunks import collect_chunks, remove_partial
@@ -137,6 +138,9 @@ def check_memory(ctx: ScoreContext) -> None:
             f"available; nothing was computed. Options:\n  {tips}\n(`gdig score ... --plan` shows the whole plan; "
             "--no-memory-check runs anyway)"
         )
+    short = disk_shortfall(plan.disk, ctx.cfg.out)
+    if short:
+        raise MemoryPlanError(short + " (--no-memory-check runs anyway)")
 
 
 class MemoryPlanError(ValueError):

@@ -25,6 +25,7 @@ from gdig.engine.memory import (
 )
 from gdig.hessians import hessian
 from gdig.hessians.base import COVARIANCE_PASS, EIGENVALUE_PASS
+from gdig.planning.disk import DiskPlan, plan_disk
 from gdig.planning.timing import stage_seconds
 from gdig.selection.signals import DETECTOR_BYTES
 
@@ -114,6 +115,7 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     partitions: int = 1  # module groups the plan is for (--module-partitions; chosen here when given as 0)
     partitions_to_fit: int | None = None  # when it does not fit: the fewest module groups that would
+    disk: DiskPlan | None = None  # what the run writes at its fullest
 
     def peak(self, stage: str) -> float:
         """The most memory stage `stage` holds at once."""
@@ -149,6 +151,8 @@ def plan_run(cfg: ScoreConfig, w: Workload, available_bytes: float, processes: i
         plan = whole if cfg.module_partitions == 1 or len(w.dims) < 2 else _in_groups(cfg, w, whole)
         if not plan.fits:
             plan.partitions_to_fit = fewest_partitions(cfg, w, available_bytes)
+    seeds = _seed_bytes(cfg, w, available_bytes, plan.seed_rank)[1]
+    plan.disk = plan_disk(cfg, w.dims, w.n_candidates, w.n_columns(cfg.seed_batch), plan.partitions, processes, seeds)
     return _per_process(plan, processes) if sharded else plan
 
 
