@@ -71,12 +71,12 @@ class CovarianceFitter:
         tokens, examples = (int(x) for x in state["counts"].tolist())
         self.n_tokens, self.n_examples = self.n_tokens + tokens, self.n_examples + examples
 
-    def eigendecompose(self, kind: str, names=None, release: bool = False) -> Curvature:
+    def eigendecompose(self, kind: str, names=None, release: bool = False, tick: Callable[[], None] | None = None):
         """A and G from the sums, eigendecomposed (all modules, or `names`, which hold every module that shares
         an input with one of them; the others get empty factors of their shapes): K-FAC, or the basis of
         EK-FAC's second pass. A module that shares its input keeps the same A factors (the same tensors).
         `release`: drop each module's float64 sums once its factors are made (the fit no longer needs them),
-        so the peak is the sums, not sums plus factors."""
+        so the peak is the sums, not sums plus factors. `tick`: called after each module (a run's heartbeat)."""
         cur = Curvature(kind, n_examples=self.n_examples, n_tokens=self.n_tokens)
         bases: dict[str, tuple[torch.Tensor, ...]] = {}  # per module that owns an A: (q_a, e_a, e_a in float64)
         for name in list(self.g):
@@ -107,6 +107,8 @@ class CovarianceFitter:
             lam = torch.outer(e_g, e_a64)  # K-FAC eigenvalues; EK-FAC replaces them in a second pass
             factors = (t.float().contiguous() for t in (q_g, e_g, lam))
             cur.modules[name] = ModuleFactors(q_a, e_a, *factors)
+            if tick is not None:
+                tick()
         return cur
 
 
@@ -246,7 +248,7 @@ def fit_curvature(
         if checkpoint and len(h.passes) > 1 and world.is_main:  # the next pass builds on it: keep it whole
             checkpoint.save(COVARIANCE_PASS, cov, np.ones(len(costs), bool))
             checkpoint.remove_others(COVARIANCE_PASS)
-        cur = _shared_eigendecomposition(cov, kind, dims, world)
+        cur = _shared_eigendecomposition(cov, kind, dims, world, waiting)
     else:  # the identity basis: only the eigenvalues, fitted below
         cur = Curvature(
             kind, {n: ModuleFactors(lam=torch.zeros(d_out, d_in, device=device)) for n, (d_in, d_out) in dims.items()}
@@ -259,7 +261,9 @@ def fit_curvature(
     return cur
 
 
-def _shared_eigendecomposition(cov: CovarianceFitter, kind: str, dims: dict[str, tuple[int, int]], world: World):
+def _shared_eigendecomposition(
+    cov: CovarianceFitter, kind: str, dims: dict[str, tuple[int, int]], world: World, tick: Callable | None = None
+):
     """Each module's eigendecomposition made by one rank (the modules shared by their cost, d^3 per side; a
     module that shares its input with an earlier one goes to that module's rank) and broadcast from it: once per
     module, in parallel across ranks."""
@@ -269,7 +273,7 @@ def _shared_eigendecomposition(cov: CovarianceFitter, kind: str, dims: dict[str,
         costs[first] += costs.pop(name)
     owner = dict(zip(costs, world.owners(list(costs.values())), strict=True))
     owner |= {name: owner[first] for name, first in cov.shared.items()}
-    cur = cov.eigendecompose(kind, {n for n in names if owner[n] == world.rank}, release=True)
+    cur = cov.eigendecompose(kind, {n for n in names if owner[n] == world.rank}, release=True, tick=tick)
     for name in names:
         f = cur.modules[name]
         shared_a = [] if name in cov.shared else [f.q_a, f.e_a]  # else sent with the first module that reads it

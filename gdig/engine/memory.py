@@ -33,16 +33,23 @@ def free_memory_mb(device: torch.device) -> int:
         return 0
 
 
+def local_processes() -> int:
+    """How many processes of this job share this machine (torchrun's LOCAL_WORLD_SIZE; 1 without torchrun)."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
 def usable_memory_mb(device: torch.device, limit_gb: float | None) -> int:
-    """What this job may still take, in MiB: the free memory, or with a limit on the job's memory (--memory-gb)
-    the limit less what the process holds (the GPU's allocated memory on a GPU), whichever is smaller."""
-    free = free_memory_mb(device)
+    """What this process may still take, in MiB: the free memory, or with a limit on the job's memory
+    (--memory-gb) the limit less what the process holds (the GPU's allocated memory on a GPU), whichever is
+    smaller; on a CPU, its share of both among the job's processes on this machine (as memory_for_plan)."""
+    share = local_processes() if device.type != "cuda" else 1
+    free = free_memory_mb(device) // share
     if limit_gb is None:
         return free
     from gdig.engine.measure import resident_bytes
 
     held = torch.cuda.memory_allocated(device) if device.type == "cuda" else resident_bytes()
-    return max(0, min(free, int(limit_gb * 1024 - held / 2**20)))
+    return max(0, min(free, int(limit_gb * 1024 / share - held / 2**20)))
 
 
 def memory_for_plan(

@@ -40,6 +40,14 @@ from gdig.rundir.status import Status
 GROUP_FACTORS = "factors.safetensors"  # in a group's folder under partial/
 
 
+def resumed_groups(module_partitions: int, saved: dict | None, least: int) -> int:
+    """--module-partitions 0 on a resumed run: the groups its partial/ was made in (when there are enough for its
+    processes), so that no finished group is redone whatever the plan would choose now; else as given (a run
+    begun in one group has no group's work to keep: the plan chooses again)."""
+    kept = int((saved or {}).get("settings", {}).get("module_partitions") or 0)
+    return kept if module_partitions == 0 and kept > 1 and kept >= least else module_partitions
+
+
 def group_label(group: int, parts: int) -> str:
     """What a stage's name carries while the run works on one of several module groups: " [2/3]"."""
     return f" [{group + 1}/{parts}]" if parts > 1 else ""
@@ -129,9 +137,12 @@ def score_in_parts(ctx: ScoreContext, run_dir: Path, status: Status, fp: str, sk
         result = _each_group(ctx, run_dir, status, fp, sketcher, groups, fitted, reused)
     finally:
         status.group = ""
+    shards = shards_of(ctx, run_dir, len(groups), status)
+    if shards is not None:
+        shards.wait_for_every_group()
     ctx.world.barrier("waiting for every rank's scores", status.refresh)
-    if ctx.world.is_main and ctx.cfg.shard_factors and ctx.world.active:
-        result = shards_of(ctx, run_dir, len(groups), status).gathered()
+    if ctx.world.is_main and shards is not None:
+        result = shards.gathered(ctx.device)
     if ctx.world.is_main:
         self_influence = result.seeds.self_influence
         result.mean = _mean_direction(run_dir, len(groups), self_influence, ctx.cfg.normalize, ctx.device)
@@ -197,6 +208,6 @@ def _mean_direction(run_dir: Path, parts: int, self_influence: torch.Tensor, nor
     mean: dict[str, torch.Tensor] = {}
     for g in range(parts):
         seeds, _ = load_seed_gradients(seeds_path(run_dir, part_name(parts, g)), device)
-        seeds.self_influence = self_influence
+        seeds.self_influence = self_influence.to(device)
         mean |= mean_seed_direction(seeds, normalize)
     return mean

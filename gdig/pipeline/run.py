@@ -23,13 +23,13 @@ from gdig.engine.distributed import World, join_world, leave_world
 from gdig.engine.index_scoring import IndexRows
 from gdig.engine.influence import Scorer, SeedGradients, mean_seed_direction
 from gdig.engine.measure import resident_bytes
-from gdig.engine.memory import memory_for_plan, release_freed_memory
+from gdig.engine.memory import local_processes, memory_for_plan, release_freed_memory
 from gdig.engine.sketch import Sketcher
 from gdig.hessians import hessian
 from gdig.inputs.model_source import check_model_source, has_weights
 from gdig.pipeline.context import ScoreContext, build_context, config_record, read_inputs, settings_fingerprint
 from gdig.pipeline.index_run import index_meta, measure_agreement
-from gdig.pipeline.partitions import group_label, score_in_parts
+from gdig.pipeline.partitions import group_label, resumed_groups, score_in_parts
 from gdig.pipeline.seed_stage import load_or_make_seeds
 from gdig.pipeline.sharding import least_groups
 from gdig.pipeline.stages import (
@@ -92,6 +92,8 @@ def make_plan(cfg: ScoreConfig, memory_gb: float | None = None, model=None, toke
     """The memory and time plan of `gdig score` with these settings (nothing is written): a short probe with
     the real model, or the meta device for a config-only folder. `memory_gb`: plan for that much memory (default: the
     device's, at most --memory-gb); `processes`: per process of a torchrun job of that many (--shard-factors)."""
+    if processes < 1:
+        raise ValueError(f"--plan-processes must be >= 1, got {processes}")
     least_groups(cfg.shard_factors, cfg.module_partitions, processes)
     import torch
 
@@ -126,7 +128,7 @@ def check_memory(ctx: ScoreContext) -> None:
     --module-partitions 0, choose the module groups by the plan (every process the most any of them needs)."""
     from gdig.planning.probe import workload_from_context
 
-    available = memory_for_plan(ctx.device, None, ctx.cfg.memory_gb, ctx.world.size)
+    available = memory_for_plan(ctx.device, None, ctx.cfg.memory_gb, local_processes())
     workload = workload_from_context(ctx, runtime_bytes(ctx), probe=False)
     plan = plan_run(ctx.cfg, workload, available, ctx.world.size)
     ctx.cfg.module_partitions = -ctx.world.all_reduce_min(-plan.partitions, "agreeing on the module groups")
@@ -175,6 +177,7 @@ def score(
         t0 = time.time()
         ctx = build_context(cfg, model, tokenizer, world, inputs)
         ctx.timings["load"] = time.time() - t0
+        ctx.cfg.module_partitions = resumed_groups(ctx.cfg.module_partitions, saved, least)
         if memory_check:
             check_memory(ctx)
         ctx.cfg.module_partitions = ctx.cfg.module_partitions or least  # auto without a plan: the fewest

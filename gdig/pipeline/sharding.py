@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,13 +46,14 @@ class Shards:
         """`ctx` in a one-process world: a group's passes go over all the data, as one process's do."""
         return dataclasses.replace(ctx, world=SINGLE)
 
-    def wait_for(self, path: Path, group: int) -> None:
-        """Block until `path`, a file of module group `group`, exists. Gives up with a WorldError when the process
-        that owns the group has not reported progress within the collective timeout; Cancelled on a cancel."""
+    def wait_for(self, path: Path, group: int, ready: Callable[[], bool] | None = None) -> None:
+        """Block until `path`, a file of module group `group`, exists (and `ready()`, when given). Gives up with a
+        WorldError when the process that owns the group has not reported progress within the collective
+        timeout; Cancelled on a cancel."""
         owner = group % self.world.size
         beat = self.run_dir / (STATUS if owner == 0 else f"{PARTIAL}/{RANK_STATUS.format(rank=owner)}")
         last, since, pause = None, time.time(), 0.01
-        while not path.exists():
+        while not (path.exists() and (ready is None or ready())):
             self.status.refresh()
             stamp = beat.stat().st_mtime if beat.exists() else None
             if stamp != last:
@@ -69,29 +71,37 @@ class Shards:
         """The sums over the modules before group `group` (self-influence and index rows), from the seeds the
         previous group saved: read without that group's seed gradients."""
         part = part_name(self.parts, group - 1)
-        self.wait_for(seeds_meta_path(self.run_dir, part), group - 1)  # written after the seeds themselves
         path = seeds_path(self.run_dir, part)
-        if read_fingerprint(path) != fp:
-            raise RuntimeError(f"{path} was made with other settings; delete {partial_dir(self.run_dir)} and rerun")
+        # the meta is written after the seeds; seeds of other settings are being made again by their owner
+        self.wait_for(seeds_meta_path(self.run_dir, part), group - 1, lambda: read_fingerprint(path) == fp)
         return load_seed_sums(path)
+
+    def wait_for_every_group(self) -> None:
+        """Block until every module group is done (its record written): the groups end one after another, so a
+        process done with its own waits on their owners' progress rather than on a collective's clock."""
+        for g in range(self.parts):
+            self.wait_for(self._record(g), g)
+
+    def _record(self, group: int) -> Path:
+        return partial_dir(self.run_dir) / part_name(self.parts, group) / GROUP_RECORD
 
     def save_record(self, group: int, dampings: dict[str, float], factors: dict) -> None:
         """What rank 0 needs of a group it did not run: its modules' dampings and the factors' record."""
-        path = partial_dir(self.run_dir) / part_name(self.parts, group) / GROUP_RECORD
+        path = self._record(group)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, {"dampings": dampings, "factors": factors})
 
-    def gathered(self) -> StageResults:
-        """Every group's results as the last group's pass would have left them in one process: its seeds' sums,
-        the seeds' loss, tokens and rank, and every group's dampings and low-rank errors (rank 0, after all
-        groups are done)."""
+    def gathered(self, device) -> StageResults:
+        """Every group's results as the last group's pass would have left them in one process: its seeds' sums
+        (on `device`), the seeds' loss, tokens and rank, and every group's dampings and low-rank errors (rank 0,
+        after all groups are done)."""
         last = part_name(self.parts, self.parts - 1)
-        seeds = load_seed_sums(seeds_path(self.run_dir, last))
+        seeds = load_seed_sums(seeds_path(self.run_dir, last), device)
         lowrank, dampings, factors = {}, {}, {}
         for g in range(self.parts):
             part = part_name(self.parts, g)
             lowrank |= load_seed_sums(seeds_path(self.run_dir, part)).lowrank_error
-            record = json.loads((partial_dir(self.run_dir) / part / GROUP_RECORD).read_text())
+            record = json.loads(self._record(g).read_text())
             dampings |= record["dampings"]
             factors = record["factors"]
         seeds.lowrank_error = lowrank

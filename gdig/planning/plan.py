@@ -158,9 +158,13 @@ def plan_run(cfg: ScoreConfig, w: Workload, available_bytes: float, processes: i
 
 def _per_process(plan: Plan, processes: int) -> Plan:
     """A plan in module groups as each process of a --shard-factors job sees it: the same peaks (one group at a
-    time, over all the data), about 1 / processes of the groups' time (the fits run side by side)."""
+    time, over all the data), about 1 / processes of the fits' and the scores' time (side by side; the seeds go
+    one group after another, and what comes after the groups is rank 0's)."""
     share = min(processes, plan.partitions)
-    plan.seconds = {stage: s / share for stage, s in plan.seconds.items()}
+    if share < 2:  # nothing fits, or one group: nothing is shared
+        return plan
+    shared = (COVARIANCE_PASS, EIGENVALUE_PASS, "score")
+    plan.seconds = {stage: s / share if stage in shared else s for stage, s in plan.seconds.items()}
     plan.notes.append(
         f"--shard-factors over {processes} processes: per process, its {plan.partitions // share} or "
         f"{-(-plan.partitions // share)} of the {plan.partitions} module groups, each over all the data; each "

@@ -18,7 +18,6 @@ MODULE_PARTS = (
     "eigenvalue sums (float64)",
     "seeds",
     "seed captures (one chunk)",
-    "batch or block work",
     "index hashes",
 )
 BATCH_PARTS = ("activations (one batch)", "captures (one batch)", "per-example gradients (one batch)")

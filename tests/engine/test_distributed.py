@@ -174,6 +174,18 @@ def _adapter(job) -> Path:
     return folder
 
 
+def test_sharded_factors_with_every_default_give_the_run_of_one(job):
+    """The seeds' automatic rank (decided by group 0, read by the others), the fit's kept captures scored in a
+    one-process world, and the module groups chosen by the plan: one per process."""
+    one, done = run(job, "one-defaults", 1)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out, done = run(job, "sharded-defaults", 2, "--shard-factors")
+    assert done.returncode == 0, done.stderr[-3000:]
+    same_run(one, out, exact=True)
+    settings = json.loads((out / "config.json").read_text())["settings"]
+    assert settings["module_partitions"] == 2 and json.loads((one / "config.json").read_text())["finished"]
+
+
 def test_sharded_factors_need_a_group_per_process_and_say_so_before_writing(job):
     out, done = run(job, "sharded-too-few", 2, "--module-partitions", "1", "--shard-factors")
     assert done.returncode != 0

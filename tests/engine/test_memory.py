@@ -48,12 +48,16 @@ def test_a_memory_limit_leaves_the_job_the_limit_less_what_it_holds_at_most_the_
     from gdig.engine import measure, memory
 
     cpu = torch.device("cpu")
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     monkeypatch.setattr(memory, "free_memory_mb", lambda device: 10_000)
     monkeypatch.setattr(measure, "resident_bytes", lambda: 3 * 2**30)  # the process holds 3 GiB
     assert memory.usable_memory_mb(cpu, None) == 10_000
     assert memory.usable_memory_mb(cpu, 5.0) == 2 * 1024  # 5 GiB allowed, 3 held
     assert memory.usable_memory_mb(cpu, 50.0) == 10_000  # never more than is free
     assert memory.usable_memory_mb(cpu, 2.0) == 0  # already over its limit
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun: two CPU processes share the machine and the limit
+    assert memory.usable_memory_mb(cpu, None) == 5_000
+    assert memory.usable_memory_mb(cpu, 8.0) == 1024  # 4 GiB each, 3 held
 
 
 def test_the_plans_memory_is_another_machines_as_given_else_this_ones_at_most_the_jobs_limit(monkeypatch):

@@ -227,3 +227,14 @@ def test_a_run_in_module_groups_rescores_queries_indexes_and_explains_one_group_
     for run in plain.values():
         build_index(run, index_dim=64, model=model, tokenizer=tokenizer)
     np.testing.assert_array_equal(np.load(plain[1] / "index.npy"), np.load(plain[3] / "index.npy"))
+
+
+def test_a_resumed_run_with_automatic_groups_keeps_the_groups_its_partial_folder_was_made_in():
+    from gdig.pipeline.partitions import resumed_groups
+
+    saved = {"settings": {"module_partitions": 4}, "finished": False}
+    assert resumed_groups(0, saved, least=1) == 4  # auto: the groups already begun
+    assert resumed_groups(0, saved, least=8) == 0  # too few for --shard-factors over 8 processes: the plan chooses
+    assert resumed_groups(2, saved, least=1) == 2  # asked for: as asked
+    assert resumed_groups(0, None, least=1) == 0 and resumed_groups(0, {"settings": {}}, least=1) == 0
+    assert resumed_groups(0, {"settings": {"module_partitions": 1}}, least=1) == 0  # one group: nothing to keep

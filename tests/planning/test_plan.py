@@ -111,9 +111,7 @@ def test_plan_is_within_15_percent_of_the_measured_peaks(tmp_path, tokenizer, ar
 def test_a_sharded_plan_is_within_15_percent_of_each_processs_measured_peak(tmp_path, tokenizer):
     extra = {"module_partitions": 4, "shard_factors": True}
     settings = _settings(tmp_path, tokenizer, "llama", WIDE, 200, 32, extra)
-    plan = _helper("plan", settings, "2")
-    alone = _helper("plan", settings, "1")
-    assert plan["peaks"] == pytest.approx(alone["peaks"], rel=0.02)  # a process holds one group at a time
+    plan = _helper("plan", settings, "2")  # each process's, with its share of this machine's memory
     ranks = _measured_per_rank(settings, 2)
     assert sorted(r["rank"] for r in ranks) == [0, 1]
     for measured in ranks:
@@ -359,6 +357,7 @@ def test_a_sharded_plan_is_each_processs_its_groups_one_at_a_time_and_its_share_
         groups = plan_run(dataclasses.replace(cfg, module_partitions=parts), w, 1e12)
         assert plan.partitions == parts and plan.stages == groups.stages  # each process: one group at a time
         assert plan.seconds["fit_covariance"] == pytest.approx(groups.seconds["fit_covariance"] / min(processes, 6))
+        assert plan.seconds["seeds"] == groups.seconds["seeds"]  # one group after another
         assert any(f"--shard-factors over {processes} processes: per process" in n for n in plan.notes)
     assert plan_run(dataclasses.replace(sharded, module_partitions=6), w, 1e12, 3).partitions == 6
     assert least_groups(True, 0, 4) == least_groups(True, 5, 4) == 4 and least_groups(False, 1, 4) == 1
