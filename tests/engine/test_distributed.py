@@ -194,21 +194,13 @@ def test_sharded_factors_need_a_group_per_process_and_say_so_before_writing(job)
 
 
 @pytest.mark.slow
-def test_killed_in_a_sharded_group_a_run_resumes_with_another_world_size(job, reference):
-    out, done = run(job, "sharded-killed", 2, *SHARDED, fault="kill:1:group")
+@pytest.mark.parametrize(("name", "flags", "kept"), [("groups", GROUPS, 0), ("sharded", SHARDED, 1)])
+def test_killed_in_a_module_group_a_run_resumes_with_another_world_size(job, reference, name, flags, kept):
+    """Rank 1 killed once it has kept a group's sums (data-parallel: group 0's share; sharded: its own group 1)."""
+    out, done = run(job, f"{name}-killed", 2, *flags, fault="kill:1:group")
     assert done.returncode != 0
-    assert list((out / "partial" / "parts-3").glob("group-1/chunk_*")) and not (out / "influence.npy").exists()
-    out, done = run(job, "sharded-killed", 3, *SHARDED, resume=True)
-    assert done.returncode == 0, done.stderr[-3000:]
-    same_run(reference, out, exact=True)
-
-
-@pytest.mark.slow
-def test_killed_in_a_module_group_a_run_resumes_with_another_world_size(job, reference):
-    out, done = run(job, "groups-killed", 2, *GROUPS, fault="kill:1:group")
-    assert done.returncode != 0
-    assert list((out / "partial" / "parts-3").glob("group-0/chunk_*")) and not (out / "influence.npy").exists()
-    out, done = run(job, "groups-killed", 3, *GROUPS, resume=True)
+    assert list((out / "partial" / "parts-3").glob(f"group-{kept}/chunk_*")) and not (out / "influence.npy").exists()
+    out, done = run(job, f"{name}-killed", 3, *flags, resume=True)
     assert done.returncode == 0, done.stderr[-3000:]
     same_run(reference, out, exact=True)
 
