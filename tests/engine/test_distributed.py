@@ -152,7 +152,9 @@ def test_sharded_factors_under_torchrun_give_the_run_of_one_bit_for_bit_each_ran
     assert fitted_groups(out) == {r: [g for g in range(3) if g % nproc == r] for r in range(nproc)}
 
 
-@pytest.mark.parametrize("kind", ["kfac", "identity", "lora"])
+@pytest.mark.parametrize(
+    "kind", [pytest.param("kfac", marks=pytest.mark.slow), pytest.param("identity", marks=pytest.mark.slow), "lora"]
+)
 def test_sharded_factors_give_the_run_of_one_with_kfac_identity_and_lora_adapters(job, kind):
     extra = ("--hessian", kind) if kind != "lora" else ("--adapter", str(_adapter(job)))
     one, done = run(job, f"one-{kind}", 1, *GROUPS, *extra)
