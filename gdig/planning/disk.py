@@ -11,7 +11,8 @@ from pathlib import Path
 from gdig.config import ScoreConfig
 from gdig.engine.memory import module_groups
 from gdig.hessians import hessian
-from gdig.hessians.base import EIGENVALUE_PASS
+from gdig.hessians.base import EIGENVALUE_PASS, Hessian
+from gdig.rundir.layout import folder_bytes
 
 INDEX_BYTES = {"int8": 1, "float16": 2, "float32": 4}  # per coordinate of an index row (--index-dtype)
 
@@ -32,11 +33,11 @@ class DiskPlan:
         return self.factors + self.checkpoints + self.seeds + self.results
 
     def describe(self) -> str:
-        """One line for the plan's report."""
+        """The total and its parts, in GiB: "about X GiB (factors ..., ...)"."""
         gib = 2**30
         return (
-            f"disk: about {self.total / gib:.2f} GiB (factors {self.factors / gib:.2f}, the fit's float64 "
-            f"checkpoints {self.checkpoints / gib:.2f}, seeds {self.seeds / gib:.2f}, results {self.results / gib:.2f})"
+            f"about {self.total / gib:.2f} GiB (factors {self.factors / gib:.2f}, the fit's float64 checkpoints "
+            f"{self.checkpoints / gib:.2f}, seeds {self.seeds / gib:.2f}, results {self.results / gib:.2f})"
         )
 
 
@@ -55,7 +56,7 @@ def plan_disk(
     h = hessian(cfg.hessian)
     sizes = list(dims.values())
     factors = 4 * sum(h.factor_numbers(d_in, d_out) for d_in, d_out in sizes)
-    sums = [8 * _fit_sums(cfg.hessian, d_in, d_out) for d_in, d_out in sizes]
+    sums = [8 * _fit_sums(h, d_in, d_out) for d_in, d_out in sizes]
     per_group = sorted((sum(sums[i] for i in g) for g in module_groups(sizes, parts)), reverse=True)
     fitting_at_once = min(processes, len(per_group)) if cfg.shard_factors else 1
     checkpoints = sum(per_group[:fitting_at_once]) * (1 if cfg.shard_factors else processes)
@@ -65,10 +66,9 @@ def plan_disk(
     return DiskPlan(factors * (2 if parts > 1 else 1), checkpoints, seeds, (2 * row + carried) * n_candidates)
 
 
-def _fit_sums(kind: str, d_in: int, d_out: int) -> int:
+def _fit_sums(h: Hessian, d_in: int, d_out: int) -> int:
     """Numbers in a module's fit checkpoint: the covariance sums (kept whole once their pass is done) and the
     eigenvalue sums."""
-    h = hessian(kind)
     if not h.fitted:
         return 0
     covariance = d_in * d_in + d_out * d_out if h.eigendecomposes else 0
@@ -86,12 +86,10 @@ def free_disk_bytes(out: str | Path) -> float:
 def disk_shortfall(disk: DiskPlan, out: str | Path) -> str | None:
     """Why a run into `out` would fill its disk (what it writes, less what `out` already holds, against what is
     free), or None when it has the room."""
-    out = Path(out)
-    held = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) if out.is_dir() else 0
     free = free_disk_bytes(out)
-    if disk.total - held <= free:
+    if disk.total - folder_bytes(out) <= free:
         return None
     return (
-        f"this run writes {disk.describe()[len('disk: ') :]} but {free / 2**30:.2f} GiB is free on the disk of "
-        f"{out}; nothing was computed. Free some space or write the run elsewhere (--out)"
+        f"this run writes {disk.describe()} but {free / 2**30:.2f} GiB is free on the disk of {out}; nothing was "
+        "computed. Free some space or write the run elsewhere (--out)"
     )

@@ -70,7 +70,7 @@ def format_plan(plan: Plan) -> str:
     stage, peak = plan.worst
     verdict = "fits" if plan.fits else "DOES NOT FIT"
     lines.append(f"seeds kept {seeds}; peak {_fmt(peak)} at {stage}: {verdict}")
-    lines += [plan.disk.describe()] if plan.disk is not None else []
+    lines += [f"disk: {plan.disk.describe()}"] if plan.disk is not None else []
     return "\n".join(lines + [f"note: {n}" for n in plan.notes])
 
 

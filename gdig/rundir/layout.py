@@ -113,3 +113,9 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 def read_fingerprint(path: str | Path) -> str | None:
     """The `fingerprint` metadata of a safetensors file we wrote; None when missing or unreadable."""
     return read_metadata(path).get("fingerprint")
+
+
+def folder_bytes(path: str | Path) -> int:
+    """Size on disk of every file under `path` (0 when it is not a folder)."""
+    path = Path(path)
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0

@@ -20,7 +20,7 @@ from gdig.atomic import write_json_atomic
 from gdig.config import ScoreConfig
 from gdig.names import check_name
 from gdig.rundir import job as job_files
-from gdig.rundir.layout import CONFIG, INDEX_META, JOB, STATUS, read_config
+from gdig.rundir.layout import CONFIG, INDEX_META, JOB, STATUS, folder_bytes, read_config
 from gdig.rundir.lock import lock_holder
 from gdig.rundir.status import clear_cancel, estimate, mark_starting, read_status, request_cancel
 
@@ -324,11 +324,6 @@ def _index_note(run_dir: Path, cfg: dict) -> str:
         return f" · seeds scored from the index of {Path(cfg['scored_from_index']['parent']).name}"
     meta = run_dir / INDEX_META
     return f" · index k={json.loads(meta.read_text())['k']:,}" if meta.exists() else " · no index (gdig index)"
-
-
-def folder_bytes(path: Path) -> int:
-    """Size on disk of every file under `path`."""
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def delete_run(root: str | Path, name: str) -> None:
