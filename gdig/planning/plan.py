@@ -311,7 +311,8 @@ def _reused_captures(cfg: ScoreConfig, w: Workload, free: float) -> float:
 
 
 # torch.linalg.eigh of a float64 n x n matrix on a CPU (LAPACK syevd): its eigenvectors (8 n^2 bytes) and the
-# workspace syevd asks for (1 + 6n + 2n^2 doubles): 2 GiB beside the sums for a 1B model's 8,192-wide factor.
+# workspace syevd asks for (1 + 6n + 2n^2 doubles): 1.5 GiB beside the sums for a 1B model's 8,192-wide factor
+# (its sums are divided in place; a divided copy was 0.5 GiB more).
 EIGH_WORK_BYTES_PER_ENTRY = 24
 
 
