@@ -71,7 +71,9 @@ class CovarianceFitter:
         tokens, examples = (int(x) for x in state["counts"].tolist())
         self.n_tokens, self.n_examples = self.n_tokens + tokens, self.n_examples + examples
 
-    def eigendecompose(self, kind: str, names=None, release: bool = False, tick: Callable[[], None] | None = None):
+    def eigendecompose(
+        self, kind: str, names=None, release: bool = False, tick: Callable[[], None] | None = None
+    ) -> Curvature:
         """A and G from the sums, eigendecomposed (all modules, or `names`, which hold every module that shares
         an input with one of them; the others get empty factors of their shapes): K-FAC, or the basis of
         EK-FAC's second pass. A module that shares its input keeps the same A factors (the same tensors).
