@@ -133,11 +133,11 @@ def score_in_parts(ctx: ScoreContext, run_dir: Path, status: Status, fp: str, sk
     groups = tracked_groups(ctx.tracked, ctx.cfg.module_partitions)
     fitted = bool(hessian(ctx.cfg.hessian).passes)
     reused = fitted and reusable_factors(ctx, run_dir, status)
+    shards = shards_of(ctx, run_dir, len(groups), status)
     try:
-        result = _each_group(ctx, run_dir, status, fp, sketcher, groups, fitted, reused)
+        result = _each_group(ctx, run_dir, status, fp, sketcher, groups, fitted, reused, shards)
     finally:
         status.group = ""
-    shards = shards_of(ctx, run_dir, len(groups), status)
     if shards is not None:
         shards.wait_for_every_group()
     ctx.world.barrier("waiting for every rank's scores", status.refresh)
@@ -153,13 +153,20 @@ def score_in_parts(ctx: ScoreContext, run_dir: Path, status: Status, fp: str, sk
 
 
 def _each_group(
-    ctx: ScoreContext, run_dir: Path, status: Status, fp: str, sketcher, groups, fitted: bool, reused: bool
+    ctx: ScoreContext,
+    run_dir: Path,
+    status: Status,
+    fp: str,
+    sketcher,
+    groups,
+    fitted: bool,
+    reused: bool,
+    shards: Shards | None,
 ) -> StageResults:
     """Every group's fit, seeds and scores in turn; what the last leaves (its seeds carry every module's sums).
     With --shard-factors, this process's groups only, each in a one-process world (gdig.pipeline.sharding)."""
     result = StageResults(SeedGradients(), np.zeros(0), np.zeros(0), None, {}, {})
     carried, lowrank = None, {}
-    shards = shards_of(ctx, run_dir, len(groups), status)
     for g, group in enumerate(groups):
         if shards is not None and not shards.owns(g):
             continue
