@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from gdig.config import ScoreConfig
-from gdig.engine.hooks import batch_groups, padded_batches
+from gdig.engine.hooks import batch_groups, kept_bytes, padded_batches
 from gdig.engine.index import BYTES_PER_COORDINATE, CACHED_COORDINATES
 from gdig.engine.memory import (
     SEED_BLOCK_BYTES,
@@ -248,12 +248,13 @@ def _plan(
         stages[EIGENVALUE_PASS] = base | replay | {"factors": factors, "eigenvalue sums (float64)": 8 * rect}
         # each module's per-example gradients in the basis, and their squares
         stages[EIGENVALUE_PASS]["per-example gradient and its square (one module)"] = 8 * cfg.batch_size * widest
-    every = 4 * sum(d_in + d_out for d_in, d_out in (run_dims or w.dims).values())  # seed chunks: every module's
-    chunks = max(1, -(-every * w.seed_tokens // SEED_WORK_BYTES))
+    every = sum(kept_bytes(run_dims or w.dims, t) for t in w.seed_lengths)  # seed chunks: every module's
+    chunks = max(1, -(-every // SEED_WORK_BYTES))
     columns = w.n_columns(cfg.seed_batch) / chunks  # a chunk's, preconditioned a block of columns at a time
     block = 4 * widest * min(columns, max(1, SEED_BLOCK_BYTES // (4 * widest)) if widest else columns)
     block_work = SEED_BLOCK_COPIES * block + 8 * widest
-    chunk_captures = min(SEED_WORK_BYTES * capture / every, capture * w.seed_tokens)
+    kept_here = sum(kept_bytes(w.dims, t) for t in w.seed_lengths)  # this group's share of what chunks keep
+    chunk_captures = min(SEED_WORK_BYTES * kept_here / max(every, 1), kept_here)
     batch_work = sum(_batch(w, max(w.padded("seeds", cfg), default=0), capture).values())
     # a chunk's captures are held while its batches run, then while each module's blocks are preconditioned
     seed_work = {"seed captures (one chunk)": chunk_captures, "batch or block work": max(batch_work, block_work)}
