@@ -253,8 +253,9 @@ def _plan(
     columns = w.n_columns(cfg.seed_batch) / chunks  # a chunk's, preconditioned a block of columns at a time
     block = 4 * widest * min(columns, max(1, SEED_BLOCK_BYTES // (4 * widest)) if widest else columns)
     block_work = SEED_BLOCK_COPIES * block + 8 * widest
-    kept_here = sum(kept_bytes(w.dims, t) for t in w.seed_lengths)  # this group's share of what chunks keep
-    chunk_captures = min(SEED_WORK_BYTES * kept_here / max(every, 1), kept_here)
+    # what a chunk's batches touch: each captured whole (its tokens) before it is compacted, up to a chunk's worth
+    tokens_here = capture * w.seed_tokens  # this group's
+    chunk_captures = min(SEED_WORK_BYTES * tokens_here / max(every, 1), tokens_here)
     batch_work = sum(_batch(w, max(w.padded("seeds", cfg), default=0), capture).values())
     # a chunk's captures are held while its batches run, then while each module's blocks are preconditioned
     seed_work = {"seed captures (one chunk)": chunk_captures, "batch or block work": max(batch_work, block_work)}
@@ -268,8 +269,8 @@ def _plan(
         "per-example gradient, whitened and squared (one module)": 12 * cfg.batch_size * widest,
         "chunk buffers": 4 * cfg.chunk_size * (w.n_seeds + cfg.sketch_dim + 4) + 6 * cfg.chunk_size * cfg.index_dim,
     }
-    if cfg.index_dim:  # a module's projected rows before they are added up, the batch's sum, the kept hashes
-        scoring["index rows (batch)"] = 2 * 4 * cfg.batch_size * cfg.index_dim
+    if cfg.index_dim:  # a module's 2 k sums, their difference and the batch's sum (the kept slots: `kept`)
+        scoring["index rows (batch)"] = 4 * 4 * cfg.batch_size * cfg.index_dim
     stages["score"] = base | ({} if scored_from_cache else batch | formed) | kept | scoring
     if cfg.adequacy:  # forward passes only (at most a scoring batch's activations); factors and seeds still held
         stages["adequacy"] = base | batch | {"factors": factors, "seeds": seeds}
