@@ -44,26 +44,28 @@ class CountSketchProjection:
         self.dim = sum(sizes.values()) if self.exact else dim
         self.random_state, self.sizes = random_state, sizes
         self.offsets = dict(zip(sizes, np.cumsum([0, *sizes.values()])[:-1].tolist(), strict=True))
-        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._cache: dict[str, torch.Tensor] = {}
         self._cache_left = CACHED_COORDINATES
 
     def hash(self, name: str, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Module `name`'s bucket (int64) and sign (float32) per coordinate, kept while they fit in
-        CACHED_COORDINATES in all (BYTES_PER_COORDINATE each), else recomputed at each call (cheap on a GPU)."""
-        if name in self._cache:
-            return self._cache[name]
-        bucket, sign = self._draw(name, device)
-        hashed = bucket, sign.float()
-        if self.sizes[name] <= self._cache_left:
-            self._cache[name] = hashed
-            self._cache_left -= self.sizes[name]
-        return hashed
-
-    def _draw(self, name: str, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """splitmix64 of each coordinate's global position and the seed: a bucket and a sign."""
+        """Module `name`'s bucket (int64) and sign (+1 or -1, int64) per coordinate: splitmix64 of each
+        coordinate's global position and the seed."""
         start = self.offsets[name]
         x = _splitmix64(torch.arange(start, start + self.sizes[name], device=device), self.random_state)
         return (x & 0x7FFFFFFF) % self.dim, ((x >> 40) & 1) * 2 - 1
+
+    def slots(self, name: str, device) -> torch.Tensor:
+        """Module `name`'s coordinates' slots among 2 k sums: the bucket, plus k where the sign is negative (the
+        sign folded into the scatter: a quarter faster than multiplying by it first). Kept while they fit in
+        CACHED_COORDINATES in all (BYTES_PER_COORDINATE each), else recomputed at each call (cheap on a GPU)."""
+        if name in self._cache:
+            return self._cache[name]
+        bucket, sign = self.hash(name, device)
+        slot = bucket + self.dim * (sign < 0)
+        if self.sizes[name] <= self._cache_left:
+            self._cache[name] = slot
+            self._cache_left -= self.sizes[name]
+        return slot
 
     def project(self, name: str, w: torch.Tensor) -> torch.Tensor:
         """Module `name`'s whitened gradients (B, d_out, d_in) into the k columns: (B, k), to be added up."""
@@ -73,18 +75,18 @@ class CountSketchProjection:
             start = self.offsets[name]
             out[:, start : start + flat.shape[1]] = flat
             return out
-        bucket, sign = self.hash(name, flat.device)
-        signed = flat * sign.to(device=flat.device, dtype=flat.dtype)
+        slot = self.slots(name, flat.device).to(flat.device)
         # scatter_add_ along rows: 2.7x as fast on the CPU as a sparse product, 14x as index_add_ along dim 1
-        return flat.new_zeros(w.shape[0], self.dim).scatter_add_(1, bucket.to(flat.device).expand_as(flat), signed)
+        sums = flat.new_zeros(w.shape[0], 2 * self.dim).scatter_add_(1, slot.expand_as(flat), flat)
+        return sums[:, : self.dim] - sums[:, self.dim :]
 
     def empty(self, n: int, device="cpu") -> torch.Tensor:
         """Zeros for n rows of the index, to which each module's `project` is added."""
         return torch.zeros(n, self.dim, device=device)
 
 
-CACHED_COORDINATES = 1 << 25  # hashes kept for up to this many coordinates (384 MB): every adapter, small MLPs
-BYTES_PER_COORDINATE = 12  # a kept coordinate's bucket (int64, as scatter_add_ takes it) and sign (float32)
+CACHED_COORDINATES = 1 << 25  # slots kept for up to this many coordinates (256 MB): every adapter, small MLPs
+BYTES_PER_COORDINATE = 8  # a kept coordinate's slot (int64, as scatter_add_ takes it)
 _MASK64 = (1 << 64) - 1
 
 

@@ -86,7 +86,7 @@ def test_countsketch_equals_its_dense_sketch_matrix_with_and_without_kept_hashes
     kept, recomputed = CountSketchProjection(dims, 64, 5), CountSketchProjection(dims, 64, 5)
     recomputed._cache_left = 0
     bucket, sign = kept.hash("a", "cpu")
-    dense = torch.zeros(64, 512).index_put_((bucket, torch.arange(512)), sign)
+    dense = torch.zeros(64, 512).index_put_((bucket, torch.arange(512)), sign.float())
     expected = w.reshape(3, -1) @ dense.T
     torch.testing.assert_close(kept.project("a", w), expected)
     torch.testing.assert_close(recomputed.project("a", w), expected)
