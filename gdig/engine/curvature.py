@@ -108,19 +108,19 @@ class Curvature:
 
     def whiten_captured(self, name: str, cap: Captured, damping: float) -> torch.Tensor:
         """`whiten` of a captured batch's module (its route: `rotated`)."""
-        return self._whitened(name, self.rotated(name, cap), damping)
+        return self.whitened(name, self.rotated(name, cap), damping)
 
     def self_influence_captured(self, name: str, cap: Captured, damping: float) -> torch.Tensor:
         """`self_influence` of a captured batch's module (its route: `rotated`)."""
-        return self._rotated_self_influence(name, self.rotated(name, cap), damping)
+        return self.rotated_self_influence(name, self.rotated(name, cap), damping)
 
     def whiten(self, name: str, v: torch.Tensor, damping: float) -> torch.Tensor:
         """(F + lambda)^(-1/2) v in the module's eigenbasis, (Q_G^T v Q_A) / sqrt(Lambda + lambda), for gradients
         (..., d_out, d_in): two whitened gradients' dot product is their raw influence (DESIGN: the index). With no
         curvature, the gradient itself."""
-        return self._whitened(name, v if self._factors(name) is None else self.rotate(name, v), damping)
+        return self.whitened(name, v if self._factors(name) is None else self.rotate(name, v), damping)
 
-    def _whitened(self, name: str, rot: torch.Tensor, damping: float) -> torch.Tensor:
+    def whitened(self, name: str, rot: torch.Tensor, damping: float) -> torch.Tensor:
         """rot / sqrt(Lambda + lambda) for gradients already in the eigenbasis (rot itself with no curvature)."""
         if self._factors(name) is None:
             return rot
@@ -135,9 +135,9 @@ class Curvature:
 
     def self_influence(self, name: str, v: torch.Tensor, damping: float) -> torch.Tensor:
         """<v, (F + lambda)^-1 v> for a batch of gradients (..., d_out, d_in)."""
-        return self._rotated_self_influence(name, v if self._factors(name) is None else self.rotate(name, v), damping)
+        return self.rotated_self_influence(name, v if self._factors(name) is None else self.rotate(name, v), damping)
 
-    def _rotated_self_influence(self, name: str, rot: torch.Tensor, damping: float) -> torch.Tensor:
+    def rotated_self_influence(self, name: str, rot: torch.Tensor, damping: float) -> torch.Tensor:
         """sum rot^2 / (Lambda + lambda) for gradients already in the eigenbasis (sum rot^2 with no curvature)."""
         if self._factors(name) is None:
             return (rot * rot).sum((-2, -1))

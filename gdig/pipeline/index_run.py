@@ -169,7 +169,7 @@ class RunModel:
     ) -> PairGradients:
         """Index rows of `examples` (one forward and backward each, per module group). `directions` (the run's
         normalisation): also the weighted sum of their preconditioned gradients per module, as
-        gdig.engine.influence.mean_seed_direction weighs them (unit: each divided by its norm, which in module groups
+        gdig.engine.seeds.mean_seed_direction weighs them (unit: each divided by its norm, which in module groups
         needs every group's pass first, so a second pass per group)."""
         toks = tokenized if tokenized is not None else self.tokenize(examples, role)
         n = len(toks)

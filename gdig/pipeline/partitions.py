@@ -15,8 +15,9 @@ import torch
 
 from gdig.engine.curvature import Curvature
 from gdig.engine.hooks import Captured
-from gdig.engine.influence import ScoredBatch, Scorer, SeedGradients, mean_seed_direction
+from gdig.engine.influence import ScoredBatch, Scorer
 from gdig.engine.memory import release_freed_memory, tracked_groups
+from gdig.engine.seeds import SeedGradients, mean_seed_direction
 from gdig.engine.sketch import Sketcher
 from gdig.hessians import hessian
 from gdig.pipeline.context import ScoreContext, factors_fingerprint, short_hash
@@ -145,7 +146,7 @@ def score_in_parts(ctx: ScoreContext, run_dir: Path, status: Status, fp: str, sk
         result = shards.gathered(ctx.device)
     if ctx.world.is_main:
         self_influence = result.seeds.self_influence
-        result.mean = _mean_direction(run_dir, len(groups), self_influence, ctx.cfg.normalize, ctx.device)
+        result.mean = _mean_direction(run_dir, len(groups), self_influence, ctx.cfg.normalize, ctx.device, reused)
         if fitted and not reused:
             parts = [partial_dir(run_dir) / part_name(len(groups), g) / GROUP_FACTORS for g in range(len(groups))]
             join_factors(parts, run_dir / FACTORS, factors_fingerprint(ctx))
@@ -209,12 +210,20 @@ def _group_curvature(
     return fit_factors(ctx, path, fp, folder, status)
 
 
-def _mean_direction(run_dir: Path, parts: int, self_influence: torch.Tensor, normalize: str, device) -> dict:
-    """The mean seed direction of every module (gdig.engine.influence.mean_seed_direction), read group by group
-    from the groups' seeds with the final self-influence (every module's, which the unit weights need)."""
+def _mean_direction(
+    run_dir: Path, parts: int, self_influence: torch.Tensor, normalize: str, device, reused: bool
+) -> dict:
+    """The mean seed direction of every module (gdig.engine.seeds.mean_seed_direction), read group by group
+    from the groups' seeds with the final self-influence (every module's, which the unit weights need), each
+    group's dense seeds rotated back from the eigenbasis of its factors (the run's reused file, or the group's)."""
     mean: dict[str, torch.Tensor] = {}
     for g in range(parts):
-        seeds, _ = load_seed_gradients(seeds_path(run_dir, part_name(parts, g)), device)
+        part = part_name(parts, g)
+        seeds, _ = load_seed_gradients(seeds_path(run_dir, part), device)
         seeds.self_influence = self_influence.to(device)
-        mean |= mean_seed_direction(seeds, normalize)
+        basis = None
+        if seeds.eigenbasis:
+            path = run_dir / FACTORS if reused else partial_dir(run_dir) / part / GROUP_FACTORS
+            basis = load_factors(path, device, seeds.names)
+        mean |= mean_seed_direction(seeds, normalize, basis)
     return mean

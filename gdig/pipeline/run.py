@@ -21,9 +21,10 @@ from gdig.cancel import Cancelled
 from gdig.config import ScoreConfig
 from gdig.engine.distributed import World, join_world, leave_world
 from gdig.engine.index_scoring import IndexRows
-from gdig.engine.influence import Scorer, SeedGradients, mean_seed_direction
+from gdig.engine.influence import Scorer
 from gdig.engine.measure import resident_bytes
 from gdig.engine.memory import local_processes, memory_for_plan, release_freed_memory
+from gdig.engine.seeds import SeedGradients, mean_seed_direction
 from gdig.engine.sketch import Sketcher
 from gdig.hessians import hessian
 from gdig.inputs.model_source import check_model_source, has_weights
@@ -279,7 +280,7 @@ def _score_whole(ctx: ScoreContext, run_dir: Path, status: Status, fp: str, sket
     release_freed_memory()
     ctx.world.barrier("waiting for every rank's scores", status.refresh)
     factors = factors_record(cur)
-    mean = mean_seed_direction(seeds, ctx.cfg.normalize) if ctx.world.is_main else {}
+    mean = mean_seed_direction(seeds, ctx.cfg.normalize, cur) if ctx.world.is_main else {}
     return StageResults(seeds, seed_loss, seed_ntok, rank, dampings, factors, mean)
 
 

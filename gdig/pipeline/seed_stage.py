@@ -1,5 +1,5 @@
 """The seed stage of `gdig score`: every seed's gradient, grouped by --seed-batch and preconditioned once, kept
-dense or at low rank (gdig.engine.influence.SeedBuilder), shared between processes, saved in partial/ for a
+dense or at low rank (gdig.engine.seeds.SeedBuilder), shared between processes, saved in partial/ for a
 resumed run."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import torch
 from gdig.atomic import write_json_atomic
 from gdig.engine.curvature import Curvature
 from gdig.engine.hooks import Captured, kept_bytes, per_example_gradient
-from gdig.engine.influence import SeedBuilder, SeedGradients, group_seed_gradients
 from gdig.engine.memory import SEED_WORK_BYTES, budget_mb, seed_rank, usable_memory_mb
+from gdig.engine.seeds import SeedBuilder, SeedGradients, group_seed_gradients
 from gdig.pipeline.context import ScoreContext, by_length
 from gdig.pipeline.stages import detached, index_projection
 from gdig.rundir.chunks import partial_dir

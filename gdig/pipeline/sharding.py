@@ -18,7 +18,7 @@ import numpy as np
 
 from gdig.atomic import write_json_atomic
 from gdig.engine.distributed import SINGLE, World, WorldError
-from gdig.engine.influence import SeedGradients
+from gdig.engine.seeds import SeedGradients
 from gdig.pipeline.context import ScoreContext
 from gdig.pipeline.stages import StageResults
 from gdig.rundir.chunks import part_name, partial_dir

@@ -17,8 +17,9 @@ from gdig.engine.curvature_fit import fit_curvature
 from gdig.engine.hooks import Captured
 from gdig.engine.index import make_projection
 from gdig.engine.index_scoring import IndexRows
-from gdig.engine.influence import ScoredBatch, Scorer, SeedGradients
+from gdig.engine.influence import ScoredBatch, Scorer
 from gdig.engine.memory import budget_mb, captures_fit, captures_reusable, usable_memory_mb
+from gdig.engine.seeds import SeedGradients
 from gdig.engine.sketch import Sketcher
 from gdig.hessians import hessian
 from gdig.pipeline.context import ScoreContext, by_length, factors_fingerprint, fit_subset, short_hash

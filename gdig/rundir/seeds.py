@@ -15,7 +15,7 @@ from gdig.rundir.chunks import partial_dir
 if TYPE_CHECKING:
     import torch
 
-    from gdig.engine.influence import SeedGradients
+    from gdig.engine.seeds import SeedGradients
 
 
 def seeds_path(run_dir: str | Path, part: str = "") -> Path:
@@ -29,7 +29,8 @@ def seeds_meta_path(run_dir: str | Path, part: str = "") -> Path:
 
 
 def save_seed_gradients(path: Path, seeds: SeedGradients, fingerprint: str) -> None:
-    """Every seed's V_s, dense or as low-rank factors, with their self-influence and truncation error."""
+    """Every seed's V_s, dense (in the eigenbasis where SeedGradients.eigenbasis) or as low-rank factors, with
+    their self-influence and truncation error."""
     from safetensors.torch import save_file
 
     tensors = {f"dense::{k}": v.contiguous().cpu() for k, v in seeds.dense.items()}
@@ -39,6 +40,7 @@ def save_seed_gradients(path: Path, seeds: SeedGradients, fingerprint: str) -> N
     if seeds.index is not None:
         tensors["index"] = seeds.index.contiguous().cpu()
     meta = {"fingerprint": fingerprint, "lowrank_error": json.dumps(seeds.lowrank_error)}
+    meta["eigenbasis"] = json.dumps(seeds.eigenbasis)  # absent in older files: the weights' coordinates
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
 
@@ -48,7 +50,7 @@ def load_seed_gradients(path: Path, device: torch.device | str = "cpu") -> tuple
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from gdig.engine.influence import SeedGradients
+    from gdig.engine.seeds import SeedGradients
 
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
@@ -57,6 +59,7 @@ def load_seed_gradients(path: Path, device: torch.device | str = "cpu") -> tuple
         self_influence=t.pop("self_influence"),
         lowrank_error=json.loads(meta["lowrank_error"]),
         index=t.pop("index", None),
+        eigenbasis=json.loads(meta.get("eigenbasis", "false")),
     )
     for key, v in t.items():
         kind, name = key.split("::", 1)
@@ -69,7 +72,7 @@ def load_seed_sums(path: Path, device: torch.device | str = "cpu") -> SeedGradie
     low-rank errors: what the next module group carries on, without this group's seed gradients."""
     from safetensors import safe_open
 
-    from gdig.engine.influence import SeedGradients
+    from gdig.engine.seeds import SeedGradients
 
     with safe_open(str(path), framework="pt", device=str(device)) as f:
         meta, keys = f.metadata() or {}, set(f.keys())
@@ -97,7 +100,7 @@ def load_seed_meta(run_dir: str | Path, part: str = "") -> tuple[np.ndarray, np.
 def save_mean_direction(
     path: Path, mean: dict[str, torch.Tensor], seeds: SeedGradients, normalize: str, fingerprint: str
 ) -> None:
-    """The mean seed direction per module (see gdig.engine.influence.mean_seed_direction) and each column's
+    """The mean seed direction per module (see gdig.engine.seeds.mean_seed_direction) and each column's
     self-influence: one seed's worth of bytes instead of all seeds."""
     extra = {"fingerprint": fingerprint, "lowrank_error": json.dumps(seeds.lowrank_error)}
     save_mean_direction_tensors(path, mean, seeds.self_influence, normalize, extra)

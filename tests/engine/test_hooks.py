@@ -12,7 +12,8 @@ from gdig.engine.curvature import Curvature, ModuleFactors
 from gdig.engine.curvature_fit import CovarianceFitter, EigenCorrectionFitter
 from gdig.engine.hooks import Captured, keeps_gradient, per_example_gradient
 from gdig.engine.index import make_projection
-from gdig.engine.influence import Scorer, precondition_seeds
+from gdig.engine.influence import Scorer
+from gdig.engine.seeds import precondition_seeds
 from gdig.engine.sketch import Sketcher
 
 DIMS = {"lora_a": (12, 2), "wide": (40, 30)}  # (d_in, d_out): at 9 tokens the first keeps its gradient

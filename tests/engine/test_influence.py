@@ -144,14 +144,15 @@ def test_token_contributions_of_an_older_run_with_every_seed_stored(tmp_path, mo
     cands, seeds = (load_dataset(f) for f in data_files)
     s_tok, _ = tokenize_dataset(tokenizer, seeds, 512)
     from gdig.engine.hooks import per_example_gradient
-    from gdig.engine.influence import precondition_seeds
+    from gdig.engine.seeds import precondition_seeds
     from gdig.rundir.factors import load_factors
 
     cur = load_factors(out / "factors.safetensors")
     with GradientCapture(model, find_tracked_modules(model)) as cap:
         got = cap.run(collate(s_tok, range(len(s_tok)), tokenizer.pad_token_id))
     grads = {n: per_example_gradient(got.acts[n], got.grads[n]) for n in got.acts}
-    save_seed_gradients(out / "seed_grads.safetensors", precondition_seeds(grads, cur, {n: 1e-3 for n in grads}), "x")
+    old = precondition_seeds(grads, cur, {n: 1e-3 for n in grads}).to_weights(cur)  # as they were stored then
+    save_seed_gradients(out / "seed_grads.safetensors", old, "x")
     ti = token_influence(load_run(out), 3, model, tokenizer, None)
     assert ti.total == pytest.approx(infl[3].mean(), rel=1e-4, abs=1e-7)
 
@@ -285,7 +286,8 @@ def test_seeds_kept_dense_for_some_modules_and_low_rank_for_others_score_every_m
     the mean seed direction (the scorer once read only the dense ones)."""
     from gdig.engine.curvature import Curvature
     from gdig.engine.hooks import Captured
-    from gdig.engine.influence import Scorer, SeedGradients, mean_seed_direction
+    from gdig.engine.influence import Scorer
+    from gdig.engine.seeds import SeedGradients, mean_seed_direction
 
     gen = torch.Generator().manual_seed(0)
     small, big = (

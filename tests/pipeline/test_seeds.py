@@ -11,7 +11,7 @@ import torch
 from test_influence import rel_err, run
 
 from gdig.engine.curvature import Curvature
-from gdig.engine.influence import SeedBuilder, low_rank, precondition_seeds
+from gdig.engine.seeds import SeedBuilder, low_rank, precondition_seeds
 
 
 def test_chunked_building_equals_all_at_once_bit_for_bit():
@@ -140,7 +140,7 @@ def _counting(method, calls: list):
 
 
 def test_the_mean_seed_direction_weights_each_low_rank_seed_by_its_norm():
-    from gdig.engine.influence import SeedGradients, mean_seed_direction
+    from gdig.engine.seeds import SeedGradients, mean_seed_direction
 
     gen = torch.Generator().manual_seed(0)
     left, right = torch.randn(5, 6, 2, generator=gen), torch.randn(5, 4, 2, generator=gen)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from gdig.engine.influence import SeedGradients
+from gdig.engine.seeds import SeedGradients
 from gdig.rundir.chunks import collect_chunks, write_chunk
 from gdig.rundir.format import FORMAT
 from gdig.rundir.layout import CONFIG, RunExistsError, is_finished, prepare, read_fingerprint, write_config
