@@ -132,8 +132,8 @@ def add_lower_gram(total: torch.Tensor, x: torch.Tensor) -> None:
     """total += x^T x in float64 on and below the diagonal, by block rows up to the diagonal (each diagonal block
     whole): 58% of the products at 1536 wide, 75% at 576; eigh reads only the lower triangle (its default).
     Above the diagonal blocks the sums stay as they are (zero, for sums made only here)."""
-    for lo, hi in gram_block_rows(x.shape[1]):
-        total[lo:hi, :hi] += (x[:, lo:hi].T @ x[:, :hi]).double()
+    for lo, hi in gram_block_rows(x.shape[1]):  # added as float32: promoted in the add, no float64 copy made
+        total[lo:hi, :hi].add_(x[:, lo:hi].T @ x[:, :hi])
 
 
 def gram_block_rows(d: int) -> list[tuple[int, int]]:
@@ -157,7 +157,7 @@ class EigenCorrectionFitter:
         self.n_examples += len(cap.index)
         for name in self.cur.modules:
             rot = self.cur.rotated(name, cap)
-            self.sums[name] += (rot * rot).sum(0).double()
+            self.sums[name].add_((rot * rot).sum(0))  # promoted to float64 in the add
 
     def state(self) -> dict[str, torch.Tensor]:
         """The running sums, for a checkpoint."""
