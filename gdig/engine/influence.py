@@ -27,6 +27,12 @@ class ScoredBatch:
     index: torch.Tensor | None = None
 
 
+def needs_self_influence(normalize: str, indexing: bool) -> bool:
+    """Whether scoring needs each candidate's self-influence (normalising, or indexing): then it rotates every
+    candidate into the eigenbasis and the seeds stay there; else the Scorer turns the seeds back once."""
+    return normalize != "none" or indexing
+
+
 class Scorer:
     """Scores captured candidate batches against preconditioned seeds, with optional normalisation, and projects
     their whitened gradients into the index. Where self-influence is needed (normalising or indexing) each
@@ -49,7 +55,7 @@ class Scorer:
         self.normalize = normalize
         self.projection = projection
         self.modules = modules or seeds.names
-        self.needs_self_influence = normalize != "none" or projection is not None
+        self.needs_self_influence = needs_self_influence(normalize, projection is not None)
         if not self.needs_self_influence:
             seeds.to_weights(curvature)
 

@@ -15,7 +15,7 @@ import torch
 
 from gdig.engine.curvature import Curvature
 from gdig.engine.hooks import Captured
-from gdig.engine.influence import ScoredBatch, Scorer
+from gdig.engine.influence import ScoredBatch, Scorer, needs_self_influence
 from gdig.engine.memory import release_freed_memory, tracked_groups
 from gdig.engine.seeds import SeedGradients, mean_seed_direction
 from gdig.engine.sketch import Sketcher
@@ -146,7 +146,8 @@ def score_in_parts(ctx: ScoreContext, run_dir: Path, status: Status, fp: str, sk
         result = shards.gathered(ctx.device)
     if ctx.world.is_main:
         self_influence = result.seeds.self_influence
-        result.mean = _mean_direction(run_dir, len(groups), self_influence, ctx.cfg.normalize, ctx.device, reused)
+        turned_back = not needs_self_influence(ctx.cfg.normalize, ctx.cfg.index_dim > 0)  # as the Scorer did
+        result.mean = _mean_direction(run_dir, len(groups), self_influence, ctx.cfg, ctx.device, reused, turned_back)
         if fitted and not reused:
             parts = [partial_dir(run_dir) / part_name(len(groups), g) / GROUP_FACTORS for g in range(len(groups))]
             join_factors(parts, run_dir / FACTORS, factors_fingerprint(ctx))
@@ -211,11 +212,12 @@ def _group_curvature(
 
 
 def _mean_direction(
-    run_dir: Path, parts: int, self_influence: torch.Tensor, normalize: str, device, reused: bool
+    run_dir: Path, parts: int, self_influence: torch.Tensor, cfg, device, reused: bool, turned_back: bool
 ) -> dict:
     """The mean seed direction of every module (gdig.engine.seeds.mean_seed_direction), read group by group
     from the groups' seeds with the final self-influence (every module's, which the unit weights need), each
-    group's dense seeds rotated back from the eigenbasis of its factors (the run's reused file, or the group's)."""
+    group's dense seeds rotated back from the eigenbasis of its factors (the run's reused file, or the group's):
+    `turned_back`, all of them first, as the scoring pass turned back a whole run's (the same bits)."""
     mean: dict[str, torch.Tensor] = {}
     for g in range(parts):
         part = part_name(parts, g)
@@ -225,5 +227,8 @@ def _mean_direction(
         if seeds.eigenbasis:
             path = run_dir / FACTORS if reused else partial_dir(run_dir) / part / GROUP_FACTORS
             basis = load_factors(path, device, seeds.names)
-        mean |= mean_seed_direction(seeds, normalize, basis)
+            if turned_back:
+                seeds.to_weights(basis)
+        mean |= mean_seed_direction(seeds, cfg.normalize, basis)
+        del seeds, basis
     return mean

@@ -187,7 +187,8 @@ def _in_groups(cfg: ScoreConfig, w: Workload, whole: Plan) -> Plan:
     }
     score = stages["score"]
     score["carried sums (one chunk)"] = score["chunk buffers"]
-    final = whole.stages["finalize"] | {"factors": 0.0, "seeds": stages["finalize"]["seeds"]}  # one group's seeds
+    # one group's seeds, and its factors: its dense seeds' mean is rotated back out of their eigenbasis
+    final = whole.stages["finalize"] | {k: stages["finalize"][k] for k in ("factors", "seeds")}
     stages["finalize"] = final
     seconds = {stage: sum(p.seconds.get(stage, 0.0) for p in plans) for stage in whole.seconds}
     note = f"in {len(groups)} module groups: each stage's peak is its largest group's, the passes made once per group"
@@ -253,6 +254,8 @@ def _plan(
     columns = w.n_columns(cfg.seed_batch) / chunks  # a chunk's, preconditioned a block of columns at a time
     block = 4 * widest * min(columns, max(1, SEED_BLOCK_BYTES // (4 * widest)) if widest else columns)
     block_work = SEED_BLOCK_COPIES * block + 8 * widest
+    if cfg.index_dim:  # a block's 2 k index sums and their difference
+        block_work += 12 * cfg.index_dim * block / max(4 * widest, 1)
     # what a chunk's batches touch: each captured whole (its tokens) before it is compacted, up to a chunk's worth
     tokens_here = capture * w.seed_tokens  # this group's
     chunk_captures = min(SEED_WORK_BYTES * tokens_here / max(every, 1), tokens_here)

@@ -83,8 +83,9 @@ def test_groups_are_consecutive_balanced_and_never_empty(model):
         {"hessian": "kfac", "seed_rank": 4, "normalize": "relatif", "index_projection": "kronecker"},
         {"hessian": "diagonal", "seed_batch": 2},
         {"hessian": "identity", "normalize": "none", "index_dim": 0},
+        {"hessian": "ekfac", "normalize": "none", "index_dim": 0},  # the seeds turned back before their mean
     ],
-    ids=["ekfac", "kfac-lowrank", "diagonal", "identity"],
+    ids=["ekfac", "kfac-lowrank", "diagonal", "identity", "ekfac-raw"],
 )
 def test_a_run_in_module_groups_equals_the_run_in_one(tmp_path, tokenizer, data_files, model, settings):
     whole = score(_cfg(tmp_path, data_files, "whole", **settings), model=model, tokenizer=tokenizer)
