@@ -259,7 +259,8 @@ def _plan(
     # what a chunk's batches touch: each captured whole (its tokens) before it is compacted, up to a chunk's worth
     tokens_here = capture * w.seed_tokens  # this group's
     chunk_captures = min(SEED_WORK_BYTES * tokens_here / max(every, 1), tokens_here)
-    batch_work = sum(_batch(w, max(w.padded("seeds", cfg), default=0), capture).values())
+    # a batch's activations (its captures are the chunk's, counted there)
+    batch_work = _batch(w, max(w.padded("seeds", cfg), default=0), capture)["activations (one batch)"]
     # a chunk's captures are held while its batches run, then while each module's blocks are preconditioned
     seed_work = {"seed captures (one chunk)": chunk_captures, "batch or block work": max(batch_work, block_work)}
     scored_from_cache = reuse > 0 and len(w.fit_set) == w.n_candidates  # scoring meets the fit's batches
