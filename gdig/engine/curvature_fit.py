@@ -199,6 +199,7 @@ def _run_pass(stage: str, fitter, passes: Callable, costs: Sequence[float], chec
     try:
         for batch, cap in passes(stage, mine, restored):
             fitter.update(cap)
+            del cap  # not held while the next batch is captured (the plan counts one batch)
             covered[batch] = True
             if checkpoint:
                 checkpoint.maybe_save(stage, fitter, covered)

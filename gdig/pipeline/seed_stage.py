@@ -99,6 +99,7 @@ def seed_stage(
                 caps.append(detached(cap).compact())  # kept gradients in place of their tokens
                 loss[batch.index] = cap.loss.detach().float()
                 n_tok[batch.index] = cap.n_target.to(torch.int64)
+                del cap  # its whole capture (the chunk keeps the compacted one) not held while the next is made
                 done += len(batch.index)
                 status.update("seeds", done, total)
             _add_chunk(ctx, builder, caps, chunk)

@@ -103,6 +103,7 @@ def fit_factors(ctx: ScoreContext, path: Path, fp: str, checkpoints: Path, statu
                         cache[b] = detached(cap).compact()
                         cap.weight_grads = cache[b].weight_grads  # formed once: this pass may use them too
                 yield b, cap
+                del cap  # not held while the next batch is captured (the plan counts one batch)
                 done += len(batches[b])
                 status.update(stage, done, total)
         ctx.timings[stage] = ctx.timings.get(stage, 0.0) + time.time() - t0
@@ -209,6 +210,7 @@ def score_stage(
                     else:
                         parts.append(_score_batch(cap, scorer.normalised(scored), sketcher.normed(sketch), ctx.cfg))
                 done += len(batch.index)
+                del cap, scored, sketch  # not held while the next batch is captured (the plan counts one batch)
                 status.update("score", done, total)
             if intermediate:
                 carry.save(i, {k: torch.cat([p[k] for p in parts]) for k in parts[0]})

@@ -256,11 +256,10 @@ def _plan(
     block_work = SEED_BLOCK_COPIES * block + 8 * widest
     if cfg.index_dim:  # a block's 2 k index sums and their difference
         block_work += 12 * cfg.index_dim * block / max(4 * widest, 1)
-    # what a chunk's batches touch: each captured whole (its tokens) before it is compacted, up to a chunk's worth
-    tokens_here = capture * w.seed_tokens  # this group's
-    chunk_captures = min(SEED_WORK_BYTES * tokens_here / max(every, 1), tokens_here)
-    # a batch's activations (its captures are the chunk's, counted there)
-    batch_work = _batch(w, max(w.padded("seeds", cfg), default=0), capture)["activations (one batch)"]
+    kept_here = sum(kept_bytes(w.dims, t) for t in w.seed_lengths)  # this group's share of what chunks keep
+    chunk_captures = min(SEED_WORK_BYTES * kept_here / max(every, 1), kept_here)
+    # a batch's activations and its whole captures, alive until the batch is compacted into its chunk
+    batch_work = sum(_batch(w, max(w.padded("seeds", cfg), default=0), capture).values())
     # a chunk's captures are held while its batches run, then while each module's blocks are preconditioned
     seed_work = {"seed captures (one chunk)": chunk_captures, "batch or block work": max(batch_work, block_work)}
     scored_from_cache = reuse > 0 and len(w.fit_set) == w.n_candidates  # scoring meets the fit's batches

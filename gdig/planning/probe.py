@@ -12,6 +12,7 @@ import torch
 from gdig.config import ScoreConfig
 from gdig.engine.hooks import GradientCapture
 from gdig.engine.measure import PeakSampler, resident_bytes, timed
+from gdig.engine.memory import release_freed_memory
 from gdig.pipeline.context import ScoreContext, by_length, fit_subset
 from gdig.planning.plan import Workload
 
@@ -54,6 +55,7 @@ def _probe(ctx: ScoreContext, w: Workload) -> None:
     batches = list(itertools.islice(ctx.batches(ctx.cand_tok, by_length(ctx.cand_tok)), PROBE_BATCHES))
     per_token_capture = 4 * sum(d_in + d_out for d_in, d_out in w.dims.values())
     with GradientCapture(ctx.model, ctx.tracked) as capture:
+        release_freed_memory()  # freed blocks kept resident would absorb the batches' growth
         before = resident_bytes() if ctx.device.type != "cuda" else torch.cuda.memory_allocated(ctx.device)
         with PeakSampler(ctx.device) as peak:
             seconds = [timed(lambda b=b: capture.run(b)) for b in batches]
