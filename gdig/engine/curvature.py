@@ -107,18 +107,10 @@ class Curvature:
         return grad if self._factors(name) is None else self.rotate(name, grad)
 
     def whiten_captured(self, name: str, cap: Captured, damping: float) -> torch.Tensor:
-        """`whiten` of a captured batch's module (its route: `rotated`)."""
+        """(F + lambda)^(-1/2) G of a captured batch's module in its eigenbasis, (Q_G^T G Q_A) / sqrt(Lambda +
+        lambda) (its route: `rotated`): two whitened gradients' dot product is their raw influence (DESIGN: the
+        index). With no curvature, the gradient itself."""
         return self.whitened(name, self.rotated(name, cap), damping)
-
-    def self_influence_captured(self, name: str, cap: Captured, damping: float) -> torch.Tensor:
-        """`self_influence` of a captured batch's module (its route: `rotated`)."""
-        return self.rotated_self_influence(name, self.rotated(name, cap), damping)
-
-    def whiten(self, name: str, v: torch.Tensor, damping: float) -> torch.Tensor:
-        """(F + lambda)^(-1/2) v in the module's eigenbasis, (Q_G^T v Q_A) / sqrt(Lambda + lambda), for gradients
-        (..., d_out, d_in): two whitened gradients' dot product is their raw influence (DESIGN: the index). With no
-        curvature, the gradient itself."""
-        return self.whitened(name, v if self._factors(name) is None else self.rotate(name, v), damping)
 
     def whitened(self, name: str, rot: torch.Tensor, damping: float) -> torch.Tensor:
         """rot / sqrt(Lambda + lambda) for gradients already in the eigenbasis (rot itself with no curvature)."""

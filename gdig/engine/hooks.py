@@ -40,12 +40,6 @@ def keeps_gradient(tokens: int, d_in: int, d_out: int) -> bool:
     return d_in * d_out < tokens * (d_in + d_out)
 
 
-def kept_bytes(dims: dict[str, tuple[int, int]], tokens: int) -> int:
-    """What a compacted capture (Captured.compact) of one example of `tokens` tokens holds, float32: per module
-    of these (d_in, d_out) its per-example gradient or its tokens, whichever is smaller (keeps_gradient)."""
-    return 4 * sum(min(d_in * d_out, tokens * (d_in + d_out)) for d_in, d_out in dims.values())
-
-
 @dataclass
 class Captured:
     """What one batch yields: per-example loss and target-token count, per-module a and g (float32, masked), and

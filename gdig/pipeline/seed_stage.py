@@ -13,8 +13,8 @@ import torch
 
 from gdig.atomic import write_json_atomic
 from gdig.engine.curvature import Curvature
-from gdig.engine.hooks import Captured, kept_bytes, per_example_gradient
-from gdig.engine.memory import SEED_WORK_BYTES, budget_mb, seed_rank, usable_memory_mb
+from gdig.engine.hooks import Captured, per_example_gradient
+from gdig.engine.memory import SEED_WORK_BYTES, budget_mb, capture_bytes, seed_rank, usable_memory_mb
 from gdig.engine.seeds import SeedBuilder, SeedGradients, group_seed_gradients
 from gdig.pipeline.context import ScoreContext, by_length
 from gdig.pipeline.stages import detached, index_projection
@@ -50,14 +50,15 @@ def seed_ranks(ctx: ScoreContext, n_columns: int, run_dir: Path | None = None) -
 
 def seed_chunks(ctx: ScoreContext) -> list[list[int]]:
     """Seeds in chunks of whole --seed-batch groups, what each chunk's compacted captures keep within
-    SEED_WORK_BYTES (kept_bytes: a LoRA matrix's per-example gradient, not its tokens), so their memory does not
-    grow with the number of seeds while chunks stay large: each chunk's batches are sorted by length and the last
-    one is partly empty. Made from every module of the run (ctx.dims), so module groups share the chunks."""
+    SEED_WORK_BYTES (memory.capture_bytes: a LoRA matrix's per-example gradient, not its tokens), so their memory
+    does not grow with the number of seeds while chunks stay large: each chunk's batches are sorted by length and
+    the last one is partly empty. Made from every module of the run (ctx.dims), so module groups share them."""
     k = ctx.cfg.seed_batch
+    dims = list(ctx.dims.values())
     chunks, current, size = [], [], 0
     for start in range(0, len(ctx.seed_tok), k):
         group = list(range(start, min(start + k, len(ctx.seed_tok))))
-        cost = sum(kept_bytes(ctx.dims, len(ctx.seed_tok[i].input_ids)) for i in group)
+        cost = int(capture_bytes([(1, len(ctx.seed_tok[i].input_ids)) for i in group], dims).sum())
         if current and size + cost > SEED_WORK_BYTES:
             chunks.append(current)
             current, size = [], 0

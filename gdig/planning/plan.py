@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from gdig.config import ScoreConfig
-from gdig.engine.hooks import batch_groups, kept_bytes, padded_batches
+from gdig.engine.hooks import batch_groups, padded_batches
 from gdig.engine.index import BYTES_PER_COORDINATE, CACHED_COORDINATES
 from gdig.engine.memory import (
     SEED_BLOCK_BYTES,
@@ -249,14 +249,15 @@ def _plan(
         stages[EIGENVALUE_PASS] = base | replay | {"factors": factors, "eigenvalue sums (float64)": 8 * rect}
         # each module's per-example gradients in the basis, and their squares
         stages[EIGENVALUE_PASS]["per-example gradient and its square (one module)"] = 8 * cfg.batch_size * widest
-    every = sum(kept_bytes(run_dims or w.dims, t) for t in w.seed_lengths)  # seed chunks: every module's
+    singles = [(1, t) for t in w.seed_lengths]  # seed chunks: what each seed's compacted capture keeps, of every module
+    every = float(capture_bytes(singles, list((run_dims or w.dims).values())).sum())
     chunks = max(1, -(-every // SEED_WORK_BYTES))
     columns = w.n_columns(cfg.seed_batch) / chunks  # a chunk's, preconditioned a block of columns at a time
     block = 4 * widest * min(columns, max(1, SEED_BLOCK_BYTES // (4 * widest)) if widest else columns)
     block_work = SEED_BLOCK_COPIES * block + 8 * widest
     if cfg.index_dim:  # a block's 2 k index sums and their difference
         block_work += 12 * cfg.index_dim * block / max(4 * widest, 1)
-    kept_here = sum(kept_bytes(w.dims, t) for t in w.seed_lengths)  # this group's share of what chunks keep
+    kept_here = float(capture_bytes(singles, list(w.dims.values())).sum())  # this group's share of what chunks keep
     chunk_captures = min(SEED_WORK_BYTES * kept_here / max(every, 1), kept_here)
     # a batch's activations and its whole captures, alive until the batch is compacted into its chunk
     batch_work = sum(_batch(w, max(w.padded("seeds", cfg), default=0), capture).values())
