@@ -150,3 +150,24 @@ def test_the_mean_seed_direction_weights_each_low_rank_seed_by_its_norm():
     assert torch.allclose(mean_seed_direction(seeds, "unit")["m"], expected, atol=1e-5)
     plain = sum(left[s] @ right[s].T for s in range(5)) / 5
     assert torch.allclose(mean_seed_direction(seeds, "none")["m"], plain, atol=1e-5)
+
+
+@pytest.mark.parametrize("seed_batch", [1, 3])
+def test_seed_chunks_hold_what_compacted_captures_keep_in_whole_groups(monkeypatch, seed_batch):
+    """A LoRA-shaped module keeps its per-example gradient (r x d), not its tokens: chunks are sized by that, so a
+    budget that holds 4 seeds' gradients makes chunks of 4 (by tokens they would hold 1), each a whole number of
+    --seed-batch groups, in order."""
+    from types import SimpleNamespace
+
+    from gdig.pipeline import seed_stage
+
+    dims = {"lora_a": (64, 2), "lora_b": (2, 64)}  # per seed 2 x 128 x 4 bytes kept; 100 tokens are 52,800 bytes
+    per_seed = 2 * 128 * 4
+    monkeypatch.setattr(seed_stage, "SEED_WORK_BYTES", 4 * per_seed)
+    seeds = [SimpleNamespace(input_ids=[0] * 100) for _ in range(12)]
+    ctx = SimpleNamespace(cfg=SimpleNamespace(seed_batch=seed_batch), dims=dims, seed_tok=seeds)
+    chunks = seed_stage.seed_chunks(ctx)
+    assert [i for c in chunks for i in c] == list(range(12))
+    assert all(len(c) % seed_batch == 0 for c in chunks)
+    sizes = {1: [4, 4, 4], 3: [3, 3, 3, 3]}[seed_batch]  # two groups of 3 would exceed the budget of 4 seeds
+    assert [len(c) for c in chunks] == sizes
