@@ -152,22 +152,23 @@ def test_the_mean_seed_direction_weights_each_low_rank_seed_by_its_norm():
     assert torch.allclose(mean_seed_direction(seeds, "none")["m"], plain, atol=1e-5)
 
 
-@pytest.mark.parametrize("seed_batch", [1, 3])
-def test_seed_chunks_hold_what_compacted_captures_keep_in_whole_groups(monkeypatch, seed_batch):
-    """A LoRA-shaped module keeps its per-example gradient (r x d), not its tokens: chunks are sized by that, so a
-    budget that holds 4 seeds' gradients makes chunks of 4 (by tokens they would hold 1), each a whole number of
-    --seed-batch groups, in order."""
+@pytest.mark.parametrize(("seed_batch", "budget", "sizes"), [(1, 47_104, [4, 4, 4]), (3, 94_208, [6, 6])])
+def test_seed_chunks_hold_what_compacted_captures_keep_in_whole_groups(monkeypatch, seed_batch, budget, sizes):
+    """Each module of a compacted capture keeps its per-example gradient or its tokens, whichever is smaller: a
+    LoRA-shaped pair always its r x d gradient, a 64 x 64 layer its tokens for a short seed and its gradient for a
+    long one. Chunks are sized by that (by tokens alone, or by gradients alone, they come out smaller), each a whole
+    number of --seed-batch groups, in order."""
     from types import SimpleNamespace
 
     from gdig.pipeline import seed_stage
 
-    dims = {"lora_a": (64, 2), "lora_b": (2, 64)}  # per seed 2 x 128 x 4 bytes kept; 100 tokens are 52,800 bytes
-    per_seed = 2 * 128 * 4
-    monkeypatch.setattr(seed_stage, "SEED_WORK_BYTES", 4 * per_seed)
-    seeds = [SimpleNamespace(input_ids=[0] * 100) for _ in range(12)]
+    dims = {"lora_a": (64, 2), "lora_b": (2, 64), "wide": (64, 64)}
+    short, long = 4 * (2 * 128 + 10 * 128), 4 * (2 * 128 + 64 * 64)  # 6,144 and 17,408 bytes kept
+    assert budget == {1: 2 * (short + long), 3: 4 * (short + long)}[seed_batch]
+    monkeypatch.setattr(seed_stage, "SEED_WORK_BYTES", budget)
+    seeds = [SimpleNamespace(input_ids=[0] * (10 if i % 2 == 0 else 100)) for i in range(12)]
     ctx = SimpleNamespace(cfg=SimpleNamespace(seed_batch=seed_batch), dims=dims, seed_tok=seeds)
     chunks = seed_stage.seed_chunks(ctx)
     assert [i for c in chunks for i in c] == list(range(12))
     assert all(len(c) % seed_batch == 0 for c in chunks)
-    sizes = {1: [4, 4, 4], 3: [3, 3, 3, 3]}[seed_batch]  # two groups of 3 would exceed the budget of 4 seeds
     assert [len(c) for c in chunks] == sizes
