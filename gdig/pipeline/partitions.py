@@ -147,7 +147,8 @@ def score_in_parts(ctx: ScoreContext, run_dir: Path, status: Status, fp: str, sk
     if ctx.world.is_main:
         self_influence = result.seeds.self_influence
         turned_back = not needs_self_influence(ctx.cfg.normalize, ctx.cfg.index_dim > 0)  # as the Scorer did
-        result.mean = _mean_direction(run_dir, len(groups), self_influence, ctx.cfg, ctx.device, reused, turned_back)
+        normalize = ctx.cfg.normalize
+        result.mean = _mean_direction(run_dir, len(groups), self_influence, normalize, ctx.device, reused, turned_back)
         if fitted and not reused:
             parts = [partial_dir(run_dir) / part_name(len(groups), g) / GROUP_FACTORS for g in range(len(groups))]
             join_factors(parts, run_dir / FACTORS, factors_fingerprint(ctx))
@@ -212,7 +213,7 @@ def _group_curvature(
 
 
 def _mean_direction(
-    run_dir: Path, parts: int, self_influence: torch.Tensor, cfg, device, reused: bool, turned_back: bool
+    run_dir: Path, parts: int, self_influence: torch.Tensor, normalize: str, device, reused: bool, turned_back: bool
 ) -> dict:
     """The mean seed direction of every module (gdig.engine.seeds.mean_seed_direction), read group by group
     from the groups' seeds with the final self-influence (every module's, which the unit weights need), each
@@ -229,6 +230,6 @@ def _mean_direction(
             basis = load_factors(path, device, seeds.names)
             if turned_back:
                 seeds.to_weights(basis)
-        mean |= mean_seed_direction(seeds, cfg.normalize, basis)
+        mean |= mean_seed_direction(seeds, normalize, basis)
         del seeds, basis
     return mean
