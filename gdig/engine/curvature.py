@@ -86,6 +86,14 @@ class Curvature:
             return left, right
         return left_multiply(f.q_g.to(left.device), left), left_multiply(f.q_a.to(right.device), right)
 
+    def rotate_factors(self, name: str, left: torch.Tensor, right: torch.Tensor):
+        """(Q_G^T L, Q_A^T R): a low-rank X = L R^T in the eigenbasis through its factors (rotate_back_factors'
+        inverse)."""
+        f = self._factors(name)
+        if f is None or f.q_g is None:
+            return left, right
+        return left_multiply(f.q_g.T.to(left.device), left), left_multiply(f.q_a.T.to(right.device), right)
+
     def rotate_tokens(self, name: str, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         """Q_G^T G Q_A per example for G = sum_t g_t a_t^T, rotating the T tokens before the sum."""
         f = self.modules[name]
@@ -101,6 +109,9 @@ class Curvature:
     def rotated(self, name: str, cap: Captured) -> torch.Tensor:
         """rotated_gradient of a captured batch's module, from its per-example gradient when it works from that
         (Captured.gradient), else from its tokens: the one route every pass over candidates takes."""
+        kept = cap.rotation(name)
+        if kept is not None:  # rotated by an earlier pass, in this basis (Captured.keep_rotation)
+            return kept
         grad = cap.gradient(name)
         if grad is None:
             return self.rotated_gradient(name, cap.acts[name], cap.grads[name])

@@ -153,11 +153,13 @@ class EigenCorrectionFitter:
         self.n_examples = 0
 
     def update(self, cap: Captured) -> None:
-        """Add one batch's squared per-example gradients in the eigenbasis."""
+        """Add one batch's squared per-example gradients in the eigenbasis (kept in `cap` in place of its
+        gradients where it keeps them: Captured.keep_rotation)."""
         self.n_examples += len(cap.index)
         for name in self.cur.modules:
             rot = self.cur.rotated(name, cap)
             self.sums[name].add_((rot * rot).sum(0))  # promoted to float64 in the add
+            cap.keep_rotation(name, rot)
 
     def state(self) -> dict[str, torch.Tensor]:
         """The running sums, for a checkpoint."""

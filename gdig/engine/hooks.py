@@ -53,16 +53,38 @@ class Captured:
     grads: dict[str, torch.Tensor]  # name -> (B, T, d_out)
     weight_grads: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (B, d_out, d_in)
     same_input: dict[str, str] = field(default_factory=dict)  # name -> the first module that read the same input
+    # name -> (B, d_out, d_in) in the curvature's eigenbasis, kept in place of the gradient (keep_rotation); None:
+    # this capture keeps none
+    rotations: dict[str, torch.Tensor] | None = None
+    sketch: torch.Tensor | None = None  # (B, k) the sketch columns of its modules, made before any gradient went
 
     def gradient(self, name: str) -> torch.Tensor | None:
         """Module `name`'s per-example gradients (B, d_out, d_in) when it works from them (keeps_gradient),
         formed once per batch; None when it works from its tokens."""
         if name not in self.weight_grads:
+            if self.rotation(name) is not None:
+                raise RuntimeError(f"{name}: this capture keeps its gradient only in the eigenbasis")
             a, g = self.acts[name], self.grads[name]
             if not keeps_gradient(a.shape[1], a.shape[-1], g.shape[-1]):
                 return None
             self.weight_grads[name] = per_example_gradient(a, g)
         return self.weight_grads[name]
+
+    def works_from_gradient(self, name: str) -> bool:
+        """Whether module `name` works from its per-example gradient (formed, or kept rotated), not its tokens."""
+        return name in self.weight_grads or self.rotation(name) is not None
+
+    def rotation(self, name: str) -> torch.Tensor | None:
+        """Module `name`'s gradient in the eigenbasis, when this capture keeps it (keep_rotation)."""
+        return None if self.rotations is None else self.rotations.get(name)
+
+    def keep_rotation(self, name: str, rot: torch.Tensor) -> None:
+        """Keep module `name`'s rotated gradient in place of its gradient, where this capture keeps rotations
+        (`rotations` not None) and the module works from its gradient: a later pass that rotates it again would
+        repeat the same product (its tokens, where it works from them, stay: smaller than the rotation)."""
+        if self.rotations is not None and name in self.weight_grads:
+            self.rotations[name] = rot
+            del self.weight_grads[name]
 
     def compact(self) -> Captured:
         """This batch as a later pass needs it, in the least memory: each module's per-example gradient where

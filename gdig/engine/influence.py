@@ -77,16 +77,20 @@ class Scorer:
 
     def _module_scores(self, name: str, cap: Captured, rot: torch.Tensor | None) -> torch.Tensor:
         """Module `name`'s (B, S) scores: dense seeds kept in the eigenbasis against the candidates' rotated
-        gradients `rot`; otherwise (and low-rank seeds, always in the weights' coordinates) from the candidates'
-        gradients or tokens."""
+        gradients `rot`; otherwise from the candidates' gradients or tokens. Low-rank seeds, kept in the weights'
+        coordinates, meet a module that works from its gradient in the eigenbasis when `rot` is there (their
+        factors rotated, r columns, not the candidates' gradients again), its tokens where it works from them."""
         if name in self.seeds.dense:
             in_basis = self.seeds.eigenbasis or not self.curvature.preconditions  # no curvature: the same coordinates
             grad = rot if rot is not None and in_basis else cap.gradient(name)
             grad = per_example_gradient(cap.acts[name], cap.grads[name]) if grad is None else grad
             return grad.flatten(1) @ self.seeds.dense[name].flatten(1).T
+        left, right = self.seeds.left[name], self.seeds.right[name]
+        if rot is not None and cap.works_from_gradient(name):
+            return low_rank_scores_from_gradient(rot, *self.curvature.rotate_factors(name, left, right))
         grad = cap.gradient(name)
         if grad is not None:
-            return self._low_rank_scores_from_gradient(name, grad)
+            return low_rank_scores_from_gradient(grad, left, right)
         return self._low_rank_scores(name, cap.acts[name], cap.grads[name])
 
     def _self_influence(self, name: str, rot: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
@@ -107,14 +111,6 @@ class Scorer:
         aw = a @ w.permute(1, 0, 2).reshape(w.shape[1], n_s * r)
         return (gu * aw).sum(1).view(-1, n_s, r).sum(-1)
 
-    def _low_rank_scores_from_gradient(self, name: str, grad: torch.Tensor) -> torch.Tensor:
-        """<G, U_s W_s^T> = sum over rank of U_s^T G W_s from the per-example gradient G (B, d_out, d_in):
-        S r d_out d_in an example, cheaper than the tokens' route where G is smaller than the tokens."""
-        u, w = self.seeds.left[name], self.seeds.right[name]  # (S, d_out, r), (S, d_in, r)
-        n_s, d_out, r = u.shape
-        gw = grad @ w.permute(1, 0, 2).reshape(w.shape[1], n_s * r)  # (B, d_out, S*r)
-        return (gw * u.permute(1, 0, 2).reshape(d_out, n_s * r)).sum(1).view(-1, n_s, r).sum(-1)
-
     def scale(self, self_inf: torch.Tensor | None) -> torch.Tensor | None:
         """Per-(candidate, seed) divisor of the chosen normalisation, or None for raw scores."""
         if self.normalize == "none":
@@ -132,6 +128,15 @@ class Scorer:
         if div is not None:
             out.scores = torch.where(div > 0, out.scores / div.clamp(min=1e-30), torch.zeros_like(out.scores))
         return out
+
+
+def low_rank_scores_from_gradient(grad: torch.Tensor, u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """<G, U_s W_s^T> = sum over rank of U_s^T G W_s from per-example gradients G (B, d_out, d_in) and seed factors
+    U (S, d_out, r), W (S, d_in, r), both in one basis: S r d_out d_in an example, cheaper than the tokens' route
+    where G is smaller than the tokens."""
+    n_s, d_out, r = u.shape
+    gw = grad @ w.permute(1, 0, 2).reshape(w.shape[1], n_s * r)  # (B, d_out, S*r)
+    return (gw * u.permute(1, 0, 2).reshape(d_out, n_s * r)).sum(1).view(-1, n_s, r).sum(-1)
 
 
 def normalisation_divisor(cand_self, seed_self, normalize: str):

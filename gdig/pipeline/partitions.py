@@ -176,7 +176,7 @@ def _each_group(
         part_ctx, part = ctx.for_part(group), part_name(len(groups), g)
         part_ctx = part_ctx if shards is None else shards.alone(part_ctx)
         status.group = group_label(g, len(groups))
-        cur = _group_curvature(part_ctx, run_dir, part, status, fitted, reused)
+        cur = _group_curvature(part_ctx, run_dir, part, status, fitted, reused, sketcher)
         dampings = dampings_for(part_ctx, cur)
         if shards is not None and g > 0:
             carried = shards.carried_seeds(g, fp)
@@ -196,10 +196,10 @@ def _each_group(
 
 
 def _group_curvature(
-    ctx: ScoreContext, run_dir: Path, part: str, status: Status, fitted: bool, reused: bool
+    ctx: ScoreContext, run_dir: Path, part: str, status: Status, fitted: bool, reused: bool, sketcher
 ) -> Curvature:
     """The group's factors: read from the run's reused factors file, from the group's own file (a resumed run),
-    or fitted into it."""
+    or fitted into it (with the run's `sketcher`: stages.fit_factors)."""
     if not fitted:
         return Curvature(ctx.cfg.hessian)
     names = [t.name for t in ctx.work]
@@ -209,7 +209,7 @@ def _group_curvature(
     path, fp = folder / GROUP_FACTORS, short_hash([factors_fingerprint(ctx), names])
     if read_fingerprint(path) == fp:
         return load_factors(path, ctx.device)
-    return fit_factors(ctx, path, fp, folder, status)
+    return fit_factors(ctx, path, fp, folder, status, sketcher)
 
 
 def _mean_direction(

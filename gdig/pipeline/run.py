@@ -269,7 +269,7 @@ def _run_stages(ctx: ScoreContext, run_dir: Path, status: Status) -> None:
 
 def _score_whole(ctx: ScoreContext, run_dir: Path, status: Status, fp: str, sketcher: Sketcher) -> StageResults:
     """The fit, the seeds and the scores over every tracked module at once."""
-    cur = fit_stage(ctx, run_dir, status)
+    cur = fit_stage(ctx, run_dir, status, sketcher)
     release_freed_memory()  # each stage's peak is its own, not the earlier stages' freed blocks
     dampings = dampings_for(ctx, cur)
     seeds, seed_loss, seed_ntok, rank = load_or_make_seeds(ctx, cur, dampings, run_dir, status, fp)

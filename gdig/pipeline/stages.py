@@ -17,11 +17,12 @@ from gdig.engine.curvature_fit import fit_curvature
 from gdig.engine.hooks import Captured
 from gdig.engine.index import make_projection
 from gdig.engine.index_scoring import IndexRows
-from gdig.engine.influence import ScoredBatch, Scorer
+from gdig.engine.influence import ScoredBatch, Scorer, needs_self_influence
 from gdig.engine.memory import budget_mb, captures_fit, captures_reusable, usable_memory_mb
 from gdig.engine.seeds import SeedGradients
 from gdig.engine.sketch import Sketcher
 from gdig.hessians import hessian
+from gdig.hessians.base import EIGENVALUE_PASS
 from gdig.pipeline.context import ScoreContext, by_length, factors_fingerprint, fit_subset, short_hash
 from gdig.rundir.checkpoint import FitCheckpoint
 from gdig.rundir.chunks import chunk_path, partial_dir, write_chunk
@@ -52,14 +53,14 @@ def factors_record(cur: Curvature) -> dict:
     return {"n_examples": cur.n_examples, "n_tokens": cur.n_tokens, "kind": cur.kind}
 
 
-def fit_stage(ctx: ScoreContext, run_dir: Path, status: Status) -> Curvature:
+def fit_stage(ctx: ScoreContext, run_dir: Path, status: Status, sketcher: Sketcher | None = None) -> Curvature:
     """The run's curvature: reused from this run or another with the same fingerprint, or fitted (resumably,
-    each process on its share of the fit set's batches)."""
+    each process on its share of the fit set's batches; `sketcher`: fit_factors')."""
     if not hessian(ctx.cfg.hessian).passes:
         return Curvature(ctx.cfg.hessian)
     if reusable_factors(ctx, run_dir, status):
         return load_factors(run_dir / FACTORS, ctx.device)
-    return fit_factors(ctx, run_dir / FACTORS, factors_fingerprint(ctx), partial_dir(run_dir), status)
+    return fit_factors(ctx, run_dir / FACTORS, factors_fingerprint(ctx), partial_dir(run_dir), status, sketcher)
 
 
 def reusable_factors(ctx: ScoreContext, run_dir: Path, status: Status) -> bool:
@@ -78,9 +79,12 @@ def reusable_factors(ctx: ScoreContext, run_dir: Path, status: Status) -> bool:
     return reused
 
 
-def fit_factors(ctx: ScoreContext, path: Path, fp: str, checkpoints: Path, status: Status) -> Curvature:
+def fit_factors(
+    ctx: ScoreContext, path: Path, fp: str, checkpoints: Path, status: Status, sketcher: Sketcher | None = None
+) -> Curvature:
     """Fit the curvature of the modules this pass works on into `path` (with fingerprint `fp`; the fit's
-    checkpoints in the folder `checkpoints`) and load it back."""
+    checkpoints in the folder `checkpoints`) and load it back. `sketcher`: the run's, when its scoring follows
+    (see _keeps_rotations)."""
     fit_passes = hessian(ctx.cfg.hessian).passes
     fit_idx = fit_subset(len(ctx.cand_tok), ctx.cfg.fit_examples, ctx.cfg.random_state)
     order = by_length(ctx.cand_tok, fit_idx)
@@ -88,6 +92,9 @@ def fit_factors(ctx: ScoreContext, path: Path, fp: str, checkpoints: Path, statu
     costs = [len(b) * max(len(ctx.cand_tok[i].input_ids) for i in b) for b in batches]  # padded tokens
     useful = captures_reusable(ctx.cfg.hessian, len(fit_idx), len(ctx.cand_tok))
     cache: dict[int, Captured] | None = {} if useful and _captures_fit(ctx, order) else None
+    handed = cache is not None and len(fit_idx) == len(ctx.cand_tok) and not ctx.world.active  # to scoring
+    keep_rotations = handed and sketcher is not None and _keeps_rotations(ctx)
+    names = [t.name for t in ctx.work]
 
     def passes(stage: str, mine: list[int], covered: list[int]):
         t0 = time.time()
@@ -102,6 +109,8 @@ def fit_factors(ctx: ScoreContext, path: Path, fp: str, checkpoints: Path, statu
                     if cache is not None and stage == fit_passes[0]:
                         cache[b] = detached(cap).compact()
                         cap.weight_grads = cache[b].weight_grads  # formed once: this pass may use them too
+                elif keep_rotations and stage == EIGENVALUE_PASS and cap.rotations is None:
+                    cap.sketch, cap.rotations = sketcher.parts(cap, names), {}  # the sketch before the gradients go
                 yield b, cap
                 del cap  # not held while the next batch is captured (the plan counts one batch)
                 done += len(batches[b])
@@ -121,10 +130,18 @@ def fit_factors(ctx: ScoreContext, path: Path, fp: str, checkpoints: Path, statu
     del cur  # reloaded below: never two copies of the factors
     ctx.world.barrier("saving the factors", status.refresh)
     checkpoint.discard(fit_passes)
-    if cache and len(fit_idx) == len(ctx.cand_tok) and not ctx.world.active:  # scoring meets the same batches
+    if cache and handed:  # scoring meets the same batches
         ctx.captures = {tuple(batches[b]): c for b, c in cache.items()}
     cache = None  # the captures go now, not when this returns: their memory is back before the seeds need it
     return load_factors(path, ctx.device)  # a fresh and a resumed run compute from the same bytes
+
+
+def _keeps_rotations(ctx: ScoreContext) -> bool:
+    """Whether the eigenvalue pass keeps each cached capture's rotation into the eigenbasis in place of its
+    gradient (Captured.keep_rotation), with the sketch made from the gradient first: scoring, which meets the
+    same captures, rotates every candidate (influence.needs_self_influence) and would repeat the product. The
+    scores are the same bits as those of a capture made again, which scoring rotates by the same route."""
+    return needs_self_influence(ctx.cfg.normalize, ctx.cfg.index_dim > 0)
 
 
 def shared_inputs(ctx: ScoreContext, example: int) -> dict[str, str]:
@@ -203,7 +220,7 @@ def score_stage(
                 carried = before.next(batch.index, cap.loss.device) if before else (None, None)
                 with torch.no_grad():
                     scored = scorer.raw_scores(cap, carried[0])
-                    sketch = sketcher.parts(cap, names)
+                    sketch = cap.sketch if cap.sketch is not None else sketcher.parts(cap, names)
                     sketch = sketch if carried[1] is None else torch.cat([carried[1], sketch], dim=1)
                     if intermediate:
                         parts.append(carry.arrays(cap, scored, sketch))

@@ -112,3 +112,41 @@ def test_the_flag_survives_the_seeds_file_and_older_files_read_as_weights(tmp_pa
     tensors = {"dense::a": torch.ones(2, 5, 4), "self_influence": torch.ones(2)}
     save_file(tensors, str(tmp_path / "old.safetensors"), metadata={"fingerprint": "fp", "lowrank_error": "{}"})
     assert not load_seed_gradients(tmp_path / "old.safetensors")[0].eigenbasis
+
+
+@pytest.mark.parametrize("rank", [None, 2])
+def test_a_capture_kept_in_the_eigenbasis_scores_as_one_with_its_gradients(rank):
+    """The eigenvalue pass's rotations kept in place of the gradients (Captured.keep_rotation): the Scorer reads
+    them, and dense or low-rank seeds (their factors rotated) give the same bits as from the gradients, equal to
+    the dense reference; the gradient is gone, and asking for it says why."""
+    gen = torch.Generator().manual_seed(3)
+    cur, seed_grads, cand = _curvature(gen), _grads(gen, 4), _grads(gen, 3)
+    dampings = {"a": 0.05, "b": 0.2}
+    seeds = precondition_seeds(seed_grads, cur, dampings, rank=rank)
+    assert rank is None or set(seeds.left) == set(DIMS)
+
+    def capture(keep: bool) -> Captured:
+        grads = {n: g.clone() for n, g in cand.items()}
+        cap = Captured([0, 1, 2], torch.zeros(3), torch.ones(3), torch.ones(3, 1), {}, {}, weight_grads=grads)
+        cap.rotations = {} if keep else None
+        for name in DIMS:
+            cap.keep_rotation(name, cur.rotated(name, cap))
+        return cap
+
+    kept, fresh = capture(True), capture(False)
+    assert kept.weight_grads == {} and set(kept.rotations) == set(DIMS) and fresh.rotations is None
+    assert all(kept.works_from_gradient(n) and fresh.works_from_gradient(n) for n in DIMS)
+    with pytest.raises(RuntimeError, match="only in the eigenbasis"):
+        kept.gradient("a")
+    scorer = Scorer(seeds, cur, dampings, "unit")
+    got, expected = scorer(kept), scorer(fresh)
+    assert torch.equal(got.scores, expected.scores) and torch.equal(got.self_influence, expected.self_influence)
+    raw = scorer.raw_scores(capture(True)).scores
+    reference = sum(
+        g.flatten(1) @ _dense_reference(cur, n, seed_grads[n], dampings[n]).flatten(1).T for n, g in cand.items()
+    )
+    if rank is None:
+        torch.testing.assert_close(raw, reference, rtol=1e-4, atol=1e-5)
+    else:  # the seeds' own low-rank matrices, from the gradients in the weights' coordinates
+        low = sum(g.flatten(1) @ (seeds.left[n] @ seeds.right[n].mT).flatten(1).T for n, g in cand.items())
+        torch.testing.assert_close(raw, low, rtol=1e-4, atol=1e-5)

@@ -89,28 +89,48 @@ def test_fit_subset_and_token_budget(tmp_path, tokenizer, data_files, llama_dir)
     assert np.load(out / "influence.npy").shape == (24, 5)
 
 
-def test_fit_captures_are_reused_exactly(tmp_path, tokenizer, data_files):
+@pytest.mark.parametrize(
+    "settings, kept",
+    [
+        ({}, True),  # the index: scoring rotates every candidate, so the eigenvalue pass keeps the rotations
+        ({"seed_rank": 2}, True),  # low-rank seeds meet the kept rotations through rotated factors
+        ({"index_dim": 0, "normalize": "none"}, False),  # scoring rotates nothing: the gradients stay
+    ],
+)
+def test_fit_captures_are_reused_exactly(tmp_path, tokenizer, data_files, monkeypatch, settings, kept):
     """The fit cache changes time only: same factors and scores, two model passes fewer (EK-FAC's second pass
-    and scoring reuse the first pass's captures; separate folders, so that factors are not reused from a sibling)."""
+    and scoring reuse the first pass's captures; separate folders, so that factors are not reused from a sibling),
+    and where scoring rotates the candidates, the rotations the eigenvalue pass made (Captured.keep_rotation)."""
     from safetensors.numpy import load_file
 
     from gdig.demo.tiny import build_tiny_model
+    from gdig.engine.hooks import Captured
 
     model = build_tiny_model("llama", tokenizer, hidden=16, ffn=32, heads=2)
-    calls = []
+    calls, rotations = [], []
     model.model.layers[0].register_forward_hook(lambda *_: calls.append(1))
-    runs, n_forward = {}, {}
+    keep = Captured.keep_rotation
+
+    def counted(cap, name, rot):
+        keep(cap, name, rot)
+        rotations.extend([name] if cap.rotation(name) is rot else [])
+
+    monkeypatch.setattr(Captured, "keep_rotation", counted)
+    runs, n_forward, n_kept = {}, {}, {}
     for name, mb in (("recompute", 0), ("cached", 64)):
-        calls.clear()
-        runs[name] = score(
-            _cfg(tmp_path / name, data_files, "run", fit_cache_mb=mb, batch_size=4), model=model, tokenizer=tokenizer
-        )
-        n_forward[name] = len(calls)
+        calls.clear(), rotations.clear()
+        cfg = _cfg(tmp_path / name, data_files, "run", fit_cache_mb=mb, batch_size=4, **settings)
+        runs[name] = score(cfg, model=model, tokenizer=tokenizer)
+        n_forward[name], n_kept[name] = len(calls), len(rotations)
     n_candidates = len(data_files[0].read_text().splitlines())
     assert n_forward["recompute"] - n_forward["cached"] == 2 * -(-n_candidates // 4)  # two passes, batches of 4
+    assert n_kept["recompute"] == 0 and (n_kept["cached"] > 0) == kept
     a, b = (load_file(str(runs[n] / "factors.safetensors")) for n in ("recompute", "cached"))
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
-    for name in ("influence.npy", "sketch.npy", "index.npy", "index_norms.npy"):  # the kept per-example gradients
+    files = ["influence.npy", "sketch.npy"] + (
+        ["index.npy", "index_norms.npy"] if settings.get("index_dim") != 0 else []
+    )
+    for name in files:  # the kept per-example gradients
         np.testing.assert_array_equal(np.load(runs["recompute"] / name), np.load(runs["cached"] / name), name)
     with pytest.raises(ValueError, match="fit-cache-mb"):
         _cfg(tmp_path, data_files, "bad", fit_cache_mb=-1)
