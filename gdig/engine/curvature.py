@@ -66,11 +66,12 @@ class Curvature:
         return self.rotate_back(name, rot)
 
     def rotate(self, name: str, v: torch.Tensor) -> torch.Tensor:
-        """Q_G^T V Q_A: gradients in the module's Kronecker eigenbasis (V itself in the identity basis)."""
+        """Q_G^T V Q_A: gradients in the module's Kronecker eigenbasis (V itself in the identity basis), contiguous:
+        each product with them (the seeds, the index, the squares) then reads them flat without a copy of its own."""
         f = self.modules[name]
         if f.q_g is None:
             return v
-        return left_multiply(f.q_g.T.to(v.device), v @ f.q_a.to(v.device))
+        return left_multiply(f.q_g.T.to(v.device), v @ f.q_a.to(v.device)).contiguous()
 
     def rotate_back(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """Q_G X Q_A^T: from the eigenbasis back to the weights' coordinates."""
