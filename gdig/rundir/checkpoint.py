@@ -14,14 +14,19 @@ from gdig.rundir.layout import read_metadata
 COVERED = "covered"  # the uint8 mask of the batches a checkpoint's sums cover
 
 
-class FitCheckpoint:
-    """A fit pass's partial sums saved with the batches they cover: every `every_seconds`, when the pass is
-    cancelled, and when a pass that another builds on completes. A resumed pass restores them and skips those
-    batches; in one process it ends with the same sums bit for bit as an uninterrupted one."""
+SPACING = 20  # a periodic save waits at least this many times as long as the last save took: <= 5% of the time
 
-    def __init__(self, folder: str | Path, fingerprint: str, every_seconds: float = 60.0, *, rank: int):
+
+class FitCheckpoint:
+    """A fit pass's partial sums saved with the batches they cover: every `every_seconds` (and at least SPACING
+    times the last save's duration apart), when the pass is cancelled, and when a pass that another builds on
+    completes. A resumed pass restores them and skips those batches; in one process it ends with the same sums
+    bit for bit as an uninterrupted one."""
+
+    def __init__(self, folder: str | Path, fingerprint: str, every_seconds: float = 300.0, *, rank: int):
         self.folder, self.fingerprint, self.every, self.rank = Path(folder), fingerprint, every_seconds, rank
         self._last = time.time()
+        self._took = 0.0  # the last save's duration
 
     def path(self, stage: str, rank: int = 0) -> Path:
         """The checkpoint file of one fit pass (rank 0's, or another rank's)."""
@@ -85,13 +90,15 @@ class FitCheckpoint:
         tensors = {k: v.detach().contiguous().cpu() for k, v in fitter.state().items()}
         tensors[COVERED] = torch.from_numpy(np.asarray(covered, np.uint8))
         meta = {"fingerprint": self.fingerprint, "n_batches": str(len(covered))}
+        start = time.time()
         with atomic_path(self.path(stage, self.rank)) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
         self._last = time.time()
+        self._took = self._last - start
 
     def maybe_save(self, stage: str, fitter, covered) -> None:
-        """Save when `every_seconds` have passed since the last save."""
-        if time.time() - self._last >= self.every:
+        """Save when `every_seconds`, and SPACING times the last save's duration, have passed since it."""
+        if time.time() - self._last >= max(self.every, SPACING * self._took):
             self.save(stage, fitter, covered)
 
     def remove_others(self, stage: str) -> None:
