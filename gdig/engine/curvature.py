@@ -66,12 +66,11 @@ class Curvature:
         return self.rotate_back(name, rot)
 
     def rotate(self, name: str, v: torch.Tensor) -> torch.Tensor:
-        """Q_G^T V Q_A: gradients in the module's Kronecker eigenbasis (V itself in the identity basis), contiguous:
-        each product with them (the seeds, the index, the squares) then reads them flat without a copy of its own."""
+        """Q_G^T V Q_A: gradients in the module's Kronecker eigenbasis (V itself in the identity basis)."""
         f = self.modules[name]
         if f.q_g is None:
             return v
-        return left_multiply(f.q_g.T.to(v.device), v @ f.q_a.to(v.device)).contiguous()
+        return left_multiply(f.q_g.T.to(v.device), v @ f.q_a.to(v.device))
 
     def rotate_back(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """Q_G X Q_A^T: from the eigenbasis back to the weights' coordinates."""
@@ -86,14 +85,6 @@ class Curvature:
         if f is None or f.q_g is None:
             return left, right
         return left_multiply(f.q_g.to(left.device), left), left_multiply(f.q_a.to(right.device), right)
-
-    def rotate_factors(self, name: str, left: torch.Tensor, right: torch.Tensor):
-        """(Q_G^T L, Q_A^T R): a low-rank X = L R^T in the eigenbasis through its factors (rotate_back_factors'
-        inverse)."""
-        f = self._factors(name)
-        if f is None or f.q_g is None:
-            return left, right
-        return left_multiply(f.q_g.T.to(left.device), left), left_multiply(f.q_a.T.to(right.device), right)
 
     def rotate_tokens(self, name: str, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         """Q_G^T G Q_A per example for G = sum_t g_t a_t^T, rotating the T tokens before the sum."""

@@ -67,7 +67,8 @@ class Scorer:
         if self.projection is not None and out.index is None:
             out.index = self.projection.empty(len(cap.index), cap.loss.device)
         for name in self.modules:
-            rot = self.curvature.rotated(name, cap) if self.needs_self_influence else None
+            # contiguous once: the seeds' product, the index projection and the squares then read it flat
+            rot = self.curvature.rotated(name, cap).contiguous() if self.needs_self_influence else None
             s = self._module_scores(name, cap, rot)
             out.scores = s if out.scores is None else out.scores + s
             if rot is not None:
@@ -78,8 +79,10 @@ class Scorer:
     def _module_scores(self, name: str, cap: Captured, rot: torch.Tensor | None) -> torch.Tensor:
         """Module `name`'s (B, S) scores: dense seeds kept in the eigenbasis against the candidates' rotated
         gradients `rot`; otherwise from the candidates' gradients or tokens. Low-rank seeds, kept in the weights'
-        coordinates, meet a module that works from its gradient in the eigenbasis when `rot` is there (their
-        factors rotated, r columns, not the candidates' gradients again), its tokens where it works from them."""
+        coordinates, meet a module that works from its gradient through `rot` turned back when `rot` is there
+        (the one route for a fresh capture and for one that keeps only its rotation: the same bits; B d_out d_in
+        (d_out + d_in) a batch, where rotating the seeds' factors would cost S r (d_out^2 + d_in^2)), and its
+        tokens where it works from them."""
         if name in self.seeds.dense:
             in_basis = self.seeds.eigenbasis or not self.curvature.preconditions  # no curvature: the same coordinates
             grad = rot if rot is not None and in_basis else cap.gradient(name)
@@ -87,7 +90,7 @@ class Scorer:
             return grad.flatten(1) @ self.seeds.dense[name].flatten(1).T
         left, right = self.seeds.left[name], self.seeds.right[name]
         if rot is not None and cap.works_from_gradient(name):
-            return low_rank_scores_from_gradient(rot, *self.curvature.rotate_factors(name, left, right))
+            return low_rank_scores_from_gradient(self.curvature.rotate_back(name, rot), left, right)
         grad = cap.gradient(name)
         if grad is not None:
             return low_rank_scores_from_gradient(grad, left, right)

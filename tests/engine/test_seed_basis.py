@@ -117,7 +117,7 @@ def test_the_flag_survives_the_seeds_file_and_older_files_read_as_weights(tmp_pa
 @pytest.mark.parametrize("rank", [None, 2])
 def test_a_capture_kept_in_the_eigenbasis_scores_as_one_with_its_gradients(rank):
     """The eigenvalue pass's rotations kept in place of the gradients (Captured.keep_rotation): the Scorer reads
-    them, and dense or low-rank seeds (their factors rotated) give the same bits as from the gradients, equal to
+    them, and dense or low-rank seeds (the rotation turned back) give the same bits as from the gradients, equal to
     the dense reference; the gradient is gone, and asking for it says why."""
     gen = torch.Generator().manual_seed(3)
     cur, seed_grads, cand = _curvature(gen), _grads(gen, 4), _grads(gen, 3)

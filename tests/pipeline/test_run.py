@@ -93,7 +93,7 @@ def test_fit_subset_and_token_budget(tmp_path, tokenizer, data_files, llama_dir)
     "settings, kept",
     [
         ({}, True),  # the index: scoring rotates every candidate, so the eigenvalue pass keeps the rotations
-        ({"seed_rank": 2}, True),  # low-rank seeds meet the kept rotations through rotated factors
+        ({"seed_rank": 2}, True),  # low-rank seeds meet the kept rotations turned back
         ({"index_dim": 0, "normalize": "none"}, False),  # scoring rotates nothing: the gradients stay
     ],
 )
