@@ -67,8 +67,7 @@ class Scorer:
         if self.projection is not None and out.index is None:
             out.index = self.projection.empty(len(cap.index), cap.loss.device)
         for name in self.modules:
-            # contiguous once: the seeds' product, the index projection and the squares then read it flat
-            rot = self.curvature.rotated(name, cap).contiguous() if self.needs_self_influence else None
+            rot = self.curvature.rotated(name, cap) if self.needs_self_influence else None
             s = self._module_scores(name, cap, rot)
             out.scores = s if out.scores is None else out.scores + s
             if rot is not None:
