@@ -152,8 +152,8 @@ class ScoreConfig:
     # adapters; about 100 GB at 7B), so saves are also spaced by 20 x the last one's time (FitCheckpoint).
     checkpoint_seconds: float = option(
         300.0,
-        "save the curvature fit's partial sums this often (and on cancel) for --resume; never more than 5% of the "
-        "fit's time",
+        "save the curvature fit's partial sums this often (and on cancel) for --resume; these periodic saves are "
+        "spaced so that they take at most 5% of the fit's time",
         label="Save the fit's progress every (s)",
         minimum=1.0,
     )
