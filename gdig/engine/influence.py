@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from gdig.engine.curvature import Curvature
+from gdig.engine.curvature import Curvature, squared_norms
 from gdig.engine.hooks import Captured, per_example_gradient
 from gdig.engine.seeds import SeedGradients
 
@@ -103,7 +103,7 @@ class Scorer:
             return self.curvature.rotated_self_influence(name, rot, damping)
         whitened = self.curvature.whitened(name, rot, damping)
         index += self.projection.project(name, whitened)
-        return (whitened * whitened).sum((-2, -1))
+        return squared_norms(whitened)
 
     def _low_rank_scores(self, name: str, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         """sum_t (g_t^T U_s)(W_s^T a_t) over rank and tokens: 2 S r (d_in + d_out) a token, no dense gradient."""

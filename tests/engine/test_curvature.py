@@ -209,3 +209,16 @@ def test_a_changed_input_sharing_is_an_error_not_wrong_sums(setup):
     fitter = CovarianceFitter({t.name: (t.d_in, t.d_out) for t in tracked}, "cpu", wrong)
     with pytest.raises(RuntimeError, match="does not read the input"):
         fitter.update(cap)
+
+
+@pytest.mark.parametrize("shape", [(1, 5, 3), (16, 40, 24), (8, 96, 8)])
+def test_the_fast_reductions_equal_the_plain_ones(shape):
+    """The eigenvalue pass's sum over the batch of squares and the whitened gradient's squared norms, both made
+    without a squared copy, equal the plain sums (float64 references)."""
+    from gdig.engine.curvature import squared_norms
+    from gdig.engine.curvature_fit import batch_sum_of_squares
+
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    x64 = x.double()
+    torch.testing.assert_close(batch_sum_of_squares(x).double(), (x64 * x64).sum(0), rtol=1e-6, atol=0)
+    torch.testing.assert_close(squared_norms(x).double(), (x64 * x64).sum((-2, -1)), rtol=1e-6, atol=0)
