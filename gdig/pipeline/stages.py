@@ -215,19 +215,21 @@ def score_stage(
         for i in mine:
             parts: list[dict[str, np.ndarray]] = []
             before = carry.carried(i) if carry else None
-            for batch in ctx.batches(ctx.cand_tok, chunks[i]):
-                cap = ctx.captures.pop(tuple(batch.index), None) or capture.run(batch)
-                carried = before.next(batch.index, cap.loss.device) if before else (None, None)
+            for group in kept_groups(ctx.batches(ctx.cand_tok, chunks[i]), ctx.captures):
+                caps = [ctx.captures.pop(tuple(b.index), None) or capture.run(b) for b in group]
+                carried = [before.next(c.index, c.loss.device) if before else (None, None) for c in caps]
                 with torch.no_grad():
-                    scored = scorer.raw_scores(cap, carried[0])
-                    sketch = cap.sketch if cap.sketch is not None else sketcher.parts(cap, names)
-                    sketch = sketch if carried[1] is None else torch.cat([carried[1], sketch], dim=1)
-                    if intermediate:
-                        parts.append(carry.arrays(cap, scored, sketch))
-                    else:
-                        parts.append(_score_batch(cap, scorer.normalised(scored), sketcher.normed(sketch), ctx.cfg))
-                done += len(batch.index)
-                del cap, scored, sketch  # not held while the next batch is captured (the plan counts one batch)
+                    scored = scorer.raw_scores_of(caps, [c[0] for c in carried])
+                for cap, got, (_, sketch_before) in zip(caps, scored, carried, strict=True):
+                    with torch.no_grad():
+                        sketch = cap.sketch if cap.sketch is not None else sketcher.parts(cap, names)
+                        sketch = sketch if sketch_before is None else torch.cat([sketch_before, sketch], dim=1)
+                        if intermediate:
+                            parts.append(carry.arrays(cap, got, sketch))
+                        else:
+                            parts.append(_score_batch(cap, scorer.normalised(got), sketcher.normed(sketch), ctx.cfg))
+                    done += len(cap.index)
+                del caps, scored, carried, cap, got, sketch  # not held while the next batch is captured
                 status.update("score", done, total)
             if intermediate:
                 carry.save(i, {k: torch.cat([p[k] for p in parts]) for k in parts[0]})
@@ -235,6 +237,28 @@ def score_stage(
                 write_chunk(run_dir, i, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
     ctx.captures.clear()
     ctx.timings["score"] = ctx.timings.get("score", 0.0) + time.time() - t0
+
+
+SCORED_TOGETHER = 8  # kept captures scored module by module together (Scorer.raw_scores_of)
+
+
+def kept_groups(batches, kept: dict, size: int = SCORED_TOGETHER):
+    """Consecutive batches in groups of up to `size` whose captures are kept (`kept`, by their examples), and
+    each batch without one alone: its capture is made when it is scored, one at a time (the plan counts one)."""
+    group = []
+    for batch in batches:
+        if tuple(batch.index) not in kept:
+            if group:
+                yield group
+            yield [batch]
+            group = []
+            continue
+        group.append(batch)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
 
 
 def _score_batch(cap: Captured, scored: ScoredBatch, sketch: torch.Tensor, cfg) -> dict[str, np.ndarray]:

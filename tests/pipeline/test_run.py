@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from gdig.cancel import Cancelled
 from gdig.config import ScoreConfig
+from gdig.engine.influence import Scorer
 from gdig.pipeline.run import score
 from gdig.rundir.layout import PARTIAL
 from gdig.rundir.status import read_status
@@ -89,6 +91,14 @@ def test_fit_subset_and_token_budget(tmp_path, tokenizer, data_files, llama_dir)
     assert np.load(out / "influence.npy").shape == (24, 5)
 
 
+def test_kept_captures_are_scored_in_groups_and_others_alone():
+    from gdig.pipeline.stages import kept_groups
+
+    batches = [SimpleNamespace(index=[i]) for i in range(7)]
+    kept = {(i,) for i in (0, 1, 2, 4, 5, 6)}
+    assert [[b.index[0] for b in g] for g in kept_groups(batches, kept, size=2)] == [[0, 1], [2], [3], [4, 5], [6]]
+
+
 @pytest.mark.parametrize(
     "settings, kept",
     [
@@ -116,15 +126,20 @@ def test_fit_captures_are_reused_exactly(tmp_path, tokenizer, data_files, monkey
         rotations.extend([name] if cap.rotation(name) is rot else [])
 
     monkeypatch.setattr(Captured, "keep_rotation", counted)
-    runs, n_forward, n_kept = {}, {}, {}
+    together, scored_of = [], Scorer.raw_scores_of
+    monkeypatch.setattr(
+        Scorer, "raw_scores_of", lambda self, caps, c: together.append(len(caps)) or scored_of(self, caps, c)
+    )
+    runs, n_forward, n_kept, groups = {}, {}, {}, {}
     for name, mb in (("recompute", 0), ("cached", 64)):
-        calls.clear(), rotations.clear()
+        calls.clear(), rotations.clear(), together.clear()
         cfg = _cfg(tmp_path / name, data_files, "run", fit_cache_mb=mb, batch_size=4, **settings)
         runs[name] = score(cfg, model=model, tokenizer=tokenizer)
-        n_forward[name], n_kept[name] = len(calls), len(rotations)
+        n_forward[name], n_kept[name], groups[name] = len(calls), len(rotations), set(together)
     n_candidates = len(data_files[0].read_text().splitlines())
     assert n_forward["recompute"] - n_forward["cached"] == 2 * -(-n_candidates // 4)  # two passes, batches of 4
     assert n_kept["recompute"] == 0 and (n_kept["cached"] > 0) == kept
+    assert groups["recompute"] == {1} and max(groups["cached"]) > 1  # kept captures scored module by module together
     a, b = (load_file(str(runs[n] / "factors.safetensors")) for n in ("recompute", "cached"))
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     files = ["influence.npy", "sketch.npy"] + (
