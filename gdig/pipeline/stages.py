@@ -229,8 +229,8 @@ def score_stage(
                         else:
                             parts.append(_score_batch(cap, scorer.normalised(got), sketcher.normed(sketch), ctx.cfg))
                     done += len(cap.index)
+                    status.update("score", done, total)
                 del caps, scored, carried, cap, got, sketch  # not held while the next batch is captured
-                status.update("score", done, total)
             if intermediate:
                 carry.save(i, {k: torch.cat([p[k] for p in parts]) for k in parts[0]})
             else:
@@ -239,7 +239,9 @@ def score_stage(
     ctx.timings["score"] = ctx.timings.get("score", 0.0) + time.time() - t0
 
 
-SCORED_TOGETHER = 8  # kept captures scored module by module together (Scorer.raw_scores_of)
+# kept captures scored module by module together (Scorer.raw_scores_of); their outputs, held together, are not in
+# the plan (B (S + k) floats a batch: 4.5 MiB for 8 batches of 8 at the default index)
+SCORED_TOGETHER = 8
 
 
 def kept_groups(batches, kept: dict, size: int = SCORED_TOGETHER):
