@@ -111,11 +111,9 @@ class Scorer:
     def _self_influence(self, name: str, rot: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
         """<G, (F + lambda)^-1 G> per example from its gradient in the eigenbasis; the whitened G projected into
         `index` on the way when given."""
-        damping = self.dampings[name]
-        if index is None:
-            return self.curvature.rotated_self_influence(name, rot, damping)
-        whitened = self.curvature.whitened(name, rot, damping)
-        index += self.projection.project(name, whitened)
+        whitened = self.curvature.whitened(name, rot, self.dampings[name])
+        if index is not None:
+            index += self.projection.project(name, whitened)
         return squared_norms(whitened)
 
     def _low_rank_scores(self, name: str, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
