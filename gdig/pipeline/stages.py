@@ -220,16 +220,15 @@ def score_stage(
                 carried = [before.next(c.index, c.loss.device) if before else (None, None) for c in caps]
                 with torch.no_grad():
                     scored = scorer.raw_scores_of(caps, [c[0] for c in carried])
-                for cap, got, (_, sketch_before) in zip(caps, scored, carried, strict=True):
-                    with torch.no_grad():
+                    for cap, got, (_, sketch_before) in zip(caps, scored, carried, strict=True):
                         sketch = cap.sketch if cap.sketch is not None else sketcher.parts(cap, names)
                         sketch = sketch if sketch_before is None else torch.cat([sketch_before, sketch], dim=1)
                         if intermediate:
                             parts.append(carry.arrays(cap, got, sketch))
                         else:
                             parts.append(_score_batch(cap, scorer.normalised(got), sketcher.normed(sketch), ctx.cfg))
-                    done += len(cap.index)
-                    status.update("score", done, total)
+                        done += len(cap.index)
+                        status.update("score", done, total)
                 del caps, scored, carried, cap, got, sketch  # not held while the next batch is captured
             if intermediate:
                 carry.save(i, {k: torch.cat([p[k] for p in parts]) for k in parts[0]})
